@@ -1,0 +1,1 @@
+"""cml_workspace"""
