@@ -1,0 +1,56 @@
+# Model Factory — the two commands a newcomer needs are `make run` and `make test`.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+PIP_INSTALL := $(BIN)/pip install --disable-pip-version-check -q -c constraints.txt
+
+.PHONY: run test clean distclean validate-grid dashboard airflow-ui benchmarks help
+
+help:
+	@echo "make run            run the factory end to end on the embedded default"
+	@echo "make test           the whole test suite (real servers, real browser)"
+	@echo "make validate-grid  check config/grid.yaml without running anything"
+	@echo "make dashboard      serve the experiments dashboard on http://127.0.0.1:5006"
+	@echo "make airflow-ui     Airflow UI (api-server, scheduler, triggerer) on http://127.0.0.1:8080"
+	@echo "make benchmarks     run the benchmarks in benchmarks/"
+	@echo "make clean          remove all runtime state (var/, test-output/)"
+	@echo "make distclean      also remove the venv"
+
+# The venv is rebuilt when the pinned dependencies change.
+$(BIN)/.installed: setup.cfg pyproject.toml constraints.txt
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@echo "installing the project into $(VENV) (first time: a few minutes)…"
+	$(BIN)/pip install --disable-pip-version-check -q --upgrade pip
+	$(PIP_INSTALL) -e .
+	@touch $@
+
+$(BIN)/.installed-test: $(BIN)/.installed
+	@echo "installing test dependencies (pyspark for the HiveServer2 tests: a few minutes)…"
+	$(PIP_INSTALL) -e '.[test]'
+	@touch $@
+
+run: $(BIN)/.installed
+	$(BIN)/python -m stack run
+
+test: $(BIN)/.installed-test
+	bash scripts/ensure-system-deps.sh
+	$(BIN)/python -m pytest
+
+validate-grid: $(BIN)/.installed
+	$(BIN)/python -m factory_tasks.grid validate config/grid.yaml
+
+dashboard: $(BIN)/.installed
+	$(BIN)/python -m stack dashboard
+
+airflow-ui: $(BIN)/.installed
+	$(BIN)/python -m stack airflow-ui
+
+benchmarks: $(BIN)/.installed-test
+	$(BIN)/python benchmarks/grid_throughput.py
+
+clean:
+	rm -rf var test-output
+
+distclean: clean
+	rm -rf $(VENV) *.egg-info

@@ -1,0 +1,13 @@
+"""Connection ids the factory's DAGs use. Switching warehouse or workspace is a connection change."""
+
+from __future__ import annotations
+
+WAREHOUSE_CONN_ID = "model_factory_warehouse"
+CML_CONN_ID = "cml_default"
+
+
+def warehouse_hook():
+    """The DB-API hook behind the warehouse connection (SqliteHook, HiveServer2Hook, ...)."""
+    from airflow.sdk import BaseHook
+
+    return BaseHook.get_connection(WAREHOUSE_CONN_ID).get_hook()

@@ -1,0 +1,130 @@
+"""
+### model_factory — the experiment fan-out
+
+Validates `config/grid.yaml`, snapshots the training table into a content-addressed Parquet
+file in the CML project, fans the grid out into one CML job run per experiment, waits for
+them on the triggerer, collects each run's `result.json` from the project files, and records
+one row per experiment in the warehouse table `experiment_outcomes`.
+
+* A failed experiment fails only its own `wait_for_experiment` instance; it is still recorded
+  (status `failed`, with its error) and the others carry on.
+* Reruns never duplicate rows: experiment ids hash (estimator, params, CV, data snapshot), the
+  record step replaces this run's rows, and a succeeded result of an identical experiment is
+  reused instead of being computed again (param `reuse_results`).
+
+Params: `grid_path`, `max_parallel` (overrides the grid's cap), `reuse_results`.
+Connections: `model_factory_warehouse` (SQLite or HiveServer2), `cml_default` (CML API v2).
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pendulum
+from airflow.sdk import Param, TriggerRule, dag, get_current_context, task
+
+from assets import EXPERIMENT_OUTCOMES
+from cml_provider.operators.cml import CmlJobRunOperator
+from cml_provider.sensors.cml import CmlJobRunSensor
+from connections import CML_CONN_ID, warehouse_hook
+
+EXPERIMENT_TIMEOUT_S = 2 * 60 * 60
+
+
+def _sensor_kwargs(submitted_and_result_file):
+    run, result_file = submitted_and_result_file
+    return {"run": run, "result_file": result_file}
+
+
+@dag(
+    dag_id="model_factory",
+    schedule=None,
+    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
+    catchup=False,
+    max_active_runs=1,
+    tags=["model-factory", "experiments", "cml"],
+    doc_md=__doc__,
+    default_args={"owner": "model-factory", "retries": 2, "retry_delay": timedelta(seconds=20)},
+    params={
+        "grid_path": Param("config/grid.yaml", type="string", description="Grid file, relative to the repository root or absolute."),
+        "max_parallel": Param(None, type=["null", "integer"], minimum=1, description="Experiments running at once; empty = the grid's max_parallel."),
+        "reuse_results": Param(True, type="boolean", description="Reuse succeeded results of identical experiments."),
+    },
+)
+def model_factory():
+    @task
+    def validate_grid() -> dict:
+        """Fail before anything is submitted if the grid is invalid."""
+        from factory_tasks.pipeline import validate_grid_file
+
+        params = get_current_context()["params"]
+        return validate_grid_file(params["grid_path"], params["max_parallel"])
+
+    @task
+    def snapshot_training_data(grid: dict) -> dict:
+        from cml_provider.hooks.cml import CmlHook
+        from factory_tasks.pipeline import snapshot_to_project
+
+        return snapshot_to_project(warehouse_hook(), CmlHook(cml_conn_id=CML_CONN_ID), grid["table"])
+
+    @task(multiple_outputs=True)
+    def plan_experiments(grid: dict, snapshot: dict) -> dict:
+        from cml_provider.hooks.cml import CmlHook
+        from factory_tasks.pipeline import plan_experiments
+
+        context = get_current_context()
+        return plan_experiments(
+            grid,
+            snapshot,
+            CmlHook(cml_conn_id=CML_CONN_ID),
+            factory_run_id=context["run_id"],
+            reuse_results=context["params"]["reuse_results"],
+        )
+
+    grid = validate_grid()
+    plan = plan_experiments(grid, snapshot_training_data(grid))
+
+    submitted = CmlJobRunOperator.partial(
+        task_id="submit_experiment",
+        script="jobs/run_experiment.py",
+        timeout_s=EXPERIMENT_TIMEOUT_S,
+        cml_conn_id=CML_CONN_ID,
+    ).expand_kwargs(plan["run_requests"])
+
+    waited = CmlJobRunSensor.partial(
+        task_id="wait_for_experiment",
+        cml_conn_id=CML_CONN_ID,
+        deferrable=True,
+        poll_interval=3,
+        timeout=EXPERIMENT_TIMEOUT_S + 600,
+        retries=0,  # a finished run does not change its mind; its failure is the outcome
+    ).expand_kwargs(submitted.output.zip(plan["result_files"]).map(_sensor_kwargs))
+
+    @task(trigger_rule=TriggerRule.ALL_DONE)
+    def collect_outcomes(grid: dict, plan_path: str) -> str:
+        """Read every experiment's result file (failed ones included) into one rows file."""
+        from cml_provider.hooks.cml import CmlHook
+        from factory_tasks.pipeline import collect_outcomes
+
+        context = get_current_context()
+        return collect_outcomes(
+            grid,
+            plan_path,
+            CmlHook(cml_conn_id=CML_CONN_ID),
+            factory_run_id=context["run_id"],
+            recorded_at=context["dag_run"].run_after.isoformat(),
+        )
+
+    @task(outlets=[EXPERIMENT_OUTCOMES])
+    def record_outcomes(rows_path: str) -> dict:
+        """Replace this factory run's rows in experiment_outcomes (idempotent)."""
+        from factory_tasks.pipeline import record_outcomes
+
+        return record_outcomes(warehouse_hook(), rows_path, factory_run_id=get_current_context()["run_id"])
+
+    rows = collect_outcomes(grid, plan["plan_path"])
+    waited >> rows
+    record_outcomes(rows)
+
+
+model_factory()

@@ -1,0 +1,120 @@
+"""The training table and its snapshots.
+
+Every experiment of a factory run reads one immutable snapshot of the training table: a
+Parquet file named by the hash of its content, so a rerun on unchanged data reuses the same
+file (and the same experiment ids), and changed data can never be mistaken for old data.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from factory_tasks.sql_dialects import Column, checked_identifier, dialect_for
+
+log = logging.getLogger(__name__)
+
+TRAINING_TABLE = "historical_customer_interactions"
+
+INTERACTION_SCHEMA: tuple[Column, ...] = (
+    Column("recency", "bigint"),
+    Column("history", "double"),
+    Column("used_discount", "bigint"),
+    Column("used_bogo", "bigint"),
+    Column("zip_code", "string"),
+    Column("is_referral", "bigint"),
+    Column("channel", "string"),
+    Column("offer", "string"),
+    Column("conversion", "bigint"),
+)
+INTERACTION_COLUMNS: tuple[str, ...] = tuple(c.name for c in INTERACTION_SCHEMA)
+_PANDAS_TYPES = {"bigint": "int64", "double": "float64", "string": "object"}
+
+
+class TrainingDataError(ValueError):
+    """The training table is missing, empty or does not have the expected schema."""
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    table: str
+    hash: str
+    n_rows: int
+    local_path: str
+    project_path: str  # where experiments read it, relative to the CML project root
+
+    def as_spec(self) -> dict[str, str]:
+        """The part of an experiment spec that names its data."""
+        return {"path": self.project_path, "hash": self.hash}
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def conform(frame: pd.DataFrame, source: str) -> pd.DataFrame:
+    """Check a frame against the interaction schema and return it in canonical column order/types."""
+    missing = [c for c in INTERACTION_COLUMNS if c not in frame.columns]
+    if missing:
+        raise TrainingDataError(f"{source}: missing columns {missing}; expected {list(INTERACTION_COLUMNS)}")
+    if frame.empty:
+        raise TrainingDataError(f"{source}: the table has no rows")
+    out = frame.loc[:, list(INTERACTION_COLUMNS)].copy()
+    for col in INTERACTION_SCHEMA:
+        try:
+            if col.type == "string":
+                out[col.name] = out[col.name].astype(str).astype(object)
+            else:
+                out[col.name] = out[col.name].astype(_PANDAS_TYPES[col.type])
+        except (TypeError, ValueError) as exc:
+            raise TrainingDataError(f"{source}: column {col.name!r} is not {col.type}: {exc}") from exc
+    if out["conversion"].nunique() < 2:
+        raise TrainingDataError(f"{source}: 'conversion' has a single class; nothing to learn")
+    return out.reset_index(drop=True)
+
+
+def content_hash(frame: pd.DataFrame) -> str:
+    """sha256 of the data itself (values, column names, order) — not of a file's bytes."""
+    digest = hashlib.sha256()
+    digest.update(repr([(c, str(t)) for c, t in frame.dtypes.items()]).encode())
+    digest.update(pd.util.hash_pandas_object(frame, index=False).to_numpy().tobytes())
+    return digest.hexdigest()
+
+
+def ensure_training_table(hook: Any, *, n_rows: int, seed: int, table: str = TRAINING_TABLE) -> bool:
+    """Create ``table`` filled by the simulator if it does not exist. Returns True if created."""
+    from factory_tasks.simulator import simulate_interactions
+
+    dialect = dialect_for(hook)
+    if dialect.table_exists(hook, checked_identifier(table)):
+        return False
+    frame = conform(simulate_interactions(n_rows=n_rows, seed=seed), "simulator")
+    dialect.create_table(hook, table, INTERACTION_SCHEMA)
+    dialect.append_rows(hook, table, INTERACTION_SCHEMA, frame.itertuples(index=False, name=None))
+    log.info("created %s with %d simulated rows (seed %d)", table, len(frame), seed)
+    return True
+
+
+def read_training_frame(hook: Any, table: str = TRAINING_TABLE) -> pd.DataFrame:
+    dialect = dialect_for(hook)
+    if not dialect.table_exists(hook, checked_identifier(table)):
+        raise TrainingDataError(f"training table {table!r} does not exist in the warehouse")
+    return conform(dialect.read_frame(hook, table, INTERACTION_COLUMNS), f"table {table}")
+
+
+def write_snapshot(frame: pd.DataFrame, directory: Path, table: str = TRAINING_TABLE) -> Snapshot:
+    """Write ``frame`` as a content-addressed Parquet file (kept if it already exists)."""
+    frame = conform(frame, f"snapshot of {table}")
+    digest = content_hash(frame)
+    name = f"{table}-{digest[:16]}.parquet"
+    path = Path(directory) / name
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".parquet.tmp")
+        frame.to_parquet(tmp, index=False)
+        tmp.replace(path)
+    return Snapshot(table, digest, len(frame), str(path), f"snapshots/{name}")

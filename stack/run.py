@@ -1,0 +1,159 @@
+"""`make run`: the factory end to end on the embedded default.
+
+Starts the local CML workspace, makes sure the Airflow metadata DB and the simulated training
+table exist, runs the ``model_factory`` DAG with ``airflow dags test`` while showing the
+experiments' progress, then prints the leaderboard and where everything is. Stops what it
+started, also on Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+from stack.airflow_cli import dags_test, migrate_once
+from stack.env import PROJECT_NAME, REPO, StackPaths, airflow_env, stack_paths, workspace_api_key
+
+DEFAULT_ROWS = 20_000
+DEFAULT_SEED = 7
+RUN_TIMEOUT_S = 45 * 60
+
+
+def _say(msg: str = "") -> None:
+    print(msg, flush=True)
+
+
+class Progress:
+    """Counts this factory run's experiment job runs by state, printing a line when it changes."""
+
+    def __init__(self, cml, since: float):
+        self.cml = cml
+        self.since = since
+        self.last = ""
+
+    def __call__(self) -> None:
+        try:
+            counts = Counter(self._states())
+        except Exception:  # the workspace is ours and local: a missed tick is harmless
+            return
+        if not counts:
+            return
+        done = counts["ENGINE_SUCCEEDED"]
+        failed = sum(counts[s] for s in ("ENGINE_FAILED", "ENGINE_TIMEDOUT", "ENGINE_STOPPED", "ENGINE_SKIPPED"))
+        waiting = counts["ENGINE_SCHEDULING"]
+        running = counts["ENGINE_STARTING"] + counts["ENGINE_RUNNING"] + counts["ENGINE_STOPPING"]
+        total = sum(counts.values())
+        line = (f"  experiments: {total} submitted | {waiting} queued | {running} running | "
+                f"{done} succeeded | {failed} failed")
+        if line != self.last:
+            self.last = line
+            _say(f"{time.strftime('%H:%M:%S')} {line}")
+
+    def _states(self):
+        for job in self.cml.list_jobs():
+            if not job["name"].startswith("model-factory-experiment-"):
+                continue
+            for run in self.cml.list_job_runs(job["id"]):
+                if _epoch(run.get("created_at")) >= self.since:
+                    yield run["status"]
+
+
+def _epoch(iso: str | None) -> float:
+    from datetime import datetime
+
+    if not iso:
+        return 0.0
+    return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
+
+
+def _ensure_training_table(env: dict[str, str], rows: int, seed: int) -> bool:
+    os.environ.update(env)
+    from airflow.providers.sqlite.hooks.sqlite import SqliteHook
+
+    from factory_tasks.training_data import ensure_training_table
+
+    return ensure_training_table(SqliteHook(sqlite_conn_id="model_factory_warehouse"), n_rows=rows, seed=seed)
+
+
+def _latest_outcomes(env: dict[str, str]):
+    os.environ.update(env)
+    from airflow.providers.sqlite.hooks.sqlite import SqliteHook
+
+    from factory_tasks.outcome_store import OutcomeStore
+
+    frame = OutcomeStore(SqliteHook(sqlite_conn_id="model_factory_warehouse")).read()
+    if frame.empty:
+        return frame, None
+    latest = frame.sort_values("recorded_at")["factory_run_id"].iloc[-1]
+    return frame[frame["factory_run_id"] == latest], latest
+
+
+def _refresh_summary(env: dict[str, str]) -> Path | None:
+    try:
+        from airflow.providers.sqlite.hooks.sqlite import SqliteHook
+
+        from factory_tasks.settings import summary_path
+        from factory_tasks.summary import refresh_summary
+    except ImportError:
+        return None
+    path = summary_path()
+    refresh_summary(SqliteHook(sqlite_conn_id="model_factory_warehouse"), path)
+    return path
+
+
+def run(grid_path: str = "config/grid.yaml", rows: int = DEFAULT_ROWS, seed: int = DEFAULT_SEED) -> int:
+    from cml_provider.hooks.cml import CmlHook
+    from cml_workspace.testing import running_workspace
+    from factory_tasks.leaderboard import format_leaderboard
+
+    logging.basicConfig(level=logging.WARNING)
+    paths: StackPaths = stack_paths().make()
+    started = time.time()
+    _say(f"Model Factory — embedded default stack under {paths.var}")
+    with running_workspace(
+        paths.workspace_root, code_dir=REPO, project=PROJECT_NAME, api_key=workspace_api_key(paths),
+        cpus=os.cpu_count() or 2, memory_gb=8,
+    ) as ws:
+        _say(f"[1/5] local CML workspace up at {ws.url} (project {PROJECT_NAME!r}, {os.cpu_count()} cores)")
+        env = airflow_env(paths, workspace_url=ws.url, api_key=ws.api_key)
+        setup_log = paths.logs / "airflow-setup.log"
+        if migrate_once(env, setup_log):
+            _say(f"[2/5] Airflow metadata DB created in {paths.airflow_home}")
+        else:
+            _say(f"[2/5] Airflow metadata DB ready in {paths.airflow_home}")
+        created = _ensure_training_table(env, rows, seed)
+        _say(f"[3/5] training table historical_customer_interactions "
+             f"{'simulated (' + str(rows) + ' rows, seed ' + str(seed) + ')' if created else 'already present'} "
+             f"in {paths.warehouse_db}")
+        run_log = paths.logs / f"model_factory-{time.strftime('%Y%m%dT%H%M%S')}.log"
+        _say(f"[4/5] running DAG model_factory (airflow dags test); log: {run_log}")
+        cml = CmlHook.from_url(ws.url, ws.api_key, project_name=PROJECT_NAME)
+        rc = dags_test("model_factory", {"grid_path": grid_path}, env, run_log,
+                       timeout_s=RUN_TIMEOUT_S, on_tick=Progress(cml, since=time.time() - 1))
+        outcomes, run_id = _latest_outcomes(env)
+        summary = _refresh_summary(env)
+    _say(f"[5/5] done in {time.time() - started:.0f}s (DAG exit code {rc})")
+    _say()
+    if run_id is None:
+        _say(f"No outcomes were recorded. See {run_log}")
+        return rc or 1
+    _say(f"Factory run {run_id}")
+    _say(format_leaderboard(outcomes))
+    _say()
+    _say("Where to look:")
+    _say(f"  outcome table     experiment_outcomes in {paths.warehouse_db} (connection model_factory_warehouse)")
+    if summary:
+        _say(f"  summary CSV       {summary}")
+    _say(f"  model artifacts   {paths.workspace_root}/projects/<project id>/files/experiments/<experiment id>/")
+    _say(f"  DAG run log       {run_log}")
+    _say("  Airflow UI        make airflow-ui, then open http://127.0.0.1:8080 → DAG model_factory")
+    _say("  dashboard         make dashboard, then open http://127.0.0.1:5006/experiments_app")
+    return rc
+
+
+if __name__ == "__main__":
+    sys.exit(run())

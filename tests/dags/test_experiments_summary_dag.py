@@ -1,0 +1,125 @@
+"""The experiments_summary DAG: parses, schedules on cron OR the outcomes asset, and really runs."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from airflow.dag_processing.dagbag import DagBag
+
+from factory_tasks.outcome_store import OutcomeStore, RunContext, outcome_row
+from factory_tasks.summary import read_summary
+
+REPO = Path(__file__).resolve().parents[2]
+DAGS = REPO / "dags"
+AIRFLOW = Path(sys.executable).parent / "airflow"
+
+
+@pytest.fixture(scope="module")
+def dag():
+    # Airflow puts the DAGs folder on sys.path at runtime (DAG files import ``assets``,
+    # ``connections``); an in-process DagBag does not, so do what Airflow does.
+    added = str(DAGS) not in sys.path
+    if added:
+        sys.path.insert(0, str(DAGS))
+    try:
+        bag = DagBag(dag_folder=str(DAGS / "experiments_summary.py"))
+        assert bag.import_errors == {}, bag.import_errors
+        yield bag.dags["experiments_summary"]
+    finally:
+        if added:
+            sys.path.remove(str(DAGS))
+
+
+def test_schedule_is_cron_or_the_outcomes_asset(dag):
+    schedule = dag.timetable
+    assert type(schedule).__name__ == "AssetOrTimeSchedule"
+    assert type(schedule.timetable).__name__ == "CronTriggerTimetable"
+    assert schedule.timetable.expression == "*/30 * * * *"
+    assert str(schedule.timetable.timezone) == "UTC"
+    assets = [a for a in schedule.asset_condition.objects]
+    assert [(a.name, a.uri) for a in assets] == [
+        ("experiment_outcomes", "model-factory://warehouse/experiment_outcomes")
+    ]
+
+
+def test_dag_house_rules(dag):
+    assert dag.catchup is False
+    assert dag.tags and dag.doc_md and "experiments_summary.csv" in dag.doc_md
+    assert dag.default_args["retries"] >= 1
+    assert dag.start_date.tzinfo is not None
+    assert list(dag.task_dict) == ["refresh_experiments_summary"]
+
+
+def test_asset_uri_is_stable(dag):
+    from assets import EXPERIMENT_OUTCOMES
+
+    assert EXPERIMENT_OUTCOMES.name == "experiment_outcomes"
+    assert EXPERIMENT_OUTCOMES.uri == "model-factory://warehouse/experiment_outcomes"
+
+
+def _seed_warehouse(db: Path) -> None:
+    class Hook:
+        conn_type = "sqlite"
+
+        def get_conn(self):
+            return sqlite3.connect(db)
+
+    spec = {
+        "experiment_id": "feedc0ffee000001", "family": "random_forest",
+        "estimator": "RandomForestClassifier", "params": {"n_estimators": 50}, "cv_folds": 3,
+        "ranking_metric": "roc_auc", "resources": {"cpu": 1, "memory_gb": 1},
+        "data_snapshot": {"path": "s.parquet", "hash": "h1"},
+    }
+    result = {"status": "succeeded", "metrics": {"roc_auc": {"mean": 0.7, "std": 0.01, "folds": [0.69, 0.7, 0.71]}}}
+    rows = [
+        outcome_row(spec, result, RunContext("run_1", "g", "2026-03-01T00:00:00+00:00")),
+        outcome_row({**spec, "experiment_id": "feedc0ffee000002"}, None,
+                    RunContext("run_1", "g", "2026-03-01T00:00:00+00:00", run_status="failed")),
+    ]
+    OutcomeStore(Hook()).replace_run("run_1", rows)
+
+
+def _run(cmd, env, timeout):
+    """Run an Airflow CLI command in its own process group; SIGKILL the group on timeout."""
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, start_new_session=True)
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, _ = proc.communicate()
+        pytest.fail(f"{' '.join(map(str, cmd))} did not finish in {timeout}s:\n{out[-4000:]}")
+    return proc.returncode, out
+
+
+@pytest.mark.e2e
+def test_dags_test_writes_the_summary_from_the_real_warehouse(tmp_path):
+    db = tmp_path / "warehouse.db"
+    _seed_warehouse(db)
+    home = tmp_path / "airflow"
+    env = {
+        **os.environ,
+        "AIRFLOW_HOME": str(home),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__DAGS_FOLDER": str(DAGS),
+        "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
+        "AIRFLOW_CONN_MODEL_FACTORY_WAREHOUSE": json.dumps({"conn_type": "sqlite", "host": str(db)}),
+        "MODEL_FACTORY_ARTIFACTS": str(tmp_path / "artifacts"),
+        "PATH": f"{AIRFLOW.parent}:{os.environ.get('PATH', '')}",
+    }
+    code, out = _run([str(AIRFLOW), "db", "migrate"], env, 300)
+    assert code == 0, out[-4000:]
+    code, out = _run([str(AIRFLOW), "dags", "test", "experiments_summary", "2026-03-01T00:30:00+00:00"], env, 300)
+    assert code == 0, out[-4000:]
+    summary = tmp_path / "artifacts" / "experiments_summary" / "experiments_summary.csv"
+    frame = read_summary(summary)
+    assert list(frame["experiment_id"]) == ["feedc0ffee000001", "feedc0ffee000002"]
+    assert list(frame["status"]) == ["succeeded", "failed"]
+    assert "wrote 2 experiment rows" in out
