@@ -20,21 +20,41 @@ class EstimatorEntry:
     ``thread_param`` names the constructor argument that controls its parallelism (set from
     the run's CPU request), or None where threads follow OMP/BLAS limits alone.
     ``needs_scaling`` says whether numeric features should be standardized first.
+    ``needs_interactions`` adds pairwise feature products, so a linear model can express
+    offer x segment effects that trees find on their own.
+    ``cpu`` and ``memory_gb`` are the default resource request of a grid family using it (a
+    family's ``resources`` overrides them); ``relative_cost`` is a rough hint of fit time per
+    experiment relative to logistic regression, used to submit the heaviest experiments first.
     """
 
     cls: type
     thread_param: str | None = None
     needs_scaling: bool = False
+    needs_interactions: bool = False
+    cpu: float = 1.0
+    memory_gb: float = 2.0
+    relative_cost: float = 1.0
 
     def parameter_names(self) -> set[str]:
         return set(inspect.signature(self.cls.__init__).parameters) - {"self"}
 
 
+# Resource defaults: HistGradientBoosting parallelises over OpenMP threads and RandomForest over
+# trees (n_jobs), so both get two cores; GradientBoosting is single-threaded but slow; the
+# forest keeps every tree in memory.
 ESTIMATORS: dict[str, EstimatorEntry] = {
-    "LogisticRegression": EstimatorEntry(LogisticRegression, needs_scaling=True),
-    "HistGradientBoostingClassifier": EstimatorEntry(HistGradientBoostingClassifier),
-    "GradientBoostingClassifier": EstimatorEntry(GradientBoostingClassifier),
-    "RandomForestClassifier": EstimatorEntry(RandomForestClassifier, thread_param="n_jobs"),
+    "LogisticRegression": EstimatorEntry(
+        LogisticRegression, needs_scaling=True, needs_interactions=True, cpu=1.0, memory_gb=1.0, relative_cost=1.0
+    ),
+    "HistGradientBoostingClassifier": EstimatorEntry(
+        HistGradientBoostingClassifier, cpu=2.0, memory_gb=2.0, relative_cost=3.0
+    ),
+    "GradientBoostingClassifier": EstimatorEntry(
+        GradientBoostingClassifier, cpu=1.0, memory_gb=2.0, relative_cost=8.0
+    ),
+    "RandomForestClassifier": EstimatorEntry(
+        RandomForestClassifier, thread_param="n_jobs", cpu=2.0, memory_gb=4.0, relative_cost=5.0
+    ),
 }
 
 

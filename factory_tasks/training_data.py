@@ -15,25 +15,22 @@ from typing import Any
 
 import pandas as pd
 
+from factory_tasks.simulator import (
+    INTERACTION_COLUMNS,
+    INTERACTION_DTYPES,
+    simulate_interactions,
+    validate_interactions,
+)
 from factory_tasks.sql_dialects import Column, checked_identifier, dialect_for
 
 log = logging.getLogger(__name__)
 
 TRAINING_TABLE = "historical_customer_interactions"
 
-INTERACTION_SCHEMA: tuple[Column, ...] = (
-    Column("recency", "bigint"),
-    Column("history", "double"),
-    Column("used_discount", "bigint"),
-    Column("used_bogo", "bigint"),
-    Column("zip_code", "string"),
-    Column("is_referral", "bigint"),
-    Column("channel", "string"),
-    Column("offer", "string"),
-    Column("conversion", "bigint"),
+_SQL_TYPES = {"int64": "bigint", "float64": "double", "str": "string"}
+INTERACTION_SCHEMA: tuple[Column, ...] = tuple(
+    Column(name, _SQL_TYPES[INTERACTION_DTYPES[name]]) for name in INTERACTION_COLUMNS
 )
-INTERACTION_COLUMNS: tuple[str, ...] = tuple(c.name for c in INTERACTION_SCHEMA)
-_PANDAS_TYPES = {"bigint": "int64", "double": "float64", "string": "object"}
 
 
 class TrainingDataError(ValueError):
@@ -57,21 +54,14 @@ class Snapshot:
 
 
 def conform(frame: pd.DataFrame, source: str) -> pd.DataFrame:
-    """Check a frame against the interaction schema and return it in canonical column order/types."""
-    missing = [c for c in INTERACTION_COLUMNS if c not in frame.columns]
-    if missing:
-        raise TrainingDataError(f"{source}: missing columns {missing}; expected {list(INTERACTION_COLUMNS)}")
+    """Check a frame against the interaction schema; return it in canonical column order and dtypes."""
     if frame.empty:
         raise TrainingDataError(f"{source}: the table has no rows")
-    out = frame.loc[:, list(INTERACTION_COLUMNS)].copy()
-    for col in INTERACTION_SCHEMA:
-        try:
-            if col.type == "string":
-                out[col.name] = out[col.name].astype(str).astype(object)
-            else:
-                out[col.name] = out[col.name].astype(_PANDAS_TYPES[col.type])
-        except (TypeError, ValueError) as exc:
-            raise TrainingDataError(f"{source}: column {col.name!r} is not {col.type}: {exc}") from exc
+    try:
+        validate_interactions(frame)
+    except ValueError as exc:
+        raise TrainingDataError(f"{source}: {exc}") from None
+    out = frame.loc[:, list(INTERACTION_COLUMNS)].astype(INTERACTION_DTYPES)
     if out["conversion"].nunique() < 2:
         raise TrainingDataError(f"{source}: 'conversion' has a single class; nothing to learn")
     return out.reset_index(drop=True)
@@ -87,8 +77,6 @@ def content_hash(frame: pd.DataFrame) -> str:
 
 def ensure_training_table(hook: Any, *, n_rows: int, seed: int, table: str = TRAINING_TABLE) -> bool:
     """Create ``table`` filled by the simulator if it does not exist. Returns True if created."""
-    from factory_tasks.simulator import simulate_interactions
-
     dialect = dialect_for(hook)
     if dialect.table_exists(hook, checked_identifier(table)):
         return False

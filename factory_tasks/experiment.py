@@ -1,0 +1,281 @@
+"""One experiment: stratified k-fold cross-validation of a whole pipeline on interaction data.
+
+:func:`run_experiment` takes an experiment spec (see docs/architecture.md, "Experiment spec")
+and the interactions frame, refits the full pipeline (preprocessing included) on every training
+split, and scores every metric the spec asks for on the held-out split. It returns the
+``result.json`` fields of docs/architecture.md except the file paths (``artifact_path``,
+``metadata_path``) and ``code_version``, which the job adds — plus, under :data:`MODEL_KEY`, the
+pipeline fitted on the first fold's training split and, under :data:`FITTED_ON_KEY`, a
+description of that split. Those two keys are not JSON; :func:`json_result` drops them.
+
+Per fold the model is asked for P(conversion | x, offer = o) for all three offers in one call
+(only when ``policy_value`` is requested); the probabilities for the logged offers — what every
+other metric needs — are read from that matrix instead of predicting again.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from datetime import datetime, timezone
+from typing import Any, Callable, Mapping
+
+import numpy as np
+import pandas as pd
+
+from factory_tasks.estimators import get_estimator
+from factory_tasks.features import (
+    build_pipeline,
+    counterfactual_proba,
+    feature_frame,
+    positive_proba,
+)
+from factory_tasks.metrics import compute_metric, get_metric
+from factory_tasks.simulator import TARGET_COLUMN, offer_indices, validate_interactions
+
+log = logging.getLogger(__name__)
+
+MODEL_KEY = "model"
+FITTED_ON_KEY = "model_fitted_on"
+REQUIRED_SPEC_KEYS: tuple[str, ...] = (
+    "experiment_id",
+    "estimator",
+    "params",
+    "cv_folds",
+    "metrics",
+    "ranking_metric",
+    "random_state",
+)
+
+
+class SpecError(ValueError):
+    """The experiment spec is missing a field or has an invalid value."""
+
+
+def check_spec(spec: Mapping[str, Any]) -> None:
+    """Validate the fields an experiment run relies on; raise :class:`SpecError` saying which."""
+    if not isinstance(spec, Mapping):
+        raise SpecError(f"the experiment spec must be a JSON object, got {type(spec).__name__}")
+    missing = [k for k in REQUIRED_SPEC_KEYS if k not in spec]
+    if missing:
+        raise SpecError(f"the experiment spec lacks field(s) {missing}")
+    try:
+        entry = get_estimator(spec["estimator"])
+    except (ValueError, TypeError) as exc:
+        raise SpecError(str(exc)) from None
+    params = spec["params"]
+    if not isinstance(params, Mapping):
+        raise SpecError(f"params must be an object of estimator parameters, got {params!r}")
+    unknown = sorted(set(params) - entry.parameter_names())
+    if unknown:
+        raise SpecError(
+            f"{spec['estimator']} has no parameter(s) {unknown}. "
+            f"Valid parameters are: {', '.join(sorted(entry.parameter_names()))}."
+        )
+    folds = spec["cv_folds"]
+    if isinstance(folds, bool) or not isinstance(folds, int) or folds < 2:
+        raise SpecError(f"cv_folds must be an integer >= 2, got {folds!r}")
+    rs = spec["random_state"]
+    if isinstance(rs, bool) or not isinstance(rs, int):
+        raise SpecError(f"random_state must be an integer, got {rs!r}")
+    metrics = spec["metrics"]
+    if not isinstance(metrics, list) or not metrics:
+        raise SpecError(f"metrics must be a non-empty list of metric names, got {metrics!r}")
+    for name in metrics:
+        try:
+            get_metric(name)
+        except (ValueError, TypeError) as exc:
+            raise SpecError(str(exc)) from None
+    if spec["ranking_metric"] not in metrics:
+        raise SpecError(
+            f"ranking_metric {spec['ranking_metric']!r} is not one of the metrics {metrics}"
+        )
+    if "policy_value" in metrics:
+        economics = spec.get("economics")
+        if not isinstance(economics, Mapping) or "conversion_value" not in economics:
+            raise SpecError(
+                "policy_value needs economics: "
+                '{"conversion_value": float, "offer_costs": {offer: cost}}'
+            )
+        from factory_tasks.simulator import offer_cost_vector
+
+        try:
+            offer_cost_vector(economics)
+            float(economics["conversion_value"])
+        except (ValueError, TypeError) as exc:
+            raise SpecError(f"invalid economics: {exc}") from None
+
+
+def _summary(values: list[float]) -> dict[str, float]:
+    arr = np.asarray(values, dtype=np.float64)
+    return {"mean": float(arr.mean()), "std": float(arr.std()), "total": float(arr.sum())}
+
+
+def _utc_now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def run_experiment(
+    spec: Mapping[str, Any],
+    data: pd.DataFrame,
+    *,
+    n_threads: int = 1,
+    progress: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Cross-validate the spec's pipeline on ``data``; return the result dict (see module doc).
+
+    Stratified k-fold with shuffling seeded by ``spec["random_state"]``; the pipeline is rebuilt
+    and refitted on every training split. Per metric: ``mean``, ``std`` (population, ddof=0)
+    and the ``folds`` list. BLAS/OpenMP pools are limited to ``n_threads`` for the whole run and
+    the estimator's own thread parameter is set to it. ``progress`` receives one line per fold
+    (default: the module logger).
+    """
+    from sklearn.model_selection import StratifiedKFold
+    from threadpoolctl import threadpool_limits
+
+    check_spec(spec)
+    validate_interactions(data)
+    n_threads = int(n_threads)
+    if n_threads < 1:
+        raise ValueError(f"n_threads must be >= 1, got {n_threads}")
+    say = progress or log.info
+    started_at = _utc_now()
+    wall_start = time.perf_counter()
+
+    metric_names: list[str] = list(spec["metrics"])
+    k = int(spec["cv_folds"])
+    economics = spec.get("economics")
+    propensities = spec.get("propensities")
+    X = feature_frame(data).reset_index(drop=True)
+    y = data[TARGET_COLUMN].to_numpy(dtype=np.int64)
+    logged = X["offer"].to_numpy(dtype=object)
+    logged_idx = offer_indices(logged)
+    n_classes_min = int(np.bincount(y, minlength=2).min())
+    if n_classes_min < k:
+        raise ValueError(
+            f"cannot make {k} stratified folds: the rarer conversion class has only "
+            f"{n_classes_min} row(s) among {len(y)}"
+        )
+
+    scores: dict[str, list[float]] = {name: [] for name in metric_names}
+    fit_times: list[float] = []
+    score_times: list[float] = []
+    first_model = None
+    fitted_on: dict[str, Any] = {}
+    cv = StratifiedKFold(n_splits=k, shuffle=True, random_state=int(spec["random_state"]))
+    needs_counterfactual = "policy_value" in metric_names
+    say(
+        f"experiment {spec['experiment_id']}: {spec['estimator']} {dict(spec['params'])} on "
+        f"{len(X)} rows, {k}-fold CV, {n_threads} thread(s)"
+    )
+    with threadpool_limits(limits=n_threads):
+        for fold, (train_idx, test_idx) in enumerate(cv.split(X, y), start=1):
+            pipeline = build_pipeline(
+                spec["estimator"],
+                spec["params"],
+                random_state=int(spec["random_state"]),
+                n_threads=n_threads,
+            )
+            t0 = time.perf_counter()
+            pipeline.fit(X.iloc[train_idx], y[train_idx])
+            fit_times.append(time.perf_counter() - t0)
+
+            t0 = time.perf_counter()
+            X_test, y_test = X.iloc[test_idx], y[test_idx]
+            if needs_counterfactual:
+                offer_proba = counterfactual_proba(pipeline, X_test)
+                proba = offer_proba[np.arange(len(test_idx)), logged_idx[test_idx]]
+            else:
+                offer_proba = None
+                proba = positive_proba(pipeline, X_test)
+            for name in metric_names:
+                scores[name].append(
+                    compute_metric(
+                        name,
+                        y_test,
+                        proba,
+                        logged_offers=logged[test_idx],
+                        offer_proba=offer_proba,
+                        economics=economics,
+                        propensities=propensities,
+                    )
+                )
+            score_times.append(time.perf_counter() - t0)
+            if first_model is None:
+                first_model = pipeline
+                fitted_on = {
+                    "split": "training split of CV fold 1",
+                    "fold": 1,
+                    "cv_folds": k,
+                    "n_rows": int(len(train_idx)),
+                    "random_state": int(spec["random_state"]),
+                    "data_snapshot_hash": (spec.get("data_snapshot") or {}).get("hash"),
+                }
+            shown = ", ".join(f"{name}={scores[name][-1]:.4f}" for name in metric_names)
+            say(
+                f"fold {fold}/{k} done: fit {fit_times[-1]:.2f}s, score {score_times[-1]:.2f}s, "
+                f"{shown}"
+            )
+
+    result: dict[str, Any] = {
+        "experiment_id": spec["experiment_id"],
+        "status": "succeeded",
+        "error": None,
+        "traceback": None,
+        "family": spec.get("family"),
+        "estimator": spec["estimator"],
+        "params": dict(spec["params"]),
+        "cv_folds": k,
+        "ranking_metric": spec["ranking_metric"],
+        "metrics": {
+            name: {
+                "mean": float(np.mean(values)),
+                "std": float(np.std(values)),
+                "folds": [float(v) for v in values],
+            }
+            for name, values in scores.items()
+        },
+        "fit_time": _summary(fit_times),
+        "score_time": _summary(score_times),
+        "wall_time_s": time.perf_counter() - wall_start,
+        "n_rows": int(len(X)),
+        "threads": n_threads,
+        "data_snapshot_hash": (spec.get("data_snapshot") or {}).get("hash"),
+        "started_at": started_at,
+        "finished_at": _utc_now(),
+        MODEL_KEY: first_model,
+        FITTED_ON_KEY: fitted_on,
+    }
+    ranking = result["metrics"][spec["ranking_metric"]]["mean"]
+    say(
+        f"experiment {spec['experiment_id']} done in {result['wall_time_s']:.1f}s: "
+        f"{spec['ranking_metric']}={ranking:.4f}"
+    )
+    return result
+
+
+def json_result(result: Mapping[str, Any]) -> dict[str, Any]:
+    """The JSON-able part of a result: drops the model; non-finite floats become None."""
+    return _finite({k: v for k, v in result.items() if k not in (MODEL_KEY, FITTED_ON_KEY)})
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float):
+        return value if np.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    if isinstance(value, np.generic):
+        return _finite(value.item())
+    return value
+
+
+__all__ = [
+    "FITTED_ON_KEY",
+    "MODEL_KEY",
+    "SpecError",
+    "check_spec",
+    "json_result",
+    "run_experiment",
+]

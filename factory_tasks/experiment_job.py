@@ -1,0 +1,283 @@
+"""The experiment job: what ``jobs/run_experiment.py`` runs inside a CML job run.
+
+Runs with the CML project root as the working directory. Reads:
+
+- ``MF_EXPERIMENT_SPEC``: the experiment spec JSON (docs/architecture.md);
+- ``MF_THREADS``, else ``OMP_NUM_THREADS``, else 1: the thread budget;
+- ``MF_CODE_VERSION`` (optional): recorded as ``code_version``, else the package version plus
+  the git commit when there is one;
+- ``MF_EXPERIMENT_ID`` (optional): where to report a failure when the spec itself is unreadable;
+- ``MF_FACTORY_RUN_ID`` (optional): recorded in the model metadata.
+
+Writes under ``experiments/<experiment_id>/``: ``model.skops`` + ``model.metadata.json`` and,
+last and atomically, ``result.json`` with status ``succeeded``. On any error it writes a
+``failed`` result (``error``: one line, exception type and message; ``traceback``) and exits 1.
+Without any usable experiment id it can only log the error and exit 1.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import sys
+import traceback
+from datetime import datetime, timezone
+from pathlib import Path, PurePosixPath
+from typing import Any, Mapping
+
+from factory_tasks.fanout import CODE_VERSION_ENV, EXPERIMENT_ID_ENV, FACTORY_RUN_ENV, SPEC_ENV
+
+log = logging.getLogger("factory_tasks.experiment_job")
+
+THREADS_ENV = "MF_THREADS"
+EXPERIMENTS_DIR = "experiments"
+RESULT_FILENAME = "result.json"
+_SAFE_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_MAX_ERROR_CHARS = 2000
+
+
+class JobConfigError(ValueError):
+    """The job's environment or spec is unusable."""
+
+
+def load_spec(environ: Mapping[str, str]) -> dict[str, Any]:
+    """The spec from ``MF_EXPERIMENT_SPEC`` (a JSON object), or JobConfigError."""
+    raw = environ.get(SPEC_ENV)
+    if raw is None or not raw.strip():
+        raise JobConfigError(f"{SPEC_ENV} is not set: the job needs the experiment spec as JSON")
+    try:
+        spec = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise JobConfigError(f"{SPEC_ENV} is not valid JSON: {exc}") from None
+    if not isinstance(spec, dict):
+        raise JobConfigError(f"{SPEC_ENV} must be a JSON object, got {type(spec).__name__}")
+    return spec
+
+
+def checked_experiment_id(value: Any) -> str:
+    if not isinstance(value, str) or not _SAFE_ID.match(value):
+        raise JobConfigError(
+            f"experiment_id must be 1-64 letters, digits, '_' or '-', got {value!r}"
+        )
+    return value
+
+
+def thread_count(environ: Mapping[str, str]) -> int:
+    """Threads from ``MF_THREADS``, else ``OMP_NUM_THREADS`` (first level), else 1."""
+    for name in (THREADS_ENV, "OMP_NUM_THREADS"):
+        raw = environ.get(name)
+        if raw is None or not raw.strip():
+            continue
+        text = raw.split(",")[0].strip() if name == "OMP_NUM_THREADS" else raw.strip()
+        try:
+            value = int(text)
+        except ValueError:
+            raise JobConfigError(f"{name} must be a positive integer, got {raw!r}") from None
+        if value < 1:
+            raise JobConfigError(f"{name} must be a positive integer, got {raw!r}")
+        return value
+    return 1
+
+
+def snapshot_path(project_root: Path, spec: Mapping[str, Any]) -> Path:
+    """The snapshot file named by ``spec["data_snapshot"]["path"]``, inside the project."""
+    snap = spec.get("data_snapshot")
+    if not isinstance(snap, Mapping) or not isinstance(snap.get("path"), str) or not snap["path"]:
+        raise JobConfigError('the spec lacks data_snapshot.path (a project-relative parquet path)')
+    rel = PurePosixPath(snap["path"].replace("\\", "/"))
+    if rel.is_absolute() or ".." in rel.parts:
+        raise JobConfigError(
+            f"data_snapshot.path must be relative to the project and stay inside it, got {snap['path']!r}"
+        )
+    path = project_root / Path(*rel.parts)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"data snapshot {snap['path']!r} not found in the project ({project_root})"
+        )
+    return path
+
+
+def read_snapshot(path: Path, expected_hash: str | None) -> Any:
+    """Read the snapshot, check its schema and that its content hash matches the spec."""
+    import pandas as pd
+
+    from factory_tasks.simulator import INTERACTION_COLUMNS, validate_interactions
+    from factory_tasks.training_data import conform, content_hash
+
+    frame = pd.read_parquet(path)
+    validate_interactions(frame)
+    if expected_hash:
+        actual = content_hash(conform(frame, f"snapshot {path.name}"))
+        if actual != expected_hash:
+            raise ValueError(
+                f"data snapshot {path.name} has content hash {actual[:16]}..., "
+                f"the spec expects {str(expected_hash)[:16]}...: the file changed since the "
+                "experiment was planned"
+            )
+    return frame.loc[:, list(INTERACTION_COLUMNS)]
+
+
+def current_code_version(environ: Mapping[str, str]) -> str:
+    explicit = environ.get(CODE_VERSION_ENV)
+    if explicit:
+        return explicit
+    from factory_tasks.versioning import code_version
+
+    return code_version()
+
+
+def error_line(exc: BaseException) -> str:
+    """``Type: message`` on one line (whitespace collapsed), bounded in length."""
+    message = " ".join(str(exc).split())
+    line = f"{type(exc).__name__}: {message}" if message else type(exc).__name__
+    return line if len(line) <= _MAX_ERROR_CHARS else line[: _MAX_ERROR_CHARS - 3] + "..."
+
+
+def _utc_now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def failed_result(
+    spec: Mapping[str, Any] | None,
+    experiment_id: str,
+    exc: BaseException,
+    *,
+    started_at: str,
+    code_version: str | None,
+    threads: int | None,
+) -> dict[str, Any]:
+    spec = spec if isinstance(spec, Mapping) else {}
+    snap = spec.get("data_snapshot") if isinstance(spec.get("data_snapshot"), Mapping) else {}
+    return {
+        "experiment_id": experiment_id,
+        "status": "failed",
+        "error": error_line(exc),
+        "traceback": "".join(traceback.format_exception(exc)),
+        "family": spec.get("family"),
+        "estimator": spec.get("estimator"),
+        "params": spec.get("params"),
+        "cv_folds": spec.get("cv_folds"),
+        "ranking_metric": spec.get("ranking_metric"),
+        "metrics": {},
+        "fit_time": None,
+        "score_time": None,
+        "wall_time_s": None,
+        "n_rows": None,
+        "threads": threads,
+        "artifact_path": None,
+        "metadata_path": None,
+        "data_snapshot_hash": snap.get("hash"),
+        "code_version": code_version,
+        "started_at": started_at,
+        "finished_at": _utc_now(),
+    }
+
+
+def _configure_logging() -> None:
+    root = logging.getLogger()
+    if not root.handlers:
+        handler = logging.StreamHandler(sys.stdout)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    logging.captureWarnings(True)
+
+
+def run_job(project_root: Path, environ: Mapping[str, str]) -> int:
+    """Run one experiment job; returns the process exit code (0 succeeded, 1 failed)."""
+    from factory_tasks.artifacts import save_model, write_json_atomic
+
+    started_at = _utc_now()
+    spec: dict[str, Any] | None = None
+    experiment_id: str | None = None
+    code_version: str | None = None
+    threads: int | None = None
+    try:
+        code_version = current_code_version(environ)
+        spec = load_spec(environ)
+        experiment_id = checked_experiment_id(spec.get("experiment_id"))
+        log.info("experiment %s: code %s, project %s", experiment_id, code_version, project_root)
+        threads = thread_count(environ)
+
+        from factory_tasks.experiment import FITTED_ON_KEY, MODEL_KEY, check_spec, json_result
+        from factory_tasks.experiment import run_experiment
+
+        check_spec(spec)
+        path = snapshot_path(project_root, spec)
+        data = read_snapshot(path, spec["data_snapshot"].get("hash"))
+        log.info("read %d rows from %s", len(data), spec["data_snapshot"]["path"])
+
+        outcome = run_experiment(spec, data, n_threads=threads)
+        out_dir_rel = f"{EXPERIMENTS_DIR}/{experiment_id}"
+        result = json_result(outcome)
+        model_path, metadata_path = save_model(
+            outcome[MODEL_KEY],
+            project_root / out_dir_rel,
+            {
+                "experiment_id": experiment_id,
+                "factory_run_id": environ.get(FACTORY_RUN_ENV),
+                "family": spec.get("family"),
+                "estimator": spec["estimator"],
+                "params": spec["params"],
+                "random_state": spec["random_state"],
+                "economics": spec.get("economics"),
+                "cv_folds": spec["cv_folds"],
+                "ranking_metric": spec["ranking_metric"],
+                "cv_scores": result["metrics"],
+                "data_snapshot": dict(spec["data_snapshot"]),
+                "data_snapshot_hash": spec["data_snapshot"].get("hash"),
+                "fitted_on": outcome[FITTED_ON_KEY],
+                "threads": threads,
+                "code_version": code_version,
+            },
+        )
+        result.update(
+            artifact_path=f"{out_dir_rel}/{model_path.name}",
+            metadata_path=f"{out_dir_rel}/{metadata_path.name}",
+            code_version=code_version,
+            started_at=started_at,
+        )
+        write_json_atomic(project_root / out_dir_rel / RESULT_FILENAME, result)
+        log.info("experiment %s succeeded; wrote %s/%s", experiment_id, out_dir_rel, RESULT_FILENAME)
+        return 0
+    except Exception as exc:  # one failing experiment must be recorded, never lost
+        log.error("experiment failed: %s", error_line(exc))
+        log.debug("traceback", exc_info=exc)
+        if experiment_id is None:
+            try:
+                experiment_id = checked_experiment_id(environ.get(EXPERIMENT_ID_ENV))
+            except JobConfigError:
+                log.error(
+                    "no usable experiment id (spec or %s): cannot write a result file",
+                    EXPERIMENT_ID_ENV,
+                )
+                print(traceback.format_exc(), file=sys.stderr)
+                return 1
+        failed = failed_result(
+            spec, experiment_id, exc, started_at=started_at, code_version=code_version,
+            threads=threads,
+        )
+        print(failed["traceback"], file=sys.stderr)
+        try:
+            target = project_root / EXPERIMENTS_DIR / experiment_id / RESULT_FILENAME
+            write_json_atomic(target, failed)
+            log.info("wrote failed result to %s", target.relative_to(project_root))
+        except Exception as write_exc:  # noqa: BLE001 - report both, exit non-zero
+            log.error("could not write the failed result: %s", error_line(write_exc))
+        return 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``jobs/run_experiment.py`` (takes no arguments: config is environment)."""
+    if argv is None:
+        argv = sys.argv[1:]
+    if argv:
+        print(
+            f"run_experiment takes no arguments; set {SPEC_ENV} (and optionally {THREADS_ENV})",
+            file=sys.stderr,
+        )
+        return 2
+    _configure_logging()
+    return run_job(Path.cwd(), os.environ)

@@ -1,0 +1,359 @@
+"""Customer interaction simulator with a known ground-truth response model.
+
+No real data ships with the factory, so this module writes rows in exactly the schema of the
+``historical_customer_interactions`` table, drawn from a response model whose conversion
+probabilities are known. Because the truth is known, the optimal next-best-action policy and
+the true value of *any* policy can be computed (:func:`optimal_offers`,
+:func:`true_policy_value`) and compared with what the factory's models find.
+
+Schema (:data:`INTERACTION_COLUMNS`, in this order; dtypes in :data:`INTERACTION_DTYPES`):
+
+=============== ========= =============================================================
+column          dtype     values
+=============== ========= =============================================================
+recency         int64     months since last purchase, 1..12 (more mass at low values)
+history         float64   past spend, 29.99..3345.93, heavy right tail, 2 decimals
+used_discount   int64     0/1
+used_bogo       int64     0/1 (every customer used at least one of the two)
+zip_code        str       ``Surburban`` 45% (sic), ``Urban`` 40%, ``Rural`` 15%
+is_referral     int64     0/1 (~50%)
+channel         str       ``Web`` 44%, ``Phone`` 44%, ``Multichannel`` 12%
+offer           str       ``Buy One Get One`` / ``Discount`` / ``No Offer``, 1/3 each at random
+conversion      int64     0/1, ~14.7% overall (Discount ~18%, BOGO ~15%, No Offer ~11%)
+=============== ========= =============================================================
+
+Ground truth (:func:`conversion_probability`): a logistic model with segment main effects and
+offer x segment interactions (see :data:`RESPONSE_MODEL`): past BOGO users respond to BOGO
+about as well as to Discount, discount-only users barely respond to BOGO, referred customers
+and lapsed customers (high recency) are more price sensitive, multichannel customers like
+BOGO and phone customers like discounts.
+
+Everything is vectorised numpy and seeded: the same ``(n_rows, seed)`` gives the identical
+frame. The draws of customers, offers and responses use independent child streams of one
+``numpy.random.SeedSequence``, so :func:`simulate_customers` returns the customer part of
+:func:`simulate_interactions` for the same seed.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+import numpy as np
+import pandas as pd
+
+OFFER_BOGO = "Buy One Get One"
+OFFER_DISCOUNT = "Discount"
+OFFER_NONE = "No Offer"
+#: The offers, in the column order used by every (n, 3) probability matrix in the factory.
+OFFERS: tuple[str, ...] = (OFFER_BOGO, OFFER_DISCOUNT, OFFER_NONE)
+
+ZIP_CODES: tuple[str, ...] = ("Surburban", "Urban", "Rural")  # "Surburban" is the real spelling
+ZIP_CODE_SHARES: tuple[float, ...] = (0.45, 0.40, 0.15)
+CHANNELS: tuple[str, ...] = ("Web", "Phone", "Multichannel")
+CHANNEL_SHARES: tuple[float, ...] = (0.44, 0.44, 0.12)
+#: Shares of recency 1..12 months: recent customers are more common, with a bump at 10.
+RECENCY_SHARES: tuple[float, ...] = (
+    0.140, 0.118, 0.093, 0.090, 0.080, 0.072, 0.069, 0.068, 0.064, 0.108, 0.052, 0.046,
+)
+HISTORY_MIN = 29.99
+HISTORY_MAX = 3345.93
+# history = HISTORY_MIN + lognormal(mu, sigma) - shift, clipped to [HISTORY_MIN, HISTORY_MAX]:
+# ~2% of customers sit at the 29.99 floor, median ~158, mean ~240, max reached rarely.
+_HISTORY_LOG_MU = 4.96
+_HISTORY_LOG_SIGMA = 1.0
+_HISTORY_SHIFT = 15.0
+#: P(used_discount only), P(used_bogo only), P(both): nobody used neither.
+PAST_OFFER_USE_SHARES: tuple[float, ...] = (0.445, 0.445, 0.11)
+REFERRAL_SHARE = 0.50
+
+CUSTOMER_COLUMNS: tuple[str, ...] = (
+    "recency",
+    "history",
+    "used_discount",
+    "used_bogo",
+    "zip_code",
+    "is_referral",
+    "channel",
+)
+#: The model's inputs: the customer plus the offer made.
+FEATURE_COLUMNS: tuple[str, ...] = (*CUSTOMER_COLUMNS, "offer")
+TARGET_COLUMN = "conversion"
+INTERACTION_COLUMNS: tuple[str, ...] = (*FEATURE_COLUMNS, TARGET_COLUMN)
+INTERACTION_DTYPES: dict[str, str] = {
+    "recency": "int64",
+    "history": "float64",
+    "used_discount": "int64",
+    "used_bogo": "int64",
+    "zip_code": "str",
+    "is_referral": "int64",
+    "channel": "str",
+    "offer": "str",
+    "conversion": "int64",
+}
+BINARY_COLUMNS: tuple[str, ...] = ("used_discount", "used_bogo", "is_referral", "conversion")
+CATEGORICAL_COLUMNS: tuple[str, ...] = ("zip_code", "channel", "offer")
+
+#: Example economics: a conversion is worth 100; BOGO costs 4 per customer offered, Discount 8.
+#: Under these the three constant policies are worth about the same (~10-11 per customer) while
+#: the optimal policy (BOGO ~51%, Discount ~27%, No Offer ~22% of customers) is worth ~13.
+DEFAULT_ECONOMICS: dict = {
+    "conversion_value": 100.0,
+    "offer_costs": {OFFER_BOGO: 4.0, OFFER_DISCOUNT: 8.0, OFFER_NONE: 0.0},
+}
+
+#: Coefficients of the ground-truth logistic response model (log-odds scale).
+#: ``r = (recency - 6) / 3`` and ``h = log(history / 150)`` are the centred numeric terms.
+RESPONSE_MODEL: dict[str, float] = {
+    "intercept": -2.07,
+    # offer main effects
+    "offer_bogo": 0.26,
+    "offer_discount": 0.36,
+    # segment main effects (apply whatever the offer)
+    "recency": -0.22,  # per unit of r: recent customers buy more
+    "history": 0.12,  # per unit of h: big spenders buy more
+    "is_referral": -0.40,
+    "channel_phone": -0.15,
+    "channel_multichannel": 0.20,
+    "zip_urban": 0.05,
+    "zip_rural": 0.40,
+    "used_both": 0.15,  # used discount and BOGO before: engaged customers
+    # offer x segment interactions
+    "bogo_x_used_bogo": 0.27,  # past BOGO users respond to BOGO ~ as well as to Discount
+    "bogo_x_discount_only": -0.30,  # discount-only users barely respond to BOGO
+    "discount_x_used_discount": 0.15,
+    "discount_x_referral": 0.30,  # referred customers are price sensitive
+    "bogo_x_referral": 0.10,
+    "discount_x_recency": 0.15,  # per unit of r: lapsed customers need a discount
+    "bogo_x_multichannel": 0.25,
+    "discount_x_phone": 0.15,
+    "none_x_rural": 0.15,  # rural customers convert without an offer more often
+}
+
+
+def _child_rngs(seed: int, n: int) -> list[np.random.Generator]:
+    return [np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(n)]
+
+
+def _customers_from_rng(n_rows: int, rng: np.random.Generator) -> pd.DataFrame:
+    recency = rng.choice(np.arange(1, 13, dtype=np.int64), size=n_rows, p=RECENCY_SHARES)
+    history = (
+        HISTORY_MIN + rng.lognormal(_HISTORY_LOG_MU, _HISTORY_LOG_SIGMA, size=n_rows) - _HISTORY_SHIFT
+    )
+    history = np.round(np.clip(history, HISTORY_MIN, HISTORY_MAX), 2)
+    past_use = rng.choice(3, size=n_rows, p=PAST_OFFER_USE_SHARES)  # 0 disc, 1 bogo, 2 both
+    zip_code = np.asarray(ZIP_CODES, dtype=object)[rng.choice(3, size=n_rows, p=ZIP_CODE_SHARES)]
+    is_referral = (rng.random(n_rows) < REFERRAL_SHARE).astype(np.int64)
+    channel = np.asarray(CHANNELS, dtype=object)[rng.choice(3, size=n_rows, p=CHANNEL_SHARES)]
+    return pd.DataFrame(
+        {
+            "recency": recency,
+            "history": history.astype(np.float64),
+            "used_discount": (past_use != 1).astype(np.int64),
+            "used_bogo": (past_use != 0).astype(np.int64),
+            "zip_code": pd.array(zip_code, dtype="str"),
+            "is_referral": is_referral,
+            "channel": pd.array(channel, dtype="str"),
+        },
+        columns=list(CUSTOMER_COLUMNS),
+    )
+
+
+def simulate_customers(n_rows: int, seed: int) -> pd.DataFrame:
+    """Draw ``n_rows`` customers (the :data:`CUSTOMER_COLUMNS`), reproducibly from ``seed``."""
+    if n_rows < 0:
+        raise ValueError(f"n_rows must be >= 0, got {n_rows}")
+    return _customers_from_rng(n_rows, _child_rngs(seed, 3)[0])
+
+
+def random_offers(n_rows: int, rng: np.random.Generator) -> np.ndarray:
+    """Offers assigned uniformly at random (propensity 1/3 each), as an object array."""
+    return np.asarray(OFFERS, dtype=object)[rng.integers(0, len(OFFERS), size=n_rows)]
+
+
+def _offer_array(offer: str | np.ndarray | pd.Series, n: int) -> np.ndarray:
+    if isinstance(offer, str):
+        offers = np.full(n, offer, dtype=object)
+    else:
+        offers = np.asarray(offer, dtype=object)
+        if offers.shape != (n,):
+            raise ValueError(f"offer must be one string or {n} values, got shape {offers.shape}")
+    unknown = set(pd.unique(offers)) - set(OFFERS)
+    if unknown:
+        raise ValueError(f"unknown offer(s) {sorted(map(str, unknown))}; valid: {list(OFFERS)}")
+    return offers
+
+
+def conversion_probability(
+    features: pd.DataFrame, offer: str | np.ndarray | pd.Series | None = None
+) -> np.ndarray:
+    """True P(conversion | customer, offer) under :data:`RESPONSE_MODEL`.
+
+    ``features`` needs the :data:`CUSTOMER_COLUMNS`; ``offer`` is one offer for every row, an
+    array of per-row offers, or None to use the frame's own ``offer`` column.
+    """
+    n = len(features)
+    offers = _offer_array(features["offer"] if offer is None else offer, n)
+    c = RESPONSE_MODEL
+    r = (features["recency"].to_numpy(dtype=np.float64) - 6.0) / 3.0
+    h = np.log(features["history"].to_numpy(dtype=np.float64) / 150.0)
+    used_discount = features["used_discount"].to_numpy(dtype=np.float64)
+    used_bogo = features["used_bogo"].to_numpy(dtype=np.float64)
+    referral = features["is_referral"].to_numpy(dtype=np.float64)
+    channel = features["channel"].to_numpy(dtype=object)
+    zip_code = features["zip_code"].to_numpy(dtype=object)
+    phone = (channel == "Phone").astype(np.float64)
+    multi = (channel == "Multichannel").astype(np.float64)
+    rural = (zip_code == "Rural").astype(np.float64)
+    urban = (zip_code == "Urban").astype(np.float64)
+    bogo = (offers == OFFER_BOGO).astype(np.float64)
+    discount = (offers == OFFER_DISCOUNT).astype(np.float64)
+    none = (offers == OFFER_NONE).astype(np.float64)
+
+    logit = (
+        c["intercept"]
+        + c["recency"] * r
+        + c["history"] * h
+        + c["is_referral"] * referral
+        + c["channel_phone"] * phone
+        + c["channel_multichannel"] * multi
+        + c["zip_urban"] * urban
+        + c["zip_rural"] * rural
+        + c["used_both"] * used_discount * used_bogo
+        + bogo
+        * (
+            c["offer_bogo"]
+            + c["bogo_x_used_bogo"] * used_bogo
+            + c["bogo_x_discount_only"] * used_discount * (1.0 - used_bogo)
+            + c["bogo_x_referral"] * referral
+            + c["bogo_x_multichannel"] * multi
+        )
+        + discount
+        * (
+            c["offer_discount"]
+            + c["discount_x_used_discount"] * used_discount
+            + c["discount_x_referral"] * referral
+            + c["discount_x_recency"] * r
+            + c["discount_x_phone"] * phone
+        )
+        + none * c["none_x_rural"] * rural
+    )
+    return 1.0 / (1.0 + np.exp(-logit))
+
+
+def offer_probabilities(features: pd.DataFrame) -> np.ndarray:
+    """True conversion probabilities for every offer: an (n, 3) array, columns in OFFERS order."""
+    return np.column_stack([conversion_probability(features, o) for o in OFFERS])
+
+
+def offer_cost_vector(economics: Mapping) -> np.ndarray:
+    """The cost of each offer in OFFERS order from an economics dict.
+
+    ``economics`` is ``{"conversion_value": float, "offer_costs": {offer: cost}}``; an offer
+    missing from ``offer_costs`` costs 0, an unknown offer name is an error.
+    """
+    if "conversion_value" not in economics:
+        raise ValueError("economics lacks 'conversion_value'")
+    costs = dict(economics.get("offer_costs") or {})
+    unknown = set(costs) - set(OFFERS)
+    if unknown:
+        raise ValueError(
+            f"economics.offer_costs names unknown offer(s) {sorted(unknown)}; valid: {list(OFFERS)}"
+        )
+    return np.array([float(costs.get(o, 0.0)) for o in OFFERS], dtype=np.float64)
+
+
+def offer_indices(offers: np.ndarray | pd.Series) -> np.ndarray:
+    """Positions of ``offers`` in OFFERS (int64); unknown offers are an error."""
+    offers = np.asarray(offers, dtype=object)
+    idx = np.full(offers.shape, -1, dtype=np.int64)
+    for i, o in enumerate(OFFERS):
+        idx[offers == o] = i
+    if (idx < 0).any():
+        unknown = sorted(map(str, set(offers[idx < 0])))
+        raise ValueError(f"unknown offer(s) {unknown}; valid: {list(OFFERS)}")
+    return idx
+
+
+def expected_values(proba: np.ndarray, economics: Mapping) -> np.ndarray:
+    """Expected value per customer of each offer, ``p * conversion_value - offer_cost``: (n, 3)."""
+    costs = offer_cost_vector(economics)  # validates the economics first
+    return np.asarray(proba, dtype=np.float64) * float(economics["conversion_value"]) - costs
+
+
+def optimal_offers(features: pd.DataFrame, economics: Mapping) -> np.ndarray:
+    """The truly best offer for each customer (ties go to the first offer in OFFERS order)."""
+    ev = expected_values(offer_probabilities(features), economics)
+    return np.asarray(OFFERS, dtype=object)[np.argmax(ev, axis=1)]
+
+
+def true_policy_value(features: pd.DataFrame, offers: str | np.ndarray, economics: Mapping) -> float:
+    """True expected value per customer of making ``offers`` (one offer or one per row)."""
+    idx = offer_indices(_offer_array(offers, len(features)))
+    ev = expected_values(offer_probabilities(features), economics)
+    return float(ev[np.arange(len(features)), idx].mean()) if len(features) else float("nan")
+
+
+def simulate_responses(
+    features: pd.DataFrame, offers: str | np.ndarray, rng: np.random.Generator
+) -> np.ndarray:
+    """Draw conversions (int64 0/1) for customers given the offers they received."""
+    p = conversion_probability(features, offers)
+    return (rng.random(len(features)) < p).astype(np.int64)
+
+
+def simulate_interactions(n_rows: int, seed: int) -> pd.DataFrame:
+    """``n_rows`` historical interactions in the exact table schema, reproducible from ``seed``.
+
+    Offers are assigned uniformly at random (propensity 1/3), as in the original campaign.
+    """
+    if n_rows < 0:
+        raise ValueError(f"n_rows must be >= 0, got {n_rows}")
+    customer_rng, offer_rng, response_rng = _child_rngs(seed, 3)
+    frame = _customers_from_rng(n_rows, customer_rng)
+    offers = random_offers(n_rows, offer_rng)
+    frame["offer"] = pd.array(offers, dtype="str")
+    frame[TARGET_COLUMN] = simulate_responses(frame, offers, response_rng)
+    return frame[list(INTERACTION_COLUMNS)]
+
+
+def validate_interactions(data: pd.DataFrame, *, require_target: bool = True) -> None:
+    """Check that ``data`` has the interaction schema; raise ``ValueError`` saying what is wrong.
+
+    Extra columns are allowed (ignored by the pipeline). Categorical columns must hold strings;
+    unseen ``zip_code``/``channel`` values are tolerated (the encoder ignores them) but
+    ``offer`` must be one of :data:`OFFERS`. Integer columns may arrive as floats (e.g. from a
+    warehouse) as long as every value is integral.
+    """
+    required = INTERACTION_COLUMNS if require_target else FEATURE_COLUMNS
+    missing = [c for c in required if c not in data.columns]
+    if missing:
+        raise ValueError(
+            f"data lacks required column(s) {missing}; expected columns {list(required)}"
+        )
+    problems: list[str] = []
+    for col in required:
+        s = data[col]
+        nulls = int(s.isna().sum())
+        if nulls:
+            problems.append(f"{col} has {nulls} missing value(s)")
+            continue
+        if col in CATEGORICAL_COLUMNS:
+            if not (pd.api.types.is_string_dtype(s) or isinstance(s.dtype, pd.CategoricalDtype)):
+                problems.append(f"{col} must hold strings, has dtype {s.dtype}")
+            continue
+        if not pd.api.types.is_numeric_dtype(s):
+            problems.append(f"{col} must be numeric, has dtype {s.dtype}")
+            continue
+        values = s.to_numpy(dtype=np.float64)
+        if col in BINARY_COLUMNS and not np.isin(values, (0.0, 1.0)).all():
+            problems.append(f"{col} must be 0/1")
+        elif col == "recency" and (np.any(values != np.round(values)) or np.any(values < 0)):
+            problems.append("recency must be a non-negative whole number of months")
+        elif col == "history" and not np.isfinite(values).all():
+            problems.append("history must be finite")
+    if not problems and "offer" in required:
+        unknown = set(map(str, pd.unique(data["offer"]))) - set(OFFERS)
+        if unknown:
+            problems.append(f"offer has unknown value(s) {sorted(unknown)}; valid: {list(OFFERS)}")
+    if problems:
+        raise ValueError("data does not have the interaction schema: " + "; ".join(problems))
