@@ -1,16 +1,71 @@
-"""Cloudera Machine Learning (API v2) integration for Airflow, packaged like a provider."""
+"""Cloudera Machine Learning (API v2) integration for Airflow, packaged like a provider.
+
+- :mod:`cml_provider.hooks.cml` — ``CmlHook``, the only code that speaks HTTP to API v2
+- :mod:`cml_provider.operators.cml` — ``CmlJobRunOperator`` (idempotent job-run submit)
+- :mod:`cml_provider.sensors.cml` — ``CmlJobRunSensor`` (deferrable wait)
+- :mod:`cml_provider.triggers.cml` — ``CmlJobRunTrigger``, ``CmlCapacityTrigger``
+- :mod:`cml_provider.states` — ``JobRunStatus``
+"""
 
 __version__ = "0.1.0"
 
+_INTEGRATION = "Cloudera Machine Learning"
+
 
 def get_provider_info() -> dict:
-    """Provider metadata Airflow reads through the ``apache_airflow_provider`` entry point."""
+    """Provider metadata Airflow reads through the ``apache_airflow_provider`` entry point.
+
+    The connection form is declared here (``ui-field-behaviour``, ``conn-fields``), as Airflow
+    3.2+ prefers, so the UI needs no hook import; ``CmlHook.get_ui_field_behaviour()`` says the
+    same for older readers.
+    """
     return {
         "package-name": "model-factory",
         "name": "Cloudera Machine Learning (Model Factory)",
         "description": "Hook, operators, sensors and triggers for CML REST API v2.",
         "versions": [__version__],
+        "integrations": [
+            {
+                "integration-name": _INTEGRATION,
+                "external-doc-url": "https://docs.cloudera.com/machine-learning/cloud/api/topics/ml-api-v2.html",
+                "tags": ["service"],
+            }
+        ],
+        "hooks": [{"integration-name": _INTEGRATION, "python-modules": ["cml_provider.hooks.cml"]}],
+        "operators": [{"integration-name": _INTEGRATION, "python-modules": ["cml_provider.operators.cml"]}],
+        "sensors": [{"integration-name": _INTEGRATION, "python-modules": ["cml_provider.sensors.cml"]}],
+        "triggers": [{"integration-name": _INTEGRATION, "python-modules": ["cml_provider.triggers.cml"]}],
         "connection-types": [
-            {"connection-type": "cml", "hook-class-name": "cml_provider.hooks.cml.CmlHook"}
+            {
+                "connection-type": "cml",
+                "hook-class-name": "cml_provider.hooks.cml.CmlHook",
+                "hook-name": _INTEGRATION,
+                "ui-field-behaviour": {
+                    "hidden-fields": ["schema", "login", "port"],
+                    "relabeling": {"host": "Workspace URL", "password": "API key"},
+                    "placeholders": {
+                        "host": "https://ml-xxxx.cloudera.site",
+                        "password": "CML API v2 key",
+                        "extra": '{"project_name": "model-factory"}',
+                    },
+                },
+                "conn-fields": {
+                    "project_id": {
+                        "label": "Project id",
+                        "description": "CML project id (or set the project name instead)",
+                        "schema": {"type": ["string", "null"]},
+                    },
+                    "project_name": {
+                        "label": "Project name",
+                        "description": "CML project name, looked up when no project id is set",
+                        "schema": {"type": ["string", "null"]},
+                    },
+                    "runtime_identifier": {
+                        "label": "Default ML Runtime",
+                        "description": "Runtime image for jobs created without one (ML Runtimes projects need one)",
+                        "schema": {"type": ["string", "null"]},
+                    },
+                },
+            }
         ],
     }

@@ -1,0 +1,237 @@
+"""Triggers that wait on a CML workspace in Airflow's triggerer.
+
+Both triggers take only serialisable primitives, ``serialize()`` mirrors ``__init__``, the loop
+sleeps with ``asyncio.sleep`` until an absolute ``deadline`` (epoch seconds, so a triggerer
+restart does not extend the wait), and each yields exactly one :class:`TriggerEvent`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from airflow.triggers.base import BaseTrigger, TriggerEvent
+from cml_provider.hooks.cml import CmlHook
+from cml_provider.states import JobRunStatus
+
+__all__ = ["CmlCapacityTrigger", "CmlJobRunTrigger"]
+
+
+class CmlJobRunTrigger(BaseTrigger):
+    """Wait until a CML job run reaches a terminal status or ``deadline`` passes.
+
+    Yields one event ``{"status": "success" | "error" | "timeout", "message", "run_id",
+    "job_id", "project_id", "run_status"}``: ``success`` when the run succeeded, ``error`` when it
+    ended any other way or could not be read, ``timeout`` when the deadline passed first.
+
+    :param cml_conn_id: Airflow connection id of the workspace
+    :param project_id: CML project id
+    :param job_id: CML job id
+    :param run_id: CML job run id
+    :param poll_interval: seconds between status checks
+    :param deadline: epoch seconds after which the trigger gives up with ``timeout``
+    :param retry_limit: hook attempts per API call
+    :param retry_delay: hook backoff base, seconds
+    """
+
+    def __init__(
+        self,
+        cml_conn_id: str,
+        project_id: str,
+        job_id: str,
+        run_id: str,
+        poll_interval: float,
+        deadline: float,
+        retry_limit: int = 3,
+        retry_delay: float = 1.0,
+    ) -> None:
+        super().__init__()
+        self.cml_conn_id = cml_conn_id
+        self.project_id = project_id
+        self.job_id = job_id
+        self.run_id = run_id
+        self.poll_interval = float(poll_interval)
+        self.deadline = float(deadline)
+        self.retry_limit = retry_limit
+        self.retry_delay = retry_delay
+
+    def serialize(self) -> tuple[str, dict[str, Any]]:
+        return (
+            f"{type(self).__module__}.{type(self).__qualname__}",
+            {
+                "cml_conn_id": self.cml_conn_id,
+                "project_id": self.project_id,
+                "job_id": self.job_id,
+                "run_id": self.run_id,
+                "poll_interval": self.poll_interval,
+                "deadline": self.deadline,
+                "retry_limit": self.retry_limit,
+                "retry_delay": self.retry_delay,
+            },
+        )
+
+    def _hook(self) -> CmlHook:
+        return CmlHook(self.cml_conn_id, retry_limit=self.retry_limit, retry_delay=self.retry_delay)
+
+    def _event(self, status: str, message: str, run_status: JobRunStatus | None) -> TriggerEvent:
+        return TriggerEvent(
+            {
+                "status": status,
+                "message": message,
+                "run_id": self.run_id,
+                "job_id": self.job_id,
+                "project_id": self.project_id,
+                "run_status": run_status.value if run_status else None,
+            }
+        )
+
+    async def run(self) -> AsyncIterator[TriggerEvent]:
+        hook = self._hook()
+        last: JobRunStatus | None = None
+        try:
+            while True:
+                run = await hook.a_get_job_run(self.job_id, self.run_id, project_id=self.project_id)
+                last = run.status
+                if last.is_terminal:
+                    if last.is_successful:
+                        event = self._event("success", f"CML job run {self.run_id} succeeded", last)
+                    else:
+                        event = self._event("error", f"CML job run {self.run_id} ended with {last}", last)
+                    break
+                remaining = self.deadline - time.time()
+                if remaining <= 0:
+                    event = self._event(
+                        "timeout",
+                        f"CML job run {self.run_id} still {last} at the deadline "
+                        f"({time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(self.deadline))})",
+                        last,
+                    )
+                    break
+                self.log.info(
+                    "CML job run %s is %s; next check in %gs", self.run_id, last, self.poll_interval
+                )
+                await asyncio.sleep(min(self.poll_interval, remaining))
+        except Exception as exc:
+            event = self._event(
+                "error", f"Could not follow CML job run {self.run_id}: {type(exc).__name__}: {exc}", last
+            )
+        yield event
+
+
+class CmlCapacityTrigger(BaseTrigger):
+    """Wait until fewer than ``max_active`` runs carrying a marker are still active.
+
+    Counts the non-terminal runs, across ``job_ids`` (or, when ``job_ids`` is None, across the
+    project's jobs whose name contains ``job_name_filter``, listed afresh on every check so that
+    jobs created meanwhile count too), whose environment has ``marker_key == marker_value``
+    (for example ``MF_AIRFLOW_DAG_RUN_KEY=<dag_id>/<run_id>``). Used to cap how many CML runs one
+    DAG run keeps busy at once.
+
+    Yields one event ``{"status": "success" | "error" | "timeout", "message", "active",
+    "max_active"}``.
+
+    :param max_pages: pages of recent runs (newest first) looked at per job
+    """
+
+    def __init__(
+        self,
+        cml_conn_id: str,
+        project_id: str,
+        job_ids: list[str] | None,
+        marker_key: str,
+        marker_value: str,
+        max_active: int,
+        poll_interval: float,
+        deadline: float,
+        job_name_filter: str | None = None,
+        max_pages: int = 5,
+        retry_limit: int = 3,
+        retry_delay: float = 1.0,
+    ) -> None:
+        super().__init__()
+        if max_active < 1:
+            raise ValueError("max_active must be at least 1")
+        self.cml_conn_id = cml_conn_id
+        self.project_id = project_id
+        self.job_ids = list(job_ids) if job_ids is not None else None
+        self.marker_key = marker_key
+        self.marker_value = marker_value
+        self.max_active = int(max_active)
+        self.poll_interval = float(poll_interval)
+        self.deadline = float(deadline)
+        self.job_name_filter = job_name_filter
+        self.max_pages = max_pages
+        self.retry_limit = retry_limit
+        self.retry_delay = retry_delay
+
+    def serialize(self) -> tuple[str, dict[str, Any]]:
+        return (
+            f"{type(self).__module__}.{type(self).__qualname__}",
+            {
+                "cml_conn_id": self.cml_conn_id,
+                "project_id": self.project_id,
+                "job_ids": self.job_ids,
+                "marker_key": self.marker_key,
+                "marker_value": self.marker_value,
+                "max_active": self.max_active,
+                "poll_interval": self.poll_interval,
+                "deadline": self.deadline,
+                "job_name_filter": self.job_name_filter,
+                "max_pages": self.max_pages,
+                "retry_limit": self.retry_limit,
+                "retry_delay": self.retry_delay,
+            },
+        )
+
+    def _hook(self) -> CmlHook:
+        return CmlHook(self.cml_conn_id, retry_limit=self.retry_limit, retry_delay=self.retry_delay)
+
+    def _event(self, status: str, message: str, active: int | None) -> TriggerEvent:
+        return TriggerEvent(
+            {"status": status, "message": message, "active": active, "max_active": self.max_active}
+        )
+
+    async def _job_ids(self, hook: CmlHook) -> list[str]:
+        if self.job_ids is not None:
+            return self.job_ids
+        search = {"name": self.job_name_filter} if self.job_name_filter else None
+        return [j.id for j in await hook.a_list_jobs(search, project_id=self.project_id)]
+
+    async def run(self) -> AsyncIterator[TriggerEvent]:
+        hook = self._hook()
+        marker = {self.marker_key: self.marker_value}
+        active: int | None = None
+        try:
+            while True:
+                job_ids = await self._job_ids(hook)
+                active = await hook.a_count_active_runs(
+                    job_ids, marker, max_pages=self.max_pages, project_id=self.project_id
+                )
+                if active < self.max_active:
+                    event = self._event(
+                        "success",
+                        f"{active} of at most {self.max_active} runs active for {self.marker_value}",
+                        active,
+                    )
+                    break
+                remaining = self.deadline - time.time()
+                if remaining <= 0:
+                    event = self._event(
+                        "timeout",
+                        f"Still {active} runs active for {self.marker_value} (cap {self.max_active}) at the deadline",
+                        active,
+                    )
+                    break
+                self.log.info(
+                    "%d CML runs active for %s (cap %d); next check in %gs",
+                    active,
+                    self.marker_value,
+                    self.max_active,
+                    self.poll_interval,
+                )
+                await asyncio.sleep(min(self.poll_interval, remaining))
+        except Exception as exc:
+            event = self._event("error", f"Could not count CML runs: {type(exc).__name__}: {exc}", active)
+        yield event

@@ -1,0 +1,155 @@
+"""Triggers: serialisation, and exactly one event per run, driven against the real workspace."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from airflow.triggers.base import TriggerEvent
+from cml_provider.triggers.cml import CmlCapacityTrigger, CmlJobRunTrigger
+
+MARKER = "MF_AIRFLOW_DAG_RUN_KEY"
+
+
+def collect(trigger) -> list[TriggerEvent]:
+    """Drive the trigger's async generator to its end (bounded by the trigger's deadline)."""
+
+    async def run() -> list[TriggerEvent]:
+        return [event async for event in trigger.run()]
+
+    return asyncio.run(asyncio.wait_for(run(), timeout=60))
+
+
+def run_trigger(conn_id, project_id, job_id, run_id, *, deadline_in=30.0):
+    return CmlJobRunTrigger(
+        cml_conn_id=conn_id,
+        project_id=project_id,
+        job_id=job_id,
+        run_id=run_id,
+        poll_interval=0.1,
+        deadline=time.time() + deadline_in,
+        retry_delay=0.01,
+    )
+
+
+def test_job_run_trigger_serialize_mirrors_init():
+    trigger = CmlJobRunTrigger("cml_x", "p", "j", "r", poll_interval=5, deadline=1234.5)
+    path, kwargs = trigger.serialize()
+    assert path == "cml_provider.triggers.cml.CmlJobRunTrigger"
+    clone = CmlJobRunTrigger(**kwargs)
+    assert clone.serialize() == (path, kwargs)
+    assert kwargs["deadline"] == 1234.5 and kwargs["run_id"] == "r"
+    assert all(isinstance(v, (str, int, float)) for v in kwargs.values())
+
+
+def test_capacity_trigger_serialize_mirrors_init():
+    trigger = CmlCapacityTrigger("cml_x", "p", ["j1", "j2"], MARKER, "d/r", 3, 5, 99.0, job_name_filter="mf-")
+    path, kwargs = trigger.serialize()
+    assert path == "cml_provider.triggers.cml.CmlCapacityTrigger"
+    assert CmlCapacityTrigger(**kwargs).serialize() == (path, kwargs)
+    with pytest.raises(ValueError):
+        CmlCapacityTrigger("cml_x", "p", None, MARKER, "d/r", 0, 5, 99.0)
+
+
+@pytest.mark.integration
+def test_success_event(cml_conn, hook, unique):
+    job = hook.get_or_create_job(f"trig-ok-{unique}", "job.py", 0.5, 0.5)
+    run = hook.create_job_run(job.id, environment={"MF_TEST_SLEEP": "0.3"})
+    [event] = collect(run_trigger(cml_conn, hook.get_project_id(), job.id, run.id))
+    assert event.payload["status"] == "success"
+    assert event.payload["run_status"] == "ENGINE_SUCCEEDED"
+    assert (event.payload["run_id"], event.payload["job_id"]) == (run.id, job.id)
+    assert event.payload["project_id"] == hook.get_project_id()
+    assert run.id in event.payload["message"]
+
+
+@pytest.mark.integration
+def test_error_event_for_a_failed_run(cml_conn, hook, unique):
+    job = hook.get_or_create_job(f"trig-fail-{unique}", "job.py", 0.5, 0.5)
+    run = hook.create_job_run(job.id, environment={"MF_TEST_FAIL_WITH": "bad data"})
+    [event] = collect(run_trigger(cml_conn, hook.get_project_id(), job.id, run.id))
+    assert event.payload["status"] == "error"
+    assert event.payload["run_status"] == "ENGINE_FAILED"
+    assert "ENGINE_FAILED" in event.payload["message"]
+
+
+@pytest.mark.integration
+def test_timeout_event_at_the_deadline(cml_conn, hook, unique):
+    job = hook.get_or_create_job(f"trig-slow-{unique}", "job.py", 0.5, 0.5)
+    run = hook.create_job_run(job.id, environment={"MF_TEST_SLEEP": "60"})
+    try:
+        started = time.monotonic()
+        [event] = collect(run_trigger(cml_conn, hook.get_project_id(), job.id, run.id, deadline_in=1.0))
+        assert time.monotonic() - started < 10
+        assert event.payload["status"] == "timeout"
+        assert event.payload["run_status"] in {"ENGINE_SCHEDULING", "ENGINE_STARTING", "ENGINE_RUNNING"}
+    finally:
+        hook.stop_job_run(job.id, run.id)
+
+
+@pytest.mark.integration
+def test_error_event_for_an_unknown_run(cml_conn, hook, unique):
+    job = hook.get_or_create_job(f"trig-404-{unique}", "job.py", 0.5, 0.5)
+    [event] = collect(run_trigger(cml_conn, hook.get_project_id(), job.id, "no-such-run"))
+    assert event.payload["status"] == "error"
+    assert "404" in event.payload["message"]
+
+
+@pytest.mark.integration
+def test_trigger_sleeps_with_asyncio_sleep_between_polls(cml_conn, hook, unique, monkeypatch):
+    job = hook.get_or_create_job(f"trig-sleep-{unique}", "job.py", 0.5, 0.5)
+    run = hook.create_job_run(job.id, environment={"MF_TEST_SLEEP": "0.5"})
+    sleeps: list[float] = []
+    real_sleep = asyncio.sleep
+
+    async def fake_sleep(seconds, *args, **kwargs):
+        sleeps.append(seconds)
+        await real_sleep(0.05)
+
+    monkeypatch.setattr("cml_provider.triggers.cml.asyncio.sleep", fake_sleep)
+    trigger = CmlJobRunTrigger(
+        cml_conn, hook.get_project_id(), job.id, run.id, poll_interval=7, deadline=time.time() + 60
+    )
+    [event] = collect(trigger)
+    assert event.payload["status"] == "success"
+    assert sleeps and all(s == 7 for s in sleeps)
+
+
+@pytest.mark.integration
+def test_capacity_trigger_waits_for_runs_of_the_same_dag_run(cml_conn, hook, unique, wait_terminal):
+    key = f"capdag/{unique}"
+    jobs = [hook.get_or_create_job(f"cap-{unique}-{i}", "job.py", 0.25, 0.25) for i in range(2)]
+    runs = [hook.create_job_run(job.id, environment={MARKER: key, "MF_TEST_SLEEP": "60"}) for job in jobs]
+    other = hook.create_job_run(jobs[0].id, environment={MARKER: "capdag/other", "MF_TEST_SLEEP": "60"})
+    pid = hook.get_project_id()
+
+    def capacity(max_active, deadline_in=1.0, job_ids=None, name_filter=f"cap-{unique}"):
+        return CmlCapacityTrigger(
+            cml_conn,
+            pid,
+            job_ids,
+            MARKER,
+            key,
+            max_active,
+            0.1,
+            time.time() + deadline_in,
+            job_name_filter=name_filter,
+            retry_delay=0.01,
+        )
+
+    try:
+        [event] = collect(capacity(2))
+        assert event.payload["status"] == "timeout" and event.payload["active"] == 2
+        [event] = collect(capacity(3))
+        assert event.payload["status"] == "success" and event.payload["active"] == 2
+        [event] = collect(capacity(1, job_ids=[jobs[1].id], name_filter=None))
+        assert event.payload["status"] == "timeout" and event.payload["active"] == 1
+
+        hook.stop_job_run(jobs[0].id, runs[0].id)
+        [event] = collect(capacity(2, deadline_in=30))
+        assert event.payload["status"] == "success" and event.payload["active"] == 1
+    finally:
+        for run in (*runs, other):
+            hook.stop_job_run(run.job_id, run.id)
