@@ -31,9 +31,13 @@ from connections import CML_CONN_ID, warehouse_hook
 EXPERIMENT_TIMEOUT_S = 2 * 60 * 60
 
 
-def _sensor_kwargs(submitted_and_result_file):
-    run, result_file = submitted_and_result_file
-    return {"run": run, "result_file": result_file}
+def _submit_kwargs(planned: dict) -> dict:
+    return planned["request"]
+
+
+def _sensor_kwargs(submitted_and_planned) -> dict:
+    run, planned = submitted_and_planned
+    return {"run": run, "result_file": planned["result_file"]}
 
 
 @dag(
@@ -67,8 +71,8 @@ def model_factory():
 
         return snapshot_to_project(warehouse_hook(), CmlHook(cml_conn_id=CML_CONN_ID), grid["table"])
 
-    @task(multiple_outputs=True)
-    def plan_experiments(grid: dict, snapshot: dict) -> dict:
+    @task
+    def plan_experiments(grid: dict, snapshot: dict) -> list[dict]:
         from cml_provider.hooks.cml import CmlHook
         from factory_tasks.pipeline import plan_experiments
 
@@ -89,7 +93,9 @@ def model_factory():
         script="jobs/run_experiment.py",
         timeout_s=EXPERIMENT_TIMEOUT_S,
         cml_conn_id=CML_CONN_ID,
-    ).expand_kwargs(plan["run_requests"])
+        capacity_job_name_filter="model-factory-experiment-",
+        capacity_poll_interval=3,
+    ).expand_kwargs(plan.map(_submit_kwargs))
 
     waited = CmlJobRunSensor.partial(
         task_id="wait_for_experiment",
@@ -98,10 +104,10 @@ def model_factory():
         poll_interval=3,
         timeout=EXPERIMENT_TIMEOUT_S + 600,
         retries=0,  # a finished run does not change its mind; its failure is the outcome
-    ).expand_kwargs(submitted.output.zip(plan["result_files"]).map(_sensor_kwargs))
+    ).expand_kwargs(submitted.output.zip(plan).map(_sensor_kwargs))
 
     @task(trigger_rule=TriggerRule.ALL_DONE)
-    def collect_outcomes(grid: dict, plan_path: str) -> str:
+    def collect_outcomes(grid: dict) -> str:
         """Read every experiment's result file (failed ones included) into one rows file."""
         from cml_provider.hooks.cml import CmlHook
         from factory_tasks.pipeline import collect_outcomes
@@ -109,7 +115,6 @@ def model_factory():
         context = get_current_context()
         return collect_outcomes(
             grid,
-            plan_path,
             CmlHook(cml_conn_id=CML_CONN_ID),
             factory_run_id=context["run_id"],
             recorded_at=context["dag_run"].run_after.isoformat(),
@@ -122,8 +127,8 @@ def model_factory():
 
         return record_outcomes(warehouse_hook(), rows_path, factory_run_id=get_current_context()["run_id"])
 
-    rows = collect_outcomes(grid, plan["plan_path"])
-    waited >> rows
+    rows = collect_outcomes(grid)
+    [plan, waited] >> rows
     record_outcomes(rows)
 
 

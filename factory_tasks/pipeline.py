@@ -38,6 +38,10 @@ def run_dir(factory_run_id: str) -> Path:
     return artifacts_dir() / "runs" / re.sub(r"[^A-Za-z0-9_.-]+", "_", factory_run_id)
 
 
+def _plan_path(factory_run_id: str) -> Path:
+    return run_dir(factory_run_id) / "plan.json"
+
+
 def _resolve(grid_path: str) -> Path:
     path = Path(grid_path)
     return path if path.is_absolute() else REPO_ROOT / path
@@ -90,8 +94,9 @@ def plan_experiments(
     *,
     factory_run_id: str,
     reuse_results: bool = True,
-) -> dict[str, Any]:
-    """Expand the grid into specs, keep the ones that need a run, and write the plan file."""
+) -> list[dict[str, Any]]:
+    """Expand the grid into specs, write the plan file, and return one entry per run to submit:
+    ``{"request": <submit operator kwargs>, "result_file": <project path>}``."""
     config = load_grid(grid["grid_path"])
     if grid_hash(config) != grid["grid_hash"]:
         raise RuntimeError(
@@ -100,21 +105,21 @@ def plan_experiments(
     specs = [s.model_dump(mode="json") for s in expand_grid(config, {"path": snapshot["project_path"], "hash": snapshot["hash"]})]
     to_run, reused = split_reusable(specs, _result_reader(cml)) if reuse_results else (specs, [])
     version = code_version()
-    requests = [
-        run_request(s, factory_run_id=factory_run_id, code_version=version, max_active=grid["max_parallel"])
+    planned = [
+        {
+            "request": run_request(s, factory_run_id=factory_run_id, code_version=version,
+                                   max_active=grid["max_parallel"]),
+            "result_file": result_path(s["experiment_id"]),
+        }
         for s in to_run
     ]
-    plan_path = run_dir(factory_run_id) / "plan.json"
+    plan_path = _plan_path(factory_run_id)
     plan_path.parent.mkdir(parents=True, exist_ok=True)
     plan_path.write_text(json.dumps({"factory_run_id": factory_run_id, "grid": grid, "snapshot": snapshot,
                                      "specs": specs, "reused": reused}, indent=1, sort_keys=True))
     log.info("%d experiments: %d to run, %d reused from identical earlier experiments",
              len(specs), len(to_run), len(reused))
-    return {
-        "run_requests": requests,
-        "result_files": [result_path(s["experiment_id"]) for s in to_run],
-        "plan_path": str(plan_path),
-    }
+    return planned
 
 
 def _runs_of_factory_run(cml: Any, job_names: set[str], factory_run_id: str) -> dict[str, JobRunRef]:
@@ -124,21 +129,18 @@ def _runs_of_factory_run(cml: Any, job_names: set[str], factory_run_id: str) -> 
         job = cml.find_job(name)
         if job is None:
             continue
-        for run in cml.list_job_runs(job["id"]):  # newest first
-            env = run.get("environment") or {}
-            if env.get(FACTORY_RUN_ENV) != factory_run_id:
+        for run in cml.list_job_runs(job.id):  # newest first
+            if run.environment.get(FACTORY_RUN_ENV) != factory_run_id:
                 continue
-            experiment_id = env.get(EXPERIMENT_ID_ENV)
+            experiment_id = run.environment.get(EXPERIMENT_ID_ENV)
             if experiment_id and experiment_id not in runs:
-                runs[experiment_id] = JobRunRef(experiment_id, job["id"], run["id"], run.get("status"))
+                runs[experiment_id] = JobRunRef(experiment_id, job.id, run.id, run.status.value)
     return runs
 
 
-def collect_outcomes(
-    grid: dict[str, Any], plan_path: str, cml: Any, *, factory_run_id: str, recorded_at: str
-) -> str:
+def collect_outcomes(grid: dict[str, Any], cml: Any, *, factory_run_id: str, recorded_at: str) -> str:
     """Turn every spec of the plan into an outcome row (failed and never-finished ones too)."""
-    plan = json.loads(Path(plan_path).read_text())
+    plan = json.loads(_plan_path(factory_run_id).read_text())
     specs = plan["specs"]
     runs = _runs_of_factory_run(cml, {job_name(s["resources"]) for s in specs}, factory_run_id)
     rows = outcome_rows(

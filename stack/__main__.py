@@ -7,22 +7,18 @@ import os
 import subprocess
 import sys
 
-from stack.env import PROJECT_NAME, REPO, airflow_env, stack_paths, workspace_api_key
+from stack.env import REPO, stack_paths
 
 
 def _airflow_ui(port: int) -> int:
     """`airflow standalone` (api-server, scheduler, dag-processor, triggerer) with the local workspace."""
-    from cml_workspace.testing import running_workspace
-    from stack.airflow_cli import migrate_once
+    from stack.local import local_stack
 
-    paths = stack_paths().make()
-    with running_workspace(paths.workspace_root, code_dir=REPO, project=PROJECT_NAME,
-                           api_key=workspace_api_key(paths)) as ws:
-        env = airflow_env(paths, workspace_url=ws.url, api_key=ws.api_key)
-        env["AIRFLOW__API__PORT"] = str(port)
+    paths = stack_paths()
+    with local_stack(paths) as stack:
+        env = dict(stack.env, AIRFLOW__API__PORT=str(port))
         # Without this, task runners call the default port 8080 and die when the UI is elsewhere.
         env["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"] = f"http://127.0.0.1:{port}/execution/"
-        migrate_once(env, paths.logs / "airflow-setup.log")
         print(f"Airflow UI on http://127.0.0.1:{port}  (user admin; password in "
               f"{paths.airflow_home / 'simple_auth_manager_passwords.json.generated'}). Ctrl-C stops it.",
               flush=True)

@@ -13,10 +13,10 @@ import os
 import sys
 import time
 from collections import Counter
-from pathlib import Path
 
-from stack.airflow_cli import dags_test, migrate_once
-from stack.env import PROJECT_NAME, REPO, StackPaths, airflow_env, stack_paths, workspace_api_key
+from stack.airflow_cli import dags_test
+from stack.env import PROJECT_NAME, stack_paths
+from stack.local import local_stack
 
 DEFAULT_ROWS = 20_000
 DEFAULT_SEED = 7
@@ -55,11 +55,11 @@ class Progress:
 
     def _states(self):
         for job in self.cml.list_jobs():
-            if not job["name"].startswith("model-factory-experiment-"):
+            if not job.name.startswith("model-factory-experiment-"):
                 continue
-            for run in self.cml.list_job_runs(job["id"]):
-                if _epoch(run.get("created_at")) >= self.since:
-                    yield run["status"]
+            for run in self.cml.list_job_runs(job.id, max_pages=20):
+                if _epoch(run.created_at) >= self.since:
+                    yield run.status.value
 
 
 def _epoch(iso: str | None) -> float:
@@ -70,72 +70,42 @@ def _epoch(iso: str | None) -> float:
     return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
 
 
-def _ensure_training_table(env: dict[str, str], rows: int, seed: int) -> bool:
-    os.environ.update(env)
-    from airflow.providers.sqlite.hooks.sqlite import SqliteHook
-
-    from factory_tasks.training_data import ensure_training_table
-
-    return ensure_training_table(SqliteHook(sqlite_conn_id="model_factory_warehouse"), n_rows=rows, seed=seed)
-
-
-def _latest_outcomes(env: dict[str, str]):
-    os.environ.update(env)
-    from airflow.providers.sqlite.hooks.sqlite import SqliteHook
-
+def _latest_outcomes(warehouse):
     from factory_tasks.outcome_store import OutcomeStore
 
-    frame = OutcomeStore(SqliteHook(sqlite_conn_id="model_factory_warehouse")).read()
+    frame = OutcomeStore(warehouse).read()
     if frame.empty:
         return frame, None
     latest = frame.sort_values("recorded_at")["factory_run_id"].iloc[-1]
     return frame[frame["factory_run_id"] == latest], latest
 
 
-def _refresh_summary(env: dict[str, str]) -> Path | None:
-    try:
-        from airflow.providers.sqlite.hooks.sqlite import SqliteHook
-
-        from factory_tasks.settings import summary_path
-        from factory_tasks.summary import refresh_summary
-    except ImportError:
-        return None
-    path = summary_path()
-    refresh_summary(SqliteHook(sqlite_conn_id="model_factory_warehouse"), path)
-    return path
-
-
 def run(grid_path: str = "config/grid.yaml", rows: int = DEFAULT_ROWS, seed: int = DEFAULT_SEED) -> int:
-    from cml_provider.hooks.cml import CmlHook
-    from cml_workspace.testing import running_workspace
     from factory_tasks.leaderboard import format_leaderboard
+    from factory_tasks.settings import summary_path
+    from factory_tasks.summary import refresh_summary
+    from factory_tasks.training_data import ensure_training_table
 
     logging.basicConfig(level=logging.WARNING)
-    paths: StackPaths = stack_paths().make()
+    paths = stack_paths()
     started = time.time()
     _say(f"Model Factory — embedded default stack under {paths.var}")
-    with running_workspace(
-        paths.workspace_root, code_dir=REPO, project=PROJECT_NAME, api_key=workspace_api_key(paths),
-        cpus=os.cpu_count() or 2, memory_gb=8,
-    ) as ws:
-        _say(f"[1/5] local CML workspace up at {ws.url} (project {PROJECT_NAME!r}, {os.cpu_count()} cores)")
-        env = airflow_env(paths, workspace_url=ws.url, api_key=ws.api_key)
-        setup_log = paths.logs / "airflow-setup.log"
-        if migrate_once(env, setup_log):
-            _say(f"[2/5] Airflow metadata DB created in {paths.airflow_home}")
-        else:
-            _say(f"[2/5] Airflow metadata DB ready in {paths.airflow_home}")
-        created = _ensure_training_table(env, rows, seed)
+    with local_stack(paths) as stack:
+        _say(f"[1/5] local CML workspace up at {stack.workspace.url} "
+             f"(project {PROJECT_NAME!r}, budget {stack.workspace.cpus} cores)")
+        _say(f"[2/5] Airflow metadata DB {'created' if stack.migrated_now else 'ready'} in {paths.airflow_home}")
+        os.environ["MODEL_FACTORY_ARTIFACTS"] = stack.env["MODEL_FACTORY_ARTIFACTS"]
+        warehouse = stack.warehouse_hook()
+        created = ensure_training_table(warehouse, n_rows=rows, seed=seed)
         _say(f"[3/5] training table historical_customer_interactions "
-             f"{'simulated (' + str(rows) + ' rows, seed ' + str(seed) + ')' if created else 'already present'} "
-             f"in {paths.warehouse_db}")
+             f"{f'simulated ({rows} rows, seed {seed})' if created else 'already present'} in {paths.warehouse_db}")
         run_log = paths.logs / f"model_factory-{time.strftime('%Y%m%dT%H%M%S')}.log"
         _say(f"[4/5] running DAG model_factory (airflow dags test); log: {run_log}")
-        cml = CmlHook.from_url(ws.url, ws.api_key, project_name=PROJECT_NAME)
-        rc = dags_test("model_factory", {"grid_path": grid_path}, env, run_log,
-                       timeout_s=RUN_TIMEOUT_S, on_tick=Progress(cml, since=time.time() - 1))
-        outcomes, run_id = _latest_outcomes(env)
-        summary = _refresh_summary(env)
+        rc = dags_test("model_factory", {"grid_path": grid_path}, stack.env, run_log,
+                       timeout_s=RUN_TIMEOUT_S, on_tick=Progress(stack.cml_hook(), since=time.time() - 1))
+        outcomes, run_id = _latest_outcomes(warehouse)
+        summary = summary_path()
+        refresh_summary(warehouse, summary)
     _say(f"[5/5] done in {time.time() - started:.0f}s (DAG exit code {rc})")
     _say()
     if run_id is None:
@@ -146,8 +116,7 @@ def run(grid_path: str = "config/grid.yaml", rows: int = DEFAULT_ROWS, seed: int
     _say()
     _say("Where to look:")
     _say(f"  outcome table     experiment_outcomes in {paths.warehouse_db} (connection model_factory_warehouse)")
-    if summary:
-        _say(f"  summary CSV       {summary}")
+    _say(f"  summary CSV       {summary}")
     _say(f"  model artifacts   {paths.workspace_root}/projects/<project id>/files/experiments/<experiment id>/")
     _say(f"  DAG run log       {run_log}")
     _say("  Airflow UI        make airflow-ui, then open http://127.0.0.1:8080 → DAG model_factory")

@@ -8,17 +8,21 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
 import pytest
 
+REPO = Path(__file__).resolve().parent.parent
+
 # Airflow reads its home on import: give the suite its own, never ~/airflow or var/.
 os.environ.setdefault("AIRFLOW_HOME", tempfile.mkdtemp(prefix="mf-test-airflow-"))
 os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
-os.environ.setdefault("AIRFLOW__CORE__UNIT_TEST_MODE", "False")
-
-REPO = Path(__file__).resolve().parent.parent
+os.environ.setdefault("AIRFLOW__CORE__DAGS_FOLDER", str(REPO / "dags"))
+os.environ.setdefault("AIRFLOW__CORE__PLUGINS_FOLDER", str(REPO / "plugins"))
+# As in the scheduler, DAG files import their shared modules (assets, connections) by name.
+sys.path.insert(0, str(REPO / "dags"))
 IN_CI = os.environ.get("CI") == "true"
 
 _REQUIREMENTS = {

@@ -1,0 +1,133 @@
+"""Fan-out overhead: the default grid through the factory vs scikit-learn's GridSearchCV.
+
+Both sides do the same work on the same machine, back to back: the same pipelines (one per
+family), hyperparameter grid, data, stratified folds and metrics (policy value included).
+
+* factory: the ``model_factory`` DAG (``airflow dags test``) on the embedded stack — the local
+  CML workspace runs every experiment as its own subprocess, budgeted to this machine's cores;
+  timed from DAG start to outcomes recorded (one-time set-up — venv, Airflow DB, training
+  table — is excluded).
+* baseline: ``GridSearchCV(n_jobs=<cores>, refit=False)`` per family, timed in-process.
+
+Prints both wall times and the ratio factory / GridSearchCV. Target: ratio <= 1.25.
+
+    .venv/bin/python benchmarks/grid_throughput.py [--rows 20000] [--grid config/grid.yaml]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+
+def _scorer(spec: dict):
+    """A multi-metric scorer computing exactly the factory's metrics for one fold."""
+    import numpy as np
+
+    from factory_tasks.features import counterfactual_proba
+    from factory_tasks.metrics import compute_metric
+    from factory_tasks.simulator import offer_indices
+
+    def score(estimator, X, y):
+        offer_proba = counterfactual_proba(estimator, X)
+        logged = X["offer"].to_numpy(dtype=object)
+        proba = offer_proba[np.arange(len(X)), offer_indices(logged)]
+        return {
+            name: compute_metric(name, y, proba, logged_offers=logged, offer_proba=offer_proba,
+                                 economics=spec["economics"])
+            for name in spec["metrics"]
+        }
+
+    return score
+
+
+def gridsearch_seconds(config, data, n_jobs: int) -> tuple[float, int]:
+    from sklearn.model_selection import GridSearchCV, StratifiedKFold
+
+    from factory_tasks.features import build_pipeline, feature_frame
+    from factory_tasks.grid import expand_grid
+
+    specs = [s.model_dump(mode="json") for s in expand_grid(config, {"path": "-", "hash": "-"})]
+    X, y = feature_frame(data), data["conversion"].to_numpy()
+    started = time.perf_counter()
+    fits = 0
+    for family in dict.fromkeys(s["family"] for s in specs):
+        family_specs = [s for s in specs if s["family"] == family]
+        first = family_specs[0]
+        grid = {}
+        for spec in family_specs:
+            for key, value in spec["params"].items():
+                grid.setdefault(f"classifier__{key}", []).append(value)
+        grid = {k: list(dict.fromkeys(v)) for k, v in grid.items()}
+        cv = StratifiedKFold(n_splits=first["cv_folds"], shuffle=True, random_state=first["random_state"])
+        search = GridSearchCV(
+            build_pipeline(first["estimator"], {}, random_state=first["random_state"], n_threads=1),
+            grid, scoring=_scorer(first), cv=cv, n_jobs=n_jobs, refit=False, error_score="raise",
+        )
+        search.fit(X, y)
+        fits += len(search.cv_results_["params"]) * first["cv_folds"]
+    return time.perf_counter() - started, fits
+
+
+def factory_seconds(grid_path: Path, rows: int, var: Path) -> tuple[float, "object"]:
+    from factory_tasks.outcome_store import OutcomeStore
+    from factory_tasks.training_data import ensure_training_table, read_training_frame
+    from stack.airflow_cli import dags_test
+    from stack.env import stack_paths
+    from stack.local import local_stack
+
+    paths = stack_paths(var)
+    with local_stack(paths) as stack:
+        warehouse = stack.warehouse_hook()
+        ensure_training_table(warehouse, n_rows=rows, seed=7)
+        data = read_training_frame(warehouse)
+        log = paths.logs / "benchmark-model_factory.log"
+        started = time.perf_counter()
+        rc = dags_test("model_factory", {"grid_path": str(grid_path), "reuse_results": False},
+                       stack.env, log, timeout_s=3600)
+        elapsed = time.perf_counter() - started
+        if rc != 0:
+            raise SystemExit(f"the factory run failed (exit {rc}); see {log}")
+        outcomes = OutcomeStore(warehouse).read()
+        failed = outcomes[outcomes.status != "succeeded"]
+        if len(failed):
+            raise SystemExit(f"{len(failed)} experiments failed: {failed.error.tolist()}")
+    return elapsed, data
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--grid", type=Path, default=REPO / "config" / "grid.yaml")
+    parser.add_argument("--rows", type=int, default=20_000)
+    parser.add_argument("--var", type=Path, default=None, help="stack folder (default: a fresh temp dir)")
+    args = parser.parse_args()
+
+    from factory_tasks.grid import load_grid
+
+    cores = os.cpu_count() or 1
+    config = load_grid(args.grid)
+    var = args.var or Path(tempfile.mkdtemp(prefix="mf-bench-"))
+    print(f"grid {args.grid} ({config.size} experiments, {config.cv.folds} folds), {args.rows} rows, "
+          f"{cores} cores", flush=True)
+    factory_s, data = factory_seconds(args.grid, args.rows, var)
+    print(f"factory (model_factory DAG, local CML workspace): {factory_s:8.1f} s", flush=True)
+    baseline_s, fits = gridsearch_seconds(config, data, n_jobs=cores)
+    print(f"GridSearchCV(n_jobs={cores}), {fits} fits:            {baseline_s:8.1f} s", flush=True)
+    ratio = factory_s / baseline_s
+    print(f"ratio factory / GridSearchCV: {ratio:.2f}  (target <= 1.25: {'met' if ratio <= 1.25 else 'NOT met'})")
+    print(json.dumps({"benchmark": "grid_throughput", "factory_s": round(factory_s, 2),
+                      "gridsearch_s": round(baseline_s, 2), "ratio": round(ratio, 3),
+                      "rows": args.rows, "experiments": config.size, "cores": cores}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

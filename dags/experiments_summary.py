@@ -1,0 +1,63 @@
+"""
+### Experiments summary
+
+Rewrites `experiments_summary.csv` (the file the experiments dashboard reads) from the
+warehouse table `experiment_outcomes`:
+
+* every 30 minutes (UTC), and
+* whenever `model_factory` records new outcomes (the `experiment_outcomes` asset).
+
+The warehouse is the Airflow connection `model_factory_warehouse` (`connections.WAREHOUSE_CONN_ID`;
+SQLite or HiveServer2).
+The file is written atomically (temporary file + fsync + rename), so the dashboard never sees
+a half-written summary. Its path is `factory_tasks.settings.summary_path()`
+(`$MODEL_FACTORY_ARTIFACTS/experiments_summary/experiments_summary.csv`).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+
+from airflow.sdk import AssetOrTimeSchedule, CronTriggerTimetable, dag, task
+
+from assets import EXPERIMENT_OUTCOMES
+from connections import WAREHOUSE_CONN_ID
+
+
+@dag(
+    dag_id="experiments_summary",
+    schedule=AssetOrTimeSchedule(
+        timetable=CronTriggerTimetable("*/30 * * * *", timezone="UTC"),
+        assets=[EXPERIMENT_OUTCOMES],
+    ),
+    start_date=datetime(2026, 1, 1, tzinfo=timezone.utc),
+    catchup=False,
+    max_active_runs=1,
+    doc_md=__doc__,
+    tags=["model_factory", "summary"],
+    default_args={
+        "owner": "model_factory",
+        "retries": 2,
+        "retry_delay": timedelta(minutes=1),
+    },
+)
+def experiments_summary():
+    @task
+    def refresh_experiments_summary() -> dict:
+        """Read every outcome row through the warehouse hook and rewrite the summary file."""
+        import logging
+
+        from connections import warehouse_hook
+        from factory_tasks.settings import summary_path
+        from factory_tasks.summary import refresh_summary
+
+        hook = warehouse_hook()
+        path = summary_path()
+        rows = refresh_summary(hook, path)
+        logging.getLogger(__name__).info("wrote %d experiment rows to %s (connection %s)", rows, path, WAREHOUSE_CONN_ID)
+        return {"path": str(path), "rows": rows}
+
+    refresh_experiments_summary()
+
+
+experiments_summary()

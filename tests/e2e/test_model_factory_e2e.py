@@ -1,0 +1,86 @@
+"""The model_factory DAG end to end: `airflow dags test` against the real local CML workspace
+(real HTTP, each experiment a real subprocess) and a real SQLite warehouse."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from factory_tasks.outcome_store import OutcomeStore
+from factory_tasks.training_data import ensure_training_table
+from stack.airflow_cli import dags_test
+from stack.env import stack_paths
+from stack.local import local_stack
+
+pytestmark = pytest.mark.e2e
+
+GRID = """
+cv: {folds: 3, random_state: 0}
+metrics: [roc_auc, log_loss, policy_value]
+ranking_metric: roc_auc
+max_parallel: 2
+economics:
+  conversion_value: 100.0
+  offer_costs: {Discount: 8.0, Buy One Get One: 4.0, No Offer: 0.0}
+data: {table: historical_customer_interactions}
+families:
+  logistic_regression:
+    estimator: LogisticRegression
+    resources: {cpu: 1, memory_gb: 1}
+    params: {C: [0.1, 1.0]}
+  broken_boosting:    # a valid grid, but a validation set larger than the data: fails at fit, alone
+    estimator: HistGradientBoostingClassifier
+    resources: {cpu: 1, memory_gb: 1}
+    params: {max_iter: [5], early_stopping: [true], validation_fraction: [100000]}
+"""
+
+
+@pytest.fixture(scope="module")
+def factory(tmp_path_factory):
+    paths = stack_paths(tmp_path_factory.mktemp("stack"))
+    with local_stack(paths, cpus=2, memory_gb=4) as stack:
+        grid = paths.var / "grid.yaml"
+        grid.write_text(GRID)
+        yield stack, grid
+
+
+def _run(stack, grid, name):
+    log = stack.paths.logs / f"{name}.log"
+    rc = dags_test("model_factory", {"grid_path": str(grid)}, stack.env, log, timeout_s=600)
+    return rc, log
+
+
+def test_fan_out_records_every_experiment_and_reruns_never_duplicate(factory):
+    stack, grid = factory
+    store = OutcomeStore(stack.warehouse_hook())
+    assert ensure_training_table(store.hook, n_rows=1500, seed=3)
+
+    rc, log = _run(stack, grid, "first")
+    assert rc == 0, log.read_text()[-5000:]
+    frame = store.read()
+    assert frame["factory_run_id"].nunique() == 1
+    assert len(frame) == 3 and frame["experiment_id"].is_unique
+    ok = frame[frame.status == "succeeded"]
+    assert sorted(json.loads(p)["C"] for p in ok["params_json"]) == [0.1, 1.0]
+    assert ok["roc_auc_mean"].between(0.5, 1.0).all()
+    assert all(len(json.loads(f)) == 3 for f in ok["roc_auc_folds"])
+    assert ok["policy_value_mean"].notna().all()
+    assert (ok["run_status"] == "ENGINE_SUCCEEDED").all()
+    failed = frame[frame.status == "failed"].iloc[0]
+    assert failed["family"] == "broken_boosting"
+    assert "test_size=100000" in failed["error"] and failed["run_status"] == "ENGINE_FAILED"
+    # artifacts were left in the project files by the job runs
+    project_files = next((stack.paths.workspace_root / "projects").glob("*/files"))
+    for artifact in ok["artifact_path"]:
+        assert (project_files / artifact).is_file()
+
+    # A rerun: identical succeeded experiments are reused, the failure is retried, and the
+    # new factory run gets its own rows — no duplicates of the first run's.
+    rc, log = _run(stack, grid, "second")
+    assert rc == 0, log.read_text()[-5000:]
+    frame = store.read()
+    assert frame["factory_run_id"].nunique() == 2 and len(frame) == 6
+    second = frame[frame.factory_run_id != failed["factory_run_id"]]
+    assert set(second.loc[second.status == "succeeded", "run_status"]) == {"REUSED"}
+    assert (frame.groupby("factory_run_id")["experiment_id"].nunique() == 3).all()

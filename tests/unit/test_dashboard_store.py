@@ -1,0 +1,241 @@
+"""The experiments dashboard's store and views, on small real summary files."""
+
+from __future__ import annotations
+
+import json
+import os
+from datetime import datetime
+
+import pandas as pd
+import panel as pn
+import pytest
+
+from dashboards.experiments.sample_data import synthetic_outcomes
+from dashboards.experiments.store import (
+    ALL_RUNS,
+    ExperimentsStore,
+    best_per_family,
+    hyperparameter_frame,
+    prepare,
+)
+from dashboards.experiments.views import (
+    BestPerFamily,
+    ComparisonTable,
+    ErrorBanner,
+    ExperimentDetail,
+    Freshness,
+    HyperparameterView,
+    Leaderboard,
+    PromotePanel,
+)
+from factory_tasks.promotions import latest_promotion
+from factory_tasks.summary import build_summary, write_summary_atomic
+
+
+def _write(path, frame):
+    write_summary_atomic(build_summary(frame), path)
+    # A distinct mtime even on coarse-timestamp filesystems.
+    st = os.stat(path)
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
+
+
+@pytest.fixture
+def outcomes():
+    return synthetic_outcomes(60, seed=1, runs=2, failure_rate=0.2)
+
+
+@pytest.fixture
+def store(tmp_path, outcomes):
+    _write(tmp_path / "summary.csv", outcomes)
+    return ExperimentsStore(summary_path=str(tmp_path / "summary.csv"),
+                            promotions_path=str(tmp_path / "promotions.jsonl"))
+
+
+def _texts(viewable) -> str:
+    """All text that a view's current objects would render (Markdown, Alerts, DataFrames)."""
+    root = pn.panel(viewable)
+    out = []
+    for obj in root.select(lambda o: isinstance(o, (pn.pane.Markdown, pn.pane.Alert, pn.pane.DataFrame))):
+        out.append(obj.object if isinstance(obj.object, str) else obj.object.to_string())
+    for view in root.select(pn.param.ParamMethod):
+        out.append(_texts(view._pane))
+    return "\n".join(out)
+
+
+def test_loads_everything_best_first(store, outcomes):
+    assert store.error == ""
+    assert len(store.filtered) == len(outcomes)
+    scores = store.filtered["rank_key"].dropna()
+    assert scores.is_monotonic_decreasing
+    assert store.filtered["rank_key"].isna().sum() == (outcomes["status"] == "failed").sum()
+    assert store.param.factory_run.objects[0] == ALL_RUNS and len(store.param.factory_run.objects) == 3
+
+
+def test_filters_narrow_the_rows(store, outcomes):
+    run = store.param.factory_run.objects[1]
+    store.factory_run = run
+    assert set(store.filtered["factory_run_id"]) == {run}
+    assert len(store.filtered) == (outcomes["factory_run_id"] == run).sum()
+    store.factory_run = ALL_RUNS
+    store.families = ["random_forest"]
+    assert set(store.filtered["family"]) == {"random_forest"}
+    store.families = []
+    store.statuses = ["failed"]
+    assert set(store.filtered["status"]) == {"failed"} and len(store.filtered) == (outcomes["status"] == "failed").sum()
+    store.statuses = ["succeeded", "failed"]
+    lo, hi = store.param.score_range.bounds
+    mid = (lo + hi) / 2
+    store.score_range = (mid, hi)
+    assert len(store.filtered) > 0 and (store.filtered["ranking_score"] >= mid).all()
+    assert "failed" not in set(store.filtered["status"])
+    store.score_range = (lo, hi)
+    assert len(store.filtered) == len(outcomes)
+    d_lo, d_hi = store.param.date_range.bounds
+    store.date_range = (d_lo, d_lo + (d_hi - d_lo) / 4)
+    assert 0 < len(store.filtered) < len(outcomes)
+    assert (store.filtered["recorded_dt"] <= pd.Timestamp(store.date_range[1])).all()
+
+
+def test_best_per_family_respects_metric_direction():
+    frame = synthetic_outcomes(30, seed=2)
+    frame.loc[frame["family"] == "random_forest", "ranking_metric"] = "log_loss"
+    prepared = prepare(build_summary(frame))
+    best = best_per_family(prepared).set_index("family")
+    rf = prepared[(prepared["family"] == "random_forest") & (prepared["status"] == "succeeded")]
+    assert best.loc["random_forest", "ranking_score"] == rf["ranking_score"].min()  # lower is better
+    lr = prepared[(prepared["family"] == "logistic_regression") & (prepared["status"] == "succeeded")]
+    assert best.loc["logistic_regression", "ranking_score"] == lr["ranking_score"].max()
+    assert best.loc["random_forest", "experiments"] == (prepared["family"] == "random_forest").sum()
+
+
+def test_best_per_family_view_follows_filters(store):
+    view = BestPerFamily(store=store)
+    assert len(view._table().value) == 3
+    store.families = ["logistic_regression"]
+    assert list(view._table().value["family"]) == ["logistic_regression"]
+    store.statuses = ["failed"]
+    assert "No succeeded experiment matches" in _texts(view)
+
+
+def test_leaderboard_selection_drives_detail_and_comparison(store):
+    board = Leaderboard(store=store)
+    assert len(board.table.value) == len(store.filtered)
+    assert board.table.pagination == "remote"
+    assert "Showing **60** of 60" in board.count.object
+    board.table.selection = [0]
+    first = store.filtered.iloc[0]
+    assert store.selected_keys == [first["row_key"]]
+    detail = _texts(ExperimentDetail(store=store))
+    folds = json.loads(first["roc_auc_folds"])
+    assert first["experiment_id"] in detail
+    assert f"{folds[0]:.4f}" in detail and "spread" in detail
+    assert "Tick two or more" in _texts(ComparisonTable(store=store))
+    board.table.selection = [0, 3]
+    compare = _texts(ComparisonTable(store=store))
+    assert first["experiment_id"] in compare and store.filtered.iloc[3]["experiment_id"] in compare
+    # The last ticked one is in focus; filtering keeps the selection by key.
+    assert store.focus["row_key"] == store.filtered.iloc[3]["row_key"]
+    store.families = [first["family"]]
+    assert first["row_key"] in store.selected_keys
+    assert [board.table.value["row_key"].iat[i] for i in board.table.selection][0] == first["row_key"]
+
+
+def test_detail_of_a_failed_experiment_shows_its_error(store):
+    failed = store.data[store.data["status"] == "failed"].iloc[0]
+    store.selected_keys = [failed["row_key"]]
+    text = _texts(ExperimentDetail(store=store))
+    assert "Failed:" in text and "simulated failure" in text
+
+
+def test_hyperparameter_view_uses_a_sample(store):
+    view = HyperparameterView(store=store, max_points=100)
+    assert view.family in store.param.families.objects
+    sample = hyperparameter_frame(store.filtered[store.filtered["family"] == "random_forest"], max_rows=5)
+    assert len(sample) == 5 and {"n_estimators", "max_depth"} <= set(sample.columns)
+    charts = pn.panel(view._charts())
+    assert len(charts.select(pn.pane.Bokeh)) >= 2  # one per hyperparameter + parallel coordinates
+
+
+def test_promote_from_the_panel(store):
+    panel = PromotePanel(store=store, reviewer="alice")
+    panel._promote()
+    assert panel.message_type == "danger" and "Select an experiment" in panel.message
+    ok = store.data[store.data["status"] == "succeeded"].iloc[0]
+    store.selected_keys = [ok["row_key"]]
+    panel.reason = ""
+    panel._promote()
+    assert "needs a reason" in panel.message
+    panel.reason = "best AUC on run 1"
+    panel._promote()
+    assert panel.message_type == "success", panel.message
+    recorded = latest_promotion(store.promotions_path)
+    assert (recorded.experiment_id, recorded.reviewer) == (ok["experiment_id"], "alice")
+    assert "Current promotion" in _texts(panel)
+    failed = store.data[store.data["status"] == "failed"].iloc[0]
+    store.selected_keys = [failed["row_key"]]
+    panel._promote()
+    assert panel.message_type == "danger" and "cannot be promoted" in panel.message
+
+
+def test_reviewer_defaults_to_user(store, monkeypatch):
+    monkeypatch.setenv("USER", "carol")
+    assert PromotePanel(store=store).reviewer == "carol"
+
+
+def test_corrupt_file_shows_a_message_then_recovers(tmp_path, store, outcomes):
+    path = tmp_path / "summary.csv"
+    banner = ErrorBanner(store=store)
+    freshness = Freshness(store=store)
+    assert "cannot be shown" not in _texts(banner)
+    path.write_text("timestamp,classifier,accuracy\n1,2,3\n")
+    assert store.reload() is True
+    assert "does not have the expected header" in store.error
+    assert store.data is None and store.filtered.empty
+    assert "cannot be shown" in _texts(banner) and "Traceback" not in _texts(banner)
+    assert "No data" in freshness._pane.object
+    assert store.reload() is False  # unchanged file: nothing to do
+    path.unlink()
+    store.reload()
+    assert "does not exist yet" in store.error
+    _write(path, outcomes.iloc[:10])
+    assert store.reload() is True
+    assert store.error == "" and len(store.filtered) == 10
+    assert "Data as of" in freshness._pane.object and "10 rows" in freshness._pane.object
+
+
+def test_missing_file_at_start(tmp_path):
+    s = ExperimentsStore(summary_path=str(tmp_path / "none.csv"), promotions_path=str(tmp_path / "p.jsonl"))
+    assert "does not exist yet" in s.error and s.filtered.empty
+    board = Leaderboard(store=s)
+    assert board.table.value.empty
+
+
+def test_narrowed_filters_survive_a_reload(tmp_path, store, outcomes):
+    lo, hi = store.param.score_range.bounds
+    store.score_range = ((lo + hi) / 2, hi)
+    store.families = ["random_forest"]
+    _write(tmp_path / "summary.csv", pd.concat([outcomes, synthetic_outcomes(10, seed=9)]))
+    assert store.reload()
+    assert len(store.data) == 70
+    assert store.families == ["random_forest"]
+    assert store.score_range[0] >= (lo + hi) / 2 - 1e-9
+    assert isinstance(store.date_range[0], datetime)
+
+
+def test_range_widgets_follow_a_new_file_with_other_bounds(tmp_path, store, outcomes):
+    from dashboards.experiments.views import FilterPanel
+
+    panel = FilterPanel(store=store)
+    assert (panel.score.start, panel.score.end) == store.param.score_range.bounds
+    higher = outcomes.copy()
+    higher["ranking_score"] = higher["ranking_score"] + 0.5
+    higher["roc_auc_mean"] = higher["ranking_score"]
+    _write(tmp_path / "summary.csv", higher)
+    assert store.reload()
+    assert (panel.score.start, panel.score.end) == store.param.score_range.bounds
+    assert tuple(panel.score.value) == store.score_range
+    assert (panel.dates.start, panel.dates.end) == store.param.date_range.bounds
+    # Moving the widget filters the store.
+    lo, hi = store.param.score_range.bounds
+    panel.score.value = ((lo + hi) / 2, hi)
+    assert (store.filtered["ranking_score"] >= (lo + hi) / 2).all() and len(store.filtered) < len(higher)
