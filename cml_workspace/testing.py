@@ -1,0 +1,275 @@
+"""Run a real local workspace server for tests and local stacks.
+
+    from cml_workspace.testing import running_workspace
+
+    with running_workspace(tmp_path / "ws", cpus=2, memory_gb=8) as ws:
+        with ws.client() as http:            # httpx.Client with base URL and bearer auth
+            http.get(f"/api/v2/projects/{ws.project_id}/jobs")
+        ws.restart()                         # same port, same root: state survives
+
+The server is a real subprocess (``python -m cml_workspace serve``) on a free port, with a
+random API key passed through the environment. Waits are bounded; if the server does not
+come up, :class:`WorkspaceStartError` carries the tail of its log (``<root>/server.log``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+
+PACKAGE_PARENT = Path(__file__).resolve().parent.parent
+TERMINAL_STATUSES = frozenset(
+    {"ENGINE_SUCCEEDED", "ENGINE_FAILED", "ENGINE_TIMEDOUT", "ENGINE_STOPPED", "ENGINE_SKIPPED"}
+)
+
+
+class WorkspaceStartError(RuntimeError):
+    """The server did not answer /health in time (the message holds its log tail)."""
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+def _tail(path: Path, lines: int = 40) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no server log)"
+
+
+class RunningWorkspace:
+    """A handle on a workspace server subprocess."""
+
+    def __init__(
+        self,
+        root: Path,
+        *,
+        cpus: float = 2,
+        memory_gb: float = 8,
+        code_dir: Path | None = None,
+        project: str = "model-factory",
+        port: int | None = None,
+        host: str = "127.0.0.1",
+        api_key: str | None = None,
+        extra_args: Sequence[str] = (),
+        env: Mapping[str, str] | None = None,
+        startup_timeout: float = 30.0,
+    ):
+        self.root = Path(root).resolve()
+        self.cpus = cpus
+        self.memory_gb = memory_gb
+        self.code_dir = Path(code_dir).resolve() if code_dir is not None else None
+        self.project = project
+        self.host = host
+        self.api_key = api_key or secrets.token_urlsafe(24)
+        self.extra_args = tuple(extra_args)
+        self.extra_env = dict(env or {})
+        self.startup_timeout = startup_timeout
+        self._fixed_port = port is not None
+        self.port = port if port is not None else free_port(host)
+        self.project_id = ""
+        self._proc: subprocess.Popen | None = None
+        self._log_fh = None
+
+    # -- public ------------------------------------------------------------------------------
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def log_path(self) -> Path:
+        return self.root / "server.log"
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.api_key}"}
+
+    def is_running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def client(self, timeout: float = 30.0, **kwargs) -> httpx.Client:
+        """An ``httpx.Client`` with the base URL and the bearer header set."""
+        return httpx.Client(base_url=self.url, headers=self.headers, timeout=timeout, **kwargs)
+
+    def run_log(self, run_id: str) -> str:
+        """The stdout/stderr of a run (``<root>/runs/<run_id>.log``; API v2 has no log endpoint)."""
+        path = self.root / "runs" / f"{run_id}.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def wait_for_run(self, job_id: str, run_id: str, *, timeout: float = 60.0, interval: float = 0.1,
+                     project_id: str | None = None) -> dict:
+        """Poll a run until it is terminal; returns the JobRun. Raises TimeoutError."""
+        project_id = project_id or self.project_id
+        deadline = time.monotonic() + timeout
+        with self.client() as http:
+            while True:
+                resp = http.get(f"/api/v2/projects/{project_id}/jobs/{job_id}/runs/{run_id}")
+                resp.raise_for_status()
+                run = resp.json()
+                if run["status"] in TERMINAL_STATUSES:
+                    return run
+                if time.monotonic() >= deadline:
+                    raise TimeoutError(f"run {run_id} still {run['status']} after {timeout} s\n{self.run_log(run_id)}")
+                time.sleep(interval)
+
+    def start(self) -> None:
+        if self.is_running():
+            return
+        attempts = 1 if self._fixed_port else 3
+        for attempt in range(attempts):
+            try:
+                self._start_once()
+                return
+            except WorkspaceStartError as exc:
+                port_taken = "address already in use" in str(exc).lower()
+                if attempt + 1 >= attempts or not port_taken:
+                    raise
+                self.port = free_port(self.host)  # lost a race for the free port: take another
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop the server (SIGTERM, then SIGKILL). Runs keep going (a restart adopts them)."""
+        proc, self._proc = self._proc, None
+        if proc is not None and proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout)
+        if self._log_fh is not None:
+            self._log_fh.close()
+            self._log_fh = None
+
+    def restart(self) -> None:
+        """Stop and start again on the same port and root."""
+        self.stop()
+        self._start_once()
+
+    def kill_runs(self) -> int:
+        """Kill live runs' process groups (use with the server stopped)."""
+        from .scheduler import kill_active_runs
+
+        return kill_active_runs(self.root)
+
+    # -- internals ---------------------------------------------------------------------------
+    def _command(self) -> list[str]:
+        cmd = [
+            sys.executable, "-m", "cml_workspace", "serve",
+            "--root", str(self.root), "--host", self.host, "--port", str(self.port),
+            "--cpus", str(self.cpus), "--memory-gb", str(self.memory_gb),
+        ]
+        if self.project:
+            cmd += ["--project", self.project]
+        if self.code_dir is not None:
+            cmd += ["--code-dir", str(self.code_dir)]
+        return cmd + list(self.extra_args)
+
+    def _env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(self.extra_env)
+        env["CML_WORKSPACE_API_KEY"] = self.api_key
+        pythonpath = [str(PACKAGE_PARENT)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else [])
+        env["PYTHONPATH"] = os.pathsep.join(pythonpath)
+        return env
+
+    def _start_once(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        self._log_fh = open(self.log_path, "ab")
+        self._log_fh.write(f"--- starting workspace on {self.url} ---\n".encode())
+        self._log_fh.flush()
+        self._proc = subprocess.Popen(
+            self._command(), env=self._env(), stdin=subprocess.DEVNULL,
+            stdout=self._log_fh, stderr=subprocess.STDOUT,
+        )
+        try:
+            self._wait_healthy()
+            self.project_id = self._find_project_id() if self.project else ""
+        except BaseException:
+            self.stop()
+            raise
+
+    def _wait_healthy(self) -> None:
+        deadline = time.monotonic() + self.startup_timeout
+        last_error = "no answer yet"
+        while time.monotonic() < deadline:
+            if self._proc is None or self._proc.poll() is not None:
+                code = self._proc.returncode if self._proc is not None else None
+                raise WorkspaceStartError(
+                    f"workspace server exited with code {code} before answering /health\n"
+                    f"--- {self.log_path} (tail) ---\n{_tail(self.log_path)}"
+                )
+            try:
+                resp = httpx.get(f"{self.url}/health", timeout=1.0)
+                if resp.status_code == 200:
+                    return
+                last_error = f"HTTP {resp.status_code}"
+            except httpx.HTTPError as exc:
+                last_error = repr(exc)
+            time.sleep(0.1)
+        raise WorkspaceStartError(
+            f"workspace server did not answer {self.url}/health within {self.startup_timeout} s "
+            f"(last: {last_error})\n--- {self.log_path} (tail) ---\n{_tail(self.log_path)}"
+        )
+
+    def _find_project_id(self) -> str:
+        with self.client(timeout=10.0) as http:
+            token = ""
+            while True:
+                resp = http.get("/api/v2/projects", params={
+                    "search_filter": json.dumps({"name": self.project}), "page_size": 100, "page_token": token,
+                })
+                resp.raise_for_status()
+                body = resp.json()
+                for project in body["projects"]:
+                    if project["name"] == self.project:
+                        return project["id"]
+                token = body.get("next_page_token") or ""
+                if not token:
+                    raise WorkspaceStartError(f"project {self.project!r} not found after start")
+
+
+@contextmanager
+def running_workspace(
+    root: Path,
+    *,
+    cpus: float = 2,
+    memory_gb: float = 8,
+    code_dir: Path | None = None,
+    project: str = "model-factory",
+    port: int | None = None,
+    kill_runs_on_exit: bool = True,
+    **options,
+) -> Iterator[RunningWorkspace]:
+    """Start a workspace server subprocess, wait for /health, yield its handle, stop it.
+
+    ``options`` go to :class:`RunningWorkspace` (``host``, ``api_key``, ``extra_args`` such
+    as ``["--oversize", "clamp"]``, ``env``, ``startup_timeout``). With
+    ``kill_runs_on_exit`` (default) runs still alive at the end are killed too.
+    """
+    handle = RunningWorkspace(root, cpus=cpus, memory_gb=memory_gb, code_dir=code_dir,
+                              project=project, port=port, **options)
+    handle.start()
+    try:
+        yield handle
+    finally:
+        handle.stop()
+        if kill_runs_on_exit:
+            handle.kill_runs()

@@ -1,0 +1,123 @@
+"""Helpers for the workspace tests (imported by conftest and the test modules)."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from cml_workspace.testing import TERMINAL_STATUSES, RunningWorkspace
+
+RUNTIME = "local/cml-workspace-python:local"
+
+
+class Api:
+    """Thin helpers over an httpx client for one workspace project."""
+
+    def __init__(self, ws: RunningWorkspace, http: httpx.Client, project_id: str | None = None):
+        self.ws = ws
+        self.http = http
+        self.project_id = project_id or ws.project_id
+
+    @property
+    def base(self) -> str:
+        return f"/api/v2/projects/{self.project_id}"
+
+    @property
+    def files_dir(self) -> Path:
+        return self.ws.root / "projects" / self.project_id / "files"
+
+    def script(self, name: str, code: str) -> str:
+        """Write a job script into the project folder; returns its project path."""
+        path = self.files_dir / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(textwrap.dedent(code))
+        return name
+
+    def job(self, script: str, *, name: str | None = None, expect: int = 200, **fields: Any) -> dict:
+        body = {"name": name or f"job-{script}", "script": script, "runtime_identifier": RUNTIME, **fields}
+        resp = self.http.post(f"{self.base}/jobs", json=body)
+        assert resp.status_code == expect, resp.text
+        return resp.json()
+
+    def run(self, job: dict | str, **body: Any) -> dict:
+        job_id = job if isinstance(job, str) else job["id"]
+        resp = self.http.post(f"{self.base}/jobs/{job_id}/runs", json=body)
+        assert resp.status_code == 200, resp.text
+        return resp.json()
+
+    def get_run(self, run: dict) -> dict:
+        resp = self.http.get(f"{self.base}/jobs/{run['job_id']}/runs/{run['id']}")
+        assert resp.status_code == 200, resp.text
+        return resp.json()
+
+    def stop(self, run: dict) -> httpx.Response:
+        return self.http.post(f"{self.base}/jobs/{run['job_id']}/runs/{run['id']}:stop")
+
+    def wait(self, run: dict, timeout: float = 20.0) -> dict:
+        return self.ws.wait_for_run(run["job_id"], run["id"], timeout=timeout, project_id=self.project_id)
+
+    def wait_status(self, run: dict, statuses: set[str], timeout: float = 10.0) -> dict:
+        deadline = time.monotonic() + timeout
+        while True:
+            current = self.get_run(run)
+            if current["status"] in statuses:
+                return current
+            assert time.monotonic() < deadline, f"run never reached {statuses}: {current['status']}"
+            time.sleep(0.05)
+
+    def read_file(self, path: str) -> bytes:
+        resp = self.http.post(f"{self.base}/files/{path}:download")
+        assert resp.status_code == 200, resp.text
+        return resp.content
+
+    def read_json(self, path: str) -> Any:
+        return json.loads(self.read_file(path))
+
+
+@dataclass
+class Timeline:
+    """Statuses of several runs sampled together until all are terminal."""
+
+    samples: list[tuple[float, dict[str, str]]] = field(default_factory=list)
+
+    def statuses(self, run_id: str) -> list[str]:
+        """Distinct statuses of one run, in order of first sight."""
+        seen: list[str] = []
+        for _, snapshot in self.samples:
+            if not seen or seen[-1] != snapshot[run_id]:
+                seen.append(snapshot[run_id])
+        return seen
+
+    def max_concurrent(self, statuses: frozenset[str] = frozenset({"ENGINE_STARTING", "ENGINE_RUNNING"})) -> int:
+        return max(sum(1 for s in snapshot.values() if s in statuses) for _, snapshot in self.samples)
+
+    def snapshots_where(self, predicate: Callable[[dict[str, str]], bool]) -> list[dict[str, str]]:
+        return [snapshot for _, snapshot in self.samples if predicate(snapshot)]
+
+
+def watch(api: Api, runs: list[dict], timeout: float = 30.0, interval: float = 0.05) -> Timeline:
+    """Sample the runs' statuses until all are terminal. Runs of one job are read with one
+    list call, so a snapshot of them is consistent (one store query on the server)."""
+    by_job: dict[str, set[str]] = {}
+    for run in runs:
+        by_job.setdefault(run["job_id"], set()).add(run["id"])
+    timeline = Timeline()
+    deadline = time.monotonic() + timeout
+    while True:
+        snapshot: dict[str, str] = {}
+        for job_id, ids in by_job.items():
+            resp = api.http.get(f"{api.base}/jobs/{job_id}/runs", params={"page_size": 1000})
+            assert resp.status_code == 200, resp.text
+            snapshot.update({r["id"]: r["status"] for r in resp.json()["job_runs"] if r["id"] in ids})
+        timeline.samples.append((time.monotonic(), snapshot))
+        if all(status in TERMINAL_STATUSES for status in snapshot.values()):
+            return timeline
+        assert time.monotonic() < deadline, f"runs not finished after {timeout} s: {snapshot}"
+        time.sleep(interval)
