@@ -21,11 +21,11 @@ class LocalStack:
     migrated_now: bool
 
     def warehouse_hook(self):
-        """Airflow's hook for the warehouse connection, in this process."""
+        """The DB-API hook of the warehouse connection (SQLite or HiveServer2), in this process."""
         os.environ["AIRFLOW_CONN_MODEL_FACTORY_WAREHOUSE"] = self.env["AIRFLOW_CONN_MODEL_FACTORY_WAREHOUSE"]
-        from airflow.providers.sqlite.hooks.sqlite import SqliteHook
+        from airflow.sdk import BaseHook
 
-        return SqliteHook(sqlite_conn_id="model_factory_warehouse")
+        return BaseHook.get_connection("model_factory_warehouse").get_hook()
 
     def cml_hook(self):
         from cml_provider.hooks.cml import CmlHook
@@ -34,8 +34,13 @@ class LocalStack:
 
 
 @contextmanager
-def local_stack(paths: StackPaths, *, cpus: float | None = None, memory_gb: float = 8) -> Iterator[LocalStack]:
-    """Start the workspace, prepare the Airflow home once; stop the workspace on exit."""
+def local_stack(
+    paths: StackPaths, *, cpus: float | None = None, memory_gb: float = 8, warehouse_conn: str | None = None
+) -> Iterator[LocalStack]:
+    """Start the workspace, prepare the Airflow home once; stop the workspace on exit.
+
+    ``warehouse_conn`` (an Airflow connection URI or JSON) replaces the SQLite warehouse.
+    """
     from cml_workspace.testing import running_workspace
 
     paths.make()
@@ -43,6 +48,6 @@ def local_stack(paths: StackPaths, *, cpus: float | None = None, memory_gb: floa
         paths.workspace_root, code_dir=REPO, project=PROJECT_NAME, api_key=workspace_api_key(paths),
         cpus=cpus or os.cpu_count() or 2, memory_gb=memory_gb,
     ) as ws:
-        env = airflow_env(paths, workspace_url=ws.url, api_key=ws.api_key)
+        env = airflow_env(paths, workspace_url=ws.url, api_key=ws.api_key, warehouse_conn=warehouse_conn)
         migrated = migrate_once(env, paths.logs / "airflow-setup.log")
         yield LocalStack(paths, ws, env, migrated)

@@ -68,3 +68,14 @@ def test_services_run_code_that_exists():
     modules = [s["command"][2] for s in SERVICES.values() if s.get("command", [None])[0] == "python"]
     for module in modules:
         assert (REPO / module.replace(".", "/")).exists(), module
+
+
+def test_airflow_reaches_the_bundled_hive_through_the_warehouse_connection():
+    assert {"hive-metastore", "hiveserver2"} <= set(SERVICES)
+    assert "thrift://hive-metastore:9083" in SERVICES["hiveserver2"]["environment"]["SERVICE_OPTS"]
+    assert "10000:10000" in SERVICES["hiveserver2"]["ports"]
+    example = dict(line.split("=", 1) for line in (REPO / ".env.example").read_text().splitlines()
+                   if line and not line.startswith("#"))
+    assert example["AIRFLOW_CONN_MODEL_FACTORY_WAREHOUSE"].startswith("hiveserver2://airflow@hiveserver2:10000/")
+    for name in ("airflow-scheduler", "airflow-triggerer"):
+        assert "AIRFLOW_CONN_MODEL_FACTORY_WAREHOUSE" in _env(SERVICES[name])
