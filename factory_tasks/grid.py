@@ -256,7 +256,7 @@ class GridConfig(_Model):
     cv: CVConfig = CVConfig()
     metrics: Annotated[list[MetricName], Field(min_length=1)] = Field(default_factory=lambda: list(DEFAULT_METRICS))
     ranking_metric: MetricName = DEFAULT_RANKING_METRIC
-    max_parallel: int = Field(2, ge=1)
+    max_parallel: int = Field(4, ge=1)
     max_experiments: int = Field(200, ge=1)
     economics: Economics
     data: DataConfig = DataConfig()
@@ -527,7 +527,7 @@ def summary(config: GridConfig) -> str:
     lines = ["  " + "  ".join(cell.ljust(w) if i < 2 else cell.rjust(w) for i, (cell, w) in enumerate(zip(r, widths)))
              for r in rows]
     lines.append(f"  total {config.size} experiments (max_experiments {config.max_experiments}), "
-                 f"at most {config.max_parallel} running at once (max_parallel)")
+                 f"at most {config.max_parallel} in flight at once (max_parallel)")
     lines.append(f"  {config.cv.folds}-fold CV, random_state {config.cv.random_state}; "
                  f"ranked by {config.ranking_metric}; metrics {', '.join(config.metrics)}")
     return "\n".join(lines)

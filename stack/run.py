@@ -18,7 +18,7 @@ from stack.airflow_cli import dags_test
 from stack.env import PROJECT_NAME, stack_paths
 from stack.local import local_stack
 
-DEFAULT_ROWS = 20_000
+DEFAULT_ROWS = 64_000
 DEFAULT_SEED = 7
 RUN_TIMEOUT_S = 45 * 60
 

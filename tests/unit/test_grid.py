@@ -100,7 +100,7 @@ def test_shipped_grid_loads_and_covers_the_default_families():
     assert 1 <= config.size <= config.max_experiments
     assert config.metrics == ["roc_auc", "log_loss", "average_precision", "accuracy", "policy_value"]
     assert config.ranking_metric == "roc_auc"
-    assert config.max_parallel == 2
+    assert config.max_parallel == 4
     assert set(config.economics.offer_costs) == set(OFFERS)
     assert config.data.table == "historical_customer_interactions"
     rf = next(f for f in config.families.values() if f.estimator == "RandomForestClassifier")
@@ -112,7 +112,7 @@ def test_omitted_settings_take_documented_defaults(tmp_path):
     data = {"economics": BASE["economics"],
             "families": {"lr": {"estimator": "LogisticRegression", "params": {}}}}
     config = load_grid(write(tmp_path, data))
-    assert (config.cv.folds, config.max_parallel, config.max_experiments) == (5, 2, 200)
+    assert (config.cv.folds, config.max_parallel, config.max_experiments) == (5, 4, 200)
     assert config.ranking_metric == "roc_auc" and "policy_value" in config.metrics
     assert config.data.table == "historical_customer_interactions"
     # resources default to the estimator's profile in the registry; params: {} is one run
@@ -636,7 +636,7 @@ def test_cli_validate_shipped_grid():
     for name in config.families:
         assert name in result.stdout
     assert f"total {config.size} experiments" in result.stdout
-    assert f"at most {config.max_parallel} running at once" in result.stdout
+    assert f"at most {config.max_parallel} in flight at once" in result.stdout
 
 
 def test_cli_validate_reports_every_problem_and_exits_2(tmp_path):
