@@ -251,25 +251,36 @@ class Leaderboard(Viewer):
 
 
 class BestPerFamily(Viewer):
-    """The best succeeded experiment of each family among the filtered rows."""
+    """The best succeeded experiment of each family among the filtered rows.
+
+    One table whose value is updated in place: replacing the widget on every filter change
+    would ship a whole new model to the browser and make filtering visibly slower.
+    """
 
     store = param.ClassSelector(class_=ExperimentsStore)
+    _COLUMNS = ["family", "estimator", "experiment_id", "ranking_metric", "ranking_score", "experiments", "factory_run_id"]
 
-    @param.depends("store.filtered")
-    def _table(self):
-        frame = self.store.filtered
-        best = best_per_family(frame) if frame is not None and not frame.empty else None
-        if best is None or best.empty:
-            return pn.pane.Markdown("No succeeded experiment matches the filters.")
-        shown = best[["family", "estimator", "experiment_id", "ranking_metric", "ranking_score", "experiments", "factory_run_id"]]
-        return pn.widgets.Tabulator(
-            shown, show_index=False, disabled=True, selectable=False,
+    def __init__(self, **params):
+        super().__init__(**params)
+        self.empty = pn.pane.Markdown("No succeeded experiment matches the filters.")
+        self.table = pn.widgets.Tabulator(
+            pd.DataFrame(columns=self._COLUMNS), show_index=False, disabled=True, selectable=False,
             formatters={"ranking_score": _FORMATTERS["ranking_score"]},
             sizing_mode="stretch_width", css_classes=["mf-best"],
         )
+        self._update()
+        self.store.param.watch(lambda *_: self._update(), "filtered")
+
+    def _update(self) -> None:
+        frame = self.store.filtered
+        best = best_per_family(frame) if frame is not None and not frame.empty else None
+        has_rows = best is not None and not best.empty
+        if has_rows:
+            self.table.value = best[self._COLUMNS].reset_index(drop=True)
+        self.table.visible, self.empty.visible = has_rows, not has_rows
 
     def __panel__(self):
-        return pn.Column("### Best per family", self._table, sizing_mode="stretch_width")
+        return pn.Column("### Best per family", self.empty, self.table, sizing_mode="stretch_width")
 
 
 def folds_figure(metric: str, folds: list[float | None], mean, std):

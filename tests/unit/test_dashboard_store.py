@@ -110,11 +110,12 @@ def test_best_per_family_respects_metric_direction():
 
 def test_best_per_family_view_follows_filters(store):
     view = BestPerFamily(store=store)
-    assert len(view._table().value) == 3
+    assert len(view.table.value) == 3 and view.table.visible and not view.empty.visible
     store.families = ["logistic_regression"]
-    assert list(view._table().value["family"]) == ["logistic_regression"]
+    assert list(view.table.value["family"]) == ["logistic_regression"]
     store.statuses = ["failed"]
-    assert "No succeeded experiment matches" in _texts(view)
+    assert view.empty.visible and not view.table.visible
+    assert "No succeeded experiment matches" in view.empty.object
 
 
 def test_leaderboard_selection_drives_detail_and_comparison(store):
