@@ -31,9 +31,12 @@ def cml_provider_e2e():
         retry_delay=0.1,
     ).expand(
         environment=[
-            {"MF_TEST_SLEEP": "8"},
-            {"MF_TEST_SLEEP": "3"},
-            {"MF_TEST_FAIL_WITH": "boom from the job", "MF_TEST_RESULT_FILE": "e2e/{{ ti.map_index }}.json"},
+            # Every job outlives the three submits, whatever order Airflow runs the mapped
+            # instances in, so the third always finds two active runs and defers.
+            {"MF_TEST_SLEEP": "6"},
+            {"MF_TEST_SLEEP": "4"},
+            {"MF_TEST_SLEEP": "4", "MF_TEST_FAIL_WITH": "boom from the job",
+             "MF_TEST_RESULT_FILE": "e2e/{{ ti.map_index }}.json"},
         ]
     )
     CmlJobRunSensor.partial(
