@@ -111,7 +111,10 @@ def run(grid_path: str = "config/grid.yaml", rows: int = DEFAULT_ROWS, seed: int
     if run_id is None:
         _say(f"No outcomes were recorded. See {run_log}")
         return rc or 1
-    _say(f"Factory run {run_id}")
+    reused = int((outcomes["run_status"] == "REUSED").sum())
+    failed = int((outcomes["status"] != "succeeded").sum())
+    _say(f"Factory run {run_id}: {len(outcomes)} experiments, {len(outcomes) - reused} run now, "
+         f"{reused} reused from identical earlier experiments, {failed} failed")
     _say(format_leaderboard(outcomes))
     _say()
     _say("Where to look:")
