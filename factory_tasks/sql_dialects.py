@@ -146,7 +146,25 @@ def frame_from_records(records: Sequence[tuple], columns: Sequence[Column | str]
 # --------------------------------------------------------------------------- SQLite
 
 
-class SqliteDialect:
+class _Dialect:
+    """What every dialect derives from its own ``select``."""
+
+    def select(self, hook: Any, table: str, columns: Sequence[str],
+               where: dict[str, Any] | None = None) -> list[tuple]:
+        raise NotImplementedError
+
+    def read_frame(
+        self,
+        hook: Any,
+        table: str,
+        columns: Sequence[Column | str],
+        where: dict[str, Any] | None = None,
+    ) -> pd.DataFrame:
+        """The table's rows as a frame with the declared dtypes (see :func:`frame_from_records`)."""
+        return frame_from_records(self.select(hook, table, _column_names(columns), where), columns)
+
+
+class SqliteDialect(_Dialect):
     """SQLite through Airflow's ``SqliteHook`` (or any hook whose ``get_conn`` is sqlite3)."""
 
     name = "sqlite"
@@ -205,16 +223,6 @@ class SqliteDialect:
             return [tuple(r) for r in conn.execute(sql, params).fetchall()]
         finally:
             conn.close()
-
-    def read_frame(
-        self,
-        hook: Any,
-        table: str,
-        columns: Sequence[Column | str],
-        where: dict[str, Any] | None = None,
-    ) -> pd.DataFrame:
-        """The table's rows as a frame with the declared dtypes (see :func:`frame_from_records`)."""
-        return frame_from_records(self.select(hook, table, _column_names(columns), where), columns)
 
     def table_exists(self, hook: Any, table: str) -> bool:
         conn = hook.get_conn()
@@ -342,7 +350,7 @@ def describe_cause(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {line}"
 
 
-class HiveDialect:
+class HiveDialect(_Dialect):
     """HiveServer2 through Airflow's ``HiveServer2Hook`` (PyHive ``get_conn()``)."""
 
     name = "hive"
@@ -639,16 +647,6 @@ class HiveDialect:
             return [tuple(r) for r in cursor.fetchall()]
 
         return self._run(hook, f"read {table}", work)
-
-    def read_frame(
-        self,
-        hook: Any,
-        table: str,
-        columns: Sequence[Column | str],
-        where: dict[str, Any] | None = None,
-    ) -> pd.DataFrame:
-        """The table's rows as a frame with the declared dtypes (see :func:`frame_from_records`)."""
-        return frame_from_records(self.select(hook, table, _column_names(columns), where), columns)
 
     def table_exists(self, hook: Any, table: str) -> bool:
         checked_identifier(table)
