@@ -6,12 +6,12 @@ import shlex
 import time
 from collections.abc import Mapping, Sequence
 from datetime import timedelta
-from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowException
 from cml_provider.hooks.cml import CmlHook, CmlJobRun
+from cml_provider.operators.run_owner import CmlRunOwnerMixin
 from cml_provider.triggers.cml import CmlCapacityTrigger, CmlJobRunTrigger
 
 if TYPE_CHECKING:
@@ -42,7 +42,7 @@ def _seconds(value: float | timedelta) -> float:
     return value.total_seconds() if isinstance(value, timedelta) else float(value)
 
 
-class CmlJobRunOperator(BaseOperator):
+class CmlJobRunOperator(CmlRunOwnerMixin, BaseOperator):
     """Start a run of a CML job, creating the job if needed.
 
     The job is found by exact name, or created with ``script``, ``cpu``, ``memory_gb``,
@@ -141,13 +141,7 @@ class CmlJobRunOperator(BaseOperator):
         self.reuse_succeeded_run = reuse_succeeded_run
         self.retry_limit = retry_limit
         self.retry_delay = retry_delay
-        self.project_id: str | None = None
-        self.job_id: str | None = None
-        self.run_id: str | None = None
-
-    @cached_property
-    def hook(self) -> CmlHook:
-        return CmlHook(self.cml_conn_id, retry_limit=self.retry_limit, retry_delay=self.retry_delay)
+        self.project_id = self.job_id = self.run_id = None
 
     # -- execution ------------------------------------------------------------------------
     def execute(self, context: Context) -> dict[str, str]:
@@ -191,14 +185,6 @@ class CmlJobRunOperator(BaseOperator):
             )
         self.log.info("%s", event.get("message"))
         return ref
-
-    def on_kill(self) -> None:
-        if self.run_id and self.job_id:
-            try:
-                self.hook.stop_job_run(self.job_id, self.run_id, project_id=self.project_id)
-                self.log.info("Asked CML to stop job run %s", self.run_id)
-            except Exception:
-                self.log.exception("Could not stop CML job run %s", self.run_id)
 
     # -- steps ----------------------------------------------------------------------------
     def _ensure_job(self) -> None:

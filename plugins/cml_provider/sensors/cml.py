@@ -6,12 +6,12 @@ import json
 import time
 from collections.abc import Mapping, Sequence
 from datetime import timedelta
-from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseSensorOperator, PokeReturnValue
 from airflow.sdk.exceptions import AirflowException
 from cml_provider.hooks.cml import CmlHook, CmlJobRun
+from cml_provider.operators.run_owner import CmlRunOwnerMixin
 from cml_provider.triggers.cml import CmlJobRunTrigger
 
 if TYPE_CHECKING:
@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 __all__ = ["CmlJobRunSensor"]
 
 
-class CmlJobRunSensor(BaseSensorOperator):
+class CmlJobRunSensor(CmlRunOwnerMixin, BaseSensorOperator):
     """Wait for the CML job run described by ``run`` and fail unless it succeeds.
 
     ``run`` is the dict :class:`~cml_provider.operators.cml.CmlJobRunOperator` returns,
@@ -70,13 +70,7 @@ class CmlJobRunSensor(BaseSensorOperator):
         self.result_file = result_file
         self.retry_limit = retry_limit
         self.retry_delay = retry_delay
-        self.project_id: str | None = None
-        self.job_id: str | None = None
-        self.run_id: str | None = None
-
-    @cached_property
-    def hook(self) -> CmlHook:
-        return CmlHook(self.cml_conn_id, retry_limit=self.retry_limit, retry_delay=self.retry_delay)
+        self.project_id = self.job_id = self.run_id = None
 
     # -- helpers --------------------------------------------------------------------------
     def _read_run_ref(self) -> bool:
@@ -185,10 +179,3 @@ class CmlJobRunSensor(BaseSensorOperator):
             )
         raise AirflowException(self._failure_message(status, event.get("message")))
 
-    def on_kill(self) -> None:
-        if self.run_id and self.job_id:
-            try:
-                self.hook.stop_job_run(self.job_id, self.run_id, project_id=self.project_id)
-                self.log.info("Asked CML to stop job run %s", self.run_id)
-            except Exception:
-                self.log.exception("Could not stop CML job run %s", self.run_id)

@@ -19,7 +19,18 @@ from cml_provider.states import JobRunStatus
 __all__ = ["CmlCapacityTrigger", "CmlJobRunTrigger"]
 
 
-class CmlJobRunTrigger(BaseTrigger):
+class _CmlTrigger(BaseTrigger):
+    """A trigger that polls CML through a fresh hook (triggers share no state between polls)."""
+
+    cml_conn_id: str
+    retry_limit: int
+    retry_delay: float
+
+    def _hook(self) -> CmlHook:
+        return CmlHook(self.cml_conn_id, retry_limit=self.retry_limit, retry_delay=self.retry_delay)
+
+
+class CmlJobRunTrigger(_CmlTrigger):
     """Wait until a CML job run reaches a terminal status or ``deadline`` passes.
 
     Yields one event ``{"status": "success" | "error" | "timeout", "message", "run_id",
@@ -72,9 +83,6 @@ class CmlJobRunTrigger(BaseTrigger):
             },
         )
 
-    def _hook(self) -> CmlHook:
-        return CmlHook(self.cml_conn_id, retry_limit=self.retry_limit, retry_delay=self.retry_delay)
-
     def _event(self, status: str, message: str, run_status: JobRunStatus | None) -> TriggerEvent:
         return TriggerEvent(
             {
@@ -120,7 +128,7 @@ class CmlJobRunTrigger(BaseTrigger):
         yield event
 
 
-class CmlCapacityTrigger(BaseTrigger):
+class CmlCapacityTrigger(_CmlTrigger):
     """Wait until fewer than ``max_active`` runs carrying a marker are still active.
 
     Counts the non-terminal runs, across ``job_ids`` (or, when ``job_ids`` is None, across the
@@ -184,9 +192,6 @@ class CmlCapacityTrigger(BaseTrigger):
                 "retry_delay": self.retry_delay,
             },
         )
-
-    def _hook(self) -> CmlHook:
-        return CmlHook(self.cml_conn_id, retry_limit=self.retry_limit, retry_delay=self.retry_delay)
 
     def _event(self, status: str, message: str, active: int | None) -> TriggerEvent:
         return TriggerEvent(

@@ -1,0 +1,31 @@
+"""What the submit operator and the sensor share: the CML run a task owns, the hook that
+reaches it, and stopping that run when Airflow kills the task."""
+
+from __future__ import annotations
+
+from functools import cached_property
+
+from cml_provider.hooks.cml import CmlHook
+
+
+class CmlRunOwnerMixin:
+    """Mixed into a ``BaseOperator``; the class sets ``cml_conn_id``, ``retry_limit``, ``retry_delay``."""
+
+    cml_conn_id: str
+    retry_limit: int
+    retry_delay: float
+    project_id: str | None = None
+    job_id: str | None = None
+    run_id: str | None = None
+
+    @cached_property
+    def hook(self) -> CmlHook:
+        return CmlHook(self.cml_conn_id, retry_limit=self.retry_limit, retry_delay=self.retry_delay)
+
+    def on_kill(self) -> None:
+        if self.run_id and self.job_id:
+            try:
+                self.hook.stop_job_run(self.job_id, self.run_id, project_id=self.project_id)
+                self.log.info("Asked CML to stop job run %s", self.run_id)
+            except Exception:  # on_kill must not raise: the task is being torn down anyway
+                self.log.exception("Could not stop CML job run %s", self.run_id)
