@@ -12,7 +12,7 @@ from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowException
 from cml_provider.hooks.cml import CmlHook, CmlJobRun
 from cml_provider.operators.run_owner import CmlRunOwnerMixin
-from cml_provider.triggers.cml import CmlCapacityTrigger, CmlJobRunTrigger
+from cml_provider.triggers.cml import CmlCapacityTrigger
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -272,16 +272,7 @@ class CmlJobRunOperator(CmlRunOwnerMixin, BaseOperator):
             return
         timeout = _seconds(self.wait_timeout)
         self.defer(
-            trigger=CmlJobRunTrigger(
-                cml_conn_id=self.cml_conn_id,
-                project_id=run.project_id,
-                job_id=run.job_id,
-                run_id=run.id,
-                poll_interval=self.poll_interval,
-                deadline=time.time() + timeout,
-                retry_limit=self.retry_limit,
-                retry_delay=self.retry_delay,
-            ),
+            trigger=self._run_trigger(run.project_id, run.job_id, run.id, timeout),
             method_name="execute_complete",
             timeout=timedelta(seconds=timeout + 300),
         )

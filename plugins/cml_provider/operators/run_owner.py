@@ -3,9 +3,11 @@ reaches it, and stopping that run when Airflow kills the task."""
 
 from __future__ import annotations
 
+import time
 from functools import cached_property
 
 from cml_provider.hooks.cml import CmlHook
+from cml_provider.triggers.cml import CmlJobRunTrigger
 
 
 class CmlRunOwnerMixin:
@@ -14,6 +16,7 @@ class CmlRunOwnerMixin:
     cml_conn_id: str
     retry_limit: int
     retry_delay: float
+    poll_interval: float
     project_id: str | None = None
     job_id: str | None = None
     run_id: str | None = None
@@ -21,6 +24,19 @@ class CmlRunOwnerMixin:
     @cached_property
     def hook(self) -> CmlHook:
         return CmlHook(self.cml_conn_id, retry_limit=self.retry_limit, retry_delay=self.retry_delay)
+
+    def _run_trigger(self, project_id: str, job_id: str, run_id: str, timeout_s: float) -> CmlJobRunTrigger:
+        """The trigger that waits for this run, with a deadline ``timeout_s`` from now."""
+        return CmlJobRunTrigger(
+            cml_conn_id=self.cml_conn_id,
+            project_id=project_id,
+            job_id=job_id,
+            run_id=run_id,
+            poll_interval=self.poll_interval,
+            deadline=time.time() + timeout_s,
+            retry_limit=self.retry_limit,
+            retry_delay=self.retry_delay,
+        )
 
     def on_kill(self) -> None:
         if self.run_id and self.job_id:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Mapping, Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
@@ -12,7 +11,6 @@ from airflow.sdk import BaseSensorOperator, PokeReturnValue
 from airflow.sdk.exceptions import AirflowException
 from cml_provider.hooks.cml import CmlHook, CmlJobRun
 from cml_provider.operators.run_owner import CmlRunOwnerMixin
-from cml_provider.triggers.cml import CmlJobRunTrigger
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -147,16 +145,7 @@ class CmlJobRunSensor(CmlRunOwnerMixin, BaseSensorOperator):
             return self._ref(run.status.value)
         self.log.info("CML job run %s is %s; deferring", self.run_id, run.status)
         self.defer(
-            trigger=CmlJobRunTrigger(
-                cml_conn_id=self.cml_conn_id,
-                project_id=self.project_id,
-                job_id=self.job_id,
-                run_id=self.run_id,
-                poll_interval=self.poll_interval,
-                deadline=time.time() + self.timeout,
-                retry_limit=self.retry_limit,
-                retry_delay=self.retry_delay,
-            ),
+            trigger=self._run_trigger(self.project_id, self.job_id, self.run_id, self.timeout),
             method_name="execute_complete",
             timeout=timedelta(seconds=self.timeout + 300),
         )
