@@ -94,13 +94,7 @@ class Store:
     ) -> list[Doc]:
         """Documents in insertion order, optionally scoped and filtered by status."""
         self._check(kind)
-        clauses, params = [], []
-        if project_id is not None:
-            clauses.append("project_id = ?")
-            params.append(project_id)
-        if parent_id is not None:
-            clauses.append("parent_id = ?")
-            params.append(parent_id)
+        clauses, params = _scope(project_id, parent_id)
         if statuses is not None:
             statuses = list(statuses)
             clauses.append(f"status IN ({','.join('?' * len(statuses))})")
@@ -145,15 +139,21 @@ class Store:
 
     def delete_where(self, kind: str, *, project_id: str | None = None, parent_id: str | None = None) -> int:
         self._check(kind)
-        clauses, params = [], []
-        if project_id is not None:
-            clauses.append("project_id = ?")
-            params.append(project_id)
-        if parent_id is not None:
-            clauses.append("parent_id = ?")
-            params.append(parent_id)
+        clauses, params = _scope(project_id, parent_id)
         if not clauses:
             raise ValueError("refusing to delete a whole table")
         with self._lock:
             cur = self._conn.execute(f"DELETE FROM {kind} WHERE {' AND '.join(clauses)}", params)
         return cur.rowcount
+
+
+def _scope(project_id: str | None, parent_id: str | None) -> tuple[list[str], list[str]]:
+    """WHERE clauses and parameters limiting a query to a project and/or a parent document."""
+    clauses, params = [], []
+    if project_id is not None:
+        clauses.append("project_id = ?")
+        params.append(project_id)
+    if parent_id is not None:
+        clauses.append("parent_id = ?")
+        params.append(parent_id)
+    return clauses, params
