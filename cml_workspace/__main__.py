@@ -53,6 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
                             "(default: accept them with a warning)")
     serve.add_argument("--kill-grace", type=float, default=3.0, metavar="SECONDS",
                        help="SIGTERM to SIGKILL escalation when stopping or timing out a run (default 3)")
+    serve.add_argument("--preload", action="extend", nargs="+", default=[], metavar="MODULE",
+                       help="start runs from a warm engine that has imported these modules once "
+                            "(default: every run is a fresh interpreter)")
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     return parser
 
@@ -72,6 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         oversize=args.oversize,
         require_runtime_identifier=args.require_runtime_identifier,
         kill_grace_s=args.kill_grace,
+        preload=tuple(args.preload),
     )
     import uvicorn  # heavy imports only when serving
 

@@ -45,6 +45,9 @@ class WorkspaceConfig:
     #: (off by default: the local workspace then only logs a warning)
     require_runtime_identifier: bool = False
     python: str = sys.executable
+    #: modules a warm engine imports once; runs are then forked from it (see warm_engine.py).
+    #: Empty: every run is a fresh ``python script.py``.
+    preload: tuple[str, ...] = ()
     #: how often the scheduler looks at processes and the queue (it is also woken on changes)
     poll_interval_s: float = 0.1
     #: SIGTERM to SIGKILL escalation when stopping or timing out a run

@@ -14,6 +14,9 @@ Life of a run (statuses exactly as CML API v2):
 A run asking for more than the whole budget either fails at once (``oversize="fail"``, the
 default; the reason is in its log) or is clamped to the budget (``oversize="clamp"``).
 
+With ``--preload`` the wrapper and the script are forked from a warm engine (see
+``warm_engine.py``) instead of started as fresh interpreters; everything above holds either way.
+
 Stopping or timing out sends SIGTERM to the whole process group, then SIGKILL after
 ``kill_grace_s``. Everything the scheduler needs is in the store (pids, reservations, stop
 reasons), so a restarted workspace reconciles: live wrappers keep being watched, finished
@@ -40,6 +43,7 @@ from .config import OVERSIZE_CLAMP, WorkspaceConfig
 from .errors import ApiError
 from .store import Doc, Store
 from .util import now_ts, parse_ts
+from .warm_engine import EngineError, WarmEngine
 
 log = logging.getLogger("cml_workspace.scheduler")
 
@@ -82,8 +86,20 @@ def _proc_stat(pid: int) -> list[str] | None:
     return text.rsplit(")", 1)[1].split()
 
 
-def wrapper_alive(pid: int, run_id: str) -> bool:
-    """Is ``pid`` still the wrapper of ``run_id`` (not a zombie, not a reused pid)?"""
+def process_start_ticks(pid: int) -> int | None:
+    """When ``pid`` started (clock ticks since boot): with the pid, a process's identity."""
+    fields = _proc_stat(pid)
+    try:
+        return int(fields[19]) if fields else None
+    except (IndexError, ValueError):
+        return None
+
+
+def wrapper_alive(pid: int, run_id: str, start_ticks: int | None = None) -> bool:
+    """Is ``pid`` still the wrapper of ``run_id`` (not a zombie, not a reused pid)?
+
+    A cold wrapper carries the run id on its command line; a warm one (forked, so it has the
+    engine's command line) is recognised by its recorded start time."""
     if not os.path.isdir("/proc/self"):
         try:
             os.kill(pid, 0)
@@ -95,6 +111,8 @@ def wrapper_alive(pid: int, run_id: str) -> bool:
     fields = _proc_stat(pid)
     if fields is None or fields[0] in ("Z", "X"):
         return False
+    if start_ticks is not None:
+        return fields[19] == str(start_ticks)
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as fh:
             return run_id.encode() in fh.read()
@@ -143,11 +161,20 @@ class RunScheduler:
         self._thread: threading.Thread | None = None
         self._procs: dict[str, subprocess.Popen] = {}
         self._kill_at: dict[str, float] = {}  # run id -> monotonic time for the next SIGKILL
+        self._engine: WarmEngine | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
     def start(self) -> None:
         self.config.runs_dir.mkdir(parents=True, exist_ok=True)
         self.reconcile()
+        if self.config.preload:
+            base = self._base_environment()
+            code_dir = self.config.code_dir
+            if code_dir is not None:
+                base["PYTHONPATH"] = os.pathsep.join(filter(None, [str(code_dir), base.get("PYTHONPATH")]))
+            self._engine = WarmEngine(self.config.python, self.config.preload, base,
+                                      str(code_dir or self.config.root))
+            self._engine.start()
         self._thread = threading.Thread(target=self._loop, name="run-scheduler", daemon=True)
         self._thread.start()
 
@@ -157,6 +184,9 @@ class RunScheduler:
         self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout)
+        if self._engine is not None:
+            with self._lock:
+                self._engine.close()
 
     def wake(self) -> None:
         self._wake.set()
@@ -173,7 +203,7 @@ class RunScheduler:
                     })
                     requeued += 1
                     continue
-                if wrapper_alive(pid, run["id"]):
+                if wrapper_alive(pid, run["id"], run.get("_pid_start")):
                     adopted += 1
                     if run.get("_stop_reason"):  # it was being stopped / timed out: finish that
                         self._terminate(run)
@@ -226,6 +256,7 @@ class RunScheduler:
             "memory_in_use_gb": sum(r.get("_reserved_memory") or 0 for r in active),
             "runs_active": len(active),
             "runs_scheduling": len(self.store.list("runs", statuses=[RunStatus.SCHEDULING.value])),
+            "engine": "cold" if self._engine is None else self._engine.state,
         }
 
     # -- the loop ----------------------------------------------------------------------------
@@ -257,6 +288,8 @@ class RunScheduler:
 
     def _schedule(self) -> None:
         cfg = self.config
+        if self._engine is not None and self._engine.is_loading():
+            return  # runs wait the seconds until the engine is warm rather than import cold
         active = self.store.list("runs", statuses=PROCESS_STATES)
         used_cpu = sum(r.get("_reserved_cpu") or 0 for r in active)
         used_mem = sum(r.get("_reserved_memory") or 0 for r in active)
@@ -292,11 +325,16 @@ class RunScheduler:
                 return path
         return None
 
-    def _environment(self, run: Doc, cpu: float, mem: float, project_dir: Path) -> dict[str, str]:
-        cfg = self.config
+    @staticmethod
+    def _base_environment() -> dict[str, str]:
         env = dict(os.environ)
         env.pop("CML_WORKSPACE_API_KEY", None)  # the workspace's own secret; runs get CDSW_APIV2_KEY
         env.setdefault("PYTHONUNBUFFERED", "1")
+        return env
+
+    def _environment(self, run: Doc, cpu: float, mem: float, project_dir: Path) -> dict[str, str]:
+        cfg = self.config
+        env = self._base_environment()
         env.update(run.get("environment") or {})  # job environment merged with run environment
         threads = str(max(1, math.floor(cpu)))
         env.update({
@@ -344,28 +382,44 @@ class RunScheduler:
         for suffix in (".exit", ".started"):
             (cfg.runs_dir / f"{run_id}{suffix}").unlink(missing_ok=True)
         command = [cfg.python, str(script), *arguments]
-        wrapper = [cfg.python, str(WRAPPER), "--run-id", run_id, "--state-dir", str(cfg.runs_dir), "--", *command]
+        env = self._environment(run, cpu, mem, project_dir)
+        warm = self._engine is not None and self._engine.ready
         starting_at = now_ts()
         self._append_log(run_id, (
             f"[cml_workspace] {starting_at} run {run_id} of job {run['job_id']}: {shlex.join(command)}\n"
-            f"[cml_workspace] cwd {project_dir}; cpu {cpu:g}, memory {mem:g} GB"
+            f"[cml_workspace] cwd {project_dir}; cpu {cpu:g}, memory {mem:g} GB; "
+            + ("forked from the warm engine" if warm else "fresh interpreter")
         ))
-        try:
-            with open(self._log_path(run_id), "ab") as out:
-                proc = subprocess.Popen(
-                    wrapper, cwd=project_dir, env=self._environment(run, cpu, mem, project_dir),
-                    stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-                )
-        except OSError as exc:
-            self._finish(run, RunStatus.FAILED, message=f"could not start the run: {exc}")
-            return False
-        self._procs[run_id] = proc
+        pid = self._spawn_warm(run_id, command[1:], project_dir, env) if warm else None
+        if pid is None:
+            wrapper = [cfg.python, str(WRAPPER), "--run-id", run_id, "--state-dir", str(cfg.runs_dir), "--", *command]
+            try:
+                with open(self._log_path(run_id), "ab") as out:
+                    proc = subprocess.Popen(
+                        wrapper, cwd=project_dir, env=env, stdin=subprocess.DEVNULL, stdout=out,
+                        stderr=subprocess.STDOUT, start_new_session=True,
+                    )
+            except OSError as exc:
+                self._finish(run, RunStatus.FAILED, message=f"could not start the run: {exc}")
+                return False
+            self._procs[run_id] = proc
+            pid = proc.pid
         self.store.update("runs", run_id, {
-            "status": RunStatus.STARTING.value, "starting_at": starting_at, "_pid": proc.pid,
-            "_reserved_cpu": cpu, "_reserved_memory": mem,
+            "status": RunStatus.STARTING.value, "starting_at": starting_at, "_pid": pid,
+            "_pid_start": process_start_ticks(pid), "_reserved_cpu": cpu, "_reserved_memory": mem,
         })
-        log.info("run %s started (pid %d, %g cpu, %g GB)", run_id, proc.pid, cpu, mem)
+        log.info("run %s started (pid %d, %g cpu, %g GB)", run_id, pid, cpu, mem)
         return True
+
+    def _spawn_warm(self, run_id: str, argv: list[str], project_dir: Path, env: dict[str, str]) -> int | None:
+        """Fork the run from the warm engine; None (the caller starts it cold) if that fails."""
+        assert self._engine is not None
+        try:
+            return self._engine.spawn(run_id=run_id, state_dir=str(self.config.runs_dir), argv=argv,
+                                      cwd=str(project_dir), env=env, log_path=str(self._log_path(run_id)))
+        except EngineError as exc:
+            self._append_log(run_id, f"[cml_workspace] the warm engine failed ({exc}): fresh interpreter")
+            return None
 
     # -- watching ----------------------------------------------------------------------------
     def _watch(self, run: Doc) -> Doc | None:
@@ -375,7 +429,7 @@ class RunScheduler:
         if proc is not None:
             done = proc.poll() is not None
         else:
-            done = not pid or not wrapper_alive(pid, run_id)
+            done = not pid or not wrapper_alive(pid, run_id, run.get("_pid_start"))
         if done:
             return self._complete(run, proc)
 
@@ -451,7 +505,7 @@ class RunScheduler:
         if not pid:
             return
         proc = self._procs.get(run["id"])
-        alive = proc.poll() is None if proc is not None else wrapper_alive(pid, run["id"])
+        alive = proc.poll() is None if proc is not None else wrapper_alive(pid, run["id"], run.get("_pid_start"))
         if alive:
             _killpg(pid, signal.SIGTERM)
             self._kill_at.setdefault(run["id"], time.monotonic() + self.config.kill_grace_s)
@@ -494,7 +548,7 @@ def kill_active_runs(root: Path) -> int:
     try:
         for run in store.list("runs", statuses=PROCESS_STATES):
             pid = run.get("_pid")
-            if pid and wrapper_alive(pid, run["id"]):
+            if pid and wrapper_alive(pid, run["id"], run.get("_pid_start")):
                 _killpg(pid, signal.SIGKILL)
                 killed += 1
                 store.update("runs", run["id"], lambda d: d.update(

@@ -46,7 +46,7 @@ def local_stack(
     paths.make()
     with running_workspace(
         paths.workspace_root, code_dir=REPO, project=PROJECT_NAME, api_key=workspace_api_key(paths),
-        cpus=cpus or os.cpu_count() or 2, memory_gb=memory_gb,
+        cpus=cpus or os.cpu_count() or 2, memory_gb=memory_gb, extra_args=["--preload", "factory_tasks.job_preload"],
     ) as ws:
         env = airflow_env(paths, workspace_url=ws.url, api_key=ws.api_key, warehouse_conn=warehouse_conn)
         migrated = migrate_once(env, paths.logs / "airflow-setup.log")

@@ -11,7 +11,7 @@ from typing import Any
 
 import httpx
 import pytest
-from workspace_helpers import Api
+from workspace_helpers import WARM_ARGS, Api
 
 from cml_workspace.testing import RunningWorkspace, running_workspace
 
@@ -38,6 +38,8 @@ def shared_code_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     code = tmp_path_factory.mktemp("code")
     (code / "helpers").mkdir()
     (code / "helpers" / "__init__.py").write_text("GREETING = 'from the code dir'\n")
+    # imported by a warm engine (WARM_ARGS); a run can tell whether it was forked from one
+    (code / "warm_probe.py").write_text("import os\nIMPORTED_BY_PID = os.getpid()\n")
     (code / "from_repo.py").write_text(textwrap.dedent("""
         import json, helpers
         json.dump({"greeting": helpers.GREETING}, open("from_repo.json", "w"))
@@ -50,6 +52,14 @@ def shared_ws(tmp_path_factory: pytest.TempPathFactory, shared_code_dir: Path) -
     """One workspace for the API tests (budget 4 vCPU / 8 GB); tests use their own jobs."""
     with running_workspace(tmp_path_factory.mktemp("ws"), cpus=4, memory_gb=8, code_dir=shared_code_dir,
                            extra_args=["--kill-grace", "1"]) as ws:
+        yield ws
+
+
+@pytest.fixture(scope="session")
+def warm_ws(tmp_path_factory: pytest.TempPathFactory, shared_code_dir: Path) -> Iterator[RunningWorkspace]:
+    """Like ``shared_ws``, but runs are forked from a warm engine."""
+    with running_workspace(tmp_path_factory.mktemp("warm-ws"), cpus=4, memory_gb=8, code_dir=shared_code_dir,
+                           extra_args=["--kill-grace", "1", *WARM_ARGS]) as ws:
         yield ws
 
 

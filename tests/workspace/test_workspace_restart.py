@@ -6,7 +6,8 @@ from __future__ import annotations
 import json
 import time
 
-from workspace_helpers import Api, watch
+import pytest
+from workspace_helpers import WARM_ARGS, Api, watch
 
 from cml_workspace.store import Store
 from cml_workspace.testing import running_workspace
@@ -32,8 +33,10 @@ def _wait_for(path, timeout: float = 15.0) -> None:
         time.sleep(0.05)
 
 
-def test_restart_preserves_state_and_runs(new_workspace):
-    ws = new_workspace(cpus=4, memory_gb=8)
+@pytest.mark.parametrize("engine", ["cold", "warm"])
+def test_restart_preserves_state_and_runs(new_workspace, shared_code_dir, engine):
+    warm = engine == "warm"
+    ws = new_workspace(cpus=4, memory_gb=8, code_dir=shared_code_dir, extra_args=WARM_ARGS if warm else ())
     with ws.client() as http:
         api = Api(ws, http)
         api.script("forever.py", "import time\ntime.sleep(60)\n")
@@ -85,11 +88,15 @@ def test_restart_preserves_state_and_runs(new_workspace):
     assert final[long_run["id"]]["arguments"] == "--x"
     assert json.loads(final[long_run["id"]]["environment"]) == {"KIND": "long"}
     assert "exit code 4" in ws.run_log(fail_run["id"])
+    assert ("forked from the warm engine" in ws.run_log(long_run["id"])) == warm
     assert (ws.root / "projects" / ws.project_id / "files" / "long.done").read_text() == "ok"
 
 
-def test_runs_left_at_exit_are_killed(tmp_path):
-    with running_workspace(tmp_path / "ws", cpus=1) as ws, ws.client() as http:
+@pytest.mark.parametrize("engine", ["cold", "warm"])
+def test_runs_left_at_exit_are_killed(tmp_path, shared_code_dir, engine):
+    extra = WARM_ARGS if engine == "warm" else ()
+    with running_workspace(tmp_path / "ws", cpus=1, code_dir=shared_code_dir, extra_args=extra) as ws, \
+            ws.client() as http:
         api = Api(ws, http)
         run = api.run(api.job(api.script("forever.py", "import time\ntime.sleep(60)\n")))
         api.wait_status(run, {"ENGINE_RUNNING"})

@@ -1,4 +1,7 @@
-"""Job runs as real subprocesses: outcomes, environment, stop, timeout, code dir."""
+"""Job runs as real subprocesses: outcomes, environment, stop, timeout, code dir.
+
+Every test runs twice: runs started as fresh interpreters, and runs forked from a warm
+engine (``serve --preload``) — the two must be indistinguishable from outside."""
 
 from __future__ import annotations
 
@@ -6,6 +9,20 @@ import json
 import os
 import re
 import time
+
+import pytest
+from workspace_helpers import Api
+
+
+@pytest.fixture(scope="module", params=["cold", "warm"])
+def engine_ws(request):
+    return request.getfixturevalue("shared_ws" if request.param == "cold" else "warm_ws")
+
+
+@pytest.fixture
+def api(engine_ws):
+    with engine_ws.client() as http:
+        yield Api(engine_ws, http)
 
 TS = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$")
 RUN_FIELDS = {"id", "job_id", "project_id", "status", "created_at", "scheduling_at", "starting_at",
@@ -41,6 +58,7 @@ def test_successful_run(api):
     assert api.read_file("outputs/ok.txt") == b"done"  # cwd is the project folder
     log = api.ws.run_log(run["id"])
     assert "hello from the run" in log and "ENGINE_SUCCEEDED" in log
+    assert ("forked from the warm engine" in log) == ("--preload" in api.ws.extra_args)
     assert not any(f["path"].endswith(".log") for f in api.http.get(f"{api.base}/files/.").json()["files"])
 
 
@@ -84,6 +102,26 @@ def test_environment_arguments_and_thread_limits(api):
     assert api.wait(api.run(small))["status"] == "ENGINE_SUCCEEDED"
     env = api.read_json("small.json")
     assert env["argv"] == ["--job-args"] and env["OMP_NUM_THREADS"] == "1" and env["CML_CPU"] == "0.5"
+
+
+THREADS_AND_ORIGIN = """
+    import json, os, sys
+    import numpy, threadpoolctl, warm_probe
+    json.dump({"pools": [p["num_threads"] for p in threadpoolctl.threadpool_info()],
+               "forked": warm_probe.IMPORTED_BY_PID != os.getpid(), "main": __name__,
+               "path0": sys.path[0]}, open("threads.json", "w"))
+"""
+
+
+def test_thread_pools_follow_the_cpu_request(api):
+    """numpy's BLAS pool has the run's size, whether the engine loaded it with one thread or not."""
+    job = api.job(api.script("threads.py", THREADS_AND_ORIGIN), cpu=2)
+    assert api.wait(api.run(job))["status"] == "ENGINE_SUCCEEDED"
+    seen = api.read_json("threads.json")
+    assert seen["pools"] and set(seen["pools"]) == {2}
+    assert seen["forked"] == ("--preload" in api.ws.extra_args)
+    assert seen["main"] == "__main__"
+    assert os.path.realpath(seen["path0"]) == os.path.realpath(api.files_dir)
 
 
 def test_script_from_the_code_dir_and_its_pythonpath(api, shared_code_dir):

@@ -15,6 +15,8 @@ import httpx
 from cml_workspace.testing import TERMINAL_STATUSES, RunningWorkspace
 
 RUNTIME = "local/cml-workspace-python:local"
+#: serve options for a warm engine; numpy + threadpoolctl so that thread limits are observable
+WARM_ARGS = ["--preload", "warm_probe", "numpy", "threadpoolctl"]
 
 
 class Api:
