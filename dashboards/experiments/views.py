@@ -74,9 +74,9 @@ class FilterPanel(Viewer):
             show_name=False,
             sizing_mode="stretch_width",
         )
-        self.score = pn.widgets.EditableRangeSlider(name="Ranking score", step=0.0001,
+        self.score = pn.widgets.EditableRangeSlider(label="Ranking score", step=0.0001,
                                                     css_classes=["mf-score-range"])
-        self.dates = pn.widgets.DatetimeRangeSlider(name="Recorded (UTC)", css_classes=["mf-date-range"])
+        self.dates = pn.widgets.DatetimeRangeSlider(label="Recorded (UTC)", css_classes=["mf-date-range"])
         self._sync_ranges()
         self.store.param.watch(lambda *_: self._sync_ranges(), ["score_range", "date_range", "data"])
         self.score.param.watch(lambda e: self._push("score_range", e.new), "value_throttled")
