@@ -6,7 +6,9 @@ file in the CML project, fans the grid out into one CML job run per experiment, 
 them on the triggerer, collects each run's `result.json` from the project files, and records
 one row per experiment in the warehouse table `experiment_outcomes`.
 
-* A failed experiment fails only its own `wait_for_experiment` instance; it is still recorded
+* Long experiments (forests, boosting) are submitted first (`submit_long_experiment`), the
+  short ones after (`submit_short_experiment`), so that short ones fill the cores at the end.
+* A failed experiment fails only its own `wait_for_*_experiment` instance; it is still recorded
   (status `failed`, with its error) and the others carry on.
 * Reruns never duplicate rows: experiment ids hash (estimator, params, CV, data snapshot), the
   record step replaces this run's rows, and a succeeded result of an identical experiment is
@@ -18,6 +20,7 @@ Connections: `model_factory_warehouse` (SQLite or HiveServer2), `cml_default` (C
 
 from __future__ import annotations
 
+import os
 from datetime import timedelta
 
 import pendulum
@@ -29,6 +32,9 @@ from cml_provider.sensors.cml import CmlJobRunSensor
 from connections import CML_CONN_ID, warehouse_hook
 
 EXPERIMENT_TIMEOUT_S = 2 * 60 * 60
+#: seconds between CML status checks while waiting for a run or a free slot (the local stack
+#: sets 1; every check is one API call per waiting task)
+CML_POLL_INTERVAL_S = float(os.environ.get("MODEL_FACTORY_CML_POLL_INTERVAL_S", "15"))
 
 
 def _submit_kwargs(planned: dict) -> dict:
@@ -72,7 +78,7 @@ def model_factory():
         return snapshot_to_project(warehouse_hook(), CmlHook(cml_conn_id=CML_CONN_ID), grid["table"])
 
     @task
-    def plan_experiments(grid: dict, snapshot: dict) -> list[dict]:
+    def plan_experiments(grid: dict, snapshot: dict) -> dict[str, list[dict]]:
         from cml_provider.hooks.cml import CmlHook
         from factory_tasks.pipeline import plan_experiments
 
@@ -85,26 +91,48 @@ def model_factory():
             reuse_results=context["params"]["reuse_results"],
         )
 
+    @task
+    def wave(plan: dict, name: str) -> list[dict]:
+        """One wave of the plan, as a list to map over (mapping needs a task's return value)."""
+        return plan[name]
+
     grid = validate_grid()
     plan = plan_experiments(grid, snapshot_training_data(grid))
+    long_wave = wave.override(task_id="long_experiments")(plan, "long")
+    short_wave = wave.override(task_id="short_experiments")(plan, "short")
 
-    submitted = CmlJobRunOperator.partial(
-        task_id="submit_experiment",
-        script="jobs/run_experiment.py",
-        timeout_s=EXPERIMENT_TIMEOUT_S,
-        cml_conn_id=CML_CONN_ID,
-        capacity_job_name_filter="model-factory-experiment-",
-        capacity_poll_interval=3,
-    ).expand_kwargs(plan.map(_submit_kwargs))
+    def submit(task_id: str, planned, **options):
+        return CmlJobRunOperator.partial(
+            task_id=task_id,
+            script="jobs/run_experiment.py",
+            timeout_s=EXPERIMENT_TIMEOUT_S,
+            cml_conn_id=CML_CONN_ID,
+            capacity_job_name_filter="model-factory-experiment-",
+            capacity_poll_interval=CML_POLL_INTERVAL_S,
+            **options,
+        ).expand_kwargs(planned.map(_submit_kwargs))
 
-    waited = CmlJobRunSensor.partial(
-        task_id="wait_for_experiment",
-        cml_conn_id=CML_CONN_ID,
-        deferrable=True,
-        poll_interval=3,
-        timeout=EXPERIMENT_TIMEOUT_S + 600,
-        retries=0,  # a finished run does not change its mind; its failure is the outcome
-    ).expand_kwargs(submitted.output.zip(plan).map(_sensor_kwargs))
+    submitted_long = submit("submit_long_experiment", long_wave)
+    # after every long submission, whatever became of it (ALL_DONE)
+    submitted_short = submit("submit_short_experiment", short_wave, trigger_rule=TriggerRule.ALL_DONE)
+    submitted_long >> submitted_short
+
+    def wait(task_id: str, submitted, planned):
+        return CmlJobRunSensor.partial(
+            task_id=task_id,
+            cml_conn_id=CML_CONN_ID,
+            deferrable=True,
+            poll_interval=CML_POLL_INTERVAL_S,
+            timeout=EXPERIMENT_TIMEOUT_S + 600,
+            retries=0,  # a finished run does not change its mind; its failure is the outcome
+            trigger_rule=TriggerRule.NONE_FAILED,  # the other wave may have had nothing to submit
+        ).expand_kwargs(submitted.output.zip(planned).map(_sensor_kwargs))
+
+    waited_long = wait("wait_for_long_experiment", submitted_long, long_wave)
+    waited_short = wait("wait_for_short_experiment", submitted_short, short_wave)
+    # Waiting starts once everything is submitted: `airflow dags test` runs deferred tasks one
+    # at a time, so a sensor that went first would hold up the submissions behind it.
+    submitted_short >> waited_long
 
     @task(trigger_rule=TriggerRule.ALL_DONE)
     def collect_outcomes(grid: dict) -> str:
@@ -128,7 +156,7 @@ def model_factory():
         return record_outcomes(warehouse_hook(), rows_path, factory_run_id=get_current_context()["run_id"])
 
     rows = collect_outcomes(grid)
-    [plan, waited] >> rows
+    [plan, submitted_long, submitted_short, waited_long, waited_short] >> rows
     record_outcomes(rows)
 
 

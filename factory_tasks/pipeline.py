@@ -21,6 +21,7 @@ from factory_tasks.fanout import (
     job_name,
     result_path,
     run_request,
+    split_long_first,
     split_reusable,
 )
 from factory_tasks.grid import expand_grid, grid_hash, load_grid
@@ -94,8 +95,9 @@ def plan_experiments(
     *,
     factory_run_id: str,
     reuse_results: bool = True,
-) -> list[dict[str, Any]]:
-    """Expand the grid into specs, write the plan file, and return one entry per run to submit:
+) -> dict[str, list[dict[str, Any]]]:
+    """Expand the grid into specs, write the plan file, and return the runs to submit, long
+    ones first (:func:`split_long_first`): ``{"long": [...], "short": [...]}``, each entry
     ``{"request": <submit operator kwargs>, "result_file": <project path>}``."""
     # validate_grid already ran the fit check on this file; the hash proves it is unchanged.
     config = load_grid(grid["grid_path"], check_fit=False)
@@ -106,21 +108,26 @@ def plan_experiments(
     specs = [s.model_dump(mode="json") for s in expand_grid(config, {"path": snapshot["project_path"], "hash": snapshot["hash"]})]
     to_run, reused = split_reusable(specs, _result_reader(cml)) if reuse_results else (specs, [])
     version = code_version()
-    planned = [
-        {
-            "request": run_request(s, factory_run_id=factory_run_id, code_version=version,
+
+    def entry(spec: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "request": run_request(spec, factory_run_id=factory_run_id, code_version=version,
                                    max_active=grid["max_parallel"]),
-            "result_file": result_path(s["experiment_id"]),
+            "result_file": result_path(spec["experiment_id"]),
         }
-        for s in to_run
-    ]
+
+    # waves are the grid's, whatever is reused: the same experiment is always in the same wave
+    long_ids = {s["experiment_id"] for s in split_long_first(specs)[0]}
+    waves: dict[str, list[dict[str, Any]]] = {"long": [], "short": []}
+    for spec in to_run:
+        waves["long" if spec["experiment_id"] in long_ids else "short"].append(entry(spec))
     plan_path = _plan_path(factory_run_id)
     plan_path.parent.mkdir(parents=True, exist_ok=True)
     plan_path.write_text(json.dumps({"factory_run_id": factory_run_id, "grid": grid, "snapshot": snapshot,
                                      "specs": specs, "reused": reused}, indent=1, sort_keys=True))
-    log.info("%d experiments: %d to run, %d reused from identical earlier experiments",
-             len(specs), len(to_run), len(reused))
-    return planned
+    log.info("%d experiments: %d to run (%d long ones first), %d reused from identical earlier experiments",
+             len(specs), len(to_run), len(waves["long"]), len(reused))
+    return waves
 
 
 def _runs_of_factory_run(cml: Any, job_names: set[str], factory_run_id: str) -> dict[str, JobRunRef]:

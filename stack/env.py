@@ -99,6 +99,8 @@ def airflow_env(
             "AIRFLOW_CONN_CML_DEFAULT": cml_connection(workspace_url, api_key),
             "AIRFLOW_CONN_MODEL_FACTORY_WAREHOUSE": warehouse_conn or sqlite_connection(paths.warehouse_db),
             "MODEL_FACTORY_ARTIFACTS": str(paths.artifacts),
+            # the local workspace is next door and answers in milliseconds
+            "MODEL_FACTORY_CML_POLL_INTERVAL_S": "1",
             # `airflow standalone` starts its components by name: the venv must be on PATH.
             "PATH": venv_bin + os.pathsep + env.get("PATH", ""),
         }

@@ -39,7 +39,14 @@ def test_model_factory_shape(dagbag):
     assert set(dag.params) >= {"grid_path", "max_parallel", "reuse_results"}
     assert dag.catchup is False
     tasks = dag.task_dict
-    assert tasks["submit_experiment"].downstream_task_ids == {"wait_for_experiment"}
-    assert "collect_outcomes" in tasks["wait_for_experiment"].downstream_task_ids
+    # long experiments are submitted first; waiting starts once everything is submitted
+    assert tasks["submit_long_experiment"].downstream_task_ids == {
+        "submit_short_experiment", "wait_for_long_experiment", "collect_outcomes"}
+    assert tasks["submit_short_experiment"].downstream_task_ids == {
+        "wait_for_long_experiment", "wait_for_short_experiment", "collect_outcomes"}
+    assert str(tasks["submit_short_experiment"].trigger_rule) in ("all_done", "TriggerRule.ALL_DONE")
+    for wait in ("wait_for_long_experiment", "wait_for_short_experiment"):
+        assert tasks[wait].downstream_task_ids == {"collect_outcomes"}
+        assert str(tasks[wait].trigger_rule) in ("none_failed", "TriggerRule.NONE_FAILED")
     assert str(tasks["collect_outcomes"].trigger_rule) in ("all_done", "TriggerRule.ALL_DONE")
     assert [a.name for a in tasks["record_outcomes"].outlets] == ["experiment_outcomes"]

@@ -15,7 +15,7 @@ from stack.local import local_stack
 
 pytestmark = pytest.mark.e2e
 
-GRID = """
+SETTINGS = """
 cv: {folds: 3, random_state: 0}
 metrics: [roc_auc, log_loss, policy_value]
 ranking_metric: roc_auc
@@ -25,15 +25,26 @@ economics:
   offer_costs: {Discount: 8.0, Buy One Get One: 4.0, No Offer: 0.0}
 data: {table: historical_customer_interactions}
 families:
-  logistic_regression:
-    estimator: LogisticRegression
-    resources: {cpu: 1, memory_gb: 1}
-    params: {C: [0.1, 1.0]}
+"""
+BROKEN_BOOSTING = """
   broken_boosting:    # a valid grid, but a validation set larger than the data: fails at fit, alone
     estimator: HistGradientBoostingClassifier
     resources: {cpu: 1, memory_gb: 1}
     params: {max_iter: [5], early_stopping: [true], validation_fraction: [100000]}
 """
+FOREST = """
+  forest:
+    estimator: RandomForestClassifier
+    resources: {cpu: 1, memory_gb: 1}
+    params: {n_estimators: [5], max_depth: [4]}
+"""
+LOGISTIC = """
+  logistic_regression:
+    estimator: LogisticRegression
+    resources: {cpu: 1, memory_gb: 1}
+    params: {C: %s}
+"""
+GRID = SETTINGS + BROKEN_BOOSTING + FOREST + LOGISTIC % "[0.1, 1.0]"
 
 
 @pytest.fixture(scope="module")
@@ -56,13 +67,15 @@ def test_fan_out_records_every_experiment_and_reruns_never_duplicate(factory):
     store = OutcomeStore(stack.warehouse_hook())
     assert ensure_training_table(store.hook, n_rows=1500, seed=3)
 
+    # boosting and forest go in the long wave, logistic regression in the short one
     rc, log = _run(stack, grid, "first")
     assert rc == 0, log.read_text()[-5000:]
     frame = store.read()
     assert frame["factory_run_id"].nunique() == 1
-    assert len(frame) == 3 and frame["experiment_id"].is_unique
+    assert len(frame) == 4 and frame["experiment_id"].is_unique
     ok = frame[frame.status == "succeeded"]
-    assert sorted(json.loads(p)["C"] for p in ok["params_json"]) == [0.1, 1.0]
+    assert sorted(ok["family"]) == ["forest", "logistic_regression", "logistic_regression"]
+    assert sorted(json.loads(p)["C"] for p in ok.loc[ok.family == "logistic_regression", "params_json"]) == [0.1, 1.0]
     assert ok["roc_auc_mean"].between(0.5, 1.0).all()
     assert all(len(json.loads(f)) == 3 for f in ok["roc_auc_folds"])
     assert ok["policy_value_mean"].notna().all()
@@ -74,13 +87,26 @@ def test_fan_out_records_every_experiment_and_reruns_never_duplicate(factory):
     project_files = next((stack.paths.workspace_root / "projects").glob("*/files"))
     for artifact in ok["artifact_path"]:
         assert (project_files / artifact).is_file()
+    assert log.read_text().count("Started CML job run") == 4
 
-    # A rerun: identical succeeded experiments are reused, the failure is retried, and the
-    # new factory run gets its own rows — no duplicates of the first run's.
+    # A rerun: identical succeeded experiments are reused, the failure is retried (the long
+    # wave), nothing is left for the short wave, and the new factory run gets its own rows.
     rc, log = _run(stack, grid, "second")
     assert rc == 0, log.read_text()[-5000:]
     frame = store.read()
-    assert frame["factory_run_id"].nunique() == 2 and len(frame) == 6
+    assert frame["factory_run_id"].nunique() == 2 and len(frame) == 8
     second = frame[frame.factory_run_id != failed["factory_run_id"]]
     assert set(second.loc[second.status == "succeeded", "run_status"]) == {"REUSED"}
-    assert (frame.groupby("factory_run_id")["experiment_id"].nunique() == 3).all()
+    assert second.loc[second.status == "failed", "family"].tolist() == ["broken_boosting"]
+    assert (frame.groupby("factory_run_id")["experiment_id"].nunique() == 4).all()
+
+    # Without the broken family and with one new C: the long wave is all reused (nothing to
+    # submit) while the short wave runs the new point; every experiment is still waited for.
+    grid.write_text(SETTINGS + FOREST + LOGISTIC % "[0.1, 1.0, 3.0]")
+    rc, log = _run(stack, grid, "third")
+    assert rc == 0, log.read_text()[-5000:]
+    third = store.read()
+    third = third[~third.factory_run_id.isin(frame.factory_run_id)]
+    assert len(third) == 4 and (third.status == "succeeded").all()
+    fresh = third[third.run_status == "ENGINE_SUCCEEDED"]
+    assert [json.loads(p)["C"] for p in fresh["params_json"]] == [3.0]
