@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from factory_tasks.collect import JobRunRef, outcome_rows, read_rows_file, write_rows_file
-from factory_tasks.fanout import SPEC_ENV, job_name, result_path, run_request, split_reusable
+from factory_tasks.fanout import SPEC_ENV, job_name, result_path, run_request, split_long_first, split_reusable
 from factory_tasks.leaderboard import format_leaderboard, rank_outcomes
 from factory_tasks.outcome_store import OUTCOME_COLUMN_NAMES
 
@@ -32,6 +32,19 @@ def test_run_request_carries_the_spec_in_the_environment():
     assert req["environment"]["MF_FACTORY_RUN_ID"] == "manual__1"
     assert (req["cpu"], req["memory_gb"], req["max_active_runs_per_dag_run"]) == (2.0, 2.5, 3)
     json.dumps(req)  # XCom-safe
+
+
+def test_long_experiments_are_split_off_to_go_first():
+    forest, boosting, logistic = (
+        dict(_spec(f"e{i}"), estimator=name)
+        for i, name in enumerate(["RandomForestClassifier", "HistGradientBoostingClassifier", "LogisticRegression"])
+    )
+    long, short = split_long_first([logistic, forest, boosting])
+    assert [s["experiment_id"] for s in long] == ["e0", "e1"]  # cost hints 5 and 3 vs 1; order kept
+    assert short == [logistic]
+    # one estimator, or none: nothing is short
+    assert split_long_first([logistic, logistic]) == ([logistic, logistic], [])
+    assert split_long_first([]) == ([], [])
 
 
 def test_only_succeeded_results_are_reused():
