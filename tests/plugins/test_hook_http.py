@@ -257,6 +257,28 @@ def test_async_call_retries_like_the_sync_one(scripted_server, instant):
     assert scripted_server.count("GET", f"{P}/jobs/j1/runs/r2") == 1
 
 
+@pytest.mark.parametrize("verify, mode", [(True, "CERT_REQUIRED"), (False, "CERT_NONE")])
+def test_one_tls_context_per_hook_for_all_its_clients(scripted_server, instant, monkeypatch, verify, mode):
+    """Building a TLS context loads the CA bundle (~20 ms); a polling trigger must not pay it per call."""
+    import ssl
+
+    import httpx
+
+    built = []
+    real = httpx.create_ssl_context
+    monkeypatch.setattr(httpx, "create_ssl_context", lambda **kw: built.append(kw) or real(**kw))
+    scripted_server.script("GET", f"{P}/jobs/j1/runs/r1", *[(200, RUN)] * 3)
+    hook = make_hook(scripted_server, instant, verify=verify)
+
+    async def poll_three_times():
+        return [await hook.a_get_job_run("j1", "r1") for _ in range(3)]
+
+    assert len(asyncio.run(poll_three_times())) == 3
+    hook.get_conn()  # the sync client shares it
+    assert built == [{"verify": verify}]
+    assert hook._tls_context.verify_mode == getattr(ssl, mode)
+
+
 def test_test_connection_reports_bad_key_without_retrying(scripted_server, instant):
     scripted_server.script("GET", "/api/v2/projects", (401, {"message": "invalid API key"}))
     ok, message = make_hook(scripted_server, instant).test_connection()
