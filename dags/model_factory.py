@@ -24,6 +24,7 @@ import os
 from datetime import timedelta
 
 import pendulum
+from airflow.providers.standard.operators.empty import EmptyOperator
 from airflow.sdk import Param, TriggerRule, dag, get_current_context, task
 
 from assets import EXPERIMENT_OUTCOMES
@@ -130,9 +131,12 @@ def model_factory():
 
     waited_long = wait("wait_for_long_experiment", submitted_long, long_wave)
     waited_short = wait("wait_for_short_experiment", submitted_short, short_wave)
-    # Waiting starts once everything is submitted: `airflow dags test` runs deferred tasks one
-    # at a time, so a sensor that went first would hold up the submissions behind it.
-    submitted_short >> waited_long
+    # Waiting starts once everything is submitted (`airflow dags test` runs deferred tasks one
+    # at a time, so a sensor that went first would hold up the submissions behind it), through
+    # a gate that succeeds whatever the submissions did: a failed short submission must not
+    # stop the long runs from being waited for.
+    all_submitted = EmptyOperator(task_id="all_submitted", trigger_rule=TriggerRule.ALL_DONE)
+    [submitted_long, submitted_short] >> all_submitted >> [waited_long, waited_short]
 
     @task(trigger_rule=TriggerRule.ALL_DONE)
     def collect_outcomes(grid: dict) -> str:

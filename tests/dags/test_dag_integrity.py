@@ -41,10 +41,13 @@ def test_model_factory_shape(dagbag):
     tasks = dag.task_dict
     # long experiments are submitted first; waiting starts once everything is submitted
     assert tasks["submit_long_experiment"].downstream_task_ids == {
-        "submit_short_experiment", "wait_for_long_experiment", "collect_outcomes"}
+        "submit_short_experiment", "all_submitted", "wait_for_long_experiment", "collect_outcomes"}
     assert tasks["submit_short_experiment"].downstream_task_ids == {
-        "wait_for_long_experiment", "wait_for_short_experiment", "collect_outcomes"}
+        "all_submitted", "wait_for_short_experiment", "collect_outcomes"}
     assert str(tasks["submit_short_experiment"].trigger_rule) in ("all_done", "TriggerRule.ALL_DONE")
+    # the gate before the waits succeeds whatever the submissions did
+    assert str(tasks["all_submitted"].trigger_rule) in ("all_done", "TriggerRule.ALL_DONE")
+    assert tasks["all_submitted"].downstream_task_ids == {"wait_for_long_experiment", "wait_for_short_experiment"}
     for wait in ("wait_for_long_experiment", "wait_for_short_experiment"):
         assert tasks[wait].downstream_task_ids == {"collect_outcomes"}
         assert str(tasks[wait].trigger_rule) in ("none_failed", "TriggerRule.NONE_FAILED")
