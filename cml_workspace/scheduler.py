@@ -169,11 +169,10 @@ class RunScheduler:
         self.reconcile()
         if self.config.preload:
             base = self._base_environment()
-            code_dir = self.config.code_dir
-            if code_dir is not None:
-                base["PYTHONPATH"] = os.pathsep.join(filter(None, [str(code_dir), base.get("PYTHONPATH")]))
+            if pythonpath := self._pythonpath(base):
+                base["PYTHONPATH"] = pythonpath
             self._engine = WarmEngine(self.config.python, self.config.preload, base,
-                                      str(code_dir or self.config.root))
+                                      str(self.config.code_dir or self.config.root))
             self._engine.start()
         self._thread = threading.Thread(target=self._loop, name="run-scheduler", daemon=True)
         self._thread.start()
@@ -332,6 +331,10 @@ class RunScheduler:
         env.setdefault("PYTHONUNBUFFERED", "1")
         return env
 
+    def _pythonpath(self, env: dict[str, str], *first: Path) -> str:
+        """``first``, then the code dir, then whatever ``env``'s PYTHONPATH already held."""
+        return os.pathsep.join(str(p) for p in (*first, self.config.code_dir, env.get("PYTHONPATH")) if p)
+
     def _environment(self, run: Doc, cpu: float, mem: float, project_dir: Path) -> dict[str, str]:
         cfg = self.config
         env = self._base_environment()
@@ -344,12 +347,7 @@ class RunScheduler:
             "CML_CPU": f"{cpu:g}",
             "CML_MEMORY_GB": f"{mem:g}",
         })
-        paths = [str(project_dir)]
-        if cfg.code_dir is not None:
-            paths.append(str(cfg.code_dir))
-        if env.get("PYTHONPATH"):
-            paths.append(env["PYTHONPATH"])
-        env["PYTHONPATH"] = os.pathsep.join(paths)
+        env["PYTHONPATH"] = self._pythonpath(env, project_dir)
         project = self.store.get("projects", run["project_id"]) or {}
         env.update({  # what a CML engine offers its scripts
             "CDSW_PROJECT": project.get("name", ""),
