@@ -247,25 +247,15 @@ class RunningWorkspace:
 
 
 @contextmanager
-def running_workspace(
-    root: Path,
-    *,
-    cpus: float = 2,
-    memory_gb: float = 8,
-    code_dir: Path | None = None,
-    project: str = "model-factory",
-    port: int | None = None,
-    kill_runs_on_exit: bool = True,
-    **options,
-) -> Iterator[RunningWorkspace]:
+def running_workspace(root: Path, *, kill_runs_on_exit: bool = True, **options) -> Iterator[RunningWorkspace]:
     """Start a workspace server subprocess, wait for /health, yield its handle, stop it.
 
-    ``options`` go to :class:`RunningWorkspace` (``host``, ``api_key``, ``extra_args`` such
-    as ``["--oversize", "clamp"]``, ``env``, ``startup_timeout``). With
-    ``kill_runs_on_exit`` (default) runs still alive at the end are killed too.
+    ``options`` go to :class:`RunningWorkspace` (``cpus``, ``memory_gb``, ``code_dir``,
+    ``project``, ``port``, ``host``, ``api_key``, ``extra_args`` such as
+    ``["--oversize", "clamp"]``, ``env``, ``startup_timeout``). With ``kill_runs_on_exit``
+    (default) runs still alive at the end are killed too.
     """
-    handle = RunningWorkspace(root, cpus=cpus, memory_gb=memory_gb, code_dir=code_dir,
-                              project=project, port=port, **options)
+    handle = RunningWorkspace(root, **options)
     handle.start()
     try:
         yield handle
