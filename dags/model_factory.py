@@ -126,7 +126,7 @@ def model_factory():
             poll_interval=CML_POLL_INTERVAL_S,
             timeout=EXPERIMENT_TIMEOUT_S + 600,
             retries=0,  # a finished run does not change its mind; its failure is the outcome
-            trigger_rule=TriggerRule.NONE_FAILED,  # the other wave may have had nothing to submit
+            trigger_rule=TriggerRule.NONE_FAILED,  # a skipped upstream (an empty wave) is no reason to skip
         ).expand_kwargs(submitted.output.zip(planned).map(_sensor_kwargs))
 
     waited_long = wait("wait_for_long_experiment", submitted_long, long_wave)
