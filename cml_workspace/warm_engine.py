@@ -70,7 +70,7 @@ class WarmEngine:
                  *, ready_timeout_s: float = 120.0, reply_timeout_s: float = 30.0):
         self.command = [python, "-m", "cml_workspace.warm_engine", *preload]
         self.preload = tuple(preload)
-        self.env = dict(env)
+        self.env = {**env, **ENGINE_ENV}
         self.cwd = cwd
         self.ready_timeout_s = ready_timeout_s
         self.reply_timeout_s = reply_timeout_s
@@ -80,11 +80,9 @@ class WarmEngine:
         self._deadline = 0.0
 
     def start(self) -> None:
-        env = dict(self.env)
-        env.update(ENGINE_ENV)
         try:
             self._proc = subprocess.Popen(
-                self.command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd=self.cwd, env=env,
+                self.command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd=self.cwd, env=self.env,
                 start_new_session=True,  # terminal signals to the server do not reach it
             )
         except OSError as exc:
