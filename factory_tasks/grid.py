@@ -21,6 +21,7 @@ import hashlib
 import itertools
 import json
 import math
+import os
 import re
 import sys
 from collections.abc import Mapping, Sequence
@@ -46,7 +47,7 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from factory_tasks.estimators import ESTIMATORS, get_estimator
 from factory_tasks.grid_params import SCALARS, Problem, check_params, fit_problems, show_value, suggest
-from factory_tasks.grid_yaml import Loc, YamlDocument, describe_yaml_error, parse_yaml
+from factory_tasks.grid_yaml import Loc, UnsafeYamlError, YamlDocument, describe_yaml_error, parse_yaml
 from factory_tasks.metrics import get_metric
 from factory_tasks.simulator import OFFERS
 
@@ -54,6 +55,8 @@ DEFAULT_METRICS: tuple[str, ...] = ("roc_auc", "log_loss", "average_precision", 
 DEFAULT_RANKING_METRIC = "roc_auc"
 DEFAULT_TABLE = "historical_customer_interactions"
 MAX_CV_FOLDS = 20
+#: Largest grid file read (a real grid is a few KB): bigger files are refused before parsing.
+MAX_GRID_FILE_BYTES = 1024 * 1024
 #: Placeholder snapshot for ``expand`` on the command line (the DAG passes the real one).
 PLACEHOLDER_SNAPSHOT = {"path": "snapshots/placeholder.parquet", "hash": "placeholder"}
 
@@ -301,21 +304,29 @@ class GridConfig(_Model):
 
     @field_validator("families", mode="before")
     @classmethod
-    def _some_families(cls, value: Any) -> Any:
+    def _some_families_within_the_cap(cls, value: Any, info: ValidationInfo) -> Any:
+        """At least one family, and no more experiments than ``max_experiments``.
+
+        The cap is checked on the raw mapping, before any value is validated or fitted, so an
+        oversized grid is refused at once instead of after checking each of its values.
+        """
         if value is None or value == {}:
             raise PydanticCustomError("grid", "no families: define at least one classifier family")
+        cap = info.data.get("max_experiments")
+        if cap is not None and isinstance(value, Mapping):
+            sizes = {name: _raw_family_size(family) for name, family in value.items()}
+            total = sum(sizes.values())
+            if total > cap:
+                listed = ", ".join(f"{name} {size}" for name, size in sizes.items())
+                raise PydanticCustomError(
+                    "grid", f"the grid has {total} experiments ({listed}), more than max_experiments "
+                            f"({cap}): shorten value lists, or raise max_experiments if you mean it")
         return value
 
     @field_validator("families")
     @classmethod
-    def _bounded_and_distinct(cls, families: dict[str, Family], info: ValidationInfo) -> dict[str, Family]:
+    def _distinct(cls, families: dict[str, Family]) -> dict[str, Family]:
         problems: list[Problem] = []
-        cap = info.data.get("max_experiments")
-        total = sum(f.size for f in families.values())
-        if cap is not None and total > cap:
-            sizes = ", ".join(f"{name} {f.size}" for name, f in families.items())
-            problems.append(((), f"the grid has {total} experiments ({sizes}), more than max_experiments "
-                                 f"({cap}): shorten value lists, or raise max_experiments if you mean it"))
         owner: dict[str, str] = {}  # (estimator, params) -> first family producing it
         for name, family in families.items():
             for params in family.grid_points():
@@ -327,6 +338,16 @@ class GridConfig(_Model):
                     break
         _raise_problems(problems)
         return families
+
+
+def _raw_family_size(family: Any) -> int:
+    """Experiments a family as written (not yet validated) expands to: the product of its list
+    lengths, a bare scalar counting as one value. Malformed parts count as one (they are
+    reported by validation); nothing is expanded."""
+    params = family.get("params") if isinstance(family, Mapping) else None
+    if not isinstance(params, Mapping):
+        return 1
+    return math.prod(len(values) if isinstance(values, list) else 1 for values in params.values())
 
 
 def _validate_collecting(handler: Callable[[Any], Any], value: Any, problems: list[Problem]) -> Any:
@@ -351,14 +372,11 @@ def load_grid(path: str | Path, *, check_fit: bool = True) -> GridConfig:
     ``lbfgs`` solver).
     """
     source = str(path)
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise GridError(source, [f"{source}: file not found (looked at {Path(path).resolve()})"]) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise GridError(source, [f"{source}: cannot read the file: {exc}"]) from None
+    text = _read_grid_text(path, source)
     try:
         doc = parse_yaml(text)
+    except UnsafeYamlError as exc:
+        raise GridError(source, [f"{source}:{exc.line}:{exc.column}: {exc.reason}"]) from None
     except yaml.YAMLError as exc:
         line, column, what = describe_yaml_error(exc)
         where = f"{source}:{line}:{column}" if line else source
@@ -379,6 +397,25 @@ def load_grid(path: str | Path, *, check_fit: bool = True) -> GridConfig:
     if problems:
         raise GridError(source, _in_file_order(problems))
     return config
+
+
+def _read_grid_text(path: str | Path, source: str) -> str:
+    """The file's text, refusing files over :data:`MAX_GRID_FILE_BYTES` without reading them whole."""
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read(MAX_GRID_FILE_BYTES + 1)
+            if len(data) > MAX_GRID_FILE_BYTES:
+                size = os.fstat(handle.fileno()).st_size
+                what = f"{size:,} bytes" if size > MAX_GRID_FILE_BYTES else f"more than {MAX_GRID_FILE_BYTES:,} bytes"
+                raise GridError(source, [
+                    f"{source}: the file is {what}, over the {MAX_GRID_FILE_BYTES:,}-byte "
+                    f"({MAX_GRID_FILE_BYTES // 1024 // 1024} MiB) limit for a grid file; a grid is a few KB: "
+                    "list a few values per hyperparameter, not thousands"])
+        return data.decode("utf-8")
+    except FileNotFoundError:
+        raise GridError(source, [f"{source}: file not found (looked at {Path(path).resolve()})"]) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise GridError(source, [f"{source}: cannot read the file: {exc}"]) from None
 
 
 def _in_file_order(problems: list[tuple[int, str]]) -> list[str]:

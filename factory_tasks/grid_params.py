@@ -80,10 +80,11 @@ def check_params(value: Any, entry: EstimatorEntry | None) -> tuple[Any, list[Pr
             continue
         if not values:
             problems.append(((name,), "empty list: give at least one value (or remove the key to use the default)"))
+        first_at: dict[tuple[type, Any], int] = {}  # (type, value) -> first index: 1, 1.0, true differ
         for i, item in enumerate(values):
             problem = _check_param_value(name, item, entry)
             if problem is None:
-                first = next(j for j, other in enumerate(values) if _same_value(other, item))
+                first = first_at.setdefault((type(item), item), i)
                 if first != i:
                     problem = f"duplicate value {show_value(item)} (already at {name}[{first}])"
             if problem:
@@ -134,11 +135,6 @@ def _numeric_text_hint(value: Any) -> str:
         return (" This is text that looks like a number: drop the quotes, and write exponents "
                 "with a decimal point (1.0e-3, not 1e-3, which YAML reads as text).")
     return ""
-
-
-def _same_value(a: Any, b: Any) -> bool:
-    """Equal and of the same type: 1, 1.0 and true are different hyperparameter values."""
-    return type(a) is type(b) and a == b
 
 
 _FIT_CHECK_ROWS, _FIT_CHECK_COLUMNS = 60, 30

@@ -11,6 +11,7 @@ import hashlib
 import json
 import subprocess
 import sys
+import tracemalloc
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,7 @@ import yaml
 
 from factory_tasks.estimators import ESTIMATORS
 from factory_tasks.grid import (
+    MAX_GRID_FILE_BYTES,
     ExperimentSpec,
     GridConfig,
     GridError,
@@ -164,6 +166,76 @@ def test_top_level_must_be_a_mapping(tmp_path, text, kind):
 def test_empty_file(tmp_path):
     (found,) = problems(tmp_path, "# only a comment\n")
     assert "empty" in found
+
+
+def alias_bomb(levels: int = 9) -> str:
+    """Billion laughs: a list of nine strings, then ``levels`` lists of nine aliases of the one before
+    (9**10 strings in the last)."""
+    lines = ['l0: &l0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    lines += [f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 9)}]" for i in range(1, levels + 1)]
+    return "\n".join(lines) + "\n"
+
+
+@pytest.mark.timeout(5)  # before the fix: minutes and 9 GB; the guard keeps a regression from hanging
+def test_yaml_alias_bomb_is_refused_before_anything_expands(tmp_path):
+    text = alias_bomb() + yaml.safe_dump(base(), sort_keys=False)
+    tracemalloc.start()
+    try:
+        (found,) = problems(tmp_path, text)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert found == (f"{tmp_path / 'grid.yaml'}:1:5: YAML aliases/anchors are not allowed in a grid file "
+                     "(found &l0): write each value out in full")
+    assert peak < 5_000_000  # bytes: the aliases were never followed
+
+
+def test_yaml_aliases_are_refused_even_when_harmless(tmp_path):
+    text = yaml.safe_dump(base(), sort_keys=False).replace(
+        "resources:\n      cpu: 2\n      memory_gb: 4\n", "resources: *small\n").replace(
+        "resources:\n      cpu: 1\n", "resources: &small\n      cpu: 1\n")
+    assert "&small" in text and "*small" in text
+    (found,) = problems(tmp_path, text)
+    line = text.splitlines().index("    resources: &small") + 1
+    assert found.startswith(f"{tmp_path / 'grid.yaml'}:{line}:16: YAML aliases/anchors are not allowed")
+    assert "(found &small)" in found
+
+
+def test_yaml_undefined_alias_is_refused_as_an_alias(tmp_path):
+    (found,) = problems(tmp_path, "cv: *defaults\n")
+    assert found.endswith(":1:5: YAML aliases/anchors are not allowed in a grid file (found *defaults): "
+                          "write each value out in full")
+
+
+def test_yaml_nested_too_deeply(tmp_path):
+    (found,) = problems(tmp_path, "families: " + "[" * 10_000 + "]" * 10_000 + "\n")
+    assert "grid.yaml:1:42: nested more than 32 levels deep" in found
+
+
+def with_flow_list(data: dict, family: str, name: str, values: list) -> str:
+    """``data`` as YAML text with ``families.<family>.params.<name>`` written as one flow list."""
+    data["families"][family]["params"][name] = "VALUES"
+    return yaml.safe_dump(data, sort_keys=False).replace("VALUES", "[" + ",".join(map(str, values)) + "]")
+
+
+def test_grid_file_larger_than_the_size_cap(tmp_path):
+    text = with_flow_list(base(), "random_forest", "n_estimators", list(range(700_000)))  # used to run for minutes
+    (found,) = problems(tmp_path, text)
+    size = len(text.encode())
+    assert size > 4 * MAX_GRID_FILE_BYTES
+    assert found == (f"{tmp_path / 'grid.yaml'}: the file is {size:,} bytes, over the 1,048,576-byte (1 MiB) "
+                     "limit for a grid file; a grid is a few KB: list a few values per hyperparameter, not thousands")
+    assert MAX_GRID_FILE_BYTES == 1024 * 1024
+
+
+def test_the_size_cap_holds_for_files_without_a_size():
+    if not Path("/dev/zero").exists():
+        pytest.skip("no /dev/zero")
+    with pytest.raises(GridError) as info:
+        load_grid("/dev/zero")
+    assert info.value.problems == [
+        "/dev/zero: the file is more than 1,048,576 bytes, over the 1,048,576-byte (1 MiB) limit for a grid "
+        "file; a grid is a few KB: list a few values per hyperparameter, not thousands"]
 
 
 def test_unknown_top_level_key_suggests_the_right_one(tmp_path):
@@ -368,6 +440,39 @@ def test_grid_larger_than_max_experiments(tmp_path):
     data["max_experiments"] = 4
     assert_problem(problems(tmp_path, data), "families", "the grid has 5 experiments",
                    "logistic_regression 2, random_forest 3", "more than max_experiments (4)")
+
+
+@pytest.mark.timeout(60)  # before the fix: hours (every value checked, duplicates found pairwise)
+def test_a_huge_value_list_meets_the_cap_before_its_values_are_checked(tmp_path):
+    path = write(tmp_path, with_flow_list(base(), "random_forest", "n_estimators", [0] * 100_000))
+    assert path.stat().st_size < MAX_GRID_FILE_BYTES
+    with pytest.raises(GridError) as info:
+        load_grid(path)
+    # Only the cap: no value was checked (each 0 would be "must be >= 1" or a duplicate).
+    (found,) = info.value.problems
+    assert ": families: the grid has 300002 experiments (logistic_regression 2, random_forest 300000), " \
+           "more than max_experiments (50)" in found
+
+
+def test_a_huge_cartesian_product_is_counted_not_expanded(tmp_path):
+    data = base()
+    del data["max_experiments"]  # the default cap, 200
+    names = ["n_estimators", "max_depth", "min_samples_split", "min_samples_leaf", "max_leaf_nodes",
+             "max_features", "min_impurity_decrease", "ccp_alpha", "max_samples", "min_weight_fraction_leaf"]
+    data["families"]["random_forest"]["params"] = {name: list(range(2, 102)) for name in names}
+    (found,) = problems(tmp_path, data)  # 100**10 points: expanding them would never end
+    assert_problem([found], "families", f"the grid has {100 ** 10 + 2} experiments",
+                   f"random_forest {100 ** 10}", "more than max_experiments (200)")
+
+
+def test_the_cap_leaves_other_problems_reported(tmp_path):
+    data = base()
+    data["max_experiments"] = 4
+    data["cv"]["folds"] = 1
+    found = problems(tmp_path, data)
+    assert len(found) == 2
+    assert_problem(found, "cv.folds")
+    assert_problem(found, "families", "more than max_experiments (4)")
 
 
 def test_the_same_experiment_in_two_families(tmp_path):
