@@ -4,8 +4,9 @@ Identifiers are never user input: table and column names are checked against a s
 pattern before they reach a statement, and values always travel as bound parameters.
 
 Two dialects share one interface (``create_table``, ``replace_partition``, ``append_rows``,
-``select``, ``read_frame``, ``table_exists``); :func:`dialect_for` picks one from the hook's
-connection type, so switching the warehouse is a connection change, never a code change.
+``select``, ``read_frame``, ``table_exists``, ``columns``); :func:`dialect_for` picks one from
+the hook's connection type, so switching the warehouse is a connection change, never a code
+change.
 
 * :class:`SqliteDialect` -- the embedded default (``SqliteHook``, sqlite3).
 * :class:`HiveDialect` -- HiveServer2 (``HiveServer2Hook``, PyHive). Tables are Hive-format
@@ -232,6 +233,15 @@ class SqliteDialect(_Dialect):
                 (checked_identifier(table),),
             ).fetchone()
             return row is not None
+        finally:
+            conn.close()
+
+    def columns(self, hook: Any, table: str) -> list[str]:
+        """The table's column names in table order (empty if there is no such table)."""
+        conn = hook.get_conn()
+        try:
+            rows = conn.execute(f"PRAGMA table_info({checked_identifier(table)})").fetchall()
+            return [str(r[1]) for r in rows]
         finally:
             conn.close()
 
@@ -659,6 +669,25 @@ class HiveDialect(_Dialect):
             return table.lower() in names
 
         return self._run(hook, f"look up table {table}", work)
+
+    def columns(self, hook: Any, table: str) -> list[str]:
+        """The table's column names in table order, partition columns included (``DESCRIBE``)."""
+        checked_identifier(table)
+
+        def work(conn: Any, state: dict) -> list[str]:
+            cursor = conn.cursor()
+            cursor.execute(f"DESCRIBE {table}")
+            names: list[str] = []
+            # (col_name, data_type, comment) rows; Hive and Spark then repeat the partition
+            # columns after a blank row and/or a "# Partition Information" header: stop there.
+            for row in cursor.fetchall():
+                name = str(row[0] or "").strip()
+                if not name or name.startswith("#"):
+                    break
+                names.append(name)
+            return names
+
+        return self._run(hook, f"describe table {table}", work)
 
 
 _DIALECTS = {"sqlite": SqliteDialect, "hiveserver2": HiveDialect, "hive": HiveDialect}

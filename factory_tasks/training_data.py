@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import sqlite3
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ from factory_tasks.simulator import (
     simulate_interactions,
     validate_interactions,
 )
-from factory_tasks.sql_dialects import Column, checked_identifier, dialect_for
+from factory_tasks.sql_dialects import Column, WarehouseError, checked_identifier, dialect_for
 
 log = logging.getLogger(__name__)
 
@@ -88,10 +89,37 @@ def ensure_training_table(hook: Any, *, n_rows: int, seed: int, table: str = TRA
 
 
 def read_training_frame(hook: Any, table: str = TRAINING_TABLE) -> pd.DataFrame:
+    """The training table's rows in the interaction schema (see :func:`conform`).
+
+    Raises :class:`TrainingDataError` naming the table when it is missing, lacks a column of
+    :data:`INTERACTION_SCHEMA`, cannot be read (the database error is chained), or its rows do
+    not fit the schema (types, missing values, no rows).
+    """
     dialect = dialect_for(hook)
-    if not dialect.table_exists(hook, checked_identifier(table)):
-        raise TrainingDataError(f"training table {table!r} does not exist in the warehouse")
-    return conform(dialect.read_frame(hook, table, INTERACTION_COLUMNS), f"table {table}")
+    try:
+        checked_identifier(table)
+    except ValueError as exc:
+        raise TrainingDataError(f"training table {table!r}: {exc}") from None
+    try:
+        if not dialect.table_exists(hook, table):
+            raise TrainingDataError(f"training table {table!r} does not exist in the warehouse")
+        _check_columns(table, dialect.columns(hook, table))
+        frame = dialect.read_frame(hook, table, INTERACTION_COLUMNS)
+    except (sqlite3.Error, WarehouseError) as exc:
+        raise TrainingDataError(f"training table {table!r}: could not read it: "
+                                f"{type(exc).__name__}: {exc}") from exc
+    return conform(frame, f"table {table}")
+
+
+def _check_columns(table: str, present: list[str]) -> None:
+    """Raise :class:`TrainingDataError` if ``table`` lacks a column of the interaction schema."""
+    have = {name.lower() for name in present}  # both warehouses compare names case-insensitively
+    missing = [c.name for c in INTERACTION_SCHEMA if c.name.lower() not in have]
+    if missing:
+        expected = ", ".join(f"{c.name} {c.type}" for c in INTERACTION_SCHEMA)
+        raise TrainingDataError(
+            f"training table {table!r} lacks column(s) {', '.join(missing)} "
+            f"(it has {', '.join(present) or 'none'}); expected schema: {expected}")
 
 
 def write_snapshot(frame: pd.DataFrame, directory: Path, table: str = TRAINING_TABLE) -> Snapshot:
