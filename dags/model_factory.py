@@ -10,9 +10,14 @@ one row per experiment in the warehouse table `experiment_outcomes`.
   short ones after (`submit_short_experiment`), so that short ones fill the cores at the end.
 * A failed experiment fails only its own `wait_for_*_experiment` instance; it is still recorded
   (status `failed`, with its error) and the others carry on.
-* Reruns never duplicate rows: experiment ids hash (estimator, params, CV, data snapshot), the
-  record step replaces this run's rows, and a succeeded result of an identical experiment is
-  reused instead of being computed again (param `reuse_results`).
+* Reruns never duplicate rows: experiment ids hash (estimator, params, CV, metrics, economics,
+  data snapshot), the record step replaces this run's rows, and a succeeded result of an
+  identical experiment is reused instead of being computed again — only if the same code (a hash
+  of its content) and the same scikit-learn, numpy, pandas and skops computed it (param
+  `reuse_results`). The leaderboard's `run_reason` says why each experiment ran or was reused.
+* Tasks hand each other only small XCom values and project files (the plan, the collected
+  outcomes), never a worker's local path. An invalid grid or training table fails at once,
+  without retries.
 
 Params: `grid_path`, `max_parallel` (overrides the grid's cap), `reuse_results`.
 Connections: `model_factory_warehouse` (SQLite or HiveServer2), `cml_default` (CML API v2).
@@ -31,6 +36,8 @@ from assets import EXPERIMENT_OUTCOMES
 from cml_provider.operators.cml import CmlJobRunOperator
 from cml_provider.sensors.cml import CmlJobRunSensor
 from connections import CML_CONN_ID, warehouse_hook
+from factory_tasks.names import EXPERIMENT_JOB_PREFIX
+from task_errors import no_retry_on_bad_input
 
 EXPERIMENT_TIMEOUT_S = 2 * 60 * 60
 #: seconds between CML status checks while waiting for a run or a free slot (the local stack
@@ -69,14 +76,16 @@ def model_factory():
         from factory_tasks.pipeline import validate_grid_file
 
         params = get_current_context()["params"]
-        return validate_grid_file(params["grid_path"], params["max_parallel"])
+        with no_retry_on_bad_input():
+            return validate_grid_file(params["grid_path"], params["max_parallel"])
 
     @task
     def snapshot_training_data(grid: dict) -> dict:
         from cml_provider.hooks.cml import CmlHook
         from factory_tasks.pipeline import snapshot_to_project
 
-        return snapshot_to_project(warehouse_hook(), CmlHook(cml_conn_id=CML_CONN_ID), grid["table"])
+        with no_retry_on_bad_input():
+            return snapshot_to_project(warehouse_hook(), CmlHook(cml_conn_id=CML_CONN_ID), grid["table"])
 
     @task
     def plan_experiments(grid: dict, snapshot: dict) -> dict[str, list[dict]]:
@@ -84,13 +93,14 @@ def model_factory():
         from factory_tasks.pipeline import plan_experiments
 
         context = get_current_context()
-        return plan_experiments(
-            grid,
-            snapshot,
-            CmlHook(cml_conn_id=CML_CONN_ID),
-            factory_run_id=context["run_id"],
-            reuse_results=context["params"]["reuse_results"],
-        )
+        with no_retry_on_bad_input():
+            return plan_experiments(
+                grid,
+                snapshot,
+                CmlHook(cml_conn_id=CML_CONN_ID),
+                factory_run_id=context["run_id"],
+                reuse_results=context["params"]["reuse_results"],
+            )
 
     @task
     def wave(plan: dict, name: str) -> list[dict]:
@@ -105,10 +115,9 @@ def model_factory():
     def submit(task_id: str, planned, **options):
         return CmlJobRunOperator.partial(
             task_id=task_id,
-            script="jobs/run_experiment.py",
             timeout_s=EXPERIMENT_TIMEOUT_S,
             cml_conn_id=CML_CONN_ID,
-            capacity_job_name_filter="model-factory-experiment-",
+            capacity_job_name_filter=EXPERIMENT_JOB_PREFIX,
             capacity_poll_interval=CML_POLL_INTERVAL_S,
             **options,
         ).expand_kwargs(planned.map(_submit_kwargs))
@@ -140,7 +149,8 @@ def model_factory():
 
     @task(trigger_rule=TriggerRule.ALL_DONE)
     def collect_outcomes(grid: dict) -> str:
-        """Read every experiment's result file (failed ones included) into one rows file."""
+        """Read every experiment's result file (failed ones included) into the collected outcomes
+        (a project file: the record task may run on another worker); returns its project path."""
         from cml_provider.hooks.cml import CmlHook
         from factory_tasks.pipeline import collect_outcomes
 
@@ -153,11 +163,14 @@ def model_factory():
         )
 
     @task(outlets=[EXPERIMENT_OUTCOMES])
-    def record_outcomes(rows_path: str) -> dict:
+    def record_outcomes(outcomes_path: str) -> dict:
         """Replace this factory run's rows in experiment_outcomes (idempotent)."""
+        from cml_provider.hooks.cml import CmlHook
         from factory_tasks.pipeline import record_outcomes
 
-        return record_outcomes(warehouse_hook(), rows_path, factory_run_id=get_current_context()["run_id"])
+        with no_retry_on_bad_input():
+            return record_outcomes(warehouse_hook(), CmlHook(cml_conn_id=CML_CONN_ID), outcomes_path,
+                                   factory_run_id=get_current_context()["run_id"])
 
     rows = collect_outcomes(grid)
     [plan, submitted_long, submitted_short, waited_long, waited_short] >> rows

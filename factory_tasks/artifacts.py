@@ -14,12 +14,12 @@ naming the offending types; nothing is ever loaded with ``trusted=True``.
 from __future__ import annotations
 
 import json
-import os
-import platform
-import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Mapping
+
+from factory_tasks.atomic import write_atomic
+from factory_tasks.versioning import library_versions
 
 MODEL_FILENAME = "model.skops"
 METADATA_FILENAME = "model.metadata.json"
@@ -41,35 +41,6 @@ class UntrustedModelError(ValueError):
         )
 
 
-def library_versions() -> dict[str, str]:
-    """Versions of the libraries a saved model depends on."""
-    import numpy
-    import pandas
-    import sklearn
-    import skops
-
-    return {
-        "python": platform.python_version(),
-        "sklearn": sklearn.__version__,
-        "numpy": numpy.__version__,
-        "pandas": pandas.__version__,
-        "skops": skops.__version__,
-    }
-
-
-def _write_atomic(path: Path, write: Any) -> None:
-    """Write via a temp file in the same folder, then ``os.replace`` (no half-written files)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _json_text(payload: Any) -> str:
     """Strict JSON (NaN/inf are an error, as they are not JSON)."""
     return json.dumps(payload, indent=2, sort_keys=True, allow_nan=False) + "\n"
@@ -77,17 +48,7 @@ def _json_text(payload: Any) -> str:
 
 def write_json_atomic(path: Path | str, payload: Any) -> Path:
     """Write ``payload`` as JSON (strict: NaN/inf are an error) atomically."""
-    path = Path(path)
-    text = _json_text(payload)
-
-    def write(tmp: Path) -> None:
-        with open(tmp, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-
-    _write_atomic(path, write)
-    return path
+    return write_atomic(path, _json_text(payload))
 
 
 def save_model(
@@ -114,7 +75,7 @@ def save_model(
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     _json_text(record)  # refuse unserialisable metadata before writing anything
-    _write_atomic(model_path, lambda tmp: sio.dump(pipeline, tmp))
+    write_atomic(model_path, lambda tmp: sio.dump(pipeline, tmp))
     write_json_atomic(metadata_path, record)
     return model_path, metadata_path
 

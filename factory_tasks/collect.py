@@ -1,17 +1,16 @@
-"""Turning experiment specs, job runs and result files into outcome rows.
+"""Turning a run plan, its job runs and their result files into outcome rows.
 
-The orchestrator passes in a ``read_result`` callable (experiment id -> parsed result.json or
-None) so this module stays free of HTTP and Airflow.
+The orchestrator passes in a ``read_result`` callable (experiment id -> parsed
+:class:`~factory_tasks.contracts.ExperimentResult` or None, raising ContractError for a file
+that breaks the contract) so this module stays free of HTTP and Airflow.
 """
 
 from __future__ import annotations
 
-import json
-import os
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
+from factory_tasks.contracts import REUSED_RUN_STATUS, ContractError, RunPlan
 from factory_tasks.fanout import ResultReader
 from factory_tasks.outcome_store import RunContext, outcome_row
 
@@ -25,44 +24,35 @@ class JobRunRef:
 
 
 def outcome_rows(
-    specs: Iterable[dict[str, Any]],
+    plan: RunPlan,
     runs: dict[str, JobRunRef],
     read_result: ResultReader,
     *,
-    factory_run_id: str,
-    grid_hash: str,
     recorded_at: str,
 ) -> list[dict[str, Any]]:
-    """One row per spec; a spec whose run left no result is recorded as failed with a reason."""
+    """One row per spec of the plan; a result that is missing or breaks the contract is
+    recorded as failed with a reason naming the file and the field."""
     rows = []
-    for spec in specs:
-        run = runs.get(spec["experiment_id"])
-        result = read_result(spec["experiment_id"])
+    for spec in plan.specs:
+        run = runs.get(spec.experiment_id)
+        reused = spec.experiment_id in plan.reused
+        try:
+            result, invalid = read_result(spec.experiment_id), None
+        except ContractError as exc:
+            result, invalid = None, str(exc)
+        if reused:
+            reason = "reused: same experiment, code and library versions"
+        else:
+            reason = plan.to_run.get(spec.experiment_id, "not in the plan's runs")
         context = RunContext(
-            factory_run_id=factory_run_id,
-            grid_hash=grid_hash,
+            factory_run_id=plan.factory_run_id,
+            grid_hash=plan.grid.grid_hash,
             recorded_at=recorded_at,
             job_id=run.job_id if run else None,
             job_run_id=run.run_id if run else None,
-            run_status=run.status if run else ("REUSED" if result else None),
+            run_status=run.status if run else (REUSED_RUN_STATUS if reused else None),
+            run_reason=reason,
+            invalid_result=invalid,
         )
         rows.append(outcome_row(spec, result, context))
     return rows
-
-
-def write_rows_file(rows: list[dict[str, Any]], path: Path) -> Path:
-    """JSON-lines file of outcome rows, written atomically (the record step reads it)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        for row in rows:
-            fh.write(json.dumps(row, sort_keys=True) + "\n")
-        fh.flush()
-        os.fsync(fh.fileno())
-    tmp.replace(path)
-    return path
-
-
-def read_rows_file(path: Path) -> list[dict[str, Any]]:
-    with open(path, encoding="utf-8") as fh:
-        return [json.loads(line) for line in fh if line.strip()]

@@ -1,6 +1,6 @@
 """One experiment: stratified k-fold cross-validation of a whole pipeline on interaction data.
 
-:func:`run_experiment` takes an experiment spec (see docs/architecture.md, "Experiment spec")
+:func:`run_experiment` takes an :class:`~factory_tasks.contracts.ExperimentSpec`
 and the interactions frame, refits the full pipeline (preprocessing included) on every training
 split, and scores every metric the spec asks for on the held-out split. It returns the
 ``result.json`` fields of docs/architecture.md except the file paths (``artifact_path``,
@@ -23,89 +23,20 @@ from typing import Any, Callable, Mapping
 import numpy as np
 import pandas as pd
 
-from factory_tasks.estimators import get_estimator
 from factory_tasks.features import (
     build_pipeline,
     counterfactual_proba,
     feature_frame,
     positive_proba,
 )
-from factory_tasks.metrics import compute_metric, get_metric
+from factory_tasks.contracts import ExperimentSpec
+from factory_tasks.metrics import compute_metric
 from factory_tasks.simulator import TARGET_COLUMN, offer_indices, validate_interactions
 
 log = logging.getLogger(__name__)
 
 MODEL_KEY = "model"
 FITTED_ON_KEY = "model_fitted_on"
-REQUIRED_SPEC_KEYS: tuple[str, ...] = (
-    "experiment_id",
-    "estimator",
-    "params",
-    "cv_folds",
-    "metrics",
-    "ranking_metric",
-    "random_state",
-)
-
-
-class SpecError(ValueError):
-    """The experiment spec is missing a field or has an invalid value."""
-
-
-def check_spec(spec: Mapping[str, Any]) -> None:
-    """Validate the fields an experiment run relies on; raise :class:`SpecError` saying which."""
-    if not isinstance(spec, Mapping):
-        raise SpecError(f"the experiment spec must be a JSON object, got {type(spec).__name__}")
-    missing = [k for k in REQUIRED_SPEC_KEYS if k not in spec]
-    if missing:
-        raise SpecError(f"the experiment spec lacks field(s) {missing}")
-    try:
-        entry = get_estimator(spec["estimator"])
-    except (ValueError, TypeError) as exc:
-        raise SpecError(str(exc)) from None
-    params = spec["params"]
-    if not isinstance(params, Mapping):
-        raise SpecError(f"params must be an object of estimator parameters, got {params!r}")
-    unknown = sorted(set(params) - entry.parameter_names())
-    if unknown:
-        raise SpecError(
-            f"{spec['estimator']} has no parameter(s) {unknown}. "
-            f"Valid parameters are: {', '.join(sorted(entry.parameter_names()))}."
-        )
-    folds = spec["cv_folds"]
-    if isinstance(folds, bool) or not isinstance(folds, int) or folds < 2:
-        raise SpecError(f"cv_folds must be an integer >= 2, got {folds!r}")
-    rs = spec["random_state"]
-    if isinstance(rs, bool) or not isinstance(rs, int):
-        raise SpecError(f"random_state must be an integer, got {rs!r}")
-    metrics = spec["metrics"]
-    if not isinstance(metrics, list) or not metrics:
-        raise SpecError(f"metrics must be a non-empty list of metric names, got {metrics!r}")
-    for name in metrics:
-        try:
-            get_metric(name)
-        except (ValueError, TypeError) as exc:
-            raise SpecError(str(exc)) from None
-    if spec["ranking_metric"] not in metrics:
-        raise SpecError(
-            f"ranking_metric {spec['ranking_metric']!r} is not one of the metrics {metrics}"
-        )
-    if "policy_value" in metrics:
-        economics = spec.get("economics")
-        if not isinstance(economics, Mapping) or "conversion_value" not in economics:
-            raise SpecError(
-                "policy_value needs economics: "
-                '{"conversion_value": float, "offer_costs": {offer: cost}}'
-            )
-        from factory_tasks.simulator import offer_cost_vector
-
-        try:
-            offer_cost_vector(economics)
-            float(economics["conversion_value"])
-        except (ValueError, TypeError) as exc:
-            raise SpecError(f"invalid economics: {exc}") from None
-
-
 def _summary(values: list[float]) -> dict[str, float]:
     arr = np.asarray(values, dtype=np.float64)
     return {"mean": float(arr.mean()), "std": float(arr.std()), "total": float(arr.sum())}
@@ -116,7 +47,7 @@ def _utc_now() -> str:
 
 
 def run_experiment(
-    spec: Mapping[str, Any],
+    spec: ExperimentSpec,
     data: pd.DataFrame,
     *,
     n_threads: int = 1,
@@ -133,7 +64,8 @@ def run_experiment(
     from sklearn.model_selection import StratifiedKFold
     from threadpoolctl import threadpool_limits
 
-    check_spec(spec)
+    if not isinstance(spec, ExperimentSpec):
+        raise TypeError(f"run_experiment needs an ExperimentSpec, got {type(spec).__name__}")
     validate_interactions(data)
     n_threads = int(n_threads)
     if n_threads < 1:
@@ -142,10 +74,9 @@ def run_experiment(
     started_at = _utc_now()
     wall_start = time.perf_counter()
 
-    metric_names: list[str] = list(spec["metrics"])
-    k = int(spec["cv_folds"])
-    economics = spec.get("economics")
-    propensities = spec.get("propensities")
+    metric_names: list[str] = list(spec.metrics)
+    k = spec.cv_folds
+    economics = spec.economics.model_dump(mode="json")
     X = feature_frame(data).reset_index(drop=True)
     y = data[TARGET_COLUMN].to_numpy(dtype=np.int64)
     logged = X["offer"].to_numpy(dtype=object)
@@ -162,18 +93,18 @@ def run_experiment(
     score_times: list[float] = []
     first_model = None
     fitted_on: dict[str, Any] = {}
-    cv = StratifiedKFold(n_splits=k, shuffle=True, random_state=int(spec["random_state"]))
+    cv = StratifiedKFold(n_splits=k, shuffle=True, random_state=spec.random_state)
     needs_counterfactual = "policy_value" in metric_names
     say(
-        f"experiment {spec['experiment_id']}: {spec['estimator']} {dict(spec['params'])} on "
+        f"experiment {spec.experiment_id}: {spec.estimator} {dict(spec.params)} on "
         f"{len(X)} rows, {k}-fold CV, {n_threads} thread(s)"
     )
     with threadpool_limits(limits=n_threads):
         for fold, (train_idx, test_idx) in enumerate(cv.split(X, y), start=1):
             pipeline = build_pipeline(
-                spec["estimator"],
-                spec["params"],
-                random_state=int(spec["random_state"]),
+                spec.estimator,
+                spec.params,
+                random_state=spec.random_state,
                 n_threads=n_threads,
             )
             t0 = time.perf_counter()
@@ -197,7 +128,6 @@ def run_experiment(
                         logged_offers=logged[test_idx],
                         offer_proba=offer_proba,
                         economics=economics,
-                        propensities=propensities,
                     )
                 )
             score_times.append(time.perf_counter() - t0)
@@ -208,8 +138,8 @@ def run_experiment(
                     "fold": 1,
                     "cv_folds": k,
                     "n_rows": int(len(train_idx)),
-                    "random_state": int(spec["random_state"]),
-                    "data_snapshot_hash": (spec.get("data_snapshot") or {}).get("hash"),
+                    "random_state": spec.random_state,
+                    "data_snapshot_hash": spec.data_snapshot.hash,
                 }
             shown = ", ".join(f"{name}={scores[name][-1]:.4f}" for name in metric_names)
             say(
@@ -218,15 +148,15 @@ def run_experiment(
             )
 
     result: dict[str, Any] = {
-        "experiment_id": spec["experiment_id"],
+        "experiment_id": spec.experiment_id,
         "status": "succeeded",
         "error": None,
         "traceback": None,
-        "family": spec.get("family"),
-        "estimator": spec["estimator"],
-        "params": dict(spec["params"]),
+        "family": spec.family,
+        "estimator": spec.estimator,
+        "params": dict(spec.params),
         "cv_folds": k,
-        "ranking_metric": spec["ranking_metric"],
+        "ranking_metric": spec.ranking_metric,
         "metrics": {
             name: {
                 "mean": float(np.mean(values)),
@@ -240,16 +170,16 @@ def run_experiment(
         "wall_time_s": time.perf_counter() - wall_start,
         "n_rows": int(len(X)),
         "threads": n_threads,
-        "data_snapshot_hash": (spec.get("data_snapshot") or {}).get("hash"),
+        "data_snapshot_hash": spec.data_snapshot.hash,
         "started_at": started_at,
         "finished_at": _utc_now(),
         MODEL_KEY: first_model,
         FITTED_ON_KEY: fitted_on,
     }
-    ranking = result["metrics"][spec["ranking_metric"]]["mean"]
+    ranking = result["metrics"][spec.ranking_metric]["mean"]
     say(
-        f"experiment {spec['experiment_id']} done in {result['wall_time_s']:.1f}s: "
-        f"{spec['ranking_metric']}={ranking:.4f}"
+        f"experiment {spec.experiment_id} done in {result['wall_time_s']:.1f}s: "
+        f"{spec.ranking_metric}={ranking:.4f}"
     )
     return result
 
@@ -274,8 +204,6 @@ def _finite(value: Any) -> Any:
 __all__ = [
     "FITTED_ON_KEY",
     "MODEL_KEY",
-    "SpecError",
-    "check_spec",
     "json_result",
     "run_experiment",
 ]

@@ -2,22 +2,22 @@
 
 Runs with the CML project root as the working directory. Reads:
 
-- ``MF_EXPERIMENT_SPEC``: the experiment spec JSON (docs/architecture.md);
+- ``MF_EXPERIMENT_SPEC``: the :class:`~factory_tasks.contracts.ExperimentSpec` as JSON;
 - ``MF_THREADS``, else ``OMP_NUM_THREADS``, else 1: the thread budget;
-- ``MF_CODE_VERSION`` (optional): recorded as ``code_version``, else the package version plus
-  the git commit when there is one;
+- ``MF_CODE_VERSION`` (optional): the code version the orchestrator planned with; the job
+  records the content hash of the code it actually runs and warns when the two differ;
 - ``MF_EXPERIMENT_ID`` (optional): where to report a failure when the spec itself is unreadable;
 - ``MF_FACTORY_RUN_ID`` (optional): recorded in the model metadata.
 
 Writes under ``experiments/<experiment_id>/``: ``model.skops`` + ``model.metadata.json`` and,
-last and atomically, ``result.json`` with status ``succeeded``. On any error it writes a
-``failed`` result (``error``: one line, exception type and message; ``traceback``) and exits 1.
-Without any usable experiment id it can only log the error and exit 1.
+last and atomically, the :class:`~factory_tasks.contracts.ExperimentResult` (``result.json``)
+with status ``succeeded``. On any error it writes a ``failed`` result (``error``: one line,
+exception type and message; ``traceback``) and exits 1. Without any usable experiment id it
+can only log the error and exit 1.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
@@ -27,41 +27,19 @@ from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
 from typing import Any, Mapping
 
-from factory_tasks.fanout import CODE_VERSION_ENV, EXPERIMENT_ID_ENV, FACTORY_RUN_ENV, SPEC_ENV
+from factory_tasks.atomic import write_atomic
+from factory_tasks.contracts import ExperimentResult, ExperimentSpec
+from factory_tasks.names import CODE_VERSION_ENV, EXPERIMENT_ID_ENV, FACTORY_RUN_ENV
 
 log = logging.getLogger("factory_tasks.experiment_job")
 
 THREADS_ENV = "MF_THREADS"
-EXPERIMENTS_DIR = "experiments"
-RESULT_FILENAME = "result.json"
-_SAFE_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_SAFE_ID = re.compile(r"^[0-9a-f]{16}$")
 _MAX_ERROR_CHARS = 2000
 
 
 class JobConfigError(ValueError):
-    """The job's environment or spec is unusable."""
-
-
-def load_spec(environ: Mapping[str, str]) -> dict[str, Any]:
-    """The spec from ``MF_EXPERIMENT_SPEC`` (a JSON object), or JobConfigError."""
-    raw = environ.get(SPEC_ENV)
-    if raw is None or not raw.strip():
-        raise JobConfigError(f"{SPEC_ENV} is not set: the job needs the experiment spec as JSON")
-    try:
-        spec = json.loads(raw)
-    except json.JSONDecodeError as exc:
-        raise JobConfigError(f"{SPEC_ENV} is not valid JSON: {exc}") from None
-    if not isinstance(spec, dict):
-        raise JobConfigError(f"{SPEC_ENV} must be a JSON object, got {type(spec).__name__}")
-    return spec
-
-
-def checked_experiment_id(value: Any) -> str:
-    if not isinstance(value, str) or not _SAFE_ID.match(value):
-        raise JobConfigError(
-            f"experiment_id must be 1-64 letters, digits, '_' or '-', got {value!r}"
-        )
-    return value
+    """The job's environment is unusable."""
 
 
 def thread_count(environ: Mapping[str, str]) -> int:
@@ -81,21 +59,15 @@ def thread_count(environ: Mapping[str, str]) -> int:
     return 1
 
 
-def snapshot_path(project_root: Path, spec: Mapping[str, Any]) -> Path:
-    """The snapshot file named by ``spec["data_snapshot"]["path"]``, inside the project."""
-    snap = spec.get("data_snapshot")
-    if not isinstance(snap, Mapping) or not isinstance(snap.get("path"), str) or not snap["path"]:
-        raise JobConfigError('the spec lacks data_snapshot.path (a project-relative parquet path)')
-    rel = PurePosixPath(snap["path"].replace("\\", "/"))
+def snapshot_path(project_root: Path, spec: ExperimentSpec) -> Path:
+    """The snapshot file named by the spec's ``data_snapshot.path``, inside the project."""
+    raw = spec.data_snapshot.path
+    rel = PurePosixPath(raw.replace("\\", "/"))
     if rel.is_absolute() or ".." in rel.parts:
-        raise JobConfigError(
-            f"data_snapshot.path must be relative to the project and stay inside it, got {snap['path']!r}"
-        )
+        raise JobConfigError(f"data_snapshot.path must be relative to the project and stay inside it, got {raw!r}")
     path = project_root / Path(*rel.parts)
     if not path.is_file():
-        raise FileNotFoundError(
-            f"data snapshot {snap['path']!r} not found in the project ({project_root})"
-        )
+        raise FileNotFoundError(f"data snapshot {raw!r} not found in the project ({project_root})")
     return path
 
 
@@ -119,13 +91,16 @@ def read_snapshot(path: Path, expected_hash: str | None) -> Any:
     return frame.loc[:, list(INTERACTION_COLUMNS)]
 
 
-def current_code_version(environ: Mapping[str, str]) -> str:
-    explicit = environ.get(CODE_VERSION_ENV)
-    if explicit:
-        return explicit
+def running_code_version(environ: Mapping[str, str]) -> str:
+    """The content hash of the code this job runs (warns if the orchestrator planned with another)."""
     from factory_tasks.versioning import code_version
 
-    return code_version()
+    version = code_version()
+    planned = environ.get(CODE_VERSION_ENV)
+    if planned and planned != version:
+        log.warning("this job runs code %s, the factory run planned with %s: the result records %s",
+                    version, planned, version)
+    return version
 
 
 def error_line(exc: BaseException) -> str:
@@ -140,39 +115,30 @@ def _utc_now() -> str:
 
 
 def failed_result(
-    spec: Mapping[str, Any] | None,
+    spec: ExperimentSpec | None,
     experiment_id: str,
     exc: BaseException,
     *,
     started_at: str,
     code_version: str | None,
     threads: int | None,
-) -> dict[str, Any]:
-    spec = spec if isinstance(spec, Mapping) else {}
-    snap = spec.get("data_snapshot") if isinstance(spec.get("data_snapshot"), Mapping) else {}
-    return {
-        "experiment_id": experiment_id,
-        "status": "failed",
-        "error": error_line(exc),
-        "traceback": "".join(traceback.format_exception(exc)),
-        "family": spec.get("family"),
-        "estimator": spec.get("estimator"),
-        "params": spec.get("params"),
-        "cv_folds": spec.get("cv_folds"),
-        "ranking_metric": spec.get("ranking_metric"),
-        "metrics": {},
-        "fit_time": None,
-        "score_time": None,
-        "wall_time_s": None,
-        "n_rows": None,
-        "threads": threads,
-        "artifact_path": None,
-        "metadata_path": None,
-        "data_snapshot_hash": snap.get("hash"),
-        "code_version": code_version,
-        "started_at": started_at,
-        "finished_at": _utc_now(),
-    }
+) -> ExperimentResult:
+    described: dict[str, Any] = {}
+    if spec is not None:
+        described = {"family": spec.family, "estimator": spec.estimator, "params": dict(spec.params),
+                     "cv_folds": spec.cv_folds, "ranking_metric": spec.ranking_metric,
+                     "data_snapshot_hash": spec.data_snapshot.hash}
+    return ExperimentResult(
+        experiment_id=experiment_id,
+        status="failed",
+        error=error_line(exc),
+        traceback="".join(traceback.format_exception(exc)),
+        threads=threads,
+        code_version=code_version,
+        started_at=started_at,
+        finished_at=_utc_now(),
+        **described,
+    )
 
 
 def _configure_logging() -> None:
@@ -187,82 +153,77 @@ def _configure_logging() -> None:
 
 def run_job(project_root: Path, environ: Mapping[str, str]) -> int:
     """Run one experiment job; returns the process exit code (0 succeeded, 1 failed)."""
-    from factory_tasks.artifacts import save_model, write_json_atomic
-
     started_at = _utc_now()
-    spec: dict[str, Any] | None = None
+    spec: ExperimentSpec | None = None
     experiment_id: str | None = None
     code_version: str | None = None
     threads: int | None = None
     try:
-        code_version = current_code_version(environ)
-        spec = load_spec(environ)
-        experiment_id = checked_experiment_id(spec.get("experiment_id"))
+        code_version = running_code_version(environ)
+        spec = ExperimentSpec.from_env(environ)
+        experiment_id = spec.experiment_id
         log.info("experiment %s: code %s, project %s", experiment_id, code_version, project_root)
         threads = thread_count(environ)
 
-        from factory_tasks.experiment import FITTED_ON_KEY, MODEL_KEY, check_spec, json_result
-        from factory_tasks.experiment import run_experiment
+        from factory_tasks.artifacts import save_model
+        from factory_tasks.experiment import FITTED_ON_KEY, MODEL_KEY, json_result, run_experiment
+        from factory_tasks.versioning import library_versions
 
-        check_spec(spec)
         path = snapshot_path(project_root, spec)
-        data = read_snapshot(path, spec["data_snapshot"].get("hash"))
-        log.info("read %d rows from %s", len(data), spec["data_snapshot"]["path"])
+        data = read_snapshot(path, spec.data_snapshot.hash)
+        log.info("read %d rows from %s", len(data), spec.data_snapshot.path)
 
         outcome = run_experiment(spec, data, n_threads=threads)
-        out_dir_rel = f"{EXPERIMENTS_DIR}/{experiment_id}"
-        result = json_result(outcome)
+        out_dir_rel = PurePosixPath(spec.result_path).parent
+        scores = json_result(outcome)
         model_path, metadata_path = save_model(
             outcome[MODEL_KEY],
             project_root / out_dir_rel,
             {
                 "experiment_id": experiment_id,
                 "factory_run_id": environ.get(FACTORY_RUN_ENV),
-                "family": spec.get("family"),
-                "estimator": spec["estimator"],
-                "params": spec["params"],
-                "random_state": spec["random_state"],
-                "economics": spec.get("economics"),
-                "cv_folds": spec["cv_folds"],
-                "ranking_metric": spec["ranking_metric"],
-                "cv_scores": result["metrics"],
-                "data_snapshot": dict(spec["data_snapshot"]),
-                "data_snapshot_hash": spec["data_snapshot"].get("hash"),
+                "family": spec.family,
+                "estimator": spec.estimator,
+                "params": dict(spec.params),
+                "random_state": spec.random_state,
+                "economics": spec.economics.model_dump(mode="json"),
+                "cv_folds": spec.cv_folds,
+                "ranking_metric": spec.ranking_metric,
+                "cv_scores": scores["metrics"],
+                "data_snapshot": spec.data_snapshot.model_dump(mode="json"),
+                "data_snapshot_hash": spec.data_snapshot.hash,
                 "fitted_on": outcome[FITTED_ON_KEY],
                 "threads": threads,
                 "code_version": code_version,
             },
         )
-        result.update(
+        result = ExperimentResult(
+            **scores,
             artifact_path=f"{out_dir_rel}/{model_path.name}",
             metadata_path=f"{out_dir_rel}/{metadata_path.name}",
             code_version=code_version,
-            started_at=started_at,
+            library_versions=library_versions(),
         )
-        write_json_atomic(project_root / out_dir_rel / RESULT_FILENAME, result)
-        log.info("experiment %s succeeded; wrote %s/%s", experiment_id, out_dir_rel, RESULT_FILENAME)
+        write_atomic(project_root / spec.result_path, result.to_json())
+        log.info("experiment %s succeeded; wrote %s", experiment_id, spec.result_path)
         return 0
     except Exception as exc:  # one failing experiment must be recorded, never lost
         log.error("experiment failed: %s", error_line(exc))
         log.debug("traceback", exc_info=exc)
         if experiment_id is None:
-            try:
-                experiment_id = checked_experiment_id(environ.get(EXPERIMENT_ID_ENV))
-            except JobConfigError:
-                log.error(
-                    "no usable experiment id (spec or %s): cannot write a result file",
-                    EXPERIMENT_ID_ENV,
-                )
+            candidate = environ.get(EXPERIMENT_ID_ENV) or ""
+            if not _SAFE_ID.match(candidate):
+                log.error("no usable experiment id (spec or %s=%r): cannot write a result file",
+                          EXPERIMENT_ID_ENV, candidate)
                 print(traceback.format_exc(), file=sys.stderr)
                 return 1
-        failed = failed_result(
-            spec, experiment_id, exc, started_at=started_at, code_version=code_version,
-            threads=threads,
-        )
-        print(failed["traceback"], file=sys.stderr)
+            experiment_id = candidate
+        failed = failed_result(spec, experiment_id, exc, started_at=started_at, code_version=code_version,
+                               threads=threads)
+        print(failed.traceback, file=sys.stderr)
         try:
-            target = project_root / EXPERIMENTS_DIR / experiment_id / RESULT_FILENAME
-            write_json_atomic(target, failed)
+            target = project_root / ExperimentResult.path_for(experiment_id)
+            write_atomic(target, failed.to_json())
             log.info("wrote failed result to %s", target.relative_to(project_root))
         except Exception as write_exc:  # noqa: BLE001 - report both, exit non-zero
             log.error("could not write the failed result: %s", error_line(write_exc))
@@ -275,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
         argv = sys.argv[1:]
     if argv:
         print(
-            f"run_experiment takes no arguments; set {SPEC_ENV} (and optionally {THREADS_ENV})",
+            f"run_experiment takes no arguments; set {ExperimentSpec.ENV} (and optionally {THREADS_ENV})",
             file=sys.stderr,
         )
         return 2

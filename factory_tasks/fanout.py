@@ -6,30 +6,30 @@ one job per resource profile and the spec travels in each run's environment.
 
 from __future__ import annotations
 
-import json
 from typing import Any, Callable, Iterable
 
-EXPERIMENT_SCRIPT = "jobs/run_experiment.py"
-SPEC_ENV = "MF_EXPERIMENT_SPEC"
-EXPERIMENT_ID_ENV = "MF_EXPERIMENT_ID"
-FACTORY_RUN_ENV = "MF_FACTORY_RUN_ID"
-CODE_VERSION_ENV = "MF_CODE_VERSION"
+from factory_tasks.contracts import ContractError, ExperimentResult, ExperimentSpec, Provenance, reuse_blocker
 
-ResultReader = Callable[[str], "dict[str, Any] | None"]
+from factory_tasks.names import (
+    CODE_VERSION_ENV,
+    EXPERIMENT_ID_ENV,
+    EXPERIMENT_JOB_PREFIX,
+    EXPERIMENT_SCRIPT,
+    FACTORY_RUN_ENV,
+)
 
-
-def result_path(experiment_id: str) -> str:
-    """Project-relative path of an experiment's result file (see docs/architecture.md)."""
-    return f"experiments/{experiment_id}/result.json"
+#: experiment id -> its result in the project (None: there is none); raises ContractError
+#: for a result file that does not satisfy the contract
+ResultReader = Callable[[str], "ExperimentResult | None"]
 
 
 def job_name(resources: dict[str, float]) -> str:
     """One CML job per resource profile, e.g. ``model-factory-experiment-2cpu-4gb``."""
     cpu, mem = float(resources["cpu"]), float(resources["memory_gb"])
-    return f"model-factory-experiment-{cpu:g}cpu-{mem:g}gb"
+    return f"{EXPERIMENT_JOB_PREFIX}{cpu:g}cpu-{mem:g}gb"
 
 
-def split_long_first(specs: Iterable[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def split_long_first(specs: Iterable[ExperimentSpec]) -> tuple[list[ExperimentSpec], list[ExperimentSpec]]:
     """(long, short): experiments whose estimator's cost hint is at least half the heaviest's,
     and the rest. The DAG submits the long ones first, so the short ones fill the cores while
     the long ones finish instead of one long experiment running alone at the end (Airflow runs
@@ -39,40 +39,47 @@ def split_long_first(specs: Iterable[dict[str, Any]]) -> tuple[list[dict[str, An
     from factory_tasks.estimators import get_estimator
 
     specs = list(specs)
-    costs = [get_estimator(s["estimator"]).relative_cost for s in specs]
+    costs = [get_estimator(s.estimator).relative_cost for s in specs]
     cut = max(costs, default=0.0) / 2
     return ([s for s, c in zip(specs, costs) if c >= cut], [s for s, c in zip(specs, costs) if c < cut])
 
 
 def split_reusable(
-    specs: Iterable[dict[str, Any]], read_result: ResultReader
-) -> tuple[list[dict[str, Any]], list[str]]:
-    """Specs that still need a run, and ids whose succeeded result already exists.
+    specs: Iterable[ExperimentSpec], read_result: ResultReader, current: Provenance
+) -> tuple[dict[str, str], list[str]]:
+    """Which experiments run now and why (id -> reason), and which earlier results are reused.
 
-    An experiment id covers the estimator, its params, the CV setup and the data snapshot, so a
-    succeeded result under that id is the same computation: running it again computes nothing new.
+    An experiment id covers what is computed (estimator, params, CV, metrics, economics, data);
+    a succeeded result under that id is reused only if the same code and the same versions of
+    the result-shaping libraries computed it (:func:`~factory_tasks.contracts.reuse_blocker`).
+    A result file that does not satisfy the contract is never reused: the experiment runs again.
     """
-    to_run, reused = [], []
+    to_run: dict[str, str] = {}
+    reused: list[str] = []
     for spec in specs:
-        result = read_result(spec["experiment_id"])
-        if result and result.get("status") == "succeeded":
-            reused.append(spec["experiment_id"])
+        try:
+            blocker = reuse_blocker(read_result(spec.experiment_id), current)
+        except ContractError as exc:
+            blocker = f"the earlier result is invalid ({exc})"
+        if blocker is None:
+            reused.append(spec.experiment_id)
         else:
-            to_run.append(spec)
+            to_run[spec.experiment_id] = blocker
     return to_run, reused
 
 
 def run_request(
-    spec: dict[str, Any], *, factory_run_id: str, code_version: str, max_active: int
+    spec: ExperimentSpec, *, factory_run_id: str, code_version: str, max_active: int
 ) -> dict[str, Any]:
     """Keyword arguments for one mapped submit task (all JSON-serialisable)."""
     return {
-        "job_name": job_name(spec["resources"]),
-        "cpu": float(spec["resources"]["cpu"]),
-        "memory_gb": float(spec["resources"]["memory_gb"]),
+        "job_name": spec.job_name,
+        "script": EXPERIMENT_SCRIPT,
+        "cpu": spec.resources.cpu,
+        "memory_gb": spec.resources.memory_gb,
         "environment": {
-            SPEC_ENV: json.dumps(spec, sort_keys=True),
-            EXPERIMENT_ID_ENV: spec["experiment_id"],
+            ExperimentSpec.ENV: spec.model_dump_json(),
+            EXPERIMENT_ID_ENV: spec.experiment_id,
             FACTORY_RUN_ENV: factory_run_id,
             CODE_VERSION_ENV: code_version,
         },

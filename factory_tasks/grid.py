@@ -4,7 +4,7 @@
   parameter constraints) and raises one :class:`GridError` listing *every* problem, each with
   the file, line, key path and what is wrong. Nothing is submitted before this passes.
 * :func:`expand_grid` turns a valid config plus a data snapshot into one
-  :class:`ExperimentSpec` per grid point (the cartesian product of each family's value lists),
+  :class:`~factory_tasks.contracts.ExperimentSpec` per grid point (the cartesian product of each family's value lists),
   with stable experiment ids, heaviest families first.
 * :func:`grid_hash` is a stable hash of the validated config.
 
@@ -26,7 +26,7 @@ import re
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Annotated, Any, Callable, Iterator
+from typing import TYPE_CHECKING, Annotated, Any, Callable, Iterator
 
 import yaml
 from pydantic import (
@@ -50,6 +50,9 @@ from factory_tasks.grid_params import SCALARS, Problem, check_params, fit_proble
 from factory_tasks.grid_yaml import Loc, UnsafeYamlError, YamlDocument, describe_yaml_error, parse_yaml
 from factory_tasks.metrics import get_metric
 from factory_tasks.simulator import OFFERS
+
+if TYPE_CHECKING:
+    from factory_tasks.contracts import ExperimentSpec
 
 DEFAULT_METRICS: tuple[str, ...] = ("roc_auc", "log_loss", "average_precision", "accuracy", "policy_value")
 DEFAULT_RANKING_METRIC = "roc_auc"
@@ -463,60 +466,13 @@ def key_path(loc: Loc) -> str:
 # Expansion into experiment specs
 
 
-class DataSnapshot(_Model):
-    """The training data an experiment reads: project-relative parquet path and content hash."""
-
-    path: str = Field(min_length=1)
-    hash: str = Field(min_length=1)
-
-
-class ExperimentSpec(_Model):
-    """One experiment, as it travels to the job run (``MF_EXPERIMENT_SPEC``, JSON)."""
-
-    experiment_id: str = Field(pattern=r"^[0-9a-f]{16}$")
-    family: str
-    estimator: str
-    params: dict[str, ParamValue]
-    cv_folds: int = Field(ge=2)
-    metrics: list[str]
-    ranking_metric: str
-    resources: Resources
-    economics: Economics
-    random_state: int
-    data_snapshot: DataSnapshot
-
-
-def compute_experiment_id(
-    *,
-    estimator: str,
-    params: Mapping[str, Any],
-    cv_folds: int,
-    metrics: list[str],
-    random_state: int,
-    economics: Economics,
-    data_snapshot_hash: str,
-) -> str:
-    """First 16 hex of sha256 over the canonical JSON of what determines an experiment's result.
-
-    Metrics are sorted (their order changes nothing computed); 1 and 1.0 stay different because
-    scikit-learn can read them differently (``max_features``).
-    """
-    return _sha256({
-        "estimator": estimator,
-        "params": dict(params),
-        "cv_folds": cv_folds,
-        "metrics": sorted(metrics),
-        "random_state": random_state,
-        "economics": economics.model_dump(mode="json"),
-        "data_snapshot_hash": data_snapshot_hash,
-    })[:16]
-
-
 def expand_grid(config: GridConfig, data_snapshot: Mapping[str, str]) -> list[ExperimentSpec]:
     """One spec per grid point, heaviest families first (:meth:`GridConfig.submission_order`).
 
     Within a family, points follow the file's order (the last key varies fastest).
     """
+    from factory_tasks.contracts import DataSnapshot, ExperimentSpec, compute_experiment_id
+
     snapshot = DataSnapshot.model_validate(dict(data_snapshot))
     specs = []
     for name, family in config.submission_order():
@@ -594,4 +550,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # run the imported module's main, not this __main__ copy: the contracts embed the grid's
+    # types, and two copies of a class never validate as one
+    from factory_tasks.grid import main as imported_main
+
+    sys.exit(imported_main())

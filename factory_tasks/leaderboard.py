@@ -47,6 +47,9 @@ def format_leaderboard(frame: pd.DataFrame, top: int = 10) -> str:
             fit = row.fit_time_mean
             line += f"  {fit:>6.2f}" if pd.notna(fit) else f"  {'—':>6}"
             lines.append(line)
+    if "run_reason" in frame.columns and frame["run_reason"].notna().any():
+        counts = frame["run_reason"].fillna("unknown").value_counts(sort=False)
+        lines.append("Why each ran or was reused: " + "; ".join(f"{n} {why}" for why, n in counts.items()))
     failed = frame[frame["status"] != "succeeded"]
     if not failed.empty:
         lines.append(f"{len(failed)} failed:")

@@ -7,40 +7,30 @@ The hooks are passed in, so this module never imports Airflow.
 
 from __future__ import annotations
 
-import json
 import logging
-import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from factory_tasks.collect import JobRunRef, outcome_rows, read_rows_file, write_rows_file
-from factory_tasks.fanout import (
-    EXPERIMENT_ID_ENV,
-    FACTORY_RUN_ENV,
-    job_name,
-    result_path,
-    run_request,
-    split_long_first,
-    split_reusable,
+from factory_tasks.collect import JobRunRef, outcome_rows
+from factory_tasks.contracts import (
+    CollectedOutcomes,
+    ContractError,
+    ExperimentResult,
+    GridRef,
+    RunPlan,
+    SnapshotRef,
 )
+from factory_tasks.fanout import ResultReader, run_request, split_long_first, split_reusable
 from factory_tasks.grid import expand_grid, grid_hash, load_grid
 from factory_tasks.leaderboard import format_leaderboard
+from factory_tasks.names import EXPERIMENT_ID_ENV, FACTORY_RUN_ENV
 from factory_tasks.outcome_store import OutcomeStore
-from factory_tasks.settings import REPO_ROOT, artifacts_dir
-from factory_tasks.training_data import read_training_frame, write_snapshot
-from factory_tasks.versioning import code_version
+from factory_tasks.settings import REPO_ROOT
+from factory_tasks.training_data import read_training_frame, snapshot_parquet
+from factory_tasks.versioning import current_provenance
 
 log = logging.getLogger(__name__)
-
-
-def run_dir(factory_run_id: str) -> Path:
-    """Orchestrator-side folder of one factory run (plan and collected outcomes)."""
-    return artifacts_dir() / "runs" / re.sub(r"[^A-Za-z0-9_.-]+", "_", factory_run_id)
-
-
-def _plan_path(factory_run_id: str) -> Path:
-    return run_dir(factory_run_id) / "plan.json"
 
 
 def _resolve(grid_path: str) -> Path:
@@ -52,40 +42,47 @@ def validate_grid_file(grid_path: str, max_parallel: int | None = None) -> dict[
     """Load and validate the grid; raises GridError naming file, key and problem."""
     path = _resolve(grid_path)
     config = load_grid(path)
-    cap = int(max_parallel or config.max_parallel)
-    summary = {
-        "grid_path": str(path),
-        "grid_hash": grid_hash(config),
-        "table": config.data.table,
-        "max_parallel": cap,
-    }
-    log.info("grid %s is valid (hash %s, parallelism cap %d)", path, summary["grid_hash"], cap)
-    return summary
+    ref = GridRef(grid_path=str(path), grid_hash=grid_hash(config), table=config.data.table,
+                  max_parallel=int(max_parallel or config.max_parallel))
+    log.info("grid %s is valid (hash %s, parallelism cap %d)", path, ref.grid_hash, ref.max_parallel)
+    return ref.model_dump(mode="json")
 
 
 def snapshot_to_project(warehouse: Any, cml: Any, table: str) -> dict[str, Any]:
-    """Snapshot the training table and make it available in the CML project (content-addressed)."""
-    frame = read_training_frame(warehouse, table)
-    snap = write_snapshot(frame, artifacts_dir() / "snapshots", table)
-    if cml.file_exists(snap.project_path):
-        log.info("snapshot %s already in the project", snap.project_path)
+    """Snapshot the training table into the CML project (content-addressed: kept if present)."""
+    ref, data = snapshot_parquet(read_training_frame(warehouse, table), table)
+    if cml.file_exists(ref.project_path):
+        log.info("snapshot %s already in the project", ref.project_path)
     else:
-        cml.upload_file(snap.project_path, Path(snap.local_path).read_bytes())
-        log.info("uploaded snapshot %s (%d rows)", snap.project_path, snap.n_rows)
-    return snap.to_dict()
+        cml.upload_file(ref.project_path, data)
+        log.info("uploaded snapshot %s (%d rows, %.1f MB)", ref.project_path, ref.n_rows, len(data) / 1e6)
+    return ref.model_dump(mode="json")
 
 
-def _result_reader(cml: Any):
-    """A cached result.json reader: each file is fetched at most once per stage."""
+def result_reader(cml: Any) -> ResultReader:
+    """A cached reader of experiments' result files: each is fetched at most once per stage.
+
+    Raises :class:`ContractError` naming the file and the field for a file that does not
+    satisfy :class:`ExperimentResult`, or that belongs to another experiment.
+    """
 
     @lru_cache(maxsize=None)
-    def read(experiment_id: str) -> dict[str, Any] | None:
-        path = result_path(experiment_id)
+    def read(experiment_id: str) -> ExperimentResult | None:
+        path = ExperimentResult.path_for(experiment_id)
         if not cml.file_exists(path):
             return None
-        return json.loads(cml.download_file(path))
+        result = ExperimentResult.parse(cml.download_file(path), f"result file {path}")
+        if result.experiment_id != experiment_id:
+            raise ContractError(f"result file {path}", [
+                f"experiment_id: is {result.experiment_id}, the file belongs to experiment {experiment_id}"])
+        return result
 
     return read
+
+
+def _put(cml: Any, path: str, data: bytes) -> str:
+    """Store a factory run's document in the project, replacing an earlier attempt's."""
+    return cml.upload_file(path, data, overwrite=True)
 
 
 def plan_experiments(
@@ -96,37 +93,43 @@ def plan_experiments(
     factory_run_id: str,
     reuse_results: bool = True,
 ) -> dict[str, list[dict[str, Any]]]:
-    """Expand the grid into specs, write the plan file, and return the runs to submit, long
-    ones first (:func:`split_long_first`): ``{"long": [...], "short": [...]}``, each entry
+    """Expand the grid, store the :class:`RunPlan` in the project, and return the runs to submit,
+    long ones first (:func:`split_long_first`): ``{"long": [...], "short": [...]}``, each entry
     ``{"request": <submit operator kwargs>, "result_file": <project path>}``."""
+    grid_ref = GridRef.from_data(grid, "the validate_grid task's output")
+    snap = SnapshotRef.from_data(snapshot, "the snapshot_training_data task's output")
     # validate_grid already ran the fit check on this file; the hash proves it is unchanged.
-    config = load_grid(grid["grid_path"], check_fit=False)
-    if grid_hash(config) != grid["grid_hash"]:
+    config = load_grid(grid_ref.grid_path, check_fit=False)
+    if grid_hash(config) != grid_ref.grid_hash:
         raise RuntimeError(
-            f"{grid['grid_path']} changed while this factory run was in progress; trigger a new run"
+            f"{grid_ref.grid_path} changed while this factory run was in progress; trigger a new run"
         )
-    specs = [s.model_dump(mode="json") for s in expand_grid(config, {"path": snapshot["project_path"], "hash": snapshot["hash"]})]
-    to_run, reused = split_reusable(specs, _result_reader(cml)) if reuse_results else (specs, [])
-    version = code_version()
-
-    def entry(spec: dict[str, Any]) -> dict[str, Any]:
-        return {
-            "request": run_request(spec, factory_run_id=factory_run_id, code_version=version,
-                                   max_active=grid["max_parallel"]),
-            "result_file": result_path(spec["experiment_id"]),
-        }
+    specs = expand_grid(config, {"path": snap.project_path, "hash": snap.hash})
+    provenance = current_provenance()
+    if reuse_results:
+        to_run, reused = split_reusable(specs, result_reader(cml), provenance)
+    else:
+        to_run, reused = {s.experiment_id: "reuse_results is off" for s in specs}, []
+    plan = RunPlan(factory_run_id=factory_run_id, grid=grid_ref, snapshot=snap, provenance=provenance,
+                   specs=specs, to_run=to_run, reused=reused)
+    _put(cml, RunPlan.path_for(factory_run_id), plan.to_json())
 
     # waves are the grid's, whatever is reused: the same experiment is always in the same wave
-    long_ids = {s["experiment_id"] for s in split_long_first(specs)[0]}
+    long_ids = {s.experiment_id for s in split_long_first(specs)[0]}
     waves: dict[str, list[dict[str, Any]]] = {"long": [], "short": []}
-    for spec in to_run:
-        waves["long" if spec["experiment_id"] in long_ids else "short"].append(entry(spec))
-    plan_path = _plan_path(factory_run_id)
-    plan_path.parent.mkdir(parents=True, exist_ok=True)
-    plan_path.write_text(json.dumps({"factory_run_id": factory_run_id, "grid": grid, "snapshot": snapshot,
-                                     "specs": specs, "reused": reused}, indent=1, sort_keys=True))
-    log.info("%d experiments: %d to run (%d long ones first), %d reused from identical earlier experiments",
-             len(specs), len(to_run), len(waves["long"]), len(reused))
+    for spec in specs:
+        if spec.experiment_id in to_run:
+            waves["long" if spec.experiment_id in long_ids else "short"].append({
+                "request": run_request(spec, factory_run_id=factory_run_id,
+                                       code_version=provenance.code_version, max_active=grid_ref.max_parallel),
+                "result_file": spec.result_path,
+            })
+    reasons: dict[str, int] = {}
+    for why in to_run.values():
+        reasons[why] = reasons.get(why, 0) + 1
+    log.info("%d experiments: %d to run (%d long ones first), %d reused from identical earlier experiments "
+             "(code %s); why they run: %s", len(specs), len(to_run), len(waves["long"]), len(reused),
+             provenance.code_version, "; ".join(f"{n} {why}" for why, n in reasons.items()) or "-")
     return waves
 
 
@@ -146,31 +149,38 @@ def _runs_of_factory_run(cml: Any, job_names: set[str], factory_run_id: str) -> 
     return runs
 
 
+def load_plan(cml: Any, factory_run_id: str) -> RunPlan:
+    path = RunPlan.path_for(factory_run_id)
+    return RunPlan.parse(cml.download_file(path), f"run plan {path}")
+
+
 def collect_outcomes(grid: dict[str, Any], cml: Any, *, factory_run_id: str, recorded_at: str) -> str:
-    """Turn every spec of the plan into an outcome row (failed and never-finished ones too)."""
-    plan = json.loads(_plan_path(factory_run_id).read_text())
-    specs = plan["specs"]
-    runs = _runs_of_factory_run(cml, {job_name(s["resources"]) for s in specs}, factory_run_id)
+    """Turn every spec of the plan into an outcome row (failed and never-finished ones too),
+    store them in the project as :class:`CollectedOutcomes`, and return that project path."""
+    plan = load_plan(cml, factory_run_id)
+    runs = _runs_of_factory_run(cml, {s.job_name for s in plan.specs}, factory_run_id)
     rows = outcome_rows(
-        specs,
+        plan,
         runs,
-        _result_reader(cml),
-        factory_run_id=factory_run_id,
-        grid_hash=grid["grid_hash"],
+        result_reader(cml),
         recorded_at=recorded_at,
     )
     failed = [r for r in rows if r["status"] != "succeeded"]
     for row in failed:
         log.warning("experiment %s (%s) failed: %s", row["experiment_id"], row["family"], row["error"])
     log.info("collected %d outcomes: %d succeeded, %d failed", len(rows), len(rows) - len(failed), len(failed))
-    return str(write_rows_file(rows, run_dir(factory_run_id) / "outcomes.jsonl"))
+    path = CollectedOutcomes.path_for(factory_run_id)
+    return _put(cml, path, CollectedOutcomes(factory_run_id=factory_run_id, rows=rows).to_json())
 
 
-def record_outcomes(warehouse: Any, rows_path: str, *, factory_run_id: str) -> dict[str, Any]:
+def record_outcomes(warehouse: Any, cml: Any, outcomes_path: str, *, factory_run_id: str) -> dict[str, Any]:
     """Replace this factory run's rows in experiment_outcomes and log the leaderboard."""
-    rows = read_rows_file(Path(rows_path))
+    collected = CollectedOutcomes.parse(cml.download_file(outcomes_path), f"collected outcomes {outcomes_path}")
+    if collected.factory_run_id != factory_run_id:
+        raise ContractError(f"collected outcomes {outcomes_path}", [
+            f"factory_run_id: is {collected.factory_run_id!r}, this run is {factory_run_id!r}"])
     store = OutcomeStore(warehouse)
-    store.replace_run(factory_run_id, rows)
+    store.replace_run(factory_run_id, collected.rows)
     frame = store.read(factory_run_id)
     log.info("recorded %d outcome rows for %s\n%s", len(frame), factory_run_id, format_leaderboard(frame))
     return {

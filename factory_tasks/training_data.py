@@ -8,14 +8,16 @@ file (and the same experiment ids), and changed data can never be mistaken for o
 from __future__ import annotations
 
 import hashlib
+import io
 import logging
 import sqlite3
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
+from factory_tasks.atomic import write_atomic
+from factory_tasks.contracts import SnapshotRef
 from factory_tasks.simulator import (
     INTERACTION_COLUMNS,
     INTERACTION_DTYPES,
@@ -36,22 +38,6 @@ INTERACTION_SCHEMA: tuple[Column, ...] = tuple(
 
 class TrainingDataError(ValueError):
     """The training table is missing, empty or does not have the expected schema."""
-
-
-@dataclass(frozen=True)
-class Snapshot:
-    table: str
-    hash: str
-    n_rows: int
-    local_path: str
-    project_path: str  # where experiments read it, relative to the CML project root
-
-    def as_spec(self) -> dict[str, str]:
-        """The part of an experiment spec that names its data."""
-        return {"path": self.project_path, "hash": self.hash}
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def conform(frame: pd.DataFrame, source: str) -> pd.DataFrame:
@@ -122,15 +108,21 @@ def _check_columns(table: str, present: list[str]) -> None:
             f"(it has {', '.join(present) or 'none'}); expected schema: {expected}")
 
 
-def write_snapshot(frame: pd.DataFrame, directory: Path, table: str = TRAINING_TABLE) -> Snapshot:
-    """Write ``frame`` as a content-addressed Parquet file (kept if it already exists)."""
+def snapshot_parquet(frame: pd.DataFrame, table: str = TRAINING_TABLE) -> tuple[SnapshotRef, bytes]:
+    """The content-addressed snapshot of ``frame``: where it goes in the project, and its bytes."""
     frame = conform(frame, f"snapshot of {table}")
     digest = content_hash(frame)
-    name = f"{table}-{digest[:16]}.parquet"
-    path = Path(directory) / name
+    buffer = io.BytesIO()
+    frame.to_parquet(buffer, index=False)
+    ref = SnapshotRef(table=table, hash=digest, n_rows=len(frame),
+                      project_path=f"snapshots/{table}-{digest[:16]}.parquet")
+    return ref, buffer.getvalue()
+
+
+def write_snapshot(frame: pd.DataFrame, directory: Path, table: str = TRAINING_TABLE) -> SnapshotRef:
+    """Write the snapshot into ``directory`` as a project would hold it (kept if it exists)."""
+    ref, data = snapshot_parquet(frame, table)
+    path = Path(directory) / Path(ref.project_path).name
     if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".parquet.tmp")
-        frame.to_parquet(tmp, index=False)
-        tmp.replace(path)
-    return Snapshot(table, digest, len(frame), str(path), f"snapshots/{name}")
+        write_atomic(path, data)
+    return ref

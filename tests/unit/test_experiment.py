@@ -11,16 +11,11 @@ from sklearn.dummy import DummyClassifier
 
 from factory_tasks import estimators
 from factory_tasks.estimators import ESTIMATORS, EstimatorEntry
-from factory_tasks.experiment import (
-    FITTED_ON_KEY,
-    MODEL_KEY,
-    SpecError,
-    check_spec,
-    json_result,
-    run_experiment,
-)
+from factory_tasks.contracts import ExperimentResult
+from factory_tasks.experiment import FITTED_ON_KEY, MODEL_KEY, json_result, run_experiment
 from factory_tasks.metrics import METRICS
-from factory_tasks.simulator import DEFAULT_ECONOMICS, simulate_interactions
+from factory_tasks.simulator import simulate_interactions
+from tests.contract_factories import make_spec as contract_spec
 
 # Small settings so every registered estimator cross-validates in well under a second.
 SMALL_PARAMS = {
@@ -32,21 +27,8 @@ SMALL_PARAMS = {
 
 
 def make_spec(estimator="LogisticRegression", params=None, **over):
-    spec = {
-        "experiment_id": "0123456789abcdef",
-        "family": "test",
-        "estimator": estimator,
-        "params": SMALL_PARAMS.get(estimator, {}) if params is None else params,
-        "cv_folds": 3,
-        "metrics": list(METRICS),
-        "ranking_metric": "roc_auc",
-        "resources": {"cpu": 1, "memory_gb": 1},
-        "economics": DEFAULT_ECONOMICS,
-        "random_state": 0,
-        "data_snapshot": {"path": "snapshots/x.parquet", "hash": "abc"},
-    }
-    spec.update(over)
-    return spec
+    over.setdefault("data_snapshot", {"path": "snapshots/x.parquet", "hash": "abc"})
+    return contract_spec(estimator, SMALL_PARAMS.get(estimator, {}) if params is None else params, **over)
 
 
 @pytest.fixture(scope="module")
@@ -144,37 +126,17 @@ def test_a_model_with_signal_beats_a_dummy(strong_signal, monkeypatch):
     assert model["metrics"]["policy_value"]["mean"] > dummy["metrics"]["policy_value"]["mean"]
 
 
-@pytest.mark.parametrize(
-    "over, message",
-    [
-        ({"estimator": "SVC"}, "'SVC' is not a known estimator"),
-        ({"params": {"n_trees": 3}}, "has no parameter"),
-        ({"cv_folds": 1}, "cv_folds must be an integer >= 2"),
-        ({"metrics": ["roc_auc", "f1"]}, "'f1' is not a valid metric"),
-        ({"metrics": []}, "metrics must be a non-empty list"),
-        ({"ranking_metric": "log_loss", "metrics": ["roc_auc"]}, "ranking_metric 'log_loss' is not one"),
-        ({"economics": {}}, "policy_value needs economics"),
-        ({"economics": {"conversion_value": 1, "offer_costs": {"Free": 1}}}, "invalid economics"),
-        ({"random_state": "x"}, "random_state must be an integer"),
-    ],
-)
-def test_spec_errors(over, message):
-    with pytest.raises(SpecError, match=message):
-        check_spec(make_spec(**over))
+def test_only_a_validated_spec_runs(data):
+    with pytest.raises(TypeError, match="needs an ExperimentSpec, got dict"):
+        run_experiment(make_spec().model_dump(mode="json"), data, progress=lambda line: None)
 
 
-def test_missing_spec_field():
-    spec = make_spec()
-    del spec["cv_folds"]
-    with pytest.raises(SpecError, match=r"lacks field\(s\) \['cv_folds'\]"):
-        check_spec(spec)
-
-
-def test_economics_are_optional_without_policy_value(data):
-    result = run_experiment(
-        make_spec(metrics=["roc_auc", "log_loss"], economics={}), data, progress=lambda line: None
-    )
-    assert set(result["metrics"]) == {"roc_auc", "log_loss"}
+def test_the_result_satisfies_the_result_contract_once_the_job_adds_its_fields(data):
+    result = json_result(run_experiment(make_spec(), data, progress=lambda line: None))
+    complete = ExperimentResult.model_validate({
+        **result, "artifact_path": "a", "metadata_path": "m", "code_version": "v",
+        "library_versions": {"sklearn": "1", "numpy": "1", "pandas": "1", "skops": "1"}})
+    assert complete.status == "succeeded" and complete.metrics["roc_auc"].folds == result["metrics"]["roc_auc"]["folds"]
 
 
 def test_too_few_positives_for_the_folds_is_a_clear_error(data):

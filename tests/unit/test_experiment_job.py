@@ -20,37 +20,29 @@ from factory_tasks.experiment_job import (
     thread_count,
 )
 from factory_tasks.features import positive_proba
-from factory_tasks.simulator import DEFAULT_ECONOMICS, FEATURE_COLUMNS, simulate_interactions
+from factory_tasks.contracts import ExperimentResult
+from factory_tasks.simulator import FEATURE_COLUMNS, simulate_interactions
 from factory_tasks.training_data import write_snapshot
+from factory_tasks.versioning import code_version
+from tests.contract_factories import make_spec as contract_spec
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "jobs" / "run_experiment.py"
-EID = "0123456789abcdef"
 
 
 @pytest.fixture
 def project(tmp_path):
     """A project folder holding one snapshot, as the factory's snapshot step writes it."""
     snap = write_snapshot(simulate_interactions(600, seed=51), tmp_path / "snapshots")
-    return tmp_path, snap.as_spec()
+    return tmp_path, {"path": snap.project_path, "hash": snap.hash}
 
 
-def make_spec(snapshot, **over):
-    spec = {
-        "experiment_id": EID,
-        "family": "logistic",
-        "estimator": "LogisticRegression",
-        "params": {"C": 0.5},
-        "cv_folds": 2,
-        "metrics": ["roc_auc", "log_loss", "policy_value"],
-        "ranking_metric": "roc_auc",
-        "resources": {"cpu": 1, "memory_gb": 1},
-        "economics": DEFAULT_ECONOMICS,
-        "random_state": 0,
-        "data_snapshot": snapshot,
-    }
-    spec.update(over)
-    return spec
+def make_spec(snapshot, params=None, **raw_over):
+    """A valid spec's JSON fields (its id matches its content), then ``raw_over`` pasted on top."""
+    metrics = raw_over.pop("metrics", ["roc_auc", "log_loss", "policy_value"])
+    spec = contract_spec("LogisticRegression", params or {"C": 0.5}, family="logistic", cv_folds=2,
+                         metrics=metrics, data_snapshot=snapshot)
+    return {**spec.model_dump(mode="json"), **raw_over}
 
 
 def clean_env(**extra):
@@ -65,7 +57,10 @@ def run_script(cwd: Path, env: dict) -> subprocess.CompletedProcess:
     )
 
 
-def read_result(root: Path, eid: str = EID) -> dict:
+def read_result(root: Path, eid: str | None = None) -> dict:
+    if eid is None:
+        (folder,) = (root / "experiments").iterdir()
+        eid = folder.name
     return json.loads((root / "experiments" / eid / "result.json").read_text())
 
 
@@ -81,8 +76,12 @@ def test_success_writes_result_and_model(project):
     assert "fold 1/2 done" in proc.stdout and "fold 2/2 done" in proc.stdout
     result = read_result(root)
     assert result["status"] == "succeeded" and result["error"] is None
+    EID = spec["experiment_id"]
     assert result["experiment_id"] == EID and result["threads"] == 2
-    assert result["code_version"] == "test-1"
+    # the job records the content hash of the code it ran, not what the orchestrator said
+    assert result["code_version"] == code_version() != "test-1"
+    assert "this job runs code" in proc.stdout and "planned with test-1" in proc.stdout
+    assert ExperimentResult.parse((root / spec_result_path(EID)).read_bytes(), "result").status == "succeeded"
     assert result["n_rows"] == 600 and result["data_snapshot_hash"] == snapshot["hash"]
     assert len(result["metrics"]["policy_value"]["folds"]) == 2
     assert result["artifact_path"] == f"experiments/{EID}/model.skops"
@@ -96,7 +95,11 @@ def test_success_writes_result_and_model(project):
     assert not list((root / "experiments" / EID).glob("*.tmp"))
 
 
-def _assert_failed(proc, root, *needles, eid=EID):
+def spec_result_path(eid):
+    return ExperimentResult.path_for(eid)
+
+
+def _assert_failed(proc, root, *needles, eid=None):
     assert proc.returncode == 1, proc.stdout + proc.stderr
     result = read_result(root, eid)
     assert result["status"] == "failed"
@@ -112,9 +115,17 @@ def _assert_failed(proc, root, *needles, eid=EID):
 def test_bad_spec_writes_a_failed_result(project):
     root, snapshot = project
     spec = make_spec(snapshot, estimator="SVC")
-    proc = run_script(root, clean_env(MF_EXPERIMENT_SPEC=json.dumps(spec)))
-    result = _assert_failed(proc, root, "SpecError", "'SVC' is not a known estimator")
-    assert result["estimator"] == "SVC" and result["family"] == "logistic"
+    proc = run_script(root, clean_env(MF_EXPERIMENT_SPEC=json.dumps(spec), MF_EXPERIMENT_ID=spec["experiment_id"]))
+    _assert_failed(proc, root, "ContractError", "MF_EXPERIMENT_SPEC", "estimator",
+                   "'SVC' is not a known estimator", eid=spec["experiment_id"])
+
+
+def test_an_altered_spec_is_refused(project):
+    root, snapshot = project
+    spec = make_spec(snapshot, params={"C": 9.0})
+    spec["params"] = {"C": 0.001}  # edited after the id was computed
+    assert run_job(root, {"MF_EXPERIMENT_SPEC": json.dumps(spec), "MF_EXPERIMENT_ID": spec["experiment_id"]}) == 1
+    assert "does not match the spec's content" in read_result(root)["error"]
 
 
 def test_missing_snapshot_writes_a_failed_result(project):
@@ -130,17 +141,17 @@ def test_an_estimator_that_raises_writes_a_failed_result(project):
     proc = run_script(root, clean_env(MF_EXPERIMENT_SPEC=json.dumps(spec)))
     _assert_failed(proc, root, "InvalidParameterError", "'C' parameter")
     assert "experiment failed" in proc.stdout
-    assert not (root / "experiments" / EID / "model.skops").exists()
+    assert not (root / "experiments" / spec["experiment_id"] / "model.skops").exists()
 
 
 def test_no_spec_reports_under_the_env_experiment_id_or_only_logs(project):
     root, _ = project
     proc = run_script(root, clean_env(MF_EXPERIMENT_ID="fedcba9876543210"))
-    _assert_failed(proc, root, "JobConfigError", "MF_EXPERIMENT_SPEC is not set", eid="fedcba9876543210")
+    _assert_failed(proc, root, "ContractError", "MF_EXPERIMENT_SPEC", "not set", eid="fedcba9876543210")
 
     proc = run_script(root, clean_env(MF_EXPERIMENT_SPEC="{not json"))
     assert proc.returncode == 1
-    assert "MF_EXPERIMENT_SPEC is not valid JSON" in proc.stdout
+    assert "MF_EXPERIMENT_SPEC is not a valid document: not valid JSON" in proc.stdout
     assert not (root / "experiments" / "0123456789abcdef").exists()
 
 
@@ -157,7 +168,7 @@ def test_snapshot_hash_mismatch_fails(project):
 def test_snapshot_with_the_wrong_schema_fails(project):
     root, snapshot = project
     simulate_interactions(50, seed=1).drop(columns="channel").to_parquet(root / "snapshots" / "bad.parquet")
-    spec = make_spec({"path": "snapshots/bad.parquet", "hash": None})
+    spec = make_spec({"path": "snapshots/bad.parquet", "hash": "x"})
     assert run_job(root, {"MF_EXPERIMENT_SPEC": json.dumps(spec)}) == 1
     assert "lacks required column(s) ['channel']" in read_result(root)["error"]
 
@@ -173,7 +184,7 @@ def test_unsafe_experiment_ids_never_become_paths(project, bad_id):
 @pytest.mark.parametrize("path", ["/etc/passwd", "../outside.parquet", "snapshots/../../x.parquet"])
 def test_snapshot_path_must_stay_inside_the_project(tmp_path, path):
     with pytest.raises(JobConfigError, match="relative to the project"):
-        snapshot_path(tmp_path, {"data_snapshot": {"path": path}})
+        snapshot_path(tmp_path, contract_spec(data_snapshot={"path": path, "hash": "x"}))
 
 
 def test_thread_count_from_the_environment():

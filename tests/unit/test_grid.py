@@ -18,9 +18,9 @@ import pytest
 import yaml
 
 from factory_tasks.estimators import ESTIMATORS
+from factory_tasks.contracts import ExperimentSpec
 from factory_tasks.grid import (
     MAX_GRID_FILE_BYTES,
-    ExperimentSpec,
     GridConfig,
     GridError,
     expand_grid,
@@ -34,7 +34,7 @@ REPO = Path(__file__).resolve().parents[2]
 SHIPPED = REPO / "config" / "grid.yaml"
 SNAPSHOT = {"path": "snapshots/historical_customer_interactions-abc.parquet", "hash": "ab" * 32}
 SPEC_FIELDS = {
-    "experiment_id", "family", "estimator", "params", "cv_folds", "metrics", "ranking_metric",
+    "schema_version", "experiment_id", "family", "estimator", "params", "cv_folds", "metrics", "ranking_metric",
     "resources", "economics", "random_state", "data_snapshot",
 }
 

@@ -1,0 +1,23 @@
+"""Deterministic errors fail a task at once: retrying an invalid grid or a bad training table
+three times only delays the message the user needs."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+
+@contextmanager
+def no_retry_on_bad_input() -> Iterator[None]:
+    """Turn the factory's bad-input errors into ``AirflowFailException`` (no retries)."""
+    from airflow.exceptions import AirflowFailException
+
+    from factory_tasks.contracts import ContractError
+    from factory_tasks.grid import GridError
+    from factory_tasks.outcome_store import OutcomeSchemaError
+    from factory_tasks.training_data import TrainingDataError
+
+    try:
+        yield
+    except (GridError, TrainingDataError, ContractError, OutcomeSchemaError) as exc:
+        raise AirflowFailException(str(exc)) from exc

@@ -1,0 +1,378 @@
+"""The typed contracts between the factory's stages, jobs and services.
+
+Every message that crosses a process or machine boundary is one of these pydantic models,
+defined once and imported by both sides:
+
+| contract | written by | read by | lives at |
+| --- | --- | --- | --- |
+| :class:`ExperimentSpec` | ``plan_experiments`` | the experiment job | the job run's ``MF_EXPERIMENT_SPEC`` |
+| :class:`ExperimentResult` | the experiment job | planning (reuse), collection | project file ``experiments/<id>/result.json`` |
+| :class:`RunPlan` | ``plan_experiments`` | ``collect_outcomes`` | project file ``factory_runs/<run>/plan.json`` |
+| :class:`CollectedOutcomes` | ``collect_outcomes`` | ``record_outcomes`` | project file ``factory_runs/<run>/outcomes.json`` |
+| :class:`Promotion` | the dashboard | the deploy DAG | warehouse table ``model_promotions`` |
+
+Each carries a ``schema_version``; a document that does not parse (truncated, a wrong type, a
+missing field, an unknown version) raises :class:`ContractError` naming the document and the
+field, never a bare ``JSONDecodeError`` or a ``.get()`` default.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+from collections.abc import Mapping
+from typing import Annotated, Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from factory_tasks.grid import Economics, EstimatorName, MetricName, ParamValue, Resources
+
+#: project folders (relative to the CML project root)
+EXPERIMENTS_DIR = "experiments"
+FACTORY_RUNS_DIR = "factory_runs"
+#: the libraries whose versions shape an experiment's result: a result computed under other
+#: versions is not reused
+RESULT_SHAPING_LIBRARIES: tuple[str, ...] = ("sklearn", "numpy", "pandas", "skops")
+#: run statuses the factory records besides the CML job run states
+REUSED_RUN_STATUS = "REUSED"
+
+ExperimentId = Annotated[str, Field(pattern=r"^[0-9a-f]{16}$")]
+
+
+class ContractError(ValueError):
+    """A document that does not satisfy its contract. ``source`` names the document (a project
+    path, a table row ...), ``problems`` each field and what is wrong with it."""
+
+    def __init__(self, source: str, problems: list[str]):
+        self.source = source
+        self.problems = list(problems)
+        super().__init__(f"{source} is not a valid document: {'; '.join(self.problems)}")
+
+
+def _field_path(loc: tuple[Any, ...]) -> str:
+    text = ""
+    for part in loc:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text or "(document)"
+
+
+def _problems(exc: ValidationError) -> list[str]:
+    out = []
+    for error in exc.errors(include_url=False):
+        where = _field_path(tuple(p for p in error["loc"] if p not in ("function-after", "[key]")))
+        out.append(f"{where}: {error['msg'].removeprefix('Value error, ')}")
+    return out
+
+
+class Contract(BaseModel):
+    """Closed (unknown fields are errors), immutable, strict about types."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+    @classmethod
+    def parse(cls, raw: bytes | str, source: str):
+        """Parse a JSON document, or raise :class:`ContractError` naming ``source`` and the field."""
+        try:
+            return cls.model_validate_json(raw)
+        except ValidationError as exc:
+            if any(e["type"] == "json_invalid" for e in exc.errors()):
+                first = exc.errors()[0]
+                raise ContractError(source, [f"not valid JSON ({first['msg']}); the file may be truncated"]) from None
+            raise ContractError(source, _problems(exc)) from None
+
+    @classmethod
+    def from_data(cls, data: Any, source: str):
+        """Validate already-decoded data (a dict from a table row, XCom ...)."""
+        try:
+            return cls.model_validate(data, strict=False)
+        except ValidationError as exc:
+            raise ContractError(source, _problems(exc)) from None
+
+    def to_json(self) -> bytes:
+        """Canonical JSON (sorted keys; NaN and infinities are refused, as they are not JSON)."""
+        return (json.dumps(self.model_dump(mode="json"), sort_keys=True, indent=1, allow_nan=False) + "\n").encode()
+
+
+def _sha256(payload: Any) -> str:
+    text = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def safe_run_name(factory_run_id: str) -> str:
+    """A factory run id as one path segment: readable, and distinct for distinct ids."""
+    readable = re.sub(r"[^A-Za-z0-9_.-]+", "_", factory_run_id)[:80]
+    return f"{readable}-{hashlib.sha256(factory_run_id.encode()).hexdigest()[:8]}"
+
+
+# --------------------------------------------------------------------------------------------
+# The experiment: spec (orchestrator -> job) and result (job -> orchestrator)
+
+
+class DataSnapshot(Contract):
+    """The training data an experiment reads: project-relative parquet path and content hash."""
+
+    path: str = Field(min_length=1)
+    hash: str = Field(min_length=1)
+
+
+def compute_experiment_id(
+    *,
+    estimator: str,
+    params: Mapping[str, Any],
+    cv_folds: int,
+    metrics: list[str],
+    random_state: int,
+    economics: Economics,
+    data_snapshot_hash: str,
+) -> str:
+    """First 16 hex of sha256 over the canonical JSON of what the experiment computes.
+
+    Metrics are sorted (their order changes nothing computed); 1 and 1.0 stay different because
+    scikit-learn can read them differently (``max_features``). The code and library versions are
+    not part of the id: they decide whether a result may be *reused* (:func:`reuse_blocker`).
+    """
+    return _sha256({
+        "estimator": estimator,
+        "params": dict(params),
+        "cv_folds": cv_folds,
+        "metrics": sorted(metrics),
+        "random_state": random_state,
+        "economics": economics.model_dump(mode="json"),
+        "data_snapshot_hash": data_snapshot_hash,
+    })[:16]
+
+
+class ExperimentSpec(Contract):
+    """One experiment, as it travels to the job run (environment variable :attr:`ENV`)."""
+
+    ENV: ClassVar[str] = "MF_EXPERIMENT_SPEC"
+
+    schema_version: Literal[1] = 1
+    experiment_id: ExperimentId
+    family: str = Field(min_length=1)
+    estimator: EstimatorName
+    params: dict[str, ParamValue]
+    cv_folds: int = Field(ge=2)
+    metrics: list[MetricName] = Field(min_length=1)
+    ranking_metric: MetricName
+    resources: Resources
+    economics: Economics
+    random_state: int
+    data_snapshot: DataSnapshot
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "ExperimentSpec":
+        from factory_tasks.estimators import get_estimator
+
+        if self.ranking_metric not in self.metrics:
+            raise ValueError(f"ranking_metric {self.ranking_metric!r} is not one of the metrics {self.metrics}")
+        entry = get_estimator(self.estimator)
+        unknown = sorted(set(self.params) - entry.parameter_names())
+        if unknown:
+            raise ValueError(f"{self.estimator} has no parameter(s) {unknown}. "
+                             f"Valid parameters are: {', '.join(sorted(entry.parameter_names()))}.")
+        expected = compute_experiment_id(
+            estimator=self.estimator, params=self.params, cv_folds=self.cv_folds, metrics=self.metrics,
+            random_state=self.random_state, economics=self.economics, data_snapshot_hash=self.data_snapshot.hash)
+        if expected != self.experiment_id:
+            raise ValueError(f"experiment_id {self.experiment_id} does not match the spec's content "
+                             f"(expected {expected}): the spec was altered")
+        return self
+
+    @property
+    def result_path(self) -> str:
+        return ExperimentResult.path_for(self.experiment_id)
+
+    @property
+    def job_name(self) -> str:
+        from factory_tasks.fanout import job_name
+
+        return job_name(self.resources.model_dump())
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str]) -> "ExperimentSpec":
+        raw = environ.get(cls.ENV)
+        if raw is None or not raw.strip():
+            raise ContractError(cls.ENV, ["not set: the job needs the experiment spec as JSON"])
+        return cls.parse(raw, f"the job's {cls.ENV}")
+
+
+class MetricScores(Contract):
+    mean: float | None
+    std: float | None
+    folds: list[float | None]
+
+
+class Timing(Contract):
+    mean: float
+    std: float
+    total: float
+
+
+class ExperimentResult(Contract):
+    """What one experiment run leaves in the project (:meth:`path_for`); written last, atomically."""
+
+    schema_version: Literal[1] = 1
+    experiment_id: ExperimentId
+    status: Literal["succeeded", "failed"]
+    error: str | None = None
+    traceback: str | None = None
+    family: str | None = None
+    estimator: str | None = None
+    params: dict[str, ParamValue] | None = None
+    cv_folds: int | None = None
+    ranking_metric: str | None = None
+    metrics: dict[str, MetricScores] = Field(default_factory=dict)
+    fit_time: Timing | None = None
+    score_time: Timing | None = None
+    wall_time_s: float | None = None
+    n_rows: int | None = None
+    threads: int | None = None
+    artifact_path: str | None = None
+    metadata_path: str | None = None
+    data_snapshot_hash: str | None = None
+    code_version: str | None = None
+    library_versions: dict[str, str] = Field(default_factory=dict)
+    started_at: str | None = None
+    finished_at: str | None = None
+
+    @classmethod
+    def path_for(cls, experiment_id: str) -> str:
+        return f"{EXPERIMENTS_DIR}/{experiment_id}/result.json"
+
+    @model_validator(mode="after")
+    def _complete(self) -> "ExperimentResult":
+        if self.status == "failed":
+            if not self.error:
+                raise ValueError("a failed result needs an error")
+            return self
+        missing = [name for name in ("family", "estimator", "params", "cv_folds", "ranking_metric", "fit_time",
+                                     "score_time", "wall_time_s", "n_rows", "artifact_path", "metadata_path",
+                                     "data_snapshot_hash", "code_version", "started_at", "finished_at")
+                   if getattr(self, name) is None]
+        if missing:
+            raise ValueError(f"a succeeded result needs {', '.join(missing)}")
+        if self.error is not None:
+            raise ValueError("a succeeded result has no error")
+        ranking = self.metrics.get(self.ranking_metric)
+        if ranking is None or ranking.mean is None or not math.isfinite(ranking.mean):
+            raise ValueError(f"a succeeded result needs a finite score for its ranking metric {self.ranking_metric!r}")
+        if len(ranking.folds) != self.cv_folds:
+            raise ValueError(f"metrics.{self.ranking_metric} has {len(ranking.folds)} fold scores for {self.cv_folds} folds")
+        absent = [lib for lib in RESULT_SHAPING_LIBRARIES if lib not in self.library_versions]
+        if absent:
+            raise ValueError(f"library_versions lacks {', '.join(absent)}")
+        return self
+
+
+class Provenance(Contract):
+    """What computed a result: the experiment code's content hash and the shaping libraries."""
+
+    code_version: str
+    library_versions: dict[str, str]
+
+
+def reuse_blocker(result: ExperimentResult | None, current: Provenance) -> str | None:
+    """Why an earlier result of the same experiment cannot stand for this run (None: reuse it)."""
+    if result is None:
+        return "new experiment"
+    if result.status != "succeeded":
+        return "the earlier run failed"
+    if result.code_version != current.code_version:
+        return f"code changed ({result.code_version} -> {current.code_version})"
+    changed = [f"{lib} {result.library_versions.get(lib)} -> {current.library_versions.get(lib)}"
+               for lib in RESULT_SHAPING_LIBRARIES
+               if result.library_versions.get(lib) != current.library_versions.get(lib)]
+    if changed:
+        return f"libraries changed ({', '.join(changed)})"
+    return None
+
+
+# --------------------------------------------------------------------------------------------
+# The factory run: its plan and its collected outcomes (task -> task, through project files)
+
+
+class GridRef(Contract):
+    """The validated grid a factory run uses (what ``validate_grid`` hands on)."""
+
+    grid_path: str
+    grid_hash: str
+    table: str
+    max_parallel: int = Field(ge=1)
+
+
+class SnapshotRef(Contract):
+    """The training snapshot in the project (what ``snapshot_training_data`` hands on)."""
+
+    table: str
+    hash: str
+    n_rows: int = Field(ge=0)
+    project_path: str
+
+
+class RunPlan(Contract):
+    """Every experiment of one factory run, which ones run now and why, which are reused."""
+
+    schema_version: Literal[1] = 1
+    factory_run_id: str
+    grid: GridRef
+    snapshot: SnapshotRef
+    provenance: Provenance
+    specs: list[ExperimentSpec]
+    #: experiment id -> why it runs now ("new experiment", "code changed (...)", ...)
+    to_run: dict[str, str]
+    reused: list[str]
+
+    @classmethod
+    def path_for(cls, factory_run_id: str) -> str:
+        return f"{FACTORY_RUNS_DIR}/{safe_run_name(factory_run_id)}/plan.json"
+
+
+class CollectedOutcomes(Contract):
+    """One outcome row per experiment of a factory run, ready for ``experiment_outcomes``."""
+
+    schema_version: Literal[1] = 1
+    factory_run_id: str
+    rows: list[dict[str, str | int | float | None]]
+
+    @classmethod
+    def path_for(cls, factory_run_id: str) -> str:
+        return f"{FACTORY_RUNS_DIR}/{safe_run_name(factory_run_id)}/outcomes.json"
+
+    @model_validator(mode="after")
+    def _rows_of_this_run(self) -> "CollectedOutcomes":
+        from factory_tasks.outcome_store import OUTCOME_COLUMN_NAMES
+
+        expected = set(OUTCOME_COLUMN_NAMES)
+        for i, row in enumerate(self.rows):
+            if set(row) != expected:
+                wrong = sorted(expected - set(row)) + sorted(set(row) - expected)
+                raise ValueError(f"rows[{i}] does not have the experiment_outcomes columns "
+                                 f"(missing or unknown: {', '.join(wrong[:6])})")
+            if row["factory_run_id"] != self.factory_run_id:
+                raise ValueError(f"rows[{i}] belongs to factory run {row['factory_run_id']!r}")
+        return self
+
+
+# --------------------------------------------------------------------------------------------
+# Promotion: a reviewer's pick (dashboard -> deploy DAG, through the warehouse)
+
+
+class Promotion(Contract):
+    """A reviewer's pick of the experiment to deploy for a factory run. The table is
+    append-only: the latest row for a factory run is the decision."""
+
+    TABLE: ClassVar[str] = "model_promotions"
+
+    schema_version: Literal[1] = 1
+    experiment_id: ExperimentId
+    factory_run_id: str = Field(min_length=1)
+    reviewer: str = Field(min_length=1)  # the authenticated user, never typed in
+    reason: str = Field(min_length=1)
+    promoted_at: str = Field(min_length=1)  # ISO 8601, UTC
+    family: str = Field(min_length=1)
+    estimator: str = Field(min_length=1)
+    ranking_metric: str = Field(min_length=1)
+    ranking_score: float | None = None

@@ -1,0 +1,65 @@
+"""One stage of the model_factory DAG run as a separate "worker" process (for the two-worker
+test): ``python stage_worker.py STAGE JSON_ARGS`` prints the stage's XCom value as JSON.
+
+Each call is a fresh interpreter whose working directory, temporary folder and home are the
+caller's choice, so a stage that read something another stage left on its disk would fail.
+The stages are the very functions the DAG's tasks call, with the same hooks.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+
+
+def _hooks():
+    from airflow.sdk import BaseHook
+
+    from cml_provider.hooks.cml import CmlHook
+
+    return BaseHook.get_connection("model_factory_warehouse").get_hook(), CmlHook(cml_conn_id="cml_default")
+
+
+def _submit_and_wait(cml, waves: dict) -> list[str]:
+    """What the submit operators and sensors do, reduced to the hook calls (bounded wait)."""
+    runs = []
+    for planned in waves["long"] + waves["short"]:
+        request = planned["request"]
+        job = cml.get_or_create_job(request["job_name"], request["script"], request["cpu"], request["memory_gb"])
+        runs.append((job.id, cml.create_job_run(job.id, environment=request["environment"]).id))
+    deadline = time.monotonic() + 300
+    statuses = []
+    for job_id, run_id in runs:
+        while not (run := cml.get_job_run(job_id, run_id)).status.is_terminal:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"run {run_id} still {run.status}")
+            time.sleep(0.2)
+        statuses.append(run.status.value)
+    return statuses
+
+
+def main(stage: str, args: dict) -> object:
+    from factory_tasks import pipeline
+
+    warehouse, cml = _hooks()
+    if stage == "validate_grid":
+        return pipeline.validate_grid_file(args["grid_path"])
+    if stage == "snapshot":
+        return pipeline.snapshot_to_project(warehouse, cml, args["grid"]["table"])
+    if stage == "plan":
+        return pipeline.plan_experiments(args["grid"], args["snapshot"], cml, factory_run_id=args["run_id"])
+    if stage == "submit_and_wait":
+        return _submit_and_wait(cml, args["waves"])
+    if stage == "collect":
+        return pipeline.collect_outcomes(args["grid"], cml, factory_run_id=args["run_id"], recorded_at="2026-12-01T00:00:00+00:00")
+    if stage == "record":
+        return pipeline.record_outcomes(warehouse, cml, args["outcomes_path"], factory_run_id=args["run_id"])
+    raise SystemExit(f"unknown stage {stage!r}")
+
+
+if __name__ == "__main__":
+    print("XCOM " + json.dumps(main(sys.argv[1], json.loads(sys.argv[2]))), flush=True)
+    sys.stdout.flush()
+    os._exit(0)

@@ -1,0 +1,100 @@
+"""The typed contracts: one negative test per spec rule, the plan and promotion documents, and
+the code version that decides reuse."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from factory_tasks import versioning
+from factory_tasks.contracts import (
+    CollectedOutcomes,
+    ContractError,
+    ExperimentSpec,
+    RunPlan,
+    reuse_blocker,
+    safe_run_name,
+)
+from factory_tasks.versioning import current_provenance, hash_code
+from tests.contract_factories import make_result, make_spec
+
+
+def _spec_json(**over) -> str:
+    return json.dumps({**make_spec().model_dump(mode="json"), **over})
+
+
+@pytest.mark.parametrize("over, message", [
+    ({"estimator": "SVC"}, "estimator: 'SVC' is not a known estimator"),
+    ({"params": {"n_trees": 3}}, "has no parameter(s) ['n_trees']"),
+    ({"cv_folds": 1}, "cv_folds: Input should be greater than or equal to 2"),
+    ({"cv_folds": "3"}, "cv_folds: Input should be a valid integer"),
+    ({"metrics": ["roc_auc", "f1"]}, "metrics[1]: 'f1' is not a valid metric"),
+    ({"metrics": []}, "metrics: List should have at least 1 item"),
+    ({"ranking_metric": "average_precision", "metrics": ["roc_auc"]}, "ranking_metric 'average_precision' is not one"),
+    ({"economics": {}}, "economics.conversion_value: Field required"),
+    ({"random_state": "x"}, "random_state: Input should be a valid integer"),
+    ({"experiment_id": "../escape"}, "experiment_id: String should match pattern"),
+    ({"experiment_id": "0123456789abcdef"}, "does not match the spec's content"),
+    ({"schema_version": 2}, "schema_version: Input should be 1"),
+    ({"resources": {"cpu": 1}}, "resources.memory_gb: Field required"),
+    ({"extra": True}, "extra: Extra inputs are not permitted"),
+])
+def test_every_spec_rule_has_a_clear_error_naming_the_field(over, message):
+    with pytest.raises(ContractError) as caught:
+        ExperimentSpec.parse(_spec_json(**over), "MF_EXPERIMENT_SPEC")
+    assert message in str(caught.value) and str(caught.value).startswith("MF_EXPERIMENT_SPEC")
+
+
+def test_a_spec_round_trips_through_the_job_environment():
+    spec = make_spec("RandomForestClassifier", {"n_estimators": 5, "max_features": 1.0})
+    env = {ExperimentSpec.ENV: spec.model_dump_json()}
+    back = ExperimentSpec.from_env(env)
+    assert back == spec and isinstance(back.params["max_features"], float)
+    with pytest.raises(ContractError, match="MF_EXPERIMENT_SPEC.*not set"):
+        ExperimentSpec.from_env({})
+
+
+def test_reuse_needs_the_same_code_and_libraries():
+    result = make_result(make_spec())
+    same = current_provenance().model_copy(update={"code_version": result.code_version,
+                                                   "library_versions": result.library_versions})
+    assert reuse_blocker(result, same) is None
+    assert reuse_blocker(result, same.model_copy(update={"code_version": "other"})).startswith("code changed")
+    assert reuse_blocker(None, same) == "new experiment"
+
+
+def test_the_code_version_is_a_hash_of_the_code_content(tmp_path):
+    package = tmp_path / "factory_tasks"
+    shutil.copytree(versioning.PACKAGE_DIR, package, ignore=shutil.ignore_patterns("__pycache__"))
+    (tmp_path / "jobs").mkdir()
+    shutil.copy(versioning.PACKAGE_DIR.parent / "jobs" / "run_experiment.py", tmp_path / "jobs")
+    copy_version = hash_code(package)
+    assert copy_version == hash_code() == versioning.code_version()  # same bytes, same version
+    features = package / "features.py"
+    features.write_text(features.read_text() + "\n# an uncommitted edit\n")
+    assert hash_code(package) != copy_version  # no commit needed to notice
+    features.write_text(features.read_text().replace("\n# an uncommitted edit\n", ""))
+    assert hash_code(package) == copy_version
+    (tmp_path / "jobs" / "run_experiment.py").write_text("print('other job')\n")
+    assert hash_code(package) != copy_version  # the job script is part of the code
+
+
+def test_factory_run_names_are_path_safe_and_distinct():
+    a, b = safe_run_name("manual__2026-12-01T10:00:00+00:00"), safe_run_name("manual__2026-12-01T10_00_00_00_00")
+    assert a != b and "/" not in a and ":" not in a
+    assert RunPlan.path_for("x/../y").count("/") == 2
+    assert CollectedOutcomes.path_for("r") != RunPlan.path_for("r")
+
+
+def test_collected_outcomes_refuse_rows_of_another_run_or_shape():
+    with pytest.raises(ContractError, match="rows.0. does not have the experiment_outcomes columns"):
+        CollectedOutcomes.parse(json.dumps({"factory_run_id": "r", "rows": [{"x": 1}]}), "outcomes.json")
+
+
+def test_the_architecture_page_shows_the_current_contracts():
+    from factory_tasks.contract_docs import DOC, current_section, render
+
+    assert current_section(DOC.read_text(encoding="utf-8")) == render(), (
+        "docs/architecture.md is out of date: run `python -m factory_tasks.contract_docs --write`")
