@@ -24,7 +24,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from factory_tasks.contracts import ExperimentResult, ExperimentSpec, compute_experiment_id  # noqa: E402
+from factory_tasks.grid import Economics  # noqa: E402
 from factory_tasks.metrics import METRICS  # noqa: E402
+from factory_tasks.simulator import DEFAULT_ECONOMICS  # noqa: E402
 from factory_tasks.outcome_store import OutcomeStore, RunContext, outcome_row  # noqa: E402
 
 RUN_ID = "benchmark__2026-11-27T00:00:00+00:00"
@@ -34,34 +37,41 @@ def outcome_rows(n: int, seed: int = 0) -> list[dict]:
     rng = random.Random(seed)
     families = [("random_forest", "RandomForestClassifier"), ("logistic", "LogisticRegression"),
                 ("gbm", "HistGradientBoostingClassifier")]
+    economics = Economics.model_validate(DEFAULT_ECONOMICS)
     ctx = RunContext(factory_run_id=RUN_ID, grid_hash="ab" * 8, recorded_at="2026-11-27T01:00:00+00:00",
-                     job_id="job-1", job_run_id="run-1", run_status="succeeded")
+                     job_id="job-1", job_run_id="run-1", run_status="ENGINE_SUCCEEDED", run_reason="new experiment")
     rows = []
     for i in range(n):
         family, estimator = families[i % 3]
-        spec = {
-            "experiment_id": f"{rng.getrandbits(64):016x}", "family": family, "estimator": estimator,
-            "params": {"n_estimators": rng.choice([100, 200, 400]), "max_depth": rng.choice([None, 4, 8])},
-            "cv_folds": 5, "metrics": list(METRICS), "ranking_metric": "roc_auc",
-            "resources": {"cpu": rng.choice([1.0, 2.0]), "memory_gb": 2.0},
-            "data_snapshot": {"path": "snapshots/h.parquet", "hash": "cd" * 32},
-        }
+        params = ({"C": rng.random() * 10, "max_iter": i} if estimator == "LogisticRegression"
+                  else {"max_depth": rng.choice([None, 4, 8]), "random_state": i})
+        fields = {"estimator": estimator, "params": params, "cv_folds": 5, "metrics": list(METRICS),
+                  "random_state": 0, "economics": economics, "data_snapshot_hash": "cd" * 32}
+        spec = ExperimentSpec(
+            experiment_id=compute_experiment_id(**fields), family=family, ranking_metric="roc_auc",
+            resources={"cpu": rng.choice([1.0, 2.0]), "memory_gb": 2.0},
+            data_snapshot={"path": "snapshots/h.parquet", "hash": "cd" * 32},
+            **{k: v for k, v in fields.items() if k != "data_snapshot_hash"})
         if rng.random() < 0.15:
-            result = {"status": "failed", "error": f"ValueError: Invalid parameter {i} for estimator",
-                      "traceback": "Traceback ...", "code_version": "0.1.0"}
+            result = ExperimentResult(experiment_id=spec.experiment_id, status="failed",
+                                      error=f"ValueError: Invalid parameter {i} for estimator",
+                                      traceback="Traceback ...", code_version="0.1.0")
         else:
             metrics = {}
             for name in METRICS:
                 folds = [rng.random() for _ in range(5)]
                 metrics[name] = {"mean": sum(folds) / 5, "std": rng.random() / 10, "folds": folds}
-            result = {
-                "status": "succeeded", "error": None, "metrics": metrics,
-                "fit_time": {"mean": rng.random() * 30}, "score_time": {"mean": rng.random()},
-                "wall_time_s": rng.random() * 200,
-                "artifact_path": f"experiments/{spec['experiment_id']}/model.skops",
-                "code_version": "0.1.0", "started_at": "2026-11-27T00:10:00+00:00",
-                "finished_at": "2026-11-27T00:20:00+00:00",
-            }
+            result = ExperimentResult(
+                experiment_id=spec.experiment_id, status="succeeded", family=family, estimator=estimator,
+                params=params, cv_folds=5, ranking_metric="roc_auc", metrics=metrics,
+                fit_time={"mean": rng.random() * 30, "std": 1.0, "total": 100.0},
+                score_time={"mean": rng.random(), "std": 0.1, "total": 5.0},
+                wall_time_s=rng.random() * 200, n_rows=64_000, threads=1,
+                artifact_path=f"experiments/{spec.experiment_id}/model.skops",
+                metadata_path=f"experiments/{spec.experiment_id}/model.metadata.json",
+                data_snapshot_hash="cd" * 32, code_version="0.1.0+0123456789abcdef",
+                library_versions={lib: "1.0" for lib in ("sklearn", "numpy", "pandas", "skops")},
+                started_at="2026-11-27T00:10:00+00:00", finished_at="2026-11-27T00:20:00+00:00")
         rows.append(outcome_row(spec, result, ctx))
     return rows
 

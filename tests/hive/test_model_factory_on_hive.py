@@ -7,7 +7,8 @@ from __future__ import annotations
 import pytest
 
 from factory_tasks.outcome_store import OutcomeStore
-from factory_tasks.pipeline import record_outcomes, run_dir
+from factory_tasks.contracts import CollectedOutcomes
+from factory_tasks.pipeline import record_outcomes
 from factory_tasks.sql_dialects import WarehouseError
 from factory_tasks.summary import read_summary, refresh_summary
 from factory_tasks.training_data import ensure_training_table
@@ -62,15 +63,15 @@ def test_model_factory_on_hive(hive_server, tmp_path_factory, monkeypatch, fast_
 
         # Hive goes away while the record step runs: a named error, nothing recorded twice...
         runs_before = _job_run_count(stack)
-        rows_file = run_dir(run_id) / "outcomes.jsonl"
+        outcomes_path = CollectedOutcomes.path_for(run_id)  # what collect_outcomes left in the project
         monkeypatch.setenv("AIRFLOW_CONN_MODEL_FACTORY_WAREHOUSE", "hiveserver2://airflow@127.0.0.1:9/default?auth_mechanism=NONE")
         from airflow.sdk import BaseHook
 
         down = BaseHook.get_connection("model_factory_warehouse").get_hook()
         with pytest.raises(WarehouseError, match="model_factory_warehouse"):
-            record_outcomes(down, str(rows_file), factory_run_id=run_id)
+            record_outcomes(down, stack.cml_hook(), outcomes_path, factory_run_id=run_id)
         # ...and the retry records from the collected result files alone: no experiment re-runs.
-        result = record_outcomes(stack.warehouse_hook(), str(rows_file), factory_run_id=run_id)
+        result = record_outcomes(stack.warehouse_hook(), stack.cml_hook(), outcomes_path, factory_run_id=run_id)
         assert result["recorded"] == 2
         assert len(OutcomeStore(hive).read(run_id)) == 2
         assert _job_run_count(stack) == runs_before

@@ -6,7 +6,6 @@ import json
 import math
 
 import pytest
-from airflow.providers.sqlite.hooks.sqlite import SqliteHook
 
 from factory_tasks.contracts import ExperimentResult, ExperimentSpec
 from factory_tasks.outcome_store import (
@@ -18,15 +17,6 @@ from factory_tasks.outcome_store import (
     outcome_row,
 )
 from tests.contract_factories import make_result, make_spec
-
-
-@pytest.fixture
-def hook(tmp_path, monkeypatch):
-    monkeypatch.setenv(
-        "AIRFLOW_CONN_MODEL_FACTORY_WAREHOUSE",
-        json.dumps({"conn_type": "sqlite", "host": str(tmp_path / "warehouse.db")}),
-    )
-    return SqliteHook(sqlite_conn_id="model_factory_warehouse")
 
 
 def _spec(seed: str, **params) -> ExperimentSpec:

@@ -24,15 +24,6 @@ from factory_tasks.training_data import (
 )
 
 
-@pytest.fixture
-def hook(tmp_path, monkeypatch):
-    monkeypatch.setenv(
-        "AIRFLOW_CONN_MODEL_FACTORY_WAREHOUSE",
-        json.dumps({"conn_type": "sqlite", "host": str(tmp_path / "warehouse.db")}),
-    )
-    return SqliteHook(sqlite_conn_id="model_factory_warehouse")
-
-
 def create(hook, table: str, frame, columns=INTERACTION_SCHEMA) -> None:
     dialect = SqliteDialect()
     dialect.create_table(hook, table, columns)
