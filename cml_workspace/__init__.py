@@ -2,10 +2,10 @@
 Machine Learning REST API v2 the model factory uses (projects, jobs, job runs, project files).
 
 Start it with ``python -m cml_workspace serve --root DIR --port P`` or, from Python/tests,
-with :func:`cml_workspace.testing.running_workspace`.
+with :func:`cml_workspace.server_process.running_workspace`.
 
-This module stays import-light (stdlib only): ``run_wrapper`` and ``testing`` must not pull in
-FastAPI.
+This module stays import-light (stdlib only): ``run_wrapper`` and ``server_process`` must not pull
+in FastAPI.
 """
 
 __version__ = "0.1.0"

@@ -3,20 +3,30 @@ SQLite warehouse. Used by `make run`, the Airflow UI command, the benchmarks and
 
 from __future__ import annotations
 
+import fcntl
 import os
+import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from stack.airflow_cli import migrate_once
 from stack.env import PROJECT_NAME, REPO, StackPaths, airflow_env, workspace_api_key
+
+if TYPE_CHECKING:
+    from cml_workspace.server_process import RunningWorkspace
+
+
+class StackBusyError(RuntimeError):
+    """Another stack command (``make run``, ``make airflow-ui``, ...) uses the same ``var/``."""
 
 
 @dataclass
 class LocalStack:
     paths: StackPaths
-    workspace: Any  # cml_workspace.testing.RunningWorkspace
+    workspace: RunningWorkspace
     env: dict[str, str]
     migrated_now: bool
 
@@ -27,27 +37,56 @@ class LocalStack:
 
         return BaseHook.get_connection("model_factory_warehouse").get_hook()
 
-    def cml_hook(self):
+    def cml_hook(self, **options: Any):
+        """A :class:`CmlHook` on the local workspace's project (``options`` go to the hook,
+        e.g. ``retry_limit=1``)."""
         from cml_provider.hooks.cml import CmlHook
 
-        return CmlHook.from_url(self.workspace.url, self.workspace.api_key, project_name=PROJECT_NAME)
+        return CmlHook.from_url(self.workspace.url, self.workspace.api_key, project_name=PROJECT_NAME, **options)
+
+
+@contextmanager
+def stack_lock(paths: StackPaths) -> Iterator[None]:
+    """One stack command per ``var/`` at a time (they would share the workspace, the Airflow
+    home and the warehouse). Raises :class:`StackBusyError` naming the holder."""
+    paths.var.mkdir(parents=True, exist_ok=True)
+    path = paths.var / "stack.lock"
+    fh = open(path, "a+")
+    try:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            holder = fh.read().strip() or "another process"
+            raise StackBusyError(f"{paths.var} is in use by another stack command ({holder})") from None
+        fh.seek(0)
+        fh.truncate()
+        command = " ".join(["python -m stack", *sys.argv[1:]])
+        fh.write(f"pid {os.getpid()}: {command}, since {time.strftime('%H:%M:%S')}\n")
+        fh.flush()
+        yield
+    finally:
+        fh.close()  # releases the flock
 
 
 @contextmanager
 def local_stack(
     paths: StackPaths, *, cpus: float | None = None, memory_gb: float = 8, warehouse_conn: str | None = None
 ) -> Iterator[LocalStack]:
-    """Start the workspace, prepare the Airflow home once; stop the workspace on exit.
+    """Take the ``var/`` lock, start the workspace, prepare the Airflow home once; stop the
+    workspace (and kill its runs still alive) on exit.
 
     ``warehouse_conn`` (an Airflow connection URI or JSON) replaces the SQLite warehouse.
     """
-    from cml_workspace.testing import running_workspace
+    from cml_workspace.server_process import running_workspace
 
-    paths.make()
-    with running_workspace(
-        paths.workspace_root, code_dir=REPO, project=PROJECT_NAME, api_key=workspace_api_key(paths),
-        cpus=cpus or os.cpu_count() or 2, memory_gb=memory_gb, extra_args=["--preload", "factory_tasks.job_preload"],
-    ) as ws:
-        env = airflow_env(paths, workspace_url=ws.url, api_key=ws.api_key, warehouse_conn=warehouse_conn)
-        migrated = migrate_once(env, paths.logs / "airflow-setup.log")
-        yield LocalStack(paths, ws, env, migrated)
+    with stack_lock(paths):
+        paths.make()
+        with running_workspace(
+            paths.workspace_root, code_dir=REPO, project=PROJECT_NAME, api_key=workspace_api_key(paths),
+            cpus=cpus or os.cpu_count() or 2, memory_gb=memory_gb,
+            extra_args=["--preload", "factory_tasks.job_preload"],
+        ) as ws:
+            env = airflow_env(paths, workspace_url=ws.url, api_key=ws.api_key, warehouse_conn=warehouse_conn)
+            migrated = migrate_once(env, paths.logs / "airflow-setup.log")
+            yield LocalStack(paths, ws, env, migrated)

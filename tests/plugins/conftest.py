@@ -4,7 +4,7 @@ Two kinds of servers, both real HTTP on 127.0.0.1:
 
 * ``scripted_server``: a tiny ``http.server`` that answers from a script (e.g. 503, 503, 200)
   and records every request — for retry and error-mapping behaviour;
-* ``workspace``: the project's local CML workspace (``cml_workspace.testing``), for everything
+* ``workspace``: the project's local CML workspace (``cml_workspace.server_process``), for everything
   that needs real API v2 semantics (jobs, runs, files, pagination).
 """
 
@@ -132,10 +132,8 @@ RUNTIME = "local/cml-workspace-python:local"  # any value works locally; CML nee
 @pytest.fixture(scope="session")
 def workspace(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     """The project's local CML workspace with this suite's small job scripts as project code."""
-    try:
-        from cml_workspace.testing import running_workspace
-    except ImportError as exc:  # pragma: no cover - only while the workspace is being built
-        pytest.skip(f"cml_workspace.testing is not available: {exc}")
+    from cml_workspace.server_process import running_workspace
+
     root = tmp_path_factory.mktemp("cml-workspace")
     with running_workspace(root, cpus=2, code_dir=JOBS_DIR, project="plugins-tests") as handle:
         yield handle

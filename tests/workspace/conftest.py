@@ -11,17 +11,15 @@ from typing import Any
 
 import httpx
 import pytest
-from workspace_helpers import WARM_ARGS, Api
-
-from cml_workspace.testing import RunningWorkspace, running_workspace
+from workspace_helpers import WARM_ARGS, Api, WorkspaceServer, running_workspace
 
 
 @pytest.fixture
-def new_workspace(tmp_path: Path) -> Iterator[Callable[..., RunningWorkspace]]:
+def new_workspace(tmp_path: Path) -> Iterator[Callable[..., WorkspaceServer]]:
     """Start a dedicated workspace (``new_workspace(cpus=..., memory_gb=...)``)."""
     started: list[Any] = []
 
-    def start(**options: Any) -> RunningWorkspace:
+    def start(**options: Any) -> WorkspaceServer:
         cm = running_workspace(tmp_path / f"ws{len(started)}", **options)
         handle = cm.__enter__()
         started.append(cm)
@@ -48,7 +46,7 @@ def shared_code_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def shared_ws(tmp_path_factory: pytest.TempPathFactory, shared_code_dir: Path) -> Iterator[RunningWorkspace]:
+def shared_ws(tmp_path_factory: pytest.TempPathFactory, shared_code_dir: Path) -> Iterator[WorkspaceServer]:
     """One workspace for the API tests (budget 4 vCPU / 8 GB); tests use their own jobs."""
     with running_workspace(tmp_path_factory.mktemp("ws"), cpus=4, memory_gb=8, code_dir=shared_code_dir,
                            extra_args=["--kill-grace", "1"]) as ws:
@@ -56,7 +54,7 @@ def shared_ws(tmp_path_factory: pytest.TempPathFactory, shared_code_dir: Path) -
 
 
 @pytest.fixture(scope="session")
-def warm_ws(tmp_path_factory: pytest.TempPathFactory, shared_code_dir: Path) -> Iterator[RunningWorkspace]:
+def warm_ws(tmp_path_factory: pytest.TempPathFactory, shared_code_dir: Path) -> Iterator[WorkspaceServer]:
     """Like ``shared_ws``, but runs are forked from a warm engine."""
     with running_workspace(tmp_path_factory.mktemp("warm-ws"), cpus=4, memory_gb=8, code_dir=shared_code_dir,
                            extra_args=["--kill-grace", "1", *WARM_ARGS]) as ws:
@@ -64,13 +62,13 @@ def warm_ws(tmp_path_factory: pytest.TempPathFactory, shared_code_dir: Path) -> 
 
 
 @pytest.fixture(scope="session")
-def http(shared_ws: RunningWorkspace) -> Iterator[httpx.Client]:
+def http(shared_ws: WorkspaceServer) -> Iterator[httpx.Client]:
     with shared_ws.client() as client:
         yield client
 
 
 @pytest.fixture
-def api(shared_ws: RunningWorkspace, http: httpx.Client) -> Api:
+def api(shared_ws: WorkspaceServer, http: httpx.Client) -> Api:
     return Api(shared_ws, http)
 
 

@@ -9,7 +9,7 @@ import sys
 import httpx
 import pytest
 
-from cml_workspace.testing import PACKAGE_PARENT, WorkspaceStartError, running_workspace
+from cml_workspace.server_process import PACKAGE_PARENT, WorkspaceBusyError, running_workspace
 
 
 def _env_without_key() -> dict[str, str]:
@@ -34,7 +34,9 @@ def test_api_key_file_and_one_server_per_root(tmp_path):
         url = f"{ws.url}/api/v2/projects"
         assert httpx.get(url, headers={"Authorization": "Bearer key-from-file"}).status_code == 200
         assert httpx.get(url, headers=ws.headers).status_code == 401
-        with pytest.raises(WorkspaceStartError, match="another workspace server"):
+        with pytest.raises(WorkspaceBusyError, match="another workspace server") as busy:
             with running_workspace(root, project=""):
                 pass
+        # one line naming the holder and the root, not the refused server's traceback
+        assert str(busy.value) == f"another workspace server (pid {ws.pid} on {ws.url}) is using {ws.root}"
         assert httpx.get(f"{ws.url}/health").status_code == 200  # the first one is unharmed

@@ -7,10 +7,9 @@ import json
 import time
 
 import pytest
-from workspace_helpers import WARM_ARGS, Api, watch
+from workspace_helpers import WARM_ARGS, Api, running_workspace, watch
 
 from cml_workspace.store import Store
-from cml_workspace.testing import running_workspace
 
 # Scripts that wait for a release file from the test (bounded), so what happens before,
 # during and after the restart is decided by the test, not by timing.

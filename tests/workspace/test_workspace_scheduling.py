@@ -12,9 +12,8 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from workspace_helpers import Api, watch
+from workspace_helpers import Api, running_workspace, watch
 
-from cml_workspace.testing import running_workspace
 
 SLEEPER = "import time\ntime.sleep(0.6)\n"
 # Waits until the test creates gates/<run id> (bounded): the test, not the clock, decides

@@ -12,17 +12,56 @@ from typing import Any
 
 import httpx
 
-from cml_workspace.testing import TERMINAL_STATUSES, RunningWorkspace
+from cml_workspace.scheduler import TERMINAL
+from cml_workspace.server_process import RunningWorkspace
 
 RUNTIME = "local/cml-workspace-python:local"
 #: serve options for a warm engine; numpy + threadpoolctl so that thread limits are observable
 WARM_ARGS = ["--preload", "warm_probe", "numpy", "threadpoolctl"]
+#: the server's own terminal statuses (these tests check the server, so they speak its strings)
+TERMINAL_STATUSES = frozenset(status.value for status in TERMINAL)
+
+
+class WorkspaceServer(RunningWorkspace):
+    """A workspace server subprocess with the conveniences tests use: a raw HTTP client, a
+    run's log file, and a bounded wait for a run to end."""
+
+    def client(self, timeout: float = 30.0, **kwargs) -> httpx.Client:
+        """An ``httpx.Client`` with the base URL and the bearer header set."""
+        return httpx.Client(base_url=self.url, headers=self.headers, timeout=timeout, **kwargs)
+
+    def run_log(self, run_id: str) -> str:
+        """The stdout/stderr of a run (``<root>/runs/<run_id>.log``; API v2 has no log endpoint)."""
+        path = self.root / "runs" / f"{run_id}.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def wait_for_run(self, job_id: str, run_id: str, *, timeout: float = 60.0, interval: float = 0.1,
+                     project_id: str | None = None) -> dict:
+        """Poll a run until it is terminal; returns the JobRun. Raises TimeoutError."""
+        project_id = project_id or self.project_id
+        deadline = time.monotonic() + timeout
+        with self.client() as http:
+            while True:
+                resp = http.get(f"/api/v2/projects/{project_id}/jobs/{job_id}/runs/{run_id}")
+                resp.raise_for_status()
+                run = resp.json()
+                if run["status"] in TERMINAL_STATUSES:
+                    return run
+                if time.monotonic() >= deadline:
+                    raise TimeoutError(f"run {run_id} still {run['status']} after {timeout} s\n{self.run_log(run_id)}")
+                time.sleep(interval)
+
+
+def running_workspace(root: Path, **options: Any) -> WorkspaceServer:
+    """``with running_workspace(root, cpus=..., ...) as ws:`` starts a server, stops it (and
+    kills its live runs) at the end; options as :class:`RunningWorkspace`."""
+    return WorkspaceServer(root, **options)
 
 
 class Api:
     """Thin helpers over an httpx client for one workspace project."""
 
-    def __init__(self, ws: RunningWorkspace, http: httpx.Client, project_id: str | None = None):
+    def __init__(self, ws: WorkspaceServer, http: httpx.Client, project_id: str | None = None):
         self.ws = ws
         self.http = http
         self.project_id = project_id or ws.project_id

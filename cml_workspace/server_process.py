@@ -1,21 +1,26 @@
-"""Run a real local workspace server for tests and local stacks.
+"""Start, stop and restart a local workspace server as a subprocess (``make run``, the stack
+commands, benchmarks and tests).
 
-    from cml_workspace.testing import running_workspace
+    from cml_workspace.server_process import running_workspace
 
-    with running_workspace(tmp_path / "ws", cpus=2, memory_gb=8) as ws:
-        with ws.client() as http:            # httpx.Client with base URL and bearer auth
-            http.get(f"/api/v2/projects/{ws.project_id}/jobs")
+    with running_workspace(root, cpus=2, memory_gb=8, code_dir=REPO) as ws:
+        ws.url, ws.api_key, ws.project_id, ws.root
         ws.restart()                         # same port, same root: state survives
 
 The server is a real subprocess (``python -m cml_workspace serve``) on a free port, with a
 random API key passed through the environment. Waits are bounded; if the server does not
-come up, :class:`WorkspaceStartError` carries the tail of its log (``<root>/server.log``).
+come up, :class:`WorkspaceStartError` carries the tail of its log (``<root>/server.log``);
+:class:`WorkspaceBusyError` says that another server already uses the root.
+
+This module speaks no CML API beyond ``/health`` and finding the project's id: clients use
+the provider's hook (``cml_provider``) or, in tests, the helpers in ``tests/workspace``.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import signal
 import socket
@@ -29,13 +34,16 @@ from pathlib import Path
 import httpx
 
 PACKAGE_PARENT = Path(__file__).resolve().parent.parent
-TERMINAL_STATUSES = frozenset(
-    {"ENGINE_SUCCEEDED", "ENGINE_FAILED", "ENGINE_TIMEDOUT", "ENGINE_STOPPED", "ENGINE_SKIPPED"}
-)
+#: the error a server logs when another server holds the root's lock (``Workspace._lock_root``)
+_BUSY = re.compile(r"^\w*Error: (another workspace server \(.*\) is using .+)$", re.MULTILINE)
 
 
 class WorkspaceStartError(RuntimeError):
     """The server did not answer /health in time (the message holds its log tail)."""
+
+
+class WorkspaceBusyError(WorkspaceStartError):
+    """Another workspace server already uses this root (one server per root)."""
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -44,15 +52,22 @@ def free_port(host: str = "127.0.0.1") -> int:
         return sock.getsockname()[1]
 
 
-def _tail(path: Path, lines: int = 40) -> str:
+def _read_from(path: Path, offset: int) -> str:
     try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+        with open(path, "rb") as fh:
+            fh.seek(offset)
+            return fh.read().decode(errors="replace")
     except OSError:
-        return "(no server log)"
+        return ""
+
+
+def _tail(text: str, lines: int = 40) -> str:
+    return "\n".join(text.splitlines()[-lines:]) or "(no server log)"
 
 
 class RunningWorkspace:
-    """A handle on a workspace server subprocess."""
+    """A handle on a workspace server subprocess; also a context manager (start, then stop
+    and, with ``kill_runs_on_exit``, kill the runs still alive)."""
 
     def __init__(
         self,
@@ -68,6 +83,7 @@ class RunningWorkspace:
         extra_args: Sequence[str] = (),
         env: Mapping[str, str] | None = None,
         startup_timeout: float = 30.0,
+        kill_runs_on_exit: bool = True,
     ):
         self.root = Path(root).resolve()
         self.cpus = cpus
@@ -79,11 +95,13 @@ class RunningWorkspace:
         self.extra_args = tuple(extra_args)
         self.extra_env = dict(env or {})
         self.startup_timeout = startup_timeout
+        self.kill_runs_on_exit = kill_runs_on_exit
         self._fixed_port = port is not None
         self.port = port if port is not None else free_port(host)
         self.project_id = ""
         self._proc: subprocess.Popen | None = None
         self._log_fh = None
+        self._log_start = 0
 
     # -- public ------------------------------------------------------------------------------
     @property
@@ -99,36 +117,16 @@ class RunningWorkspace:
         return self._proc.pid if self._proc is not None else None
 
     @property
+    def returncode(self) -> int | None:
+        """The server's exit code if it has ended, else None."""
+        return self._proc.poll() if self._proc is not None else None
+
+    @property
     def headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.api_key}"}
 
     def is_running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
-
-    def client(self, timeout: float = 30.0, **kwargs) -> httpx.Client:
-        """An ``httpx.Client`` with the base URL and the bearer header set."""
-        return httpx.Client(base_url=self.url, headers=self.headers, timeout=timeout, **kwargs)
-
-    def run_log(self, run_id: str) -> str:
-        """The stdout/stderr of a run (``<root>/runs/<run_id>.log``; API v2 has no log endpoint)."""
-        path = self.root / "runs" / f"{run_id}.log"
-        return path.read_text(errors="replace") if path.exists() else ""
-
-    def wait_for_run(self, job_id: str, run_id: str, *, timeout: float = 60.0, interval: float = 0.1,
-                     project_id: str | None = None) -> dict:
-        """Poll a run until it is terminal; returns the JobRun. Raises TimeoutError."""
-        project_id = project_id or self.project_id
-        deadline = time.monotonic() + timeout
-        with self.client() as http:
-            while True:
-                resp = http.get(f"/api/v2/projects/{project_id}/jobs/{job_id}/runs/{run_id}")
-                resp.raise_for_status()
-                run = resp.json()
-                if run["status"] in TERMINAL_STATUSES:
-                    return run
-                if time.monotonic() >= deadline:
-                    raise TimeoutError(f"run {run_id} still {run['status']} after {timeout} s\n{self.run_log(run_id)}")
-                time.sleep(interval)
 
     def start(self) -> None:
         if self.is_running():
@@ -138,6 +136,8 @@ class RunningWorkspace:
             try:
                 self._start_once()
                 return
+            except WorkspaceBusyError:
+                raise
             except WorkspaceStartError as exc:
                 port_taken = "address already in use" in str(exc).lower()
                 if attempt + 1 >= attempts or not port_taken:
@@ -169,6 +169,15 @@ class RunningWorkspace:
 
         return kill_active_runs(self.root)
 
+    def __enter__(self):
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+        if self.kill_runs_on_exit:
+            self.kill_runs()
+
     # -- internals ---------------------------------------------------------------------------
     def _command(self) -> list[str]:
         cmd = [
@@ -193,6 +202,7 @@ class RunningWorkspace:
     def _start_once(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
         self._log_fh = open(self.log_path, "ab")
+        self._log_start = self._log_fh.tell()
         self._log_fh.write(f"--- starting workspace on {self.url} ---\n".encode())
         self._log_fh.flush()
         self._proc = subprocess.Popen(
@@ -206,16 +216,20 @@ class RunningWorkspace:
             self.stop()
             raise
 
+    def _start_error(self, what: str) -> WorkspaceStartError:
+        log = _read_from(self.log_path, self._log_start)  # only what this start wrote
+        busy = _BUSY.findall(log)
+        if busy:
+            return WorkspaceBusyError(busy[-1].strip())
+        return WorkspaceStartError(f"{what}\n--- {self.log_path} (tail) ---\n{_tail(log)}")
+
     def _wait_healthy(self) -> None:
         deadline = time.monotonic() + self.startup_timeout
         last_error = "no answer yet"
         while time.monotonic() < deadline:
             if self._proc is None or self._proc.poll() is not None:
                 code = self._proc.returncode if self._proc is not None else None
-                raise WorkspaceStartError(
-                    f"workspace server exited with code {code} before answering /health\n"
-                    f"--- {self.log_path} (tail) ---\n{_tail(self.log_path)}"
-                )
+                raise self._start_error(f"workspace server exited with code {code} before answering /health")
             try:
                 resp = httpx.get(f"{self.url}/health", timeout=1.0)
                 if resp.status_code == 200:
@@ -224,13 +238,12 @@ class RunningWorkspace:
             except httpx.HTTPError as exc:
                 last_error = repr(exc)
             time.sleep(0.1)
-        raise WorkspaceStartError(
-            f"workspace server did not answer {self.url}/health within {self.startup_timeout} s "
-            f"(last: {last_error})\n--- {self.log_path} (tail) ---\n{_tail(self.log_path)}"
+        raise self._start_error(
+            f"workspace server did not answer {self.url}/health within {self.startup_timeout} s (last: {last_error})"
         )
 
     def _find_project_id(self) -> str:
-        with self.client(timeout=10.0) as http:
+        with httpx.Client(base_url=self.url, headers=self.headers, timeout=10.0) as http:
             token = ""
             while True:
                 resp = http.get("/api/v2/projects", params={
@@ -247,19 +260,14 @@ class RunningWorkspace:
 
 
 @contextmanager
-def running_workspace(root: Path, *, kill_runs_on_exit: bool = True, **options) -> Iterator[RunningWorkspace]:
+def running_workspace(root: Path, **options) -> Iterator[RunningWorkspace]:
     """Start a workspace server subprocess, wait for /health, yield its handle, stop it.
 
     ``options`` go to :class:`RunningWorkspace` (``cpus``, ``memory_gb``, ``code_dir``,
     ``project``, ``port``, ``host``, ``api_key``, ``extra_args`` such as
-    ``["--oversize", "clamp"]``, ``env``, ``startup_timeout``). With ``kill_runs_on_exit``
-    (default) runs still alive at the end are killed too.
+    ``["--oversize", "clamp"]``, ``env``, ``startup_timeout``, ``kill_runs_on_exit``: by
+    default runs still alive at the end are killed too). A server that fails to start stops
+    nothing else: the runs of another server on the same root are left alone.
     """
-    handle = RunningWorkspace(root, **options)
-    handle.start()
-    try:
+    with RunningWorkspace(root, **options) as handle:
         yield handle
-    finally:
-        handle.stop()
-        if kill_runs_on_exit:
-            handle.kill_runs()
