@@ -9,7 +9,7 @@ pipeline fitted on the first fold's training split and, under :data:`FITTED_ON_K
 description of that split. Those two keys are not JSON; :func:`json_result` drops them.
 
 Per fold the model is asked for P(conversion | x, offer = o) for all three offers in one call
-(only when ``policy_value`` is requested); the probabilities for the logged offers — what every
+(only when ``policy_value`` or ``policy_uplift`` is requested); the probabilities for the logged offers — what every
 other metric needs — are read from that matrix instead of predicting again.
 """
 
@@ -30,7 +30,7 @@ from factory_tasks.features import (
     positive_proba,
 )
 from factory_tasks.contracts import ExperimentSpec
-from factory_tasks.metrics import compute_metric
+from factory_tasks.metrics import COUNTERFACTUAL_METRICS, compute_metric
 from factory_tasks.simulator import TARGET_COLUMN, offer_indices, validate_interactions
 
 log = logging.getLogger(__name__)
@@ -94,7 +94,7 @@ def run_experiment(
     first_model = None
     fitted_on: dict[str, Any] = {}
     cv = StratifiedKFold(n_splits=k, shuffle=True, random_state=spec.random_state)
-    needs_counterfactual = "policy_value" in metric_names
+    needs_counterfactual = bool(COUNTERFACTUAL_METRICS & set(metric_names))
     say(
         f"experiment {spec.experiment_id}: {spec.estimator} {dict(spec.params)} on "
         f"{len(X)} rows, {k}-fold CV, {n_threads} thread(s)"

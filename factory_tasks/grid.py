@@ -54,7 +54,8 @@ from factory_tasks.simulator import OFFERS
 if TYPE_CHECKING:
     from factory_tasks.contracts import ExperimentSpec
 
-DEFAULT_METRICS: tuple[str, ...] = ("roc_auc", "log_loss", "average_precision", "accuracy", "policy_value")
+DEFAULT_METRICS: tuple[str, ...] = ("roc_auc", "log_loss", "average_precision", "accuracy", "policy_value",
+                                    "policy_uplift")
 DEFAULT_RANKING_METRIC = "roc_auc"
 DEFAULT_TABLE = "historical_customer_interactions"
 MAX_CV_FOLDS = 20
@@ -298,7 +299,7 @@ class GridConfig(_Model):
             raise PydanticCustomError(
                 "grid", "accuracy cannot rank these models: about 85% of rows do not convert, so "
                 "always predicting 'no conversion' scores ~0.85. Rank by roc_auc, log_loss, "
-                "average_precision, brier_score or policy_value")
+                "average_precision, brier_score, policy_value or policy_uplift")
         metrics = info.data.get("metrics")
         if metrics is not None and name not in metrics:
             raise PydanticCustomError("grid", f"ranking metric {name!r} is not among metrics "

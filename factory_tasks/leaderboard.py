@@ -8,7 +8,7 @@ import pandas as pd
 
 from factory_tasks.metrics import METRICS
 
-_SHOWN_METRICS = ("roc_auc", "log_loss", "average_precision", "policy_value")
+_SHOWN_METRICS = ("roc_auc", "log_loss", "policy_value", "policy_uplift")
 
 
 def rank_outcomes(frame: pd.DataFrame) -> pd.DataFrame:

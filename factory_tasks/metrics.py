@@ -38,6 +38,11 @@ METRICS: dict[str, Metric] = {
             True,
             "IPW estimate of value per customer of the model's next-best-action policy",
         ),
+        Metric(
+            "policy_uplift",
+            True,
+            "policy_value minus the value of the best single offer sent to everyone (blast), same rows",
+        ),
     )
 }
 
@@ -135,6 +140,39 @@ def policy_value(
     return float(np.mean(weights * reward))
 
 
+def blast_values(
+    y_true: np.ndarray,
+    logged_offers: np.ndarray | pd.Series,
+    economics: Mapping,
+    propensities: Mapping[str, float] | str | None = None,
+) -> np.ndarray:
+    """IPW value per customer of sending each single offer to everyone ("blast"), OFFERS order."""
+    y = np.asarray(y_true, dtype=np.float64)
+    logged_idx = offer_indices(logged_offers)
+    prop = _propensity_vector(propensities, logged_idx)
+    reward = y * float(economics["conversion_value"]) - offer_cost_vector(economics)[logged_idx]
+    values = np.full(len(OFFERS), np.nan)
+    for j in range(len(OFFERS)):
+        if prop[j] > 0 and len(y):
+            values[j] = float(np.mean((logged_idx == j) / prop[j] * reward))
+    return values
+
+
+def policy_uplift(
+    y_true: np.ndarray,
+    logged_offers: np.ndarray | pd.Series,
+    offer_proba: np.ndarray,
+    economics: Mapping,
+    propensities: Mapping[str, float] | str | None = None,
+) -> float:
+    """How much the model's decisions beat the obvious campaign: :func:`policy_value` minus the
+    best :func:`blast_values` entry, both estimated on the same rows (positive = worth a model)."""
+    blast = blast_values(y_true, logged_offers, economics, propensities)
+    if np.all(np.isnan(blast)):
+        return float("nan")
+    return policy_value(y_true, logged_offers, offer_proba, economics, propensities) - float(np.nanmax(blast))
+
+
 # sklearn.metrics is imported on first use: this module is imported where only the names matter.
 def _roc_auc(y_true: np.ndarray, proba: np.ndarray) -> float:
     from sklearn.metrics import roc_auc_score
@@ -173,6 +211,11 @@ _PROBA_METRICS: dict[str, Callable[[np.ndarray, np.ndarray], float]] = {
 }
 
 
+_POLICY_METRICS = {"policy_value": policy_value, "policy_uplift": policy_uplift}
+#: metrics that need the model's counterfactual probabilities for every offer
+COUNTERFACTUAL_METRICS = frozenset(_POLICY_METRICS)
+
+
 def compute_metric(
     name: str,
     y_true: np.ndarray,
@@ -185,12 +228,12 @@ def compute_metric(
 ) -> float:
     """Compute metric ``name`` for labels ``y_true`` and predicted P(conversion) ``proba``.
 
-    ``policy_value`` additionally needs ``logged_offers``, ``offer_proba`` (n, 3) and
-    ``economics`` (and optionally ``propensities``); the other metrics ignore them.
+    ``policy_value`` and ``policy_uplift`` additionally need ``logged_offers``, ``offer_proba``
+    (n, 3) and ``economics`` (and optionally ``propensities``); the other metrics ignore them.
     """
     get_metric(name)  # a helpful error for unknown names
-    if name == "policy_value":
+    if name in _POLICY_METRICS:
         if logged_offers is None or offer_proba is None or economics is None:
-            raise ValueError("policy_value needs logged_offers, offer_proba and economics")
-        return policy_value(y_true, logged_offers, offer_proba, economics, propensities)
+            raise ValueError(f"{name} needs logged_offers, offer_proba and economics")
+        return _POLICY_METRICS[name](y_true, logged_offers, offer_proba, economics, propensities)
     return _PROBA_METRICS[name](np.asarray(y_true), np.asarray(proba, dtype=np.float64))

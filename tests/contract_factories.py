@@ -7,6 +7,7 @@ from typing import Any
 
 from factory_tasks.contracts import RESULT_SHAPING_LIBRARIES, ExperimentResult, ExperimentSpec, compute_experiment_id
 from factory_tasks.grid import Economics
+from factory_tasks.metrics import METRICS
 from factory_tasks.simulator import DEFAULT_ECONOMICS
 
 LIBRARIES = {lib: "1.0" for lib in RESULT_SHAPING_LIBRARIES}
@@ -18,7 +19,7 @@ def make_spec(estimator: str = "LogisticRegression", params: dict | None = None,
         "estimator": estimator,
         "params": {"C": 0.5} if params is None and estimator == "LogisticRegression" else (params or {}),
         "cv_folds": 3,
-        "metrics": ["roc_auc", "log_loss", "average_precision", "accuracy", "brier_score", "policy_value"],
+        "metrics": list(METRICS),
         "ranking_metric": "roc_auc",
         "resources": {"cpu": 1.0, "memory_gb": 1.0},
         "economics": DEFAULT_ECONOMICS,

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from factory_tasks.metrics import METRICS, choose_offers, compute_metric, policy_value
+from factory_tasks.metrics import METRICS, blast_values, choose_offers, compute_metric, policy_uplift, policy_value
 
 ECON = {"conversion_value": 10.0, "offer_costs": {"Buy One Get One": 1.0, "Discount": 2.0, "No Offer": 0.0}}
 
@@ -69,6 +69,28 @@ def test_policy_value_by_hand():
         "policy_value", y, proba[np.arange(5), [0, 1, 1, 2, 1]],
         logged_offers=logged, offer_proba=proba, economics=ECON,
     ) == pytest.approx(expected)
+
+
+def test_policy_uplift_is_the_policy_value_over_the_best_blast_on_the_same_rows():
+    proba = np.array([
+        [0.30, 0.30, 0.10],  # chooses BOGO
+        [0.10, 0.50, 0.10],  # chooses Discount
+        [0.15, 0.25, 0.20],  # chooses No Offer
+        [0.30, 0.30, 0.10],  # chooses BOGO
+        [0.10, 0.50, 0.10],  # chooses Discount
+    ])
+    logged = np.array(["Buy One Get One", "Discount", "Discount", "No Offer", "Discount"], dtype=object)
+    y = np.array([1, 0, 1, 1, 1])
+    # blast BOGO: row 0 converts (9) -> 3 * 9 / 5; blast Discount: rows 1, 2, 4 -> 3 * (-2 + 8 + 8) / 5;
+    # blast No Offer: row 3 converts (10 - 0) -> 3 * 10 / 5
+    assert blast_values(y, logged, ECON).tolist() == pytest.approx([27 / 5, 42 / 5, 30 / 5])
+    assert policy_uplift(y, logged, proba, ECON) == pytest.approx(3 * (9 - 2 + 8) / 5 - 42 / 5)
+    assert compute_metric("policy_uplift", y, proba[:, 0], logged_offers=logged, offer_proba=proba,
+                          economics=ECON) == pytest.approx(3 / 5)
+    # a policy that is the best blast has uplift 0
+    always_discount = np.tile([0.0, 1.0, 0.0], (5, 1))
+    assert policy_uplift(y, logged, always_discount, ECON) == pytest.approx(0.0)
+    assert METRICS["policy_uplift"].greater_is_better
 
 
 def test_policy_value_with_known_and_estimated_propensities():

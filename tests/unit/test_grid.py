@@ -100,7 +100,7 @@ def test_shipped_grid_loads_and_covers_the_default_families():
     assert {"LogisticRegression", "HistGradientBoostingClassifier", "RandomForestClassifier"} <= estimators
     assert "GradientBoostingClassifier" not in estimators  # allowed, but slow: not in the default
     assert 1 <= config.size <= config.max_experiments
-    assert config.metrics == ["roc_auc", "log_loss", "average_precision", "accuracy", "policy_value"]
+    assert config.metrics == ["roc_auc", "log_loss", "average_precision", "accuracy", "policy_value", "policy_uplift"]
     assert config.ranking_metric == "roc_auc"
     assert config.max_parallel == 4
     assert set(config.economics.offer_costs) == set(OFFERS)
