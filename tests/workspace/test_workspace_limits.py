@@ -20,7 +20,8 @@ UPLOAD_CAP_MB = 8  # larger than the 5 MB JSON cap, as in production (default 51
 
 @pytest.fixture(scope="module")
 def ws(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WorkspaceServer]:
-    with running_workspace(tmp_path_factory.mktemp("limits"), env={"CML_WORKSPACE_MAX_UPLOAD_MB": str(UPLOAD_CAP_MB)}) as ws:
+    env = {"CML_WORKSPACE_MAX_UPLOAD_MB": str(UPLOAD_CAP_MB)}
+    with running_workspace(tmp_path_factory.mktemp("limits"), env=env) as ws:
         yield ws
 
 
@@ -32,7 +33,8 @@ def http(ws: WorkspaceServer) -> Iterator[httpx.Client]:
 
 def job_body(name: str, size: int) -> bytes:
     """A CreateJobRequest of about ``size`` bytes (the bulk in ``description``)."""
-    return json.dumps({"name": name, "script": "x.py", "runtime_identifier": RUNTIME, "description": "x" * size}).encode()
+    body = {"name": name, "script": "x.py", "runtime_identifier": RUNTIME, "description": "x" * size}
+    return json.dumps(body).encode()
 
 
 def streamed(data: bytes | None = None, *, repeat: int = 1, head: bytes = b"", tail: bytes = b"") -> Iterator[bytes]:
@@ -82,9 +84,10 @@ def test_a_streamed_body_without_length_is_cut_off_at_the_cap_without_being_held
     """200 MB sent chunked (no Content-Length): counted as it arrives and refused at 5 MB;
     the server's peak memory shows it never held the body."""
     before = peak_rss_mb(ws.pid)
-    body = streamed(b"x" * (64 * 1024), repeat=200 * 16, head=b'{"name": "streamed", "script": "x.py", "description": "',
-                    tail=b'"}')
-    resp = http.post(f"/api/v2/projects/{ws.project_id}/jobs", content=body, headers={"content-type": "application/json"})
+    body = streamed(b"x" * (64 * 1024), repeat=200 * 16,
+                    head=b'{"name": "streamed", "script": "x.py", "description": "', tail=b'"}')
+    resp = http.post(f"/api/v2/projects/{ws.project_id}/jobs", content=body,
+                     headers={"content-type": "application/json"})
     assert_too_large(resp, "5 MB")
     assert peak_rss_mb(ws.pid) < before + 100
     assert "streamed" not in job_names(http, ws)
