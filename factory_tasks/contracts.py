@@ -376,3 +376,164 @@ class Promotion(Contract):
     estimator: str = Field(min_length=1)
     ranking_metric: str = Field(min_length=1)
     ranking_score: float | None = None
+
+
+# --------------------------------------------------------------------------------------------
+# Deploy: the choice, the retrain job's request and result, the deployment record
+
+
+MODELS_DIR = "models"
+ChosenBy = Literal["promotion", "review", "automatic", "manual"]
+
+
+class Choice(Contract):
+    """Which experiment of a factory run goes to production, and who or what picked it."""
+
+    schema_version: Literal[1] = 1
+    factory_run_id: str
+    experiment_id: ExperimentId
+    #: promotion in the dashboard, the Airflow "required action" review, the best by the
+    #: grid's ranking metric when nobody picked, or an id given to a manual DAG run
+    chosen_by: ChosenBy
+    chosen_by_user: str | None = None
+    reason: str
+
+
+class Lineage(Contract):
+    """Where a deployed model comes from: data snapshot -> experiment -> choice -> model."""
+
+    experiment_id: ExperimentId
+    factory_run_id: str
+    grid_hash: str
+    data_snapshot_path: str
+    data_snapshot_hash: str
+    code_version: str
+    library_versions: dict[str, str]
+    chosen_by: ChosenBy
+    chosen_by_user: str | None = None
+    choice_reason: str
+
+
+class ChampionRef(Contract):
+    """The model now serving, scored by the retrain job on the challenger's held-out slice."""
+
+    model_version: str
+    artifact_path: str
+
+
+class RetrainRequest(Contract):
+    """What the retrain job refits (environment variable :attr:`ENV`)."""
+
+    ENV: ClassVar[str] = "MF_RETRAIN_REQUEST"
+
+    schema_version: Literal[1] = 1
+    model_version: str = Field(pattern=r"^[0-9a-z][0-9a-z._-]{0,99}$")
+    spec: ExperimentSpec
+    #: the experiment's cross-validated estimate of its ranking metric
+    cv_estimate: MetricScores
+    holdout_fraction: float = Field(0.2, gt=0.0, lt=0.5)
+    #: the refit's held-out score must lie within max(tolerance_std * CV std, tolerance_floor)
+    #: of the CV mean
+    tolerance_std: float = Field(3.0, gt=0)
+    tolerance_floor: float = Field(0.01, ge=0)
+    champion: ChampionRef | None = None
+    lineage: Lineage
+
+    @property
+    def output_dir(self) -> str:
+        return f"{MODELS_DIR}/{self.model_version}"
+
+    @property
+    def result_path(self) -> str:
+        return RetrainResult.path_for(self.model_version)
+
+
+class HoldoutScores(Contract):
+    metrics: dict[str, float | None]
+    n_rows: int = Field(ge=1)
+
+
+class RetrainResult(Contract):
+    """What the retrain job leaves in ``models/<model_version>/retrain.json``."""
+
+    schema_version: Literal[1] = 1
+    model_version: str
+    status: Literal["succeeded", "failed"]
+    error: str | None = None
+    traceback: str | None = None
+    ranking_metric: str | None = None
+    #: the refit (on all rows but the held-out slice) scored on that slice
+    holdout: HoldoutScores | None = None
+    #: the model now serving, scored on the same slice (None for the first deployment)
+    champion_holdout: HoldoutScores | None = None
+    consistent: bool | None = None
+    consistency_note: str | None = None
+    artifact_path: str | None = None  # fitted on every row
+    metadata_path: str | None = None
+    onnx_path: str | None = None
+    compiled_note: str | None = None
+    n_rows: int | None = None
+    code_version: str | None = None
+    library_versions: dict[str, str] = Field(default_factory=dict)
+    started_at: str | None = None
+    finished_at: str | None = None
+
+    @classmethod
+    def path_for(cls, model_version: str) -> str:
+        return f"{MODELS_DIR}/{model_version}/retrain.json"
+
+    @model_validator(mode="after")
+    def _complete(self) -> "RetrainResult":
+        if self.status == "failed":
+            if not self.error:
+                raise ValueError("a failed retrain result needs an error")
+            return self
+        missing = [name for name in ("ranking_metric", "holdout", "consistent", "consistency_note",
+                                     "artifact_path", "metadata_path", "n_rows", "code_version")
+                   if getattr(self, name) is None]
+        if missing:
+            raise ValueError(f"a succeeded retrain result needs {', '.join(missing)}")
+        return self
+
+
+class GateDecision(Contract):
+    """Whether the challenger replaces the model now serving, and why."""
+
+    deploy: bool
+    reason: str
+    override: bool = False
+    ranking_metric: str
+    challenger: dict[str, float | None]
+    champion: dict[str, float | None] | None = None
+    champion_version: str | None = None
+
+
+class DeploymentRecord(Contract):
+    """One deployment of the model to production (append-only table :attr:`TABLE`)."""
+
+    TABLE: ClassVar[str] = "model_deployments"
+
+    schema_version: Literal[1] = 1
+    model_version: str
+    model_name: str
+    model_id: str
+    model_crn: str | None = None
+    build_id: str
+    deployment_id: str
+    deployment_crn: str | None = None
+    #: where the model's access key is kept; never the key itself
+    access_key_ref: str
+    artifact_path: str
+    metadata_path: str
+    experiment_id: ExperimentId
+    factory_run_id: str
+    grid_hash: str
+    data_snapshot_hash: str
+    code_version: str
+    chosen_by: ChosenBy
+    chosen_by_user: str | None = None
+    choice_reason: str
+    gate_reason: str
+    gate_override: bool
+    replaced_deployment_ids: list[str] = Field(default_factory=list)
+    deployed_at: str

@@ -46,6 +46,24 @@ def _utc_now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
+def score_model(
+    model: Any, X: pd.DataFrame, y: np.ndarray, metric_names: list[str], economics: Mapping[str, Any]
+) -> dict[str, float]:
+    """Every metric of ``metric_names`` for a fitted pipeline on held-out rows ``X``, ``y``.
+
+    The counterfactual probabilities (every offer for every row) are predicted once, only when
+    a policy metric is asked for; the logged offers' probabilities are read from that matrix.
+    """
+    logged = X["offer"].to_numpy(dtype=object)
+    if COUNTERFACTUAL_METRICS & set(metric_names):
+        offer_proba = counterfactual_proba(model, X)
+        proba = offer_proba[np.arange(len(X)), offer_indices(logged)]
+    else:
+        offer_proba, proba = None, positive_proba(model, X)
+    return {name: compute_metric(name, y, proba, logged_offers=logged, offer_proba=offer_proba,
+                                 economics=economics) for name in metric_names}
+
+
 def run_experiment(
     spec: ExperimentSpec,
     data: pd.DataFrame,
@@ -79,8 +97,6 @@ def run_experiment(
     economics = spec.economics.model_dump(mode="json")
     X = feature_frame(data).reset_index(drop=True)
     y = data[TARGET_COLUMN].to_numpy(dtype=np.int64)
-    logged = X["offer"].to_numpy(dtype=object)
-    logged_idx = offer_indices(logged)
     n_classes_min = int(np.bincount(y, minlength=2).min())
     if n_classes_min < k:
         raise ValueError(
@@ -94,7 +110,6 @@ def run_experiment(
     first_model = None
     fitted_on: dict[str, Any] = {}
     cv = StratifiedKFold(n_splits=k, shuffle=True, random_state=spec.random_state)
-    needs_counterfactual = bool(COUNTERFACTUAL_METRICS & set(metric_names))
     say(
         f"experiment {spec.experiment_id}: {spec.estimator} {dict(spec.params)} on "
         f"{len(X)} rows, {k}-fold CV, {n_threads} thread(s)"
@@ -112,24 +127,9 @@ def run_experiment(
             fit_times.append(time.perf_counter() - t0)
 
             t0 = time.perf_counter()
-            X_test, y_test = X.iloc[test_idx], y[test_idx]
-            if needs_counterfactual:
-                offer_proba = counterfactual_proba(pipeline, X_test)
-                proba = offer_proba[np.arange(len(test_idx)), logged_idx[test_idx]]
-            else:
-                offer_proba = None
-                proba = positive_proba(pipeline, X_test)
+            fold_scores = score_model(pipeline, X.iloc[test_idx], y[test_idx], metric_names, economics)
             for name in metric_names:
-                scores[name].append(
-                    compute_metric(
-                        name,
-                        y_test,
-                        proba,
-                        logged_offers=logged[test_idx],
-                        offer_proba=offer_proba,
-                        economics=economics,
-                    )
-                )
+                scores[name].append(fold_scores[name])
             score_times.append(time.perf_counter() - t0)
             if first_model is None:
                 first_model = pipeline

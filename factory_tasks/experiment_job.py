@@ -141,7 +141,7 @@ def failed_result(
     )
 
 
-def _configure_logging() -> None:
+def configure_logging() -> None:
     root = logging.getLogger()
     if not root.handlers:
         handler = logging.StreamHandler(sys.stdout)
@@ -240,5 +240,5 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
-    _configure_logging()
+    configure_logging()
     return run_job(Path.cwd(), os.environ)

@@ -1,0 +1,50 @@
+"""model_deployments: an append-only contract table on a real SQLite warehouse."""
+
+from __future__ import annotations
+
+import pytest
+
+from factory_tasks.contract_table import ContractTable
+from factory_tasks.contracts import ContractError, DeploymentRecord
+from factory_tasks.deployments import DEPLOYMENTS, record_deployment, serving
+
+
+def _record(version: str, at: str, **over) -> DeploymentRecord:
+    fields = dict(
+        model_version=version, model_name="next-best-offer", model_id="m1", build_id=f"b-{version}",
+        deployment_id=f"d-{version}", access_key_ref="CML model m1: access_key (read from the CML API)",
+        artifact_path=f"models/{version}/model.skops", metadata_path=f"models/{version}/model.metadata.json",
+        experiment_id="0123456789abcdef", factory_run_id="manual__1", grid_hash="g", data_snapshot_hash="h",
+        code_version="0.1.0+x", chosen_by="automatic", choice_reason="best", gate_reason="first deployment",
+        gate_override=False, replaced_deployment_ids=["d-old"], deployed_at=at)
+    fields.update(over)
+    return DeploymentRecord(**fields)
+
+
+def test_the_latest_deployment_is_the_one_serving(hook):
+    assert serving(hook) is None
+    first = record_deployment(hook, _record("v1", "2026-12-01T10:00:00+00:00"))
+    second = record_deployment(hook, _record("v2", "2026-12-01T12:00:00+00:00", chosen_by="review",
+                                             chosen_by_user="ana", gate_override=True))
+    assert serving(hook) == second
+    assert DEPLOYMENTS.read_all(hook) == [first, second]  # lists and booleans round-trip as JSON
+
+
+def test_a_row_that_breaks_the_contract_is_reported_not_skipped(hook):
+    record_deployment(hook, _record("v1", "2026-12-01T10:00:00+00:00"))
+    conn = hook.get_conn()
+    with conn:
+        conn.execute("UPDATE model_deployments SET chosen_by = 'magic'")
+    conn.close()
+    documents, problems = DEPLOYMENTS.read(hook)
+    assert documents == [] and len(problems) == 1
+    assert "table model_deployments row 1" in str(problems[0]) and "chosen_by" in str(problems[0])
+    with pytest.raises(ContractError, match="model_deployments"):
+        serving(hook)
+
+
+def test_columns_follow_the_contract_types():
+    table = ContractTable(DeploymentRecord)
+    types = {c.name: c.type for c in table.columns}
+    assert types["schema_version"] == "bigint" and types["model_version"] == "string"
+    assert list(types) == list(DeploymentRecord.model_fields)
