@@ -9,9 +9,11 @@ warehouse table `experiment_outcomes`:
 
 The warehouse is the Airflow connection `model_factory_warehouse` (`connections.WAREHOUSE_CONN_ID`;
 SQLite or HiveServer2).
-The file is written atomically (temporary file + fsync + rename), so the dashboard never sees
-a half-written summary. Its path is `factory_tasks.settings.summary_path()`
-(`$MODEL_FACTORY_ARTIFACTS/experiments_summary/experiments_summary.csv`).
+The file lives in object storage at `factory_tasks.settings.summary_location()`:
+`$MODEL_FACTORY_OBJECT_STORE/experiments_summary/experiments_summary.csv` (default
+`file://<repo>/var/artifacts/...`; in production e.g. `s3://bucket/model-factory/...`). It is
+written whole, so the dashboard never sees a half-written summary: one object PUT on a remote
+store, temporary file + fsync + rename on a `file://` store.
 """
 
 from __future__ import annotations
@@ -44,18 +46,19 @@ from connections import WAREHOUSE_CONN_ID
 def experiments_summary():
     @task
     def refresh_experiments_summary() -> dict:
-        """Read every outcome row through the warehouse hook and rewrite the summary file."""
+        """Read every outcome row through the warehouse hook and rewrite the summary object."""
         import logging
 
         from connections import warehouse_hook
-        from factory_tasks.settings import summary_path
+        from factory_tasks.settings import summary_location
         from factory_tasks.summary import refresh_summary
 
         hook = warehouse_hook()
-        path = summary_path()
-        rows = refresh_summary(hook, path)
-        logging.getLogger(__name__).info("wrote %d experiment rows to %s (connection %s)", rows, path, WAREHOUSE_CONN_ID)
-        return {"path": str(path), "rows": rows}
+        location = summary_location()
+        rows = refresh_summary(hook, location)
+        logging.getLogger(__name__).info(
+            "wrote %d experiment rows to %s (connection %s)", rows, location, WAREHOUSE_CONN_ID)
+        return {"location": str(location), "rows": rows}
 
     refresh_experiments_summary()
 

@@ -1,6 +1,6 @@
 """Synthetic outcome rows with the real schema, for demos, tests and benchmarks.
 
-``python -m dashboards.experiments.sample_data OUT.csv [N]`` writes a summary file of N rows.
+``python -m dashboards.experiments.sample_data OUT [N]`` writes a summary of N rows (OUT: a path or a URL).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import pandas as pd
 
 from factory_tasks.metrics import METRICS
 from factory_tasks.outcome_store import OUTCOME_COLUMN_NAMES
-from factory_tasks.summary import build_summary, write_summary_atomic
+from factory_tasks.summary import build_summary, write_summary
 
 FAMILIES = {
     "logistic_regression": ("LogisticRegression", {"C": [0.01, 0.1, 1.0, 10.0], "penalty": ["l2", None]}),
@@ -89,7 +89,7 @@ def main(argv: list[str]) -> int:
         print(__doc__)
         return 2
     n = int(argv[1]) if len(argv) > 1 else 1000
-    write_summary_atomic(build_summary(synthetic_outcomes(n)), argv[0])
+    write_summary(build_summary(synthetic_outcomes(n)), argv[0])
     print(f"wrote {n} rows to {argv[0]}")
     return 0
 

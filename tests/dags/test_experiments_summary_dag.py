@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from airflow.dag_processing.dagbag import DagBag
 
-from factory_tasks.outcome_store import OutcomeStore, RunContext, outcome_row
+from factory_tasks.outcome_store import OUTCOME_COLUMN_NAMES, OutcomeStore
 from factory_tasks.summary import read_summary
 
 REPO = Path(__file__).resolve().parents[2]
@@ -71,17 +71,18 @@ def _seed_warehouse(db: Path) -> None:
         def get_conn(self):
             return sqlite3.connect(db)
 
-    spec = {
-        "experiment_id": "feedc0ffee000001", "family": "random_forest",
-        "estimator": "RandomForestClassifier", "params": {"n_estimators": 50}, "cv_folds": 3,
-        "ranking_metric": "roc_auc", "resources": {"cpu": 1, "memory_gb": 1},
-        "data_snapshot": {"path": "s.parquet", "hash": "h1"},
-    }
-    result = {"status": "succeeded", "metrics": {"roc_auc": {"mean": 0.7, "std": 0.01, "folds": [0.69, 0.7, 0.71]}}}
+    def row(experiment_id: str, **values) -> dict:
+        out = dict.fromkeys(OUTCOME_COLUMN_NAMES)
+        out.update(factory_run_id="run_1", experiment_id=experiment_id, family="random_forest",
+                   estimator="RandomForestClassifier", params_json='{"n_estimators": 50}', cv_folds=3,
+                   ranking_metric="roc_auc", recorded_at="2026-03-01T00:00:00+00:00", **values)
+        return out
+
     rows = [
-        outcome_row(spec, result, RunContext("run_1", "g", "2026-03-01T00:00:00+00:00")),
-        outcome_row({**spec, "experiment_id": "feedc0ffee000002"}, None,
-                    RunContext("run_1", "g", "2026-03-01T00:00:00+00:00", run_status="failed")),
+        row("feedc0ffee000001", status="succeeded", ranking_score=0.7, roc_auc_mean=0.7,
+            roc_auc_folds="[0.69, 0.7, 0.71]"),
+        row("feedc0ffee000002", status="failed", error="the job run ended failed and left no result file",
+            run_status="failed"),
     ]
     OutcomeStore(Hook()).replace_run("run_1", rows)
 
@@ -112,14 +113,17 @@ def test_dags_test_writes_the_summary_from_the_real_warehouse(tmp_path):
         "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
         "AIRFLOW_CONN_MODEL_FACTORY_WAREHOUSE": json.dumps({"conn_type": "sqlite", "host": str(db)}),
         "MODEL_FACTORY_ARTIFACTS": str(tmp_path / "artifacts"),
+        # The summary goes to the object store's base URL, not to the artifacts folder.
+        "MODEL_FACTORY_OBJECT_STORE": f"file://{tmp_path}/object store",
         "PATH": f"{AIRFLOW.parent}:{os.environ.get('PATH', '')}",
     }
     code, out = _run([str(AIRFLOW), "db", "migrate"], env, 300)
     assert code == 0, out[-4000:]
     code, out = _run([str(AIRFLOW), "dags", "test", "experiments_summary", "2026-03-01T00:30:00+00:00"], env, 300)
     assert code == 0, out[-4000:]
-    summary = tmp_path / "artifacts" / "experiments_summary" / "experiments_summary.csv"
+    summary = f"file://{tmp_path}/object store/experiments_summary/experiments_summary.csv"
     frame = read_summary(summary)
+    assert not (tmp_path / "artifacts" / "experiments_summary").exists()
     assert list(frame["experiment_id"]) == ["feedc0ffee000001", "feedc0ffee000002"]
     assert list(frame["status"]) == ["succeeded", "failed"]
     assert "wrote 2 experiment rows" in out
