@@ -1,9 +1,12 @@
-"""The experiments dashboard: ``panel serve dashboards/experiments_app.py``.
+"""The experiments dashboard: ``python -m stack dashboard`` (``make dashboard``), which runs
+``panel serve dashboards/experiments_app.py --basic-auth <credentials> ...``.
 
-Reads the summary at ``$MODEL_FACTORY_SUMMARY`` (default ``settings.summary_path()``) and
-records promotions at ``$MODEL_FACTORY_PROMOTIONS`` (default ``settings.promotions_path()``).
-``$MODEL_FACTORY_DASHBOARD_POLL_S`` sets how often the file is checked for changes (default 2).
-Nothing happens at import; the page is built per browser session by :func:`create_app`.
+Reads the summary at ``settings.summary_location()`` (``$MODEL_FACTORY_OBJECT_STORE/
+experiments_summary/experiments_summary.csv``) and records promotions in the warehouse table
+``model_promotions`` (Airflow connection ``model_factory_warehouse``), as the signed-in user.
+``$MODEL_FACTORY_DASHBOARD_POLL_S`` sets how often the summary is checked for changes (default 2).
+Nothing happens at import; the page is built per browser session by :func:`create_app`, and
+only for a signed-in session: served without authentication, every page is a refusal.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import os
 
 import panel as pn
 
+from dashboards.experiments.auth import current_user
 from dashboards.experiments.store import ExperimentsStore
 from dashboards.experiments.views import (
     BestPerFamily,
@@ -23,6 +27,7 @@ from dashboards.experiments.views import (
     HyperparameterView,
     Leaderboard,
     PromotePanel,
+    SignedInUser,
 )
 
 
@@ -73,11 +78,21 @@ def create_app(store: ExperimentsStore | None = None, live: bool = True):
         title="Model Factory · experiments",
         # The promote form sits in the sidebar, beside the filters: a wide detail view next to
         # it in the main area would overlap it and swallow its clicks.
-        sidebar=[FilterPanel(store=store), freshness, promote_slot],
+        sidebar=[SignedInUser(), FilterPanel(store=store), freshness, promote_slot],
         main=[pn.Column(ErrorBanner(store=store), content, sizing_mode="stretch_width")],
         sidebar_width=360,
     )
 
 
+def refusal():
+    """The whole page for a session nobody is signed in to."""
+    return pn.pane.Alert(
+        "**This dashboard needs a signed-in user.** Serve it with authentication: "
+        "`python -m stack dashboard` (`make dashboard`), or `panel serve` with `--basic-auth` "
+        "or an OAuth provider and a `--cookie-secret`.",
+        alert_type="danger", css_classes=["mf-not-signed-in"],
+    )
+
+
 if pn.state.served:
-    create_app().servable()
+    (create_app() if current_user() else refusal()).servable()

@@ -1,77 +1,57 @@
-"""Durable promotion records: a reviewer's pick of the experiment to deploy for a factory run.
+"""Promotions: a reviewer's pick of the experiment to deploy for a factory run.
 
-Records are JSON lines appended to one file (``settings.promotions_path()``). Writers take an
-exclusive ``flock`` on the file, write one whole line and fsync it, so concurrent reviewers
-never interleave. The file is append-only: the latest line for a factory run is the decision.
-A line that is not a valid record is reported (:class:`CorruptPromotionsError`, or in
-:attr:`PromotionLog.problems`), never silently skipped.
+Each promotion is one :class:`~factory_tasks.contracts.Promotion` appended as one row to the
+warehouse table ``model_promotions`` (``Promotion.TABLE``; SQLite or Hive, through the same
+DB-API hook as ``experiment_outcomes``; every SQL difference lives in
+:mod:`factory_tasks.sql_dialects`, values are bound). The table is created if absent, never
+dropped, and only ever appended to: the decision for a factory run is its promotion with the
+latest ``promoted_at``. The dashboard writes it (the reviewer is the signed-in user), the
+deploy DAG reads it. A row that does not parse against the contract is reported, as a
+:class:`~factory_tasks.contracts.ContractError` naming the table, the row and the field;
+it is never silently skipped.
 """
 
 from __future__ import annotations
 
-import fcntl
-import json
 import math
-import os
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from datetime import datetime, timezone
-from pathlib import Path
+from typing import Any
 
 import pandas as pd
+
+from factory_tasks.contracts import ContractError, Promotion
+from factory_tasks.sql_dialects import Column, dialect_for
+
+PROMOTIONS_TABLE = Promotion.TABLE
+
+#: The table's columns: the contract's fields, in the contract's order.
+_TYPES = {"schema_version": "bigint", "ranking_score": "double"}
+PROMOTION_COLUMNS: tuple[Column, ...] = tuple(
+    Column(name, _TYPES.get(name, "string")) for name in Promotion.model_fields
+)
+PROMOTION_COLUMN_NAMES: tuple[str, ...] = tuple(c.name for c in PROMOTION_COLUMNS)
+_NEVER = datetime.min.replace(tzinfo=timezone.utc)
 
 
 class PromotionRefused(ValueError):
     """A promotion request that breaks a rule; the message says which, for the reviewer."""
 
 
-class CorruptPromotionsError(Exception):
-    """The promotions file holds lines that are not valid promotion records."""
-
-    def __init__(self, path: Path, problems: list[str]):
-        self.path = path
-        self.problems = problems
-        shown = "; ".join(problems[:5]) + (" ..." if len(problems) > 5 else "")
-        super().__init__(f"{path}: {len(problems)} corrupt promotion record(s): {shown}")
-
-
-@dataclass(frozen=True)
-class Promotion:
-    experiment_id: str
-    factory_run_id: str
-    reviewer: str
-    reason: str
-    promoted_at: str  # ISO 8601, UTC
-    family: str
-    estimator: str
-    ranking_metric: str
-    ranking_score: float | None
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True, allow_nan=False)
-
-    @classmethod
-    def from_json(cls, line: str) -> "Promotion":
-        data = json.loads(line)
-        if not isinstance(data, dict):
-            raise ValueError("not a JSON object")
-        names = {f.name for f in fields(cls)}
-        missing = sorted(names - data.keys())
-        if missing:
-            raise ValueError(f"missing fields: {', '.join(missing)}")
-        for name in names - {"ranking_score"}:
-            if not isinstance(data[name], str) or not data[name]:
-                raise ValueError(f"field {name!r} must be a non-empty string")
-        score = data["ranking_score"]
-        if score is not None and not isinstance(score, (int, float)):
-            raise ValueError("field 'ranking_score' must be a number or null")
-        datetime.fromisoformat(data["promoted_at"])
-        return cls(**{n: data[n] for n in names})
-
-
 @dataclass(frozen=True)
 class PromotionLog:
+    """Every valid promotion (oldest first) and a :class:`ContractError` per row that is not."""
+
     promotions: list[Promotion]
-    problems: list[str]  # "line N: what is wrong"
+    problems: list[ContractError]
+
+    def raise_for_problems(self) -> None:
+        """Raise one :class:`ContractError` listing every invalid row, if there is any."""
+        if self.problems:
+            raise ContractError(
+                f"table {PROMOTIONS_TABLE}",
+                [f"{p.source}: {'; '.join(p.problems)}" for p in self.problems],
+            )
 
 
 def _text(value: object) -> str | None:
@@ -82,25 +62,32 @@ def _text(value: object) -> str | None:
     return str(value)
 
 
+def ensure_schema(hook: Any) -> None:
+    """Create ``model_promotions`` if it is absent; never drop or alter what exists."""
+    dialect_for(hook).create_table(hook, PROMOTIONS_TABLE, PROMOTION_COLUMNS)
+
+
 def promote(
     summary_frame: pd.DataFrame,
     experiment_id: str,
     factory_run_id: str | None,
     reviewer: str,
     reason: str,
-    path: str | os.PathLike[str],
+    warehouse_hook: Any,
     now: datetime,
 ) -> Promotion:
-    """Record that ``reviewer`` picked ``experiment_id`` of ``factory_run_id`` for deployment.
+    """Record that ``reviewer`` picked ``experiment_id`` of ``factory_run_id`` for deployment:
+    one row appended to ``model_promotions`` through ``warehouse_hook``.
 
-    ``factory_run_id`` may be None when the experiment appears in exactly one factory run.
-    Raises :class:`PromotionRefused` for an empty reviewer or reason, an unknown experiment,
-    an ambiguous one, or one that did not succeed.
+    ``reviewer`` is the authenticated user, never typed in. ``factory_run_id`` may be None when
+    the experiment appears in exactly one factory run. Raises :class:`PromotionRefused` (and
+    writes nothing) for an empty reviewer or reason, an unknown experiment, an ambiguous one,
+    or one that did not succeed.
     """
     reviewer = (reviewer or "").strip()
     reason = (reason or "").strip()
     if not reviewer:
-        raise PromotionRefused("A promotion needs the reviewer's name.")
+        raise PromotionRefused("A promotion needs a signed-in reviewer: sign in to the dashboard first.")
     if not reason:
         raise PromotionRefused("A promotion needs a reason (why this experiment?).")
     if now.tzinfo is None:
@@ -126,87 +113,91 @@ def promote(
             + (f" (error: {error})." if error else ".")
         )
     score = row["ranking_score"]
-    promotion = Promotion(
-        experiment_id=str(experiment_id),
-        factory_run_id=str(row["factory_run_id"]),
-        reviewer=reviewer,
-        reason=reason,
-        promoted_at=now.astimezone(timezone.utc).isoformat(),
-        family=str(row["family"]),
-        estimator=str(row["estimator"]),
-        ranking_metric=str(row["ranking_metric"]),
-        ranking_score=None if pd.isna(score) else float(score),
+    try:
+        promotion = Promotion.from_data(
+            {
+                "experiment_id": str(experiment_id),
+                "factory_run_id": _text(row["factory_run_id"]),
+                "reviewer": reviewer,
+                "reason": reason,
+                "promoted_at": now.astimezone(timezone.utc).isoformat(),
+                "family": _text(row["family"]),
+                "estimator": _text(row["estimator"]),
+                "ranking_metric": _text(row["ranking_metric"]),
+                "ranking_score": None if pd.isna(score) else float(score),
+            },
+            f"the promotion of experiment {experiment_id}",
+        )
+    except ContractError as exc:
+        raise PromotionRefused(
+            f"Experiment {experiment_id} cannot be promoted: its summary row does not make a valid "
+            f"promotion ({'; '.join(exc.problems)})."
+        ) from exc
+    ensure_schema(warehouse_hook)
+    record = promotion.model_dump()
+    dialect_for(warehouse_hook).append_rows(
+        warehouse_hook, PROMOTIONS_TABLE, PROMOTION_COLUMNS,
+        [tuple(record[name] for name in PROMOTION_COLUMN_NAMES)],
     )
-    _append(Path(path), promotion.to_json())
     return promotion
 
 
-def _append(path: Path, line: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    created = not path.exists()
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        try:
-            # A previous writer that crashed mid-line must not glue its fragment to ours.
-            size = os.fstat(fd).st_size
-            prefix = b""
-            if size:
-                with open(path, "rb") as reader:
-                    reader.seek(size - 1)
-                    if reader.read(1) != b"\n":
-                        prefix = b"\n"
-            os.write(fd, prefix + line.encode("utf-8") + b"\n")
-            os.fsync(fd)
-        finally:
-            fcntl.flock(fd, fcntl.LOCK_UN)
-    finally:
-        os.close(fd)
-    if created:
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+def _row_source(number: int, record: dict[str, Any]) -> str:
+    ident = ", ".join(f"{k}={record.get(k)!r}" for k in ("factory_run_id", "experiment_id", "promoted_at"))
+    return f"{PROMOTIONS_TABLE} row {number} ({ident})"
 
 
-def load_promotions(path: str | os.PathLike[str]) -> PromotionLog:
-    """Every record in file order, plus a description of each corrupt line. Missing file: empty."""
-    path = Path(path)
-    promotions: list[Promotion] = []
-    problems: list[str] = []
+def _parse_row(number: int, record: dict[str, Any]) -> Promotion:
+    source = _row_source(number, record)
+    # NULL columns are absent fields: the contract then says which required field is missing.
+    promotion = Promotion.from_data({k: v for k, v in record.items() if v is not None}, source)
     try:
-        fd = os.open(path, os.O_RDONLY)
-    except FileNotFoundError:
+        promoted_at = datetime.fromisoformat(promotion.promoted_at)
+    except ValueError:
+        promoted_at = None
+    if promoted_at is None or promoted_at.tzinfo is None:
+        raise ContractError(source, [f"promoted_at: {promotion.promoted_at!r} is not an ISO 8601 time with a timezone"])
+    return promotion
+
+
+def load_promotions(hook: Any) -> PromotionLog:
+    """Every promotion in ``model_promotions``, oldest first (by ``promoted_at``), and a
+    :class:`ContractError` for each row that does not parse. No table yet: an empty log.
+
+    Rows are numbered in that order (invalid times last) for the error messages.
+    """
+    dialect = dialect_for(hook)
+    if not dialect.table_exists(hook, PROMOTIONS_TABLE):
         return PromotionLog([], [])
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH)
-        with os.fdopen(os.dup(fd), "rb") as handle:
-            raw_lines = handle.read().split(b"\n")
-    finally:
-        os.close(fd)
-    for number, raw in enumerate(raw_lines, start=1):
-        if not raw.strip():
-            continue
+    records = [dict(zip(PROMOTION_COLUMN_NAMES, row))
+               for row in dialect.select(hook, PROMOTIONS_TABLE, PROMOTION_COLUMN_NAMES)]
+
+    def order(record: dict[str, Any]) -> tuple[int, datetime]:
         try:
-            promotions.append(Promotion.from_json(raw.decode("utf-8")))
-        except (ValueError, UnicodeDecodeError, TypeError) as exc:
-            problems.append(f"line {number}: {exc}")
+            stamp = datetime.fromisoformat(str(record["promoted_at"]))
+        except ValueError:
+            stamp = None
+        if stamp is None or stamp.tzinfo is None:
+            return (1, _NEVER)
+        return (0, stamp)
+
+    promotions: list[Promotion] = []
+    problems: list[ContractError] = []
+    for number, record in enumerate(sorted(records, key=order), start=1):  # stable: ties keep read order
+        try:
+            promotions.append(_parse_row(number, record))
+        except ContractError as exc:
+            problems.append(exc)
     return PromotionLog(promotions, problems)
 
 
-def latest_promotion(
-    path: str | os.PathLike[str], factory_run_id: str | None = None
-) -> Promotion | None:
-    """The most recent promotion (of one factory run, if given), or None if there is none.
+def latest_promotion(hook: Any, factory_run_id: str | None = None) -> Promotion | None:
+    """The decision: the latest promotion (of one factory run, if given), or None.
 
-    Raises :class:`CorruptPromotionsError` if any line is corrupt: a deploy must not act on a
-    log it cannot fully read.
+    Raises :class:`ContractError` if any row of the table is invalid: a deploy must not act on
+    a table it cannot fully read.
     """
-    log = load_promotions(path)
-    if log.problems:
-        raise CorruptPromotionsError(Path(path), log.problems)
-    matching = [
-        p for p in log.promotions if factory_run_id is None or p.factory_run_id == factory_run_id
-    ]
+    log = load_promotions(hook)
+    log.raise_for_problems()
+    matching = [p for p in log.promotions if factory_run_id is None or p.factory_run_id == factory_run_id]
     return matching[-1] if matching else None

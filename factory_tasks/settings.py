@@ -41,7 +41,3 @@ def summary_location() -> "UPath":
 def summary_path() -> "UPath":
     """Same as :func:`summary_location` (the older name)."""
     return summary_location()
-
-
-def promotions_path() -> Path:
-    return artifacts_dir() / "experiments_summary" / "promotions.jsonl"

@@ -286,6 +286,3 @@ def refresh_summary(hook: Any, where: SummaryLocation) -> int:
     frame = build_summary(OutcomeStore(hook).read())
     write_summary(frame, where)
     return len(frame)
-
-
-write_summary_atomic = write_summary  # the older name

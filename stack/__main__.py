@@ -35,18 +35,10 @@ def _airflow_ui(port: int) -> int:
 
 
 def _dashboard(port: int) -> int:
-    paths = stack_paths()
-    env = dict(os.environ, MODEL_FACTORY_ARTIFACTS=str(paths.artifacts))
-    app = REPO / "dashboards" / "experiments_app.py"
-    print(f"Experiments dashboard on http://127.0.0.1:{port}/{app.stem}  (Ctrl-C stops it)", flush=True)
-    try:
-        return subprocess.call(
-            [sys.executable, "-m", "panel", "serve", str(app), "--address", "127.0.0.1", "--port", str(port),
-             f"--allow-websocket-origin=127.0.0.1:{port}", f"--allow-websocket-origin=localhost:{port}"],
-            env=env,
-        )
-    except KeyboardInterrupt:
-        return 0
+    """The experiments dashboard behind Panel's login (``stack.dashboard``)."""
+    from stack.dashboard import serve
+
+    return serve(stack_paths(), port)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,27 +1,35 @@
 """The experiments data store: the summary frame, the filters, and what derives from them.
 
-One :class:`ExperimentsStore` per browser session. The parsed summary itself is shared by all
-sessions through a process-wide cache keyed on the file's (path, mtime, size), so a 50,000-row
-file is parsed once per change, and every filter runs in pandas on that cached frame.
+One :class:`ExperimentsStore` per browser session. The summary is read from object storage
+(``settings.summary_location()``, a ``file://`` or ``s3://`` ... URL); the parsed frame is shared
+by all sessions through a process-wide cache keyed on the object's (location, mtime, size), so
+a 50,000-row file is parsed once per change, and every filter runs in pandas on that cached
+frame. Promotions are rows of the warehouse table ``model_promotions``.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import os
 import threading
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import param
 
+from dashboards.experiments.warehouse import WAREHOUSE_ERRORS, warehouse_hook
 from factory_tasks import settings
 from factory_tasks.metrics import METRICS
 from factory_tasks.promotions import PromotionLog, load_promotions, promote
-from factory_tasks.summary import SUMMARY_COLUMN_NAMES, SummaryError, rank_key, read_summary
+from factory_tasks.summary import (
+    SUMMARY_COLUMN_NAMES,
+    SummaryError,
+    rank_key,
+    read_summary,
+    summary_location,
+    summary_version,
+)
 
 ALL_RUNS = "All runs"
 STATUSES = ["succeeded", "failed"]
@@ -43,21 +51,9 @@ LEADERBOARD_COLUMNS = [
 ]
 
 
-def summary_path_from_env() -> Path:
-    return Path(os.environ.get("MODEL_FACTORY_SUMMARY") or settings.summary_path())
-
-
-def promotions_path_from_env() -> Path:
-    return Path(os.environ.get("MODEL_FACTORY_PROMOTIONS") or settings.promotions_path())
-
-
-def file_signature(path: Path) -> tuple[int, int] | None:
-    """(mtime_ns, size) of ``path``, or None if it does not exist."""
-    try:
-        st = path.stat()
-    except (FileNotFoundError, NotADirectoryError):
-        return None
-    return (st.st_mtime_ns, st.st_size)
+def file_signature(location: str) -> tuple[int, int] | None:
+    """(mtime_ns, size) of the summary object, or None if it does not exist."""
+    return summary_version(location)
 
 
 _CACHE: dict[tuple[str, tuple[int, int] | None], pd.DataFrame | SummaryError] = {}
@@ -65,20 +61,20 @@ _CACHE_LOCK = threading.Lock()
 _CACHE_MAX = 4
 
 
-def load_summary(path: Path) -> tuple[pd.DataFrame, tuple[int, int] | None]:
-    """The prepared summary frame and the file signature it was read at.
+def load_summary(location: str) -> tuple[pd.DataFrame, tuple[int, int] | None]:
+    """The prepared summary frame and the object signature it was read at.
 
-    Cached on (path, mtime_ns, size); raises :class:`SummaryError` (also cached) when the
-    file is missing, empty or corrupt.
+    Cached on (location, mtime_ns, size); raises :class:`SummaryError` (also cached) when the
+    object is missing, empty or corrupt.
     """
-    path = Path(path)
-    signature = file_signature(path)
-    key = (str(path.resolve()), signature)
+    where = summary_location(location)
+    signature = summary_version(where)
+    key = (str(where), signature)
     with _CACHE_LOCK:
         hit = _CACHE.get(key)
     if hit is None:
         try:
-            hit = prepare(read_summary(path))
+            hit = prepare(read_summary(where))
         except SummaryError as exc:
             hit = exc
         with _CACHE_LOCK:
@@ -158,10 +154,13 @@ def hyperparameter_frame(frame: pd.DataFrame, max_rows: int = 2000, seed: int = 
 class ExperimentsStore(param.Parameterized):
     """The summary, the leaderboard filters and the current selection for one session."""
 
-    summary_path = param.Path(default=None, check_exists=False, doc="The summary CSV being shown.")
-    promotions_path = param.Path(
-        default=None, check_exists=False, doc="The append-only promotions log (JSON lines)."
-    )
+    summary_url = param.String(
+        default=None, allow_None=True,
+        doc="Where the summary CSV is read from: a URL (file://, s3:// ...) or a local path "
+            "(default: settings.summary_location()).")
+    warehouse = param.Parameter(
+        default=None, doc="DB-API hook of the warehouse holding model_promotions "
+                          "(default: the Airflow connection model_factory_warehouse, on first use).")
 
     data = param.DataFrame(doc="The whole prepared summary (shared cache; never mutated).")
     error = param.String(default="", doc="Why the summary cannot be shown; empty when it can.")
@@ -176,11 +175,14 @@ class ExperimentsStore(param.Parameterized):
 
     filtered = param.DataFrame(doc="The rows that pass every filter, best first.")
     selected_keys = param.List(default=[], item_type=str, doc="row_key of the experiments selected in the leaderboard.")
-    promotion_log = param.ClassSelector(class_=PromotionLog, default=None, allow_None=True, doc="The promotions read from disk.")
+    promotion_log = param.ClassSelector(class_=PromotionLog, default=None, allow_None=True,
+                                        doc="The promotions read from model_promotions.")
+    promotion_error = param.String(default="", doc="Why model_promotions could not be read; empty when it could.")
 
     def __init__(self, **params):
-        params.setdefault("summary_path", str(summary_path_from_env()))
-        params.setdefault("promotions_path", str(promotions_path_from_env()))
+        self._unreachable = False  # the last look-up of the summary failed
+        if params.get("summary_url") is None:
+            params["summary_url"] = str(settings.summary_location())
         super().__init__(**params)
         self.reload(force=True)
         if self.filtered is None:
@@ -189,13 +191,22 @@ class ExperimentsStore(param.Parameterized):
 
     # -- loading -------------------------------------------------------------------------
     def reload(self, force: bool = False) -> bool:
-        """Re-read the summary if the file changed; True if anything changed."""
-        path = Path(self.summary_path)
-        signature = file_signature(path)
+        """Re-read the summary if the object changed; True if anything changed."""
+        try:
+            signature = file_signature(self.summary_url)
+        except OSError as exc:  # the store is unreachable: say so, keep polling
+            message = f"The experiments summary {self.summary_url} could not be looked up: {exc}"
+            if message == self.error:
+                return False
+            self._unreachable = True
+            with param.parameterized.batch_call_watchers(self):
+                self.signature, self.error, self.data, self.data_as_of = None, message, None, None
+            return True
+        force, self._unreachable = force or self._unreachable, False
         if not force and signature == self.signature and (self.data is not None or self.error):
             return False
         try:
-            frame, signature = load_summary(path)
+            frame, signature = load_summary(self.summary_url)
         except SummaryError as exc:
             with param.parameterized.batch_call_watchers(self):
                 self.signature = signature
@@ -257,8 +268,23 @@ class ExperimentsStore(param.Parameterized):
             # Widgets follow the (silently) updated values and bounds.
             self.param.trigger("factory_run", "families", "score_range", "date_range")
 
+    def warehouse_hook(self) -> Any:
+        if self.warehouse is None:
+            self.warehouse = warehouse_hook()
+        return self.warehouse
+
     def reload_promotions(self) -> None:
-        self.promotion_log = load_promotions(self.promotions_path)
+        """Re-read ``model_promotions``; a failure is kept in :attr:`promotion_error`."""
+        try:
+            log = load_promotions(self.warehouse_hook())
+        except WAREHOUSE_ERRORS as exc:
+            with param.parameterized.batch_call_watchers(self):
+                self.promotion_error = f"The promotions could not be read from the warehouse: {exc}"
+                self.promotion_log = None
+            return
+        with param.parameterized.batch_call_watchers(self):
+            self.promotion_error = ""
+            self.promotion_log = log
 
     # -- derived state -------------------------------------------------------------------
     @param.depends("data", "factory_run", "families", "statuses", "score_range", "date_range", watch=True)
@@ -301,7 +327,9 @@ class ExperimentsStore(param.Parameterized):
 
     # -- actions ---------------------------------------------------------------------------
     def promote_focus(self, reviewer: str, reason: str, now: datetime | None = None):
-        """Promote the focused experiment; returns the Promotion or raises PromotionRefused."""
+        """Promote the focused experiment as ``reviewer`` (the signed-in user): one row appended
+        to ``model_promotions``. Returns the Promotion; raises PromotionRefused, or one of
+        ``WAREHOUSE_ERRORS`` when the warehouse cannot take it."""
         from factory_tasks.promotions import PromotionRefused
 
         row = self.focus
@@ -315,7 +343,7 @@ class ExperimentsStore(param.Parameterized):
             factory_run_id=str(row["factory_run_id"]),
             reviewer=reviewer,
             reason=reason,
-            path=self.promotions_path,
+            warehouse_hook=self.warehouse_hook(),
             now=now or datetime.now(timezone.utc),
         )
         self.reload_promotions()

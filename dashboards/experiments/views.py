@@ -6,8 +6,9 @@ the browser never receives the whole summary.
 
 from __future__ import annotations
 
+import html
 import math
-import os
+import re
 from datetime import datetime, timezone
 
 import numpy as np
@@ -20,6 +21,7 @@ from bokeh.plotting import figure
 from bokeh.transform import jitter, linear_cmap
 from panel.viewable import Viewer
 
+from dashboards.experiments.auth import LOGOUT_URL, current_user
 from dashboards.experiments.store import (
     LEADERBOARD_COLUMNS,
     ExperimentsStore,
@@ -29,6 +31,7 @@ from dashboards.experiments.store import (
     parse_folds,
     parse_params,
 )
+from dashboards.experiments.warehouse import WAREHOUSE_ERRORS
 from factory_tasks.metrics import METRICS
 from factory_tasks.promotions import PromotionRefused
 
@@ -128,12 +131,12 @@ class Freshness(Viewer):
     def _text(self) -> str:
         as_of = self.store.data_as_of
         if as_of is None:
-            return f"**No data** · `{self.store.summary_path}`"
+            return f"**No data** · `{self.store.summary_url}`"
         age = (datetime.now(timezone.utc).replace(tzinfo=None) - as_of).total_seconds()
         rows = 0 if self.store.data is None else len(self.store.data)
         return (
             f"Data as of **{as_of:%Y-%m-%d %H:%M:%S} UTC** ({max(0, int(age))} s ago) · "
-            f"{rows:,} rows · `{self.store.summary_path}`"
+            f"{rows:,} rows · `{self.store.summary_url}`"
         )
 
     def tick(self) -> None:
@@ -533,34 +536,62 @@ class HyperparameterView(Viewer):
         )
 
 
+def _plain(text: object) -> str:
+    """User-supplied text (a reason, a user name) shown as text: no HTML, no Markdown markup."""
+    escaped = html.escape(str(text), quote=True)
+    return re.sub(r"([\\`*_{}\[\]()#+!|~>-])", r"\\\1", escaped)
+
+
+class SignedInUser(Viewer):
+    """Who this session belongs to, and the way out."""
+
+    identify = param.Callable(default=current_user, doc="Returns the session's signed-in user ('' if none).")
+
+    def __panel__(self):
+        user = self.identify()
+        if not user:
+            return pn.pane.Markdown("**Not signed in**", css_classes=["mf-user"])
+        return pn.pane.Markdown(f"Signed in as **{_plain(user)}** · [Log out]({LOGOUT_URL})",
+                                css_classes=["mf-user"])
+
+
 class PromotePanel(Viewer):
-    """Promote the experiment shown in the detail view, with the reviewer's name and reason."""
+    """Promote the experiment shown in the detail view, as the signed-in user, with a reason.
+
+    The reviewer is whoever :attr:`identify` says is signed in to this session
+    (``pn.state.user``), asked again at every click: nobody signed in, no promotion.
+    """
 
     store = param.ClassSelector(class_=ExperimentsStore)
-    reviewer = param.String(default="", doc="Who promotes (defaults to $USER).")
+    identify = param.Callable(default=current_user, doc="Returns the session's signed-in user ('' if none).")
     reason = param.String(default="", doc="Why this experiment should be deployed.")
     message = param.String(default="", doc="Outcome of the last promote attempt.")
     message_type = param.Selector(default="info", objects=["info", "success", "danger", "warning"])
 
     def __init__(self, **params):
-        params.setdefault("reviewer", os.environ.get("USER", ""))
         super().__init__(**params)
-        self.button = pn.widgets.Button(label="Promote", color="primary", css_classes=["mf-promote"])
+        signed_in = bool(self.identify())
+        self.button = pn.widgets.Button(label="Promote", color="primary", css_classes=["mf-promote"],
+                                        disabled=not signed_in)
         self.button.on_click(self._promote)
 
     def _promote(self, _event=None):
-        try:
-            promotion = self.store.promote_focus(self.reviewer, self.reason)
-        except PromotionRefused as exc:
-            self.message_type, self.message = "danger", f"Not promoted: {exc}"
+        reviewer = self.identify()
+        if not reviewer:
+            self.message_type, self.message = "danger", "Not promoted: nobody is signed in to this session."
             return
-        except OSError as exc:
-            self.message_type, self.message = "danger", f"Could not record the promotion: {exc}"
+        try:
+            promotion = self.store.promote_focus(reviewer, self.reason)
+        except PromotionRefused as exc:
+            self.message_type, self.message = "danger", f"Not promoted: {_plain(exc)}"
+            return
+        except WAREHOUSE_ERRORS as exc:
+            self.message_type, self.message = "danger", f"Could not record the promotion: {_plain(exc)}"
             return
         self.message_type = "success"
         self.message = (
             f"Promoted `{promotion.experiment_id}` ({promotion.estimator}) of factory run "
-            f"`{promotion.factory_run_id}` at {promotion.promoted_at} by {promotion.reviewer}."
+            f"`{promotion.factory_run_id}` at {promotion.promoted_at} by **{_plain(promotion.reviewer)}**."
         )
 
     @param.depends("message", "message_type")
@@ -569,14 +600,18 @@ class PromotePanel(Viewer):
             return pn.pane.Markdown("", visible=False)
         return pn.pane.Alert(self.message, alert_type=self.message_type, css_classes=["mf-promote-message"])
 
-    @param.depends("store.promotion_log", "store.selected_keys")
+    @param.depends("store.promotion_log", "store.promotion_error", "store.selected_keys")
     def _current(self):
         log = self.store.promotion_log
         parts = []
+        if self.store.promotion_error:
+            parts.append(pn.pane.Alert(_plain(self.store.promotion_error), alert_type="warning",
+                                       css_classes=["mf-promotions-error"]))
         if log is not None and log.problems:
+            shown = "; ".join(_plain(p) for p in log.problems[:3]) + (" ..." if len(log.problems) > 3 else "")
             parts.append(pn.pane.Alert(
-                f"The promotions log has {len(log.problems)} corrupt line(s): " + "; ".join(log.problems[:3]),
-                alert_type="warning"))
+                f"The table model_promotions has {len(log.problems)} invalid row(s): {shown}",
+                alert_type="warning", css_classes=["mf-promotions-error"]))
         row = self.store.focus
         if log is not None and row is not None:
             mine = [p for p in log.promotions if p.factory_run_id == row["factory_run_id"]]
@@ -584,7 +619,8 @@ class PromotePanel(Viewer):
                 p = mine[-1]
                 parts.append(pn.pane.Markdown(
                     f"Current promotion for run `{p.factory_run_id}`: `{p.experiment_id}` ({p.estimator}) "
-                    f"by {p.reviewer} at {p.promoted_at} — “{p.reason}”", css_classes=["mf-current-promotion"]))
+                    f"by **{_plain(p.reviewer)}** at {p.promoted_at} — “{_plain(p.reason)}”",
+                    css_classes=["mf-current-promotion"]))
         return pn.Column(*parts) if parts else pn.pane.Markdown("", visible=False)
 
     @param.depends("store.selected_keys")
@@ -599,12 +635,17 @@ class PromotePanel(Viewer):
         widget.param.watch(lambda event: setattr(self, name, event.new), "value_input")
         return widget
 
+    def _reviewer(self):
+        user = self.identify()
+        if not user:
+            return pn.pane.Markdown("Sign in to promote.", css_classes=["mf-reviewer"])
+        return pn.pane.Markdown(f"Reviewer: **{_plain(user)}** (signed in)", css_classes=["mf-reviewer"])
+
     def __panel__(self):
         return pn.Column(
             "### Promote",
             self._target,
-            self._live(pn.widgets.TextInput.from_param(self.param.reviewer, name="Reviewer",
-                                                       css_classes=["mf-reviewer"]), "reviewer"),
+            self._reviewer(),
             self._live(pn.widgets.TextAreaInput.from_param(self.param.reason, name="Reason", height=80,
                                                            css_classes=["mf-reason"]), "reason"),
             self.button,

@@ -1,4 +1,6 @@
-"""The experiments dashboard, served by a real ``panel serve`` and driven in headless Chromium."""
+"""The experiments dashboard, served by a real ``panel serve`` behind Panel's login (the command
+line of ``make dashboard``) and driven in headless Chromium; promotions land in a real SQLite
+warehouse."""
 
 from __future__ import annotations
 
@@ -7,16 +9,19 @@ import os
 import re
 import signal
 import socket
+import sqlite3
 import subprocess
-import sys
 import time
-import urllib.request
 from pathlib import Path
 
+import httpx
 import pytest
 
 from dashboards.experiments.sample_data import synthetic_outcomes
-from factory_tasks.summary import build_summary, write_summary_atomic
+from factory_tasks.promotions import PROMOTION_COLUMN_NAMES, PROMOTIONS_TABLE
+from factory_tasks.summary import build_summary, write_summary
+from stack.dashboard import WAREHOUSE_CONN_ENV, ensure_secrets, serve_command, serve_env
+from stack.env import StackPaths
 
 pytestmark = pytest.mark.browser
 
@@ -26,6 +31,7 @@ CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run"]
 WAIT_MS = 20_000
+USER = "browser-test"
 
 
 def free_port() -> int:
@@ -34,42 +40,70 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def summary_file(root: Path) -> Path:
+    """Where a server rooted at ``root`` reads its summary: ``<object store>/experiments_summary/...``."""
+    return root / "object store" / "experiments_summary" / "experiments_summary.csv"
+
+
 def write_fixture(path: Path, n: int = 60) -> "pd.DataFrame":  # noqa: F821
     summary = build_summary(synthetic_outcomes(n, seed=7, runs=2, failure_rate=0.2))
-    write_summary_atomic(summary, path)
+    write_summary(summary, path)
     return summary
 
 
 class PanelServer:
-    """``panel serve dashboards/experiments_app.py`` on a free port, in its own process group."""
+    """``make dashboard``'s ``panel serve`` (same command line, credentials and cookie secret,
+    made under ``root/var/secrets``) on a free port, in its own process group. The summary is
+    read from the object store ``file://root/object store``; promotions go to the SQLite
+    warehouse ``root/var/warehouse.db``."""
 
-    def __init__(self, summary: Path, promotions: Path, log: Path):
+    def __init__(self, root: Path, log: Path, user: str = USER):
+        self.paths = StackPaths(root / "var").make()
+        self.secrets = ensure_secrets(self.paths, user=user)
+        self.user, self.password = user, self.secrets.password(user)
+        self.warehouse_db = self.paths.warehouse_db
         self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}/experiments_app"
-        env = {**os.environ, "MODEL_FACTORY_SUMMARY": str(summary),
-               "MODEL_FACTORY_PROMOTIONS": str(promotions), "MODEL_FACTORY_DASHBOARD_POLL_S": "0.5",
-               "USER": "browser-test"}
+        self.base_url = f"http://127.0.0.1:{self.port}"
+        self.url = f"{self.base_url}/experiments_app"
+        base = {k: v for k, v in os.environ.items() if k != WAREHOUSE_CONN_ENV}
+        env = serve_env(self.paths, self.secrets, base={
+            **base, "MODEL_FACTORY_OBJECT_STORE": f"file://{root}/object store",
+            "MODEL_FACTORY_DASHBOARD_POLL_S": "0.5"})
         self.log = log
         self._log_handle = open(log, "w")
         self.proc = subprocess.Popen(
-            [str(Path(sys.executable).parent / "panel"), "serve", str(REPO / "dashboards" / "experiments_app.py"),
-             "--address", "127.0.0.1", "--port", str(self.port),
-             f"--allow-websocket-origin=127.0.0.1:{self.port}", "--num-procs", "1"],
+            serve_command(self.port, self.secrets.credentials),
             cwd=REPO, env=env, stdout=self._log_handle, stderr=subprocess.STDOUT, start_new_session=True,
         )
 
     def wait_ready(self, timeout: float = 60) -> None:
+        """Until the login page answers (the app itself needs a session)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"panel serve exited:\n{self.log.read_text()[-3000:]}")
             try:
-                with urllib.request.urlopen(self.url, timeout=5) as response:
-                    if response.status == 200:
-                        return
-            except OSError:
-                time.sleep(0.2)
+                if httpx.get(f"{self.base_url}/login", timeout=5).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.2)
         raise RuntimeError(f"panel serve not ready in {timeout}s:\n{self.log.read_text()[-3000:]}")
+
+    def session_cookies(self) -> list[dict]:
+        """Sign in with the login form's POST; the session cookies, for ``context.add_cookies``."""
+        with httpx.Client(base_url=self.base_url, follow_redirects=False, timeout=30) as client:
+            response = client.post("/login", data={"username": self.user, "password": self.password})
+            assert response.status_code == 302 and "user" in client.cookies, response.text[:500]
+            return [{"name": c.name, "value": c.value, "url": self.base_url} for c in client.cookies.jar]
+
+    def promotions(self) -> list[dict]:
+        """The rows of model_promotions in the server's warehouse (none before the first)."""
+        with sqlite3.connect(self.warehouse_db) as conn:
+            if not conn.execute("SELECT 1 FROM sqlite_master WHERE name = ?", (PROMOTIONS_TABLE,)).fetchone():
+                return []
+            rows = conn.execute(f"SELECT {', '.join(PROMOTION_COLUMN_NAMES)} FROM {PROMOTIONS_TABLE}").fetchall()
+        return [dict(zip(PROMOTION_COLUMN_NAMES, r)) for r in rows]
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -82,17 +116,26 @@ class PanelServer:
         self._log_handle.close()
 
 
+def log_in(page, server: PanelServer, user: str | None = None, password: str | None = None) -> None:
+    """Open the app, get sent to the login page, sign in there."""
+    page.goto(server.url)
+    page.wait_for_url(re.compile(r"/login"), timeout=WAIT_MS)
+    page.locator("input[name=username]").fill(user or server.user)
+    page.locator("input[name=password]").fill(password or server.password)
+    page.locator("button[type=submit]").click()
+
+
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
     root = tmp_path_factory.mktemp("dashboard")
-    summary_path = root / "experiments_summary.csv"
+    summary_path = summary_file(root)
     summary = write_fixture(summary_path)
-    return {"root": root, "summary": summary_path, "promotions": root / "promotions.jsonl", "frame": summary}
+    return {"root": root, "summary": summary_path, "frame": summary}
 
 
 @pytest.fixture(scope="module")
 def server(files):
-    srv = PanelServer(files["summary"], files["promotions"], files["root"] / "panel.log")
+    srv = PanelServer(files["root"], files["root"] / "panel.log")
     try:
         srv.wait_ready()
         yield srv
@@ -103,6 +146,7 @@ def server(files):
     blocks = log.split("Traceback (most recent call last):")[1:]
     real = [b for b in blocks if "WebSocketClosedError" not in b and "StreamClosedError" not in b]
     assert not real, real[0][-3000:]
+    assert srv.password not in log and srv.secrets.cookie_secret not in log
 
 
 @pytest.fixture(scope="module")
@@ -119,11 +163,12 @@ def browser():
 
 @pytest.fixture
 def page(browser, server):
+    """A signed-in page: through the login page, as a reviewer would."""
     context = browser.new_context(viewport={"width": 1500, "height": 1400})
     pg = context.new_page()
     errors: list[str] = []
     pg.on("pageerror", lambda exc: errors.append(str(exc)))
-    pg.goto(server.url)
+    log_in(pg, server)
     pg.wait_for_selector(".mf-leaderboard .tabulator-row", timeout=WAIT_MS)
     yield pg
     context.close()
@@ -174,7 +219,10 @@ def test_selecting_a_row_shows_its_per_fold_scores(page, files):
     page.screenshot(path=str(OUTPUT / "experiments_dashboard.png"), full_page=True)
 
 
-def test_promote_records_a_promotion(page, files):
+def test_the_signed_in_user_promotes_and_is_recorded_in_model_promotions(page, server, files):
+    assert f"Signed in as {USER}" in shown_text(page, ".mf-user")
+    assert page.locator(".mf-reviewer input").count() == 0  # no reviewer box: the reviewer is the login
+    assert f"Reviewer: {USER}" in shown_text(page, ".mf-reviewer")
     row = page.locator(".mf-leaderboard .tabulator-row").first
     experiment_id = row.locator(".tabulator-cell[tabulator-field=experiment_id]").inner_text().strip()
     # Without a reason the promotion is refused, in words.
@@ -182,16 +230,85 @@ def test_promote_records_a_promotion(page, files):
     page.get_by_text(f"Promote {experiment_id}").first.wait_for(timeout=WAIT_MS)
     page.locator(".mf-promote button").click()
     page.get_by_text("needs a reason").wait_for(timeout=WAIT_MS)
-    assert not files["promotions"].exists()
-    assert page.locator(".mf-reviewer input").input_value() == "browser-test"
+    assert server.promotions() == []
     page.locator(".mf-reason textarea").fill("best ROC AUC, stable folds")
     page.locator(".mf-promote button").click()
-    page.get_by_text(re.compile(r"Promoted\s+" + experiment_id)).wait_for(timeout=WAIT_MS)
-    records = [json.loads(line) for line in files["promotions"].read_text().splitlines()]
-    assert records[-1]["experiment_id"] == experiment_id
-    assert records[-1]["reviewer"] == "browser-test"
-    assert records[-1]["reason"] == "best ROC AUC, stable folds"
+    message = page.get_by_text(re.compile(r"Promoted\s+" + experiment_id))
+    message.wait_for(timeout=WAIT_MS)
+    assert f"by {USER}" in message.inner_text()
     page.get_by_text("Current promotion").wait_for(timeout=WAIT_MS)
+    assert f"by {USER}" in shown_text(page, ".mf-current-promotion")
+    [record] = server.promotions()
+    assert (record["experiment_id"], record["reviewer"], record["reason"]) == (
+        experiment_id, USER, "best ROC AUC, stable folds")
+    assert record["schema_version"] == 1 and record["promoted_at"].endswith("+00:00")
+    OUTPUT.mkdir(exist_ok=True)
+    page.screenshot(path=str(OUTPUT / "experiments_dashboard_promoted.png"), full_page=True)
+
+
+def test_without_a_session_nothing_is_served(server, browser):
+    # The app page redirects to the login page; nothing of the app comes back.
+    response = httpx.get(server.url, follow_redirects=False, timeout=30)
+    assert response.status_code == 302 and re.match(r"\.?/login\?next=", response.headers["location"])
+    assert "bokeh" not in response.text.lower()
+    login = httpx.get(server.url, follow_redirects=True, timeout=30)
+    assert login.url.path == "/login" and 'name="password"' in login.text
+    # The websocket the page's widgets (and the Promote button) talk through refuses the handshake.
+    from websockets.exceptions import InvalidStatus
+    from websockets.sync.client import connect
+
+    for cookie in ({}, {"Cookie": "is_guest=1"}, {"Cookie": "user=browser-test"}):
+        with pytest.raises(InvalidStatus) as info:
+            connect(f"ws://127.0.0.1:{server.port}/experiments_app/ws", additional_headers=cookie,
+                    origin=f"http://127.0.0.1:{server.port}", open_timeout=30)
+        assert info.value.response.status_code == 403, cookie
+    # A wrong password gets the login page again, with an error and no session cookie.
+    with httpx.Client(base_url=server.base_url, follow_redirects=False, timeout=30) as client:
+        response = client.post("/login", data={"username": server.user, "password": "wrong"})
+        assert response.status_code == 302 and "error=" in response.headers["location"]
+        assert "user" not in client.cookies
+    # In the browser: the login page, and a bad password keeps it there.
+    context = browser.new_context()
+    try:
+        page = context.new_page()
+        log_in(page, server, password="not-the-password")
+        page.get_by_text("Invalid username or password").wait_for(timeout=WAIT_MS)
+        assert page.locator(".mf-leaderboard").count() == 0
+    finally:
+        context.close()
+
+
+def test_a_session_cookie_opens_the_app_and_logout_ends_it(server, browser):
+    with httpx.Client(base_url=server.base_url, follow_redirects=False, timeout=30) as client:
+        client.cookies.update({c["name"]: c["value"] for c in server.session_cookies()})
+        assert client.get("/experiments_app").status_code == 200
+    context = browser.new_context(viewport={"width": 1500, "height": 1400})
+    try:
+        context.add_cookies(server.session_cookies())
+        page = context.new_page()
+        page.goto(server.url)
+        page.wait_for_selector(".mf-leaderboard .tabulator-row", timeout=WAIT_MS)
+        page.goto(f"{server.base_url}/logout")
+        page.goto(server.url)
+        page.wait_for_url(re.compile(r"/login"), timeout=WAIT_MS)
+    finally:
+        context.close()
+
+
+def test_a_truncated_summary_shows_the_line_in_the_page(page, files):
+    path = files["summary"]
+    good = path.read_bytes()
+    try:
+        path.write_bytes(good[: len(good) // 2])
+        page.get_by_text("The experiments summary cannot be shown").wait_for(timeout=WAIT_MS)
+        body = shown_text(page, ".mf-summary-error")
+        assert re.search(r"is corrupt at line \d+: \d+ fields, expected \d+", body), body
+        assert str(path) in body and "Traceback" not in body
+        assert not page.locator(".mf-leaderboard").is_visible()
+    finally:
+        path.write_bytes(good)
+        os.utime(path)
+    page.get_by_text("Showing 60 of 60").wait_for(timeout=WAIT_MS)
 
 
 def test_corrupt_summary_shows_a_message_and_recovers(page, files):
@@ -223,3 +340,37 @@ def test_a_new_summary_appears_without_reload(page, files):
         path.write_bytes(good)
         os.utime(path)
     page.get_by_text("Showing 60 of 60").wait_for(timeout=WAIT_MS)
+
+
+def test_served_without_authentication_the_app_refuses_every_session(files, tmp_path, browser):
+    """Defence in depth: ``panel serve`` without --basic-auth (or OAuth) serves no dashboard."""
+    server = PanelServer(files["root"], tmp_path / "panel-open.log")
+    server.stop()  # the same environment, then the command line without its login
+    command = serve_command(server.port, server.secrets.credentials)
+    at = command.index("--basic-auth")
+    env = serve_env(server.paths, server.secrets, base={**os.environ, "MODEL_FACTORY_OBJECT_STORE":
+                                                        f"file://{files['root']}/object store"})
+    with open(tmp_path / "panel-open.log", "w") as log:
+        proc = subprocess.Popen([*command[:at], *command[at + 2:]], cwd=REPO, env=env, stdout=log,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                response = httpx.get(server.url, timeout=10)
+                break
+            except httpx.TransportError:
+                assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "panel-open.log").read_text()
+                time.sleep(0.3)
+        assert response.status_code == 200
+        context = browser.new_context()
+        try:
+            page = context.new_page()
+            page.goto(server.url)
+            page.get_by_text("This dashboard needs a signed-in user").wait_for(timeout=WAIT_MS)
+            assert page.locator(".mf-leaderboard, .mf-promote").count() == 0
+        finally:
+            context.close()
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(10)

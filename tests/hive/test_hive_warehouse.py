@@ -349,3 +349,33 @@ def test_binding_is_pyformat_with_hardened_escaping():
     assert bind("%s, %s, %s, %s", (None, True, 3, 0.1)) == "NULL, 1, 3, 0.1e0"
     with pytest.raises(ValueError):
         bind("%s", (float("nan"),))
+
+
+def test_promotions_append_and_read_back_on_hive(hive_hook):
+    """model_promotions on HiveServer2: created if absent (Parquet, unpartitioned), one
+    INSERT INTO per promotion, awkward text and a NULL score read back equal to the contract."""
+    from datetime import datetime, timedelta, timezone
+
+    from factory_tasks.contracts import Promotion
+    from factory_tasks.promotions import PROMOTIONS_TABLE, latest_promotion, load_promotions, promote
+
+    summary = pd.DataFrame([
+        {"factory_run_id": "hive_run", "experiment_id": f"{i:016x}", "family": "random_forest",
+         "estimator": "RandomForestClassifier", "status": "succeeded", "error": None,
+         "ranking_metric": "roc_auc", "ranking_score": None if i == 2 else 0.5 + i / 10}
+        for i in range(3)
+    ]).reindex(columns=list(OUTCOME_COLUMN_NAMES))
+    before = load_promotions(hive_hook)
+    assert before.problems == []
+    now = datetime(2026, 11, 27, 12, 0, tzinfo=timezone.utc)
+    reasons = [NASTY[0], NASTY[7], NASTY[6] + "\n" + NASTY[8]]  # quotes; ${...} and $; unicode, newline, %
+    made = [promote(summary, f"{i:016x}", "hive_run", "reviewer-é", reason, hive_hook, now + timedelta(minutes=i))
+            for i, reason in enumerate(reasons)]
+    log = load_promotions(hive_hook)
+    assert log.problems == []
+    assert [p for p in log.promotions if p.factory_run_id == "hive_run"] == made
+    assert made[2].ranking_score is None and all(isinstance(p, Promotion) for p in made)
+    assert latest_promotion(hive_hook, "hive_run") == made[-1]
+    described = query(hive_hook, f"DESCRIBE FORMATTED {PROMOTIONS_TABLE}")
+    text = "\n".join(" ".join(str(v) for v in row) for row in described).lower()
+    assert "parquet" in text and "# partition information" not in text

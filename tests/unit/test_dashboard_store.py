@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 from datetime import datetime
 
 import pandas as pd
@@ -27,13 +28,26 @@ from dashboards.experiments.views import (
     HyperparameterView,
     Leaderboard,
     PromotePanel,
+    SignedInUser,
 )
-from factory_tasks.promotions import latest_promotion
-from factory_tasks.summary import build_summary, write_summary_atomic
+from factory_tasks.promotions import PROMOTIONS_TABLE, latest_promotion, load_promotions
+from factory_tasks.summary import build_summary, write_summary
+
+
+class SqliteFileHook:
+    """The DB-API surface the dialects use, on any SQLite path (here: one that cannot be opened)."""
+
+    conn_type = "sqlite"
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def get_conn(self):
+        return sqlite3.connect(self.path)
 
 
 def _write(path, frame):
-    write_summary_atomic(build_summary(frame), path)
+    write_summary(build_summary(frame), path)
     # A distinct mtime even on coarse-timestamp filesystems.
     st = os.stat(path)
     os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
@@ -45,10 +59,20 @@ def outcomes():
 
 
 @pytest.fixture
-def store(tmp_path, outcomes):
+def store(tmp_path, outcomes, hook):
+    """A session's store: the summary through a file:// URL, promotions in a real SQLite
+    warehouse behind Airflow's SqliteHook (``hook``, tests/unit/conftest.py)."""
     _write(tmp_path / "summary.csv", outcomes)
-    return ExperimentsStore(summary_path=str(tmp_path / "summary.csv"),
-                            promotions_path=str(tmp_path / "promotions.jsonl"))
+    return ExperimentsStore(summary_url=f"file://{tmp_path}/summary.csv", warehouse=hook)
+
+
+def _sql(hook, statement: str) -> list[tuple]:
+    conn = hook.get_conn()
+    try:
+        with conn:
+            return conn.execute(statement).fetchall()
+    finally:
+        conn.close()
 
 
 def _texts(viewable) -> str:
@@ -157,8 +181,9 @@ def test_hyperparameter_view_uses_a_sample(store):
     assert len(charts.select(pn.pane.Bokeh)) >= 2  # one per hyperparameter + parallel coordinates
 
 
-def test_promote_from_the_panel(store):
-    panel = PromotePanel(store=store, reviewer="alice")
+def test_promote_from_the_panel_records_the_signed_in_user(store):
+    panel = PromotePanel(store=store, identify=lambda: "alice")
+    assert not panel.button.disabled and "Reviewer: **alice** (signed in)" in _texts(panel)
     panel._promote()
     assert panel.message_type == "danger" and "Select an experiment" in panel.message
     ok = store.data[store.data["status"] == "succeeded"].iloc[0]
@@ -169,18 +194,82 @@ def test_promote_from_the_panel(store):
     panel.reason = "best AUC on run 1"
     panel._promote()
     assert panel.message_type == "success", panel.message
-    recorded = latest_promotion(store.promotions_path)
+    assert "by **alice**" in panel.message
+    recorded = latest_promotion(store.warehouse)
     assert (recorded.experiment_id, recorded.reviewer) == (ok["experiment_id"], "alice")
-    assert "Current promotion" in _texts(panel)
+    assert _sql(store.warehouse, f"SELECT reviewer, reason FROM {PROMOTIONS_TABLE}") == [
+        ("alice", "best AUC on run 1")]
+    assert "Current promotion" in _texts(panel) and "**alice**" in _texts(panel)
     failed = store.data[store.data["status"] == "failed"].iloc[0]
     store.selected_keys = [failed["row_key"]]
     panel._promote()
     assert panel.message_type == "danger" and "cannot be promoted" in panel.message
 
 
-def test_reviewer_defaults_to_user(store, monkeypatch):
-    monkeypatch.setenv("USER", "carol")
-    assert PromotePanel(store=store).reviewer == "carol"
+def test_there_is_no_reviewer_box_and_nobody_signed_in_cannot_promote(store):
+    assert "reviewer" not in PromotePanel.param
+    session = {"user": "alice"}
+    panel = PromotePanel(store=store, identify=lambda: session["user"])
+    assert not pn.panel(panel).select(pn.widgets.TextInput)
+    ok = store.data[store.data["status"] == "succeeded"].iloc[0]
+    store.selected_keys = [ok["row_key"]]
+    panel.reason = "looks good"
+    session["user"] = ""  # signed in when the page was built, not at the click: refused
+    panel._promote()
+    assert panel.message_type == "danger" and "nobody is signed in" in panel.message
+    assert load_promotions(store.warehouse).promotions == []
+    anonymous = PromotePanel(store=store, identify=lambda: "")
+    assert anonymous.button.disabled and "Sign in to promote" in _texts(anonymous)
+    assert "Not signed in" in _texts(SignedInUser(identify=lambda: ""))
+    # Whatever the page does, the store refuses an empty reviewer too.
+    from factory_tasks.promotions import PromotionRefused
+    with pytest.raises(PromotionRefused, match="signed-in reviewer"):
+        store.promote_focus("  ", "looks good")
+
+
+def test_current_user_is_the_authenticated_cookie_user_never_a_guest(monkeypatch):
+    from dashboards.experiments import auth
+
+    state = type(pn.state)
+    monkeypatch.setattr(state, "user", property(lambda self: None))
+    monkeypatch.setattr(state, "cookies", property(lambda self: {}))
+    assert auth.current_user() == ""
+    monkeypatch.setattr(state, "user", property(lambda self: "alice"))
+    assert auth.current_user() == "alice"
+    assert "Signed in as **alice**" in _texts(SignedInUser())
+    monkeypatch.setattr(state, "cookies", property(lambda self: {"is_guest": "1"}))
+    assert auth.current_user() == ""
+
+
+def test_user_text_is_shown_as_text(store):
+    panel = PromotePanel(store=store, identify=lambda: "<b>mallory</b>")
+    ok = store.data[store.data["status"] == "succeeded"].iloc[0]
+    store.selected_keys = [ok["row_key"]]
+    panel.reason = '<img src=x onerror="alert(1)"> **bold**'
+    panel._promote()
+    text = _texts(panel)
+    assert "<img" not in text and "<b>" not in text and "&lt;img" in text and "\\*\\*bold" in text
+    assert latest_promotion(store.warehouse).reason == '<img src=x onerror="alert(1)"> **bold**'
+
+
+def test_invalid_promotion_rows_and_an_unreachable_warehouse_show_in_the_panel(tmp_path, store):
+    panel = PromotePanel(store=store, identify=lambda: "alice")
+    ok = store.data[store.data["status"] == "succeeded"].iloc[0]
+    store.selected_keys = [ok["row_key"]]
+    panel.reason = "good"
+    panel._promote()
+    _sql(store.warehouse, f"UPDATE {PROMOTIONS_TABLE} SET reviewer = NULL")
+    store.reload_promotions()
+    assert "model_promotions has 1 invalid row" in _texts(panel) and "reviewer" in _texts(panel)
+    (tmp_path / "not-a-dir").write_text("")
+    broken = ExperimentsStore(summary_url=store.summary_url,
+                              warehouse=SqliteFileHook(tmp_path / "not-a-dir" / "w.db"))
+    assert "could not be read from the warehouse" in broken.promotion_error
+    broken.selected_keys = [ok["row_key"]]
+    panel = PromotePanel(store=broken, identify=lambda: "alice", reason="good")
+    panel._promote()
+    assert panel.message_type == "danger" and "Could not record the promotion" in panel.message
+    assert "could not be read from the warehouse" in _texts(panel)
 
 
 def test_corrupt_file_shows_a_message_then_recovers(tmp_path, store, outcomes):
@@ -204,8 +293,17 @@ def test_corrupt_file_shows_a_message_then_recovers(tmp_path, store, outcomes):
     assert "Data as of" in freshness._pane.object and "10 rows" in freshness._pane.object
 
 
-def test_missing_file_at_start(tmp_path):
-    s = ExperimentsStore(summary_path=str(tmp_path / "none.csv"), promotions_path=str(tmp_path / "p.jsonl"))
+def test_a_truncated_summary_shows_the_line_in_the_page(tmp_path, store):
+    path = tmp_path / "summary.csv"
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    assert store.reload() is True
+    assert store.data is None and "is corrupt at line" in store.error and str(path) in store.error
+    assert "corrupt at line" in _texts(ErrorBanner(store=store))
+
+
+def test_missing_file_at_start(tmp_path, hook):
+    s = ExperimentsStore(summary_url=str(tmp_path / "none.csv"), warehouse=hook)
     assert "does not exist yet" in s.error and s.filtered.empty
     board = Leaderboard(store=s)
     assert board.table.value.empty
@@ -240,3 +338,18 @@ def test_range_widgets_follow_a_new_file_with_other_bounds(tmp_path, store, outc
     lo, hi = store.param.score_range.bounds
     panel.score.value = ((lo + hi) / 2, hi)
     assert (store.filtered["ranking_score"] >= (lo + hi) / 2).all() and len(store.filtered) < len(higher)
+
+
+def test_an_unreachable_store_shows_a_message_then_recovers(tmp_path, store, monkeypatch):
+    from dashboards.experiments import store as store_module
+
+    real = store_module.summary_version
+
+    def unreachable(location):
+        raise ConnectionError("object store down")
+
+    monkeypatch.setattr(store_module, "summary_version", unreachable)
+    assert store.reload() is True and "could not be looked up: object store down" in store.error
+    assert store.data is None and store.reload() is False
+    monkeypatch.setattr(store_module, "summary_version", real)
+    assert store.reload() is True and store.error == "" and len(store.data) == 60

@@ -1,0 +1,114 @@
+"""``make dashboard``: the experiments dashboard behind Panel's authentication.
+
+``panel serve dashboards/experiments_app.py --basic-auth var/secrets/dashboard_users.json``
+with a cookie secret: the server refuses every page and websocket without a signed session
+cookie and shows its login page; the signed-in user (``pn.state.user``) is the reviewer of
+each promotion. Both secrets are made once under ``var/secrets/`` (0600, random, never
+printed): the credentials file is ``{"<user>": "<password>"}`` JSON (add a line per reviewer;
+Panel re-reads it at every login), the cookie secret signs the session cookies. The cookie
+secret reaches ``panel serve`` through its environment (``PANEL_COOKIE_SECRET``, the same as
+``--cookie-secret``), not its command line, which every local user can read.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from stack.env import REPO, StackPaths, sqlite_connection
+
+APP = REPO / "dashboards" / "experiments_app.py"
+WAREHOUSE_CONN_ENV = "AIRFLOW_CONN_MODEL_FACTORY_WAREHOUSE"
+
+
+def default_user() -> str:
+    """The embedded default's reviewer name: ``$MODEL_FACTORY_DASHBOARD_USER``, else ``$USER``."""
+    return (os.environ.get("MODEL_FACTORY_DASHBOARD_USER") or os.environ.get("USER") or "reviewer").strip()
+
+
+@dataclass(frozen=True)
+class DashboardSecrets:
+    credentials: Path  # {"user": "password"} JSON for --basic-auth
+    cookie_secret_file: Path
+    users: tuple[str, ...]
+    created: bool  # the credentials were made just now
+
+    @property
+    def cookie_secret(self) -> str:
+        return self.cookie_secret_file.read_text().strip()
+
+    def password(self, user: str) -> str:
+        return json.loads(self.credentials.read_text())[user]
+
+
+def _create_secret_file(path: Path, content: str) -> bool:
+    """Write ``content`` to a new 0600 file; False (and nothing written) if it exists."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.parent.chmod(0o700)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return False
+    with os.fdopen(fd, "w") as handle:
+        handle.write(content)
+    return True
+
+
+def ensure_secrets(paths: StackPaths, user: str | None = None) -> DashboardSecrets:
+    """The dashboard's credentials file and cookie secret under ``var/secrets/``, made once."""
+    folder = paths.var / "secrets"
+    credentials = folder / "dashboard_users.json"
+    cookie = folder / "dashboard_cookie_secret"
+    created = _create_secret_file(
+        credentials, json.dumps({user or default_user(): secrets.token_urlsafe(18)}, indent=1) + "\n")
+    _create_secret_file(cookie, secrets.token_urlsafe(48))
+    users = json.loads(credentials.read_text())
+    if not isinstance(users, dict) or not users or not all(
+            isinstance(k, str) and isinstance(v, str) and k and v for k, v in users.items()):
+        raise ValueError(f"{credentials} must be a JSON object of user names to passwords")
+    return DashboardSecrets(credentials, cookie, tuple(users), created)
+
+
+def serve_command(port: int, credentials: Path, *, app: Path = APP, address: str = "127.0.0.1") -> list[str]:
+    """The ``panel serve`` command line (no secret on it)."""
+    hosts = [address] if address not in ("127.0.0.1", "localhost") else ["127.0.0.1", "localhost"]
+    return [
+        sys.executable, "-m", "panel", "serve", str(app), "--address", address, "--port", str(port),
+        *(f"--allow-websocket-origin={host}:{port}" for host in hosts),
+        "--basic-auth", str(credentials), "--num-procs", "1",
+    ]
+
+
+def serve_env(paths: StackPaths, dashboard: DashboardSecrets, base: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment of ``panel serve``: the stack's artifacts, Airflow home and warehouse
+    connection (an exported ``AIRFLOW_CONN_MODEL_FACTORY_WAREHOUSE`` wins), the cookie secret."""
+    env = dict(os.environ if base is None else base)
+    env.update({
+        "MODEL_FACTORY_ARTIFACTS": str(paths.artifacts),
+        # The dashboard resolves the warehouse connection through Airflow, which reads its home.
+        "AIRFLOW_HOME": str(paths.airflow_home),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        WAREHOUSE_CONN_ENV: env.get(WAREHOUSE_CONN_ENV) or sqlite_connection(paths.warehouse_db),
+        "PANEL_COOKIE_SECRET": dashboard.cookie_secret,
+    })
+    env.pop("BOKEH_COOKIE_SECRET", None)
+    return env
+
+
+def serve(paths: StackPaths, port: int) -> int:
+    """Serve the dashboard until Ctrl-C."""
+    paths.make()
+    dashboard = ensure_secrets(paths)
+    users = ", ".join(dashboard.users)
+    print(f"Experiments dashboard on http://127.0.0.1:{port}/{APP.stem}  (Ctrl-C stops it)\n"
+          f"  sign in as {users}; passwords in {dashboard.credentials}"
+          f"{' (created now)' if dashboard.created else ''}", flush=True)
+    try:
+        return subprocess.call(serve_command(port, dashboard.credentials), env=serve_env(paths, dashboard))
+    except KeyboardInterrupt:
+        return 0
