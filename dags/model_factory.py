@@ -155,12 +155,13 @@ def model_factory():
         from factory_tasks.pipeline import collect_outcomes
 
         context = get_current_context()
-        return collect_outcomes(
-            grid,
-            CmlHook(cml_conn_id=CML_CONN_ID),
-            factory_run_id=context["run_id"],
-            recorded_at=context["dag_run"].run_after.isoformat(),
-        )
+        with no_retry_on_bad_input():
+            return collect_outcomes(
+                grid,
+                CmlHook(cml_conn_id=CML_CONN_ID),
+                factory_run_id=context["run_id"],
+                recorded_at=context["dag_run"].run_after.isoformat(),
+            )
 
     @task(outlets=[EXPERIMENT_OUTCOMES])
     def record_outcomes(outcomes_path: str) -> dict:
@@ -168,9 +169,14 @@ def model_factory():
         from cml_provider.hooks.cml import CmlHook
         from factory_tasks.pipeline import record_outcomes
 
+        context = get_current_context()
         with no_retry_on_bad_input():
-            return record_outcomes(warehouse_hook(), CmlHook(cml_conn_id=CML_CONN_ID), outcomes_path,
-                                   factory_run_id=get_current_context()["run_id"])
+            recorded = record_outcomes(warehouse_hook(), CmlHook(cml_conn_id=CML_CONN_ID), outcomes_path,
+                                       factory_run_id=context["run_id"])
+        # which factory run the event is about (the deploy DAG's review window counts from the
+        # event's own timestamp: when the experiments were recorded)
+        context["outlet_events"][EXPERIMENT_OUTCOMES].extra = {"factory_run_id": context["run_id"]}
+        return recorded
 
     rows = collect_outcomes(grid)
     [plan, submitted_long, submitted_short, waited_long, waited_short] >> rows

@@ -150,7 +150,12 @@ def _runs_of_factory_run(cml: Any, job_names: set[str], factory_run_id: str) -> 
 
 
 def load_plan(cml: Any, factory_run_id: str) -> RunPlan:
+    """The factory run's plan from the project; ContractError when there is none (planning
+    never finished: nothing was submitted) or it does not parse."""
     path = RunPlan.path_for(factory_run_id)
+    if not cml.file_exists(path):
+        raise ContractError(f"run plan {path}", [
+            f"missing: plan_experiments did not finish for factory run {factory_run_id}, so nothing ran"])
     return RunPlan.parse(cml.download_file(path), f"run plan {path}")
 
 
