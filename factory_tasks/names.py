@@ -11,3 +11,15 @@ EXPERIMENT_JOB_PREFIX = "model-factory-experiment-"
 EXPERIMENT_ID_ENV = "MF_EXPERIMENT_ID"
 FACTORY_RUN_ENV = "MF_FACTORY_RUN_ID"
 CODE_VERSION_ENV = "MF_CODE_VERSION"
+
+#: the deployed model (see docs/deploy.md): its CML name, entry point file and function
+MODEL_NAME = "next-best-offer"
+MODEL_ENTRY_POINT = "jobs/serve_next_best_offer.py"
+MODEL_FUNCTION = "predict"
+#: the script of the retrain job run (relative to the CML project root)
+RETRAIN_SCRIPT = "jobs/retrain_model.py"
+#: environment of a model deployment: the skops file (project-relative path or file:// URL),
+#: its folder (metadata, model.onnx) and the model version it serves
+MODEL_ARTIFACT_ENV = "MF_MODEL_ARTIFACT"
+MODEL_DIR_ENV = "MF_MODEL_DIR"
+MODEL_VERSION_ENV = "MF_MODEL_VERSION"
