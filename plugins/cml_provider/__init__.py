@@ -1,10 +1,16 @@
 """Cloudera Machine Learning (API v2) integration for Airflow, packaged like a provider.
 
-- :mod:`cml_provider.hooks.cml` — ``CmlHook``, the only code that speaks HTTP to API v2
+- :mod:`cml_provider.hooks.cml` — ``CmlHook``, the only code that speaks HTTP to API v2 and
+  the model service (its base in :mod:`cml_provider.hooks.cml_base`, the endpoint table in
+  :mod:`cml_provider.hooks.endpoints`)
 - :mod:`cml_provider.operators.cml` — ``CmlJobRunOperator`` (idempotent job-run submit)
+- :mod:`cml_provider.operators.deploy` — ``CmlDeployModelOperator`` (build, deploy, smoke-test, replace)
 - :mod:`cml_provider.sensors.cml` — ``CmlJobRunSensor`` (deferrable wait)
 - :mod:`cml_provider.triggers.cml` — ``CmlJobRunTrigger``, ``CmlCapacityTrigger``
-- :mod:`cml_provider.states` — ``JobRunStatus``
+- :mod:`cml_provider.triggers.deploy` — ``CmlModelBuildTrigger``, ``CmlModelDeploymentTrigger``
+- :mod:`cml_provider.states` — ``JobRunStatus``, ``CmlBuildStatus``, ``CmlDeploymentStatus``
+- :mod:`cml_provider.models` — value types (``CmlJob``, ``CmlModel``, ``CmlModelDeployment``, ...)
+- :mod:`cml_provider.errors` — ``CmlError`` and its subclasses
 """
 
 __version__ = "0.1.0"
@@ -32,9 +38,19 @@ def get_provider_info() -> dict:
             }
         ],
         "hooks": [{"integration-name": _INTEGRATION, "python-modules": ["cml_provider.hooks.cml"]}],
-        "operators": [{"integration-name": _INTEGRATION, "python-modules": ["cml_provider.operators.cml"]}],
+        "operators": [
+            {
+                "integration-name": _INTEGRATION,
+                "python-modules": ["cml_provider.operators.cml", "cml_provider.operators.deploy"],
+            }
+        ],
         "sensors": [{"integration-name": _INTEGRATION, "python-modules": ["cml_provider.sensors.cml"]}],
-        "triggers": [{"integration-name": _INTEGRATION, "python-modules": ["cml_provider.triggers.cml"]}],
+        "triggers": [
+            {
+                "integration-name": _INTEGRATION,
+                "python-modules": ["cml_provider.triggers.cml", "cml_provider.triggers.deploy"],
+            }
+        ],
         "connection-types": [
             {
                 "connection-type": "cml",
@@ -62,8 +78,20 @@ def get_provider_info() -> dict:
                     },
                     "runtime_identifier": {
                         "label": "Default ML Runtime",
-                        "description": "Runtime image for jobs created without one (ML Runtimes projects need one)",
+                        "description": "Runtime image for jobs and model builds created without one "
+                        "(ML Runtimes projects need one)",
                         "schema": {"type": ["string", "null"]},
+                    },
+                    "model_service_url": {
+                        "label": "Model service URL",
+                        "description": "Where deployed models answer (POST <url>/model); "
+                        "default https://modelservice.<workspace host>",
+                        "schema": {"type": ["string", "null"]},
+                    },
+                    "model_api_key": {
+                        "label": "Model API key",
+                        "description": "Bearer key for models with authentication enabled; default the API key",
+                        "schema": {"type": ["string", "null"], "format": "password"},
                     },
                 },
             }

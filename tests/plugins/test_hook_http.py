@@ -347,3 +347,21 @@ def test_redirect_is_an_error_not_followed(scripted_server, instant):
         make_hook(scripted_server, instant)._do_api_call(LIST_PROJECTS)
     assert info.value.status_code == 302 and not info.value.retryable
     assert scripted_server.count("GET", "/api/v2/projects") == 1
+
+
+def test_retry_delay_may_be_a_timedelta_as_operators_hand_it_over():
+    """``retry_delay`` on the job operator and sensor is also BaseOperator's task retry delay, which
+    Airflow turns into a timedelta (and fills from ``default_args``): the hook's backoff and the
+    triggers' kwargs must still be plain seconds."""
+    from datetime import timedelta
+    from types import SimpleNamespace
+
+    from cml_provider.operators.cml import CmlJobRunOperator
+
+    hook = CmlHook.from_url("http://127.0.0.1:1", TEST_API_KEY, retry_delay=timedelta(seconds=2))
+    assert hook.retry_delay == 2.0
+    assert hook._retry_args["wait"](SimpleNamespace(attempt_number=2)) == 4.0
+
+    op = CmlJobRunOperator(task_id="t", job_name="j", script="s.py", retry_delay=timedelta(seconds=20))
+    _, kwargs = op._run_trigger("p", "j", "r", 60).serialize()
+    assert kwargs["retry_delay"] == 20.0 and isinstance(kwargs["retry_delay"], float)

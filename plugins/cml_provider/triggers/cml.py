@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
+from datetime import timedelta
 from typing import Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
@@ -17,6 +18,12 @@ from cml_provider.hooks.cml import CmlHook
 from cml_provider.states import JobRunStatus
 
 __all__ = ["CmlCapacityTrigger", "CmlJobRunTrigger"]
+
+
+def _seconds(value: float | timedelta) -> float:
+    """Seconds as a float: an operator may hand over its Airflow ``retry_delay`` (a timedelta),
+    and trigger kwargs should stay primitives."""
+    return value.total_seconds() if isinstance(value, timedelta) else float(value)
 
 
 class _CmlTrigger(BaseTrigger):
@@ -56,7 +63,7 @@ class CmlJobRunTrigger(_CmlTrigger):
         poll_interval: float,
         deadline: float,
         retry_limit: int = 3,
-        retry_delay: float = 1.0,
+        retry_delay: float | timedelta = 1.0,
     ) -> None:
         super().__init__()
         self.cml_conn_id = cml_conn_id
@@ -66,7 +73,7 @@ class CmlJobRunTrigger(_CmlTrigger):
         self.poll_interval = float(poll_interval)
         self.deadline = float(deadline)
         self.retry_limit = retry_limit
-        self.retry_delay = retry_delay
+        self.retry_delay = _seconds(retry_delay)
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return (
@@ -156,7 +163,7 @@ class CmlCapacityTrigger(_CmlTrigger):
         job_name_filter: str | None = None,
         max_pages: int = 5,
         retry_limit: int = 3,
-        retry_delay: float = 1.0,
+        retry_delay: float | timedelta = 1.0,
     ) -> None:
         super().__init__()
         if max_active < 1:
@@ -172,7 +179,7 @@ class CmlCapacityTrigger(_CmlTrigger):
         self.job_name_filter = job_name_filter
         self.max_pages = max_pages
         self.retry_limit = retry_limit
-        self.retry_delay = retry_delay
+        self.retry_delay = _seconds(retry_delay)
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return (
