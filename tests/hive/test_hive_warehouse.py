@@ -13,8 +13,16 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from factory_tasks.contracts import ExperimentResult, ExperimentSpec
 from factory_tasks.metrics import METRICS
-from factory_tasks.outcome_store import OUTCOME_COLUMN_NAMES, OUTCOME_COLUMNS, OutcomeStore, RunContext, outcome_row
+from factory_tasks.outcome_store import (
+    OUTCOME_COLUMN_NAMES,
+    OUTCOME_COLUMNS,
+    OutcomeSchemaError,
+    OutcomeStore,
+    RunContext,
+    outcome_row,
+)
 from factory_tasks.sql_dialects import (
     Column,
     HiveDialect,
@@ -23,6 +31,8 @@ from factory_tasks.sql_dialects import (
     bind,
     dialect_for,
 )
+
+from tests.contract_factories import make_result, make_spec
 
 pytestmark = pytest.mark.hive
 
@@ -40,43 +50,25 @@ NASTY = [
 ]
 
 
-def spec_for(i: int, family: str = "random_forest") -> dict:
-    return {
-        "experiment_id": f"{i:016x}",
-        "family": family,
-        "estimator": "RandomForestClassifier",
-        "params": {"n_estimators": 100 + i, "max_depth": (i % 5) or None},
-        "cv_folds": 5,
-        "metrics": list(METRICS),
-        "ranking_metric": "roc_auc",
-        "resources": {"cpu": 1.0 + i % 2, "memory_gb": 2.0},
-        "economics": {"conversion_value": 30.0, "offer_costs": {"Discount": 3.0}},
-        "random_state": 42,
-        "data_snapshot": {"path": "snapshots/x.parquet", "hash": "ab" * 32},
-    }
+def spec_for(i: int, family: str = "random_forest") -> ExperimentSpec:
+    return make_spec("RandomForestClassifier", {"n_estimators": 100 + i, "max_depth": (i % 5) or None},
+                     family=family, cv_folds=5, random_state=42, resources={"cpu": 1.0 + i % 2, "memory_gb": 2.0})
 
 
-def result_for(i: int, rng: random.Random) -> dict | None:
+def result_for(spec: ExperimentSpec, i: int, rng: random.Random) -> ExperimentResult | None:
     if i % 7 == 3:
         return None  # the job run left no result file
     if i % 7 == 5:
-        return {"status": "failed", "error": f"ValueError: bad param {i}", "code_version": "0.1.0"}
+        return ExperimentResult(experiment_id=spec.experiment_id, status="failed",
+                                error=f"ValueError: bad param {i}", code_version="0.1.0")
     metrics = {}
     for name in METRICS:
         folds = [rng.random() for _ in range(5)]
         metrics[name] = {"mean": sum(folds) / 5, "std": rng.random() / 10, "folds": folds}
-    return {
-        "status": "succeeded",
-        "error": None,
-        "metrics": metrics,
-        "fit_time": {"mean": rng.random() * 10, "std": 0.1, "total": 50.0},
-        "score_time": {"mean": rng.random(), "std": 0.01, "total": 5.0},
-        "wall_time_s": rng.random() * 100,
-        "artifact_path": f"experiments/{i:016x}/model.skops",
-        "code_version": "0.1.0",
-        "started_at": "2026-11-27T10:00:00+00:00",
-        "finished_at": "2026-11-27T10:05:00+00:00",
-    }
+    return make_result(spec, metrics=metrics,
+                       fit_time={"mean": rng.random() * 10, "std": 0.1, "total": 50.0},
+                       score_time={"mean": rng.random(), "std": 0.01, "total": 5.0},
+                       wall_time_s=rng.random() * 100)
 
 
 def outcome_rows(run_id: str, n: int, seed: int = 0, start: int = 0) -> list[dict]:
@@ -89,7 +81,8 @@ def outcome_rows(run_id: str, n: int, seed: int = 0, start: int = 0) -> list[dic
         job_run_id=f"run-{seed}",
         run_status="succeeded",
     )
-    return [outcome_row(spec_for(i), result_for(i, rng), ctx) for i in range(start, start + n)]
+    specs = [spec_for(i) for i in range(start, start + n)]
+    return [outcome_row(spec, result_for(spec, i, rng), ctx) for i, spec in zip(range(start, start + n), specs)]
 
 
 def query(hook, sql: str) -> list[tuple]:
@@ -140,9 +133,8 @@ def test_outcomes_read_back_equal_sqlite_and_rewrite_replaces_only_that_run(
     pd.testing.assert_frame_equal(from_hive, from_sqlite)
     expected = sorted_frame(pd.DataFrame(second_a + rows_b, columns=list(OUTCOME_COLUMN_NAMES)))
     pd.testing.assert_frame_equal(from_hive, expected, check_dtype=False)
-    assert sorted(from_hive.loc[from_hive.factory_run_id == "run_a", "experiment_id"]) == [
-        f"{i:016x}" for i in range(100, 105)
-    ]
+    assert sorted(from_hive.loc[from_hive.factory_run_id == "run_a", "experiment_id"]) == sorted(
+        spec_for(i).experiment_id for i in range(100, 105))
     # Typed where it matters: counts as ints, scores as floats, failures as NULL scores.
     assert from_hive["cv_folds"].dtype.kind == "i"
     assert from_hive["roc_auc_mean"].dtype.kind == "f"
@@ -164,7 +156,7 @@ def test_nasty_strings_round_trip(hive_hook, unique_table, monkeypatch, mode):
         row["factory_run_id"] = run_id
     store.replace_run(run_id, rows)
 
-    back = store.read(run_id).sort_values("experiment_id")
+    back = store.read(run_id).set_index("experiment_id").loc[[r["experiment_id"] for r in rows]]
     assert list(back["error"]) == NASTY
     assert list(back["params_json"]) == [t[::-1] for t in NASTY]
     assert set(back["factory_run_id"]) == {run_id}
@@ -261,12 +253,17 @@ def test_rejected_statement_is_not_retried_and_leaves_previous_rows(
     rows = outcome_rows("run_a", 3)
     rows[0]["error"] = "SECRET-VALUE-43"
 
-    with pytest.raises(WarehouseError) as info:
+    # the store notices the other layout before writing, and says what to do
+    with pytest.raises(OutcomeSchemaError, match=f"{unique_table} .* lacks column.*ALTER TABLE {unique_table} ADD COLUMNS"):
         OutcomeStore(hive_hook, table=unique_table).replace_run("run_a", rows)
+    # a statement Hive rejects is not retried
+    attempts.clear()
+    with pytest.raises(WarehouseError) as info:
+        HiveDialect().replace_partition(hive_hook, unique_table, OUTCOME_COLUMNS, "factory_run_id", "run_a", rows)
     assert f"replace factory_run_id 'run_a' in {unique_table}" in str(info.value)
     assert "SECRET-VALUE-43" not in str(info.value)
     assert info.value.attempts == 1
-    assert len(attempts) == 2  # ensure_schema (a no-op on the existing table) + one write attempt
+    assert len(attempts) == 1  # one write attempt
     monkeypatch.setattr(hive_hook, "get_conn", real_get_conn)
     rows_now = HiveDialect().select(hive_hook, unique_table, ["experiment_id", "status", "factory_run_id"])
     assert rows_now == [("old", "ok", "run_a")]
