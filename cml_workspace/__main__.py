@@ -56,6 +56,17 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--preload", action="extend", nargs="+", default=[], metavar="MODULE",
                        help="start runs from a warm engine that has imported these modules once "
                             "(default: every run is a fresh interpreter)")
+    serve.add_argument("--model-port", type=int, default=None,
+                       help="port of the model service (POST /model); default --port + 1, 0 = any free port")
+    serve.add_argument("--model-host", default=None, help="host of the model service (default --host)")
+    serve.add_argument("--model-busy-timeout", type=float, default=30.0, metavar="SECONDS",
+                       help="how long a model call waits for a free replica before HTTP 429 model.busy (default 30)")
+    serve.add_argument("--model-request-timeout", type=float, default=60.0, metavar="SECONDS",
+                       help="a replica that has not answered a call after this: HTTP 504 (default 60)")
+    serve.add_argument("--model-start-timeout", type=float, default=300.0, metavar="SECONDS",
+                       help="a replica must have loaded its entry point within this (default 300)")
+    serve.add_argument("--model-build-timeout", type=float, default=600.0, metavar="SECONDS",
+                       help="a model build longer than this ends timedout (default 600)")
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     return parser
 
@@ -76,6 +87,12 @@ def main(argv: list[str] | None = None) -> int:
         require_runtime_identifier=args.require_runtime_identifier,
         kill_grace_s=args.kill_grace,
         preload=tuple(args.preload),
+        model_port=args.model_port,
+        model_host=args.model_host,
+        model_busy_timeout_s=args.model_busy_timeout,
+        model_request_timeout_s=args.model_request_timeout,
+        model_start_timeout_s=args.model_start_timeout,
+        model_build_timeout_s=args.model_build_timeout,
     )
     import uvicorn  # heavy imports only when serving
 

@@ -18,12 +18,15 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from . import __version__
 from .config import WorkspaceConfig
 from .errors import GRPC_FOR_HTTP, ApiError, GrpcCode, error_body
-from .routes import files, jobs, projects
+from .routes import files, jobs, model_metrics, models, projects
 from .workspace import Workspace
 
 log = logging.getLogger("cml_workspace.app")
 
 API_PREFIX = "/api/v2"
+#: local endpoints (the ``cml.metrics_v1`` stand-in's), behind the same bearer auth
+LOCAL_PREFIX = "/local"
+_AUTH_PREFIXES = (API_PREFIX, LOCAL_PREFIX)
 #: JSON request bodies: CML caps model requests at 5 MB; nothing the API takes needs more
 MAX_JSON_BODY_BYTES = 5 * 1024 * 1024
 #: project file uploads (training-data snapshots are a few MB; model artifacts are written by
@@ -44,16 +47,20 @@ def _error_response_events(status: int, code: GrpcCode, message: str, extra_head
     ]
 
 
+def _needs_auth(path: str) -> bool:
+    return any(path == prefix or path.startswith(prefix + "/") for prefix in _AUTH_PREFIXES)
+
+
 class BearerAuth:
-    """ASGI middleware: every ``/api/v2`` request needs ``Authorization: Bearer <key>``.
-    Checked before anything else (body parsing included)."""
+    """ASGI middleware: every ``/api/v2`` (and ``/local``) request needs ``Authorization:
+    Bearer <key>``. Checked before anything else (body parsing included)."""
 
     def __init__(self, app, api_key: str):
         self.app = app
         self._key = api_key.encode()
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] == "http" and (scope["path"] == API_PREFIX or scope["path"].startswith(API_PREFIX + "/")):
+        if scope["type"] == "http" and _needs_auth(scope["path"]):
             header = dict(scope["headers"]).get(b"authorization", b"")
             scheme, _, token = header.partition(b" ")
             if scheme.lower() != b"bearer" or not hmac.compare_digest(token.strip(), self._key):
@@ -182,12 +189,20 @@ def create_app(
     @asynccontextmanager
     async def lifespan(_app: FastAPI):
         workspace.start()
-        log.info("local CML workspace at %s (root %s, %g vCPU, %g GB)", config.url, config.root,
-                 config.cpus, config.memory_gb)
+        try:
+            await workspace.start_models()
+        except BaseException:
+            workspace.close()
+            raise
+        log.info("local CML workspace at %s (root %s, %g vCPU, %g GB); model service at %s", config.url,
+                 config.root, config.cpus, config.memory_gb, workspace.models.model_service_url)
         try:
             yield
         finally:
-            workspace.close()
+            try:
+                await workspace.close_models()
+            finally:
+                workspace.close()
 
     app = FastAPI(
         title="Local CML workspace",
@@ -197,14 +212,15 @@ def create_app(
     )
     app.state.workspace = workspace
     _install_error_handlers(app)
-    for module in (projects, jobs, files):
+    for module in (projects, jobs, files, models):
         app.include_router(module.router, prefix=API_PREFIX)
+    app.include_router(model_metrics.router, prefix=model_metrics.PREFIX)
     # the last added runs first: authentication, then the body limits, then the routes
     app.add_middleware(BodySizeLimit, max_json_bytes=max_json_bytes, max_upload_bytes=max_upload_bytes)
     app.add_middleware(BearerAuth, api_key=config.api_key)
 
     @app.get("/health", tags=["health"])
     def health() -> dict:
-        return {"status": "ok", "version": __version__, **workspace.scheduler.usage()}
+        return {"status": "ok", "version": __version__, **workspace.scheduler.usage(), **workspace.models.usage()}
 
     return app

@@ -50,8 +50,21 @@ class WorkspaceConfig:
     preload: tuple[str, ...] = ()
     #: how often the scheduler looks at processes and the queue (it is also woken on changes)
     poll_interval_s: float = 0.1
-    #: SIGTERM to SIGKILL escalation when stopping or timing out a run
+    #: SIGTERM to SIGKILL escalation when stopping or timing out a run (and a model replica)
     kill_grace_s: float = 3.0
+    #: the model service (``POST /model``) listens on its own port, as CML's is its own host
+    #: (``modelservice.<domain>``). None: ``port + 1``; 0: any free port (see ``/health``)
+    model_port: int | None = None
+    #: None: the API's host
+    model_host: str | None = None
+    #: a model call waits this long for a free replica, then gets HTTP 429 ``model.busy`` (CML: 30 s)
+    model_busy_timeout_s: float = 30.0
+    #: a replica that has not answered a call after this long: the caller gets HTTP 504
+    model_request_timeout_s: float = 60.0
+    #: a replica must have loaded its entry point (and passed ``build_check()``) within this
+    model_start_timeout_s: float = 300.0
+    #: a model build (``cdsw-build.sh`` + the entry-point check) longer than this ends ``timedout``
+    model_build_timeout_s: float = 600.0
 
     def __post_init__(self) -> None:
         if not self.api_key:
@@ -60,6 +73,14 @@ class WorkspaceConfig:
             raise ValueError("cpus and memory_gb must be positive")
         if self.oversize not in OVERSIZE_POLICIES:
             raise ValueError(f"oversize must be one of {OVERSIZE_POLICIES}, not {self.oversize!r}")
+        for name in ("model_busy_timeout_s", "model_request_timeout_s", "model_start_timeout_s",
+                     "model_build_timeout_s"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be positive")
+        if self.model_port is None:
+            object.__setattr__(self, "model_port", self.port + 1)
+        if self.model_host is None:
+            object.__setattr__(self, "model_host", self.host)
         object.__setattr__(self, "root", Path(self.root).resolve())
         if self.code_dir is not None:
             object.__setattr__(self, "code_dir", Path(self.code_dir).resolve())
@@ -81,6 +102,22 @@ class WorkspaceConfig:
         return self.projects_dir / project_id / "files"
 
     @property
+    def builds_dir(self) -> Path:
+        return self.root / "builds"
+
+    @property
+    def deployments_dir(self) -> Path:
+        return self.root / "deployments"
+
+    @property
+    def metrics_db_path(self) -> Path:
+        return self.root / "model_metrics.db"
+
+    @property
     def url(self) -> str:
-        host = "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host
-        return f"http://{host}:{self.port}"
+        return f"http://{reachable_host(self.host)}:{self.port}"
+
+
+def reachable_host(host: str) -> str:
+    """The address a local client uses for a server bound to ``host``."""
+    return "127.0.0.1" if host in ("0.0.0.0", "::", "") else host

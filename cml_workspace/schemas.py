@@ -148,3 +148,109 @@ def run_out(doc: Doc) -> dict:
     out = public(doc)
     out["environment"] = json.dumps(doc.get("environment") or {})
     return out
+
+
+# -- models, builds, deployments -------------------------------------------------------------
+class CreateModelBody(_Body):
+    project_id: str | None = None
+    name: str = Field(min_length=1)
+    description: str = ""
+    disable_authentication: bool = False
+    registered_model_id: str | None = None
+    visibility: str | None = None
+
+
+class AutoDeploymentConfig(_Body):
+    cpu: float | None = Field(default=None, gt=0)
+    memory: float | None = Field(default=None, gt=0)
+    nvidia_gpus: int | None = Field(default=None, ge=0)
+    environment: dict[str, str] | None = None
+    replicas: int | None = Field(default=None, ge=1)
+
+    @field_validator("environment", mode="before")
+    @classmethod
+    def _check_environment(cls, value: Any) -> Any:
+        return _environment(value)
+
+
+class CreateModelBuildBody(_Body):
+    project_id: str | None = None
+    model_id: str | None = None
+    file_path: str = Field(min_length=1)
+    function_name: str = Field(min_length=1)
+    kernel: str | None = None
+    runtime_identifier: str | None = None
+    runtime_addon_identifiers: list[str] | None = None
+    comment: str | None = None
+    auto_deploy_model: bool | None = None
+    auto_deployment_config: AutoDeploymentConfig | None = None
+
+
+class CreateModelDeploymentBody(_Body):
+    project_id: str | None = None
+    model_id: str | None = None
+    build_id: str | None = None
+    cpu: float | None = Field(default=None, gt=0)
+    memory: float | None = Field(default=None, gt=0)
+    nvidia_gpus: int | None = Field(default=None, ge=0)
+    nvidia_gpu: int | None = Field(default=None, ge=0)
+    replicas: int | None = Field(default=None, ge=1, le=64)
+    environment: dict[str, str] | None = None
+
+    @field_validator("environment", mode="before")
+    @classmethod
+    def _check_environment(cls, value: Any) -> Any:
+        return _environment(value)
+
+
+MODEL_FIELDS = (
+    "id", "project_id", "name", "description", "access_key", "crn", "auth_enabled", "default_resources",
+    "default_replication_policy", "registered_model_id", "visibility", "creator", "created_at", "updated_at",
+)
+
+
+def model_out(doc: Doc) -> dict:
+    return public(doc)
+
+
+BUILD_FIELDS = (
+    "id", "project_id", "model_id", "crn", "status", "status_message", "file_path", "function_name",
+    "runtime_identifier", "runtime_addon_identifiers", "kernel", "comment", "creator", "created_at",
+    "updated_at", "built_at",
+)
+
+
+def build_out(doc: Doc) -> dict:
+    return public(doc)
+
+
+DEPLOYMENT_FIELDS = (
+    "id", "project_id", "model_id", "build_id", "crn", "status", "status_message", "cpu", "memory",
+    "nvidia_gpu", "replicas", "environment", "deployer", "created_at", "updated_at", "stopped_at",
+)
+
+
+def deployment_out(doc: Doc) -> dict:
+    out = public(doc)
+    out["environment"] = json.dumps(doc.get("environment") or {})
+    return out
+
+
+class TrackDelayedBody(_Body):
+    prediction_uuid: str = Field(min_length=1)
+    metrics: dict[str, Any]
+
+
+class TrackAggregateBody(_Body):
+    model_deployment_crn: str = Field(min_length=1)
+    metrics: dict[str, Any]
+    start_timestamp_ms: int = Field(ge=0)
+    end_timestamp_ms: int = Field(ge=0)
+
+
+class ReadMetricsBody(_Body):
+    model_deployment_crn: str | None = None
+    model_crn: str | None = None
+    model_build_crn: str | None = None
+    start_timestamp_ms: int | None = Field(default=None, ge=0)
+    end_timestamp_ms: int | None = Field(default=None, ge=0)

@@ -5,7 +5,8 @@ commands, benchmarks and tests).
 
     with running_workspace(root, cpus=2, memory_gb=8, code_dir=REPO) as ws:
         ws.url, ws.api_key, ws.project_id, ws.root
-        ws.restart()                         # same port, same root: state survives
+        ws.model_service_url                 # POST <it>/model (the model service's own port)
+        ws.restart()                         # same ports, same root: state survives
 
 The server is a real subprocess (``python -m cml_workspace serve``) on a free port, with a
 random API key passed through the environment. Waits are bounded; if the server does not
@@ -78,6 +79,7 @@ class RunningWorkspace:
         code_dir: Path | None = None,
         project: str = "model-factory",
         port: int | None = None,
+        model_port: int | None = None,
         host: str = "127.0.0.1",
         api_key: str | None = None,
         extra_args: Sequence[str] = (),
@@ -96,8 +98,9 @@ class RunningWorkspace:
         self.extra_env = dict(env or {})
         self.startup_timeout = startup_timeout
         self.kill_runs_on_exit = kill_runs_on_exit
-        self._fixed_port = port is not None
+        self._fixed_port = port is not None or model_port is not None
         self.port = port if port is not None else free_port(host)
+        self.model_port = model_port if model_port is not None else self._other_free_port()
         self.project_id = ""
         self._proc: subprocess.Popen | None = None
         self._log_fh = None
@@ -107,6 +110,11 @@ class RunningWorkspace:
     @property
     def url(self) -> str:
         return f"http://{self.host}:{self.port}"
+
+    @property
+    def model_service_url(self) -> str:
+        """Base URL of the model service: ``POST <it>/model`` calls a deployed model."""
+        return f"http://{self.host}:{self.model_port}"
 
     @property
     def log_path(self) -> Path:
@@ -142,7 +150,8 @@ class RunningWorkspace:
                 port_taken = "address already in use" in str(exc).lower()
                 if attempt + 1 >= attempts or not port_taken:
                     raise
-                self.port = free_port(self.host)  # lost a race for the free port: take another
+                self.port = free_port(self.host)  # lost a race for a free port: take others
+                self.model_port = self._other_free_port()
 
     def stop(self, timeout: float = 10.0) -> None:
         """Stop the server (SIGTERM, then SIGKILL). Runs keep going (a restart adopts them)."""
@@ -159,7 +168,7 @@ class RunningWorkspace:
             self._log_fh = None
 
     def restart(self) -> None:
-        """Stop and start again on the same port and root."""
+        """Stop and start again on the same ports and root."""
         self.stop()
         self._start_once()
 
@@ -179,10 +188,17 @@ class RunningWorkspace:
             self.kill_runs()
 
     # -- internals ---------------------------------------------------------------------------
+    def _other_free_port(self) -> int:
+        while True:
+            port = free_port(self.host)
+            if port != self.port:
+                return port
+
     def _command(self) -> list[str]:
         cmd = [
             sys.executable, "-m", "cml_workspace", "serve",
             "--root", str(self.root), "--host", self.host, "--port", str(self.port),
+            "--model-port", str(self.model_port),
             "--cpus", str(self.cpus), "--memory-gb", str(self.memory_gb),
         ]
         if self.project:
@@ -264,7 +280,7 @@ def running_workspace(root: Path, **options) -> Iterator[RunningWorkspace]:
     """Start a workspace server subprocess, wait for /health, yield its handle, stop it.
 
     ``options`` go to :class:`RunningWorkspace` (``cpus``, ``memory_gb``, ``code_dir``,
-    ``project``, ``port``, ``host``, ``api_key``, ``extra_args`` such as
+    ``project``, ``port``, ``model_port``, ``host``, ``api_key``, ``extra_args`` such as
     ``["--oversize", "clamp"]``, ``env``, ``startup_timeout``, ``kill_runs_on_exit``: by
     default runs still alive at the end are killed too). A server that fails to start stops
     nothing else: the runs of another server on the same root are left alone.

@@ -1,6 +1,6 @@
 """The state store: one SQLite file (``<root>/workspace.db``) of JSON documents.
 
-Each resource kind (``projects``, ``jobs``, ``runs``; later models, builds, deployments)
+Each resource kind (``projects``, ``jobs``, ``runs``, ``models``, ``builds``, ``deployments``)
 is a table of documents with a few indexed columns (``project_id``, ``parent_id``,
 ``status``) and the document itself as JSON. Documents are plain dicts: keys starting with
 ``_`` are internal (process ids, exit codes, ...) and never leave the server.
@@ -21,7 +21,7 @@ from typing import Any
 Doc = dict[str, Any]
 
 #: Resource kinds and the document keys copied into indexed columns.
-KINDS = ("projects", "jobs", "runs")
+KINDS = ("projects", "jobs", "runs", "models", "builds", "deployments")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS {kind} (
@@ -40,7 +40,8 @@ CREATE INDEX IF NOT EXISTS {kind}_status ON {kind} (status);
 class Store:
     """Documents by kind. ``parent_key`` names the document field used as ``parent_id``."""
 
-    PARENT_KEYS = {"projects": None, "jobs": None, "runs": "job_id"}
+    PARENT_KEYS = {"projects": None, "jobs": None, "runs": "job_id", "models": None, "builds": "model_id",
+                   "deployments": "build_id"}
 
     def __init__(self, path: Path, kinds: Iterable[str] = KINDS):
         path.parent.mkdir(parents=True, exist_ok=True)

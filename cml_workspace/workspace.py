@@ -1,6 +1,6 @@
 """The workspace service: the resources' rules, between the HTTP routes and the store /
-scheduler / project files. Routes stay thin; later resources (models, builds, deployments,
-metrics) get their own service module beside this one and plug into :class:`Workspace`.
+scheduler / project files. Routes stay thin. Models, builds, deployments and model metrics
+live in :mod:`models_service` (``Workspace.models``).
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from . import files
 from .config import WorkspaceConfig
 from .errors import ApiError, GrpcCode, invalid, not_found
 from .files import ProjectFiles
+from .models_service import ModelsService
 from .scheduler import RunScheduler, RunStatus
 from .schemas import CreateJobBody, CreateJobRunBody, CreateProjectBody, JobFields
 from .store import Doc, Store
@@ -42,6 +43,7 @@ class Workspace:
         self.store = Store(config.db_path)
         self.scheduler = RunScheduler(config, self.store, on_finished=self._run_finished)
         self.user = _local_user()
+        self.models = ModelsService(config, self.store, project=self.project, user=self.user)
         self._lock_fh = None
 
     def start(self) -> None:
@@ -49,6 +51,13 @@ class Workspace:
         for name in self.config.projects:
             self.ensure_project(name)
         self.scheduler.start()
+
+    async def start_models(self) -> None:
+        """The model service (its port, the deployments' replicas, builds): on the event loop."""
+        await self.models.start()
+
+    async def close_models(self) -> None:
+        await self.models.close()
 
     def close(self) -> None:
         self.scheduler.shutdown()

@@ -11,7 +11,7 @@ from typing import Any
 
 import httpx
 import pytest
-from workspace_helpers import WARM_ARGS, Api, WorkspaceServer, running_workspace
+from workspace_helpers import WARM_ARGS, Api, ModelApi, WorkspaceServer, running_workspace
 
 
 @pytest.fixture
@@ -78,3 +78,24 @@ def fresh_project(api: Api) -> Api:
     resp = api.http.post("/api/v2/projects", json={"name": f"p-{time.monotonic_ns()}"})
     assert resp.status_code == 200, resp.text
     return Api(api.ws, api.http, resp.json()["id"])
+
+
+#: the model workspace's options: short busy/request timeouts so the tests stay quick
+MODEL_WS_ARGS = ["--kill-grace", "1", "--model-busy-timeout", "1.5", "--model-request-timeout", "3"]
+
+
+@pytest.fixture(scope="module")
+def model_ws(tmp_path_factory: pytest.TempPathFactory, shared_code_dir: Path) -> Iterator[WorkspaceServer]:
+    """A workspace for model tests (one per test module)."""
+    with running_workspace(tmp_path_factory.mktemp("model-ws"), cpus=2, memory_gb=8, code_dir=shared_code_dir,
+                           extra_args=MODEL_WS_ARGS) as ws:
+        yield ws
+
+
+@pytest.fixture
+def models(model_ws: WorkspaceServer) -> Iterator[ModelApi]:
+    """A :class:`ModelApi` on a new, empty project of the module's model workspace."""
+    with model_ws.client() as client:
+        resp = client.post("/api/v2/projects", json={"name": f"p-{time.monotonic_ns()}"})
+        assert resp.status_code == 200, resp.text
+        yield ModelApi(model_ws, client, resp.json()["id"])

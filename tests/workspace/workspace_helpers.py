@@ -162,3 +162,105 @@ def watch(api: Api, runs: list[dict], timeout: float = 30.0, interval: float = 0
             return timeline
         assert time.monotonic() < deadline, f"runs not finished after {timeout} s: {snapshot}"
         time.sleep(interval)
+
+
+# -- models, builds, deployments -------------------------------------------------------------
+BUILDING = frozenset({"pending", "queued", "pushing"})
+DEPLOYING = frozenset({"pending", "deploying"})
+
+
+class ModelApi(Api):
+    """Helpers for models, builds, deployments and the model service of one project."""
+
+    @property
+    def models(self) -> str:
+        return f"{self.base}/models"
+
+    def entry_point(self, name: str, code: str) -> str:
+        """Write a model entry point into the project folder; returns its project path."""
+        return self.script(name, code)
+
+    def model(self, name: str | None = None, *, expect: int = 200, **fields: Any) -> dict:
+        body = {"project_id": self.project_id, "name": name or f"model-{time.monotonic_ns()}", **fields}
+        resp = self.http.post(self.models, json=body)
+        assert resp.status_code == expect, resp.text
+        return resp.json()
+
+    def build(self, model: dict, file_path: str, function_name: str = "predict", *, expect: int = 200,
+              **fields: Any) -> dict:
+        body = {"file_path": file_path, "function_name": function_name, "runtime_identifier": RUNTIME, **fields}
+        resp = self.http.post(f"{self.models}/{model['id']}/builds", json=body)
+        assert resp.status_code == expect, resp.text
+        return resp.json()
+
+    def build_path(self, build: dict) -> str:
+        return f"{self.models}/{build['model_id']}/builds/{build['id']}"
+
+    def get_build(self, build: dict) -> dict:
+        resp = self.http.get(self.build_path(build))
+        assert resp.status_code == 200, resp.text
+        return resp.json()
+
+    def wait_build(self, build: dict, timeout: float = 60.0) -> dict:
+        deadline = time.monotonic() + timeout
+        while True:
+            current = self.get_build(build)
+            if current["status"] not in BUILDING:
+                return current
+            assert time.monotonic() < deadline, f"build still {current['status']} after {timeout} s"
+            time.sleep(0.05)
+
+    def deploy(self, build: dict, *, expect: int = 200, **fields: Any) -> dict:
+        resp = self.http.post(f"{self.build_path(build)}/deployments", json=fields)
+        assert resp.status_code == expect, resp.text
+        return resp.json()
+
+    def deployment_path(self, deployment: dict) -> str:
+        return (f"{self.models}/{deployment['model_id']}/builds/{deployment['build_id']}"
+                f"/deployments/{deployment['id']}")
+
+    def get_deployment(self, deployment: dict) -> dict:
+        resp = self.http.get(self.deployment_path(deployment))
+        assert resp.status_code == 200, resp.text
+        return resp.json()
+
+    def wait_deployment(self, deployment: dict, timeout: float = 60.0, *,
+                        until: frozenset[str] = frozenset({"deployed", "failed", "stopped"})) -> dict:
+        deadline = time.monotonic() + timeout
+        while True:
+            current = self.get_deployment(deployment)
+            if current["status"] in until:
+                return current
+            assert time.monotonic() < deadline, f"deployment still {current['status']} after {timeout} s"
+            time.sleep(0.05)
+
+    def stop_deployment(self, deployment: dict) -> dict:
+        resp = self.http.post(self.deployment_path(deployment) + ":stop")
+        assert resp.status_code == 200, resp.text
+        return resp.json()
+
+    def restart_deployment(self, deployment: dict) -> dict:
+        resp = self.http.post(self.deployment_path(deployment) + ":restart")
+        assert resp.status_code == 200, resp.text
+        return resp.json()
+
+    def deployed(self, code: str, *, name: str = "entry.py", replicas: int = 1,
+                 environment: dict[str, str] | None = None, **model_fields: Any) -> tuple[dict, dict, dict]:
+        """An entry point written, built and deployed: ``(model, build, deployment)``."""
+        path = self.entry_point(name, code)
+        model = self.model(**model_fields)
+        build = self.wait_build(self.build(model, path))
+        assert build["status"] == "built", build
+        deployment = self.wait_deployment(self.deploy(build, replicas=replicas, environment=environment or {}))
+        assert deployment["status"] == "deployed", deployment
+        return model, build, deployment
+
+    def call(self, model: dict, request: Any, *, auth: bool = True, client: httpx.Client | None = None,
+             **kwargs: Any) -> httpx.Response:
+        """``POST <model service>/model`` with the model's access key (and the bearer when ``auth``)."""
+        headers = dict(self.ws.headers) if auth else {}
+        body = {"accessKey": model["access_key"], "request": request}
+        url = self.ws.model_service_url + "/model"
+        if client is not None:
+            return client.post(url, json=body, headers=headers, **kwargs)
+        return httpx.post(url, json=body, headers=headers, timeout=60, **kwargs)

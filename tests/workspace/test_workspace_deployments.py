@@ -1,0 +1,367 @@
+"""Deployments and the model service over real HTTP: replicas are real processes serving one
+call at a time; ``POST /model`` on the model-service port routes to a free replica."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+
+import httpx
+import pytest
+from workspace_helpers import DEPLOYING, ModelApi
+
+from cml_workspace.builds import SHIM_DIR
+
+# Answers what it was asked, how, where and when; sleeps when asked to; can fail or die.
+PROBE = """
+import os, sys, time
+
+def predict(args):
+    started = time.time()
+    if args.get("sleep"):
+        time.sleep(args["sleep"])
+    if args.get("raise"):
+        raise ValueError(args["raise"])
+    if args.get("exit"):
+        os._exit(7)
+    return {"echo": args, "pid": os.getpid(), "started": started, "ended": time.time(),
+            "env": {k: os.environ.get(k) for k in ("MF_MODEL_ARTIFACT", "OMP_NUM_THREADS", "CML_MODEL_DEPLOYMENT_CRN")},
+            "cwd": os.getcwd(), "sys_path0": sys.path[0]}
+"""
+
+METRICS = """
+import cml.metrics_v1 as metrics
+import cml.models_v1 as models
+
+@models.cml_model(metrics=True)
+def predict(args):
+    metrics.track_metric("customer", args["customer"])
+    metrics.track_metric("detail", {"offers": [1, 2], "score": 0.5})
+    return {"offer": "Discount"}
+"""
+
+
+def _concurrently(*calls):
+    """Run the callables at once (each in a thread, started 50 ms apart); their results in order."""
+    results: list = [None] * len(calls)
+
+    def run(i, call):
+        results[i] = call()
+
+    threads = [threading.Thread(target=run, args=(i, c)) for i, c in enumerate(calls)]
+    for thread in threads:
+        thread.start()
+        time.sleep(0.05)
+    for thread in threads:
+        thread.join(60)
+    return results
+
+
+def test_a_deployment_goes_pending_deploying_deployed_and_answers(models):
+    path = models.entry_point("probe.py", PROBE)
+    model = models.model()
+    build = models.wait_build(models.build(model, path))
+    created = models.deploy(build, cpu=1.5, memory=1, replicas=1, environment={"MF_MODEL_ARTIFACT": "models/m.skops"})
+    assert created["status"] == "pending"
+    assert created["crn"] == f"crn:cdp:ml:local:workspace:deployment/{created['id']}"
+    assert json.loads(created["environment"]) == {"MF_MODEL_ARTIFACT": "models/m.skops"}
+    assert (created["cpu"], created["memory"], created["replicas"], created["nvidia_gpu"]) == (1.5, 1, 1, 0)
+    seen = {created["status"]}
+    deadline = time.monotonic() + 30
+    while (current := models.get_deployment(created))["status"] in DEPLOYING:
+        seen.add(current["status"])
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    assert current["status"] == "deployed", current
+    assert seen <= {"pending", "deploying"}
+
+    resp = models.call(model, {"customer": "c-1"})
+    assert resp.status_code == 200, resp.text
+    body = resp.json()
+    assert body["success"] is True
+    answer = body["response"]
+    assert answer["echo"] == {"customer": "c-1"}
+    assert answer["env"] == {"MF_MODEL_ARTIFACT": "models/m.skops", "OMP_NUM_THREADS": "1",
+                             "CML_MODEL_DEPLOYMENT_CRN": created["crn"]}
+    assert answer["cwd"] == str(models.files_dir) and answer["sys_path0"] == str(models.files_dir)
+    # also with the access key in the URL
+    url = f"{models.ws.model_service_url}/model?accessKey={model['access_key']}"
+    assert httpx.post(url, json={"request": {"q": 1}}, headers=models.ws.headers).json()["response"]["echo"] == {"q": 1}
+    listed = models.http.get(models.build_path(build) + "/deployments").json()["model_deployments"]
+    assert [d["id"] for d in listed] == [created["id"]]
+
+
+def test_one_replica_serves_one_call_at_a_time_and_a_busy_model_answers_429(models):
+    model, _, _ = models.deployed(PROBE)
+    first, second = _concurrently(lambda: models.call(model, {"sleep": 0.6}), lambda: models.call(model, {}))
+    assert first.status_code == second.status_code == 200
+    a, b = first.json()["response"], second.json()["response"]
+    assert a["pid"] == b["pid"] and b["started"] >= a["ended"]  # the second call waited for the first
+    # longer than the busy timeout (1.5 s in these tests): the waiting call is refused
+    slow, refused = _concurrently(lambda: models.call(model, {"sleep": 2.5}), lambda: models.call(model, {}))
+    assert slow.status_code == 200
+    assert refused.status_code == 429, refused.text
+    body = refused.json()
+    assert body["success"] is False and body["error"] == "model.busy" and body["code"] == 8
+    assert models.call(model, {}).status_code == 200  # free again
+
+
+def test_two_replicas_serve_two_calls_at_once(models):
+    model, _, _ = models.deployed(PROBE, replicas=2)
+    first, second = _concurrently(lambda: models.call(model, {"sleep": 0.8}), lambda: models.call(model, {"sleep": 0.8}))
+    a, b = first.json()["response"], second.json()["response"]
+    assert a["pid"] != b["pid"]
+    assert b["started"] < a["ended"] and a["started"] < b["ended"]  # overlapping
+
+
+def test_many_concurrent_calls_are_all_answered(models):
+    model, _, _ = models.deployed("def predict(args):\n    return args\n", replicas=2)
+    failures: list = []
+
+    def client():
+        with httpx.Client(headers=models.ws.headers, timeout=30) as http:
+            for i in range(60):
+                resp = models.call(model, {"i": i}, client=http)
+                if resp.status_code != 200 or resp.json()["response"] != {"i": i}:
+                    failures.append(resp.text)
+
+    threads = [threading.Thread(target=client) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert failures == []
+
+
+def test_authentication_is_needed_unless_disabled(models):
+    model, _, _ = models.deployed(PROBE)
+    missing = models.call(model, {}, auth=False)
+    assert missing.status_code == 401 and missing.json()["code"] == 16
+    wrong = httpx.post(models.ws.model_service_url + "/model", headers={"Authorization": "Bearer nope"},
+                       json={"accessKey": model["access_key"], "request": {}})
+    assert wrong.status_code == 401 and wrong.json()["message"] == "invalid API key"
+    open_model, _, _ = models.deployed(PROBE, name="open.py", disable_authentication=True)
+    assert models.call(open_model, {"x": 1}, auth=False).json()["response"]["echo"] == {"x": 1}
+
+
+def test_bad_model_service_requests(models):
+    model, _, _ = models.deployed(PROBE)
+    url = models.ws.model_service_url + "/model"
+    headers = {**models.ws.headers, "content-type": "application/json"}
+
+    def post(content: bytes, target: str = url) -> httpx.Response:
+        return httpx.post(target, content=content, headers=headers)
+
+    cases = {
+        "not json": (post(b"{nope"), 400),
+        "an array": (post(b"[1, 2]"), 400),
+        "no access key": (post(b'{"request": {}}'), 400),
+        "no request": (post(json.dumps({"accessKey": model["access_key"]}).encode()), 400),
+        "unknown key": (post(b'{"accessKey": "0000", "request": {}}'), 404),
+        "another path": (post(b"{}", models.ws.model_service_url + "/models"), 404),
+    }
+    for name, (resp, status) in cases.items():
+        assert resp.status_code == status, (name, resp.text)
+        body = resp.json()
+        assert body["success"] is False and set(body) >= {"error", "code", "message", "details"}, name
+    assert httpx.get(url).status_code == 405
+    # over 5 MB: refused from Content-Length, and when streamed without one
+    big = json.dumps({"accessKey": model["access_key"], "request": {"x": "y" * (5 * 1024 * 1024)}}).encode()
+    too_large = post(big)
+    assert too_large.status_code == 413 and too_large.json()["code"] == 8
+    streamed = httpx.post(url, content=iter([big[:1024 * 1024]] * 6), headers=headers)
+    assert streamed.status_code == 413
+    # just under the limit is fine (and the service carries on)
+    fits = json.dumps({"accessKey": model["access_key"], "request": {"x": "y" * (5 * 1024 * 1024 - 200)}})
+    assert post(fits.encode()).status_code == 200
+    assert models.call(model, {"still": "fine"}).status_code == 200
+
+
+def test_a_model_without_a_deployment_answers_503(models):
+    model = models.model()
+    resp = models.call(model, {})
+    assert resp.status_code == 503 and resp.json()["error"] == "model.notDeployed"
+
+
+def test_predict_raising_is_a_500_and_the_replica_carries_on(models):
+    model, _, _ = models.deployed(PROBE)
+    resp = models.call(model, {"raise": "bad customer"})
+    assert resp.status_code == 500
+    assert resp.json()["error"] == "model.error" and "ValueError: bad customer" in resp.json()["message"]
+    assert models.call(model, {}).status_code == 200
+
+
+def test_a_replica_that_dies_is_replaced(models):
+    model, _, deployment = models.deployed(PROBE)
+    before = models.call(model, {}).json()["response"]["pid"]
+    died = models.call(model, {"exit": True})
+    assert died.status_code == 500 and died.json()["error"] == "model.replicaDied"
+    deadline = time.monotonic() + 30
+    while (resp := models.call(model, {})).status_code != 200:
+        assert resp.status_code == 429 or resp.status_code == 503, resp.text
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    assert resp.json()["response"]["pid"] != before
+    assert models.get_deployment(deployment)["status"] == "deployed"
+
+
+def test_a_call_longer_than_the_request_timeout_is_504(models):
+    model, _, _ = models.deployed(PROBE)
+    started = time.monotonic()
+    resp = models.call(model, {"sleep": 4})
+    assert resp.status_code == 504 and resp.json()["error"] == "model.timeout"
+    assert 2.5 < time.monotonic() - started < 4
+    deadline = time.monotonic() + 10
+    while (again := models.call(model, {})).status_code != 200:  # the replica is free once it answered
+        assert again.status_code == 429 and time.monotonic() < deadline
+    assert again.json()["response"]["started"] > 0
+
+
+def test_stop_and_restart(models):
+    model, _, deployment = models.deployed(PROBE, replicas=2)
+    pids = {models.call(model, {"sleep": 0.3}).json()["response"]["pid"] for _ in range(2)}
+    stopping = models.stop_deployment(deployment)
+    assert stopping["status"] in {"stopping", "stopped"}
+    stopped = models.wait_deployment(deployment, until=frozenset({"stopped"}))
+    assert stopped["stopped_at"] and stopped["status_message"] == "stopped"
+    assert models.call(model, {}).status_code == 503
+    for pid in pids:
+        assert not _alive(pid)
+    assert models.stop_deployment(deployment)["status"] == "stopped"  # idempotent
+    restarted = models.restart_deployment(deployment)
+    assert restarted["status"] in {"pending", "deploying", "deployed"}
+    assert models.wait_deployment(restarted)["status"] == "deployed"
+    answer = models.call(model, {}).json()["response"]
+    assert answer["pid"] not in pids
+    assert models.get_deployment(deployment)["stopped_at"] is None
+
+
+def test_a_replica_that_fails_to_load_fails_the_deployment_with_its_message(models):
+    code = PROBE + "\ndef build_check():\n    raise RuntimeError('no model file at ' + str(__import__('os').environ.get('MF_MODEL_ARTIFACT')))\n"
+    path = models.entry_point("needs_model.py", code)
+    model = models.model()
+    build = models.wait_build(models.build(model, path))
+    assert build["status"] == "built"  # builds do not call build_check(): the model files are not in a build
+    deployment = models.wait_deployment(models.deploy(build, replicas=2, environment={"MF_MODEL_ARTIFACT": "m.skops"}))
+    assert deployment["status"] == "failed"
+    assert "RuntimeError: no model file at m.skops" in deployment["status_message"]
+    assert models.call(model, {}).status_code == 503
+    log_dir = models.ws.root / "deployments" / deployment["id"]
+    assert "Traceback" in "".join(p.read_text() for p in log_dir.glob("replica-*.log"))
+
+
+def test_build_check_runs_before_a_replica_is_ready(models):
+    code = """
+CHECKS = []
+
+def predict(args):
+    return {"checks_before": len(CHECKS)}
+
+def build_check():
+    CHECKS.append(predict({}))
+    return {"ok": True}
+"""
+    model, _, deployment = models.deployed(code)
+    assert models.call(model, {}).json()["response"] == {"checks_before": 1}
+    log = (models.ws.root / "deployments" / deployment["id"] / "replica-0.log").read_text()
+    assert 'build_check() answered: {"ok":true}' in log
+
+
+def _shim(ws, code: str) -> object:
+    """Run ``code`` with the ``cml`` stand-in in a separate interpreter (this process must not
+    import it: other tests resolve ``cml`` themselves); returns what it printed as JSON."""
+    env = {**os.environ, "PYTHONPATH": str(SHIM_DIR), "CML_WORKSPACE_URL": ws.url, "CDSW_APIV2_KEY": ws.api_key}
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)
+
+
+def test_track_metric_in_predict_then_read_metrics(models):
+    model, build, deployment = models.deployed(METRICS)
+    since = int(time.time() * 1000)
+    first = models.call(model, {"customer": "c-1"}).json()["response"]
+    second = models.call(model, {"customer": "c-2"}).json()["response"]
+    assert first["prediction"] == {"offer": "Discount"} and first["uuid"] != second["uuid"]
+    read = f"import json, cml.metrics_v1 as m; print(json.dumps(m.read_metrics(model_deployment_crn={deployment['crn']!r})))"
+    rows = _shim(models.ws, read)["metrics"]
+    assert [r["predictionUuid"] for r in rows] == [first["uuid"], second["uuid"]]
+    row = rows[0]
+    assert row["modelDeploymentCrn"] == deployment["crn"]
+    assert row["modelBuildCrn"] == build["crn"] and row["modelCrn"] == model["crn"]
+    assert since <= row["startTimeStampMs"] <= row["endTimeStampMs"]
+    assert row["metrics"] == {"customer": "c-1", "detail": {"offers": [1, 2], "score": 0.5}}
+    # ground truth later; an aggregate row; read by model CRN
+    _shim(models.ws, (
+        "import json, cml.metrics_v1 as m\n"
+        f"m.track_delayed_metrics({{'converted': 1}}, {first['uuid']!r})\n"
+        f"m.track_aggregate_metrics({{'rate': 0.5}}, 0, 10, model_deployment_crn={deployment['crn']!r})\n"
+        "print('null')"))
+    rows = _shim(models.ws, f"import json, cml.metrics_v1 as m; print(json.dumps(m.read_metrics(model_crn={model['crn']!r})))")["metrics"]
+    assert rows[0] == {**rows[0], "predictionUuid": None, "metrics": {"rate": 0.5}, "startTimeStampMs": 0}
+    assert rows[1]["metrics"] == {"customer": "c-1", "detail": {"offers": [1, 2], "score": 0.5}, "converted": 1}
+    unknown = models.http.post("/local/model_metrics/track_delayed", json={"prediction_uuid": "nope", "metrics": {}})
+    assert unknown.status_code == 404
+    assert httpx.post(models.ws.url + "/local/model_metrics/read", json={}).status_code == 401
+
+
+def test_deployments_come_back_after_a_server_restart(new_workspace, shared_code_dir):
+    ws = new_workspace(cpus=2, memory_gb=8, code_dir=shared_code_dir, extra_args=["--kill-grace", "1"])
+    with ws.client() as http:
+        api = ModelApi(ws, http)
+        model, _, deployment = api.deployed(METRICS, replicas=2)
+        stopped_model, _, stopped = api.deployed(PROBE, name="probe.py")
+        api.stop_deployment(stopped)
+        api.wait_deployment(stopped, until=frozenset({"stopped"}))
+        uuid = api.call(model, {"customer": "c-1"}).json()["response"]["uuid"]
+    ws.restart()
+    with ws.client() as http:
+        api = ModelApi(ws, http)
+        back = api.wait_deployment(deployment)
+        assert back["status"] == "deployed", back
+        resp = api.call(model, {"customer": "c-2"})
+        assert resp.status_code == 200 and resp.json()["response"]["prediction"] == {"offer": "Discount"}
+        assert api.get_deployment(stopped)["status"] == "stopped"
+        assert api.call(stopped_model, {}).status_code == 503
+        rows = http.post("/local/model_metrics/read", json={"model_deployment_crn": deployment["crn"]}).json()
+        assert [r["predictionUuid"] for r in rows["metrics"]][0] == uuid and len(rows["metrics"]) == 2
+
+
+def test_deleting_a_model_ends_its_replicas(models):
+    model, _, _ = models.deployed(PROBE)
+    pid = models.call(model, {}).json()["response"]["pid"]
+    assert models.http.delete(f"{models.models}/{model['id']}").status_code == 200
+    deadline = time.monotonic() + 10
+    while _alive(pid):
+        assert time.monotonic() < deadline, "the replica outlived its model"
+        time.sleep(0.05)
+    assert models.call(model, {}).status_code == 404
+
+
+@pytest.mark.parametrize("when", ["stopped", "killed"])
+def test_replicas_end_with_the_server(new_workspace, shared_code_dir, when):
+    ws = new_workspace(cpus=2, memory_gb=8, code_dir=shared_code_dir)
+    with ws.client() as http:
+        api = ModelApi(ws, http)
+        model, _, _ = api.deployed(PROBE)
+        pid = api.call(model, {}).json()["response"]["pid"]
+    if when == "stopped":
+        ws.stop()
+    else:
+        os.kill(ws.pid, 9)
+        ws.stop()
+    deadline = time.monotonic() + 10
+    while _alive(pid):
+        assert time.monotonic() < deadline, "the replica outlived the server"
+        time.sleep(0.05)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except FileNotFoundError:
+        return False
