@@ -365,3 +365,83 @@ def _alive(pid: int) -> bool:
             return fh.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
     except FileNotFoundError:
         return False
+
+
+def _raw_exchange(port: int, data: bytes, *, expect_responses: int, timeout: float = 10.0) -> list[tuple[int, dict, bytes]]:
+    """Send raw bytes to the model service; read ``expect_responses`` HTTP responses."""
+    import socket
+
+    responses = []
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        sock.sendall(data)
+        buf = b""
+        while len(responses) < expect_responses:
+            while b"\r\n\r\n" not in buf:
+                chunk = sock.recv(65536)
+                assert chunk, f"connection closed after {len(responses)} responses"
+                buf += chunk
+            head, buf = buf.split(b"\r\n\r\n", 1)
+            lines = head.decode().split("\r\n")
+            status = int(lines[0].split()[1])
+            headers = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
+            length = int(headers.get("content-length", 0))
+            while len(buf) < length:
+                buf += sock.recv(65536)
+            body, buf = buf[:length], buf[length:]
+            if status == 100:
+                continue
+            responses.append((status, headers, body))
+    return responses
+
+
+def _request(key_body: bytes, api_key: str, *extra: str, version: str = "1.1") -> bytes:
+    head = [f"POST /model HTTP/{version}", "Host: x", "Content-Type: application/json",
+            f"Authorization: Bearer {api_key}", f"Content-Length: {len(key_body)}", *extra, "", ""]
+    return "\r\n".join(head).encode() + key_body
+
+
+def test_http_details_pipelining_chunked_expect_and_connection_close(models):
+    model, _, _ = models.deployed("def predict(args):\n    return args\n")
+    port, key = models.ws.model_port, models.ws.api_key
+
+    def body(i: int) -> bytes:
+        return json.dumps({"accessKey": model["access_key"], "request": {"i": i}}).encode()
+
+    # three pipelined requests in one write: answered in order
+    answers = _raw_exchange(port, b"".join(_request(body(i), key) for i in range(3)), expect_responses=3)
+    assert [json.loads(b)["response"]["i"] for _, _, b in answers] == [0, 1, 2]
+    # a chunked body
+    chunked = body(7)
+    data = (f"POST /model HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {key}\r\nTransfer-Encoding: chunked\r\n\r\n"
+            f"{len(chunked[:10]):x}\r\n").encode() + chunked[:10] + f"\r\n{len(chunked[10:]):x}\r\n".encode() \
+        + chunked[10:] + b"\r\n0\r\n\r\n"
+    (status, _, answer), = _raw_exchange(port, data, expect_responses=1)
+    assert status == 200 and json.loads(answer)["response"] == {"i": 7}
+    # Expect: 100-continue gets the interim answer, then the real one
+    (status, _, answer), = _raw_exchange(port, _request(body(8), key, "Expect: 100-continue"), expect_responses=1)
+    assert status == 200 and json.loads(answer)["response"] == {"i": 8}
+    # Connection: close and HTTP/1.0 are honoured
+    (status, headers, _), = _raw_exchange(port, _request(body(9), key, "Connection: close"), expect_responses=1)
+    assert status == 200 and headers["connection"] == "close"
+    (status, headers, _), = _raw_exchange(port, _request(body(10), key, version="1.0"), expect_responses=1)
+    assert status == 200 and headers.get("connection") == "close"
+    (status, _, _), = _raw_exchange(port, b"NOT HTTP AT ALL\r\n\r\n", expect_responses=1)
+    assert status == 400
+
+
+def test_auto_deploy_and_health(models):
+    path = models.entry_point("probe.py", PROBE)
+    model = models.model()
+    build = models.wait_build(models.build(model, path, auto_deploy_model=True, auto_deployment_config={
+        "cpu": 1, "memory": 1, "replicas": 2, "environment": {"MF_MODEL_ARTIFACT": "auto.skops"}}))
+    assert build["status"] == "built"
+    deadline = time.monotonic() + 30
+    while not (listed := models.http.get(models.build_path(build) + "/deployments").json()["model_deployments"]):
+        assert time.monotonic() < deadline, "the build was not deployed"
+        time.sleep(0.05)
+    deployment = models.wait_deployment(listed[0])
+    assert deployment["status"] == "deployed" and deployment["replicas"] == 2
+    assert models.call(model, {}).json()["response"]["env"]["MF_MODEL_ARTIFACT"] == "auto.skops"
+    health = httpx.get(models.ws.url + "/health").json()
+    assert health["model_service_url"] == models.ws.model_service_url
+    assert health["replicas_ready"] >= 2 and health["deployments_serving"] >= 1
