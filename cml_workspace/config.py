@@ -79,6 +79,8 @@ class WorkspaceConfig:
                 raise ValueError(f"{name} must be positive")
         if self.model_port is None:
             object.__setattr__(self, "model_port", self.port + 1)
+        if self.model_port == self.port and self.port:
+            raise ValueError(f"the model service needs its own port, not the API's ({self.port})")
         if self.model_host is None:
             object.__setattr__(self, "model_host", self.host)
         object.__setattr__(self, "root", Path(self.root).resolve())

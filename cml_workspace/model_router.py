@@ -94,8 +94,12 @@ class ModelRouter:
     # -- lifecycle -----------------------------------------------------------------------------
     async def start(self, host: str, port: int) -> int:
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(lambda: _HttpConnection(self), host, port,
-                                                reuse_address=True, backlog=1024)
+        try:
+            self._server = await loop.create_server(lambda: _HttpConnection(self), host, port,
+                                                    reuse_address=True, backlog=1024)
+        except OSError as exc:
+            raise OSError(exc.errno, f"the model service cannot listen on {host}:{port} (--model-port): "
+                                     f"{exc.strerror or exc}") from exc
         self.port = self._server.sockets[0].getsockname()[1]
         return self.port
 

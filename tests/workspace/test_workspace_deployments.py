@@ -445,3 +445,50 @@ def test_auto_deploy_and_health(models):
     health = httpx.get(models.ws.url + "/health").json()
     assert health["model_service_url"] == models.ws.model_service_url
     assert health["replicas_ready"] >= 2 and health["deployments_serving"] >= 1
+
+
+SLOW_CHECK = PROBE + """
+def build_check():
+    deadline = time.monotonic() + 30
+    while not os.path.exists("release.check") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return {"pid": os.getpid()}
+"""
+
+
+def test_stop_and_restart_while_deploying(models):
+    path = models.entry_point("slow_check.py", SLOW_CHECK)
+    model = models.model()
+    build = models.wait_build(models.build(model, path))
+    deployment = models.wait_deployment(models.deploy(build), until=frozenset({"deploying"}))
+    log = models.ws.root / "deployments" / deployment["id"] / "replica-0.log"
+    assert models.stop_deployment(deployment)["status"] == "stopping"
+    assert models.wait_deployment(deployment, until=frozenset({"stopped"}))["status"] == "stopped"
+    assert models.call(model, {}).status_code == 503
+    # restart while deploying, then let it finish: one deployment, serving
+    models.restart_deployment(deployment)
+    models.wait_deployment(deployment, until=frozenset({"deploying"}))
+    models.restart_deployment(deployment)
+    (models.files_dir / "release.check").touch()
+    assert models.wait_deployment(deployment)["status"] == "deployed"
+    assert models.call(model, {}).status_code == 200
+    assert log.read_text().count("replica 0 starting") == 3
+
+
+def test_a_build_under_way_when_the_server_stops_runs_again(new_workspace, shared_code_dir):
+    ws = new_workspace(cpus=2, memory_gb=8, code_dir=shared_code_dir)
+    with ws.client() as http:
+        api = ModelApi(ws, http)
+        api.script("cdsw-build.sh", "echo build step\nwhile [ ! -f release.build ]; do sleep 0.05; done\n")
+        build = api.build(api.model(), api.entry_point("echo.py", "def predict(args):\n    return args\n"))
+        deadline = time.monotonic() + 10
+        while api.get_build(build)["status"] != "pushing":
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+    ws.restart()
+    (ws.root / "projects" / ws.project_id / "files" / "release.build").touch()
+    with ws.client() as http:
+        api = ModelApi(ws, http)
+        done = api.wait_build(build)
+        assert done["status"] == "built", done
+    assert (ws.root / "builds" / f"{build['id']}.log").read_text().count("build step") == 2
