@@ -22,6 +22,8 @@ import os, sys, time
 
 def predict(args):
     started = time.time()
+    if args.get("mark"):  # tells the test this call is being served
+        open(args["mark"], "w").close()
     if args.get("sleep"):
         time.sleep(args["sleep"])
     if args.get("raise"):
@@ -45,17 +47,22 @@ def predict(args):
 """
 
 
-def _concurrently(*calls):
-    """Run the callables at once (each in a thread, started 50 ms apart); their results in order."""
+def _concurrently(*calls, after=None):
+    """Run the callables at once, each in a thread; their results in order. ``after`` (a path):
+    the later calls start once it exists (the first call creates it when a replica serves it)."""
     results: list = [None] * len(calls)
 
     def run(i, call):
         results[i] = call()
 
     threads = [threading.Thread(target=run, args=(i, c)) for i, c in enumerate(calls)]
-    for thread in threads:
+    for i, thread in enumerate(threads):
         thread.start()
-        time.sleep(0.05)
+        if i == 0 and after is not None:
+            deadline = time.monotonic() + 10
+            while not after.exists():
+                assert time.monotonic() < deadline, "the first call was never served"
+                time.sleep(0.01)
     for thread in threads:
         thread.join(60)
     return results
@@ -97,12 +104,15 @@ def test_a_deployment_goes_pending_deploying_deployed_and_answers(models):
 
 def test_one_replica_serves_one_call_at_a_time_and_a_busy_model_answers_429(models):
     model, _, _ = models.deployed(PROBE)
-    first, second = _concurrently(lambda: models.call(model, {"sleep": 0.6}), lambda: models.call(model, {}))
+    one, two = models.files_dir / "one.started", models.files_dir / "two.started"
+    first, second = _concurrently(lambda: models.call(model, {"sleep": 0.6, "mark": one.name}),
+                                  lambda: models.call(model, {}), after=one)
     assert first.status_code == second.status_code == 200
     a, b = first.json()["response"], second.json()["response"]
     assert a["pid"] == b["pid"] and b["started"] >= a["ended"]  # the second call waited for the first
     # longer than the busy timeout (1.5 s in these tests): the waiting call is refused
-    slow, refused = _concurrently(lambda: models.call(model, {"sleep": 2.5}), lambda: models.call(model, {}))
+    slow, refused = _concurrently(lambda: models.call(model, {"sleep": 2.5, "mark": two.name}),
+                                  lambda: models.call(model, {}), after=two)
     assert slow.status_code == 200
     assert refused.status_code == 429, refused.text
     body = refused.json()
