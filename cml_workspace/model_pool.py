@@ -20,7 +20,7 @@ import socket
 import subprocess
 import time
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from .model_replica import KIND_FAILED, KIND_READY, REQUEST, RESPONSE
@@ -379,9 +379,3 @@ def _expire_waiter(waiter: asyncio.Future) -> None:
     if not waiter.done():
         waiter.set_result(None)
 
-
-def replica_environment(base: Mapping[str, str], extra: Mapping[str, str], pythonpath: Sequence[Path | str | None]) -> dict:
-    env = dict(base)
-    env.update(extra)
-    env["PYTHONPATH"] = os.pathsep.join(str(p) for p in pythonpath if p)
-    return env

@@ -23,7 +23,7 @@ from collections.abc import Callable
 from . import files
 from .builds import IN_PROGRESS, SUCCESSFUL, BuildRunner, BuildStatus
 from .config import WorkspaceConfig, reachable_host
-from .deployments import ACTIVE, DeploymentStatus, DeploymentSupervisor
+from .deployments import DeploymentStatus, DeploymentSupervisor
 from .errors import ApiError, GrpcCode, invalid, not_found
 from .model_metrics import MetricsStore, UnknownPrediction
 from .model_router import ModelRouter
@@ -243,8 +243,8 @@ class ModelsService:
         _note_ignored("create model deployment", body)
         if build["status"] not in SUCCESSFUL:
             state = "still building" if build["status"] in IN_PROGRESS else "not built"
-            raise ApiError(GrpcCode.FAILED_PRECONDITION,
-                           f"build {build_id} is {state} (status {build['status']!r}): only a built build can be deployed")
+            raise ApiError(GrpcCode.FAILED_PRECONDITION, f"build {build_id} is {state} (status "
+                                                         f"{build['status']!r}): only a built build can be deployed")
         gpus = body.nvidia_gpus if body.nvidia_gpus is not None else body.nvidia_gpu
         if gpus:
             log.warning("deployment of build %s asks for %d GPU(s): the local workspace has none", build_id, gpus)
@@ -313,4 +313,4 @@ def _note_ignored(what: str, body) -> None:
         log.info("%s: ignored fields not modelled locally: %s", what, sorted(body.model_extra))
 
 
-__all__ = ["ACTIVE", "ModelsService"]
+__all__ = ["ModelsService"]

@@ -122,7 +122,8 @@ def test_one_replica_serves_one_call_at_a_time_and_a_busy_model_answers_429(mode
 
 def test_two_replicas_serve_two_calls_at_once(models):
     model, _, _ = models.deployed(PROBE, replicas=2)
-    first, second = _concurrently(lambda: models.call(model, {"sleep": 0.8}), lambda: models.call(model, {"sleep": 0.8}))
+    first, second = _concurrently(lambda: models.call(model, {"sleep": 0.8}),
+                                  lambda: models.call(model, {"sleep": 0.8}))
     a, b = first.json()["response"], second.json()["response"]
     assert a["pid"] != b["pid"]
     assert b["started"] < a["ended"] and a["started"] < b["ended"]  # overlapping
@@ -251,7 +252,7 @@ def test_stop_and_restart(models):
 
 
 def test_a_replica_that_fails_to_load_fails_the_deployment_with_its_message(models):
-    code = PROBE + "\ndef build_check():\n    raise RuntimeError('no model file at ' + str(__import__('os').environ.get('MF_MODEL_ARTIFACT')))\n"
+    code = PROBE + "\ndef build_check():\n    raise RuntimeError(f\"no model file at {os.environ['MF_MODEL_ARTIFACT']}\")\n"
     path = models.entry_point("needs_model.py", code)
     model = models.model()
     build = models.wait_build(models.build(model, path))
@@ -296,8 +297,8 @@ def test_track_metric_in_predict_then_read_metrics(models):
     first = models.call(model, {"customer": "c-1"}).json()["response"]
     second = models.call(model, {"customer": "c-2"}).json()["response"]
     assert first["prediction"] == {"offer": "Discount"} and first["uuid"] != second["uuid"]
-    read = f"import json, cml.metrics_v1 as m; print(json.dumps(m.read_metrics(model_deployment_crn={deployment['crn']!r})))"
-    rows = _shim(models.ws, read)["metrics"]
+    read = "import json, cml.metrics_v1 as m; print(json.dumps(m.read_metrics({}={!r})))"
+    rows = _shim(models.ws, read.format("model_deployment_crn", deployment["crn"]))["metrics"]
     assert [r["predictionUuid"] for r in rows] == [first["uuid"], second["uuid"]]
     row = rows[0]
     assert row["modelDeploymentCrn"] == deployment["crn"]
@@ -310,7 +311,7 @@ def test_track_metric_in_predict_then_read_metrics(models):
         f"m.track_delayed_metrics({{'converted': 1}}, {first['uuid']!r})\n"
         f"m.track_aggregate_metrics({{'rate': 0.5}}, 0, 10, model_deployment_crn={deployment['crn']!r})\n"
         "print('null')"))
-    rows = _shim(models.ws, f"import json, cml.metrics_v1 as m; print(json.dumps(m.read_metrics(model_crn={model['crn']!r})))")["metrics"]
+    rows = _shim(models.ws, read.format("model_crn", model["crn"]))["metrics"]
     assert rows[0] == {**rows[0], "predictionUuid": None, "metrics": {"rate": 0.5}, "startTimeStampMs": 0}
     assert rows[1]["metrics"] == {"customer": "c-1", "detail": {"offers": [1, 2], "score": 0.5}, "converted": 1}
     unknown = models.http.post("/local/model_metrics/track_delayed", json={"prediction_uuid": "nope", "metrics": {}})
@@ -377,7 +378,8 @@ def _alive(pid: int) -> bool:
         return False
 
 
-def _raw_exchange(port: int, data: bytes, *, expect_responses: int, timeout: float = 10.0) -> list[tuple[int, dict, bytes]]:
+def _raw_exchange(port: int, data: bytes, *, expect_responses: int,
+                  timeout: float = 10.0) -> list[tuple[int, dict, bytes]]:
     """Send raw bytes to the model service; read ``expect_responses`` HTTP responses."""
     import socket
 
