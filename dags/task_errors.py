@@ -10,7 +10,7 @@ from contextlib import contextmanager
 @contextmanager
 def no_retry_on_bad_input() -> Iterator[None]:
     """Turn the factory's bad-input errors into ``AirflowFailException`` (no retries)."""
-    from airflow.exceptions import AirflowFailException
+    from airflow.sdk.exceptions import AirflowFailException
 
     from factory_tasks.contracts import ContractError
     from factory_tasks.grid import GridError

@@ -41,16 +41,22 @@ def _utc_now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def consistency(request: RetrainRequest, holdout_score: float | None) -> tuple[bool, str]:
-    """Whether the refit's held-out score agrees with the experiment's CV estimate."""
+def consistency(request: RetrainRequest, holdout_score: float | None, n_holdout: int, n_rows: int) -> tuple[bool, str]:
+    """Whether the refit's held-out score agrees with the experiment's CV estimate.
+
+    The CV std is the spread of scores on folds of ``n_rows / cv_folds`` rows; a held-out slice
+    of another size spreads by the square root of the size ratio, so the tolerance is scaled by it.
+    """
     metric = request.spec.ranking_metric
     mean, std = request.cv_estimate.mean, request.cv_estimate.std or 0.0
     if holdout_score is None or mean is None or not math.isfinite(holdout_score):
         return False, f"no finite {metric} on the held-out slice or in the CV estimate"
-    tolerance = max(request.tolerance_std * std, request.tolerance_floor)
+    scale = math.sqrt((n_rows / request.spec.cv_folds) / max(n_holdout, 1))
+    tolerance = max(request.tolerance_std * std * scale, request.tolerance_floor)
     gap = abs(holdout_score - mean)
-    note = (f"held-out {metric} {holdout_score:.4f} vs CV {mean:.4f} ± {std:.4f}: off by {gap:.4f}, "
-            f"tolerance {tolerance:.4f} (max({request.tolerance_std:g} × CV std, {request.tolerance_floor:g}))")
+    note = (f"held-out {metric} {holdout_score:.4f} on {n_holdout} rows vs CV {mean:.4f} ± {std:.4f}: off by "
+            f"{gap:.4f}, tolerance {tolerance:.4f} (max({request.tolerance_std:g} × CV std × {scale:.2f} for the "
+            f"slice's size, {request.tolerance_floor:g}))")
     return gap <= tolerance, note
 
 
@@ -81,7 +87,7 @@ def refit(request: RetrainRequest, data: Any, *, n_threads: int = 1,
         holdout = score_model(check_model, X_hold, y_hold, metrics, economics)
         champion_scores = score_model(champion, X_hold, y_hold, metrics, economics) if champion is not None else None
         final = pipeline().fit(X, y)
-    ok, note = consistency(request, holdout.get(spec.ranking_metric))
+    ok, note = consistency(request, holdout.get(spec.ranking_metric), len(X_hold), len(X))
     log.info("refit of %s: %s (%s)", spec.experiment_id, "consistent" if ok else "INCONSISTENT", note)
     return {"final": final, "check_model": check_model, "holdout_rows": X_hold, "holdout": holdout,
             "champion_holdout": champion_scores, "consistent": ok, "note": note, "n_rows": len(X)}

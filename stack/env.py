@@ -71,10 +71,9 @@ def sqlite_connection(db_path: Path) -> str:
     return json.dumps({"conn_type": "sqlite", "host": str(db_path)})
 
 
-def cml_connection(url: str, api_key: str, project: str = PROJECT_NAME) -> str:
-    return json.dumps(
-        {"conn_type": "cml", "host": url, "password": api_key, "extra": {"project_name": project}}
-    )
+def cml_connection(url: str, api_key: str, project: str = PROJECT_NAME, model_service_url: str | None = None) -> str:
+    extra = {"project_name": project, **({"model_service_url": model_service_url} if model_service_url else {})}
+    return json.dumps({"conn_type": "cml", "host": url, "password": api_key, "extra": extra})
 
 
 def airflow_env(
@@ -82,6 +81,7 @@ def airflow_env(
     *,
     workspace_url: str,
     api_key: str,
+    model_service_url: str | None = None,
     warehouse_conn: str | None = None,
     base: dict[str, str] | None = None,
 ) -> dict[str, str]:
@@ -96,7 +96,7 @@ def airflow_env(
             "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
             "AIRFLOW__CORE__DAGBAG_IMPORT_TIMEOUT": "120",
             "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{paths.airflow_home / 'airflow.db'}",
-            "AIRFLOW_CONN_CML_DEFAULT": cml_connection(workspace_url, api_key),
+            "AIRFLOW_CONN_CML_DEFAULT": cml_connection(workspace_url, api_key, model_service_url=model_service_url),
             "AIRFLOW_CONN_MODEL_FACTORY_WAREHOUSE": warehouse_conn or sqlite_connection(paths.warehouse_db),
             "MODEL_FACTORY_ARTIFACTS": str(paths.artifacts),
             # the local workspace is next door and answers in milliseconds

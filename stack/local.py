@@ -87,6 +87,7 @@ def local_stack(
             cpus=cpus or os.cpu_count() or 2, memory_gb=memory_gb,
             extra_args=["--preload", "factory_tasks.job_preload"],
         ) as ws:
-            env = airflow_env(paths, workspace_url=ws.url, api_key=ws.api_key, warehouse_conn=warehouse_conn)
+            env = airflow_env(paths, workspace_url=ws.url, api_key=ws.api_key, model_service_url=ws.model_service_url,
+                              warehouse_conn=warehouse_conn)
             migrated = migrate_once(env, paths.logs / "airflow-setup.log")
             yield LocalStack(paths, ws, env, migrated)

@@ -53,3 +53,22 @@ def test_model_factory_shape(dagbag):
         assert str(tasks[wait].trigger_rule) in ("none_failed", "TriggerRule.NONE_FAILED")
     assert str(tasks["collect_outcomes"].trigger_rule) in ("all_done", "TriggerRule.ALL_DONE")
     assert [a.name for a in tasks["record_outcomes"].outlets] == ["experiment_outcomes"]
+
+
+def test_deploy_best_model_shape(dagbag):
+    dag = dagbag.dags["deploy_best_model"]
+    assert "experiment_outcomes" in str(dag.timetable.asset_condition)  # scheduled on the asset
+    assert set(dag.params) >= {"factory_run_id", "experiment_id", "review_window_minutes", "skip_review",
+                               "ranking_margin", "policy_value_margin", "replicas"}
+    tasks = dag.task_dict
+    # the review (HITL) and the deferrable time sensor both close the window; either is enough
+    assert type(tasks["review"]).__name__ in ("HITLOperator", "MappedOperator")
+    assert type(tasks["wait_for_review_window"]).__name__ == "DateTimeSensorAsync"  # holds no worker slot
+    assert str(tasks["review_closed"].trigger_rule) in ("one_success", "TriggerRule.ONE_SUCCESS")
+    assert tasks["review_closed"].upstream_task_ids == {"review", "wait_for_review_window"}
+    assert tasks["choose_experiment"].upstream_task_ids == {"resolve_run", "review_closed"}
+    chain = ["prepare_retrain", "retrain", "wait_for_retrain", "gate", "deploy_or_keep_champion",
+             "publish_model", "deploy", "record_deployment"]
+    for upstream, downstream in zip(chain, chain[1:]):
+        assert downstream in tasks[upstream].downstream_task_ids, (upstream, downstream)
+    assert type(tasks["deploy"]).__name__ in ("CmlDeployModelOperator", "MappedOperator")

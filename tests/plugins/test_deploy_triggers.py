@@ -63,7 +63,7 @@ def deployment(status):
 
 def test_serialize_mirrors_init():
     for trigger, name in (
-        (CmlModelBuildTrigger("c", "p", "m", "b", 5, 1234.5), "CmlModelBuildTrigger"),
+        (CmlModelBuildTrigger("c", "p", "m", "b", 5, 1234.5, resume_state={"model_id": "m"}), "CmlModelBuildTrigger"),
         (
             CmlModelDeploymentTrigger("c", "p", "m", "b", "d", 5, 1234.5, stop_on_kill=False),
             "CmlModelDeploymentTrigger",
@@ -73,7 +73,16 @@ def test_serialize_mirrors_init():
         assert path == f"cml_provider.triggers.deploy.{name}"
         assert type(trigger)(**kwargs).serialize() == (path, kwargs)
         assert kwargs["deadline"] == 1234.5
+        state = kwargs.pop("resume_state")
+        assert state in (None, {"model_id": "m"})
         assert all(isinstance(v, (str, int, float, bool)) for v in kwargs.values())
+
+
+def test_the_resume_state_comes_back_in_the_event(scripted_server, conn, sleeps):
+    """`airflow dags test` resumes a task with the event alone (no deferral kwargs)."""
+    scripted_server.script("GET", B, build("built"))
+    [event] = collect(build_trigger(conn, resume_state={"model_id": "m1", "x": [1]}))
+    assert event["resume_state"] == {"model_id": "m1", "x": [1]}
 
 
 def test_build_trigger_polls_until_built(scripted_server, conn, sleeps):

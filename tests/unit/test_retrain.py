@@ -44,12 +44,15 @@ def project(tmp_path, data):
 
 
 def test_consistency_tolerance_comes_from_the_cv_spread():
-    request = _request({"path": "s.parquet", "hash": "h"}, cv_mean=0.70, cv_std=0.01)
-    assert consistency(request, 0.725)[0] and not consistency(request, 0.74)[0]
-    assert "tolerance 0.0300" in consistency(request, 0.74)[1]
+    request = _request({"path": "s.parquet", "hash": "h"}, cv_mean=0.70, cv_std=0.01)  # 3 folds
+    # a slice as large as a fold: 3 x the CV std
+    assert consistency(request, 0.725, 1000, 3000)[0] and not consistency(request, 0.74, 1000, 3000)[0]
+    assert "tolerance 0.0300" in consistency(request, 0.74, 1000, 3000)[1]
+    # a slice a quarter of a fold's size spreads twice as much
+    assert consistency(request, 0.74, 250, 3000)[0] and "× 2.00" in consistency(request, 0.74, 250, 3000)[1]
     tight = request.model_copy(update={"cv_estimate": MetricScores(mean=0.70, std=0.0, folds=[0.7] * 3)})
-    assert consistency(tight, 0.705)[0]  # the floor (0.01) when the folds agree exactly
-    assert not consistency(request, float("nan"))[0]
+    assert consistency(tight, 0.705, 1000, 3000)[0]  # the floor (0.01) when the folds agree exactly
+    assert not consistency(request, float("nan"), 1000, 3000)[0]
 
 
 def test_refit_keeps_the_hyperparameters_and_scores_champion_on_the_same_slice(data, project):

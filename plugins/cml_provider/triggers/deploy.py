@@ -35,6 +35,10 @@ class _CmlStatusTrigger(_CmlTrigger):
     noun: str
     #: the event key that carries the last status
     status_key: str
+    #: what the deferring task needs when it resumes, echoed in the event: Airflow's triggerer
+    #: merges a deferral's ``kwargs`` into the resumed call, but ``airflow dags test`` replaces
+    #: them with the event alone
+    resume_state: dict[str, Any] | None = None
 
     async def _status(self, hook: CmlHook) -> tuple[CmlBuildStatus | CmlDeploymentStatus, str | None]:
         """The object's status and the workspace's ``status_message`` (None when it sends none)."""
@@ -48,6 +52,8 @@ class _CmlStatusTrigger(_CmlTrigger):
     ) -> TriggerEvent:
         payload = {"status": status, "message": message, **self._ids()}
         payload[self.status_key] = last.value if last else None
+        if self.resume_state is not None:
+            payload["resume_state"] = self.resume_state
         return TriggerEvent(payload)
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
@@ -90,6 +96,7 @@ class CmlModelBuildTrigger(_CmlStatusTrigger):
     :param deadline: epoch seconds after which the trigger gives up with ``timeout``
     :param retry_limit: hook attempts per API call
     :param retry_delay: hook backoff base, seconds
+    :param resume_state: primitives echoed in the event as ``resume_state``
     """
 
     status_key = "build_status"
@@ -104,8 +111,10 @@ class CmlModelBuildTrigger(_CmlStatusTrigger):
         deadline: float,
         retry_limit: int = 3,
         retry_delay: float = 1.0,
+        resume_state: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
+        self.resume_state = resume_state
         self.cml_conn_id = cml_conn_id
         self.project_id = project_id
         self.model_id = model_id
@@ -128,6 +137,7 @@ class CmlModelBuildTrigger(_CmlStatusTrigger):
                 "deadline": self.deadline,
                 "retry_limit": self.retry_limit,
                 "retry_delay": self.retry_delay,
+                "resume_state": self.resume_state,
             },
         )
 
@@ -167,8 +177,10 @@ class CmlModelDeploymentTrigger(_CmlStatusTrigger):
         stop_on_kill: bool = True,
         retry_limit: int = 3,
         retry_delay: float = 1.0,
+        resume_state: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
+        self.resume_state = resume_state
         self.cml_conn_id = cml_conn_id
         self.project_id = project_id
         self.model_id = model_id
@@ -195,6 +207,7 @@ class CmlModelDeploymentTrigger(_CmlStatusTrigger):
                 "stop_on_kill": self.stop_on_kill,
                 "retry_limit": self.retry_limit,
                 "retry_delay": self.retry_delay,
+                "resume_state": self.resume_state,
             },
         )
 

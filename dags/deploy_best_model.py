@@ -1,0 +1,213 @@
+"""
+### deploy_best_model — from the leaderboard to production
+
+Runs when `model_factory` records a factory run's outcomes (the `experiment_outcomes` asset),
+or by hand with `factory_run_id` (and optionally `experiment_id`: then there is no review
+window; the gate is still applied and reported).
+
+1. **Review window** (`review_window_minutes`, default 120) counted from the asset event (when
+   the experiments were recorded), or from a manual run's trigger time. Meanwhile a reviewer
+   can **Promote** an experiment in the dashboard (`model_promotions`) or answer the
+   **required action** `review` in this DAG run (the top candidates; the default, taken when
+   the window ends unanswered, is the best). `wait_for_review_window` is a deferrable time
+   sensor: no worker slot is held. `skip_review` (what `make run` sets) skips the review.
+2. **Choose**: the latest of a promotion made before the window closed and a review answer;
+   otherwise the best succeeded experiment by the grid's ranking metric (ties: higher
+   policy_uplift, smaller fold spread, shorter fit, experiment id). Failed ones never qualify.
+3. **Retrain** the chosen pipeline and hyperparameters on the full training snapshot as a CML
+   job run (its own job and resource profile), checked against its CV estimate on a stratified
+   held-out slice; the model now serving is scored on the same slice.
+4. **Gate**: an automatic choice must beat the model now serving by `ranking_margin` on the
+   ranking metric and `policy_value_margin` on policy value; a reviewer's pick may override
+   (recorded); an inconsistent refit is never deployed; the first deployment passes. When the
+   gate keeps the champion, `deploy` and `record_deployment` are skipped and the gate's log
+   says why.
+5. **Deploy** through `CmlDeployModelOperator`: model (idempotent by name) → build → deploy →
+   `deployed` → smoke test → stop the previous deployment; then a `model_deployments` record.
+
+Connections: `model_factory_warehouse`, `cml_default`. Object storage for the model files
+the replicas load: `MODEL_FACTORY_OBJECT_STORE`.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import timedelta
+
+import pendulum
+from airflow.providers.standard.operators.empty import EmptyOperator
+from airflow.providers.standard.operators.hitl import HITLOperator
+from airflow.providers.standard.sensors.date_time import DateTimeSensorAsync
+from airflow.sdk import Param, TriggerRule, dag, get_current_context, task
+
+from assets import EXPERIMENT_OUTCOMES
+from cml_provider.operators.cml import CmlJobRunOperator
+from cml_provider.operators.deploy import CmlDeployModelOperator
+from cml_provider.sensors.cml import CmlJobRunSensor
+from connections import CML_CONN_ID, warehouse_hook
+from task_errors import no_retry_on_bad_input
+
+RETRAIN_TIMEOUT_S = 2 * 60 * 60
+CML_POLL_INTERVAL_S = float(os.environ.get("MODEL_FACTORY_CML_POLL_INTERVAL_S", "15"))
+
+
+def _submit_kwargs(prepared: dict) -> dict:
+    return prepared["request"]
+
+
+def _sensor_kwargs(submitted_and_prepared) -> dict:
+    run, prepared = submitted_and_prepared
+    return {"run": run, "result_file": prepared["result_file"]}
+
+
+def _cml():
+    from cml_provider.hooks.cml import CmlHook
+
+    return CmlHook(cml_conn_id=CML_CONN_ID)
+
+
+@dag(
+    dag_id="deploy_best_model",
+    schedule=[EXPERIMENT_OUTCOMES],
+    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
+    catchup=False,
+    max_active_runs=1,
+    tags=["model-factory", "deploy", "cml"],
+    doc_md=__doc__,
+    default_args={"owner": "model-factory", "retries": 2, "retry_delay": timedelta(seconds=20)},
+    params={
+        "factory_run_id": Param(None, type=["null", "string"], description="Factory run to deploy from; empty = the triggering asset event's."),
+        "experiment_id": Param(None, type=["null", "string"], description="Deploy this experiment (no review window)."),
+        "review_window_minutes": Param(120, type="number", minimum=0, description="How long reviewers have to pick."),
+        "skip_review": Param(False, type="boolean", description="No Airflow review step (the one-shot `make run` path)."),
+        "ranking_margin": Param(0.002, type="number", minimum=0, description="How much better an automatic choice's ranking metric must be than the champion's."),
+        "policy_value_margin": Param(0.0, type="number", minimum=0, description="How much more policy value per customer it must bring."),
+        "replicas": Param(2, type="integer", minimum=1, description="Model replicas (each serves one request at a time)."),
+        "cpu": Param(1.0, type="number", exclusiveMinimum=0, description="vCPU per replica."),
+        "memory_gb": Param(2.0, type="number", exclusiveMinimum=0, description="Memory per replica (GB)."),
+    },
+)
+def deploy_best_model():
+    @task
+    def resolve_run() -> dict:
+        """Which factory run, and when its review window closes."""
+        from airflow.sdk.exceptions import AirflowFailException
+
+        from factory_tasks.deploy_stages import review_window
+
+        context = get_current_context()
+        params = context["params"]
+        events = [e for events in context["triggering_asset_events"].values() for e in events]
+        if params["factory_run_id"]:
+            factory_run_id, finished_at = params["factory_run_id"], context["dag_run"].run_after
+        elif events and (events[-1].extra or {}).get("factory_run_id"):
+            factory_run_id, finished_at = events[-1].extra["factory_run_id"], events[-1].timestamp
+        else:
+            raise AirflowFailException("no factory run to deploy from: trigger with param factory_run_id, "
+                                       "or let model_factory's experiment_outcomes event trigger this DAG")
+        manual = params["experiment_id"]
+        window = review_window(finished_at.isoformat(), 0 if manual else params["review_window_minutes"])
+        return {"factory_run_id": factory_run_id, "manual_experiment_id": manual,
+                "skip_review": bool(params["skip_review"] or manual), **window}
+
+    @task
+    def review_request(run: dict) -> list[dict]:
+        """The review's options (empty when it is skipped)."""
+        from factory_tasks.deploy_stages import review_request
+
+        if run["skip_review"]:
+            return []
+        started = get_current_context()["ti"].start_date.isoformat()
+        return review_request(warehouse_hook(), run["factory_run_id"], closes_at=run["closes_at"], started_at=started)
+
+    run = resolve_run()
+    review = HITLOperator.partial(
+        task_id="review", subject="Which experiment goes to production?", retries=0,
+    ).expand_kwargs(review_request(run))
+    wait_for_window = DateTimeSensorAsync(
+        task_id="wait_for_review_window", target_time="{{ ti.xcom_pull(task_ids='resolve_run')['closes_at'] }}",
+    )
+    run >> wait_for_window
+
+    # the window is over when the review is answered (or timed out) or the time sensor fires
+    window_closed = EmptyOperator(task_id="review_closed", trigger_rule=TriggerRule.ONE_SUCCESS)
+    [review, wait_for_window] >> window_closed
+
+    @task
+    def choose_experiment(run: dict) -> dict:
+        """A reviewer's pick (promotion or review answer), else the best."""
+        from factory_tasks.deploy_stages import choose_experiment
+
+        answers = get_current_context()["ti"].xcom_pull(task_ids="review", map_indexes=0, default=None)
+        with no_retry_on_bad_input():
+            return choose_experiment(warehouse_hook(), run["factory_run_id"], closes_at=run["closes_at"],
+                                     review=answers, manual_experiment_id=run["manual_experiment_id"])
+
+    choice = choose_experiment(run)
+    window_closed >> choice
+
+    @task
+    def prepare_retrain(choice: dict) -> list[dict]:
+        from factory_tasks.deploy_stages import retrain_request
+
+        with no_retry_on_bad_input():
+            return retrain_request(warehouse_hook(), _cml(), choice)
+
+    prepared = prepare_retrain(choice)
+    retrain = CmlJobRunOperator.partial(
+        task_id="retrain", cml_conn_id=CML_CONN_ID, timeout_s=RETRAIN_TIMEOUT_S,
+    ).expand_kwargs(prepared.map(_submit_kwargs))
+    wait_for_retrain = CmlJobRunSensor.partial(
+        task_id="wait_for_retrain", cml_conn_id=CML_CONN_ID, deferrable=True, poll_interval=CML_POLL_INTERVAL_S,
+        timeout=RETRAIN_TIMEOUT_S + 600, retries=0,
+    ).expand_kwargs(retrain.output.zip(prepared).map(_sensor_kwargs))
+
+    @task
+    def gate(choice: dict, prepared: list[dict]) -> dict:
+        """Champion/challenger on the same held-out slice; the decision and why, in the log."""
+        from factory_tasks.deploy_stages import gate_decision
+
+        params = get_current_context()["params"]
+        with no_retry_on_bad_input():
+            return gate_decision(warehouse_hook(), _cml(), choice, prepared[0]["model_version"],
+                                 ranking_margin=params["ranking_margin"],
+                                 policy_value_margin=params["policy_value_margin"])
+
+    decision = gate(choice, prepared)
+    wait_for_retrain >> decision
+
+    @task.short_circuit
+    def deploy_or_keep_champion(decision: dict) -> bool:
+        """Skips the deployment when the gate keeps the model now serving."""
+        return bool(decision["deploy"])
+
+    @task
+    def publish_model(prepared: list[dict]) -> list[dict]:
+        """Model files to object storage; the deploy operator's arguments."""
+        from factory_tasks.deploy_stages import deploy_request, publish_model
+        from factory_tasks.settings import object_store
+
+        params = get_current_context()["params"]
+        environment = publish_model(_cml(), prepared[0]["model_version"], object_store())
+        return [deploy_request(environment, cpu=params["cpu"], memory_gb=params["memory_gb"],
+                               replicas=params["replicas"])]
+
+    published = publish_model(prepared)
+    deploy_or_keep_champion(decision) >> published
+    deploy = CmlDeployModelOperator.partial(
+        task_id="deploy", cml_conn_id=CML_CONN_ID, poll_interval=CML_POLL_INTERVAL_S, retries=0,
+    ).expand_kwargs(published)
+
+    @task
+    def record_deployment(prepared: list[dict], deployed: list[dict], decision: dict) -> dict:
+        """The deployment and its lineage in model_deployments."""
+        from factory_tasks.deploy_stages import record
+
+        context = get_current_context()
+        return record(warehouse_hook(), _cml(), model_version=prepared[0]["model_version"], deployed=deployed[0],
+                      decision=decision, deployed_at=context["ti"].start_date.isoformat())
+
+    record_deployment(prepared, deploy.output, decision)
+
+
+deploy_best_model()
