@@ -76,8 +76,10 @@ def test_first_deployment_then_the_gate_keeps_the_champion_then_a_promotion_over
     stack, factory_run_id = factory_run
     warehouse = stack.warehouse_hook()
 
-    # 1. first deployment: the best experiment, retrained, passes the gate trivially
-    rc, run, log = _dags_test(stack, "deploy_best_model", {**DEPLOY, "factory_run_id": factory_run_id}, "deploy-1")
+    # 1. first deployment, after a short review window on the deferrable time sensor: the best
+    #    experiment, retrained, passes the gate trivially
+    short_window = {**DEPLOY, "review_window_minutes": 0.1, "factory_run_id": factory_run_id}
+    rc, run, log = _dags_test(stack, "deploy_best_model", short_window, "deploy-1")
     assert rc == 0, log.read_text()[-8000:]
     first = serving(warehouse)
     assert first is not None and first.chosen_by == "automatic" and first.gate_reason.startswith("first deployment")

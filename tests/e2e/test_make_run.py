@@ -21,7 +21,7 @@ from stack.env import REPO, stack_paths
 
 pytestmark = pytest.mark.e2e
 
-ROWS = 600
+ROWS = 4000  # enough for a refit to agree with its CV estimate (the deploy gate checks it)
 #: an older factory run already in the warehouse, recorded "later" than anything real, so a
 #: driver that picked the newest recorded run would print it
 OLD_RUN = "manual__2020-01-01T00:00:00+00:00"
@@ -122,11 +122,16 @@ def test_a_successful_run_prints_its_own_leaderboard(var, tmp_path):
     proc = make_run(var, grid)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out
-    run_id = re.search(r"\[5/5\] DAG run (manual__\S+): success after", out).group(1)
+    run_id = re.search(r"\[5/7\] DAG run (manual__\S+): success after", out).group(1)
     assert f"Factory run {run_id}: 1 experiments" in out
     assert "Top 1 of 1 experiments, ranked by roc_auc" in out
     assert "logistic_regression" in out
     assert_no_older_run(out)
+    # then the deploy, and the endpoint's answers for five simulated customers
+    assert "gate: first deployment: no model is serving yet" in out
+    assert re.search(rf"Serving model \S+ \(experiment [0-9a-f]{{16}} of {re.escape(run_id)}, chosen automatic\)", out), out
+    assert len(re.findall(r"^  sim-\d ", out, flags=re.M)) == 5
+    assert re.search(r"worth \S+ per customer, \d+\.\d% of the optimal policy", out), out
 
 
 def _descendants_of(var: Path) -> list[int]:
