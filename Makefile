@@ -48,6 +48,7 @@ airflow-ui: $(BIN)/.installed
 
 benchmarks: $(BIN)/.installed-test
 	$(BIN)/python benchmarks/grid_throughput.py
+	$(BIN)/python benchmarks/endpoint_latency.py
 
 clean:
 	rm -rf var test-output

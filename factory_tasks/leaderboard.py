@@ -27,6 +27,19 @@ def _params(text: str | None, width: int = 46) -> str:
     return shown if len(shown) <= width else shown[: width - 1] + "…"
 
 
+def _reasons(reasons: pd.Series) -> str:
+    """Counts per reason; reasons of one kind with different details ("code changed (a -> b)",
+    "code changed (c -> b)") are counted together, their details shown only when they agree."""
+    kinds: dict[str, list[str]] = {}
+    for reason in reasons:
+        kinds.setdefault(reason.split(" (", 1)[0], []).append(reason)
+    parts = []
+    for kind, members in kinds.items():
+        shown = members[0] if len(set(members)) == 1 else f"{kind} (from {len(set(members))} earlier versions)"
+        parts.append(f"{len(members)} {shown}")
+    return "; ".join(parts)
+
+
 def format_leaderboard(frame: pd.DataFrame, top: int = 10) -> str:
     """Top experiments with mean ± std of the CV metrics, then every failure with its error."""
     if frame.empty:
@@ -48,8 +61,7 @@ def format_leaderboard(frame: pd.DataFrame, top: int = 10) -> str:
             line += f"  {fit:>6.2f}" if pd.notna(fit) else f"  {'—':>6}"
             lines.append(line)
     if "run_reason" in frame.columns and frame["run_reason"].notna().any():
-        counts = frame["run_reason"].fillna("unknown").value_counts(sort=False)
-        lines.append("Why each ran or was reused: " + "; ".join(f"{n} {why}" for why, n in counts.items()))
+        lines.append("Why each ran or was reused: " + _reasons(frame["run_reason"].fillna("unknown")))
     failed = frame[frame["status"] != "succeeded"]
     if not failed.empty:
         lines.append(f"{len(failed)} failed:")

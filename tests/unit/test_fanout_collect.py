@@ -185,5 +185,7 @@ def test_leaderboard_ranks_by_metric_direction_and_lists_failures():
     frame["run_reason"] = ["new experiment", "code changed (v1 -> v2)", "code changed (v1 -> v2)"]
     text = format_leaderboard(frame)
     assert "Why each ran or was reused: 1 new experiment; 2 code changed (v1 -> v2)" in text
+    frame["run_reason"] = ["code changed (v0 -> v2)", "code changed (v1 -> v2)", "code changed (v1 -> v2)"]
+    assert "Why each ran or was reused: 3 code changed (from 2 earlier versions)" in format_leaderboard(frame)
     assert text.index(" b ") < text.index(" a ")
     assert "1 failed" in text and "boom" in text
