@@ -31,7 +31,6 @@ the replicas load: `MODEL_FACTORY_OBJECT_STORE`.
 
 from __future__ import annotations
 
-import os
 from datetime import timedelta
 
 import pendulum
@@ -45,19 +44,10 @@ from cml_provider.operators.cml import CmlJobRunOperator
 from cml_provider.operators.deploy import CmlDeployModelOperator
 from cml_provider.sensors.cml import CmlJobRunSensor
 from connections import CML_CONN_ID, warehouse_hook
+from planned_runs import CML_POLL_INTERVAL_S, sensor_kwargs, submit_kwargs
 from task_errors import no_retry_on_bad_input
 
 RETRAIN_TIMEOUT_S = 2 * 60 * 60
-CML_POLL_INTERVAL_S = float(os.environ.get("MODEL_FACTORY_CML_POLL_INTERVAL_S", "15"))
-
-
-def _submit_kwargs(prepared: dict) -> dict:
-    return prepared["request"]
-
-
-def _sensor_kwargs(submitted_and_prepared) -> dict:
-    run, prepared = submitted_and_prepared
-    return {"run": run, "result_file": prepared["result_file"]}
 
 
 def _cml():
@@ -156,11 +146,11 @@ def deploy_best_model():
     prepared = prepare_retrain(choice)
     retrain = CmlJobRunOperator.partial(
         task_id="retrain", cml_conn_id=CML_CONN_ID, timeout_s=RETRAIN_TIMEOUT_S,
-    ).expand_kwargs(prepared.map(_submit_kwargs))
+    ).expand_kwargs(prepared.map(submit_kwargs))
     wait_for_retrain = CmlJobRunSensor.partial(
         task_id="wait_for_retrain", cml_conn_id=CML_CONN_ID, deferrable=True, poll_interval=CML_POLL_INTERVAL_S,
         timeout=RETRAIN_TIMEOUT_S + 600, retries=0,
-    ).expand_kwargs(retrain.output.zip(prepared).map(_sensor_kwargs))
+    ).expand_kwargs(retrain.output.zip(prepared).map(sensor_kwargs))
 
     @task
     def gate(choice: dict, prepared: list[dict]) -> dict:

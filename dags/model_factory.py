@@ -25,7 +25,6 @@ Connections: `model_factory_warehouse` (SQLite or HiveServer2), `cml_default` (C
 
 from __future__ import annotations
 
-import os
 from datetime import timedelta
 
 import pendulum
@@ -37,21 +36,10 @@ from cml_provider.operators.cml import CmlJobRunOperator
 from cml_provider.sensors.cml import CmlJobRunSensor
 from connections import CML_CONN_ID, warehouse_hook
 from factory_tasks.names import EXPERIMENT_JOB_PREFIX
+from planned_runs import CML_POLL_INTERVAL_S, sensor_kwargs, submit_kwargs
 from task_errors import no_retry_on_bad_input
 
 EXPERIMENT_TIMEOUT_S = 2 * 60 * 60
-#: seconds between CML status checks while waiting for a run or a free slot (the local stack
-#: sets 1; every check is one API call per waiting task)
-CML_POLL_INTERVAL_S = float(os.environ.get("MODEL_FACTORY_CML_POLL_INTERVAL_S", "15"))
-
-
-def _submit_kwargs(planned: dict) -> dict:
-    return planned["request"]
-
-
-def _sensor_kwargs(submitted_and_planned) -> dict:
-    run, planned = submitted_and_planned
-    return {"run": run, "result_file": planned["result_file"]}
 
 
 @dag(
@@ -120,7 +108,7 @@ def model_factory():
             capacity_job_name_filter=EXPERIMENT_JOB_PREFIX,
             capacity_poll_interval=CML_POLL_INTERVAL_S,
             **options,
-        ).expand_kwargs(planned.map(_submit_kwargs))
+        ).expand_kwargs(planned.map(submit_kwargs))
 
     submitted_long = submit("submit_long_experiment", long_wave)
     # after every long submission, whatever became of it (ALL_DONE)
@@ -136,7 +124,7 @@ def model_factory():
             timeout=EXPERIMENT_TIMEOUT_S + 600,
             retries=0,  # a finished run does not change its mind; its failure is the outcome
             trigger_rule=TriggerRule.NONE_FAILED,  # a skipped upstream (an empty wave) is no reason to skip
-        ).expand_kwargs(submitted.output.zip(planned).map(_sensor_kwargs))
+        ).expand_kwargs(submitted.output.zip(planned).map(sensor_kwargs))
 
     waited_long = wait("wait_for_long_experiment", submitted_long, long_wave)
     waited_short = wait("wait_for_short_experiment", submitted_short, short_wave)
