@@ -17,7 +17,6 @@ from factory_tasks.contracts import (
     DeploymentRecord,
     GateDecision,
     Lineage,
-    Promotion,
     RetrainRequest,
     RetrainResult,
 )
@@ -34,6 +33,7 @@ from factory_tasks.names import (
 )
 from factory_tasks.outcome_store import OutcomeStore
 from factory_tasks.pipeline import load_plan, result_reader
+from factory_tasks.promotions import latest_promotion
 from factory_tasks.selection import choose, review_options
 
 log = logging.getLogger(__name__)
@@ -69,21 +69,13 @@ def review_request(warehouse: Any, factory_run_id: str, *, closes_at: str, start
                      f"{closes_at}; if nobody answers, the best ({options[0]}) is deployed."}]
 
 
-def _latest_promotion(warehouse: Any, factory_run_id: str, closes_at: str | None) -> Promotion | None:
-    from factory_tasks.promotions import load_promotions
-
-    promotions = load_promotions(warehouse)
-    promotions.raise_for_problems()
-    matching = [p for p in promotions.promotions if p.factory_run_id == factory_run_id
-                and (closes_at is None or datetime.fromisoformat(p.promoted_at) <= datetime.fromisoformat(closes_at))]
-    return matching[-1] if matching else None
-
-
 def choose_experiment(warehouse: Any, factory_run_id: str, *, closes_at: str | None,
                       review: dict[str, Any] | None, manual_experiment_id: str | None) -> dict[str, Any]:
     """The :class:`Choice` (see :func:`factory_tasks.selection.choose`), as a JSON value."""
     choice = choose(OutcomeStore(warehouse).read(factory_run_id), factory_run_id=factory_run_id,
-                    promotion=_latest_promotion(warehouse, factory_run_id, closes_at), review=review,
+                    promotion=latest_promotion(warehouse, factory_run_id,
+                                               promoted_by=datetime.fromisoformat(closes_at) if closes_at else None),
+                    review=review,
                     manual_experiment_id=manual_experiment_id)
     log.info("chose experiment %s (%s%s): %s", choice.experiment_id, choice.chosen_by,
              f" by {choice.chosen_by_user}" if choice.chosen_by_user else "", choice.reason)

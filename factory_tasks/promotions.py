@@ -20,16 +20,15 @@ from typing import Any
 
 import pandas as pd
 
+from factory_tasks.contract_table import ContractTable
 from factory_tasks.contracts import ContractError, Promotion
 from factory_tasks.sql_dialects import Column, dialect_for
 
 PROMOTIONS_TABLE = Promotion.TABLE
 
-#: The table's columns: the contract's fields, in the contract's order.
-_TYPES = {"schema_version": "bigint", "ranking_score": "double"}
-PROMOTION_COLUMNS: tuple[Column, ...] = tuple(
-    Column(name, _TYPES.get(name, "string")) for name in Promotion.model_fields
-)
+#: The table: one column per field of the contract, in the contract's order.
+PROMOTIONS = ContractTable(Promotion)
+PROMOTION_COLUMNS: tuple[Column, ...] = PROMOTIONS.columns
 PROMOTION_COLUMN_NAMES: tuple[str, ...] = tuple(c.name for c in PROMOTION_COLUMNS)
 _NEVER = datetime.min.replace(tzinfo=timezone.utc)
 
@@ -64,7 +63,7 @@ def _text(value: object) -> str | None:
 
 def ensure_schema(hook: Any) -> None:
     """Create ``model_promotions`` if it is absent; never drop or alter what exists."""
-    dialect_for(hook).create_table(hook, PROMOTIONS_TABLE, PROMOTION_COLUMNS)
+    PROMOTIONS.ensure_schema(hook)
 
 
 def promote(
@@ -133,12 +132,7 @@ def promote(
             f"Experiment {experiment_id} cannot be promoted: its summary row does not make a valid "
             f"promotion ({'; '.join(exc.problems)})."
         ) from exc
-    ensure_schema(warehouse_hook)
-    record = promotion.model_dump()
-    dialect_for(warehouse_hook).append_rows(
-        warehouse_hook, PROMOTIONS_TABLE, PROMOTION_COLUMNS,
-        [tuple(record[name] for name in PROMOTION_COLUMN_NAMES)],
-    )
+    PROMOTIONS.append(warehouse_hook, promotion)
     return promotion
 
 
@@ -191,13 +185,17 @@ def load_promotions(hook: Any) -> PromotionLog:
     return PromotionLog(promotions, problems)
 
 
-def latest_promotion(hook: Any, factory_run_id: str | None = None) -> Promotion | None:
-    """The decision: the latest promotion (of one factory run, if given), or None.
+def latest_promotion(hook: Any, factory_run_id: str | None = None, *,
+                     promoted_by: datetime | None = None) -> Promotion | None:
+    """The decision: the latest promotion (of one factory run, if given; made no later than
+    ``promoted_by``, if given — the end of a review window), or None.
 
     Raises :class:`ContractError` if any row of the table is invalid: a deploy must not act on
     a table it cannot fully read.
     """
     log = load_promotions(hook)
     log.raise_for_problems()
-    matching = [p for p in log.promotions if factory_run_id is None or p.factory_run_id == factory_run_id]
+    matching = [p for p in log.promotions
+                if (factory_run_id is None or p.factory_run_id == factory_run_id)
+                and (promoted_by is None or datetime.fromisoformat(p.promoted_at) <= promoted_by)]
     return matching[-1] if matching else None

@@ -9,9 +9,6 @@ import pytest
 import tenacity
 
 from cml_provider.hooks.cml import (
-    CREATE_JOB,
-    GET_JOB_RUN,
-    LIST_PROJECTS,
     CmlApiError,
     CmlAuthError,
     CmlBadRequestError,
@@ -24,6 +21,7 @@ from cml_provider.hooks.cml import (
     CmlServerError,
     normalise_workspace_url,
 )
+from cml_provider.hooks.endpoints import CREATE_JOB, GET_JOB_RUN, LIST_PROJECTS
 from cml_provider.states import JobRunStatus, UnknownJobRunStatusError
 
 TEST_API_KEY = "test-api-key-0123456789"

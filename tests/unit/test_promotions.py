@@ -124,6 +124,9 @@ def test_latest_promotion_per_run_is_the_last_promoted(hook):
     assert latest_promotion(hook, "run_a").reason == "other run"
     assert latest_promotion(hook).reviewer == "bob"
     assert latest_promotion(hook, "run_c") is None
+    # a review window that closed before the change of mind sees the first pick
+    assert latest_promotion(hook, "run_b", promoted_by=NOW + timedelta(seconds=1)).reason == "first"
+    assert latest_promotion(hook, "run_b", promoted_by=NOW - timedelta(seconds=1)) is None
     # The order is promoted_at, not the order rows come back in.
     promote(_summary(), E1, "run_b", "carol", "back-dated", hook, NOW - timedelta(days=1))
     assert latest_promotion(hook, "run_b").reviewer == "bob"

@@ -44,8 +44,16 @@ class _CmlStatusTrigger(_CmlTrigger):
         """The object's status and the workspace's ``status_message`` (None when it sends none)."""
         raise NotImplementedError
 
+    #: the ``__init__`` parameters, which ``serialize()`` mirrors, and the ids every event carries
+    _serialized: tuple[str, ...]
+    _id_fields: tuple[str, ...]
+
+    def serialize(self) -> tuple[str, dict[str, Any]]:
+        return (f"{type(self).__module__}.{type(self).__qualname__}",
+                {name: getattr(self, name) for name in self._serialized})
+
     def _ids(self) -> dict[str, Any]:
-        raise NotImplementedError
+        return {name: getattr(self, name) for name in self._id_fields}
 
     def _event(
         self, status: str, message: str, last: CmlBuildStatus | CmlDeploymentStatus | None
@@ -125,24 +133,9 @@ class CmlModelBuildTrigger(_CmlStatusTrigger):
         self.retry_delay = _seconds(retry_delay)
         self.noun = f"CML model build {build_id} (model {model_id})"
 
-    def serialize(self) -> tuple[str, dict[str, Any]]:
-        return (
-            f"{type(self).__module__}.{type(self).__qualname__}",
-            {
-                "cml_conn_id": self.cml_conn_id,
-                "project_id": self.project_id,
-                "model_id": self.model_id,
-                "build_id": self.build_id,
-                "poll_interval": self.poll_interval,
-                "deadline": self.deadline,
-                "retry_limit": self.retry_limit,
-                "retry_delay": self.retry_delay,
-                "resume_state": self.resume_state,
-            },
-        )
-
-    def _ids(self) -> dict[str, Any]:
-        return {"project_id": self.project_id, "model_id": self.model_id, "build_id": self.build_id}
+    _serialized = ("cml_conn_id", "project_id", "model_id", "build_id", "poll_interval", "deadline",
+                   "retry_limit", "retry_delay", "resume_state")
+    _id_fields = ("project_id", "model_id", "build_id")
 
     async def _status(self, hook: CmlHook) -> tuple[CmlBuildStatus, str | None]:
         build = await hook.a_get_model_build(self.model_id, self.build_id, project_id=self.project_id)
@@ -193,31 +186,9 @@ class CmlModelDeploymentTrigger(_CmlStatusTrigger):
         self.retry_delay = _seconds(retry_delay)
         self.noun = f"CML model deployment {deployment_id} (model {model_id}, build {build_id})"
 
-    def serialize(self) -> tuple[str, dict[str, Any]]:
-        return (
-            f"{type(self).__module__}.{type(self).__qualname__}",
-            {
-                "cml_conn_id": self.cml_conn_id,
-                "project_id": self.project_id,
-                "model_id": self.model_id,
-                "build_id": self.build_id,
-                "deployment_id": self.deployment_id,
-                "poll_interval": self.poll_interval,
-                "deadline": self.deadline,
-                "stop_on_kill": self.stop_on_kill,
-                "retry_limit": self.retry_limit,
-                "retry_delay": self.retry_delay,
-                "resume_state": self.resume_state,
-            },
-        )
-
-    def _ids(self) -> dict[str, Any]:
-        return {
-            "project_id": self.project_id,
-            "model_id": self.model_id,
-            "build_id": self.build_id,
-            "deployment_id": self.deployment_id,
-        }
+    _serialized = ("cml_conn_id", "project_id", "model_id", "build_id", "deployment_id", "poll_interval",
+                   "deadline", "stop_on_kill", "retry_limit", "retry_delay", "resume_state")
+    _id_fields = ("project_id", "model_id", "build_id", "deployment_id")
 
     async def _status(self, hook: CmlHook) -> tuple[CmlDeploymentStatus, str | None]:
         deployment = await hook.a_get_model_deployment(
