@@ -51,16 +51,22 @@ def test_choose_offers_maximises_expected_value():
     assert choose_offers(proba, ECON).tolist() == [0, 1, 2, 0]
 
 
-def test_policy_value_by_hand():
-    proba = np.array([
+#: five held-out rows: the model's counterfactual probabilities, the logged offers, conversions
+FIVE_ROWS = (
+    np.array([
         [0.30, 0.30, 0.10],  # chooses BOGO
         [0.10, 0.50, 0.10],  # chooses Discount
         [0.15, 0.25, 0.20],  # chooses No Offer
         [0.30, 0.30, 0.10],  # chooses BOGO
         [0.10, 0.50, 0.10],  # chooses Discount
-    ])
-    logged = np.array(["Buy One Get One", "Discount", "Discount", "No Offer", "Discount"], dtype=object)
-    y = np.array([1, 0, 1, 1, 1])
+    ]),
+    np.array(["Buy One Get One", "Discount", "Discount", "No Offer", "Discount"], dtype=object),
+    np.array([1, 0, 1, 1, 1]),
+)
+
+
+def test_policy_value_by_hand():
+    proba, logged, y = FIVE_ROWS
     # matches: rows 0 (BOGO, converted: 10 - 1 = 9), 1 (Discount, no conversion: -2),
     #          4 (Discount, converted: 10 - 2 = 8); weight 1 / (1/3) = 3; mean over 5 rows
     expected = 3 * (9 - 2 + 8) / 5
@@ -72,15 +78,7 @@ def test_policy_value_by_hand():
 
 
 def test_policy_uplift_is_the_policy_value_over_the_best_blast_on_the_same_rows():
-    proba = np.array([
-        [0.30, 0.30, 0.10],  # chooses BOGO
-        [0.10, 0.50, 0.10],  # chooses Discount
-        [0.15, 0.25, 0.20],  # chooses No Offer
-        [0.30, 0.30, 0.10],  # chooses BOGO
-        [0.10, 0.50, 0.10],  # chooses Discount
-    ])
-    logged = np.array(["Buy One Get One", "Discount", "Discount", "No Offer", "Discount"], dtype=object)
-    y = np.array([1, 0, 1, 1, 1])
+    proba, logged, y = FIVE_ROWS
     # blast BOGO: row 0 converts (9) -> 3 * 9 / 5; blast Discount: rows 1, 2, 4 -> 3 * (-2 + 8 + 8) / 5;
     # blast No Offer: row 3 converts (10 - 0) -> 3 * 10 / 5
     assert blast_values(y, logged, ECON).tolist() == pytest.approx([27 / 5, 42 / 5, 30 / 5])
