@@ -17,6 +17,7 @@ from factory_tasks.contracts import (
     Contract,
     ExperimentResult,
     ExperimentSpec,
+    MonitoringAlert,
     Promotion,
     RunPlan,
 )
@@ -33,6 +34,7 @@ CONTRACTS: tuple[tuple[type[Contract], str], ...] = (
     (RunPlan, f"project file `{RunPlan.path_for('<factory run>').rsplit('/', 2)[0]}/<factory run>/plan.json`"),
     (CollectedOutcomes, f"project file `{CollectedOutcomes.path_for('<r>').rsplit('/', 2)[0]}/<factory run>/outcomes.json`"),
     (Promotion, f"warehouse table `{Promotion.TABLE}` (append-only)"),
+    (MonitoringAlert, f"warehouse table `{MonitoringAlert.TABLE}` (append-only)"),
 )
 
 

@@ -10,6 +10,7 @@ defined once and imported by both sides:
 | :class:`RunPlan` | ``plan_experiments`` | ``collect_outcomes`` | project file ``factory_runs/<run>/plan.json`` |
 | :class:`CollectedOutcomes` | ``collect_outcomes`` | ``record_outcomes`` | project file ``factory_runs/<run>/outcomes.json`` |
 | :class:`Promotion` | the dashboard | the deploy DAG | warehouse table ``model_promotions`` |
+| :class:`MonitoringAlert` | ``model_monitoring`` | the monitoring dashboard, the retrain trigger | warehouse table ``model_alerts`` |
 
 Each carries a ``schema_version``; a document that does not parse (truncated, a wrong type, a
 missing field, an unknown version) raises :class:`ContractError` naming the document and the
@@ -537,3 +538,33 @@ class DeploymentRecord(Contract):
     gate_override: bool
     replaced_deployment_ids: list[str] = Field(default_factory=list)
     deployed_at: str
+
+
+# --------------------------------------------------------------------------------------------
+# Monitoring: an alert raised on a window, and the retrain it asks for
+
+AlertKind = Literal["feature_drift", "estimated_performance", "realised_performance", "calibration", "policy_value"]
+
+
+class MonitoringAlert(Contract):
+    """A monitoring threshold crossed for a model version (append-only table :attr:`TABLE`).
+
+    ``model_monitoring`` raises it; the DAG then triggers ``model_factory`` on history plus
+    ``customer_interactions`` and records that run's id in ``retrain_run_id``.
+    """
+
+    TABLE: ClassVar[str] = "model_alerts"
+
+    schema_version: Literal[1] = 1
+    alert_id: str = Field(min_length=1)  # stable: "<as_of_window>/<model_version>/<kind>/<dimension>"
+    as_of_window: str = Field(min_length=1)
+    cohort_start: str = Field(min_length=1)
+    model_version: str = Field(min_length=1)
+    kind: AlertKind
+    metric: str = Field(min_length=1)
+    dimension: str = ""
+    value: float
+    threshold: float
+    message: str = Field(min_length=1)
+    raised_at: str = Field(min_length=1)  # ISO 8601, UTC
+    retrain_run_id: str | None = None
