@@ -19,7 +19,13 @@ one row per experiment in the warehouse table `experiment_outcomes`.
   outcomes), never a worker's local path. An invalid grid or training table fails at once,
   without retries.
 
-Params: `grid_path`, `max_parallel` (overrides the grid's cap), `reuse_results`.
+* `include_interactions` trains on the history plus the matured rows of the grid's
+  `data.interactions_table` (`customer_interactions`), each weighted in the off-policy metrics
+  by the propensity with which its offer was logged. The monitoring DAG triggers a retrain on
+  fresh data with the conf `{"include_interactions": true}`. Off (the default), the snapshot is
+  the history's, byte for byte, so identical experiments are still reused.
+
+Params: `grid_path`, `max_parallel` (overrides the grid's cap), `reuse_results`, `include_interactions`.
 Connections: `model_factory_warehouse` (SQLite or HiveServer2), `cml_default` (CML API v2).
 """
 
@@ -55,6 +61,8 @@ EXPERIMENT_TIMEOUT_S = 2 * 60 * 60
         "grid_path": Param("config/grid.yaml", type="string", description="Grid file, relative to the repository root or absolute."),
         "max_parallel": Param(None, type=["null", "integer"], minimum=1, description="Experiments running at once; empty = the grid's max_parallel."),
         "reuse_results": Param(True, type="boolean", description="Reuse succeeded results of identical experiments."),
+        "include_interactions": Param(False, type="boolean", description=(
+            "Train on history plus the matured rows of customer_interactions (the grid's data.interactions_table).")),
     },
 )
 def model_factory():
@@ -69,11 +77,16 @@ def model_factory():
 
     @task
     def snapshot_training_data(grid: dict) -> dict:
+        """The history table, plus the matured interactions when `include_interactions` is on."""
         from cml_provider.hooks.cml import CmlHook
+        from factory_tasks.contracts import GridRef
         from factory_tasks.pipeline import snapshot_to_project
 
+        include = get_current_context()["params"]["include_interactions"]
         with no_retry_on_bad_input():
-            return snapshot_to_project(warehouse_hook(), CmlHook(cml_conn_id=CML_CONN_ID), grid["table"])
+            ref = GridRef.from_data(grid, "the validate_grid task's output")
+            return snapshot_to_project(warehouse_hook(), CmlHook(cml_conn_id=CML_CONN_ID), ref.table,
+                                       interactions_table=ref.interactions_table if include else None)
 
     @task
     def plan_experiments(grid: dict, snapshot: dict) -> dict[str, list[dict]]:

@@ -28,7 +28,14 @@ from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from factory_tasks.grid import Economics, EstimatorName, MetricName, ParamValue, Resources
+from factory_tasks.grid import (
+    DEFAULT_INTERACTIONS_TABLE,
+    Economics,
+    EstimatorName,
+    MetricName,
+    ParamValue,
+    Resources,
+)
 
 #: project folders (relative to the CML project root)
 EXPERIMENTS_DIR = "experiments"
@@ -302,6 +309,8 @@ class GridRef(Contract):
     grid_hash: str
     table: str
     max_parallel: int = Field(ge=1)
+    #: the grid's ``data.interactions_table``, read when the run includes interactions
+    interactions_table: str = DEFAULT_INTERACTIONS_TABLE
 
 
 class SnapshotRef(Contract):
@@ -311,6 +320,19 @@ class SnapshotRef(Contract):
     hash: str
     n_rows: int = Field(ge=0)
     project_path: str
+    #: the interactions table whose matured rows the snapshot holds besides ``table``'s (then it
+    #: has a ``propensity`` column); None: history only
+    interactions_table: str | None = None
+    #: how many of ``n_rows`` come from ``interactions_table``
+    interaction_rows: int = Field(0, ge=0)
+
+    @model_validator(mode="after")
+    def _interaction_rows_need_their_table(self) -> "SnapshotRef":
+        if self.interaction_rows > self.n_rows:
+            raise ValueError(f"interaction_rows {self.interaction_rows} exceeds n_rows {self.n_rows}")
+        if self.interaction_rows and self.interactions_table is None:
+            raise ValueError("interaction_rows without an interactions_table")
+        return self
 
 
 class RunPlan(Contract):

@@ -8,6 +8,10 @@ split, and scores every metric the spec asks for on the held-out split. It retur
 pipeline fitted on the first fold's training split and, under :data:`FITTED_ON_KEY`, a
 description of that split. Those two keys are not JSON; :func:`json_result` drops them.
 
+When the data has a ``propensity`` column (a snapshot that includes the closed loop's
+interactions, whose offers an ε-greedy policy chose), the policy metrics weight each held-out
+row by it; it is never a model input (:func:`~factory_tasks.features.feature_frame`).
+
 Per fold the model is asked for P(conversion | x, offer = o) for all three offers in one call
 (only when ``policy_value`` or ``policy_uplift`` is requested); the probabilities for the logged offers — what every
 other metric needs — are read from that matrix instead of predicting again.
@@ -32,6 +36,7 @@ from factory_tasks.features import (
 from factory_tasks.contracts import ExperimentSpec
 from factory_tasks.metrics import COUNTERFACTUAL_METRICS, compute_metric
 from factory_tasks.simulator import TARGET_COLUMN, offer_indices, validate_interactions
+from factory_tasks.training_data import PROPENSITY_COLUMN, check_propensity
 
 log = logging.getLogger(__name__)
 
@@ -46,13 +51,25 @@ def _utc_now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
+def logged_propensities(data: pd.DataFrame) -> np.ndarray | None:
+    """The snapshot's per-row propensity of the logged offer (:data:`PROPENSITY_COLUMN`, present
+    when it includes interactions), checked to lie in (0, 1]; None for randomized history only."""
+    if PROPENSITY_COLUMN not in data.columns:
+        return None
+    check_propensity(data[PROPENSITY_COLUMN], "the training data")
+    return data[PROPENSITY_COLUMN].to_numpy(dtype=np.float64)
+
+
 def score_model(
-    model: Any, X: pd.DataFrame, y: np.ndarray, metric_names: list[str], economics: Mapping[str, Any]
+    model: Any, X: pd.DataFrame, y: np.ndarray, metric_names: list[str], economics: Mapping[str, Any],
+    propensity: np.ndarray | None = None,
 ) -> dict[str, float]:
     """Every metric of ``metric_names`` for a fitted pipeline on held-out rows ``X``, ``y``.
 
     The counterfactual probabilities (every offer for every row) are predicted once, only when
     a policy metric is asked for; the logged offers' probabilities are read from that matrix.
+    ``propensity``: the probability with which each row's logged offer was made (one per row of
+    ``X``); None when every offer was made at random, 1/3 each.
     """
     logged = X["offer"].to_numpy(dtype=object)
     if COUNTERFACTUAL_METRICS & set(metric_names):
@@ -61,7 +78,7 @@ def score_model(
     else:
         offer_proba, proba = None, positive_proba(model, X)
     return {name: compute_metric(name, y, proba, logged_offers=logged, offer_proba=offer_proba,
-                                 economics=economics) for name in metric_names}
+                                 economics=economics, propensities=propensity) for name in metric_names}
 
 
 def run_experiment(
@@ -95,8 +112,9 @@ def run_experiment(
     metric_names: list[str] = list(spec.metrics)
     k = spec.cv_folds
     economics = spec.economics.model_dump(mode="json")
-    X = feature_frame(data).reset_index(drop=True)
+    X = feature_frame(data).reset_index(drop=True)  # the model's inputs: never the propensity
     y = data[TARGET_COLUMN].to_numpy(dtype=np.int64)
+    propensity = logged_propensities(data)
     n_classes_min = int(np.bincount(y, minlength=2).min())
     if n_classes_min < k:
         raise ValueError(
@@ -113,6 +131,7 @@ def run_experiment(
     say(
         f"experiment {spec.experiment_id}: {spec.estimator} {dict(spec.params)} on "
         f"{len(X)} rows, {k}-fold CV, {n_threads} thread(s)"
+        + ("; policy metrics weight each row by its logged propensity" if propensity is not None else "")
     )
     with threadpool_limits(limits=n_threads):
         for fold, (train_idx, test_idx) in enumerate(cv.split(X, y), start=1):
@@ -127,7 +146,8 @@ def run_experiment(
             fit_times.append(time.perf_counter() - t0)
 
             t0 = time.perf_counter()
-            fold_scores = score_model(pipeline, X.iloc[test_idx], y[test_idx], metric_names, economics)
+            fold_scores = score_model(pipeline, X.iloc[test_idx], y[test_idx], metric_names, economics,
+                                      None if propensity is None else propensity[test_idx])
             for name in metric_names:
                 scores[name].append(fold_scores[name])
             score_times.append(time.perf_counter() - t0)

@@ -72,14 +72,22 @@ def snapshot_path(project_root: Path, spec: ExperimentSpec) -> Path:
 
 
 def read_snapshot(path: Path, expected_hash: str | None) -> Any:
-    """Read the snapshot, check its schema and that its content hash matches the spec."""
+    """Read the snapshot, check its schema and that its content hash matches the spec.
+
+    Returns the interaction columns, plus the per-row ``propensity`` of a snapshot that includes
+    the closed loop's interactions (the experiment weights its policy metrics by it).
+    """
     import pandas as pd
 
     from factory_tasks.simulator import INTERACTION_COLUMNS, validate_interactions
-    from factory_tasks.training_data import conform, content_hash
+    from factory_tasks.training_data import PROPENSITY_COLUMN, check_propensity, conform, content_hash
 
     frame = pd.read_parquet(path)
     validate_interactions(frame)
+    columns = list(INTERACTION_COLUMNS)
+    if PROPENSITY_COLUMN in frame.columns:
+        check_propensity(frame[PROPENSITY_COLUMN], f"data snapshot {path.name}")
+        columns.append(PROPENSITY_COLUMN)
     if expected_hash:
         actual = content_hash(conform(frame, f"snapshot {path.name}"))
         if actual != expected_hash:
@@ -88,7 +96,7 @@ def read_snapshot(path: Path, expected_hash: str | None) -> Any:
                 f"the spec expects {str(expected_hash)[:16]}...: the file changed since the "
                 "experiment was planned"
             )
-    return frame.loc[:, list(INTERACTION_COLUMNS)]
+    return frame.loc[:, columns]
 
 
 def running_code_version(environ: Mapping[str, str]) -> str:

@@ -58,6 +58,8 @@ DEFAULT_METRICS: tuple[str, ...] = ("roc_auc", "log_loss", "average_precision", 
                                     "policy_uplift")
 DEFAULT_RANKING_METRIC = "roc_auc"
 DEFAULT_TABLE = "historical_customer_interactions"
+#: the closed loop's matured decisions (``factory_tasks.loop_tables.CUSTOMER_INTERACTIONS``)
+DEFAULT_INTERACTIONS_TABLE = "customer_interactions"
 MAX_CV_FOLDS = 20
 #: Largest grid file read (a real grid is a few KB): bigger files are refused before parsing.
 MAX_GRID_FILE_BYTES = 1024 * 1024
@@ -212,9 +214,18 @@ class Economics(_Model):
 
 
 class DataConfig(_Model):
-    """Where the training rows come from (the snapshot step reads this table)."""
+    """Where the training rows come from: the snapshot step reads ``table`` (the randomized
+    history) and, when a factory run includes interactions, ``interactions_table`` too."""
 
     table: Annotated[str, AfterValidator(_table_name)] = DEFAULT_TABLE
+    interactions_table: Annotated[str, AfterValidator(_table_name)] = DEFAULT_INTERACTIONS_TABLE
+
+    @model_validator(mode="after")
+    def _two_tables(self) -> "DataConfig":
+        if self.interactions_table.lower() == self.table.lower():
+            raise PydanticCustomError(
+                "grid", "interactions_table must differ from table (its rows would be counted twice)")
+        return self
 
 
 class Family(_Model):

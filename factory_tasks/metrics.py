@@ -2,7 +2,8 @@
 
 The computations live beside the names so an experiment and a validator agree on one list:
 :func:`compute_metric` for any name, :func:`policy_value` for the off-policy (inverse
-propensity weighted) value per customer of a model's next-best-action decisions, and
+propensity weighted, with per-offer or per-row logging propensities) value per customer of a
+model's next-best-action decisions, and
 :func:`choose_offers` for the decisions themselves. ``sklearn.metrics`` is imported only when a
 metric is computed, so importing the registry stays cheap.
 """
@@ -79,16 +80,34 @@ def choose_offers(offer_proba: np.ndarray, economics: Mapping) -> np.ndarray:
     return np.argmax(expected_values(offer_proba, economics), axis=1)
 
 
-def _propensity_vector(
-    propensities: Mapping[str, float] | str | None, logged_idx: np.ndarray
-) -> np.ndarray:
-    """Propensity of each offer in OFFERS order."""
+#: how the logging propensities are given: None (the randomized campaign, 1/3 each), a
+#: ``{offer: probability}`` mapping, ``"empirical"``, or one value per row — the probability
+#: with which that row's logged offer was made (e.g. an ε-greedy production policy's log)
+Propensities = Mapping[str, float] | str | np.ndarray | pd.Series | None
+
+
+def _per_row(propensities: Propensities) -> bool:
+    return isinstance(propensities, (np.ndarray, pd.Series, list, tuple))
+
+
+def _propensity_vector(propensities: Propensities, logged_idx: np.ndarray) -> np.ndarray:
+    """Propensity of each offer in OFFERS order, shape (3,) — or, for per-row propensities,
+    the propensity of each row's logged offer, shape (n,), checked to lie in (0, 1]."""
+    if _per_row(propensities):
+        prop = np.asarray(propensities, dtype=np.float64)
+        if prop.shape != logged_idx.shape:
+            raise ValueError(f"per-row propensities must have one value per row: got shape {prop.shape} "
+                             f"for {len(logged_idx)} rows")
+        if not np.all((prop > 0) & (prop <= 1)):  # NaN fails too
+            raise ValueError("per-row propensities must lie in (0, 1]: a logged offer was made with "
+                             "positive probability")
+        return prop
     if propensities is None:
         return np.full(len(OFFERS), 1.0 / len(OFFERS))
     if isinstance(propensities, str):
         if propensities != "empirical":
             raise ValueError(
-                f"propensities must be a mapping, None or 'empirical', got {propensities!r}"
+                f"propensities must be a mapping, None, 'empirical' or one value per row, got {propensities!r}"
             )
         counts = np.bincount(logged_idx, minlength=len(OFFERS)).astype(np.float64)
         return counts / max(len(logged_idx), 1)
@@ -101,27 +120,35 @@ def _propensity_vector(
     return vec
 
 
+def _logged_propensities(propensities: Propensities, logged_idx: np.ndarray) -> np.ndarray:
+    """P(the logged offer | row) for each row, shape (n,)."""
+    vec = _propensity_vector(propensities, logged_idx)
+    return vec if _per_row(propensities) else vec[logged_idx]
+
+
 def policy_value(
     y_true: np.ndarray,
     logged_offers: np.ndarray | pd.Series,
     offer_proba: np.ndarray,
     economics: Mapping,
-    propensities: Mapping[str, float] | str | None = None,
+    propensities: Propensities = None,
 ) -> float:
     """Inverse-propensity-weighted value per customer of the model's next-best-action policy.
 
     For each held-out row the policy picks ``chosen = argmax_o p(x, o) * conversion_value -
     cost(o)`` from the model's counterfactual probabilities ``offer_proba`` (n, 3). Because the
-    logged offers were assigned at random with known propensities, the value the policy would
-    have earned is estimated without bias by
+    logged offers were assigned with known propensities, the value the policy would have earned
+    is estimated without bias by
 
-        mean_i  1[chosen_i == logged_i] / propensity(logged_i)
+        mean_i  1[chosen_i == logged_i] / propensity_i(logged_i)
                 * (conversion_i * conversion_value - cost(logged_i))
 
-    ``propensities``: None for the randomized campaign (1/3 each), a ``{offer: probability}``
-    mapping when known otherwise, or ``"empirical"`` to estimate them from the logged offer
-    frequencies of these rows. Rows whose logged offer has propensity 0 cannot be matched and
-    are an error if the policy picks that offer.
+    ``propensities`` (see :data:`Propensities`): None for the randomized campaign (1/3 each), a
+    ``{offer: probability}`` mapping when known otherwise, ``"empirical"`` to estimate them from
+    the logged offer frequencies of these rows, or one value per row: the probability with which
+    that row's logged offer was made (rows logged by an ε-greedy policy: ``1 - ε + ε/3`` for the
+    model's own pick, ``ε/3`` for an explored one; randomized history rows: 1/3). Rows whose
+    logged offer has propensity 0 cannot be matched and are an error if the policy picks that offer.
     """
     y = np.asarray(y_true, dtype=np.float64)
     logged_idx = offer_indices(logged_offers)
@@ -131,7 +158,7 @@ def policy_value(
         return float("nan")
     chosen = choose_offers(offer_proba, economics)
     costs = offer_cost_vector(economics)
-    prop = _propensity_vector(propensities, logged_idx)[logged_idx]
+    prop = _logged_propensities(propensities, logged_idx)
     match = chosen == logged_idx
     if np.any(match & (prop <= 0)):
         raise ValueError("the policy picks an offer whose logging propensity is 0")
@@ -144,14 +171,25 @@ def blast_values(
     y_true: np.ndarray,
     logged_offers: np.ndarray | pd.Series,
     economics: Mapping,
-    propensities: Mapping[str, float] | str | None = None,
+    propensities: Propensities = None,
 ) -> np.ndarray:
-    """IPW value per customer of sending each single offer to everyone ("blast"), OFFERS order."""
+    """IPW value per customer of sending each single offer to everyone ("blast"), OFFERS order.
+
+    With per-row propensities an offer no row was logged with has no estimate (NaN): nothing
+    says it could have been made.
+    """
     y = np.asarray(y_true, dtype=np.float64)
     logged_idx = offer_indices(logged_offers)
-    prop = _propensity_vector(propensities, logged_idx)
     reward = y * float(economics["conversion_value"]) - offer_cost_vector(economics)[logged_idx]
     values = np.full(len(OFFERS), np.nan)
+    if _per_row(propensities):
+        prop = _propensity_vector(propensities, logged_idx)
+        for j in range(len(OFFERS)):
+            arm = logged_idx == j
+            if arm.any():
+                values[j] = float(np.mean(np.divide(reward, prop, out=np.zeros_like(prop), where=arm)))
+        return values
+    prop = _propensity_vector(propensities, logged_idx)
     for j in range(len(OFFERS)):
         if prop[j] > 0 and len(y):
             values[j] = float(np.mean((logged_idx == j) / prop[j] * reward))
@@ -163,7 +201,7 @@ def policy_uplift(
     logged_offers: np.ndarray | pd.Series,
     offer_proba: np.ndarray,
     economics: Mapping,
-    propensities: Mapping[str, float] | str | None = None,
+    propensities: Propensities = None,
 ) -> float:
     """How much the model's decisions beat the obvious campaign: :func:`policy_value` minus the
     best :func:`blast_values` entry, both estimated on the same rows (positive = worth a model)."""
@@ -224,12 +262,13 @@ def compute_metric(
     logged_offers: np.ndarray | pd.Series | None = None,
     offer_proba: np.ndarray | None = None,
     economics: Mapping | None = None,
-    propensities: Mapping[str, float] | str | None = None,
+    propensities: Propensities = None,
 ) -> float:
     """Compute metric ``name`` for labels ``y_true`` and predicted P(conversion) ``proba``.
 
     ``policy_value`` and ``policy_uplift`` additionally need ``logged_offers``, ``offer_proba``
-    (n, 3) and ``economics`` (and optionally ``propensities``); the other metrics ignore them.
+    (n, 3) and ``economics`` (and optionally ``propensities``, :data:`Propensities`: e.g. one value
+    per row, the logged offer's propensity); the other metrics ignore them.
     """
     get_metric(name)  # a helpful error for unknown names
     if name in _POLICY_METRICS:

@@ -27,7 +27,7 @@ from factory_tasks.leaderboard import format_leaderboard
 from factory_tasks.names import EXPERIMENT_ID_ENV, FACTORY_RUN_ENV
 from factory_tasks.outcome_store import OutcomeStore
 from factory_tasks.settings import REPO_ROOT
-from factory_tasks.training_data import read_training_frame, snapshot_parquet
+from factory_tasks.training_data import snapshot_parquet, training_frame
 from factory_tasks.versioning import current_provenance
 
 log = logging.getLogger(__name__)
@@ -43,19 +43,33 @@ def validate_grid_file(grid_path: str, max_parallel: int | None = None) -> dict[
     path = _resolve(grid_path)
     config = load_grid(path)
     ref = GridRef(grid_path=str(path), grid_hash=grid_hash(config), table=config.data.table,
+                  interactions_table=config.data.interactions_table,
                   max_parallel=int(max_parallel or config.max_parallel))
     log.info("grid %s is valid (hash %s, parallelism cap %d)", path, ref.grid_hash, ref.max_parallel)
     return ref.model_dump(mode="json")
 
 
-def snapshot_to_project(warehouse: Any, cml: Any, table: str) -> dict[str, Any]:
-    """Snapshot the training table into the CML project (content-addressed: kept if present)."""
-    ref, data = snapshot_parquet(read_training_frame(warehouse, table), table)
+def snapshot_to_project(
+    warehouse: Any, cml: Any, table: str, *, interactions_table: str | None = None
+) -> dict[str, Any]:
+    """Snapshot the training table into the CML project (content-addressed: kept if present).
+
+    With ``interactions_table`` the snapshot also holds that table's matured rows, each with its
+    logged propensity (history rows 1/3); a missing or empty interactions table gives the
+    history-only snapshot, with a warning. Without it the snapshot is the history's, unchanged.
+    """
+    frame, interaction_rows = training_frame(warehouse, table, interactions_table)
+    ref, data = snapshot_parquet(frame, table, interactions_table=interactions_table,
+                                 interaction_rows=interaction_rows)
+    if interactions_table and not interaction_rows:
+        log.warning("include_interactions: no matured rows in %s, so this run trains on %s only "
+                    "(the same snapshot as without interactions)", interactions_table, table)
     if cml.file_exists(ref.project_path):
         log.info("snapshot %s already in the project", ref.project_path)
     else:
         cml.upload_file(ref.project_path, data)
-        log.info("uploaded snapshot %s (%d rows, %.1f MB)", ref.project_path, ref.n_rows, len(data) / 1e6)
+        log.info("uploaded snapshot %s (%d rows, %d of them interactions, %.1f MB)", ref.project_path, ref.n_rows,
+                 ref.interaction_rows, len(data) / 1e6)
     return ref.model_dump(mode="json")
 
 

@@ -3,7 +3,9 @@
 What ``jobs/retrain_model.py`` runs inside a CML job run (project root as working directory),
 configured by a :class:`~factory_tasks.contracts.RetrainRequest` in ``MF_RETRAIN_REQUEST``:
 
-1. read the snapshot named by the spec (content hash checked);
+1. read the snapshot named by the spec (content hash checked); a snapshot that includes the
+   closed loop's interactions has a per-row ``propensity``, which weights the policy metrics
+   of step 2 and 3 (never a model input);
 2. hold out a stratified slice (``holdout_fraction``, seeded by the spec's ``random_state``),
    fit the spec's pipeline — same estimator, same hyperparameters — on the rest and score the
    slice; the refit is *consistent* when its ranking score lies within
@@ -67,25 +69,30 @@ def refit(request: RetrainRequest, data: Any, *, n_threads: int = 1,
     from sklearn.model_selection import train_test_split
     from threadpoolctl import threadpool_limits
 
-    from factory_tasks.experiment import score_model
+    from factory_tasks.experiment import logged_propensities, score_model
     from factory_tasks.features import build_pipeline, feature_frame
     from factory_tasks.simulator import TARGET_COLUMN
 
     spec = request.spec
     metrics = list(dict.fromkeys([*spec.metrics, *GATE_METRICS]))
     economics = spec.economics.model_dump(mode="json")
-    X = feature_frame(data).reset_index(drop=True)
+    X = feature_frame(data).reset_index(drop=True)  # the model's inputs: never the propensity
     y = data[TARGET_COLUMN].to_numpy(dtype=np.int64)
-    X_fit, X_hold, y_fit, y_hold = train_test_split(
-        X, y, test_size=request.holdout_fraction, stratify=y, random_state=spec.random_state)
+    propensity = logged_propensities(data)  # per row, when the snapshot includes interactions
+    # the same split whether or not there is a propensity column (it only rides along)
+    X_fit, X_hold, y_fit, y_hold, _, p_hold = train_test_split(
+        X, y, np.zeros(len(y)) if propensity is None else propensity,
+        test_size=request.holdout_fraction, stratify=y, random_state=spec.random_state)
+    p_hold = None if propensity is None else p_hold
 
     def pipeline():
         return build_pipeline(spec.estimator, spec.params, random_state=spec.random_state, n_threads=n_threads)
 
     with threadpool_limits(limits=n_threads):
         check_model = pipeline().fit(X_fit, y_fit)
-        holdout = score_model(check_model, X_hold, y_hold, metrics, economics)
-        champion_scores = score_model(champion, X_hold, y_hold, metrics, economics) if champion is not None else None
+        holdout = score_model(check_model, X_hold, y_hold, metrics, economics, p_hold)
+        champion_scores = (score_model(champion, X_hold, y_hold, metrics, economics, p_hold)
+                           if champion is not None else None)
         final = pipeline().fit(X, y)
     ok, note = consistency(request, holdout.get(spec.ranking_metric), len(X_hold), len(X))
     log.info("refit of %s: %s (%s)", spec.experiment_id, "consistent" if ok else "INCONSISTENT", note)

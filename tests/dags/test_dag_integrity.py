@@ -36,7 +36,10 @@ def test_every_dag_retries_by_default(dagbag):
 
 def test_model_factory_shape(dagbag):
     dag = dagbag.dags["model_factory"]
-    assert set(dag.params) >= {"grid_path", "max_parallel", "reuse_results"}
+    assert set(dag.params) >= {"grid_path", "max_parallel", "reuse_results", "include_interactions"}
+    # the monitoring DAG's retrain trigger sets {"include_interactions": true}; off by default
+    assert dag.params["include_interactions"] is False
+    assert "customer_interactions" in dag.params.get_param("include_interactions").description
     assert dag.catchup is False
     tasks = dag.task_dict
     # long experiments are submitted first; waiting starts once everything is submitted

@@ -47,7 +47,9 @@ def main(stage: str, args: dict) -> object:
     if stage == "validate_grid":
         return pipeline.validate_grid_file(args["grid_path"])
     if stage == "snapshot":
-        return pipeline.snapshot_to_project(warehouse, cml, args["grid"]["table"])
+        include = args.get("include_interactions", False)  # the DAG's param
+        return pipeline.snapshot_to_project(warehouse, cml, args["grid"]["table"],
+                                            interactions_table=args["grid"]["interactions_table"] if include else None)
     if stage == "plan":
         return pipeline.plan_experiments(args["grid"], args["snapshot"], cml, factory_run_id=args["run_id"])
     if stage == "submit_and_wait":

@@ -11,10 +11,14 @@ from pathlib import Path
 
 import shutil
 
+import numpy as np
 import pytest
 
 from factory_tasks.contracts import RunPlan
+from factory_tasks.loop_tables import CUSTOMER_INTERACTIONS, CUSTOMER_INTERACTIONS_SCHEMA
 from factory_tasks.outcome_store import OutcomeStore
+from factory_tasks.simulator import simulate_interactions
+from factory_tasks.sql_dialects import dialect_for
 from factory_tasks.training_data import ensure_training_table
 from stack.env import stack_paths
 from stack.local import local_stack
@@ -103,6 +107,22 @@ def test_each_stage_on_another_worker_needs_nothing_from_the_others_disk(tmp_pat
         plan = RunPlan.parse(stack.cml_hook().download_file(RunPlan.path_for(run_id + "-edited")), "plan")
         assert plan.reused == [] and set(plan.to_run.values()) == {
             f"code changed ({frame['code_version'].iloc[0]} -> {plan.provenance.code_version})"}
+
+        # include_interactions: history plus matured ε-greedy decisions; a new snapshot (with the
+        # logged propensity), so new experiments, whose jobs read and weight by that column
+        logged = simulate_interactions(200, seed=6)
+        logged = logged.assign(propensity=np.where(np.arange(200) % 10 == 0, 0.1 / 3, 0.9 + 0.1 / 3),
+                               prediction_uuid=[f"u{i}" for i in range(200)], decided_at_ms=np.arange(200),
+                               window_start="2026-12-01T06:00:00Z")
+        dialect = dialect_for(stack.warehouse_hook())
+        dialect.create_table(stack.warehouse_hook(), CUSTOMER_INTERACTIONS, CUSTOMER_INTERACTIONS_SCHEMA)
+        dialect.append_rows(stack.warehouse_hook(), CUSTOMER_INTERACTIONS, CUSTOMER_INTERACTIONS_SCHEMA,
+                            logged[[c.name for c in CUSTOMER_INTERACTIONS_SCHEMA]].itertuples(index=False, name=None))
+        assert _stage(env, a, "snapshot", grid=grid) == snapshot  # off: the very same snapshot
+        fresh = _stage(env, b, "snapshot", grid=grid, include_interactions=True)
+        assert (fresh["n_rows"], fresh["interaction_rows"]) == (1000, 200) and fresh["hash"] != snapshot["hash"]
+        fresh_waves = _stage(env, a, "plan", grid=grid, snapshot=fresh, run_id=run_id + "-fresh")
+        assert _stage(env, b, "submit_and_wait", waves=fresh_waves) == ["ENGINE_SUCCEEDED"] * 2
 
         # neither worker kept anything that another stage needed (or anything at all)
         for worker in (a, b):

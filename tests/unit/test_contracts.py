@@ -13,7 +13,9 @@ from factory_tasks.contracts import (
     CollectedOutcomes,
     ContractError,
     ExperimentSpec,
+    GridRef,
     RunPlan,
+    SnapshotRef,
     reuse_blocker,
     safe_run_name,
 )
@@ -86,6 +88,18 @@ def test_factory_run_names_are_path_safe_and_distinct():
     assert a != b and "/" not in a and ":" not in a
     assert RunPlan.path_for("x/../y").count("/") == 2
     assert CollectedOutcomes.path_for("r") != RunPlan.path_for("r")
+
+
+def test_grid_and_snapshot_refs_written_before_interactions_still_parse():
+    grid = GridRef.from_data({"grid_path": "g.yaml", "grid_hash": "g", "table": "t", "max_parallel": 2}, "xcom")
+    assert grid.interactions_table == "customer_interactions"
+    snap = SnapshotRef.from_data({"table": "t", "hash": "h", "n_rows": 5, "project_path": "snapshots/t-h.parquet"},
+                                 "xcom")
+    assert (snap.interactions_table, snap.interaction_rows) == (None, 0)
+    with pytest.raises(ContractError, match="interaction_rows without an interactions_table"):
+        SnapshotRef.from_data({**snap.model_dump(), "interaction_rows": 2}, "xcom")
+    with pytest.raises(ContractError, match="interaction_rows 9 exceeds n_rows 5"):
+        SnapshotRef.from_data({**snap.model_dump(), "interactions_table": "i", "interaction_rows": 9}, "xcom")
 
 
 def test_collected_outcomes_refuse_rows_of_another_run_or_shape():

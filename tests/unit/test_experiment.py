@@ -149,3 +149,30 @@ def test_too_few_positives_for_the_folds_is_a_clear_error(data):
 def test_bad_data_is_refused(data):
     with pytest.raises(ValueError, match="lacks required column"):
         run_experiment(make_spec(), data.drop(columns="offer"), progress=lambda line: None)
+
+
+def test_logged_propensities_weight_the_policy_metrics_and_are_never_a_feature(data):
+    """A snapshot with interactions carries each row's logged propensity: 1/3 everywhere is the
+    randomized campaign (the same scores as without the column); other values change only the
+    off-policy metrics, and the model never sees the column."""
+    spec = make_spec()
+    quiet = dict(n_threads=1, progress=lambda line: None)
+    plain = run_experiment(spec, data, **quiet)
+    thirds = run_experiment(spec, data.assign(propensity=1 / 3), **quiet)
+    for name, scores in plain["metrics"].items():
+        assert thirds["metrics"][name]["folds"] == pytest.approx(scores["folds"]), name
+    rng = np.random.default_rng(5)
+    logged = run_experiment(spec, data.assign(propensity=np.where(rng.random(len(data)) < 0.5, 0.9, 0.05)), **quiet)
+    for name in ("roc_auc", "log_loss", "average_precision", "accuracy"):
+        assert logged["metrics"][name]["folds"] == pytest.approx(plain["metrics"][name]["folds"]), name
+    for name in ("policy_value", "policy_uplift"):
+        assert logged["metrics"][name]["mean"] != pytest.approx(plain["metrics"][name]["mean"]), name
+    features = set(logged[MODEL_KEY].feature_names_in_)
+    assert "propensity" not in features and features == set(plain[MODEL_KEY].feature_names_in_)
+
+
+def test_a_propensity_outside_zero_one_is_refused(data):
+    from factory_tasks.training_data import TrainingDataError
+
+    with pytest.raises(TrainingDataError, match=r"column 'propensity' must lie in \(0, 1\]"):
+        run_experiment(make_spec(), data.assign(propensity=0.0), n_threads=1, progress=lambda line: None)

@@ -123,6 +123,10 @@ def test_policy_value_of_a_constant_policy_is_the_mean_reward_of_its_arm():
         ({"name": "policy_value", "economics": {"conversion_value": 1, "offer_costs": {"Free": 1}}}, "unknown offer"),
         ({"name": "policy_value", "offer_proba": np.ones((2, 2))}, r"shape \(n, 3\)"),
         ({"name": "policy_value", "propensities": "guess"}, "propensities must be"),
+        ({"name": "policy_value", "propensities": np.array([0.5])}, "one value per row"),
+        ({"name": "policy_value", "propensities": np.array([0.5, 0.0])}, r"must lie in \(0, 1\]"),
+        ({"name": "policy_uplift", "propensities": np.array([1.5, 0.5])}, r"must lie in \(0, 1\]"),
+        ({"name": "policy_uplift", "propensities": np.array([np.nan, 0.5])}, r"must lie in \(0, 1\]"),
     ],
 )
 def test_metric_errors(kwargs, message):
@@ -137,3 +141,62 @@ def test_metric_errors(kwargs, message):
     name = args.pop("name")
     with pytest.raises(ValueError, match=message):
         compute_metric(name, **args)
+
+
+def test_per_row_propensities_by_hand():
+    proba, logged, y = FIVE_ROWS
+    # rows 0, 1, 4 match the policy (rewards 9, -2, 8); each row's own logged propensity
+    prop = np.array([0.9, 0.5, 0.1, 0.25, 1 / 3])
+    expected = (9 / 0.9 - 2 / 0.5 + 8 / (1 / 3)) / 5
+    assert policy_value(y, logged, proba, ECON, prop) == pytest.approx(expected)
+    # blast BOGO: row 0 (9 / 0.9); Discount: rows 1, 2, 4 (-2 / 0.5 + 8 / 0.1 + 8 * 3); No Offer: row 3 (10 / 0.25)
+    blast = [9 / 0.9 / 5, (-2 / 0.5 + 8 / 0.1 + 8 * 3) / 5, 10 / 0.25 / 5]
+    assert blast_values(y, logged, ECON, prop).tolist() == pytest.approx(blast)
+    assert policy_uplift(y, logged, proba, ECON, prop) == pytest.approx(expected - max(blast))
+    assert compute_metric("policy_value", y, proba[:, 0], logged_offers=logged, offer_proba=proba,
+                          economics=ECON, propensities=prop) == pytest.approx(expected)
+    # 1/3 for every row is the randomized campaign: the same numbers as the default
+    thirds = np.full(5, 1 / 3)
+    assert policy_value(y, logged, proba, ECON, thirds) == pytest.approx(policy_value(y, logged, proba, ECON))
+    assert blast_values(y, logged, ECON, list(thirds)).tolist() == pytest.approx(blast_values(y, logged, ECON).tolist())
+
+
+def test_an_offer_never_logged_has_no_blast_value_under_per_row_propensities():
+    logged = np.array(["Discount", "No Offer"], dtype=object)
+    values = blast_values(np.array([1, 0]), logged, ECON, np.array([0.9, 0.05]))
+    assert np.isnan(values[0]) and values[1:].tolist() == pytest.approx([8 / 0.9 / 2, 0.0])
+
+
+def test_per_row_propensities_recover_the_true_value_of_an_epsilon_greedy_log():
+    """Known answer: customers logged by an ε-greedy production policy (its pick with
+    1 - ε + ε/3, each other offer with ε/3); the simulator knows every policy's true value."""
+    from factory_tasks.simulator import (
+        DEFAULT_ECONOMICS, OFFERS, expected_values, offer_cost_vector, offer_probabilities, simulate_customers,
+        simulate_responses, true_policy_value)
+
+    n, eps = 100_000, 0.2
+    customers = simulate_customers(n, seed=3)
+    rng = np.random.default_rng(4)
+    truth = offer_probabilities(customers)  # the true response model as the "model"
+    optimal = np.argmax(expected_values(truth, DEFAULT_ECONOMICS), axis=1)
+    production = np.where(np.arange(n) % 2 == 0, optimal, 1)  # optimal for half, Discount for the rest
+    explored = rng.random(n) < eps
+    logged_idx = np.where(explored, rng.integers(0, 3, n), production)
+    propensity = np.where(logged_idx == production, 1 - eps + eps / 3, eps / 3)
+    logged = np.asarray(OFFERS, dtype=object)[logged_idx]
+    y = simulate_responses(customers, logged, rng)
+    reward = y * DEFAULT_ECONOMICS["conversion_value"] - offer_cost_vector(DEFAULT_ECONOMICS)[logged_idx]
+
+    def standard_error(target_idx: np.ndarray) -> float:
+        return float(((target_idx == logged_idx) / propensity * reward).std() / np.sqrt(n))
+
+    true_value = true_policy_value(customers, np.asarray(OFFERS, dtype=object)[optimal], DEFAULT_ECONOMICS)
+    estimate = policy_value(y, logged, truth, DEFAULT_ECONOMICS, propensity)
+    se = standard_error(optimal)
+    assert abs(estimate - true_value) < 4 * se, (estimate, true_value, se)
+    # assuming the offers were uniformly random (1/3) is far off on this log
+    assert abs(policy_value(y, logged, truth, DEFAULT_ECONOMICS) - true_value) > 20 * se
+    blast = blast_values(y, logged, DEFAULT_ECONOMICS, propensity)
+    for j, offer in enumerate(OFFERS):
+        se_j = standard_error(np.full(n, j))
+        assert abs(blast[j] - true_policy_value(customers, offer, DEFAULT_ECONOMICS)) < 4 * se_j, offer

@@ -105,6 +105,7 @@ def test_shipped_grid_loads_and_covers_the_default_families():
     assert config.max_parallel == 4
     assert set(config.economics.offer_costs) == set(OFFERS)
     assert config.data.table == "historical_customer_interactions"
+    assert config.data.interactions_table == "customer_interactions"
     rf = next(f for f in config.families.values() if f.estimator == "RandomForestClassifier")
     lr = next(f for f in config.families.values() if f.estimator == "LogisticRegression")
     assert (rf.resources.cpu, rf.resources.memory_gb) > (lr.resources.cpu, lr.resources.memory_gb)
@@ -586,6 +587,22 @@ def test_table_name_is_a_plain_identifier(tmp_path, table):
     data = base()
     data["data"]["table"] = table
     assert_problem(problems(tmp_path, data), "data.table", "must be a table name")
+
+
+@pytest.mark.parametrize("table", ["x; drop table y", "1abc", "a.b.c", ""])
+def test_interactions_table_name_is_a_plain_identifier(tmp_path, table):
+    data = base()
+    data["data"]["interactions_table"] = table
+    assert_problem(problems(tmp_path, data), "data.interactions_table", "must be a table name")
+
+
+def test_interactions_table_defaults_to_the_closed_loops_and_differs_from_the_history(tmp_path):
+    from factory_tasks.loop_tables import CUSTOMER_INTERACTIONS
+
+    assert load_grid(write(tmp_path, base())).data.interactions_table == CUSTOMER_INTERACTIONS
+    data = base()
+    data["data"]["interactions_table"] = data["data"]["table"].upper()
+    assert_problem(problems(tmp_path, data), "data", "interactions_table must differ from table")
 
 
 # ------------------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from factory_tasks.artifacts import load_metadata, load_model, save_model
@@ -119,3 +120,26 @@ def test_a_bad_request_or_snapshot_is_a_failed_result(project):
     env[RetrainRequest.ENV] = "{not json"
     proc = subprocess.run([sys.executable, str(SCRIPT)], cwd=root, env=env, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 1 and "MF_RETRAIN_REQUEST is not a valid document" in proc.stdout
+
+
+def test_refit_weights_the_held_out_policy_metrics_by_the_snapshots_propensity(data, tmp_path):
+    """A snapshot with interactions reaches the retrain job with its propensity column: the same
+    split and model, the gate's policy metrics weighted per row, the column never a feature."""
+    from factory_tasks.experiment_job import read_snapshot
+    from factory_tasks.training_data import snapshot_parquet
+
+    rng = np.random.default_rng(3)
+    with_log = data.assign(propensity=np.where(rng.random(len(data)) < 0.5, 0.9, 0.05))
+    ref, raw = snapshot_parquet(with_log, interactions_table="customer_interactions", interaction_rows=len(data))
+    (tmp_path / "snap.parquet").write_bytes(raw)
+    read = read_snapshot(tmp_path / "snap.parquet", ref.hash)
+    assert list(read.columns)[-1] == "propensity" and np.allclose(read["propensity"], with_log["propensity"])
+
+    request = _request({"path": ref.project_path, "hash": ref.hash}, cv_mean=0.5, cv_std=0.3)
+    plain = refit(request, data)
+    thirds = refit(request, data.assign(propensity=1 / 3))
+    logged = refit(request, read)
+    assert thirds["holdout"] == pytest.approx(plain["holdout"])
+    assert logged["holdout"]["roc_auc"] == pytest.approx(plain["holdout"]["roc_auc"])  # same split, same model
+    assert logged["holdout"]["policy_value"] != pytest.approx(plain["holdout"]["policy_value"])
+    assert "propensity" not in logged["final"].feature_names_in_

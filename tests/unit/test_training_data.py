@@ -1,4 +1,5 @@
-"""Reading the training table on a real SQLite file through Airflow's SqliteHook.
+"""Reading the training table (and the closed loop's interactions table) on a real SQLite file
+through Airflow's SqliteHook, and the snapshot made of them.
 
 One negative test per rule: each asserts that the TrainingDataError names the table and what
 is wrong with it.
@@ -6,21 +7,30 @@ is wrong with it.
 
 from __future__ import annotations
 
+import io
 import json
 import sqlite3
 
 import numpy as np
+import pandas as pd
 import pytest
 from airflow.providers.sqlite.hooks.sqlite import SqliteHook
 
+from factory_tasks.loop_tables import CUSTOMER_INTERACTIONS, CUSTOMER_INTERACTIONS_SCHEMA
+from factory_tasks.pipeline import snapshot_to_project
 from factory_tasks.simulator import INTERACTION_COLUMNS, simulate_interactions
 from factory_tasks.sql_dialects import SqliteDialect
 from factory_tasks.training_data import (
+    HISTORY_PROPENSITY,
     INTERACTION_SCHEMA,
+    PROPENSITY_COLUMN,
     TRAINING_TABLE,
     TrainingDataError,
+    content_hash,
     ensure_training_table,
     read_training_frame,
+    snapshot_parquet,
+    training_frame,
 )
 
 
@@ -121,3 +131,138 @@ def test_missing_values_are_a_schema_error(hook):
 def test_a_single_class_target_is_refused(hook):
     create(hook, TRAINING_TABLE, simulate_interactions(50, seed=2).assign(conversion=0))
     assert "'conversion' has a single class" in error_of(hook)
+
+
+# --------------------------------------------------------------------------------------------
+# History plus the closed loop's matured interactions (the grid's data.interactions_table)
+
+#: the content hash of simulate_interactions(300, seed=7)'s snapshot before interactions existed:
+#: a run without interactions must keep it (the same experiment ids, so reuse keeps working)
+HISTORY_ONLY_HASH = "002c1a41e7208baea0960d8ae927d2452fe072f228ff781ddb0d70247017b5c4"
+
+
+class FakeProject:
+    """The CML hook's project-file calls."""
+
+    def __init__(self):
+        self.files: dict[str, bytes] = {}
+
+    def file_exists(self, path: str) -> bool:
+        return path in self.files
+
+    def upload_file(self, path: str, data: bytes, overwrite: bool = False) -> str:
+        self.files[path] = data
+        return path
+
+
+def interactions(n: int, seed: int, eps: float = 0.1):
+    """Matured ε-greedy decisions in the customer_interactions schema."""
+    frame = simulate_interactions(n, seed=seed)
+    rng = np.random.default_rng(seed)
+    explored = rng.random(n) < eps
+    return frame.assign(
+        propensity=np.where(explored, eps / 3, 1 - eps + eps / 3),
+        prediction_uuid=[f"uuid-{seed}-{i}" for i in range(n)],
+        decided_at_ms=np.arange(n, dtype=np.int64) * 1000,
+        window_start="2026-12-01T06:00:00Z",
+    )
+
+
+def history_snapshot(hook):
+    create(hook, TRAINING_TABLE, simulate_interactions(300, seed=7))
+    project = FakeProject()
+    return snapshot_to_project(hook, project, TRAINING_TABLE), project
+
+
+def test_without_interactions_the_snapshot_is_what_it_always_was(hook):
+    ref, project = history_snapshot(hook)
+    assert ref["hash"] == HISTORY_ONLY_HASH and ref["n_rows"] == 300
+    assert ref["project_path"] == f"snapshots/{TRAINING_TABLE}-{HISTORY_ONLY_HASH[:16]}.parquet"
+    assert (ref["interactions_table"], ref["interaction_rows"]) == (None, 0)
+    # byte for byte the snapshot of the history frame, with no propensity column
+    _, data = snapshot_parquet(read_training_frame(hook))
+    assert project.files == {ref["project_path"]: data}
+    assert PROPENSITY_COLUMN not in pd.read_parquet(io.BytesIO(data)).columns
+
+
+def test_with_interactions_the_snapshot_holds_history_and_matured_rows_with_their_propensity(hook):
+    history, _ = history_snapshot(hook)
+    logged = interactions(120, seed=8)
+    create(hook, CUSTOMER_INTERACTIONS, logged, CUSTOMER_INTERACTIONS_SCHEMA)
+    project = FakeProject()
+    ref = snapshot_to_project(hook, project, TRAINING_TABLE, interactions_table=CUSTOMER_INTERACTIONS)
+    assert (ref["n_rows"], ref["interaction_rows"], ref["interactions_table"]) == (420, 120, CUSTOMER_INTERACTIONS)
+    assert ref["hash"] != history["hash"]
+    assert ref["project_path"] == f"snapshots/{TRAINING_TABLE}-and-{CUSTOMER_INTERACTIONS}-{ref['hash'][:16]}.parquet"
+    snap = pd.read_parquet(io.BytesIO(project.files[ref["project_path"]]))
+    assert list(snap.columns) == [*INTERACTION_COLUMNS, PROPENSITY_COLUMN]  # no lineage columns
+    assert content_hash(snap) == ref["hash"]
+    # the history first (propensity 1/3), then the interactions with their logged propensity
+    pd.testing.assert_frame_equal(snap.iloc[:300].drop(columns=PROPENSITY_COLUMN), read_training_frame(hook))
+    assert (snap[PROPENSITY_COLUMN].iloc[:300] == HISTORY_PROPENSITY).all()
+    mine = snap.iloc[300:].reset_index(drop=True)
+    expected = (logged[list(mine.columns)].astype(mine.dtypes.to_dict())
+                .sort_values(list(mine.columns), kind="mergesort").reset_index(drop=True))
+    pd.testing.assert_frame_equal(mine, expected)
+
+
+def test_the_interactions_snapshot_does_not_depend_on_the_read_order(hook, tmp_path):
+    create(hook, TRAINING_TABLE, simulate_interactions(300, seed=7))
+    logged = interactions(80, seed=9)
+    create(hook, CUSTOMER_INTERACTIONS, logged, CUSTOMER_INTERACTIONS_SCHEMA)
+    create(hook, "shuffled", logged.sample(frac=1.0, random_state=1), CUSTOMER_INTERACTIONS_SCHEMA)
+    assert content_hash(training_frame(hook, TRAINING_TABLE, CUSTOMER_INTERACTIONS)[0]) == content_hash(
+        training_frame(hook, TRAINING_TABLE, "shuffled")[0])
+
+
+@pytest.mark.parametrize("empty", [False, True], ids=["missing", "empty"])
+def test_a_missing_or_empty_interactions_table_gives_the_history_only_snapshot(hook, caplog, empty):
+    create(hook, TRAINING_TABLE, simulate_interactions(300, seed=7))
+    if empty:
+        create(hook, CUSTOMER_INTERACTIONS, interactions(10, seed=8).iloc[:0], CUSTOMER_INTERACTIONS_SCHEMA)
+    with caplog.at_level("WARNING"):
+        ref = snapshot_to_project(hook, FakeProject(), TRAINING_TABLE, interactions_table=CUSTOMER_INTERACTIONS)
+    assert ref["hash"] == HISTORY_ONLY_HASH and ref["interaction_rows"] == 0 and ref["interactions_table"] is None
+    said = caplog.text
+    assert f"interactions table {CUSTOMER_INTERACTIONS!r} {'has no rows' if empty else 'does not exist'}" in said
+    assert f"trains on {TRAINING_TABLE} only" in said
+
+
+def interactions_error(hook, frame, columns=CUSTOMER_INTERACTIONS_SCHEMA) -> str:
+    create(hook, TRAINING_TABLE, simulate_interactions(300, seed=7))
+    create(hook, CUSTOMER_INTERACTIONS, frame, columns)
+    project = FakeProject()
+    with pytest.raises(TrainingDataError) as info:
+        snapshot_to_project(hook, project, TRAINING_TABLE, interactions_table=CUSTOMER_INTERACTIONS)
+    assert project.files == {}  # nothing recorded
+    message = str(info.value)
+    assert message.startswith(f"interactions table {CUSTOMER_INTERACTIONS!r}")
+    return message
+
+
+@pytest.mark.parametrize("column", ["propensity", "channel", "conversion"])
+def test_an_interactions_table_lacking_a_column_names_the_table_and_the_column(hook, column):
+    message = interactions_error(hook, interactions(20, seed=8),
+                                 [c for c in CUSTOMER_INTERACTIONS_SCHEMA if c.name != column])
+    assert f"lacks column(s) {column} " in message and "expected schema: recency bigint," in message
+    assert "propensity double" in message
+
+
+@pytest.mark.parametrize("bad", [0.0, -0.2, 1.5, np.nan])
+def test_a_propensity_outside_zero_one_names_the_table_and_the_column(hook, bad):
+    frame = interactions(20, seed=8)
+    frame.loc[3, "propensity"] = bad
+    message = interactions_error(hook, frame)
+    assert "column 'propensity' must lie in (0, 1]" in message and "1 row(s) do not" in message
+
+
+def test_a_propensity_of_one_is_valid(hook):
+    create(hook, TRAINING_TABLE, simulate_interactions(300, seed=7))
+    create(hook, CUSTOMER_INTERACTIONS, interactions(20, seed=8).assign(propensity=1.0), CUSTOMER_INTERACTIONS_SCHEMA)
+    frame, n = training_frame(hook, TRAINING_TABLE, CUSTOMER_INTERACTIONS)
+    assert n == 20 and (frame[PROPENSITY_COLUMN].iloc[300:] == 1.0).all()
+
+
+def test_a_bad_interaction_row_names_the_table(hook):
+    message = interactions_error(hook, interactions(20, seed=8).assign(offer="Free Lunch"))
+    assert "offer has unknown value(s) ['Free Lunch']" in message
