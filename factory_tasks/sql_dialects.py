@@ -4,7 +4,7 @@ Identifiers are never user input: table and column names are checked against a s
 pattern before they reach a statement, and values always travel as bound parameters.
 
 Two dialects share one interface (``create_table``, ``replace_partition``, ``append_rows``,
-``select``, ``read_frame``, ``table_exists``, ``columns``); :func:`dialect_for` picks one from
+``select``, ``select_between``, ``read_frame``, ``table_exists``, ``columns``); :func:`dialect_for` picks one from
 the hook's connection type, so switching the warehouse is a connection change, never a code
 change.
 
@@ -222,6 +222,23 @@ class SqliteDialect(_Dialect):
         conn = hook.get_conn()
         try:
             return [tuple(r) for r in conn.execute(sql, params).fetchall()]
+        finally:
+            conn.close()
+
+    def select_between(
+        self, hook: Any, table: str, columns: Sequence[str], column: str, low: Any, high: Any,
+        where: dict[str, Any] | None = None,
+    ) -> list[tuple]:
+        """Rows with ``low <= column < high`` (and the ``where`` equalities), ``columns`` only."""
+        sql = (f"SELECT {', '.join(_column_names(columns))} FROM {checked_identifier(table)} "
+               f"WHERE {checked_identifier(column)} >= ? AND {column} < ?")
+        params: tuple = (low, high)
+        if where:
+            sql += "".join(f" AND {checked_identifier(k)} = ?" for k in where)
+            params += tuple(where.values())
+        conn = hook.get_conn()
+        try:
+            return conn.execute(sql, params).fetchall()
         finally:
             conn.close()
 
@@ -657,6 +674,27 @@ class HiveDialect(_Dialect):
             return [tuple(r) for r in cursor.fetchall()]
 
         return self._run(hook, f"read {table}", work)
+
+    def select_between(
+        self, hook: Any, table: str, columns: Sequence[str], column: str, low: Any, high: Any,
+        where: dict[str, Any] | None = None,
+    ) -> list[tuple]:
+        """Rows with ``low <= column < high`` (and the ``where`` equalities), ``columns`` only."""
+        names = _column_names(columns)
+        sql = (f"SELECT {', '.join(names)} FROM {checked_identifier(table)} "
+               f"WHERE {checked_identifier(column)} >= %(low)s AND {column} < %(high)s")
+        params: dict[str, Any] = {"low": low, "high": high}
+        for i, (k, v) in enumerate((where or {}).items()):
+            sql += f" AND {checked_identifier(k)} = %(w{i})s"
+            params[f"w{i}"] = v
+
+        def work(conn: Any, state: dict) -> list[tuple]:
+            cursor = conn.cursor()
+            cursor.arraysize = 10_000
+            self._execute(cursor, sql, params)
+            return [tuple(r) for r in cursor.fetchall()]
+
+        return self._run(hook, f"read a range of {table}", work)
 
     def table_exists(self, hook: Any, table: str) -> bool:
         checked_identifier(table)
