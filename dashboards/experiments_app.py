@@ -7,6 +7,17 @@ experiments_summary/experiments_summary.csv``) and records promotions in the war
 ``$MODEL_FACTORY_DASHBOARD_POLL_S`` sets how often the summary is checked for changes (default 2).
 Nothing happens at import; the page is built per browser session by :func:`create_app`, and
 only for a signed-in session: served without authentication, every page is a refusal.
+
+What makes the page fast (``benchmarks/dashboard_render.py`` measures it):
+
+- no Panel template: a header, a sidebar column and a main column. ``FastListTemplate`` made
+  the browser fetch and parse ~2.7 MB more JavaScript (FAST web components and MathJax), a
+  stylesheet per component, and a Google Fonts stylesheet, which on a machine without
+  internet is a request that can only fail;
+- the first document holds what the first screen needs (filters, the leaderboard, the best per
+  family); the tabs below and the promote form arrive right after it (``pn.state.onload``);
+- the leaderboard pages on the server (one page of rows travels), the hyperparameter charts
+  are built only while their tab is shown, and a filter updates tables in place.
 """
 
 from __future__ import annotations
@@ -38,6 +49,27 @@ def poll_seconds() -> float:
         return 2.0
 
 
+TITLE = "Model Factory · experiments"
+SIDEBAR_WIDTH = 360
+_HEADER_CSS = """
+:host { background: #0072b5; color: white; }
+.mf-title { font-size: 1.35em; font-weight: 600; padding: 10px 16px; display: block; }
+"""
+
+
+def page(title: str, sidebar: list, main: list, sidebar_width: int = SIDEBAR_WIDTH) -> pn.Column:
+    """A header, a fixed-width sidebar and a main column: a template's layout without its
+    resources."""
+    header = pn.pane.HTML(f'<span class="mf-title">{title}</span>', sizing_mode="stretch_width",
+                          stylesheets=[_HEADER_CSS], margin=0, css_classes=["mf-header"])
+    body = pn.Row(
+        pn.Column(*sidebar, width=sidebar_width, css_classes=["mf-sidebar"]),
+        pn.Column(*main, sizing_mode="stretch_width", css_classes=["mf-main"]),
+        sizing_mode="stretch_width",
+    )
+    return pn.Column(header, body, sizing_mode="stretch_width", margin=0)
+
+
 def create_app(store: ExperimentsStore | None = None, live: bool = True):
     """Build one session's page. With ``live``, poll the summary file and tick the freshness."""
     pn.extension("tabulator", notifications=False, loading_indicator=True)
@@ -53,19 +85,21 @@ def create_app(store: ExperimentsStore | None = None, live: bool = True):
     store.param.watch(lambda event: setattr(content, "visible", not event.new), "error")
 
     def add_views():
-        top[:] = [BestPerFamily(store=store)]
-        bottom[:] = [
-            pn.Tabs(
-                ("Experiment", ExperimentDetail(store=store)),
-                ("Side by side", ComparisonTable(store=store)),
-                ("Hyperparameters", HyperparameterView(store=store)),
-                dynamic=True,
-                sizing_mode="stretch_width",
-            )
-        ]
-        promote_slot[:] = [pn.layout.Divider(), PromotePanel(store=store)]
+        hyperparameters = HyperparameterView(store=store, active=False)
+        tabs = pn.Tabs(
+            ("Experiment", ExperimentDetail(store=store)),
+            ("Side by side", ComparisonTable(store=store)),
+            ("Hyperparameters", hyperparameters),
+            dynamic=True,
+            sizing_mode="stretch_width",
+        )
+        tabs.param.watch(lambda event: setattr(hyperparameters, "active", event.new == 2), "active")
+        bottom[:] = [tabs]
+        promote_slot[:] = [PromotePanel(store=store)]
 
-    add_views()
+    top[:] = [BestPerFamily(store=store)]
+    # The first document is what the first screen needs; the rest follows once it is shown.
+    pn.state.onload(add_views)
 
     if live:
         def poll():
@@ -74,13 +108,13 @@ def create_app(store: ExperimentsStore | None = None, live: bool = True):
 
         pn.state.add_periodic_callback(poll, period=int(poll_seconds() * 1000))
 
-    return pn.template.FastListTemplate(
-        title="Model Factory · experiments",
-        # The promote form sits in the sidebar, beside the filters: a wide detail view next to
-        # it in the main area would overlap it and swallow its clicks.
-        sidebar=[SignedInUser(), FilterPanel(store=store), freshness, promote_slot],
+    # The promote form sits in the sidebar, beside the filters: a wide detail view next to it
+    # in the main area would overlap it and swallow its clicks.
+    return page(
+        TITLE,
+        # The divider is in the first document: its stylesheet is only served locally there.
+        sidebar=[SignedInUser(), FilterPanel(store=store), freshness, pn.layout.Divider(), promote_slot],
         main=[pn.Column(ErrorBanner(store=store), content, sizing_mode="stretch_width")],
-        sidebar_width=360,
     )
 
 
@@ -95,4 +129,4 @@ def refusal():
 
 
 if pn.state.served:
-    (create_app() if current_user() else refusal()).servable()
+    (create_app() if current_user() else refusal()).servable(title=TITLE)

@@ -4,7 +4,9 @@ One :class:`ExperimentsStore` per browser session. The summary is read from obje
 (``settings.summary_location()``, a ``file://`` or ``s3://`` ... URL); the parsed frame is shared
 by all sessions through a process-wide cache keyed on the object's (location, mtime, size), so
 a 50,000-row file is parsed once per change, and every filter runs in pandas on that cached
-frame. Promotions are rows of the warehouse table ``model_promotions``.
+frame. What every session derives from the frame alone (the run and family choices, the score
+and date bounds) is cached beside it, so a new session costs milliseconds, not a pass over
+the rows. Promotions are rows of the warehouse table ``model_promotions``.
 """
 
 from __future__ import annotations
@@ -12,9 +14,11 @@ from __future__ import annotations
 import json
 import math
 import threading
+from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import param
 
@@ -101,14 +105,61 @@ def prepare(summary: pd.DataFrame) -> pd.DataFrame:
     return frame.reset_index(drop=True)
 
 
+@dataclass(frozen=True)
+class FrameFacts:
+    """What the filters need to know about one prepared frame, computed once per frame."""
+
+    runs: tuple[str, ...]  # newest first
+    families: tuple[str, ...]
+    score_bounds: tuple[float, float] | None
+    date_bounds: tuple[datetime, datetime] | None
+    keys: frozenset[str]
+    only_known_statuses: bool  # every row's status is one of STATUSES
+
+
+_FACTS: dict[int, tuple[pd.DataFrame, FrameFacts]] = {}
+
+
+def frame_facts(frame: pd.DataFrame) -> FrameFacts:
+    """The :class:`FrameFacts` of a prepared (never mutated) frame, cached on its identity."""
+    with _CACHE_LOCK:
+        hit = _FACTS.get(id(frame))
+    if hit is not None and hit[0] is frame:
+        return hit[1]
+    scores = frame["ranking_score"].dropna()
+    dates = frame["recorded_dt"].dropna()
+    facts = FrameFacts(
+        runs=tuple(sorted(frame["factory_run_id"].dropna().astype(str).unique(), reverse=True)),
+        families=tuple(sorted(frame["family"].dropna().astype(str).unique())),
+        score_bounds=None if scores.empty else (float(scores.min()), float(scores.max())),
+        date_bounds=None if dates.empty else (dates.min().to_pydatetime(), dates.max().to_pydatetime()),
+        keys=frozenset(frame["row_key"]),
+        only_known_statuses=bool(frame["status"].isin(STATUSES).all()),
+    )
+    with _CACHE_LOCK:
+        while len(_FACTS) >= _CACHE_MAX * 2:
+            _FACTS.pop(next(iter(_FACTS)))
+        _FACTS[id(frame)] = (frame, facts)  # the frame is held, so its id is not reused
+    return facts
+
+
 def best_per_family(frame: pd.DataFrame) -> pd.DataFrame:
-    """The best succeeded experiment of each family (by its ranking metric's direction)."""
-    ok = frame[(frame["status"] == "succeeded") & frame["rank_key"].notna()]
-    if ok.empty:
+    """The best succeeded experiment of each family (by its ranking metric's direction).
+
+    Only the three columns the choice needs are touched before the winners are picked, so
+    this costs a few milliseconds on 50,000 rows (it runs on every filter change).
+    """
+    ok = ((frame["status"] == "succeeded") & frame["rank_key"].notna() & frame["family"].notna()).to_numpy()
+    if not ok.any():
         return frame.iloc[0:0]
-    idx = ok.groupby("family", sort=True)["rank_key"].idxmax()
-    best = frame.loc[idx.values]
-    counts = frame.groupby("family")["experiment_id"].size()
+    keys = frame["rank_key"].to_numpy(dtype=float, na_value=np.nan)
+    families = frame["family"].to_numpy()
+    positions = np.flatnonzero(ok)
+    # Best first, ties in frame order (what idxmax gave), then the first row of each family.
+    order = positions[np.lexsort((positions, -keys[positions]))]
+    _, first = np.unique(families[order].astype(str), return_index=True)  # sorted by family
+    best = frame.iloc[order[first]]
+    counts = pd.Series(families).value_counts()
     return best.assign(experiments=best["family"].map(counts).astype("int64")).reset_index(drop=True)
 
 
@@ -218,21 +269,19 @@ class ExperimentsStore(param.Parameterized):
         return True
 
     def _set_data(self, frame: pd.DataFrame, signature: tuple[int, int] | None) -> None:
-        runs = sorted(frame["factory_run_id"].dropna().astype(str).unique(), reverse=True)
-        families = sorted(frame["family"].dropna().astype(str).unique())
-        scores = frame["ranking_score"].dropna()
-        dates = frame["recorded_dt"].dropna()
+        facts = frame_facts(frame)
+        runs, families = list(facts.runs), list(facts.families)
         with param.parameterized.discard_events(self):
             self.param.factory_run.objects = [ALL_RUNS, *runs]
             if self.factory_run not in self.param.factory_run.objects:
                 self.factory_run = ALL_RUNS
             self.param.families.objects = families
             self.families = [f for f in self.families if f in families]
-            if scores.empty:
+            if facts.score_bounds is None:
                 self.param.score_range.bounds = None
                 self.score_range = None
             else:
-                lo, hi = float(scores.min()), float(scores.max())
+                lo, hi = facts.score_bounds
                 if hi - lo < 1e-12:  # a slider needs a non-empty span
                     lo, hi = lo - 0.001, hi + 0.001
                 old_bounds = self.param.score_range.bounds
@@ -242,11 +291,11 @@ class ExperimentsStore(param.Parameterized):
                     self.score_range = (lo, hi)
                 else:
                     self.score_range = (max(lo, self.score_range[0]), min(hi, self.score_range[1]))
-            if dates.empty:
+            if facts.date_bounds is None:
                 self.param.date_range.bounds = None
                 self.date_range = None
             else:
-                lo_d, hi_d = dates.min().to_pydatetime(), dates.max().to_pydatetime()
+                lo_d, hi_d = facts.date_bounds
                 if lo_d == hi_d:
                     lo_d, hi_d = lo_d - timedelta(minutes=1), hi_d + timedelta(minutes=1)
                 old_bounds = self.param.date_range.bounds
@@ -255,7 +304,7 @@ class ExperimentsStore(param.Parameterized):
                     self.date_range = (lo_d, hi_d)
                 else:
                     self.date_range = (max(lo_d, self.date_range[0]), min(hi_d, self.date_range[1]))
-        keys = set(frame["row_key"])
+        keys = facts.keys
         with param.parameterized.batch_call_watchers(self):
             self.signature = signature
             self.error = ""
@@ -292,24 +341,35 @@ class ExperimentsStore(param.Parameterized):
         self.filtered = self.apply_filters(self.data)
 
     def apply_filters(self, frame: pd.DataFrame | None) -> pd.DataFrame:
+        """The rows of ``frame`` that pass every filter, in its order (``frame`` itself when
+        no filter narrows it: no copy of 50,000 rows for the common case)."""
         if frame is None:
             return pd.DataFrame(columns=[*SUMMARY_COLUMN_NAMES, "recorded_dt", "rank_key", "row_key"])
-        mask = pd.Series(True, index=frame.index)
+        mask = np.ones(len(frame), dtype=bool)
+        narrowed = False
         if self.factory_run != ALL_RUNS:
-            mask &= frame["factory_run_id"] == self.factory_run
+            mask &= (frame["factory_run_id"] == self.factory_run).to_numpy()
+            narrowed = True
         if self.families:
-            mask &= frame["family"].isin(self.families)
-        mask &= frame["status"].isin(self.statuses)
+            mask &= frame["family"].isin(self.families).to_numpy()
+            narrowed = True
+        if set(self.statuses) != set(STATUSES) or not frame_facts(frame).only_known_statuses:
+            mask &= frame["status"].isin(self.statuses).to_numpy()
+            narrowed = True
         bounds = self.param.score_range.bounds
         if self.score_range is not None and bounds is not None and tuple(self.score_range) != tuple(bounds):
             lo, hi = self.score_range
             # A narrowed score range hides rows without a score (failed runs).
-            mask &= frame["ranking_score"].between(lo, hi).fillna(False).astype(bool)
+            mask &= frame["ranking_score"].between(lo, hi).fillna(False).astype(bool).to_numpy()
+            narrowed = True
         d_bounds = self.param.date_range.bounds
         if self.date_range is not None and d_bounds is not None and tuple(self.date_range) != tuple(d_bounds):
             lo_d, hi_d = self.date_range
-            mask &= frame["recorded_dt"].between(pd.Timestamp(lo_d), pd.Timestamp(hi_d)).fillna(False).astype(bool)
-        return frame[mask.to_numpy()]
+            mask &= frame["recorded_dt"].between(pd.Timestamp(lo_d), pd.Timestamp(hi_d)).fillna(False).astype(bool).to_numpy()
+            narrowed = True
+        if not narrowed or mask.all():
+            return frame
+        return frame[mask]
 
     def rows_for(self, keys: list[str]) -> pd.DataFrame:
         if self.data is None or not keys:

@@ -279,7 +279,9 @@ class BestPerFamily(Viewer):
         best = best_per_family(frame) if frame is not None and not frame.empty else None
         has_rows = best is not None and not best.empty
         if has_rows:
-            self.table.value = best[self._COLUMNS].reset_index(drop=True)
+            value = best[self._COLUMNS].reset_index(drop=True)
+            if not value.equals(self.table.value):  # most filter changes leave it as it is
+                self.table.value = value
         self.table.visible, self.empty.visible = has_rows, not has_rows
 
     def __panel__(self):
@@ -490,6 +492,9 @@ class HyperparameterView(Viewer):
     store = param.ClassSelector(class_=ExperimentsStore)
     family = param.Selector(default=None, objects=[], allow_None=True, doc="The family whose grid is shown.")
     max_points = param.Integer(default=2000, bounds=(100, 20000), doc="Rows sampled for the charts.")
+    active = param.Boolean(default=True, doc=(
+        "Whether the charts are on screen (the app ties this to its tab). While False a filter "
+        "change does not sample rows and build figures nobody sees; they are built on showing."))
 
     def __init__(self, **params):
         super().__init__(**params)
@@ -503,8 +508,10 @@ class HyperparameterView(Viewer):
         if self.family not in families:
             self.family = families[0] if families else None
 
-    @param.depends("family", "store.filtered")
+    @param.depends("family", "store.filtered", "active")
     def _charts(self):
+        if not self.active:
+            return pn.pane.Markdown("", visible=False)
         frame = self.store.filtered
         if self.family is None or frame is None or frame.empty:
             return pn.pane.Markdown("No experiments match the filters.")

@@ -20,7 +20,7 @@ import pytest
 from dashboards.experiments.sample_data import synthetic_outcomes
 from factory_tasks.promotions import PROMOTION_COLUMN_NAMES, PROMOTIONS_TABLE
 from factory_tasks.summary import build_summary, write_summary
-from stack.dashboard import WAREHOUSE_CONN_ENV, ensure_secrets, serve_command, serve_env
+from stack.dashboard import APP, WAREHOUSE_CONN_ENV, ensure_secrets, serve_command, serve_env
 from stack.env import StackPaths
 
 pytestmark = pytest.mark.browser
@@ -57,14 +57,14 @@ class PanelServer:
     read from the object store ``file://root/object store``; promotions go to the SQLite
     warehouse ``root/var/warehouse.db``."""
 
-    def __init__(self, root: Path, log: Path, user: str = USER):
+    def __init__(self, root: Path, log: Path, user: str = USER, app: Path = APP):
         self.paths = StackPaths(root / "var").make()
         self.secrets = ensure_secrets(self.paths, user=user)
         self.user, self.password = user, self.secrets.password(user)
         self.warehouse_db = self.paths.warehouse_db
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
-        self.url = f"{self.base_url}/experiments_app"
+        self.url = f"{self.base_url}/{app.stem}"
         base = {k: v for k, v in os.environ.items() if k != WAREHOUSE_CONN_ENV}
         env = serve_env(self.paths, self.secrets, base={
             **base, "MODEL_FACTORY_OBJECT_STORE": f"file://{root}/object store",
@@ -72,7 +72,7 @@ class PanelServer:
         self.log = log
         self._log_handle = open(log, "w")
         self.proc = subprocess.Popen(
-            serve_command(self.port, self.secrets.credentials),
+            serve_command(self.port, self.secrets.credentials, app=app),
             cwd=REPO, env=env, stdout=self._log_handle, stderr=subprocess.STDOUT, start_new_session=True,
         )
 
