@@ -86,6 +86,8 @@ class RunningWorkspace:
         env: Mapping[str, str] | None = None,
         startup_timeout: float = 30.0,
         kill_runs_on_exit: bool = True,
+        detached: bool = False,
+        pass_fds: Sequence[int] = (),
     ):
         self.root = Path(root).resolve()
         self.cpus = cpus
@@ -98,6 +100,10 @@ class RunningWorkspace:
         self.extra_env = dict(env or {})
         self.startup_timeout = startup_timeout
         self.kill_runs_on_exit = kill_runs_on_exit
+        #: the server in its own session (a terminal's Ctrl-C does not reach it), for a server
+        #: that outlives the process that started it (``make up``)
+        self.detached = detached
+        self.pass_fds = tuple(pass_fds)
         self._fixed_port = port is not None or model_port is not None
         self.port = port if port is not None else free_port(host)
         self.model_port = model_port if model_port is not None else self._other_free_port()
@@ -223,7 +229,7 @@ class RunningWorkspace:
         self._log_fh.flush()
         self._proc = subprocess.Popen(
             self._command(), env=self._env(), stdin=subprocess.DEVNULL,
-            stdout=self._log_fh, stderr=subprocess.STDOUT,
+            stdout=self._log_fh, stderr=subprocess.STDOUT, start_new_session=self.detached, pass_fds=self.pass_fds,
         )
         try:
             self._wait_healthy()
@@ -282,7 +288,8 @@ def running_workspace(root: Path, **options) -> Iterator[RunningWorkspace]:
     ``options`` go to :class:`RunningWorkspace` (``cpus``, ``memory_gb``, ``code_dir``,
     ``project``, ``port``, ``model_port``, ``host``, ``api_key``, ``extra_args`` such as
     ``["--oversize", "clamp"]``, ``env``, ``startup_timeout``, ``kill_runs_on_exit``: by
-    default runs still alive at the end are killed too). A server that fails to start stops
+    default runs still alive at the end are killed too; ``detached`` and ``pass_fds`` for a
+    server that outlives its starter). A server that fails to start stops
     nothing else: the runs of another server on the same root are left alone.
     """
     with RunningWorkspace(root, **options) as handle:

@@ -1,37 +1,11 @@
-"""Command line of the embedded stack: ``python -m stack run | airflow-ui | dashboard``."""
+"""Command line of the embedded stack: ``python -m stack run | up | down | status | airflow-ui | dashboard``."""
 
 from __future__ import annotations
 
 import argparse
-import os
-import subprocess
 import sys
 
-from stack.env import REPO, stack_paths
-
-
-def _airflow_ui(port: int) -> int:
-    """`airflow standalone` (api-server, scheduler, dag-processor, triggerer) with the local workspace."""
-    from cml_workspace.server_process import WorkspaceBusyError
-    from stack.local import StackBusyError, local_stack
-
-    paths = stack_paths()
-    try:
-        with local_stack(paths) as stack:
-            env = dict(stack.env, AIRFLOW__API__PORT=str(port))
-            # Without this, task runners call the default port 8080 and die when the UI is elsewhere.
-            env["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"] = f"http://127.0.0.1:{port}/execution/"
-            print(f"Airflow UI on http://127.0.0.1:{port}  (user admin; password in "
-                  f"{paths.airflow_home / 'simple_auth_manager_passwords.json.generated'}). Ctrl-C stops it.",
-                  flush=True)
-            try:
-                return subprocess.call([sys.executable, "-m", "airflow", "standalone"], env=env)
-            except KeyboardInterrupt:
-                return 0
-    except (StackBusyError, WorkspaceBusyError) as exc:
-        print(f"make airflow-ui refused: {exc}.\nWait for it to end (or stop it), or set MODEL_FACTORY_VAR "
-              "to another folder.", flush=True)
-        return 75
+from stack.env import stack_paths
 
 
 def _dashboard(port: int) -> int:
@@ -47,8 +21,21 @@ def main(argv: list[str] | None = None) -> int:
     run = sub.add_parser("run", help="run the factory end to end on the embedded default")
     run.add_argument("--grid", default="config/grid.yaml", help="the grid file (default config/grid.yaml)")
     run.add_argument("--rows", type=int, default=None, help="rows to simulate if the training table is absent")
-    ui = sub.add_parser("airflow-ui", help="the Airflow UI with scheduler and triggerer")
-    ui.add_argument("--port", type=int, default=8080)
+    for name, help_ in (("up", "start the long-running local stack in the background (make up)"),
+                        ("airflow-ui", "the same stack in the foreground: Ctrl-C stops it")):
+        cmd = sub.add_parser(name, help=help_)
+        cmd.add_argument("--host", default=None,
+                         help="address the Airflow UI and dashboards listen on (default $MODEL_FACTORY_BIND or 127.0.0.1)")
+        cmd.add_argument("--port", type=int, default=None,
+                         help="Airflow api-server port (default $MODEL_FACTORY_API_PORT or 8080)")
+        cmd.add_argument("--dashboard-port", type=int, default=None,
+                         help="dashboards port (default $MODEL_FACTORY_DASHBOARD_PORT or 5006)")
+        cmd.add_argument("--workspace-port", type=int, default=None, help="local CML workspace port (default: free)")
+        cmd.add_argument("--model-port", type=int, default=None, help="its model service port (default: free)")
+        cmd.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for everything to answer")
+        cmd.add_argument("--rows", type=int, default=None, help="rows to simulate if the training table is absent")
+    sub.add_parser("down", help="stop exactly what `up` started (make down)")
+    sub.add_parser("status", help="what `up` started and whether it runs (make status)")
     dash = sub.add_parser("dashboard", help="serve the experiments dashboard")
     dash.add_argument("--port", type=int, default=5006)
     args = parser.parse_args(argv)
@@ -56,8 +43,21 @@ def main(argv: list[str] | None = None) -> int:
         from stack.run import DEFAULT_ROWS, run as run_factory
 
         return run_factory(args.grid, rows=args.rows or DEFAULT_ROWS)
-    if args.command == "airflow-ui":
-        return _airflow_ui(args.port)
+    if args.command in ("up", "airflow-ui"):
+        from stack.up import foreground, up
+
+        options = dict(host=args.host, port=args.port, dashboard_port=args.dashboard_port,
+                       workspace_port=args.workspace_port, model_port=args.model_port, timeout_s=args.timeout,
+                       rows=args.rows)
+        return up(**options) if args.command == "up" else foreground(**options)
+    if args.command == "down":
+        from stack.up import down
+
+        return down()
+    if args.command == "status":
+        from stack.up import status
+
+        return status()
     return _dashboard(args.port)
 
 

@@ -10,7 +10,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from stack.airflow_cli import migrate_once
 from stack.env import PROJECT_NAME, REPO, StackPaths, airflow_env, workspace_api_key
@@ -45,25 +45,35 @@ class LocalStack:
         return CmlHook.from_url(self.workspace.url, self.workspace.api_key, project_name=PROJECT_NAME, **options)
 
 
+def acquire_stack_lock(paths: StackPaths, holder: str | None = None) -> IO[str]:
+    """Take the ``var/`` lock without waiting and return its open file: the lock is held until
+    that file is closed *and* every process that inherited its descriptor has ended (``make
+    up`` hands it to its background processes). ``holder`` is what a refused command is told
+    (default: this pid and command). Raises :class:`StackBusyError` naming the holder."""
+    paths.var.mkdir(parents=True, exist_ok=True)
+    fh = open(paths.var / "stack.lock", "a+")
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        fh.seek(0)
+        found = fh.read().strip() or "another process"
+        fh.close()
+        raise StackBusyError(f"{paths.var} is in use by another stack command ({found})") from None
+    fh.seek(0)
+    fh.truncate()
+    if holder is None:
+        holder = f"pid {os.getpid()}: {' '.join(['python -m stack', *sys.argv[1:]])}"
+    fh.write(f"{holder}, since {time.strftime('%H:%M:%S')}\n")
+    fh.flush()
+    return fh
+
+
 @contextmanager
 def stack_lock(paths: StackPaths) -> Iterator[None]:
     """One stack command per ``var/`` at a time (they would share the workspace, the Airflow
     home and the warehouse). Raises :class:`StackBusyError` naming the holder."""
-    paths.var.mkdir(parents=True, exist_ok=True)
-    path = paths.var / "stack.lock"
-    fh = open(path, "a+")
+    fh = acquire_stack_lock(paths)
     try:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            fh.seek(0)
-            holder = fh.read().strip() or "another process"
-            raise StackBusyError(f"{paths.var} is in use by another stack command ({holder})") from None
-        fh.seek(0)
-        fh.truncate()
-        command = " ".join(["python -m stack", *sys.argv[1:]])
-        fh.write(f"pid {os.getpid()}: {command}, since {time.strftime('%H:%M:%S')}\n")
-        fh.flush()
         yield
     finally:
         fh.close()  # releases the flock

@@ -1,0 +1,611 @@
+"""`make up` / `make down` / `make status`: the embedded stack as long-running background
+processes, for using the factory from the Airflow UI and the dashboards.
+
+``up`` starts, each as a detached process (its own session, so closing the terminal or a
+Ctrl-C there does not reach it; output appended to a log under ``var/logs/``):
+
+* the local CML workspace (``python -m cml_workspace serve``, the same root, project, API key,
+  budget and warm engine as ``make run``: one state under ``var/``),
+* ``airflow api-server`` (UI and REST API, bound to 127.0.0.1 unless ``--host`` or
+  ``MODEL_FACTORY_BIND`` says otherwise), ``airflow scheduler`` (LocalExecutor: Airflow 3
+  has no SequentialExecutor, and LocalExecutor is what ``airflow standalone`` picks for its
+  SQLite metadata DB), ``airflow dag-processor`` and ``airflow triggerer``, with the
+  execution API URL pointing at that api-server and the factory's DAGs unpaused,
+* the dashboards (``panel serve`` behind its login, :mod:`stack.dashboard`),
+
+records each one's pid, start time, command line, log and port in ``var/stack-up.json``
+(:class:`UpState`), waits until each answers (workspace ``/health``; api-server
+``/api/v2/monitor/health`` with the metadata DB, scheduler, triggerer and dag-processor
+healthy; the dashboard port) and prints where everything is.
+
+The ``var/`` lock (:func:`stack.local.acquire_stack_lock`) is inherited by those processes,
+so it is held as long as any of them lives: ``make run`` on the same ``var/`` is refused
+with a message naming ``make up`` (two drivers of one SQLite metadata DB and one workspace
+would trip over each other: trigger ``model_factory`` from the UI instead, or ``make down``
+first). ``down`` stops exactly the recorded processes — each one's identity (pid *and* start
+time) checked first, so a recycled pid is never signalled — and what they started (LocalExecutor
+workers and task processes, the workspace's job runs, warm engine and model replicas):
+SIGTERM, then SIGKILL after a grace period, then the workspace's runs still alive, as
+``make run`` does when it ends.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO
+
+import httpx
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from stack.env import PROJECT_NAME, REPO, StackPaths, airflow_env, stack_paths, workspace_api_key
+
+SCHEMA_VERSION = 1
+STATE_FILE = "stack-up.json"
+DEFAULT_API_PORT = 8080
+DEFAULT_DASHBOARD_PORT = 5006
+START_TIMEOUT_S = 300.0
+#: SIGTERM to SIGKILL, per stop phase
+STOP_GRACE_S = 20.0
+#: DAG files of the factory are in dags/; every DAG parsed from there is unpaused by ``up``
+DAGS_FOLDER = REPO / "dags"
+AIRFLOW_COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer")
+#: ``down`` stops in this order: what schedules and serves first (a task being stopped can
+#: still report to the api-server and stop its CML run), the workspace last
+STOP_PHASES = (("dashboard", "scheduler", "dag-processor", "triggerer"), ("api-server",), ("workspace",))
+
+
+def _say(msg: str = "") -> None:
+    print(msg, flush=True)
+
+
+# -- the state file ------------------------------------------------------------------------------
+class ProcessRecord(BaseModel):
+    """One background process of ``make up``."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    pid: int
+    create_time: float  # psutil's, seconds since the epoch: with the pid, the process's identity
+    cmdline: list[str]
+    log: str
+    url: str | None = None
+
+
+class UpState(BaseModel):
+    """``var/stack-up.json``: what ``make up`` started; read by ``make down`` and ``make status``."""
+
+    model_config = ConfigDict(extra="forbid")
+    schema_version: int = SCHEMA_VERSION
+    var: str
+    host: str
+    started_at: str
+    airflow_url: str
+    dashboard_urls: list[str] = []
+    workspace_url: str = ""
+    model_service_url: str = ""
+    processes: list[ProcessRecord] = []
+
+    def record(self, name: str) -> ProcessRecord | None:
+        return next((p for p in self.processes if p.name == name), None)
+
+
+class StateFileError(RuntimeError):
+    pass
+
+
+def state_path(paths: StackPaths) -> Path:
+    return paths.var / STATE_FILE
+
+
+def read_state(paths: StackPaths) -> UpState | None:
+    path = state_path(paths)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return None
+    try:
+        state = UpState.model_validate_json(text)
+    except ValidationError as exc:
+        raise StateFileError(f"{path} is not a valid state file ({exc.errors()[0]['loc']}: "
+                             f"{exc.errors()[0]['msg']}); stop its processes by hand and remove it") from None
+    if state.schema_version != SCHEMA_VERSION:
+        raise StateFileError(f"{path}: schema_version {state.schema_version}, expected {SCHEMA_VERSION}")
+    return state
+
+
+def write_state(paths: StackPaths, state: UpState) -> None:
+    path = state_path(paths)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(state.model_dump_json(indent=1) + "\n")
+    os.replace(tmp, path)
+
+
+# -- processes -------------------------------------------------------------------------------
+def _process(record: ProcessRecord):
+    """The live process a record names, or None if it ended or its pid now belongs to another
+    process (a different start time)."""
+    import psutil
+
+    try:
+        proc = psutil.Process(record.pid)
+        if abs(proc.create_time() - record.create_time) > 0.05 or proc.status() == psutil.STATUS_ZOMBIE:
+            return None
+        return proc
+    except psutil.Error:
+        return None
+
+
+def _record(name: str, pid: int, log: Path, url: str | None = None) -> ProcessRecord:
+    import psutil
+
+    proc = psutil.Process(pid)
+    return ProcessRecord(name=name, pid=pid, create_time=proc.create_time(), cmdline=proc.cmdline(),
+                         log=str(log), url=url)
+
+
+def _spawn(name: str, cmd: list[str], env: dict[str, str], log: Path, lock_fd: int) -> subprocess.Popen:
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "ab") as fh:
+        fh.write(f"--- make up: starting {name} at {time.strftime('%Y-%m-%d %H:%M:%S')} ---\n".encode())
+        fh.flush()
+        return subprocess.Popen(cmd, env=env, cwd=REPO, stdin=subprocess.DEVNULL, stdout=fh,
+                                stderr=subprocess.STDOUT, start_new_session=True, pass_fds=(lock_fd,))
+
+
+def _tail(path: str | Path, lines: int = 15) -> str:
+    try:
+        text = Path(path).read_bytes()[-20_000:].decode(errors="replace")
+    except OSError:
+        return "(no log)"
+    return "\n".join("    " + line for line in text.splitlines()[-lines:])
+
+
+def _port_free(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def _client_host(host: str) -> str:
+    """Where this machine reaches a server bound to ``host``."""
+    return "127.0.0.1" if host in ("", "0.0.0.0", "::") else host
+
+
+def _secret(paths: StackPaths, name: str) -> str:
+    """A random secret made once under var/secrets (0600), e.g. the JWT signing key every
+    Airflow component must share (Airflow makes a different one per process when unset)."""
+    path = paths.var / "secrets" / name
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.parent.chmod(0o700)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            return path.read_text().strip()
+        with os.fdopen(fd, "w") as fh:
+            fh.write(secrets.token_urlsafe(32))
+    return path.read_text().strip()
+
+
+def password_file(paths: StackPaths) -> Path:
+    return paths.airflow_home / "simple_auth_manager_passwords.json.generated"
+
+
+def stack_airflow_env(paths: StackPaths, ws, host: str, port: int) -> dict[str, str]:
+    """``airflow_env`` plus what a long-running stack needs."""
+    env = airflow_env(paths, workspace_url=ws.url, api_key=ws.api_key, model_service_url=ws.model_service_url)
+    env.update({
+        "AIRFLOW__API__HOST": host,
+        "AIRFLOW__API__PORT": str(port),
+        "AIRFLOW__API__WORKERS": "1",  # one process: 2 cores, and no worker outliving a kill
+        # Task runners call this; the default (port 8080 on localhost) is wrong on another port.
+        "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://{_client_host(host)}:{port}/execution/",
+        "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+        "AIRFLOW__CORE__AUTH_MANAGER": "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager",
+        "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
+        # LocalExecutor forks this many workers; the factory's tasks submit and defer (the work
+        # runs in the workspace), so 8 is plenty on a laptop (Airflow's default: 32)
+        "AIRFLOW__CORE__PARALLELISM": os.environ.get("AIRFLOW__CORE__PARALLELISM", "8"),
+        # Tokens signed by one component (the scheduler's for tasks, the api-server's for the UI)
+        # are checked by another: one key for all, kept across restarts (UI sessions survive).
+        "AIRFLOW__API_AUTH__JWT_SECRET": _secret(paths, "airflow_jwt_secret"),
+        "AIRFLOW__API__SECRET_KEY": _secret(paths, "airflow_api_secret_key"),
+        "MODEL_FACTORY_VAR": str(paths.var),
+    })
+    return env
+
+
+def dashboard_apps() -> list[Path]:
+    """The Panel apps under dashboards/ (the experiments explorer, and monitoring once it exists)."""
+    from stack.dashboard import APP
+
+    monitoring = REPO / "dashboards" / "monitoring_app.py"
+    return [APP, *([monitoring] if monitoring.exists() else [])]
+
+
+def _dashboard_command(port: int, credentials: Path, host: str, apps: list[Path]) -> list[str]:
+    """``stack.dashboard.serve_command`` serving every app from one ``panel serve``."""
+    from stack.dashboard import serve_command
+
+    cmd = serve_command(port, credentials, app=apps[0], address=host)
+    at = cmd.index(str(apps[0])) + 1
+    return cmd[:at] + [str(app) for app in apps[1:] if str(app) not in cmd] + cmd[at:]
+
+
+# -- health ----------------------------------------------------------------------------------
+def airflow_health(url: str, timeout: float = 3.0) -> dict[str, str]:
+    """Each component's status from ``/api/v2/monitor/health`` (``{}`` if no answer)."""
+    try:
+        resp = httpx.get(f"{url}/api/v2/monitor/health", timeout=timeout)
+        if resp.status_code != 200:
+            return {}
+        body = resp.json()
+    except (httpx.HTTPError, ValueError):
+        return {}
+    return {name: (info or {}).get("status") or "unknown" for name, info in body.items() if isinstance(info, dict)}
+
+
+def _answers(url: str) -> bool:
+    try:
+        httpx.get(url, timeout=3.0, follow_redirects=False)
+        return True
+    except httpx.HTTPError:
+        return False
+
+
+def api_token(url: str, paths: StackPaths, user: str = "admin") -> str:
+    """A JWT from the simple auth manager (``POST /auth/token``) for the generated admin password."""
+    password = json.loads(password_file(paths).read_text())[user]
+    resp = httpx.post(f"{url}/auth/token", json={"username": user, "password": password}, timeout=10)
+    resp.raise_for_status()
+    return resp.json()["access_token"]
+
+
+def unpause_factory_dags(url: str, paths: StackPaths, timeout_s: float) -> list[str]:
+    """Wait until the dag-processor has parsed ``model_factory``, then unpause every DAG from
+    the factory's dags/ folder still paused (those made by ``make run``'s ``dags test`` start
+    paused). Returns the DAG ids of dags/."""
+    headers = {"Authorization": f"Bearer {api_token(url, paths)}"}
+    deadline = time.monotonic() + timeout_s
+    with httpx.Client(base_url=url, headers=headers, timeout=10) as http:
+        while True:
+            resp = http.get("/api/v2/dags", params={"limit": 1000})
+            resp.raise_for_status()
+            dags = [d for d in resp.json()["dags"]
+                    if (d.get("fileloc") or "").startswith(str(DAGS_FOLDER) + os.sep)]
+            if any(d["dag_id"] == "model_factory" for d in dags):
+                break
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the dag-processor had not parsed model_factory after {timeout_s:.0f}s")
+            time.sleep(1)
+        for dag in dags:
+            if dag.get("is_paused"):
+                http.patch(f"/api/v2/dags/{dag['dag_id']}", json={"is_paused": False}).raise_for_status()
+    return sorted(d["dag_id"] for d in dags)
+
+
+class StartError(RuntimeError):
+    pass
+
+
+def _wait_until(what: str, ready: Callable[[], bool], procs: dict[str, subprocess.Popen],
+                records: dict[str, ProcessRecord], deadline: float, show: Callable[[], str]) -> None:
+    """Poll ``ready`` until it holds; fail if a started process ends or time runs out."""
+    last = ""
+    started = time.monotonic()
+    while not ready():
+        for name, proc in procs.items():
+            if proc.poll() is not None:
+                raise StartError(f"{name} exited with code {proc.returncode} while starting; "
+                                 f"its log {records[name].log}:\n{_tail(records[name].log)}")
+        if time.monotonic() > deadline:
+            raise StartError(f"{what} not ready in time ({show()})")
+        line = show()
+        if line != last:
+            _say(f"  … {time.monotonic() - started:4.0f}s {line}")
+            last = line
+        time.sleep(1)
+
+
+# -- commands --------------------------------------------------------------------------------
+def up(*, host: str | None = None, port: int | None = None, dashboard_port: int | None = None,
+       workspace_port: int | None = None, model_port: int | None = None,
+       timeout_s: float = START_TIMEOUT_S, rows: int | None = None) -> int:
+    """Start the stack in the background (or say it is already up); the exit code. ``rows``:
+    the simulated training table's size if it is absent (``make run``'s default)."""
+    from cml_workspace.server_process import WorkspaceStartError
+    from stack.run import DEFAULT_ROWS
+    from stack.local import StackBusyError, acquire_stack_lock
+
+    paths = stack_paths()
+    host = host or os.environ.get("MODEL_FACTORY_BIND") or "127.0.0.1"
+    port = port or int(os.environ.get("MODEL_FACTORY_API_PORT") or DEFAULT_API_PORT)
+    dashboard_port = dashboard_port or int(os.environ.get("MODEL_FACTORY_DASHBOARD_PORT") or DEFAULT_DASHBOARD_PORT)
+    try:
+        state = read_state(paths)
+    except StateFileError as exc:
+        _say(f"make up refused: {exc}")
+        return 1
+    if state is not None:
+        alive = {p.name: _process(p) is not None for p in state.processes}
+        if all(alive.values()):
+            _say(f"The stack is already up (since {state.started_at}; var {paths.var}).")
+            _print_where(paths, state)
+            return 0
+        if any(alive.values()):
+            dead = ", ".join(name for name, ok in alive.items() if not ok)
+            _say(f"The stack is partly up: {dead} not running (logs under {paths.logs}).\n"
+                 "Run `make down`, then `make up`.")
+            return 1
+        state_path(paths).unlink(missing_ok=True)  # everything it names has ended (e.g. a reboot)
+    for what, p in (("Airflow api-server", port), ("dashboard", dashboard_port)):
+        if not _port_free(host, p):
+            _say(f"make up refused: port {p} on {host} ({what}) is in use; free it or choose another "
+                 f"(python -m stack up --port N --dashboard-port M).")
+            return 1
+    try:
+        lock = acquire_stack_lock(paths, holder="make up, the long-running stack; `make down` stops it")
+    except StackBusyError as exc:
+        _say(f"make up refused: {exc}.\nWait for it to end (or stop it), or set MODEL_FACTORY_VAR "
+             "to another folder.")
+        return 75
+    from stack.run import Interrupted, _interruptible
+
+    state = UpState(var=str(paths.var), host=host, started_at=time.strftime("%Y-%m-%d %H:%M:%S"),
+                    airflow_url=f"http://{_client_host(host)}:{port}")
+    try:
+        with _interruptible():
+            _start(paths, state, lock, host=host, port=port, dashboard_port=dashboard_port,
+                   workspace_port=workspace_port, model_port=model_port, timeout_s=timeout_s,
+                   rows=rows or DEFAULT_ROWS)
+    except (StartError, WorkspaceStartError, Interrupted, TimeoutError, httpx.HTTPError, OSError) as exc:
+        lock.close()
+        what = "Interrupted" if isinstance(exc, Interrupted) else f"make up failed: {exc}"
+        _say(f"{what}\nStopping what was started…")
+        down(quiet=True)
+        return 130 if isinstance(exc, Interrupted) else 1
+    lock.close()  # the background processes hold it now
+    _say(f"\nThe stack is up (var {paths.var}).")
+    _print_where(paths, state)
+    return 0
+
+
+def _start(paths: StackPaths, state: UpState, lock: IO[str], *, host: str, port: int, dashboard_port: int,
+           workspace_port: int | None, model_port: int | None, timeout_s: float, rows: int) -> None:
+    from cml_workspace.server_process import RunningWorkspace
+    from stack.airflow_cli import migrate_once
+    from stack.dashboard import ensure_secrets, serve_env
+
+    deadline = time.monotonic() + timeout_s
+    paths.make()
+    os.environ["AIRFLOW_HOME"] = str(paths.airflow_home)  # before this process imports Airflow
+    records: dict[str, ProcessRecord] = {}
+    procs: dict[str, subprocess.Popen] = {}
+
+    def keep(record: ProcessRecord) -> None:
+        records[record.name] = record
+        state.processes.append(record)
+        write_state(paths, state)  # at once: an interrupted `up` leaves what `down` needs
+
+    _say(f"Starting the Model Factory stack under {paths.var} (logs in {paths.logs})")
+    ws = RunningWorkspace(
+        paths.workspace_root, code_dir=REPO, project=PROJECT_NAME, api_key=workspace_api_key(paths),
+        cpus=os.cpu_count() or 2, memory_gb=8, extra_args=["--preload", "factory_tasks.job_preload"],
+        port=workspace_port, model_port=model_port, startup_timeout=min(60.0, timeout_s),
+        detached=True, pass_fds=(lock.fileno(),),
+    )
+    ws.start()  # waits for /health; on free ports, retried if another process takes one first
+    keep(_record("workspace", ws.pid, ws.log_path, ws.url))
+    state.workspace_url, state.model_service_url = ws.url, ws.model_service_url
+    write_state(paths, state)
+    _say(f"  local CML workspace  {ws.url} (pid {ws.pid})")
+
+    env = stack_airflow_env(paths, ws, host, port)
+    migrated = migrate_once(env, paths.logs / "airflow-setup.log")
+    _say(f"  Airflow metadata DB  {'created' if migrated else 'ready'} in {paths.airflow_home}")
+    created = _ensure_training_table(env, rows)
+    _say(f"  training table       historical_customer_interactions "
+         f"{f'simulated ({rows} rows)' if created else 'already present'} ({paths.warehouse_db})")
+    for name in AIRFLOW_COMPONENTS:
+        cmd = [sys.executable, "-m", "airflow", name]
+        if name in ("scheduler", "triggerer"):
+            # their log servers listen on every interface (8793/8794); the api-server reads the
+            # task and trigger logs from the files on this machine instead
+            cmd.append("--skip-serve-logs")
+        log = paths.logs / f"{name}.log"
+        procs[name] = _spawn(name, cmd, env, log, lock.fileno())
+        keep(_record(name, procs[name].pid, log, state.airflow_url if name == "api-server" else None))
+
+    dashboard = ensure_secrets(paths)
+    apps = dashboard_apps()
+    cmd = _dashboard_command(dashboard_port, dashboard.credentials, host, apps)
+    base = f"http://{_client_host(host)}:{dashboard_port}"
+    state.dashboard_urls = [f"{base}/{app.stem}" for app in apps]
+    procs["dashboard"] = _spawn("dashboard", cmd, serve_env(paths, dashboard, base=env), paths.logs / "dashboard.log",
+                                lock.fileno())
+    keep(_record("dashboard", procs["dashboard"].pid, paths.logs / "dashboard.log", state.dashboard_urls[0]))
+    _say(f"  started {', '.join(procs)}; waiting until each answers…")
+
+    def show() -> str:
+        health = airflow_health(state.airflow_url) or {"api-server": "no answer"}
+        parts = [f"{k} {v}" for k, v in health.items()]
+        return "; ".join(parts + [f"dashboard {'answers' if _answers(base) else 'no answer'}"])
+
+    def ready() -> bool:
+        health = airflow_health(state.airflow_url)
+        # dag_processor is reported once it has heartbeaten; the DAG wait below checks it too
+        return (all(health.get(k) == "healthy" for k in ("metadatabase", "scheduler", "triggerer"))
+                and health.get("dag_processor", "healthy") == "healthy" and _answers(state.dashboard_urls[0]))
+
+    _wait_until("the stack", ready, procs, records, deadline, show)
+    dag_ids = unpause_factory_dags(state.airflow_url, paths, max(10.0, deadline - time.monotonic()))
+    _say(f"  DAGs unpaused: {', '.join(dag_ids)}")
+
+
+def _ensure_training_table(env: dict[str, str], rows: int) -> bool:
+    """The simulated training table, as ``make run`` makes it (True: created now)."""
+    from stack.run import DEFAULT_SEED
+
+    os.environ["AIRFLOW_CONN_MODEL_FACTORY_WAREHOUSE"] = env["AIRFLOW_CONN_MODEL_FACTORY_WAREHOUSE"]
+    from airflow.sdk import BaseHook
+
+    from factory_tasks.training_data import ensure_training_table
+
+    hook = BaseHook.get_connection("model_factory_warehouse").get_hook()
+    return ensure_training_table(hook, n_rows=rows, seed=DEFAULT_SEED)
+
+
+def _print_where(paths: StackPaths, state: UpState) -> None:
+    from stack.dashboard import ensure_secrets
+
+    dashboard = ensure_secrets(paths)
+    _say(f"  Airflow UI    {state.airflow_url}   user admin, password in {password_file(paths)}")
+    for url in state.dashboard_urls:
+        _say(f"  dashboard     {url}")
+    _say(f"                user {', '.join(dashboard.users)}, passwords in {dashboard.credentials}")
+    _say(f"  CML workspace {state.workspace_url} (API key in {paths.api_key_file}); "
+         f"model service {state.model_service_url}/model")
+    _say(f"  logs          {paths.logs}/ (workspace: {paths.workspace_root / 'server.log'})")
+    _say("Run the factory: Airflow UI → Dags → model_factory → Trigger. Its deploy_best_model run waits for a "
+         "reviewer: Browse → Required Actions (or Promote in the dashboard).")
+    _say("`make status` shows what runs; `make down` stops it.")
+
+
+def _stop(procs: list, grace_s: float) -> list:
+    """SIGTERM ``procs`` (psutil processes, identity checked by psutil), wait, SIGKILL the rest.
+    Returns those that had to be killed."""
+    import psutil
+
+    for proc in procs:
+        try:
+            proc.terminate()
+        except psutil.Error:
+            pass
+    _gone, alive = psutil.wait_procs(procs, timeout=grace_s)
+    for proc in alive:
+        try:
+            proc.kill()
+        except psutil.Error:
+            pass
+    psutil.wait_procs(alive, timeout=5)
+    return alive
+
+
+def down(*, quiet: bool = False, grace_s: float = STOP_GRACE_S) -> int:
+    """Stop exactly what ``up`` recorded (and what those processes started); the exit code."""
+    import psutil
+
+    from cml_workspace.scheduler import kill_active_runs
+
+    paths = stack_paths()
+    try:
+        state = read_state(paths)
+    except StateFileError as exc:
+        _say(f"make down: {exc}")
+        return 1
+    if state is None:
+        if not quiet:
+            _say(f"Nothing to stop: no {state_path(paths)} (the stack is not up).")
+        return 0
+    names = {r.pid: r.name for r in state.processes}
+    stopped: list[str] = []
+    ended: list[str] = []
+    children_stopped = 0
+    killed: list[str] = []
+    for phase in STOP_PHASES:
+        mains, children = [], []
+        for record in state.processes:
+            if record.name not in phase:
+                continue
+            proc = _process(record)
+            if proc is None:
+                ended.append(f"{record.name} (pid {record.pid})")
+                continue
+            try:  # before the signal: once it has ended its orphans have another parent
+                children += proc.children(recursive=True)
+            except psutil.Error:
+                pass
+            mains.append(proc)
+            stopped.append(f"{record.name} (pid {record.pid})")
+        killed += [f"{names[p.pid]} (pid {p.pid})" for p in _stop(mains, grace_s)]
+        leftovers = [c for c in children if c.is_running()]  # is_running also checks the start time
+        if leftovers:
+            _stop(leftovers, 3.0)
+        children_stopped += len(leftovers)
+    runs = kill_active_runs(paths.workspace_root)  # runs adopted from an earlier server, if any
+    state_path(paths).unlink(missing_ok=True)
+    if not quiet or killed:
+        _say(f"Stopped {len(stopped)} processes: {', '.join(stopped) or 'none'}"
+             + (f"; {children_stopped} child processes they left" if children_stopped else "")
+             + (f"; {runs} workspace job runs" if runs else "") + ".")
+        if ended:
+            _say(f"  had already ended: {', '.join(ended)}")
+        if killed:
+            _say(f"  SIGKILL after {grace_s:.0f}s for: {', '.join(killed)}")
+        _say(f"State kept under {paths.var}: `make up` again reuses it; `make clean` removes it.")
+    return 0
+
+
+def status() -> int:
+    """What runs: 0 all up, 1 partly, 3 not up."""
+    paths = stack_paths()
+    try:
+        state = read_state(paths)
+    except StateFileError as exc:
+        _say(str(exc))
+        return 1
+    if state is None:
+        _say(f"The stack is not up (no {state_path(paths)}). `make up` starts it.")
+        return 3
+    health = airflow_health(state.airflow_url)
+    up_count = 0
+    _say(f"Stack under {paths.var}, started {state.started_at}:")
+    for record in state.processes:
+        alive = _process(record) is not None
+        up_count += alive
+        detail = record.url or ""
+        if record.name in ("scheduler", "triggerer", "dag-processor"):
+            detail = f"heartbeat {health.get(record.name.replace('-', '_'), 'unknown')}"
+        _say(f"  {record.name:<14} pid {record.pid:<8} {'running' if alive else 'NOT RUNNING':<12} {detail}"
+             f"   log {record.log}")
+    if up_count == len(state.processes):
+        _print_where(paths, state)
+        return 0
+    _say("Some processes are not running: `make down`, then `make up`." if up_count else
+         "Nothing recorded is running any more: `make up` starts it again.")
+    return 1 if up_count else 3
+
+
+def foreground(**options) -> int:
+    """``make airflow-ui``: ``up``, then wait in the foreground; Ctrl-C (or SIGTERM) runs ``down``."""
+    from stack.run import Interrupted, _interruptible
+
+    rc = up(**options)
+    if rc != 0:
+        return rc
+    _say("Ctrl-C stops it (this is `make up` in the foreground).")
+    try:
+        with _interruptible():
+            while True:
+                state = read_state(stack_paths())
+                if state is None:  # `make down` elsewhere
+                    return 0
+                if not all(_process(p) for p in state.processes):
+                    _say("A process of the stack ended: `make status` says which.")
+                    return 1
+                time.sleep(2)
+    except Interrupted:
+        _say("\nStopping…")
+        return down()
