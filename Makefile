@@ -5,14 +5,18 @@ VENV := .venv
 BIN := $(VENV)/bin
 PIP_INSTALL := $(BIN)/pip install --disable-pip-version-check -q -c constraints.txt
 
-.PHONY: run test clean distclean validate-grid dashboard airflow-ui benchmarks help
+.PHONY: run test clean distclean validate-grid dashboard airflow-ui up down status benchmarks help
 
 help:
 	@echo "make run            run the factory end to end on the embedded default"
 	@echo "make test           the whole test suite (real servers, real browser)"
 	@echo "make validate-grid  check config/grid.yaml without running anything"
 	@echo "make dashboard      serve the experiments dashboard on http://127.0.0.1:5006"
-	@echo "make airflow-ui     Airflow UI (api-server, scheduler, triggerer) on http://127.0.0.1:8080"
+	@echo "make up             start the local stack in the background: Airflow UI on http://127.0.0.1:8080,"
+	@echo "                    scheduler, dag-processor, triggerer, CML workspace, dashboards on :5006"
+	@echo "make status         what make up started and whether it runs"
+	@echo "make down           stop exactly what make up started"
+	@echo "make airflow-ui     make up in the foreground (Ctrl-C stops it)"
 	@echo "make benchmarks     run the benchmarks in benchmarks/"
 	@echo "make clean          remove all runtime state (var/, test-output/)"
 	@echo "make distclean      also remove the venv"
@@ -43,14 +47,25 @@ validate-grid: $(BIN)/.installed
 dashboard: $(BIN)/.installed
 	$(BIN)/python -m stack dashboard
 
+# UP_ARGS: e.g. UP_ARGS="--port 8081 --host 0.0.0.0" (see python -m stack up --help)
+up: $(BIN)/.installed
+	$(BIN)/python -m stack up $(UP_ARGS)
+
+down: $(BIN)/.installed
+	$(BIN)/python -m stack down
+
+status: $(BIN)/.installed
+	@$(BIN)/python -m stack status || true
+
 airflow-ui: $(BIN)/.installed
-	$(BIN)/python -m stack airflow-ui
+	$(BIN)/python -m stack airflow-ui $(UP_ARGS)
 
 benchmarks: $(BIN)/.installed-test
 	$(BIN)/python benchmarks/grid_throughput.py
 	$(BIN)/python benchmarks/endpoint_latency.py
 
 clean:
+	@if [ -f var/stack-up.json ]; then echo "make up is running on var/ (var/stack-up.json): make down first"; exit 1; fi
 	rm -rf var test-output
 
 distclean: clean

@@ -258,8 +258,9 @@ def _run(paths: StackPaths, grid_path: str, rows: int, seed: int) -> int:
     _say(f"  model artifacts   {paths.workspace_root}/projects/<project id>/files/experiments/<experiment id>/ "
          "and .../files/models/<model version>/")
     _say(f"  DAG run logs      {run_log}, {deployed.log}")
-    _say("  Airflow UI        make airflow-ui, then open http://127.0.0.1:8080 → DAGs model_factory, deploy_best_model")
-    _say("  dashboard         make dashboard, then open http://127.0.0.1:5006/experiments_app")
+    _say("  Airflow UI        make up (the long-running stack; make down stops it), then open "
+         "http://127.0.0.1:8080 → DAGs model_factory, deploy_best_model")
+    _say("  dashboard         http://127.0.0.1:5006/experiments_app with make up (or make dashboard alone)")
     return 0 if deployed.ok else 1
 
 

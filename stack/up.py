@@ -229,10 +229,10 @@ def stack_airflow_env(paths: StackPaths, ws, host: str, port: int) -> dict[str, 
 
 def dashboard_apps() -> list[Path]:
     """The Panel apps under dashboards/ (the experiments explorer, and monitoring once it exists)."""
-    from stack.dashboard import APP
+    from stack import dashboard
 
-    monitoring = REPO / "dashboards" / "monitoring_app.py"
-    return [APP, *([monitoring] if monitoring.exists() else [])]
+    monitoring = Path(getattr(dashboard, "MONITORING_APP", REPO / "dashboards" / "monitoring_app.py"))
+    return [dashboard.APP, *([monitoring] if monitoring.exists() else [])]
 
 
 def _dashboard_command(port: int, credentials: Path, host: str, apps: list[Path]) -> list[str]:

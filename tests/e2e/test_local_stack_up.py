@@ -183,10 +183,13 @@ def test_up_status_down_and_up_again(stack: Stack):
         assert dag.status_code == 200, dag.text
         assert dag.json()["is_paused"] is False, dag.json()
 
-    # the dashboard answers (its login: no page without signing in)
-    page = httpx.get(f"http://127.0.0.1:{stack.dashboard_port}/experiments_app", timeout=10)
-    assert page.status_code in (200, 302), page.status_code
-    assert page.status_code == 302 or "login" in page.text.lower()
+    # the dashboards answer (behind their login: no page without signing in)
+    urls = json.loads((stack.var / "stack-up.json").read_text())["dashboard_urls"]
+    assert f"http://127.0.0.1:{stack.dashboard_port}/experiments_app" in urls
+    for url in urls:
+        page = httpx.get(url, timeout=10)
+        assert page.status_code in (200, 302), (url, page.status_code)
+        assert page.status_code == 302 or "login" in page.text.lower(), url
 
     # up again: already up, with the URLs; make run on the same var/ is refused naming make up
     again = stack.up()
