@@ -1,0 +1,151 @@
+"""The model_monitoring DAG: its shape, and a real ``airflow dags test`` on a simulated window.
+
+The warehouse (SQLite) holds four hourly cohorts of simulated predictions and their delayed
+responses; the newest cohort's customers come from a shifted channel mix (covariate drift).
+The CML connection points at a real local workspace holding the deployed model's metadata and
+its training snapshot (no model endpoint is needed).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from airflow.dag_processing.dagbag import DagBag
+
+from factory_tasks.deployments import DEPLOYMENTS
+from factory_tasks.monitoring_alerts import ALERTS
+from factory_tasks.simulator import simulate_customers
+from tests.dags.test_experiments_summary_dag import _run
+from tests.monitoring_window import HOUR_MS, T0_MS, SqliteHook, deployment_record, simulate_window, write_window
+
+REPO = Path(__file__).resolve().parents[2]
+DAGS = REPO / "dags"
+AIRFLOW = Path(sys.executable).parent / "airflow"
+DRIFTED = {"Web": 0.70, "Phone": 0.22, "Multichannel": 0.08}
+
+
+@pytest.fixture(scope="module")
+def dag():
+    added = str(DAGS) not in sys.path
+    if added:
+        sys.path.insert(0, str(DAGS))
+    try:
+        bag = DagBag(dag_folder=str(DAGS / "model_monitoring.py"))
+        assert bag.import_errors == {}, bag.import_errors
+        yield bag.dags["model_monitoring"]
+    finally:
+        if added:
+            sys.path.remove(str(DAGS))
+
+
+def test_shape(dag):
+    assert dag.catchup is False and dag.tags and "model_alerts" in dag.doc_md
+    assert dag.default_args["retries"] >= 1
+    timetable = dag.timetable
+    assert type(timetable).__name__ == "CronTriggerTimetable" and timetable.expression == "0 * * * *"
+    tasks = dag.task_dict
+    assert tasks["serving_model"].downstream_task_ids == {"monitor", "post_aggregate_metrics"}
+    assert tasks["retrain_or_not"].downstream_task_ids == {"trigger_retrain", "record_alerts"}
+    trigger = tasks["trigger_retrain"]
+    assert type(trigger).__name__ == "TriggerDagRunOperator" and trigger.trigger_dag_id == "model_factory"
+    assert trigger.skip_when_already_exists is True
+    assert trigger.conf["include_interactions"] is True
+    # alerts are written after the trigger, so they carry its run id
+    assert tasks["record_alerts"].upstream_task_ids == {"retrain_or_not", "trigger_retrain"}
+    assert tasks["record_alerts"].trigger_rule == "none_failed_min_one_success"
+
+
+def _env(tmp_path: Path, db: Path, workspace) -> dict:
+    return {
+        **os.environ,
+        "AIRFLOW_HOME": str(tmp_path / "airflow"),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__DAGS_FOLDER": str(DAGS),
+        "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO / "plugins"),
+        "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
+        "AIRFLOW_CONN_MODEL_FACTORY_WAREHOUSE": json.dumps({"conn_type": "sqlite", "host": str(db)}),
+        "AIRFLOW_CONN_CML_DEFAULT": json.dumps({
+            "conn_type": "cml", "host": workspace.url, "password": workspace.api_key,
+            "extra": {"project_id": workspace.project_id, "runtime_identifier": "local"}}),
+        "MODEL_FACTORY_ARTIFACTS": str(tmp_path / "artifacts"),
+        "MODEL_FACTORY_OBJECT_STORE": f"file://{tmp_path}/objects",
+        "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "plugins")]),
+        "PATH": f"{AIRFLOW.parent}:{os.environ.get('PATH', '')}",
+    }
+
+
+@pytest.mark.e2e
+def test_dags_test_monitors_a_drifted_window_and_asks_for_a_retrain(tmp_path):
+    from cml_workspace.server_process import running_workspace
+
+    db = tmp_path / "warehouse.db"
+    hook = SqliteHook(db)
+    for k in range(4):  # cohorts 00:00 .. 03:00; the newest one drifted
+        write_window(hook, simulate_window(T0_MS + k * HOUR_MS, 3000, seed=40 + k,
+                                           channel_shares=DRIFTED if k == 3 else None))
+    record = deployment_record()
+    DEPLOYMENTS.append(hook, record)
+    config = tmp_path / "closed_loop.yaml"
+    config.write_text((REPO / "config" / "closed_loop.yaml").read_text()
+                      .replace("roc_auc_floor: 0.60", "roc_auc_floor: 0.50")
+                      .replace("calibration_error_ceiling: 0.05", "calibration_error_ceiling: 0.20"))
+
+    with running_workspace(tmp_path / "workspace", cpus=1) as workspace:
+        files = workspace.root / "projects" / workspace.project_id / "files"
+        snapshot = f"snapshots/historical_customer_interactions-{record.data_snapshot_hash[:16]}.parquet"
+        buffer = io.BytesIO()
+        simulate_customers(20_000, 5).to_parquet(buffer, index=False)
+        (files / "snapshots").mkdir(parents=True)
+        (files / snapshot).write_bytes(buffer.getvalue())
+        (files / "models" / "v1").mkdir(parents=True)
+        (files / record.metadata_path).write_text(json.dumps({"lineage": {
+            "data_snapshot_path": snapshot, "data_snapshot_hash": record.data_snapshot_hash}}))
+
+        env = _env(tmp_path, db, workspace)
+        code, out = _run([str(AIRFLOW), "db", "migrate"], env, 300)
+        assert code == 0, out[-4000:]
+        code, out = _run([str(AIRFLOW), "dags", "reserialize"], env, 300)
+        assert code == 0, out[-4000:]
+        args = [str(AIRFLOW), "dags", "test", "model_monitoring", "2026-12-01T04:00:00+00:00",
+                "-c", json.dumps({"loop_config_path": str(config)})]
+        code, out = _run(args, env, 400)
+        assert code == 0, out[-6000:]
+        assert "state=success" in out or "success" in out.lower(), out[-6000:]
+
+    conn = sqlite3.connect(db)
+    try:
+        rows = conn.execute("SELECT cohort_start, metric, dimension, value, maturity FROM model_monitoring "
+                            "WHERE as_of_window = '2026-12-01T03:00:00Z'").fetchall()
+    finally:
+        conn.close()
+    by = {(c, m, d): (v, mat) for c, m, d, v, mat in rows}
+    assert {c for c, *_ in rows} == {f"2026-12-01T0{h}:00:00Z" for h in range(4)}
+    assert by[("2026-12-01T03:00:00Z", "volume", "")] == (3000.0, "final")
+    assert by[("2026-12-01T03:00:00Z", "drift_psi", "feature=channel")][0] >= 0.25
+    assert by[("2026-12-01T00:00:00Z", "label_completeness", "")] == (1.0, "final")
+    assert by[("2026-12-01T00:00:00Z", "policy_value_dr", "")][1] == "final"
+    assert by[("2026-12-01T03:00:00Z", "label_completeness", "")] == (0.0, "immature")
+
+    alerts = ALERTS.read_all(hook)
+    assert [a.alert_id for a in alerts] == ["2026-12-01T03:00:00Z/v1/feature_drift/feature=channel"]
+    assert alerts[0].retrain_run_id == "monitoring__20261201T030000"
+
+    code, out = _run([str(AIRFLOW), "dags", "list-runs", "model_factory", "-o", "json"], env, 120)
+    assert code == 0, out[-4000:]
+    runs = json.loads(out[out.index("[{"):out.rindex("}]") + 2])  # after any warnings
+    assert [r["run_id"] for r in runs] == ["monitoring__20261201T030000"]
+    conn = sqlite3.connect(tmp_path / "airflow" / "airflow.db")
+    try:
+        (conf,) = conn.execute("SELECT conf FROM dag_run WHERE dag_id = 'model_factory'").fetchone()
+    finally:
+        conn.close()
+    conf = json.loads(conf) if isinstance(conf, str) else json.loads(bytes(conf).decode())
+    assert conf == {"include_interactions": True,
+                    "reason": "2026-12-01T03:00:00Z/v1/feature_drift/feature=channel"}
