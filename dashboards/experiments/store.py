@@ -149,18 +149,20 @@ def best_per_family(frame: pd.DataFrame) -> pd.DataFrame:
     Only the three columns the choice needs are touched before the winners are picked, so
     this costs a few milliseconds on 50,000 rows (it runs on every filter change).
     """
-    ok = ((frame["status"] == "succeeded") & frame["rank_key"].notna() & frame["family"].notna()).to_numpy()
+    codes, families = pd.factorize(frame["family"].to_numpy(dtype=object))  # NaN: -1
+    keys = frame["rank_key"].to_numpy(dtype=float, na_value=np.nan)
+    ok = (frame["status"].to_numpy(dtype=object) == "succeeded") & ~np.isnan(keys) & (codes >= 0)
     if not ok.any():
         return frame.iloc[0:0]
-    keys = frame["rank_key"].to_numpy(dtype=float, na_value=np.nan)
-    families = frame["family"].to_numpy()
     positions = np.flatnonzero(ok)
     # Best first, ties in frame order (what idxmax gave), then the first row of each family.
     order = positions[np.lexsort((positions, -keys[positions]))]
-    _, first = np.unique(families[order].astype(str), return_index=True)  # sorted by family
-    best = frame.iloc[order[first]]
-    counts = pd.Series(families).value_counts()
-    return best.assign(experiments=best["family"].map(counts).astype("int64")).reset_index(drop=True)
+    _, first = np.unique(codes[order], return_index=True)
+    winners = order[first]
+    winners = winners[np.argsort(np.asarray(families, dtype=object)[codes[winners]].astype(str), kind="stable")]
+    counts = np.bincount(codes[codes >= 0], minlength=len(families))
+    best = frame.iloc[winners]
+    return best.assign(experiments=counts[codes[winners]].astype("int64")).reset_index(drop=True)
 
 
 def parse_params(params_json: Any) -> dict[str, Any]:
