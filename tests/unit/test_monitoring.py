@@ -1,0 +1,197 @@
+"""Monitoring maths on simulated windows where the truth is known, the alerts, idempotent reruns."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from factory_tasks.loop_config import LoopConfig
+from factory_tasks.monitoring import (
+    MonitoringWindow,
+    iso,
+    label_state,
+    monitoring_rows,
+    read_cohorts,
+    read_rows,
+    record_rows,
+)
+from factory_tasks.monitoring_alerts import alerts_of_run, decide_alerts, monitor_window, read_alerts, record_alerts
+from factory_tasks.simulator import DEFAULT_ECONOMICS, simulate_customers
+from tests.monitoring_window import HOUR_MS, T0_MS, SqliteHook, simulate_window, write_window
+
+DRIFTED = {"Web": 0.70, "Phone": 0.22, "Multichannel": 0.08}
+CONFIG = LoopConfig()
+
+
+def window_at(hour: int, minutes: float = 180) -> MonitoringWindow:
+    return MonitoringWindow.from_interval(iso(T0_MS + hour * HOUR_MS), iso(T0_MS + (hour + 1) * HOUR_MS), minutes)
+
+
+@pytest.fixture(scope="module")
+def reference():
+    return simulate_customers(20_000, 99)
+
+
+def warehouse(tmp_path, windows):
+    hook = SqliteHook(tmp_path / "warehouse.db")
+    for w in windows:
+        write_window(hook, w)
+    return hook
+
+
+def value(rows, cohort_hour, metric, dimension=""):
+    hit = rows[(rows.cohort_start == iso(T0_MS + cohort_hour * HOUR_MS)) & (rows.metric == metric)
+               & (rows.dimension == dimension)]
+    assert len(hit) == 1, (cohort_hour, metric, dimension, len(hit))
+    return hit.iloc[0]
+
+
+def test_cohorts_that_can_still_change_and_the_judged_one():
+    window = window_at(3)
+    assert [(iso(s), iso(e)) for s, e in window.cohorts()] == [
+        (f"2026-12-01T0{h}:00:00Z", f"2026-12-01T0{h + 1}:00:00Z") for h in range(4)]
+    assert window.judged_cohorts() == [window.cohorts()[0]]  # 01:00 + 180 min = 04:00 = end
+    odd = MonitoringWindow.from_interval(iso(T0_MS), iso(T0_MS + HOUR_MS), 150)
+    assert len(odd.cohorts()) == 4 and [iso(s) for s, _ in odd.judged_cohorts()] == ["2026-11-30T21:00:00Z"]
+
+
+def test_label_completeness_maths():
+    end, w = 10_000, 1_000
+    decided = np.array([8_000, 9_000, 9_001, 9_500, 8_500])
+    responded = np.array([8_500, np.nan, 9_100, 10_200, 9_600])  # 10_200 arrives after end
+    matured, conversion = label_state(decided, responded, end, w)
+    assert matured.tolist() == [True, True, False, False, True]  # decided + w <= end
+    assert conversion.tolist() == [1, 0, 1, 0, 0]  # 9_600 is beyond 8_500 + w: not a conversion
+    assert matured.mean() == pytest.approx(3 / 5)
+
+
+def test_immature_then_final_and_known_answer_policy_value(tmp_path, reference):
+    # a response window of 150 min: as of 03:00, half the 00:00 cohort has matured. Delays short
+    # enough that (almost) no conversion expires, so the simulator's truth is the loop's truth.
+    sim = simulate_window(T0_MS, 40_000, seed=3, window_minutes=150, delay_median_minutes=20, delay_sigma=0.5)
+    hook = warehouse(tmp_path, [sim])
+    rows = {}
+    for hour in (0, 2, 3):
+        window = window_at(hour, 150)
+        rows[hour] = monitoring_rows(read_cohorts(hook, window), window, CONFIG, DEFAULT_ECONOMICS, {"v1": reference})
+    at0, at1, at3 = (r[r.cohort_start == iso(T0_MS)] for r in (rows[0], rows[2], rows[3]))
+    # as of 01:00 no response window (180 min) has closed: no label metrics at all
+    assert value(rows[0], 0, "label_completeness").value == 0.0
+    assert "roc_auc" not in set(at0.metric) and value(rows[0], 0, "volume").maturity == "final"
+    assert value(rows[0], 0, "label_completeness").maturity == "immature"
+    # as of 03:00 half the cohort has matured: reported, immature
+    assert value(rows[2], 0, "label_completeness").value == pytest.approx(1 / 2, abs=0.02)
+    assert set(at1[at1.metric.isin(["roc_auc", "policy_value_dr"])].maturity) == {"immature"}
+    # as of 04:00 (00:59 + 150 min < 04:00) every label is in: final
+    assert value(rows[3], 0, "label_completeness").value == 1.0
+    label_metrics = at3[~at3.metric.isin(["volume", "offer_share", "score_mean", "score_p10", "score_p50",
+                                          "score_p90", "estimated_roc_auc", "estimated_conversion_rate",
+                                          "drift_psi"])]
+    assert set(label_metrics.maturity) == {"final"}
+    assert {"calibration_expected", "calibration_observed"} <= set(at3.metric)
+    assert len(at3[at3.metric == "calibration_observed"]) == 10
+    dr = value(rows[3], 0, "policy_value_dr")
+    assert dr.lower < sim.true_policy_value < dr.upper
+    assert dr.value == pytest.approx(sim.true_policy_value, abs=0.35)
+    # the model knows the truth: the policy beats every blast offer and exploration
+    assert value(rows[3], 0, "policy_vs_exploration_dr").lower > 0
+    assert value(rows[3], 0, "estimate_reliable").value == 1.0
+    assert value(rows[3], 0, "estimated_roc_auc").value == pytest.approx(value(rows[3], 0, "roc_auc").value, abs=0.02)
+
+
+def test_responses_after_the_end_and_duplicates_are_not_labels(tmp_path):
+    sim = simulate_window(T0_MS, 5_000, seed=4, duplicate_share=0.5)
+    hook = warehouse(tmp_path, [sim])
+    window = window_at(3)
+    data = read_cohorts(hook, window)
+    attached = sim.responses[(sim.responses.status == "attached") & (sim.responses.responded_at_ms < window.end_ms)]
+    assert data.conversion.sum() == attached.prediction_uuid.nunique()
+
+
+def test_drift_detected_on_a_shifted_channel_mix_only(tmp_path, reference):
+    hook = warehouse(tmp_path, [simulate_window(T0_MS, 3_000, seed=5),
+                                simulate_window(T0_MS + HOUR_MS, 3_000, seed=6, channel_shares=DRIFTED)])
+    rows = monitoring_rows(read_cohorts(hook, window_at(1)), window_at(1), CONFIG, DEFAULT_ECONOMICS,
+                           {"v1": reference})
+    drift = rows[rows.metric == "drift_psi"]
+    stable, drifted = (drift[drift.cohort_start == iso(T0_MS + h * HOUR_MS)].set_index("dimension").value
+                       for h in (0, 1))
+    assert stable.max() < CONFIG.monitoring.drift_warn
+    assert drifted["feature=channel"] >= CONFIG.monitoring.drift_alert
+    assert drifted.drop("feature=channel").max() < CONFIG.monitoring.drift_warn
+    ids = [a.alert_id for a in decide_alerts(rows, window_at(1), CONFIG.monitoring)
+           if a.kind == "feature_drift"]
+    assert ids == ["2026-12-01T01:00:00Z/v1/feature_drift/feature=channel"]
+
+
+@pytest.mark.parametrize("metric, dimension, bad, good, kind", [
+    ("drift_psi", "feature=channel", 0.25, 0.2499, "feature_drift"),  # >= alert
+    ("estimated_roc_auc", "", 0.5999, 0.60, "estimated_performance"),  # < floor
+    ("roc_auc", "", 0.5999, 0.60, "realised_performance"),
+    ("calibration_error", "", 0.0501, 0.05, "calibration"),  # > ceiling
+])
+def test_alert_thresholds(metric, dimension, bad, good, kind):
+    window = window_at(3)
+    raised = decide_alerts(_one(window, metric, dimension, bad), window, CONFIG.monitoring)
+    assert [(a.kind, a.alert_id) for a in raised] == [(kind, f"{window.as_of_window}/v1/{kind}/{dimension}")]
+    assert decide_alerts(_one(window, metric, dimension, good), window, CONFIG.monitoring) == []
+
+
+def _one(window, metric, dimension, val, upper=None, maturity=None):
+    current, judged = iso(window.start_ms), iso(window.judged_cohorts()[0][0])
+    cohort = current if metric in ("drift_psi", "estimated_roc_auc") else judged
+    return pd.DataFrame([dict(
+        as_of_window=window.as_of_window, as_of_ms=window.end_ms, cohort_start=cohort, cohort_end=cohort,
+        model_version="v1", metric=metric, dimension=dimension, value=val,
+        lower=None if upper is None else val - 1.0, upper=upper, n=1000,
+        maturity=maturity or ("estimate" if metric.startswith("est") else "final"))])
+
+
+def test_policy_alert_needs_confidence_and_final_labels():
+    window = window_at(3)
+    worse = _one(window, "policy_vs_best_blast_dr", "", -1.0, upper=-0.01)
+    assert [a.kind for a in decide_alerts(worse, window, CONFIG.monitoring)] == ["policy_value"]
+    unsure = _one(window, "policy_vs_best_blast_dr", "", -1.0, upper=0.2)
+    assert decide_alerts(unsure, window, CONFIG.monitoring) == []
+    immature = _one(window, "policy_vs_best_blast_dr", "", -1.0, upper=-0.01, maturity="immature")
+    assert decide_alerts(immature, window, CONFIG.monitoring) == []
+    # an old cohort already judged by an earlier run is not judged again
+    old = worse.assign(cohort_start=iso(window.cohorts()[1][0]))
+    assert decide_alerts(old, window, CONFIG.monitoring) == []
+
+
+def test_rerun_is_idempotent(tmp_path, reference):
+    hook = warehouse(tmp_path, [simulate_window(T0_MS + 3 * HOUR_MS, 2_000, seed=7, channel_shares=DRIFTED)])
+    window = window_at(3)
+    first = monitor_window(hook, window, CONFIG, DEFAULT_ECONOMICS, {"v1": reference})
+    assert first["alert_ids"] == ["2026-12-01T03:00:00Z/v1/feature_drift/feature=channel"]
+    assert record_alerts(hook, alerts_of_run(hook, window, CONFIG), "run-1") == first["alert_ids"]
+    again = monitor_window(hook, window, CONFIG, DEFAULT_ECONOMICS, {"v1": reference})
+    assert again == first
+    assert record_alerts(hook, alerts_of_run(hook, window, CONFIG), "run-2") == []
+    assert len(read_rows(hook, window.as_of_window)) == first["rows"]
+    assert [(a.alert_id, a.retrain_run_id) for a in read_alerts(hook)] == [(first["alert_ids"][0], "run-1")]
+    # another window's partition is left alone
+    record_rows(hook, window_at(4), monitoring_rows(read_cohorts(hook, window_at(4)), window_at(4), CONFIG,
+                                                    DEFAULT_ECONOMICS))
+    assert len(read_rows(hook, window.as_of_window)) == first["rows"]
+
+
+def test_no_predictions_no_rows(tmp_path):
+    hook = SqliteHook(tmp_path / "empty.db")
+    summary = monitor_window(hook, window_at(3), CONFIG, DEFAULT_ECONOMICS)
+    assert summary["rows"] == 0 and summary["alert_ids"] == []
+
+
+def test_dr_corrects_a_miscalibrated_model_with_the_logged_propensities(tmp_path):
+    # scores off by noise and overconfident: q_hat is wrong, the logged propensities are right
+    sim = simulate_window(T0_MS, 40_000, seed=8, exploration=0.3, score_noise=0.3, score_scale=1.5,
+                          delay_median_minutes=20, delay_sigma=0.5)
+    hook = warehouse(tmp_path, [sim])
+    window = window_at(3)
+    rows = monitoring_rows(read_cohorts(hook, window), window, CONFIG, DEFAULT_ECONOMICS)
+    for method in ("dr", "ipw", "snipw"):
+        estimate = value(rows, 0, f"policy_value_{method}")
+        assert estimate.lower < sim.true_policy_value < estimate.upper, method
+    assert value(rows, 0, "estimate_reliable").value == 0.0  # the calibration check catches it
