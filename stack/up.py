@@ -311,7 +311,8 @@ def _wait_until(what: str, ready: Callable[[], bool], procs: dict[str, subproces
                 raise StartError(f"{name} exited with code {proc.returncode} while starting; "
                                  f"its log {records[name].log}:\n{_tail(records[name].log)}")
         if time.monotonic() > deadline:
-            raise StartError(f"{what} not ready in time ({show()})")
+            raise StartError(f"{what} was not ready before the deadline (--timeout): {show()}; "
+                             f"the logs: {', '.join(sorted(r.log for r in records.values()))}")
         line = show()
         if line != last:
             _say(f"  … {time.monotonic() - started:4.0f}s {line}")
@@ -326,8 +327,8 @@ def up(*, host: str | None = None, port: int | None = None, dashboard_port: int 
     """Start the stack in the background (or say it is already up); the exit code. ``rows``:
     the simulated training table's size if it is absent (``make run``'s default)."""
     from cml_workspace.server_process import WorkspaceStartError
-    from stack.run import DEFAULT_ROWS
     from stack.local import StackBusyError, acquire_stack_lock
+    from stack.run import DEFAULT_ROWS
 
     paths = stack_paths()
     host = host or os.environ.get("MODEL_FACTORY_BIND") or "127.0.0.1"
@@ -370,12 +371,17 @@ def up(*, host: str | None = None, port: int | None = None, dashboard_port: int 
             _start(paths, state, lock, host=host, port=port, dashboard_port=dashboard_port,
                    workspace_port=workspace_port, model_port=model_port, timeout_s=timeout_s,
                    rows=rows or DEFAULT_ROWS)
-    except (StartError, WorkspaceStartError, Interrupted, TimeoutError, httpx.HTTPError, OSError) as exc:
+    except Interrupted:
         lock.close()
-        what = "Interrupted" if isinstance(exc, Interrupted) else f"make up failed: {exc}"
-        _say(f"{what}\nStopping what was started…")
+        _say("\nInterrupted: stopping what was started…")
         down(quiet=True)
-        return 130 if isinstance(exc, Interrupted) else 1
+        return 130
+    except Exception as exc:  # whatever went wrong, nothing started is left running
+        lock.close()
+        known = isinstance(exc, (StartError, WorkspaceStartError))
+        _say(f"make up failed: {exc if known else f'{type(exc).__name__}: {exc}'}\nStopping what was started…")
+        down(quiet=True)
+        return 1
     lock.close()  # the background processes hold it now
     _say(f"\nThe stack is up (var {paths.var}).")
     _print_where(paths, state)
