@@ -21,6 +21,7 @@ def test_no_import_errors(dagbag):
 
 def test_expected_dags_are_defined(dagbag):
     assert "model_factory" in dagbag.dag_ids
+    assert "customer_interactions" in dagbag.dag_ids
     assert "model_monitoring" in dagbag.dag_ids
 
 
