@@ -103,6 +103,7 @@ def customer_interactions():
         try:
             with no_retry_on_bad_input():
                 config = load_loop_config(path if path.is_absolute() else REPO_ROOT / path)
+                metrics.require_local_workspace("track_delayed_metrics")  # before asking the model
                 summary = run_window(warehouse, config, window, endpoint, metrics.track_delayed_metrics,
                                      drift_enabled=params["drift_enabled"])
         except (LoopConfigError, NoServingModelError, CmlModelMetricsUnavailable) as exc:

@@ -34,6 +34,7 @@ import pandas as pd
 
 from factory_tasks import simulator
 from factory_tasks.loop_config import ResponsesConfig
+from factory_tasks.loop_tables import RESPONSE_STATUSES
 
 MINUTE_MS = 60_000
 #: how far past ``window_minutes`` a response may still arrive (then as ``expired``), as a
@@ -127,8 +128,6 @@ class Matched:
     attached: frozenset[str]  # uuids attached in this window
 
     def counts(self) -> dict[str, int]:
-        from factory_tasks.loop_tables import RESPONSE_STATUSES
-
         found = self.rows["status"].value_counts().to_dict() if len(self.rows) else {}
         return {s: int(found.get(s, 0)) for s in RESPONSE_STATUSES}
 

@@ -93,6 +93,8 @@ def test_a_cml_workspace_is_refused_without_calling_an_invented_route(scripted_s
         metrics.read_metrics()
     assert not [r for r in scripted_server.requests if r.path.startswith("/local")]
     assert scripted_server.count("GET", "/health") == 1  # probed once per hook
+    with pytest.raises(CmlModelMetricsUnavailable, match="track_delayed_metrics"):
+        metrics.require_local_workspace()
     explicit = CmlModelMetricsHook(host=scripted_server.url, api_key="k", local_workspace=False)
     with pytest.raises(CmlModelMetricsUnavailable):
         explicit.track_aggregate_metrics({}, 0, 1, "crn")

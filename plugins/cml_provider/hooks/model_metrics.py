@@ -90,7 +90,9 @@ class CmlModelMetricsHook(BaseCmlHook):
                            and "model_service_url" in body)
         return self._local
 
-    def _require_local(self, function: str) -> None:
+    def require_local_workspace(self, function: str = "track_delayed_metrics") -> None:
+        """Raise :class:`CmlModelMetricsUnavailable` unless the workspace is the local one (a
+        caller can check before doing work whose results it then could not report)."""
         if not self.is_local_workspace():
             raise CmlModelMetricsUnavailable(
                 f"{function}() cannot be called from here: the workspace at {self.config.base_url} "
@@ -108,7 +110,7 @@ class CmlModelMetricsHook(BaseCmlHook):
         """
         if not isinstance(metrics, Mapping):
             raise TypeError("metrics must be a mapping")
-        self._require_local("track_delayed_metrics")
+        self.require_local_workspace("track_delayed_metrics")
         self._do_api_call(LOCAL_TRACK_DELAYED, json={"metrics": dict(metrics), "prediction_uuid": str(prediction_uuid)})
 
     def track_aggregate_metrics(self, metrics: Mapping[str, Any], start_timestamp_ms: int, end_timestamp_ms: int,
@@ -118,7 +120,7 @@ class CmlModelMetricsHook(BaseCmlHook):
             raise TypeError("metrics must be a mapping")
         if not model_deployment_crn:
             raise ValueError("model_deployment_crn is required outside a model replica")
-        self._require_local("track_aggregate_metrics")
+        self.require_local_workspace("track_aggregate_metrics")
         self._do_api_call(LOCAL_TRACK_AGGREGATE, json={
             "metrics": dict(metrics), "start_timestamp_ms": int(start_timestamp_ms),
             "end_timestamp_ms": int(end_timestamp_ms), "model_deployment_crn": model_deployment_crn,
@@ -129,7 +131,7 @@ class CmlModelMetricsHook(BaseCmlHook):
                      model_build_crn: str | None = None) -> dict[str, Any]:
         """CML's ``read_metrics``: ``{"metrics": [...]}``, per-prediction and aggregate rows mixed,
         start default 0, end default now; no filter by prediction uuid (as in CML)."""
-        self._require_local("read_metrics")
+        self.require_local_workspace("read_metrics")
         body = self._do_api_call(LOCAL_READ_METRICS, json={
             "model_deployment_crn": model_deployment_crn, "model_crn": model_crn,
             "model_build_crn": model_build_crn, "start_timestamp_ms": start_timestamp_ms,
