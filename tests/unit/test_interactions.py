@@ -293,3 +293,23 @@ def test_drift_applies_from_its_start_only():
     assert ia.active_drift(cfg, window(1), enabled=False) is None
     off = LoopConfig.model_validate({"drift": {"enabled": False, "start": "2026-12-01T07:00:00Z"}})
     assert ia.active_drift(off, window(1)) is None and ia.active_drift(off, window(1), enabled=True) is not None
+
+
+def test_drift_moves_the_customer_mix_of_the_traffic():
+    if not hasattr(simulator, "Drift"):
+        pytest.skip("simulator.Drift has not landed yet")
+    cfg = LoopConfig.model_validate({
+        "traffic": {"customers_per_window": 4000, "seed": 5},
+        "drift": {"enabled": True, "start": "2026-12-01T00:00:00Z",
+                  "channel_shares": {"Web": 0.7, "Phone": 0.22, "Multichannel": 0.08}}})
+    drifted = ia.simulate_traffic(cfg, window(0), ia.active_drift(cfg, window(0)))
+    base = ia.simulate_traffic(cfg, window(0))
+    assert abs((drifted["channel"] == "Web").mean() - 0.70) < 0.03
+    assert abs((base["channel"] == "Web").mean() - 0.44) < 0.03
+
+
+def test_the_shipped_settings_look_back_six_hourly_windows():
+    from factory_tasks.loop_config import load_loop_config
+
+    cfg = load_loop_config()
+    assert resp.lookback_windows(cfg.responses, 3_600_000) == 6  # 2 x 180 minutes
