@@ -3,8 +3,8 @@
 dag-processor, triggerer and the dashboard as background processes.
 
 Up: the api-server answers health on 127.0.0.1 with every component healthy and listens on
-nothing else; ``model_factory`` is unpaused (REST API with a simple-auth-manager token); the
-dashboard answers; ``up`` again says it is already up; ``make run`` on the same ``var/`` is
+nothing else; ``model_factory`` is unpaused (REST API with a simple-auth-manager token); a
+triggered run of ``experiments_summary`` succeeds; the dashboard answers; ``up`` again says it is already up; ``make run`` on the same ``var/`` is
 refused naming ``make up``. Down: every recorded pid is gone, the ports are free, no process
 of this ``var/`` is left; a second ``up`` reuses the state. Whatever happens, the finalizer
 stops everything by recorded pid (and anything else carrying the tmp folder).
@@ -182,6 +182,17 @@ def test_up_status_down_and_up_again(stack: Stack):
         dag = httpx.get(f"{stack.api}/api/v2/dags/{dag_id}", headers=headers, timeout=10)
         assert dag.status_code == 200, dag.text
         assert dag.json()["is_paused"] is False, dag.json()
+
+    # a triggered run starts and finishes (scheduler, LocalExecutor, the execution API's tokens)
+    run = httpx.post(f"{stack.api}/api/v2/dags/experiments_summary/dagRuns", headers=headers,
+                     json={"logical_date": None}, timeout=10)
+    assert run.status_code == 200, run.text
+    run_url = f"{stack.api}/api/v2/dags/experiments_summary/dagRuns/{run.json()['dag_run_id']}"
+    deadline = time.monotonic() + 90
+    while (state := httpx.get(run_url, headers=headers, timeout=10).json()["state"]) in ("queued", "running"):
+        assert time.monotonic() < deadline, f"the triggered run is still {state}"
+        time.sleep(1)
+    assert state == "success", state
 
     # the dashboards answer (behind their login: no page without signing in)
     urls = json.loads((stack.var / "stack-up.json").read_text())["dashboard_urls"]
