@@ -231,8 +231,8 @@ def dashboard_apps() -> list[Path]:
     """The Panel apps under dashboards/ (the experiments explorer, and monitoring once it exists)."""
     from stack import dashboard
 
-    monitoring = Path(getattr(dashboard, "MONITORING_APP", REPO / "dashboards" / "monitoring_app.py"))
-    return [dashboard.APP, *([monitoring] if monitoring.exists() else [])]
+    apps = getattr(dashboard, "APPS", None) or (dashboard.APP, REPO / "dashboards" / "monitoring_app.py")
+    return [Path(app) for app in apps if Path(app).exists()]
 
 
 def _dashboard_command(port: int, credentials: Path, host: str, apps: list[Path]) -> list[str]:
