@@ -44,10 +44,10 @@ _FORMATTERS["wall_time_s"] = NumberFormatter(format="0.0")
 # Every column's width, in pixels. Without them Tabulator measures each cell of each column to
 # fit it to its data ("fit_data_table"), which took over half of the browser's time before
 # the first rows appeared (~0.25 s of CPU for one 20-row page on these machines).
-_WIDTHS = {
-    "experiment_id": 150, "family": 185, "estimator": 245, "status": 95, "ranking_metric": 125,
-    "ranking_score": 125, "roc_auc_mean": 125, "log_loss_mean": 125, "policy_value_mean": 150,
-    "wall_time_s": 110, "factory_run_id": 275, "recorded_at": 215, "experiments": 110,
+_WIDTHS = {  # the header (with its sort arrow) or the longest value, whichever is wider
+    "experiment_id": 150, "family": 185, "estimator": 245, "status": 95, "ranking_metric": 150,
+    "ranking_score": 145, "roc_auc_mean": 140, "log_loss_mean": 145, "policy_value_mean": 170,
+    "wall_time_s": 120, "factory_run_id": 275, "recorded_at": 215, "experiments": 125,
 }
 
 
