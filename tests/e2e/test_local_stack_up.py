@@ -201,6 +201,11 @@ def test_up_status_down_and_up_again(stack: Stack):
         page = httpx.get(url, timeout=10)
         assert page.status_code in (200, 302), (url, page.status_code)
         assert page.status_code == 302 or "login" in page.text.lower(), url
+    # ... and the printed credentials file signs in
+    user, password = next(iter(json.loads((stack.var / "secrets" / "dashboard_users.json").read_text()).items()))
+    login = httpx.post(f"http://127.0.0.1:{stack.dashboard_port}/login", data={"username": user, "password": password},
+                       timeout=10)
+    assert login.status_code == 302 and "user" in login.cookies, (login.status_code, dict(login.cookies))
 
     # up again: already up, with the URLs; make run on the same var/ is refused naming make up
     again = stack.up()
