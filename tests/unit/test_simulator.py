@@ -183,3 +183,184 @@ def test_schema_agrees_with_the_training_table():
     from factory_tasks.training_data import INTERACTION_COLUMNS as TABLE_COLUMNS
 
     assert TABLE_COLUMNS == INTERACTION_COLUMNS
+
+
+# --------------------------------------------------------------------------------------------
+# The truth is not linear in what the models see (each of these fails on a logistic truth)
+
+
+def _log_odds(p: np.ndarray) -> np.ndarray:
+    return np.log(p / (1.0 - p))
+
+
+def _one_customer(n: int, **columns) -> pd.DataFrame:
+    base = {"recency": 5, "history": 200.0, "used_discount": 1, "used_bogo": 1, "zip_code": "Urban",
+            "is_referral": 0, "channel": "Web"}
+    frame = pd.DataFrame({k: [v] * n for k, v in base.items()})
+    for column, values in columns.items():
+        frame[column] = values
+    return frame.astype({"recency": "int64", "history": "float64"})
+
+
+def test_truth_is_outside_the_logistic_regressions_model_class(big):
+    # the best least-squares fit of the true log-odds on the logistic regression's own design
+    # (preprocessing + pairwise products) leaves a lot unexplained; a logistic truth with offer x
+    # segment terms in log(history) and recency would be fitted almost exactly (residual ~0.0004)
+    from factory_tasks.features import build_pipeline
+
+    frame = big.head(20_000)
+    design = build_pipeline("LogisticRegression", {"C": 1.0})[:-1].fit_transform(frame[list(sim.FEATURE_COLUMNS)])
+    design = np.column_stack([np.ones(len(frame)), design])
+    logit = _log_odds(conversion_probability(frame))
+    coef, *_ = np.linalg.lstsq(design, logit, rcond=None)
+    assert (logit - design @ coef).std() > 0.1
+
+
+def test_truth_discount_backfires_on_recent_big_spenders(big):
+    p = offer_probabilities(big)
+    recency, history = big["recency"].to_numpy(), big["history"].to_numpy()
+    segment = (recency <= sim.RECENT_MONTHS) & (history >= sim.BIG_SPEND)
+    assert 0.05 < segment.mean() < 0.15
+    assert (p[segment, 1] < p[segment, 2]).all()  # Discount below No Offer for every one of them
+    assert p[segment, 1].mean() < 0.8 * p[segment, 2].mean()
+    # just outside the segment (a month later, or spending less) Discount works again
+    for neighbours in ((recency == sim.RECENT_MONTHS + 1) & (history >= sim.BIG_SPEND),
+                       (recency <= sim.RECENT_MONTHS) & (history < sim.BIG_SPEND)):
+        assert p[neighbours, 1].mean() > 1.2 * p[neighbours, 2].mean()
+
+
+def test_truth_spend_effect_saturates():
+    history = np.array([30.0, 100.0, 300.0, 1000.0, 3000.0])
+    for offer in OFFERS:
+        logit = _log_odds(conversion_probability(_one_customer(5, history=history), offer))
+        steps = np.diff(logit)  # equal-ish steps in log(history)
+        assert steps[0] > 0 and steps[1] > 0
+        # the effect flattens: above 1,000 it has all but stopped (a log-linear effect would not)
+        assert abs(steps[3]) < 0.05 * (logit[2] - logit[0])
+
+
+def test_truth_lapsed_customers_are_a_step_not_a_slope():
+    recency = np.arange(1, 13)
+    customers = _one_customer(12, recency=recency, history=np.full(12, 200.0))
+    none, discount, bogo = (_log_odds(conversion_probability(customers, o)) for o in ("No Offer", "Discount",
+                                                                                       "Buy One Get One"))
+    jump = sim.LAPSED_MONTHS - 2  # index of the step from LAPSED_MONTHS - 1 to LAPSED_MONTHS
+    steps = np.abs(np.diff(none))
+    assert steps[jump] > 5 * np.delete(steps, jump).max()
+    for lift in (discount - none, bogo - none):
+        lift_steps = np.abs(np.diff(lift))
+        assert lift_steps[jump] > 0.3 and np.delete(lift_steps, jump).max() < 1e-9
+    assert (discount - none)[jump + 1] > (discount - none)[jump] + 0.5  # a discount wins the lapsed back
+    assert (bogo - none)[jump + 1] < (bogo - none)[jump] - 0.3  # BOGO does not
+
+
+# --------------------------------------------------------------------------------------------
+# Drift
+
+
+WEB_DISCOUNT = sim.Drift(segment={"channel": "Web"}, offer="Discount", log_odds_change=-1.2,
+                         channel_shares=(0.70, 0.22, 0.08))
+
+
+def test_drift_shifts_the_log_odds_of_the_offer_in_the_segment_only(big):
+    web = big["channel"].to_numpy() == "Web"
+    for offer in OFFERS:
+        before = conversion_probability(big, offer)
+        after = conversion_probability(big, offer, drift=WEB_DISCOUNT)
+        if offer == "Discount":
+            np.testing.assert_allclose(_log_odds(after[web]) - _log_odds(before[web]), -1.2, atol=1e-9)
+            assert (after[web] < before[web]).all()
+        else:
+            np.testing.assert_array_equal(after[web], before[web])
+        np.testing.assert_array_equal(after[~web], before[~web])
+    p, q = offer_probabilities(big), offer_probabilities(big, drift=WEB_DISCOUNT)
+    np.testing.assert_array_equal(np.delete(q, 1, axis=1), np.delete(p, 1, axis=1))
+    # the frame's own offers, and the policy functions, see it too
+    logged = big["offer"].to_numpy() == "Discount"
+    changed = conversion_probability(big, drift=WEB_DISCOUNT) != conversion_probability(big)
+    np.testing.assert_array_equal(changed, logged & web)
+    best, drifted_best = optimal_offers(big, DEFAULT_ECONOMICS), optimal_offers(big, DEFAULT_ECONOMICS, drift=WEB_DISCOUNT)
+    assert not (drifted_best[web] == "Discount").any() and (drifted_best[~web] == best[~web]).all()
+    assert true_policy_value(big, best, DEFAULT_ECONOMICS, drift=WEB_DISCOUNT) < true_policy_value(
+        big, best, DEFAULT_ECONOMICS)
+
+
+def test_drift_segment_needs_every_column_to_match(big):
+    drift = sim.Drift(segment={"channel": "Web", "is_referral": 1}, offer="Buy One Get One", log_odds_change=0.5)
+    members = (big["channel"].to_numpy() == "Web") & (big["is_referral"].to_numpy() == 1)
+    diff = _log_odds(conversion_probability(big, "Buy One Get One", drift=drift)) - _log_odds(
+        conversion_probability(big, "Buy One Get One"))
+    np.testing.assert_allclose(diff[members], 0.5, atol=1e-9)
+    assert (diff[~members] == 0).all()
+
+
+def test_drift_channel_shares_move_the_customer_mix_only():
+    base = simulate_customers(40_000, seed=3)
+    drifted = simulate_customers(40_000, seed=3, drift=WEB_DISCOUNT)
+    shares = drifted["channel"].value_counts(normalize=True)
+    for channel, share in zip(sim.CHANNELS, (0.70, 0.22, 0.08)):
+        assert shares[channel] == pytest.approx(share, abs=0.01)
+    others = [c for c in sim.CUSTOMER_COLUMNS if c != "channel"]
+    pd.testing.assert_frame_equal(drifted[others], base[others])
+    # without channel shares (or without a drift) the customers are exactly the base ones
+    concept_only = sim.Drift(segment={"channel": "Web"}, offer="Discount", log_odds_change=-1.2)
+    pd.testing.assert_frame_equal(simulate_customers(40_000, seed=3, drift=concept_only), base)
+    inter = simulate_interactions(2_000, seed=3, drift=WEB_DISCOUNT)
+    pd.testing.assert_frame_equal(inter[list(sim.CUSTOMER_COLUMNS)], simulate_customers(2_000, seed=3, drift=WEB_DISCOUNT))
+
+
+def test_drift_responses_follow_the_drifted_truth(big):
+    rng_a, rng_b = np.random.default_rng(1), np.random.default_rng(1)
+    offers = np.full(len(big), "Discount", dtype=object)
+    base = sim.simulate_responses(big, offers, rng_a)
+    drifted = sim.simulate_responses(big, offers, rng_b, drift=WEB_DISCOUNT)
+    web = big["channel"].to_numpy() == "Web"
+    assert (drifted[~web] == base[~web]).all() and (drifted[web] <= base[web]).all()
+    assert drifted[web].mean() < 0.55 * base[web].mean()
+
+
+def test_drift_accepts_the_loop_configs_mapping_and_rejects_nonsense():
+    drift = sim.Drift(segment={"channel": "Web"}, offer="Discount", log_odds_change=-1.2,
+                      channel_shares={"Multichannel": 0.08, "Web": 0.70, "Phone": 0.22})
+    assert drift.channel_shares == (0.70, 0.22, 0.08)
+    assert drift == WEB_DISCOUNT
+    with pytest.raises(ValueError, match="unknown column"):
+        sim.Drift(segment={"colour": "red"}, offer="Discount", log_odds_change=-1.0)
+    with pytest.raises(ValueError, match="not one of"):
+        sim.Drift(segment={}, offer="Free Lunch", log_odds_change=-1.0)
+    with pytest.raises(ValueError, match="finite"):
+        sim.Drift(segment={}, offer="Discount", log_odds_change=float("nan"))
+    with pytest.raises(ValueError, match="summing to 1"):
+        sim.Drift(segment={}, offer="Discount", log_odds_change=-1.0, channel_shares=(0.5, 0.5, 0.5))
+    with pytest.raises(ValueError, match="needs exactly"):
+        sim.Drift(segment={}, offer="Discount", log_odds_change=-1.0, channel_shares={"Web": 1.0})
+
+
+def test_no_drift_is_the_base_world(big):
+    np.testing.assert_array_equal(conversion_probability(big, drift=None), conversion_probability(big))
+    pd.testing.assert_frame_equal(simulate_interactions(1_000, seed=8, drift=None), simulate_interactions(1_000, seed=8))
+
+
+# --------------------------------------------------------------------------------------------
+# Response delays
+
+
+def test_response_delays_are_log_normal_around_the_median():
+    delays = sim.response_delays_minutes(40_000, np.random.default_rng(4), median_minutes=35.0, sigma=0.9)
+    assert delays.dtype == np.float64 and delays.shape == (40_000,) and (delays > 0).all()
+    assert np.median(delays) == pytest.approx(35.0, rel=0.03)
+    logs = np.log(delays)
+    assert logs.std() == pytest.approx(0.9, rel=0.03)
+    assert np.quantile(logs, 0.8413) - np.log(35.0) == pytest.approx(0.9, rel=0.05)  # +1 sigma
+    again = sim.response_delays_minutes(40_000, np.random.default_rng(4), median_minutes=35.0, sigma=0.9)
+    np.testing.assert_array_equal(delays, again)
+
+
+def test_response_delays_without_spread_are_the_median():
+    delays = sim.response_delays_minutes(7, np.random.default_rng(0), median_minutes=12.5, sigma=0.0)
+    np.testing.assert_array_equal(delays, np.full(7, 12.5))
+    assert sim.response_delays_minutes(0, np.random.default_rng(0), median_minutes=1.0, sigma=1.0).shape == (0,)
+    with pytest.raises(ValueError, match="median_minutes"):
+        sim.response_delays_minutes(3, np.random.default_rng(0), median_minutes=0.0, sigma=1.0)
+    with pytest.raises(ValueError, match="sigma"):
+        sim.response_delays_minutes(3, np.random.default_rng(0), median_minutes=1.0, sigma=-0.1)
