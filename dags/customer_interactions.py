@@ -24,7 +24,7 @@ succeeded: a rerun or retry never duplicates rows, a failing endpoint leaves not
 window. A window decided before keeps its decisions on a rerun. No model serving → the task
 fails at once, telling you to run `deploy_best_model` first.
 
-Settings: `config/closed_loop.yaml` (param `config_path`; param `drift_enabled` overrides
+Settings: `config/closed_loop.yaml` (param `loop_config_path`; param `drift_enabled` overrides
 `drift.enabled`).
 
 **Plugging in the real flow.** This DAG plays the part of the original system's NiFi flow and
@@ -59,7 +59,7 @@ from task_errors import no_retry_on_bad_input
     doc_md=__doc__,
     default_args={"owner": "model-factory", "retries": 2, "retry_delay": timedelta(minutes=1)},
     params={
-        "config_path": Param("config/closed_loop.yaml", type="string",
+        "loop_config_path": Param("config/closed_loop.yaml", type="string",
                              description="The closed-loop settings (relative to the repository, or absolute)."),
         "drift_enabled": Param(None, type=["null", "boolean"],
                                description="Override drift.enabled of the settings file (empty: the file's)."),
@@ -90,7 +90,7 @@ def customer_interactions():
         context = get_current_context()
         params = context["params"]
         window = Window(context["data_interval_start"], context["data_interval_end"])
-        path = Path(params["config_path"])
+        path = Path(params["loop_config_path"])
         warehouse = warehouse_hook()
         cml = CmlHook(cml_conn_id=CML_CONN_ID)
         metrics = CmlModelMetricsHook(cml_conn_id=CML_CONN_ID)

@@ -90,7 +90,7 @@ class DriftConfig(_Model):
 
 
 class MonitoringConfig(_Model):
-    min_labels: int = Field(200, ge=1)
+    min_labels: int = Field(1000, ge=1)
     drift_metric: Literal["psi", "jensen_shannon"] = "psi"
     drift_warn: Annotated[float, Field(gt=0, allow_inf_nan=False)] = 0.10
     drift_alert: Annotated[float, Field(gt=0, allow_inf_nan=False)] = 0.25

@@ -40,7 +40,7 @@ def test_shape_schedule_and_params(dag):
     assert dag.timetable.expression == "0 * * * *" and str(dag.timetable.timezone) == "UTC"
     assert dag.catchup is False and dag.default_args["retries"] >= 1 and dag.tags
     assert "NiFi" in dag.doc_md and "model_factory_warehouse" in dag.doc_md and "cml_default" in dag.doc_md
-    assert dag.params["config_path"] == "config/closed_loop.yaml" and dag.params["drift_enabled"] is None
+    assert dag.params["loop_config_path"] == "config/closed_loop.yaml" and dag.params["drift_enabled"] is None
     assert list(dag.task_dict) == ["simulate_window"]
 
 
@@ -120,7 +120,7 @@ def test_dags_test_runs_windows_against_a_deployed_model_and_a_rerun_changes_not
         env = airflow_env(paths, workspace_url=ws.url, api_key=ws.api_key, model_service_url=ws.model_service_url)
         log = paths.logs / "customer_interactions.log"
         migrate_once(env, log)
-        conf = {"config_path": str(config)}
+        conf = {"loop_config_path": str(config)}
         first_hour = datetime(2026, 12, 1, 7, tzinfo=timezone.utc)
 
         # nothing deployed yet: a clear error, no retries, no rows

@@ -30,16 +30,6 @@ T0 = datetime(2026, 12, 1, 6, tzinfo=timezone.utc)
 HOUR = timedelta(hours=1)
 
 
-@pytest.fixture(autouse=True)
-def _delays(monkeypatch):
-    """Until the simulator's ``response_delays_minutes`` lands, a log-normal stand-in."""
-    if not hasattr(simulator, "response_delays_minutes"):
-        def delays(n, rng, *, median_minutes, sigma):
-            return median_minutes * np.exp(sigma * rng.standard_normal(n))
-
-        monkeypatch.setattr(simulator, "response_delays_minutes", delays, raising=False)
-
-
 def config(**traffic) -> LoopConfig:
     return LoopConfig.model_validate({
         "traffic": {"customers_per_window": 400, "request_batch": 150, "exploration_share": 0.2, "seed": 5,
@@ -284,8 +274,6 @@ def test_a_refused_request_is_an_endpoint_error(hook):
 
 
 def test_drift_applies_from_its_start_only():
-    if not hasattr(simulator, "Drift"):
-        pytest.skip("simulator.Drift has not landed yet")
     cfg = LoopConfig.model_validate({"drift": {"enabled": True, "start": "2026-12-01T07:00:00Z"}})
     assert ia.active_drift(cfg, window(0)) is None
     drift = ia.active_drift(cfg, window(1))
@@ -296,8 +284,6 @@ def test_drift_applies_from_its_start_only():
 
 
 def test_drift_moves_the_customer_mix_of_the_traffic():
-    if not hasattr(simulator, "Drift"):
-        pytest.skip("simulator.Drift has not landed yet")
     cfg = LoopConfig.model_validate({
         "traffic": {"customers_per_window": 4000, "seed": 5},
         "drift": {"enabled": True, "start": "2026-12-01T00:00:00Z",
