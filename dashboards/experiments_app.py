@@ -37,6 +37,7 @@ from dashboards.experiments.views import (
     Freshness,
     HyperparameterView,
     Leaderboard,
+    NoExperimentsBanner,
     PromotePanel,
     SignedInUser,
 )
@@ -79,10 +80,12 @@ def create_app(store: ExperimentsStore | None = None, live: bool = True):
     top = pn.Column(sizing_mode="stretch_width")
     bottom = pn.Column(sizing_mode="stretch_width")
     promote_slot = pn.Column(sizing_mode="stretch_width")
+    # Hidden while the page says why there is nothing to show (an error, or no rows yet).
     content = pn.Column(
-        top, leaderboard, bottom, sizing_mode="stretch_width", visible=store.error == ""
+        top, leaderboard, bottom, sizing_mode="stretch_width", visible=not (store.error or store.notice)
     )
-    store.param.watch(lambda event: setattr(content, "visible", not event.new), "error")
+    store.param.watch(lambda *_: setattr(content, "visible", not (store.error or store.notice)),
+                      ["error", "notice"])
 
     def add_views():
         hyperparameters = HyperparameterView(store=store, active=False)
@@ -114,7 +117,8 @@ def create_app(store: ExperimentsStore | None = None, live: bool = True):
         TITLE,
         # The divider is in the first document: its stylesheet is only served locally there.
         sidebar=[SignedInUser(), FilterPanel(store=store), freshness, pn.layout.Divider(), promote_slot],
-        main=[pn.Column(ErrorBanner(store=store), content, sizing_mode="stretch_width")],
+        main=[pn.Column(ErrorBanner(store=store), NoExperimentsBanner(store=store), content,
+                        sizing_mode="stretch_width")],
     )
 
 

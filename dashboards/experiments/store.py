@@ -29,6 +29,7 @@ from factory_tasks.promotions import PromotionLog, load_promotions, promote
 from factory_tasks.summary import (
     SUMMARY_COLUMN_NAMES,
     SummaryError,
+    _display,
     rank_key,
     read_summary,
     summary_location,
@@ -217,6 +218,8 @@ class ExperimentsStore(param.Parameterized):
 
     data = param.DataFrame(doc="The whole prepared summary (shared cache; never mutated).")
     error = param.String(default="", doc="Why the summary cannot be shown; empty when it can.")
+    notice = param.String(default="", doc="Said when the summary is valid but has no rows yet "
+                                          "(the header-only file of a fresh var/); empty otherwise.")
     signature = param.Tuple(default=None, allow_None=True, length=2, doc="(mtime_ns, size) loaded.")
     data_as_of = param.Date(default=None, allow_None=True, doc="Modification time of the loaded file (UTC).")
 
@@ -254,6 +257,7 @@ class ExperimentsStore(param.Parameterized):
             self._unreachable = True
             with param.parameterized.batch_call_watchers(self):
                 self.signature, self.error, self.data, self.data_as_of = None, message, None, None
+                self.notice = ""
             return True
         force, self._unreachable = force or self._unreachable, False
         if not force and signature == self.signature and (self.data is not None or self.error):
@@ -264,6 +268,7 @@ class ExperimentsStore(param.Parameterized):
             with param.parameterized.batch_call_watchers(self):
                 self.signature = signature
                 self.error = str(exc)
+                self.notice = ""
                 self.data = None
                 self.data_as_of = None
             return True
@@ -310,6 +315,7 @@ class ExperimentsStore(param.Parameterized):
         with param.parameterized.batch_call_watchers(self):
             self.signature = signature
             self.error = ""
+            self.notice = "" if len(frame) else self.no_experiments_message()
             self.data_as_of = (
                 datetime.fromtimestamp(signature[0] / 1e9, tz=timezone.utc).replace(tzinfo=None)
                 if signature else None
@@ -318,6 +324,15 @@ class ExperimentsStore(param.Parameterized):
             self.data = frame
             # Widgets follow the (silently) updated values and bounds.
             self.param.trigger("factory_run", "families", "score_range", "date_range")
+
+    def no_experiments_message(self) -> str:
+        """What a valid summary without rows means: the experiments_summary DAG has run
+        (it writes a header-only file when there are no outcomes) but nothing is recorded yet."""
+        return (
+            f"The experiments summary {_display(summary_location(self.summary_url))} has no rows: "
+            "the experiments_summary DAG writes the experiments there once a factory run records "
+            "outcomes."
+        )
 
     def warehouse_hook(self) -> Any:
         if self.warehouse is None:

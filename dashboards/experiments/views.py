@@ -9,7 +9,7 @@ from __future__ import annotations
 import html
 import math
 import re
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 import numpy as np
 import pandas as pd
@@ -68,7 +68,9 @@ class FilterPanel(Viewer):
     """The leaderboard filters, as widgets generated from the store's parameters.
 
     The two range sliders are synced by hand: when a new file arrives their bounds must move
-    before their values, an order ``pn.Param`` does not guarantee.
+    before their values, an order ``pn.Param`` does not guarantee. Until the data has bounds
+    (no file, or a header-only one) they are disabled on a placeholder range: a Bokeh slider
+    without a start, end or value cannot be serialized, and the page would be an HTTP 500.
     """
 
     store = param.ClassSelector(class_=ExperimentsStore)
@@ -86,9 +88,13 @@ class FilterPanel(Viewer):
             show_name=False,
             sizing_mode="stretch_width",
         )
-        self.score = pn.widgets.EditableRangeSlider(label="Ranking score", step=0.0001,
+        self.score = pn.widgets.EditableRangeSlider(label="Ranking score", step=0.0001, start=0.0, end=1.0,
+                                                    value=(0.0, 1.0), disabled=True,
                                                     css_classes=["mf-score-range"])
-        self.dates = pn.widgets.DatetimeRangeSlider(label="Recorded (UTC)", css_classes=["mf-date-range"])
+        today = datetime.now(timezone.utc).replace(tzinfo=None, hour=0, minute=0, second=0, microsecond=0)
+        self.dates = pn.widgets.DatetimeRangeSlider(label="Recorded (UTC)", start=today, end=today + timedelta(days=1),
+                                                    value=(today, today + timedelta(days=1)), disabled=True,
+                                                    css_classes=["mf-date-range"])
         self._sync_ranges()
         self.store.param.watch(lambda *_: self._sync_ranges(), ["score_range", "date_range", "data"])
         self.score.param.watch(lambda e: self._push("score_range", e.new), "value_throttled")
@@ -169,6 +175,27 @@ class ErrorBanner(Viewer):
             "This page checks the file every few seconds and shows the data as soon as it is valid.",
             alert_type="danger",
             css_classes=["mf-summary-error"],
+            sizing_mode="stretch_width",
+        )
+
+    def __panel__(self):
+        return pn.panel(self._banner)
+
+
+class NoExperimentsBanner(Viewer):
+    """'No experiments yet': the summary is valid but has no rows (a fresh ``var/``)."""
+
+    store = param.ClassSelector(class_=ExperimentsStore)
+
+    @param.depends("store.notice")
+    def _banner(self):
+        if not self.store.notice:
+            return pn.pane.Markdown("", visible=False)
+        return pn.pane.Alert(
+            f"**No experiments yet.** {self.store.notice}\n\n"
+            "This page checks the file every few seconds and shows the experiments as soon as there are some.",
+            alert_type="info",
+            css_classes=["mf-no-experiments"],
             sizing_mode="stretch_width",
         )
 

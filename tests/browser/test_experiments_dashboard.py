@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import httpx
+import pandas as pd
 import pytest
 
 from dashboards.experiments.sample_data import synthetic_outcomes
@@ -374,3 +375,42 @@ def test_served_without_authentication_the_app_refuses_every_session(files, tmp_
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(10)
+
+
+def test_a_header_only_summary_says_no_experiments_yet_then_shows_new_rows(tmp_path, browser):
+    """A fresh ``var/``: the experiments_summary DAG ran before any outcome was recorded and
+    wrote a header-only CSV. Signing in gets the page with that said (not a 500), and the
+    leaderboard follows when the first rows arrive."""
+    from factory_tasks.outcome_store import OUTCOME_COLUMN_NAMES
+
+    path = summary_file(tmp_path)
+    write_summary(build_summary(pd.DataFrame.from_records([], columns=list(OUTCOME_COLUMN_NAMES))), path)
+    assert path.read_text().count("\n") == 1  # the header only, as the DAG writes it
+    server = PanelServer(tmp_path, tmp_path / "panel-empty.log")
+    context = None
+    try:
+        server.wait_ready()
+        context = browser.new_context(viewport={"width": 1500, "height": 1400})
+        page = context.new_page()
+        errors: list[str] = []
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        statuses: list[int] = []
+        page.on("response", lambda r: statuses.append(r.status) if "/experiments_app" in r.url.split("?")[0] else None)
+        log_in(page, server)
+        page.wait_for_url(re.compile(r"/experiments_app"), timeout=WAIT_MS)
+        page.get_by_text("No experiments yet").wait_for(timeout=WAIT_MS)
+        assert 500 not in statuses and 200 in statuses, statuses
+        body = shown_text(page, ".mf-no-experiments")
+        assert str(path) in body and "Traceback" not in body
+        assert page.locator(".mf-summary-error").count() == 0
+        write_fixture(path, n=30)
+        page.get_by_text("Showing 30 of 30").wait_for(timeout=WAIT_MS)
+        page.locator(".mf-leaderboard .tabulator-row").first.wait_for(timeout=WAIT_MS)
+        assert not page.get_by_text("No experiments yet").is_visible()
+        assert errors == [], errors
+    finally:
+        if context is not None:
+            context.close()
+        server.stop()
+    log = (tmp_path / "panel-empty.log").read_text()
+    assert "Traceback" not in log and "UnsetValueError" not in log, log[-3000:]

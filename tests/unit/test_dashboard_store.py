@@ -353,3 +353,56 @@ def test_an_unreachable_store_shows_a_message_then_recovers(tmp_path, store, mon
     assert store.data is None and store.reload() is False
     monkeypatch.setattr(store_module, "summary_version", real)
     assert store.reload() is True and store.error == "" and len(store.data) == 60
+
+
+def _serialized(viewable) -> dict:
+    """The page as Bokeh sends it to the browser: an unset slider property raises here."""
+    from bokeh.document import Document
+
+    doc = Document()
+    doc.add_root(pn.panel(viewable).get_root(doc))
+    return doc.to_json()
+
+
+def test_a_header_only_summary_says_no_experiments_yet_and_the_page_serializes(tmp_path, hook, outcomes):
+    """The experiments_summary DAG on a fresh var/ writes a header-only file: the page says
+    so (no 500: the range sliders get a placeholder range), then follows the first rows."""
+    from dashboards.experiments_app import create_app
+    from dashboards.experiments.views import FilterPanel, NoExperimentsBanner
+
+    path = tmp_path / "summary.csv"
+    _write(path, outcomes.iloc[0:0])
+    assert path.read_text().count("\n") == 1
+    s = ExperimentsStore(summary_url=f"file://{path}", warehouse=hook)
+    assert s.error == "" and s.data is not None and s.data.empty and s.filtered.empty
+    assert "has no rows" in s.notice and str(path) in s.notice
+    assert s.param.score_range.bounds is None and s.param.date_range.bounds is None
+    filters = FilterPanel(store=s)
+    assert filters.score.disabled and filters.dates.disabled
+    assert filters.dates.start is not None and filters.dates.value is not None
+    banner = NoExperimentsBanner(store=s)
+    assert "No experiments yet" in _texts(banner) and "Traceback" not in _texts(banner)
+    assert "cannot be shown" not in _texts(ErrorBanner(store=s))
+    assert "Showing **0** of 0" in Leaderboard(store=s).count.object
+    _serialized(create_app(s, live=False))
+    board = Leaderboard(store=s)
+    _write(path, outcomes)
+    assert s.reload() is True
+    assert s.notice == "" and "No experiments yet" not in _texts(banner)
+    assert "Showing **60** of 60" in board.count.object
+    assert not filters.score.disabled and not filters.dates.disabled
+    assert (filters.dates.start, filters.dates.end) == s.param.date_range.bounds
+    assert tuple(filters.score.value) == tuple(s.param.score_range.bounds)
+    _serialized(filters)
+    _write(path, outcomes.iloc[0:0])  # back to no rows: said again, sliders disabled
+    assert s.reload() is True and "has no rows" in s.notice
+    assert filters.score.disabled and filters.dates.disabled
+    _serialized(filters)
+
+
+def test_a_missing_file_at_start_serializes(tmp_path, hook):
+    from dashboards.experiments_app import create_app
+
+    s = ExperimentsStore(summary_url=str(tmp_path / "none.csv"), warehouse=hook)
+    assert "does not exist yet" in s.error and s.notice == ""
+    _serialized(create_app(s, live=False))
