@@ -1,9 +1,10 @@
-"""``make dashboard``: the experiments dashboard behind Panel's authentication.
+"""``make dashboard``: the experiments and monitoring dashboards behind Panel's authentication.
 
-``panel serve dashboards/experiments_app.py --basic-auth var/secrets/dashboard_users.json``
-with a cookie secret: the server refuses every page and websocket without a signed session
-cookie and shows its login page; the signed-in user (``pn.state.user``) is the reviewer of
-each promotion. Both secrets are made once under ``var/secrets/`` (0600, random, never
+``panel serve dashboards/experiments_app.py dashboards/monitoring_app.py --basic-auth
+var/secrets/dashboard_users.json`` with a cookie secret: one server, the apps at
+``/experiments_app`` and ``/monitoring_app`` and a page listing both at ``/``. The server
+refuses every page and websocket without a signed session cookie and shows its login page;
+the signed-in user (``pn.state.user``) is the reviewer of each promotion. Both secrets are made once under ``var/secrets/`` (0600, random, never
 printed): the credentials file is ``{"<user>": "<password>"}`` JSON (add a line per reviewer;
 Panel re-reads it at every login), the cookie secret signs the session cookies. The cookie
 secret reaches ``panel serve`` through its environment (``PANEL_COOKIE_SECRET``, the same as
@@ -23,6 +24,9 @@ from pathlib import Path
 from stack.env import REPO, StackPaths, sqlite_connection
 
 APP = REPO / "dashboards" / "experiments_app.py"
+MONITORING_APP = REPO / "dashboards" / "monitoring_app.py"
+#: what ``make dashboard`` serves, in this order (``panel serve`` lists them at ``/``)
+APPS: tuple[Path, ...] = (APP, MONITORING_APP)
 WAREHOUSE_CONN_ENV = "AIRFLOW_CONN_MODEL_FACTORY_WAREHOUSE"
 
 
@@ -74,11 +78,13 @@ def ensure_secrets(paths: StackPaths, user: str | None = None) -> DashboardSecre
     return DashboardSecrets(credentials, cookie, tuple(users), created)
 
 
-def serve_command(port: int, credentials: Path, *, app: Path = APP, address: str = "127.0.0.1") -> list[str]:
-    """The ``panel serve`` command line (no secret on it)."""
+def serve_command(port: int, credentials: Path, *, app: Path | tuple[Path, ...] = APPS,
+                  address: str = "127.0.0.1") -> list[str]:
+    """The ``panel serve`` command line (no secret on it) for one app file or several."""
+    apps = (app,) if isinstance(app, Path) else tuple(app)
     hosts = [address] if address not in ("127.0.0.1", "localhost") else ["127.0.0.1", "localhost"]
     return [
-        sys.executable, "-m", "panel", "serve", str(app), "--address", address, "--port", str(port),
+        sys.executable, "-m", "panel", "serve", *(str(a) for a in apps), "--address", address, "--port", str(port),
         *(f"--allow-websocket-origin={host}:{port}" for host in hosts),
         "--basic-auth", str(credentials), "--num-procs", "1",
     ]
@@ -101,11 +107,12 @@ def serve_env(paths: StackPaths, dashboard: DashboardSecrets, base: dict[str, st
 
 
 def serve(paths: StackPaths, port: int) -> int:
-    """Serve the dashboard until Ctrl-C."""
+    """Serve the dashboards until Ctrl-C."""
     paths.make()
     dashboard = ensure_secrets(paths)
     users = ", ".join(dashboard.users)
     print(f"Experiments dashboard on http://127.0.0.1:{port}/{APP.stem}  (Ctrl-C stops it)\n"
+          f"Monitoring dashboard on http://127.0.0.1:{port}/{MONITORING_APP.stem}\n"
           f"  sign in as {users}; passwords in {dashboard.credentials}"
           f"{' (created now)' if dashboard.created else ''}", flush=True)
     try:

@@ -1,0 +1,1 @@
+"""The monitoring dashboard: what ``model_monitoring`` wrote, read from the warehouse."""

@@ -1,0 +1,422 @@
+"""The monitoring data store: what the ``model_monitoring`` DAG wrote, read from the warehouse.
+
+Three tables, through the warehouse connection ``model_factory_warehouse`` (the one the DAGs and
+the experiments dashboard use; SQLite or Hive): ``model_monitoring`` (long format, one row per
+as_of_window × cohort × model_version × metric × dimension), ``model_alerts``
+(``contracts.MonitoringAlert``) and ``model_deployments`` (``contracts.DeploymentRecord``). The
+dashboard only reads them.
+
+Everything a page shows is derived once per read, in :func:`load_monitoring`, into a
+:class:`MonitoringData` shared by every session through a process-wide cache that lives
+``$MODEL_FACTORY_MONITORING_REFRESH_S`` seconds (default 30): a 50,000-row table is read and
+reduced once per refresh, not once per visitor. For a (cohort, model version, metric, dimension)
+the row of the latest ``as_of_ms`` wins. A warehouse that cannot be reached, a table that is
+missing or of another layout, and rows that do not parse are :attr:`MonitoringData.problems`,
+each naming the table (and row) and what is wrong; what can be shown still is.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import param
+
+from dashboards.experiments.warehouse import WAREHOUSE_ERRORS, warehouse_hook
+from factory_tasks.contract_table import ContractTable
+from factory_tasks.contracts import ContractError, DeploymentRecord, MonitoringAlert
+from factory_tasks.loop_config import LoopConfig, LoopConfigError, load_loop_config
+from factory_tasks.loop_tables import MATURITIES, MODEL_MONITORING, MODEL_MONITORING_SCHEMA
+from factory_tasks.sql_dialects import connection_label, dialect_for
+
+MONITORING_COLUMNS: tuple[str, ...] = tuple(c.name for c in MODEL_MONITORING_SCHEMA)
+KEY = ["cohort_start", "model_version", "metric", "dimension"]
+DRIFT_METRICS = {"psi": "drift_psi", "jensen_shannon": "drift_js"}
+#: metrics computed from labels: their value changes until the cohort's labels have matured
+REALISED = ("conversion_rate", "roc_auc", "log_loss", "calibration_error", "policy_value_dr")
+#: the windows table: field -> column title
+WINDOW_TITLES = {
+    "cohort": "Cohort",
+    "model_version": "Model",
+    "volume": "Volume",
+    "conversion": "Conversion",
+    "roc_auc": "AUC realised",
+    "estimated_roc_auc": "AUC est.",
+    "label_completeness": "Labels",
+    "policy_value_dr": "Policy (DR)",
+    "max_drift": "Max drift",
+    "alerts": "Alerts",
+    "maturity": "Maturity",
+}
+ALERT_COLUMNS = ["raised_at", "model_version", "cohort_start", "kind", "metric", "dimension", "value",
+                 "threshold", "message", "retrain_run_id"]
+MAX_PROBLEMS_SHOWN = 5
+
+
+def refresh_seconds() -> float:
+    """How long one read of the warehouse is shared (``$MODEL_FACTORY_MONITORING_REFRESH_S``)."""
+    try:
+        return max(0.2, float(os.environ.get("MODEL_FACTORY_MONITORING_REFRESH_S", "30")))
+    except ValueError:
+        return 30.0
+
+
+class MonitoringTableError(ValueError):
+    """``model_monitoring`` cannot be read as a whole (missing, another layout)."""
+
+
+@dataclass(frozen=True)
+class MonitoringData:
+    """One read of the three tables, reduced to what the views show. Never mutated."""
+
+    latest: pd.DataFrame  # the winning row per KEY, with cohort_dt (UTC, naive)
+    windows: pd.DataFrame  # one row per cohort × model version (display text + has_alert)
+    alerts: pd.DataFrame  # model_alerts, newest first
+    deployments: tuple[DeploymentRecord, ...]  # by deployed_at; the last is serving
+    problems: tuple[str, ...] = ()
+    rows: int = 0  # model_monitoring rows read
+    read_at: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
+    warehouse: str = ""
+    fingerprint: int = 0  # of everything read: an unchanged warehouse gives the same number
+
+    @property
+    def serving(self) -> DeploymentRecord | None:
+        return self.deployments[-1] if self.deployments else None
+
+
+# -- reading -----------------------------------------------------------------------------------
+
+def _bad(where: pd.Series, column: str, text: str, frame: pd.DataFrame, reasons: pd.Series) -> None:
+    """Record ``text`` as the reason of each row in ``where`` that has none yet."""
+    fresh = where & reasons.isna()
+    if fresh.any():
+        values = frame.loc[fresh, column]
+        reasons.loc[fresh] = [f"{column} {v!r} {text}" for v in values]
+
+
+def _is_text(series: pd.Series, non_empty: bool) -> pd.Series:
+    """Which values are (non-empty) texts; vectorised when the column is all strings."""
+    if isinstance(series.dtype, pd.StringDtype) or (series.dtype != object and pd.api.types.is_string_dtype(series)):
+        ok = series.notna()
+        return (ok & (series.str.strip().str.len() > 0)).fillna(False).astype(bool) if non_empty else ok
+    return series.map(lambda v: isinstance(v, str) and (not non_empty or v.strip() != "")).astype(bool)
+
+
+def read_monitoring(hook: Any) -> tuple[pd.DataFrame, list[str], int]:
+    """The valid rows of ``model_monitoring`` (typed, with ``cohort_dt``), a problem per invalid
+    row (``table model_monitoring row N: ...``), and how many rows were read.
+
+    Raises :class:`MonitoringTableError` when the table is missing or lacks a column, and the
+    warehouse's own errors when it cannot be reached.
+    """
+    dialect = dialect_for(hook)
+    if not dialect.table_exists(hook, MODEL_MONITORING):
+        raise MonitoringTableError(
+            f"The table {MODEL_MONITORING} does not exist in the warehouse ({connection_label(hook)}): "
+            "the model_monitoring DAG has not written any window yet.")
+    have = set(dialect.columns(hook, MODEL_MONITORING))
+    missing = [c for c in MONITORING_COLUMNS if c not in have]
+    if missing:
+        raise MonitoringTableError(
+            f"The table {MODEL_MONITORING} ({connection_label(hook)}) has no column(s) {', '.join(missing)}: "
+            "it is not the layout of factory_tasks.loop_tables.MODEL_MONITORING_SCHEMA.")
+    records = dialect.select(hook, MODEL_MONITORING, list(MONITORING_COLUMNS))
+    frame = pd.DataFrame.from_records(records, columns=list(MONITORING_COLUMNS))
+    total = len(frame)
+    reasons = pd.Series(np.nan, index=frame.index, dtype=object)
+    for column in ("as_of_window", "cohort_start", "model_version", "metric"):
+        _bad(~_is_text(frame[column], True), column, "must be a non-empty text", frame, reasons)
+    frame["dimension"] = frame["dimension"].where(frame["dimension"].notna(), "")
+    _bad(~_is_text(frame["dimension"], False), "dimension", "must be a text", frame, reasons)
+    _bad(~frame["maturity"].isin(MATURITIES), "maturity", f"is not one of {', '.join(MATURITIES)}", frame, reasons)
+    numbers = {}
+    for column in ("as_of_ms", "value", "lower", "upper", "n"):
+        raw = frame[column]
+        number = pd.to_numeric(raw, errors="coerce")
+        required = column == "as_of_ms"
+        broken = (raw.notna() & number.isna()) | (number.isin([np.inf, -np.inf]))
+        if required:
+            broken |= raw.isna()
+        _bad(broken.astype(bool), column, "is not a number" if not required else "must be a number",
+             frame, reasons)
+        numbers[column] = number.astype("float64")
+    cohorts = frame["cohort_start"].where(reasons.isna(), None)
+    uniques = pd.Series(cohorts.dropna().unique())
+    parsed = pd.to_datetime(uniques, utc=True, errors="coerce", format="ISO8601")
+    lookup = dict(zip(uniques, parsed.dt.tz_localize(None)))
+    cohort_dt = cohorts.map(lookup)
+    _bad((cohorts.notna() & cohort_dt.isna()).astype(bool), "cohort_start", "is not an ISO-8601 time",
+         frame, reasons)
+    problems = [f"table {MODEL_MONITORING} row {i + 1}: {reason}" for i, reason in reasons.dropna().items()]
+    for column, number in numbers.items():
+        frame[column] = number
+    frame["cohort_dt"] = pd.to_datetime(cohort_dt)
+    good = frame[reasons.isna().to_numpy()]
+    return good.reset_index(drop=True), problems, total
+
+
+def latest_rows(frame: pd.DataFrame) -> pd.DataFrame:
+    """For each (cohort, model version, metric, dimension), the row of the latest ``as_of_ms``."""
+    ordered = frame.sort_values("as_of_ms", kind="stable")
+    latest = ordered.drop_duplicates(KEY, keep="last")
+    return latest.sort_values(["cohort_dt", "model_version"], kind="stable").reset_index(drop=True)
+
+
+def _number(value: float, digits: int = 3) -> str:
+    return "–" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
+
+
+def _percent(value: float, digits: int = 1) -> str:
+    return "–" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}%}"
+
+
+def mark(text: str, maturity: Any) -> str:
+    """A realised value as cell HTML: an immature one is marked so it is never read as final."""
+    text = html.escape(text)
+    if maturity == "immature" and text != "–":
+        return (f'<span class="mf-immature" style="color:#9a5b00;font-style:italic">{text} '
+                f'<span style="background:#fff1d6;border-radius:3px;padding:0 3px">immature</span></span>')
+    return text
+
+
+def window_table(latest: pd.DataFrame, alerts: pd.DataFrame, config: LoopConfig) -> pd.DataFrame:
+    """One row per cohort × model version, newest first: the columns of :data:`WINDOW_TITLES`
+    as display text, plus ``has_alert`` (bool) and ``row_key``."""
+    fields = [*WINDOW_TITLES, "has_alert", "row_key"]
+    if latest.empty:
+        return pd.DataFrame({c: pd.Series(dtype="bool" if c == "has_alert" else "object") for c in fields})
+    keys = ["cohort_dt", "model_version"]
+    scalar = latest[latest["dimension"] == ""]
+    wide = scalar.set_index([*keys, "metric"])[["value", "lower", "upper", "maturity"]].unstack("metric")
+    index = latest[keys].drop_duplicates().set_index(keys).index
+    wide = wide.reindex(index)
+
+    def col(part: str, metric: str) -> pd.Series:
+        if (part, metric) in wide.columns:
+            return wide[(part, metric)]
+        return pd.Series(np.nan if part != "maturity" else None, index=wide.index, dtype=object if part == "maturity" else float)
+
+    out = pd.DataFrame(index=wide.index)
+    out["cohort"] = [f"{c:%Y-%m-%d %H:%M}" for c in wide.index.get_level_values("cohort_dt")]
+    out["model_version"] = wide.index.get_level_values("model_version").astype(str)
+    volume = col("value", "volume")
+    out["volume"] = ["–" if math.isnan(v) else f"{int(v):,}" for v in volume]
+    out["conversion"] = [mark(_percent(v, 2), m) for v, m in zip(col("value", "conversion_rate"),
+                                                                 col("maturity", "conversion_rate"))]
+    out["roc_auc"] = [mark(_number(v), m) for v, m in zip(col("value", "roc_auc"), col("maturity", "roc_auc"))]
+    out["estimated_roc_auc"] = [_number(v) for v in col("value", "estimated_roc_auc")]
+    out["label_completeness"] = [_percent(v, 0) for v in col("value", "label_completeness")]
+    policy = []
+    for v, lo, hi, m in zip(col("value", "policy_value_dr"), col("lower", "policy_value_dr"),
+                            col("upper", "policy_value_dr"), col("maturity", "policy_value_dr")):
+        text = _number(v, 2)
+        if text != "–" and not (math.isnan(lo) or math.isnan(hi)):
+            text += f" [{lo:.2f}, {hi:.2f}]"
+        policy.append(mark(text, m))
+    out["policy_value_dr"] = policy
+    drift_metric = DRIFT_METRICS[config.monitoring.drift_metric]
+    drift = latest[latest["metric"].isin(list(DRIFT_METRICS.values()))]
+    if not drift.empty:
+        drift = drift.assign(_pick=drift["metric"] == drift_metric)
+        drift = drift[drift["_pick"]] if drift["_pick"].any() else drift
+        top = drift.loc[drift.groupby(keys)["value"].idxmax()].set_index(keys).reindex(wide.index)
+        texts = []
+        for v, dim in zip(top["value"], top["dimension"]):
+            if isinstance(v, float) and math.isnan(v):
+                texts.append("–")
+                continue
+            flag = " ⚠" if v >= config.monitoring.drift_alert else (" ·" if v >= config.monitoring.drift_warn else "")
+            texts.append(f"{v:.3f} {str(dim).removeprefix('feature=')}{flag}")
+        out["max_drift"] = texts
+    else:
+        out["max_drift"] = "–"
+    counts = pd.Series(0, index=wide.index)
+    if not alerts.empty:
+        per = alerts.dropna(subset=["cohort_dt"]).groupby(["cohort_dt", "model_version"]).size()
+        counts = per.reindex(wide.index, fill_value=0)
+    out["alerts"] = ["" if c == 0 else f"⚠ {c}" for c in counts]
+    out["has_alert"] = (counts.to_numpy() > 0)
+    maturities = wide["maturity"].reindex(columns=[m for m in REALISED if m in wide["maturity"].columns])
+    immature = (maturities == "immature").any(axis=1) if not maturities.empty else pd.Series(False, index=wide.index)
+    has_realised = maturities.notna().any(axis=1) if not maturities.empty else pd.Series(False, index=wide.index)
+    out["maturity"] = np.where(immature, "immature", np.where(has_realised, "final", "no labels yet"))
+    out["row_key"] = out["cohort"] + "/" + out["model_version"]
+    out = out.iloc[::-1]  # newest first
+    return out[fields].reset_index(drop=True)
+
+
+def read_alerts(hook: Any) -> tuple[pd.DataFrame, list[str]]:
+    """``model_alerts`` newest first (with ``cohort_dt``), and a problem per row that does not parse."""
+    documents, errors = ContractTable(MonitoringAlert).read(hook)
+    frame = pd.DataFrame([d.model_dump() for d in documents], columns=[*MonitoringAlert.model_fields])
+    frame = frame[ALERT_COLUMNS]
+    frame["cohort_dt"] = pd.to_datetime(frame["cohort_start"], utc=True, errors="coerce",
+                                        format="ISO8601").dt.tz_localize(None)
+    frame = frame.sort_values("raised_at", ascending=False, kind="stable").reset_index(drop=True)
+    return frame, [str(e) for e in errors]
+
+
+def read_deployments(hook: Any) -> tuple[tuple[DeploymentRecord, ...], list[str]]:
+    documents, errors = ContractTable(DeploymentRecord).read(hook)
+    return tuple(sorted(documents, key=lambda d: d.deployed_at)), [str(e) for e in errors]
+
+
+def _summarise(problems: list[str], what: str) -> list[str]:
+    if len(problems) <= MAX_PROBLEMS_SHOWN:
+        return problems
+    return [*problems[:MAX_PROBLEMS_SHOWN], f"… and {len(problems) - MAX_PROBLEMS_SHOWN:,} more invalid {what} rows"]
+
+
+def empty_alerts() -> pd.DataFrame:
+    return pd.DataFrame({**{c: pd.Series(dtype="object") for c in ALERT_COLUMNS},
+                         "cohort_dt": pd.Series(dtype="datetime64[ns]")})
+
+
+def load_monitoring(hook: Any, config: LoopConfig, config_problems: tuple[str, ...] = ()) -> MonitoringData:
+    """Read and reduce the three tables. Never raises for what a page should say instead."""
+    problems: list[str] = list(config_problems)
+    label = connection_label(hook)
+    latest = pd.DataFrame(columns=[*MONITORING_COLUMNS, "cohort_dt"])
+    total, content = 0, 0
+    try:
+        good, bad, total = read_monitoring(hook)
+        content = int(pd.util.hash_pandas_object(good[list(MONITORING_COLUMNS)], index=False).sum())
+        if bad:
+            problems.append(f"{len(bad):,} of {total:,} rows of {MODEL_MONITORING} are invalid and not shown:")
+            problems += _summarise(bad, MODEL_MONITORING)
+        latest = latest_rows(good)
+    except MonitoringTableError as exc:
+        problems.append(str(exc))
+    except WAREHOUSE_ERRORS as exc:
+        problems.append(f"The warehouse ({label}) could not be read for {MODEL_MONITORING}: {exc}")
+    alerts = empty_alerts()
+    try:
+        alerts, bad = read_alerts(hook)
+        problems += _summarise(bad, MonitoringAlert.TABLE)
+    except WAREHOUSE_ERRORS as exc:
+        problems.append(f"The warehouse ({label}) could not be read for {MonitoringAlert.TABLE}: {exc}")
+    deployments: tuple[DeploymentRecord, ...] = ()
+    try:
+        deployments, bad = read_deployments(hook)
+        problems += _summarise(bad, DeploymentRecord.TABLE)
+    except WAREHOUSE_ERRORS as exc:
+        problems.append(f"The warehouse ({label}) could not be read for {DeploymentRecord.TABLE}: {exc}")
+    try:
+        windows = window_table(latest, alerts, config)
+    except (KeyError, ValueError, TypeError) as exc:  # a layout nobody foresaw: say so, show the rest
+        problems.append(f"The windows of {MODEL_MONITORING} could not be tabulated: {type(exc).__name__}: {exc}")
+        windows = window_table(latest.iloc[0:0], alerts, config)
+    fingerprint = hash((content, total, tuple(problems), tuple(d.deployment_id for d in deployments),
+                        tuple(alerts["message"]) if not alerts.empty else (), len(alerts)))
+    return MonitoringData(latest=latest, windows=windows, alerts=alerts, deployments=deployments,
+                          problems=tuple(problems), rows=total, warehouse=label, fingerprint=fingerprint)
+
+
+_CACHE: dict[Any, tuple[float, MonitoringData]] = {}
+_CACHE_LOCK = threading.Lock()
+
+
+def cached_monitoring(hook: Any, config: LoopConfig, config_problems: tuple[str, ...] = (),
+                      max_age: float | None = None) -> MonitoringData:
+    """:func:`load_monitoring`, shared by every session for ``max_age`` seconds. When a new read
+    finds what the last one found, the last one is returned (the same object), so the pages
+    that hold it redraw nothing."""
+    max_age = refresh_seconds() if max_age is None else max_age
+    key = (id(hook), connection_label(hook))
+    now = time.monotonic()
+    with _CACHE_LOCK:
+        hit = _CACHE.get(key)
+        if hit is not None and now - hit[0] < max_age:
+            return hit[1]
+        data = load_monitoring(hook, config, config_problems)
+        if hit is not None and hit[1].fingerprint == data.fingerprint:
+            data = hit[1]
+        _CACHE[key] = (time.monotonic(), data)
+        return data
+
+
+def loop_config() -> tuple[LoopConfig, tuple[str, ...]]:
+    """The thresholds of ``config/closed_loop.yaml`` (``$MODEL_FACTORY_LOOP_CONFIG`` to point
+    elsewhere); when it is invalid, the defaults and the problem."""
+    path = os.environ.get("MODEL_FACTORY_LOOP_CONFIG")
+    try:
+        return (load_loop_config(path) if path else load_loop_config()), ()
+    except LoopConfigError as exc:
+        return LoopConfig(), (f"{exc} — the default thresholds are shown.",)
+
+
+class MonitoringStore(param.Parameterized):
+    """One session's view of the monitoring tables and its one filter."""
+
+    warehouse = param.Parameter(default=None, doc="DB-API hook of the warehouse (default: the Airflow "
+                                                  "connection model_factory_warehouse, on first use).")
+    config = param.ClassSelector(class_=LoopConfig, default=None, allow_None=True,
+                                 doc="The closed-loop settings (thresholds); default config/closed_loop.yaml.")
+    data = param.ClassSelector(class_=MonitoringData, default=None, allow_None=True,
+                               doc="The last read of the tables (shared; never mutated).")
+    problems = param.List(default=[], item_type=str, doc="What is wrong, each naming the table or connection.")
+    alerts_only = param.Boolean(default=False, doc="Show only the windows with an alert.")
+    shown = param.Integer(default=0, doc="Windows that pass the filter.")
+
+    def __init__(self, **params):
+        super().__init__(**params)
+        self._config_problems: tuple[str, ...] = ()
+        self.checked_at: datetime | None = None  # when the warehouse was last looked at
+        if self.config is None:
+            self.config, self._config_problems = loop_config()
+        self.reload()
+
+    @property
+    def drift_metric(self) -> str:
+        return DRIFT_METRICS[self.config.monitoring.drift_metric]
+
+    def reload(self) -> bool:
+        """Take the shared read (refreshed when it is older than the refresh interval); True if new."""
+        try:
+            if self.warehouse is None:
+                self.warehouse = warehouse_hook()
+        except WAREHOUSE_ERRORS as exc:
+            message = f"The warehouse cannot be reached: {exc}"
+            if self.problems == [message] and self.data is None:
+                return False
+            with param.parameterized.batch_call_watchers(self):
+                self.data, self.problems = None, [*self._config_problems, message]
+                self._recount()
+            return True
+        data = cached_monitoring(self.warehouse, self.config, self._config_problems)
+        self.checked_at = datetime.now(timezone.utc)
+        if data is self.data:
+            return False
+        with param.parameterized.batch_call_watchers(self):
+            self.data = data
+            self.problems = list(data.problems)
+            self._recount()
+        return True
+
+    @property
+    def windows(self) -> pd.DataFrame:
+        return window_table(pd.DataFrame(columns=[*MONITORING_COLUMNS, "cohort_dt"]), empty_alerts(), self.config) \
+            if self.data is None else self.data.windows
+
+    @property
+    def total(self) -> int:
+        return len(self.windows)
+
+    @param.depends("alerts_only", watch=True)
+    def _recount(self) -> None:
+        windows = self.windows
+        self.shown = int(windows["has_alert"].sum()) if self.alerts_only else len(windows)
+
+    def filter_windows(self, frame: pd.DataFrame, alerts_only: bool) -> pd.DataFrame:
+        """The Tabulator filter: the rows with an alert, or all."""
+        if not alerts_only or frame.empty:
+            return frame
+        return frame[frame["has_alert"].astype(bool).to_numpy()]
