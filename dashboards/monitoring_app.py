@@ -61,7 +61,7 @@ def create_app(store: MonitoringStore | None = None, live: bool = True):
                  pn.pane.Markdown("[Experiments dashboard](./experiments_app) · [All dashboards](./)")],
         main=[pn.Column(ProblemBanner(store=store), Lineage(store=store), WindowsTable(store=store), later,
                         sizing_mode="stretch_width")],
-        sidebar_width=290,
+        sidebar_width=260,
     )
 
 

@@ -48,7 +48,7 @@ WINDOW_TITLES = {
     "model_version": "Model",
     "volume": "Volume",
     "conversion": "Conversion",
-    "roc_auc": "AUC realised",
+    "roc_auc": "AUC",
     "estimated_roc_auc": "AUC est.",
     "label_completeness": "Labels",
     "policy_value_dr": "Policy (DR)",

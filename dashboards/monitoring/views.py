@@ -25,9 +25,9 @@ from dashboards.monitoring.store import ALERT_COLUMNS, WINDOW_TITLES, Monitoring
 
 HTML_FIELDS = ("conversion", "roc_auc", "policy_value_dr")
 #: fixed widths: Tabulator then lays out the first rows without measuring every cell
-WINDOW_WIDTHS = {"cohort": 132, "model_version": 70, "volume": 76, "conversion": 136, "roc_auc": 124,
-                 "estimated_roc_auc": 92, "label_completeness": 76, "policy_value_dr": 176, "max_drift": 128,
-                 "alerts": 76, "maturity": 104}
+WINDOW_WIDTHS = {"cohort": 124, "model_version": 58, "volume": 62, "conversion": 150, "roc_auc": 132,
+                 "estimated_roc_auc": 74, "label_completeness": 62, "policy_value_dr": 200, "max_drift": 124,
+                 "alerts": 58, "maturity": 96}
 ALERT_WIDTHS = {"raised_at": 160, "model_version": 64, "cohort_start": 160, "kind": 130, "metric": 150,
                 "dimension": 130, "value": 80, "threshold": 80, "message": 420, "retrain_run_id": 200}
 
