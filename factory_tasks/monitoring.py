@@ -384,21 +384,21 @@ def read_rows(hook: Any, as_of_window: str) -> pd.DataFrame:
 # --------------------------------------------------------------------------- the training snapshot
 
 
-def reference_frame(snapshot_hash: str, snapshot_path: str, download: Callable[[str], bytes],
-                    cache_dir: Path | None = None) -> pd.DataFrame:
-    """The customer columns of the training snapshot ``snapshot_path`` (``snapshots/...parquet``
-    in the CML project, fetched with ``download``), cached in ``cache_dir`` by its hash."""
+def reference_frame(snapshot_hash: str, fetch: Callable[[], bytes], cache_dir: Path | None = None) -> pd.DataFrame:
+    """The customer columns of the training snapshot with content hash ``snapshot_hash`` (the
+    parquet ``fetch()`` returns, e.g. ``snapshots/...parquet`` from the CML project), cached in
+    ``cache_dir`` by that hash so an hourly run downloads it once."""
     cached = Path(cache_dir) / f"reference-{snapshot_hash}.parquet" if cache_dir else None
     if cached is not None and cached.exists():
         return pd.read_parquet(cached)
-    frame = pd.read_parquet(io.BytesIO(download(snapshot_path)), columns=list(CUSTOMER_COLUMNS))
+    frame = pd.read_parquet(io.BytesIO(fetch()), columns=list(CUSTOMER_COLUMNS))
     if cached is not None:
         from factory_tasks.atomic import write_atomic
 
         buffer = io.BytesIO()
         frame.to_parquet(buffer, index=False)
         write_atomic(cached, buffer.getvalue())
-    log.info("training snapshot %s: %d rows as the drift reference", snapshot_path, len(frame))
+    log.info("training snapshot %s: %d rows as the drift reference", snapshot_hash, len(frame))
     return frame
 
 

@@ -117,3 +117,20 @@ def write_window(hook: SqliteHook, window: Window) -> None:
                     frame.astype(object).itertuples(index=False, name=None))
         finally:
             conn.close()
+
+
+def deployment_record(model_version: str = "v1", snapshot_hash: str = "feedc0ffee00beef" * 4, **over):
+    """A ``model_deployments`` record of the model serving the simulated windows."""
+    from factory_tasks.contracts import DeploymentRecord
+
+    fields = dict(
+        model_version=model_version, model_name="next-best-offer", model_id="m1", model_crn="crn:cml:model/m1",
+        build_id="b1", deployment_id="d1", deployment_crn="crn:cml:deployment/d1",
+        access_key_ref="cml-model-access-key", artifact_path=f"models/{model_version}/model.skops",
+        metadata_path=f"models/{model_version}/metadata.json", experiment_id="0123456789abcdef",
+        factory_run_id="manual__1", grid_hash="g" * 8, data_snapshot_hash=snapshot_hash, code_version="0.1+abc",
+        chosen_by="automatic", choice_reason="best", gate_reason="first deployment", gate_override=False,
+        deployed_at="2026-11-30T00:00:00+00:00",
+    )
+    fields.update(over)
+    return DeploymentRecord(**fields)
