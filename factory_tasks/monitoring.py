@@ -60,8 +60,7 @@ from factory_tasks.loop_tables import (
 )
 from factory_tasks.performance_estimate import (
     calibration_by_decile,
-    calibration_error,
-    estimate_is_reliable,
+    calibration_noise,
     expected_conversion_rate,
     expected_roc_auc,
     realised_log_loss,
@@ -168,8 +167,8 @@ class CohortData:
         return len(self.decided_ms)
 
 
-def _offer_codes(values: list | tuple, name: str) -> np.ndarray:
-    codes, uniques = pd.factorize(np.asarray(values, dtype=object))
+def _offer_codes(values: np.ndarray, name: str) -> np.ndarray:
+    codes, uniques = pd.factorize(values)
     lookup = np.empty(len(uniques), dtype=np.int64)
     for i, value in enumerate(uniques):
         if value not in OFFERS:
@@ -178,36 +177,46 @@ def _offer_codes(values: list | tuple, name: str) -> np.ndarray:
     return lookup[codes] if len(codes) else np.empty(0, dtype=np.int64)
 
 
+def _table(rows: list[tuple], width: int) -> np.ndarray:
+    """Rows as one 2-D object array (one C pass; columns are then converted at C speed too)."""
+    return np.array(rows, dtype=object).reshape(len(rows), width)
+
+
+_NUMERIC = {"int64": np.int64, "float64": np.float64}
+
+
 def cohort_frame(prediction_rows: list[tuple], response_rows: list[tuple], window: MonitoringWindow) -> CohortData:
     """Column arrays from the raw rows of :data:`PREDICTION_COLUMNS` and ``(prediction_uuid,
     responded_at_ms)`` of the attached responses; the labels as of ``window.end_ms``."""
+    from factory_tasks.simulator import INTERACTION_DTYPES
+
     n = len(prediction_rows)
-    names = PREDICTION_COLUMNS
-    columns = list(zip(*prediction_rows)) if n else [() for _ in names]
-    col = dict(zip(names, columns))
-    uuids = pd.Index(np.asarray(col["prediction_uuid"], dtype=object))
+    table = _table(prediction_rows, len(PREDICTION_COLUMNS))
+    col = {name: table[:, i] for i, name in enumerate(PREDICTION_COLUMNS)}
     responded = np.full(n, np.nan)
     if response_rows and n:
-        r_uuid, r_at = zip(*response_rows)
-        r_at = np.asarray(r_at, dtype=np.float64)
+        uuids = pd.Index(col["prediction_uuid"], dtype=object)  # no string inference: a hash lookup only
+        responses = _table(response_rows, 2)
+        r_uuid, r_at = responses[:, 0], responses[:, 1].astype(np.float64)
         if uuids.is_unique:
-            position = uuids.get_indexer(np.asarray(r_uuid, dtype=object))
+            position = uuids.get_indexer(r_uuid)
         else:  # a uuid logged twice: its label goes to its first decision
             first = np.flatnonzero(~uuids.duplicated())
-            found = uuids[first].get_indexer(np.asarray(r_uuid, dtype=object))
+            found = uuids[first].get_indexer(r_uuid)
             position = np.where(found >= 0, first[found], -1)
         known = position >= 0
         # the first attached response per prediction (a duplicate delivery is not a second label)
         np.fmin.at(responded, position[known], r_at[known])
-    decided = np.asarray(col["decided_at_ms"], dtype=np.int64)
+    decided = col["decided_at_ms"].astype(np.int64)
     matured, conversion = label_state(decided, responded, window.end_ms, window.response_window_ms)
-    customers = pd.DataFrame({c: pd.Series(col[c]) for c in CUSTOMER_COLUMNS}, columns=list(CUSTOMER_COLUMNS))
-    proba = np.column_stack([np.asarray(col[c], dtype=np.float64) for c in OFFER_PROBA_COLUMNS]) if n \
+    customers = pd.DataFrame({c: col[c].astype(_NUMERIC.get(INTERACTION_DTYPES[c], object)) for c in CUSTOMER_COLUMNS},
+                             columns=list(CUSTOMER_COLUMNS))
+    proba = np.column_stack([col[c].astype(np.float64) for c in OFFER_PROBA_COLUMNS]) if n \
         else np.empty((0, len(OFFERS)))
     return CohortData(
-        decided_ms=decided, model_version=np.asarray(col["model_version"], dtype=object), customers=customers,
+        decided_ms=decided, model_version=col["model_version"], customers=customers,
         model_offer=_offer_codes(col["model_offer"], "model_offer"), offer=_offer_codes(col["offer"], "offer"),
-        propensity=np.asarray(col["propensity"], dtype=np.float64), proba=proba,
+        propensity=col["propensity"].astype(np.float64), proba=proba,
         matured=matured, conversion=conversion,
     )
 
@@ -313,9 +322,10 @@ def _group_rows(data: CohortData, idx: np.ndarray, out: _Rows, config: LoopConfi
     for decile, count, expected, observed in table.itertuples(index=False):
         out.add("calibration_expected", float(expected), count, maturity, f"decile={decile}")
         out.add("calibration_observed", float(observed), count, maturity, f"decile={decile}")
-    out.add("calibration_error", float((table["n"] * (table["expected"] - table["observed"]).abs()).sum()
-                                       / table["n"].sum()), n_matured, maturity)
-    reliable = estimate_is_reliable(pm, ym, mon.calibration_error_ceiling, allow_noise=True)
+    error = float((table["n"] * (table["expected"] - table["observed"]).abs()).sum() / table["n"].sum())
+    out.add("calibration_error", error, n_matured, maturity)
+    # estimate_is_reliable(..., allow_noise=True) on the table already computed
+    reliable = error <= mon.calibration_error_ceiling + calibration_noise(pm)
     out.add("estimate_reliable", float(reliable), n_matured, maturity)
 
     logged, target, prop = offer[m], model_offer[m], data.propensity[idx][m]
@@ -350,7 +360,7 @@ def monitoring_rows(data: CohortData, window: MonitoringWindow, config: LoopConf
         cohorts = window.cohorts()
         first = cohorts[0][0]
         cohort_no = (data.decided_ms - first) // window.length_ms
-        versions, version_no = np.unique(data.model_version.astype(str), return_inverse=True)
+        version_no, versions = pd.factorize(data.model_version, sort=True)
         key = cohort_no * len(versions) + version_no
         order = np.argsort(key, kind="stable")
         bounds = np.flatnonzero(np.diff(key[order])) + 1
