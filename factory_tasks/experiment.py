@@ -71,14 +71,21 @@ def score_model(
     ``propensity``: the probability with which each row's logged offer was made (one per row of
     ``X``); None when every offer was made at random, 1/3 each.
     """
+    logged, proba, offer_proba = predictions_for(model, X, metric_names)
+    return {name: compute_metric(name, y, proba, logged_offers=logged, offer_proba=offer_proba,
+                                 economics=economics, propensities=propensity) for name in metric_names}
+
+
+def predictions_for(model: Any, X: pd.DataFrame, metric_names: list[str]
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """What the metrics of ``metric_names`` need of a fitted pipeline on ``X``: the logged
+    offers, the probability of conversion under them, and (for policy metrics only) under
+    every offer."""
     logged = X["offer"].to_numpy(dtype=object)
     if COUNTERFACTUAL_METRICS & set(metric_names):
         offer_proba = counterfactual_proba(model, X)
-        proba = offer_proba[np.arange(len(X)), offer_indices(logged)]
-    else:
-        offer_proba, proba = None, positive_proba(model, X)
-    return {name: compute_metric(name, y, proba, logged_offers=logged, offer_proba=offer_proba,
-                                 economics=economics, propensities=propensity) for name in metric_names}
+        return logged, offer_proba[np.arange(len(X)), offer_indices(logged)], offer_proba
+    return logged, positive_proba(model, X), None
 
 
 def run_experiment(

@@ -15,7 +15,7 @@ import pytest
 from factory_tasks.artifacts import load_metadata, load_model, save_model
 from factory_tasks.contracts import Lineage, MetricScores, RetrainRequest, RetrainResult
 from factory_tasks.features import build_pipeline, feature_frame
-from factory_tasks.retrain import consistency, refit
+from factory_tasks.retrain import bootstrap_se, consistency, refit
 from factory_tasks.simulator import simulate_interactions
 from factory_tasks.training_data import write_snapshot
 from tests.contract_factories import make_spec
@@ -54,6 +54,27 @@ def test_consistency_tolerance_comes_from_the_cv_spread():
     tight = request.model_copy(update={"cv_estimate": MetricScores(mean=0.70, std=0.0, folds=[0.7] * 3)})
     assert consistency(tight, 0.705, 1000, 3000)[0]  # the floor (0.01) when the folds agree exactly
     assert not consistency(request, float("nan"), 1000, 3000)[0]
+
+    # folds that agree by chance more closely than a slice can: the slice's own standard error decides
+    lucky = request.model_copy(update={"cv_estimate": MetricScores(mean=0.61, std=0.005, folds=[0.61] * 3)})
+    assert not consistency(lucky, 0.635, 1200, 6000)[0]
+    ok, note = consistency(lucky, 0.635, 1200, 6000, holdout_se=0.016)
+    assert ok and "bootstrap SE 0.0160" in note and "tolerance 0.0480" in note
+
+
+def test_the_bootstrap_se_of_a_held_out_auc_matches_its_sampling_spread(data):
+    """On the simulator, the spread of the AUC over fresh slices is known by repetition."""
+    X, y = feature_frame(data), data["conversion"].to_numpy()
+    model = build_pipeline("LogisticRegression", {"C": 1.0}, random_state=0).fit(X, y)
+    economics = make_spec("LogisticRegression", {}).economics.model_dump(mode="json")
+    from sklearn.metrics import roc_auc_score
+    spread = np.std([roc_auc_score(s["conversion"], model.predict_proba(feature_frame(s))[:, 1])
+                     for s in (simulate_interactions(600, seed=100 + k) for k in range(30))], ddof=1)
+    fresh = simulate_interactions(600, seed=99)
+    se = bootstrap_se(model, feature_frame(fresh), fresh["conversion"].to_numpy(), "roc_auc", economics)
+    assert se is not None and 0.6 * spread < se < 1.6 * spread, (se, spread)
+    policy_se = bootstrap_se(model, feature_frame(fresh), fresh["conversion"].to_numpy(), "policy_value", economics)
+    assert policy_se is not None and policy_se > 0
 
 
 def test_refit_keeps_the_hyperparameters_and_scores_champion_on_the_same_slice(data, project):
