@@ -23,9 +23,9 @@ from factory_tasks.loop_tables import (
 )
 from factory_tasks.monitoring import iso
 from factory_tasks.simulator import (
-    CHANNELS,
     DEFAULT_ECONOMICS,
     OFFERS,
+    Drift,
     expected_values,
     offer_probabilities,
     simulate_customers,
@@ -51,10 +51,10 @@ def simulate_window(start_ms: int, n: int, seed: int, *, model_version: str = "v
                     delay_sigma: float = 0.9, duplicate_share: float = 0.02, channel_shares=None,
                     score_noise: float = 0.0, score_scale: float = 1.0, economics=DEFAULT_ECONOMICS) -> Window:
     rng = np.random.default_rng(seed)
-    customers = simulate_customers(n, seed)
-    if channel_shares is not None:  # covariate drift by hand: a new channel mix
-        customers["channel"] = pd.array(np.asarray(CHANNELS, dtype=object)[
-            rng.choice(len(CHANNELS), size=n, p=[channel_shares[c] for c in CHANNELS])], dtype="str")
+    # covariate drift: the simulator's own, a new channel mix (no change in the response model)
+    drift = Drift(segment={}, offer=OFFERS[0], log_odds_change=0.0, channel_shares=channel_shares) \
+        if channel_shares is not None else None
+    customers = simulate_customers(n, seed, drift=drift)
     truth = offer_probabilities(customers)
     logit = np.log(truth / (1 - truth)) * score_scale + rng.normal(0, score_noise, truth.shape) if score_noise \
         or score_scale != 1.0 else None
