@@ -95,7 +95,7 @@ class MonitoringConfig(_Model):
     drift_warn: Annotated[float, Field(gt=0, allow_inf_nan=False)] = 0.10
     drift_alert: Annotated[float, Field(gt=0, allow_inf_nan=False)] = 0.25
     drift_bins: int = Field(10, ge=2, le=100)
-    roc_auc_floor: Share = 0.60
+    roc_auc_floor: Share = 0.56
     calibration_error_ceiling: Share = 0.05
     policy_confidence: Annotated[float, Field(gt=0.5, lt=1)] = 0.95
     retrain_on_alert: bool = True

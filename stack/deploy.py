@@ -46,7 +46,7 @@ def deploy_and_ask(stack, factory_run_id: str, started: float) -> DeployReport:
     """Steps 6 and 7 of ``make run``; prints what happened."""
     log = stack.paths.logs / f"{DAG_ID}-{time.strftime('%Y%m%dT%H%M%S')}.log"
     offset = log.stat().st_size if log.exists() else 0
-    _say(f"[6/7] running DAG {DAG_ID} for {factory_run_id} (review window skipped); log: {log}")
+    _say(f"[6/8] running DAG {DAG_ID} for {factory_run_id} (review window skipped); log: {log}")
     when = datetime.now(timezone.utc)
     conf = {"factory_run_id": factory_run_id, "skip_review": True, "review_window_minutes": 0}
     rc = dags_test(DAG_ID, conf, stack.env, log, logical_date=when, timeout_s=DEPLOY_TIMEOUT_S)
@@ -56,7 +56,7 @@ def deploy_and_ask(stack, factory_run_id: str, started: float) -> DeployReport:
     except AirflowCommandError:
         run, states = None, {}
     if run is None or run.state != "success":
-        _say(f"[7/7] {DAG_ID} failed (exit code {rc}) after {time.time() - started:.0f}s:")
+        _say(f"[7/8] {DAG_ID} failed (exit code {rc}) after {time.time() - started:.0f}s:")
         errors = task_errors(log, offset)
         failed = [t for t, state in states.items() if state == "failed"] or list(errors)
         for task in failed[:2]:
@@ -66,9 +66,9 @@ def deploy_and_ask(stack, factory_run_id: str, started: float) -> DeployReport:
         return DeployReport(False, log)
     gate = _gate_reason(log, offset) or "(the gate's reason is in the DAG run log)"
     if states.get("record_deployment") == "success":
-        _say(f"[7/7] deployed after {time.time() - started:.0f}s — gate: {gate}")
+        _say(f"[7/8] deployed after {time.time() - started:.0f}s — gate: {gate}")
     else:
-        _say(f"[7/7] the champion keeps serving after {time.time() - started:.0f}s — gate: {gate}")
+        _say(f"[7/8] the champion keeps serving after {time.time() - started:.0f}s — gate: {gate}")
     _ask_the_endpoint(stack)
     return DeployReport(True, log)
 

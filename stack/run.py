@@ -30,6 +30,7 @@ from stack.airflow_cli import (
     task_errors,
     task_states,
 )
+from stack.closed_loop import closed_loop_demo
 from stack.deploy import deploy_and_ask
 from stack.env import PROJECT_NAME, StackPaths, stack_paths
 from stack.local import StackBusyError, local_stack
@@ -193,17 +194,17 @@ def _run(paths: StackPaths, grid_path: str, rows: int, seed: int) -> int:
     started = time.time()
     _say(f"Model Factory — embedded default stack under {paths.var}")
     with local_stack(paths) as stack:
-        _say(f"[1/7] local CML workspace up at {stack.workspace.url} "
+        _say(f"[1/8] local CML workspace up at {stack.workspace.url} "
              f"(project {PROJECT_NAME!r}, budget {stack.workspace.cpus} cores)")
-        _say(f"[2/7] Airflow metadata DB {'created' if stack.migrated_now else 'ready'} in {paths.airflow_home}")
+        _say(f"[2/8] Airflow metadata DB {'created' if stack.migrated_now else 'ready'} in {paths.airflow_home}")
         os.environ["MODEL_FACTORY_ARTIFACTS"] = stack.env["MODEL_FACTORY_ARTIFACTS"]
         warehouse = stack.warehouse_hook()
         created = ensure_training_table(warehouse, n_rows=rows, seed=seed)
-        _say(f"[3/7] training table historical_customer_interactions "
+        _say(f"[3/8] training table historical_customer_interactions "
              f"{f'simulated ({rows} rows, seed {seed})' if created else 'already present'} in {paths.warehouse_db}")
         run_log = paths.logs / f"{DAG_ID}-{time.strftime('%Y%m%dT%H%M%S')}.log"
         log_offset = run_log.stat().st_size if run_log.exists() else 0
-        _say(f"[4/7] running DAG {DAG_ID} (airflow dags test); log: {run_log}")
+        _say(f"[4/8] running DAG {DAG_ID} (airflow dags test); log: {run_log}")
         # the run is found afterwards by its logical date (one run per DAG and logical date)
         logical_date = datetime.now(timezone.utc)
         progress = Progress(stack.cml_hook(retry_limit=1, timeout=10), since=time.time() - 1, workspace=stack.workspace)
@@ -214,7 +215,7 @@ def _run(paths: StackPaths, grid_path: str, rows: int, seed: int) -> int:
         except AirflowCommandError:  # e.g. the DAG never parsed, so Airflow does not know it
             dag_run = None
         if dag_run is None:
-            _say(f"[5/7] DAG {DAG_ID} did not run (airflow dags test exit code {rc}):")
+            _say(f"[5/8] DAG {DAG_ID} did not run (airflow dags test exit code {rc}):")
             for error in log_errors(run_log, log_offset)[-3:] or ["(no error in the log)"]:
                 _say(_indented(error))
             _say(f"See {run_log}")
@@ -232,7 +233,7 @@ def _run(paths: StackPaths, grid_path: str, rows: int, seed: int) -> int:
             outcome_error = None
         except Exception as exc:  # e.g. an outcome table of an older layout: the message says what to do
             outcomes, outcome_error = None, f"{type(exc).__name__}: {exc}"
-        _say(f"[5/7] DAG run {dag_run.run_id}: {dag_run.state} after {time.time() - started:.0f}s")
+        _say(f"[5/8] DAG run {dag_run.run_id}: {dag_run.state} after {time.time() - started:.0f}s")
         _say()
         ok = dag_run.state == "success" and outcome_error is None
         reported: list[str] = []
@@ -250,6 +251,7 @@ def _run(paths: StackPaths, grid_path: str, rows: int, seed: int) -> int:
             _say(f"DAG run log: {run_log}")
             return rc or 1
         deployed = deploy_and_ask(stack, dag_run.run_id, started)
+        demo = closed_loop_demo(stack, started) if deployed.ok else None
     _say()
     _say("Where to look:")
     _say(f"  outcome table     experiment_outcomes in {paths.warehouse_db} (connection model_factory_warehouse)")
@@ -258,10 +260,13 @@ def _run(paths: StackPaths, grid_path: str, rows: int, seed: int) -> int:
     _say(f"  model artifacts   {paths.workspace_root}/projects/<project id>/files/experiments/<experiment id>/ "
          "and .../files/models/<model version>/")
     _say(f"  DAG run logs      {run_log}, {deployed.log}")
+    _say("  closed loop       prediction_log, customer_responses, customer_interactions, model_monitoring, "
+         f"model_alerts in {paths.warehouse_db}")
     _say("  Airflow UI        make up (the long-running stack; make down stops it), then open "
-         "http://127.0.0.1:8080 → DAGs model_factory, deploy_best_model")
-    _say("  dashboard         http://127.0.0.1:5006/experiments_app with make up (or make dashboard alone)")
-    return 0 if deployed.ok else 1
+         "http://127.0.0.1:8080 → DAGs model_factory, deploy_best_model, customer_interactions, model_monitoring")
+    _say("  dashboards        http://127.0.0.1:5006/experiments_app and /monitoring_app with make up "
+         "(or make dashboard alone)")
+    return 0 if deployed.ok and demo is not None and demo.ok else 1
 
 
 def _report_failure(tasks: list[TaskState] | None, errors: dict[str, str]) -> list[str]:

@@ -119,10 +119,10 @@ def test_an_invalid_grid_prints_the_grid_error_and_no_older_leaderboard(var, tmp
 def test_a_successful_run_prints_its_own_leaderboard(var, tmp_path):
     grid = tmp_path / "grid.yaml"
     grid.write_text(SETTINGS % 2 + LOGISTIC)
-    proc = make_run(var, grid)
+    proc = make_run(var, grid, timeout=1200)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out
-    run_id = re.search(r"\[5/7\] DAG run (manual__\S+): success after", out).group(1)
+    run_id = re.search(r"\[5/8\] DAG run (manual__\S+): success after", out).group(1)
     assert f"Factory run {run_id}: 1 experiments" in out
     assert "Top 1 of 1 experiments, ranked by roc_auc" in out
     assert "logistic_regression" in out
@@ -132,6 +132,15 @@ def test_a_successful_run_prints_its_own_leaderboard(var, tmp_path):
     assert re.search(rf"Serving model \S+ \(experiment [0-9a-f]{{16}} of {re.escape(run_id)}, chosen automatic\)", out), out
     assert len(re.findall(r"^  sim-\d ", out, flags=re.M)) == 5
     assert re.search(r"worth \S+ per customer, \d+\.\d% of the optimal policy", out), out
+    # then the closed loop: three windows of traffic, the drift seen by monitoring, the retrain queued
+    assert "[8/8] closed-loop demo: 3 hourly windows of traffic" in out
+    assert re.search(r"traffic: 6,000 decisions \(\d+ explored\), responses: \d+ attached, \d+ duplicate", out), out
+    cohorts = re.findall(r"^  (\d\d:\d\d)  +2,000 .*  (\w+) (\d\.\d\d)$", out, flags=re.M)
+    assert len(cohorts) == 3, out
+    assert float(cohorts[0][2]) < 0.10  # before the drift: no feature moved
+    assert cohorts[1][1] == "channel" and float(cohorts[1][2]) >= 0.25  # the customer mix moved
+    assert re.search(r"^  ALERT \d\d:\d\d feature_drift: channel: drift_psi 0\.\d+ >= 0\.25", out, flags=re.M), out
+    assert re.search(r"retrain queued: model_factory run monitoring__\d{8}T\d{6} \(include_interactions=true\)", out), out
 
 
 def _descendants_of(var: Path) -> list[int]:
