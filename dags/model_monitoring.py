@@ -7,7 +7,11 @@ data interval `[start, end)`.
 1. **serving_model** — the deployment now serving (latest `model_deployments` record). None
    yet: the run logs "no deployment is serving: nothing to monitor" and skips the rest (it
    succeeds; there is nothing to monitor).
-2. **monitor** — reads the cohorts that can still change (predictions decided in `[start, end)`
+2. **responses_ingested** — waits (a sensor in reschedule mode: no worker slot while it waits;
+   up to 3 hours) until the response feed's watermark (`response_feed`, written last by
+   `customer_interactions` or a NiFi flow for each window it has delivered) reaches `end`, so
+   conversions not yet delivered are never taken for non-conversions.
+3. **monitor** — reads the cohorts that can still change (predictions decided in `[start, end)`
    and the earlier hourly cohorts whose response window, `responses.window_minutes` of
    `config/closed_loop.yaml`, had not closed at the previous run) from `prediction_log`, with
    their `attached` responses from `customer_responses` received before `end`; computes per
@@ -20,14 +24,14 @@ data interval `[start, end)`.
    from the CML project and cached). Rows replace the partition `as_of_window = start` of
    `model_monitoring`: a rerun never duplicates them. Then the alert decisions
    (`factory_tasks.monitoring_alerts`).
-3. **post_aggregate_metrics** — each cohort's values through the CML model metrics API
+4. **post_aggregate_metrics** — each cohort's values through the CML model metrics API
    (`track_aggregate_metrics` for the serving deployment's CRN). A failure is logged as an
    error and reported in the task's return value; the warehouse rows are already written.
-4. **retrain_or_not** → **trigger_retrain** — when alerts were raised and
+5. **retrain_or_not** → **trigger_retrain** — when alerts were raised and
    `monitoring.retrain_on_alert`, a `TriggerDagRunOperator` starts `model_factory` with conf
    `{"include_interactions": true, "reason": "<alert ids>"}` and run id
    `monitoring__<as_of_window>` (a rerun finds it and does not trigger again).
-5. **record_alerts** — writes the alerts to the append-only `model_alerts` after the trigger,
+6. **record_alerts** — writes the alerts to the append-only `model_alerts` after the trigger,
    each with the triggered run's id in `retrain_run_id` (empty when no retrain was asked for);
    ids already present are skipped (ids are `<as_of_window>/<model_version>/<kind>/<dimension>`).
 
@@ -41,7 +45,7 @@ from datetime import timedelta
 
 import pendulum
 from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOperator
-from airflow.sdk import CronTriggerTimetable, Param, TriggerRule, dag, get_current_context, task
+from airflow.sdk import CronTriggerTimetable, Param, PokeReturnValue, TriggerRule, dag, get_current_context, task
 
 from connections import CML_CONN_ID, warehouse_hook
 from task_errors import no_retry_on_bad_input
@@ -99,6 +103,21 @@ def model_monitoring():
             return None
         return {"model_version": record.model_version, "deployment_crn": record.deployment_crn,
                 "data_snapshot_hash": record.data_snapshot_hash, "metadata_path": record.metadata_path}
+
+    @task.sensor(poke_interval=120, timeout=3 * 3600, mode="reschedule")
+    def responses_ingested(deployment: dict) -> PokeReturnValue:
+        """True once the response feed's watermark reaches the window's end."""
+        import logging
+
+        from factory_tasks.monitoring import iso, responses_ingested_through
+
+        _, window = _window()
+        through = responses_ingested_through(warehouse_hook())
+        ready = through is not None and through >= window.end_ms
+        logging.getLogger(__name__).info(
+            "response feed ingested through %s; monitoring needs %s: %s", iso(through) if through else "nothing yet",
+            iso(window.end_ms), "ready" if ready else "waiting for customer_interactions (or the NiFi flow)")
+        return PokeReturnValue(is_done=ready, xcom_value=through)
 
     @task
     def monitor(deployment: dict) -> dict:
@@ -194,6 +213,7 @@ def model_monitoring():
 
     deployment = serving_model()
     summary = monitor(deployment)
+    responses_ingested(deployment) >> summary
     post_aggregate_metrics(deployment, summary)
     branch = retrain_or_not(summary)
     branch >> [trigger_retrain, record_alerts_task := record_alerts()]

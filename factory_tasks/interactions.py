@@ -51,6 +51,8 @@ from factory_tasks.loop_tables import (
     CUSTOMER_INTERACTIONS_SCHEMA,
     CUSTOMER_RESPONSES,
     CUSTOMER_RESPONSES_SCHEMA,
+    RESPONSE_FEED,
+    RESPONSE_FEED_SCHEMA,
     OFFER_PROBA_COLUMNS,
     PREDICTION_LOG,
     PREDICTION_LOG_SCHEMA,
@@ -279,10 +281,10 @@ def decide(config: LoopConfig, window: Window, endpoint: Endpoint, drift: Any = 
 
 
 def ensure_tables(hook: Any) -> None:
-    """Create the three tables (partitioned by ``window_start``) if they are missing."""
+    """Create the loop's tables (partitioned by ``window_start``) if they are missing."""
     dialect = dialect_for(hook)
     for table, schema in ((PREDICTION_LOG, PREDICTION_LOG_SCHEMA), (CUSTOMER_RESPONSES, CUSTOMER_RESPONSES_SCHEMA),
-                          (CUSTOMER_INTERACTIONS, CUSTOMER_INTERACTIONS_SCHEMA)):
+                          (CUSTOMER_INTERACTIONS, CUSTOMER_INTERACTIONS_SCHEMA), (RESPONSE_FEED, RESPONSE_FEED_SCHEMA)):
         dialect.create_table(hook, table, schema, partition_by=PARTITION)
 
 
@@ -415,6 +417,10 @@ def run_window(
                               _records(matched.rows, CUSTOMER_RESPONSES_SCHEMA, window.key))
     dialect.replace_partition(hook, CUSTOMER_INTERACTIONS, CUSTOMER_INTERACTIONS_SCHEMA, PARTITION, window.key,
                               _records(labelled, CUSTOMER_INTERACTIONS_SCHEMA, window.key))
+    # last: the window's responses are all in, monitoring may treat its labels as final
+    dialect.replace_partition(hook, RESPONSE_FEED, RESPONSE_FEED_SCHEMA, PARTITION, window.key, [{
+        PARTITION: window.key, "window_end_ms": window.end_ms, "responses": len(matched.rows),
+        "recorded_at_ms": int(time.time() * 1000)}])
 
     versions = Counter(decisions["model_version"].tolist())
     crns = Counter(decisions["deployment_crn"].tolist())

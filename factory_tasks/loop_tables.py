@@ -5,6 +5,7 @@
 | ``prediction_log`` | customer_interactions: each decision | monitoring, response matching | ``window_start`` |
 | ``customer_responses`` | customer_interactions: each response received | monitoring | ``window_start`` |
 | ``customer_interactions`` | customer_interactions: matured decisions | the factory (training) | ``window_start`` |
+| ``response_feed`` | customer_interactions: one row per window, written last | model_monitoring (waits for it) | ``window_start`` |
 | ``model_monitoring`` | model_monitoring | the monitoring dashboard | ``as_of_window`` |
 
 ``window_start`` / ``as_of_window`` are the writing DAG run's data interval start (ISO-8601
@@ -24,6 +25,7 @@ from factory_tasks.sql_dialects import Column
 PREDICTION_LOG = "prediction_log"
 CUSTOMER_RESPONSES = "customer_responses"
 CUSTOMER_INTERACTIONS = "customer_interactions"
+RESPONSE_FEED = "response_feed"
 MODEL_MONITORING = "model_monitoring"
 
 _SQL = {"int64": "bigint", "float64": "double", "str": "string"}
@@ -63,6 +65,18 @@ CUSTOMER_INTERACTIONS_SCHEMA: tuple[Column, ...] = (
     Column("prediction_uuid", "string"),
     Column("decided_at_ms", "bigint"),
     Column("window_start", "string"),  # the window in which the response window closed
+)
+
+#: the response feed's watermark: every response received before ``window_end_ms`` of a window is
+#: in ``customer_responses`` once its row is here. Monitoring treats a label as final only up to
+#: the latest watermark, so a late feed (a slow DAG run, a NiFi backlog) cannot pass missing
+#: conversions off as non-conversions. A NiFi flow writes the same row when it has delivered a
+#: window's responses.
+RESPONSE_FEED_SCHEMA: tuple[Column, ...] = (
+    Column("window_start", "string"),
+    Column("window_end_ms", "bigint"),
+    Column("responses", "bigint"),  # rows written to customer_responses for the window, any status
+    Column("recorded_at_ms", "bigint"),
 )
 
 #: how final a monitoring value is

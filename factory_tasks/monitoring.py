@@ -57,6 +57,7 @@ from factory_tasks.loop_tables import (
     MODEL_MONITORING_SCHEMA,
     OFFER_PROBA_COLUMNS,
     PREDICTION_LOG,
+    RESPONSE_FEED,
 )
 from factory_tasks.performance_estimate import (
     calibration_by_decile,
@@ -219,6 +220,16 @@ def cohort_frame(prediction_rows: list[tuple], response_rows: list[tuple], windo
         propensity=col["propensity"].astype(np.float64), proba=proba,
         matured=matured, conversion=conversion,
     )
+
+
+def responses_ingested_through(hook: Any, table: str = RESPONSE_FEED) -> int | None:
+    """The response feed's watermark (epoch ms): every response received before it is in
+    ``customer_responses``; None before the feed's first window."""
+    dialect = dialect_for(hook)
+    if not dialect.table_exists(hook, table):
+        return None
+    ends = [end for (end,) in dialect.select(hook, table, ["window_end_ms"]) if end is not None]
+    return int(max(ends)) if ends else None
 
 
 def read_cohorts(hook: Any, window: MonitoringWindow, *, predictions: str = PREDICTION_LOG,

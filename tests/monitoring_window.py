@@ -20,6 +20,8 @@ from factory_tasks.loop_tables import (
     CUSTOMER_RESPONSES_SCHEMA,
     PREDICTION_LOG,
     PREDICTION_LOG_SCHEMA,
+    RESPONSE_FEED,
+    RESPONSE_FEED_SCHEMA,
 )
 from factory_tasks.monitoring import iso
 from factory_tasks.simulator import (
@@ -117,6 +119,15 @@ def write_window(hook: SqliteHook, window: Window) -> None:
                     frame.astype(object).itertuples(index=False, name=None))
         finally:
             conn.close()
+
+
+def record_feed(hook: SqliteHook, through_ms: int) -> None:
+    """The response feed's watermark: every response before ``through_ms`` is delivered."""
+    dialect = SqliteDialect()
+    dialect.create_table(hook, RESPONSE_FEED, RESPONSE_FEED_SCHEMA, partition_by="window_start")
+    dialect.replace_partition(hook, RESPONSE_FEED, RESPONSE_FEED_SCHEMA, "window_start", iso(through_ms - HOUR_MS),
+                              [{"window_start": iso(through_ms - HOUR_MS), "window_end_ms": through_ms,
+                                "responses": 0, "recorded_at_ms": through_ms}])
 
 
 def deployment_record(model_version: str = "v1", snapshot_hash: str = "feedc0ffee00beef" * 4, **over):

@@ -23,7 +23,15 @@ from factory_tasks.deployments import DEPLOYMENTS
 from factory_tasks.monitoring_alerts import ALERTS
 from factory_tasks.simulator import simulate_customers
 from tests.dags.test_experiments_summary_dag import _run
-from tests.monitoring_window import HOUR_MS, T0_MS, SqliteHook, deployment_record, simulate_window, write_window
+from tests.monitoring_window import (
+    HOUR_MS,
+    T0_MS,
+    SqliteHook,
+    deployment_record,
+    record_feed,
+    simulate_window,
+    write_window,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 DAGS = REPO / "dags"
@@ -51,7 +59,10 @@ def test_shape(dag):
     timetable = dag.timetable
     assert type(timetable).__name__ == "CronTriggerTimetable" and timetable.expression == "0 * * * *"
     tasks = dag.task_dict
-    assert tasks["serving_model"].downstream_task_ids == {"monitor", "post_aggregate_metrics"}
+    assert tasks["serving_model"].downstream_task_ids == {"responses_ingested", "monitor", "post_aggregate_metrics"}
+    # monitoring waits for the response feed's watermark, without holding a worker slot
+    feed = tasks["responses_ingested"]
+    assert feed.downstream_task_ids == {"monitor"} and feed.mode == "reschedule" and feed.timeout >= 3600
     assert tasks["retrain_or_not"].downstream_task_ids == {"trigger_retrain", "record_alerts"}
     trigger = tasks["trigger_retrain"]
     assert type(trigger).__name__ == "TriggerDagRunOperator" and trigger.trigger_dag_id == "model_factory"
@@ -90,6 +101,7 @@ def test_dags_test_monitors_a_drifted_window_and_asks_for_a_retrain(tmp_path):
     for k in range(4):  # cohorts 00:00 .. 03:00; the newest one drifted
         write_window(hook, simulate_window(T0_MS + k * HOUR_MS, 3000, seed=40 + k,
                                            channel_shares=DRIFTED if k == 3 else None))
+    record_feed(hook, T0_MS + 4 * HOUR_MS)  # the response feed has delivered through the window's end
     record = deployment_record()
     DEPLOYMENTS.append(hook, record)
     config = tmp_path / "closed_loop.yaml"

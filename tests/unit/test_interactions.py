@@ -23,7 +23,10 @@ from factory_tasks.loop_tables import (
     CUSTOMER_RESPONSES_SCHEMA,
     PREDICTION_LOG,
     PREDICTION_LOG_SCHEMA,
+    RESPONSE_FEED,
+    RESPONSE_FEED_SCHEMA,
 )
+from factory_tasks.monitoring import responses_ingested_through
 from factory_tasks.sql_dialects import dialect_for
 
 T0 = datetime(2026, 12, 1, 6, tzinfo=timezone.utc)
@@ -196,6 +199,11 @@ def test_a_window_writes_three_tables_and_a_rerun_leaves_the_same_rows(hook):
     sent = {(uuid, key) for metrics_sent, uuid in metrics.calls for key in metrics_sent}
     assert sent == {(u.rsplit(":", 1)[0], f"conversion.{u.rsplit(':', 1)[1]}") for u in attached}
     assert summary.delayed_metrics_calls == len(metrics.calls)
+    # the feed's watermark, written last: monitoring may take this window's labels as final
+    feed = table(hook, RESPONSE_FEED, RESPONSE_FEED_SCHEMA)
+    assert feed[["window_start", "window_end_ms", "responses"]].values.tolist() == [
+        ["2026-12-01T06:00:00Z", w.end_ms, len(responses)]]
+    assert responses_ingested_through(hook) == w.end_ms
 
     before = {t: table(hook, t, s) for t, s in ((PREDICTION_LOG, PREDICTION_LOG_SCHEMA),
                                                (CUSTOMER_RESPONSES, CUSTOMER_RESPONSES_SCHEMA))}
@@ -209,7 +217,10 @@ def test_a_window_writes_three_tables_and_a_rerun_leaves_the_same_rows(hook):
 def test_windows_in_a_row_attach_each_uuid_once_and_mature_every_decision_once(hook):
     cfg = config()
     model = FakeModel()
+    assert responses_ingested_through(hook) is None  # no feed yet
     summaries = [ia.run_window(hook, cfg, window(k), endpoint_of(model), Metrics()) for k in range(5)]
+    assert responses_ingested_through(hook) == window(4).end_ms
+    assert len(table(hook, RESPONSE_FEED, RESPONSE_FEED_SCHEMA)) == 5
     log = table(hook, PREDICTION_LOG, PREDICTION_LOG_SCHEMA)
     responses = table(hook, CUSTOMER_RESPONSES, CUSTOMER_RESPONSES_SCHEMA)
     matured = table(hook, CUSTOMER_INTERACTIONS, CUSTOMER_INTERACTIONS_SCHEMA)
@@ -243,6 +254,8 @@ def test_windows_in_a_row_attach_each_uuid_once_and_mature_every_decision_once(h
     for t, s in ((PREDICTION_LOG, PREDICTION_LOG_SCHEMA), (CUSTOMER_RESPONSES, CUSTOMER_RESPONSES_SCHEMA),
                  (CUSTOMER_INTERACTIONS, CUSTOMER_INTERACTIONS_SCHEMA)):
         pd.testing.assert_frame_equal(table(hook, t, s), snapshot[t])
+    assert len(table(hook, RESPONSE_FEED, RESPONSE_FEED_SCHEMA)) == 5  # replaced, not added
+    assert responses_ingested_through(hook) == window(4).end_ms  # a rerun never moves it back
 
 
 def test_no_deployment_is_a_clear_error_and_writes_nothing(hook):
@@ -259,7 +272,7 @@ def test_endpoint_failing_mid_window_names_it_and_leaves_nothing(hook):
     with pytest.raises(ia.EndpointError, match=r"deployment d-1 at http://ms/model, request 2 of 3.*503"):
         ia.run_window(hook, config(), window(0), endpoint_of(model), metrics)
     for name, schema in ((PREDICTION_LOG, PREDICTION_LOG_SCHEMA), (CUSTOMER_RESPONSES, CUSTOMER_RESPONSES_SCHEMA),
-                         (CUSTOMER_INTERACTIONS, CUSTOMER_INTERACTIONS_SCHEMA)):
+                         (CUSTOMER_INTERACTIONS, CUSTOMER_INTERACTIONS_SCHEMA), (RESPONSE_FEED, RESPONSE_FEED_SCHEMA)):
         assert table(hook, name, schema).empty
     assert metrics.calls == []
 
