@@ -18,6 +18,9 @@ Every hour (UTC), for the run's data interval `[start, end)` (never "now"; `catc
 3. **Matured** decisions (response window `responses.window_minutes` closed in this window)
    go to `customer_interactions` in the training schema, with their conversion and propensity:
    what `model_factory` trains on with `include_interactions`.
+4. **Watermark**: last, one `response_feed` row for the window (its end, the responses
+   written): every response received before it is in the tables. `model_monitoring` waits for
+   it before it treats labels as final.
 
 Each table is replaced per partition `window_start`, at the end, after every endpoint call
 succeeded: a rerun or retry never duplicates rows, a failing endpoint leaves nothing of the
@@ -30,7 +33,7 @@ Settings: `config/closed_loop.yaml` (param `loop_config_path`; param `drift_enab
 **Plugging in the real flow.** This DAG plays the part of the original system's NiFi flow and
 Kudu table. A real flow would post customers to the same model service (connection
 `cml_default`, extra `model_service_url`) and land its decisions, responses and matured rows in
-the same three tables through the warehouse connection `model_factory_warehouse` (SQLite, Hive;
+the same tables (and the `response_feed` watermark once a window is delivered) through the warehouse connection `model_factory_warehouse` (SQLite, Hive;
 a Kudu table behind Impala would be one more dialect in `factory_tasks/sql_dialects.py`,
 chosen by that connection's type). Monitoring and training read the tables, not this DAG, so
 swapping the producer is a connection and scheduling change, not a code change downstream.
