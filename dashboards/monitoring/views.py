@@ -2,8 +2,8 @@
 
 The windows table is one Tabulator (remote pagination) whose filter is a bound function: the
 "alerts only" toggle narrows it on the server and ships one page, never a new table. Charts are
-plain Bokeh figures built from the reduced rows (``MonitoringData.latest``), only when their tab
-is first shown.
+plain Bokeh figures built from the reduced rows (``MonitoringData.latest``), only while their tab
+is shown (:class:`Charts`).
 """
 
 from __future__ import annotations
@@ -349,30 +349,65 @@ def drift_figure(latest: pd.DataFrame, metric: str, warn: float, alert: float):
 
 
 class Charts(Viewer):
-    """The charts over time, one tab each, built when their tab is first opened."""
+    """The charts over time, one tab each. A chart is built only while it is shown: while
+    :attr:`active` is False (the app ties it to its own tab) nothing is built, and of the five
+    tabs only the open one is; a new read rebuilds the open chart and leaves the others to be
+    built when they are opened."""
 
     store = param.ClassSelector(class_=MonitoringStore)
+    active = param.Boolean(default=True, doc=(
+        "Whether the charts are on screen. While False a new read builds no figure nobody sees; "
+        "the open tab's figure is built on showing."))
 
-    def _chart(self, name: str, build):
-        def view(data: MonitoringData | None):
-            if data is None or data.latest.empty:
-                return pn.pane.Markdown("No monitoring rows to chart.")
-            return pn.Column(pn.pane.Bokeh(build(data.latest), sizing_mode="stretch_width"),
-                             sizing_mode="stretch_width", css_classes=["mf-chart", f"mf-chart-{name}"])
-        return pn.bind(view, self.store.param.data)
+    #: (tab title, name: the css class mf-chart-<name>)
+    TABS = (("ROC AUC", "auc"), ("Conversion", "conversion"), ("Label completeness", "labels"),
+            ("Policy value", "policy"), ("Drift", "drift"))
+    _UNBUILT = object()
+
+    def __init__(self, **params):
+        super().__init__(**params)
+        self._slots = [pn.Column(sizing_mode="stretch_width", css_classes=["mf-chart", f"mf-chart-{name}"])
+                       for _, name in self.TABS]
+        self._built: list[object] = [self._UNBUILT] * len(self.TABS)  # the data each slot shows
+        self.tabs = pn.Tabs(*((title, slot) for (title, _), slot in zip(self.TABS, self._slots)),
+                            dynamic=False, sizing_mode="stretch_width", css_classes=["mf-charts"])
+        self.tabs.param.watch(lambda *_: self._show(), "active")
+        self.param.watch(lambda *_: self._show(), "active")
+        self.store.param.watch(lambda *_: self._show(), "data")
+        self._show()
+
+    def figure(self, name: str, latest: pd.DataFrame):
+        """The Bokeh figure of the tab ``name`` over the reduced rows ``latest``."""
+        m = self.store.config.monitoring
+        if name == "auc":
+            return realised_vs_estimated_figure(latest, "roc_auc", "estimated_roc_auc",
+                                                "ROC AUC: realised (labels) vs estimated (scores alone)",
+                                                floor=m.roc_auc_floor)
+        if name == "conversion":
+            return realised_vs_estimated_figure(latest, "conversion_rate", "estimated_conversion_rate",
+                                                "Conversion rate: realised vs estimated")
+        if name == "labels":
+            return label_completeness_figure(latest)
+        if name == "policy":
+            return policy_value_figure(latest, m.policy_confidence)
+        if name == "drift":
+            return drift_figure(latest, self.store.drift_metric, m.drift_warn, m.drift_alert)
+        raise ValueError(f"no chart {name!r}")
+
+    def _show(self) -> None:
+        """Build the open tab's chart if it is shown and not built from the current read."""
+        if not self.active:
+            return
+        i = self.tabs.active
+        data = self.store.data
+        if self._built[i] is data:
+            return
+        self._built[i] = data
+        if data is None or data.latest.empty:
+            self._slots[i][:] = [pn.pane.Markdown("No monitoring rows to chart.")]
+        else:
+            self._slots[i][:] = [pn.pane.Bokeh(self.figure(self.TABS[i][1], data.latest),
+                                               sizing_mode="stretch_width")]
 
     def __panel__(self):
-        m = self.store.config.monitoring
-        return pn.Tabs(
-            ("ROC AUC", self._chart("auc", lambda d: realised_vs_estimated_figure(
-                d, "roc_auc", "estimated_roc_auc", "ROC AUC: realised (labels) vs estimated (scores alone)",
-                floor=m.roc_auc_floor))),
-            ("Conversion", self._chart("conversion", lambda d: realised_vs_estimated_figure(
-                d, "conversion_rate", "estimated_conversion_rate", "Conversion rate: realised vs estimated"))),
-            ("Label completeness", self._chart("labels", label_completeness_figure)),
-            ("Policy value", self._chart("policy", lambda d: policy_value_figure(d, m.policy_confidence))),
-            ("Drift", self._chart("drift", lambda d: drift_figure(d, self.store.drift_metric, m.drift_warn, m.drift_alert))),
-            dynamic=True,
-            sizing_mode="stretch_width",
-            css_classes=["mf-charts"],
-        )
+        return self.tabs
