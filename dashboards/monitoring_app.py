@@ -8,6 +8,19 @@ Reads what the ``model_monitoring`` DAG wrote — the warehouse tables ``model_m
 (default 30) sets how often the tables are read again (one read is shared by all sessions).
 Nothing happens at import; the page is built per browser session by :func:`create_app`, and
 only for a signed-in session.
+
+What makes the page fast (``benchmarks/dashboard_render.py`` measures it), as on the
+experiments dashboard:
+
+- no Panel template: a header, a sidebar column and a main column. ``FastListTemplate`` made
+  the browser fetch and parse ~2.7 MB more JavaScript (FAST web components and MathJax), a
+  stylesheet per component, and a Google Fonts stylesheet, which on a machine without internet
+  is a request that can only fail;
+- the first document holds what the first screen needs (the lineage and the windows table);
+  the alerts table and the charts' tabs arrive right after it (``pn.state.onload``);
+- the charts sit behind their own tab and are built only while it (and their own tab within
+  it) is shown: a visit that only reads the windows builds no figure, and a click on the
+  alerts-only filter does not wait behind five of them.
 """
 
 from __future__ import annotations
@@ -27,23 +40,55 @@ from dashboards.monitoring.views import (
 )
 
 
+TITLE = "Model Factory · monitoring"
+SIDEBAR_WIDTH = 260
+WINDOWS_TAB, CHARTS_TAB = 0, 1
+_HEADER_CSS = """
+:host { background: #0072b5; color: white; }
+.mf-title { font-size: 1.35em; font-weight: 600; padding: 10px 16px; display: block; }
+"""
+
+
+def page(title: str, sidebar: list, main: list, sidebar_width: int = SIDEBAR_WIDTH) -> pn.Column:
+    """A header, a fixed-width sidebar and a main column: a template's layout without its
+    resources (the experiments app's layout; that module cannot be imported here, served it
+    builds its own page on import)."""
+    header = pn.pane.HTML(f'<span class="mf-title">{title}</span>', sizing_mode="stretch_width",
+                          stylesheets=[_HEADER_CSS], margin=0, css_classes=["mf-header"])
+    body = pn.Row(
+        pn.Column(*sidebar, width=sidebar_width, css_classes=["mf-sidebar"]),
+        pn.Column(*main, sizing_mode="stretch_width", css_classes=["mf-main"]),
+        sizing_mode="stretch_width",
+    )
+    return pn.Column(header, body, sizing_mode="stretch_width", margin=0)
+
+
 def create_app(store: MonitoringStore | None = None, live: bool = True):
-    """Build one session's page: lineage and windows first; charts and alerts once it has loaded."""
+    """Build one session's page: lineage and windows first; the alerts and the charts' tabs once
+    it has loaded, each chart built when its tab is opened."""
     pn.extension("tabulator", notifications=False, loading_indicator=True)
     store = store or MonitoringStore()
     freshness = Freshness(store=store)
-    later = pn.Column(sizing_mode="stretch_width", css_classes=["mf-later"])
+    alerts_slot = pn.Column(sizing_mode="stretch_width", css_classes=["mf-later"])
+    charts_slot = pn.Column(sizing_mode="stretch_width")
+    tabs = pn.Tabs(
+        # The divider is in the first document: its stylesheet is only served locally there.
+        ("Windows and alerts", pn.Column(WindowsTable(store=store), pn.layout.Divider(), alerts_slot,
+                                         sizing_mode="stretch_width")),
+        ("Charts over time", charts_slot),
+        dynamic=False,  # the windows table stays rendered while the charts are looked at
+        sizing_mode="stretch_width",
+        css_classes=["mf-sections"],
+    )
 
     def add_the_rest():
-        later[:] = [
-            pn.layout.Divider(),
-            "### Over time, per model version",
-            Charts(store=store),
-            pn.layout.Divider(),
-            AlertsTable(store=store),
-        ]
+        alerts_slot[:] = [AlertsTable(store=store)]
+        charts = Charts(store=store, active=tabs.active == CHARTS_TAB)
+        tabs.param.watch(lambda event: setattr(charts, "active", event.new == CHARTS_TAB), "active")
+        charts_slot[:] = [pn.pane.Markdown("### Over time, per model version"), charts]
 
     if pn.state.curdoc is not None and pn.state.curdoc.session_context is not None:
+        # The first document is what the first screen needs; the rest follows once it is shown.
         pn.state.onload(add_the_rest)
     else:
         add_the_rest()
@@ -55,13 +100,11 @@ def create_app(store: MonitoringStore | None = None, live: bool = True):
 
         pn.state.add_periodic_callback(poll, period=int(max(1.0, refresh_seconds() / 2) * 1000))
 
-    return pn.template.FastListTemplate(
-        title="Model Factory · monitoring",
+    return page(
+        TITLE,
         sidebar=[SignedInUser(), freshness,
                  pn.pane.Markdown("[Experiments dashboard](./experiments_app) · [All dashboards](./)")],
-        main=[pn.Column(ProblemBanner(store=store), Lineage(store=store), WindowsTable(store=store), later,
-                        sizing_mode="stretch_width")],
-        sidebar_width=260,
+        main=[pn.Column(ProblemBanner(store=store), Lineage(store=store), tabs, sizing_mode="stretch_width")],
     )
 
 
@@ -76,4 +119,4 @@ def refusal():
 
 
 if pn.state.served:
-    (create_app() if current_user() else refusal()).servable()
+    (create_app() if current_user() else refusal()).servable(title=TITLE)

@@ -134,13 +134,24 @@ def test_alerts_only_narrows_the_windows_and_the_alerts_table_lists_them(page, s
     assert messages and all("PSI" in m or "policy" in m for m in messages), messages
 
 
-def test_charts_are_drawn_and_the_page_is_captured(page, server):
-    page.locator(".mf-chart-auc .bk-Canvas").first.wait_for(state="attached", timeout=WAIT_MS)
+def test_charts_are_drawn_when_their_tab_is_opened_and_the_page_is_captured(page, server):
+    page.locator(".mf-alerts .tabulator-row").first.wait_for(timeout=WAIT_MS)  # the page has loaded
+    # Behind their tab, nothing is built: no figure reaches the page before it is opened.
+    page.locator(".mf-charts").first.wait_for(state="attached", timeout=WAIT_MS)
+    assert page.locator(".bk-Canvas").count() == 0
+    page.locator(".mf-sections .bk-tab", has_text="Charts over time").click()
+    page.locator(".mf-chart-auc .bk-Canvas").first.wait_for(timeout=WAIT_MS)
+    # Only the open chart is built; each other one when its tab is opened.
+    assert page.locator(".mf-chart-drift .bk-Canvas").count() == 0
     for tab, name in (("Drift", "drift"), ("Policy value", "policy"), ("Label completeness", "labels"),
-                      ("ROC AUC", "auc")):
+                      ("Conversion", "conversion"), ("ROC AUC", "auc")):
         page.locator(".mf-charts .bk-tab", has_text=tab).click()
         page.locator(f".mf-chart-{name} .bk-Canvas").first.wait_for(timeout=WAIT_MS)
-    page.locator(".mf-alerts .tabulator-row").first.wait_for(timeout=WAIT_MS)
+    # Back on the windows: the table is still there, with its rows.
+    page.locator(".mf-sections .bk-tab", has_text="Windows and alerts").click()
+    page.locator(f"{WINDOWS} .tabulator-row").first.wait_for(timeout=WAIT_MS)
+    page.locator(".mf-sections .bk-tab", has_text="Charts over time").click()
+    page.locator(".mf-chart-auc .bk-Canvas").first.wait_for(timeout=WAIT_MS)
     OUTPUT.mkdir(exist_ok=True)
     page.screenshot(path=str(OUTPUT / "monitoring_dashboard.png"), full_page=True)
 
