@@ -17,6 +17,7 @@ each naming the table (and row) and what is wrong; what can be shown still is.
 
 from __future__ import annotations
 
+import functools
 import html
 import math
 import os
@@ -90,6 +91,12 @@ class MonitoringData:
     @property
     def serving(self) -> DeploymentRecord | None:
         return self.deployments[-1] if self.deployments else None
+
+    @functools.cached_property
+    def alert_windows(self) -> int:
+        """The windows with an alert (what "alerts only" shows): counted once per read, not per
+        session and click."""
+        return int(self.windows["has_alert"].sum())
 
 
 # -- reading -----------------------------------------------------------------------------------
@@ -320,6 +327,13 @@ def load_monitoring(hook: Any, config: LoopConfig, config_problems: tuple[str, .
                           problems=tuple(problems), rows=total, warehouse=label, fingerprint=fingerprint)
 
 
+@functools.lru_cache(maxsize=1)
+def empty_windows() -> pd.DataFrame:
+    """The windows table of no rows (what a session shows without a read), made once: treat
+    it as read-only, like every frame of :class:`MonitoringData`."""
+    return window_table(pd.DataFrame(columns=[*MONITORING_COLUMNS, "cohort_dt"]), empty_alerts(), LoopConfig())
+
+
 _CACHE: dict[Any, tuple[float, MonitoringData]] = {}
 _CACHE_LOCK = threading.Lock()
 
@@ -403,8 +417,7 @@ class MonitoringStore(param.Parameterized):
 
     @property
     def windows(self) -> pd.DataFrame:
-        return window_table(pd.DataFrame(columns=[*MONITORING_COLUMNS, "cohort_dt"]), empty_alerts(), self.config) \
-            if self.data is None else self.data.windows
+        return empty_windows() if self.data is None else self.data.windows
 
     @property
     def total(self) -> int:
@@ -412,8 +425,10 @@ class MonitoringStore(param.Parameterized):
 
     @param.depends("alerts_only", watch=True)
     def _recount(self) -> None:
-        windows = self.windows
-        self.shown = int(windows["has_alert"].sum()) if self.alerts_only else len(windows)
+        if self.data is None:
+            self.shown = 0
+        else:
+            self.shown = self.data.alert_windows if self.alerts_only else len(self.data.windows)
 
     def filter_windows(self, frame: pd.DataFrame, alerts_only: bool) -> pd.DataFrame:
         """The Tabulator filter: the rows with an alert, or all."""
