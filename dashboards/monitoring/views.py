@@ -15,7 +15,7 @@ from datetime import datetime, timezone
 import pandas as pd
 import panel as pn
 import param
-from bokeh.models import ColumnDataSource, HoverTool, Label, NumberFormatter, Span
+from bokeh.models import ColumnDataSource, HoverTool, Label, NumberFormatter, Range1d, Span
 from bokeh.palettes import Category10_10
 from bokeh.plotting import figure
 from panel.viewable import Viewer
@@ -280,6 +280,12 @@ def realised_vs_estimated_figure(latest: pd.DataFrame, realised: str, estimated:
             fig.scatter("x", "y", source=source, size=7, line_color=color, fill_color=fill,
                         legend_label=f"{version} realised ({maturity})")
     if floor is not None:
+        # a Span does not widen the auto range: include the floor so its line is always in view
+        shown = latest.loc[latest["metric"].isin([realised, estimated]) & (latest["dimension"] == ""), "value"].dropna()
+        if not shown.empty:
+            low, high = min(float(shown.min()), floor), max(float(shown.max()), floor)
+            pad = (high - low) * 0.05 or 0.01
+            fig.y_range = Range1d(low - pad, high + pad)
         fig.add_layout(Span(location=floor, dimension="width", line_color="#d62728", line_dash="dotted"))
         fig.add_layout(Label(x=5, y=floor, x_units="screen", text=f"floor {floor:g}", text_font_size="8pt",
                              text_color="#d62728"))
