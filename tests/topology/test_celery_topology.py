@@ -1,0 +1,272 @@
+"""``model_factory`` under the production topology (:mod:`stack.topology`): PostgreSQL metadata
+DB, Redis broker, ``CeleryExecutor`` with two workers that share no disk (own cwd, TMPDIR, HOME,
+AIRFLOW_HOME), a real scheduler, dag-processor, triggerer and api-server (the workers' task
+runners reach its execution API).
+
+A 4-experiment grid (tiny logistic regressions, max_parallel 2) is triggered through the REST
+API. Asserted: mapped experiment tasks ran on both workers (the TIs' hostname, from the
+worker's ``hostname_callable``) and at the same time (overlapping start/end on different
+workers); deferrable tasks went through ``deferred`` and were resumed after the triggerer's
+event; ``experiment_outcomes`` has exactly one row per experiment for the run; the asset event
+started ``experiments_summary`` (succeeded) and ``deploy_best_model``; the 30-minute schedule
+of ``experiments_summary`` is registered (next run on a :00/:30). The asset-triggered deploy
+run waits on its 2-hour review; a manual run with a 15-second review window then shows the
+HITL ``response_timeout`` taking the default under the real scheduler and triggerer, and the
+deployed model answering. No log holds a generated secret; when the topology stops, no
+process that names the test's folder is left.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections import defaultdict
+from datetime import datetime, timedelta
+
+import httpx
+import psutil
+import pytest
+
+from stack.env import stack_paths
+from stack.topology import WORKERS, celery_topology
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
+
+GRID = """
+cv: {folds: 2, random_state: 0}
+metrics: [roc_auc, log_loss, policy_value, policy_uplift]
+ranking_metric: roc_auc
+max_parallel: 2
+economics:
+  conversion_value: 100.0
+  offer_costs: {Discount: 8.0, Buy One Get One: 4.0, No Offer: 0.0}
+families:
+  logistic_regression:
+    estimator: LogisticRegression
+    resources: {cpu: 1, memory_gb: 1}
+    params: {C: [0.01, 0.1, 1.0, 10.0]}
+"""
+EXPERIMENTS = 4
+#: the mapped experiment tasks (the planner puts each experiment in the long or the short wave)
+MAPPED = ("submit_", "wait_for_")
+
+
+def processes_of(var) -> list[psutil.Process]:
+    """Every process whose command line or environment names the test's var folder."""
+    found = []
+    for proc in psutil.process_iter():
+        if proc.pid == psutil.Process().pid:
+            continue
+        try:
+            if str(var) in " ".join(proc.cmdline()) or proc.environ().get("MODEL_FACTORY_VAR") == str(var):
+                found.append(proc)
+        except psutil.Error:
+            continue
+    return found
+
+
+@pytest.fixture
+def var(tmp_path):
+    """The test's var folder; whatever still names it at the end is killed (the last resort)."""
+    folder = tmp_path / "var"
+    yield folder
+    left = processes_of(folder)
+    for proc in left:
+        try:
+            proc.kill()
+        except psutil.Error:
+            pass
+    psutil.wait_procs(left, timeout=10)
+
+
+class Api:
+    def __init__(self, topo):
+        from stack.up import api_token
+
+        self.topo = topo
+        self.http = httpx.Client(base_url=topo.api_url, timeout=20,
+                                 headers={"Authorization": f"Bearer {api_token(topo.api_url, topo.paths)}"})
+        self.calls = 0
+
+    def get(self, path: str, **params):
+        self.calls += 1
+        resp = self.http.get(f"/api/v2{path}", params=params)
+        assert resp.status_code == 200, f"GET {path}: {resp.status_code} {resp.text[:500]}"
+        return resp.json()
+
+    def send(self, method: str, path: str, body: dict):
+        self.calls += 1
+        resp = self.http.request(method, f"/api/v2{path}", json=body)
+        assert resp.status_code in (200, 201), f"{method} {path}: {resp.status_code} {resp.text[:500]}"
+        return resp.json()
+
+    def wait(self, what: str, check, timeout_s: float, interval: float = 1.0):
+        """Poll ``check`` (returns a truthy value when done) until ``timeout_s``; fail naming
+        what was awaited and the logs."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            value = check()
+            if value:
+                return value
+            if time.monotonic() > deadline:
+                pytest.fail(f"timed out after {timeout_s:.0f}s waiting for {what}; logs: {', '.join(self.topo.logs)} "
+                            f"(task logs under {self.topo.paths.logs / 'tasks'})", pytrace=False)
+            time.sleep(interval)
+
+    def runs(self, dag_id: str) -> list[dict]:
+        return self.get(f"/dags/{dag_id}/dagRuns", limit=100, order_by="run_after")["dag_runs"]
+
+    def tis(self, dag_id: str, run_id: str) -> list[dict]:
+        return self.get(f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances", limit=200)["task_instances"]
+
+    def run_to_end(self, dag_id: str, run_id: str, timeout_s: float, seen: dict | None = None) -> dict:
+        """Wait for the run to end; ``seen`` collects every state each TI was observed in."""
+        def done():
+            run = self.get(f"/dags/{dag_id}/dagRuns/{run_id}")
+            if seen is not None:
+                for ti in self.tis(dag_id, run_id):
+                    seen[(ti["task_id"], ti["map_index"])].append(ti["state"])
+            return run if run["state"] in ("success", "failed") else None
+
+        return self.wait(f"{dag_id} run {run_id} to end", done, timeout_s)
+
+
+def _when(value: str) -> datetime:
+    return datetime.fromisoformat(value.replace("Z", "+00:00"))
+
+
+def test_model_factory_on_two_celery_workers(var, tmp_path):
+    started = time.monotonic()
+    paths = stack_paths(var)
+    grid = tmp_path / "grid.yaml"
+    grid.write_text(GRID)
+    with celery_topology(paths, rows=2000, timeout_s=240) as topo:
+        up_s = time.monotonic() - started
+        api = Api(topo)
+
+        # -- the factory run ---------------------------------------------------------------
+        run = api.send("POST", "/dags/model_factory/dagRuns",
+                       {"logical_date": None, "conf": {"grid_path": str(grid), "max_parallel": 2}})
+        run_id = run["dag_run_id"]
+        seen: dict = defaultdict(list)
+        t0 = time.monotonic()
+        final = api.run_to_end("model_factory", run_id, 300, seen)
+        factory_s = time.monotonic() - t0
+        tis = api.tis("model_factory", run_id)
+        states = {(t["task_id"], t["map_index"]): t["state"] for t in tis}
+        assert final["state"] == "success", f"model_factory {run_id}: {states}; logs {topo.logs}"
+
+        # on both workers, at the same time
+        mapped = [t for t in tis if t["task_id"].startswith(MAPPED) and t["map_index"] >= 0]
+        assert len(mapped) == 2 * EXPERIMENTS, states
+        per_worker = defaultdict(list)
+        for ti in tis:
+            if not ti["hostname"]:  # skipped, or never on a worker (EmptyOperator)
+                continue
+            per_worker[ti["hostname"]].append(f"{ti['task_id']}[{ti['map_index']}]")
+        assert set(per_worker) <= set(WORKERS), f"task instances on unknown hosts: {dict(per_worker)}"
+        mapped_hosts = {t["hostname"] for t in mapped}
+        assert mapped_hosts == set(WORKERS), f"mapped tasks ran on {mapped_hosts} only: {dict(per_worker)}"
+        overlaps = [(a["task_id"], a["map_index"], b["task_id"], b["map_index"])
+                    for i, a in enumerate(mapped) for b in mapped[i + 1:]
+                    if a["hostname"] != b["hostname"]
+                    and _when(a["start_date"]) < _when(b["end_date"]) and _when(b["start_date"]) < _when(a["end_date"])]
+        assert overlaps, f"no two mapped tasks on different workers overlapped: {mapped}"
+
+        # what deferred resumed (the tiny experiments are often done before their sensor's first
+        # look: then it succeeds without deferring; the deploy run below always defers)
+        factory_deferred = {key for key, history in seen.items() if "deferred" in history}
+        for key in factory_deferred:
+            assert states[key] == "success", (key, seen[key])
+
+        # exactly one outcome row per experiment (the shared warehouse)
+        with sqlite3.connect(paths.warehouse_db) as db:
+            (rows,) = db.execute("SELECT count(*) FROM experiment_outcomes WHERE factory_run_id = ?", (run_id,)).fetchone()
+            (distinct,) = db.execute("SELECT count(DISTINCT experiment_id) FROM experiment_outcomes "
+                                     "WHERE factory_run_id = ?", (run_id,)).fetchone()
+        assert rows == distinct == EXPERIMENTS, (rows, distinct)
+
+        # the asset event started experiments_summary and deploy_best_model
+        def asset_run(dag_id):
+            return next((r for r in api.runs(dag_id) if r["run_type"] == "asset_triggered"), None)
+
+        summary = api.wait("the asset-triggered experiments_summary run", lambda: asset_run("experiments_summary"), 60)
+        assert api.run_to_end("experiments_summary", summary["dag_run_id"], 90)["state"] == "success"
+        deploy = api.wait("the asset-triggered deploy_best_model run", lambda: asset_run("deploy_best_model"), 60)
+
+        # the 30-minute schedule is registered
+        details = api.get("/dags/experiments_summary/details")
+        assert "*/30 * * * *" in (details["timetable_summary"] or "") + (details["timetable_description"] or ""), details
+        next_run = _when(details["next_dagrun_run_after"])
+        assert next_run.minute in (0, 30) and next_run.second == 0, details["next_dagrun_run_after"]
+
+        # -- the review under the real scheduler ---------------------------------------------
+        # the asset run's review waits for the default 2-hour window
+        review_key = ("review", 0)
+        api.wait("the asset-triggered deploy run's review to be deferred", lambda: any(
+            (t["task_id"], t["map_index"]) == review_key
+            and t["state"] in ("deferred", "awaiting_input")  # HITL's own name for deferred
+            for t in api.tis("deploy_best_model", deploy["dag_run_id"])), 120)
+        window = api.get(f"/dags/deploy_best_model/dagRuns/{deploy['dag_run_id']}/taskInstances/resolve_run/xcomEntries"
+                         "/return_value")["value"]
+        window = json.loads(window) if isinstance(window, str) else window
+        assert window["minutes"] == 120 and _when(window["closes_at"]) - _when(window["finished_at"]) == timedelta(hours=2)
+        api.send("PATCH", f"/dags/deploy_best_model/dagRuns/{deploy['dag_run_id']}", {"state": "failed"})
+
+        # a manual run with a short window: nobody answers, the default (the best) is deployed
+        manual = api.send("POST", "/dags/deploy_best_model/dagRuns", {"logical_date": None, "conf": {
+            "factory_run_id": run_id, "review_window_minutes": 0.25, "replicas": 1}})
+        t0 = time.monotonic()
+        deploy_seen: dict = defaultdict(list)
+        done = api.run_to_end("deploy_best_model", manual["dag_run_id"], 300, deploy_seen)
+        deploy_s = time.monotonic() - t0
+        deploy_tis = api.tis("deploy_best_model", manual["dag_run_id"])
+        deploy_states = {t["task_id"]: t["state"] for t in deploy_tis}
+        assert done["state"] == "success", deploy_states
+        # the deferrable sensor and the HITL step waited in the triggerer and were resumed on a worker
+        deferred = {key for key, history in deploy_seen.items() if {"deferred", "awaiting_input"} & set(history)}
+        assert {("wait_for_review_window", -1), ("review", 0)} <= deferred, dict(deploy_seen)
+        for ti in deploy_tis:
+            if (ti["task_id"], ti["map_index"]) in deferred:
+                assert ti["state"] == "success" and ti["hostname"] in WORKERS, ti
+        ti = next(t for t in deploy_tis if t["task_id"] == "wait_for_review_window")
+        log = api.get(f"/dags/deploy_best_model/dagRuns/{manual['dag_run_id']}/taskInstances/wait_for_review_window"
+                      f"/logs/{ti['try_number']}", full_content=True)
+        text = json.dumps(log)
+        assert "Pausing task as DEFERRED" in text, text[-3000:]
+        trigger_logs = list((paths.logs / "tasks").glob(f"dag_id=deploy_best_model/run_id={manual['dag_run_id']}"
+                                                         "/task_id=wait_for_review_window/*.trigger.*.log"))
+        assert trigger_logs and "trigger completed" in trigger_logs[0].read_text(), trigger_logs
+        hitl = api.get(f"/dags/deploy_best_model/dagRuns/{manual['dag_run_id']}/taskInstances/review/0/hitlDetails")
+        assert hitl["responded_by_user"] is None and hitl["chosen_options"] == hitl["defaults"], hitl
+        assert deploy_states["deploy"] == "success" and deploy_states["record_deployment"] == "success", deploy_states
+
+        from factory_tasks.names import MODEL_NAME
+        from cml_provider.hooks.cml import CmlHook
+
+        ws = topo.workspace
+        cml = CmlHook.from_url(ws.url, ws.api_key, project_name="model-factory")
+        answer = cml.call_model(cml.find_model(MODEL_NAME), {"customers": [{
+            "customer_id": "c-1", "recency": 3, "history": 420.0, "used_discount": 0, "used_bogo": 1,
+            "zip_code": "Surburban", "is_referral": 1, "channel": "Phone"}]},
+            model_service_url=ws.model_service_url, api_key=ws.api_key)
+        predictions = answer.prediction["predictions"]
+        assert [p["customer_id"] for p in predictions] == ["c-1"] and answer.uuid, answer
+        assert set(predictions[0]["offers"]) == {"Buy One Get One", "Discount", "No Offer"}, predictions
+        secrets_ = topo.secrets
+        logs = list(topo.logs)
+        stopping = time.monotonic()
+
+    # nothing left, no secret in any log
+    stopped = time.monotonic()
+    left = processes_of(var)
+    assert left == [], [(p.pid, p.name()) for p in left]
+    for path in logs + [str(p) for p in (paths.logs / "tasks").rglob("*") if p.is_file()]:
+        text = open(path, errors="replace").read()
+        assert not any(s in text for s in secrets_), f"a generated secret is in {path}"
+    counts = {w: sum(t["hostname"] == w for t in mapped) for w in WORKERS}
+    print(f"\ntopology up in {up_s:.0f}s; model_factory {factory_s:.0f}s; deploy {deploy_s:.0f}s; "
+          f"stop {stopped - stopping:.0f}s; whole test {time.monotonic() - started:.0f}s")
+    print(f"mapped experiment tasks per worker {counts}; all tasks {dict((k, len(v)) for k, v in per_worker.items())}; "
+          f"{len(overlaps)} overlapping cross-worker pairs; model_factory deferred {sorted(factory_deferred)}, deploy deferred {sorted(deferred)}; {api.calls} REST calls")
