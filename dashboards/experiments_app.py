@@ -41,6 +41,7 @@ from dashboards.experiments.views import (
     PromotePanel,
     SignedInUser,
 )
+from dashboards.layout import page
 
 
 def poll_seconds() -> float:
@@ -52,23 +53,6 @@ def poll_seconds() -> float:
 
 TITLE = "Model Factory · experiments"
 SIDEBAR_WIDTH = 360
-_HEADER_CSS = """
-:host { background: #0072b5; color: white; }
-.mf-title { font-size: 1.35em; font-weight: 600; padding: 10px 16px; display: block; }
-"""
-
-
-def page(title: str, sidebar: list, main: list, sidebar_width: int = SIDEBAR_WIDTH) -> pn.Column:
-    """A header, a fixed-width sidebar and a main column: a template's layout without its
-    resources."""
-    header = pn.pane.HTML(f'<span class="mf-title">{title}</span>', sizing_mode="stretch_width",
-                          stylesheets=[_HEADER_CSS], margin=0, css_classes=["mf-header"])
-    body = pn.Row(
-        pn.Column(*sidebar, width=sidebar_width, css_classes=["mf-sidebar"]),
-        pn.Column(*main, sizing_mode="stretch_width", css_classes=["mf-main"]),
-        sizing_mode="stretch_width",
-    )
-    return pn.Column(header, body, sizing_mode="stretch_width", margin=0)
 
 
 def create_app(store: ExperimentsStore | None = None, live: bool = True):
@@ -115,6 +99,7 @@ def create_app(store: ExperimentsStore | None = None, live: bool = True):
     # in the main area would overlap it and swallow its clicks.
     return page(
         TITLE,
+        sidebar_width=SIDEBAR_WIDTH,
         # The divider is in the first document: its stylesheet is only served locally there.
         sidebar=[SignedInUser(), FilterPanel(store=store), freshness, pn.layout.Divider(), promote_slot],
         main=[pn.Column(ErrorBanner(store=store), NoExperimentsBanner(store=store), content,

@@ -28,6 +28,7 @@ from __future__ import annotations
 import panel as pn
 
 from dashboards.experiments.auth import current_user
+from dashboards.layout import page
 from dashboards.monitoring.store import MonitoringStore, refresh_seconds
 from dashboards.monitoring.views import (
     AlertsTable,
@@ -43,24 +44,6 @@ from dashboards.monitoring.views import (
 TITLE = "Model Factory · monitoring"
 SIDEBAR_WIDTH = 260
 WINDOWS_TAB, CHARTS_TAB = 0, 1
-_HEADER_CSS = """
-:host { background: #0072b5; color: white; }
-.mf-title { font-size: 1.35em; font-weight: 600; padding: 10px 16px; display: block; }
-"""
-
-
-def page(title: str, sidebar: list, main: list, sidebar_width: int = SIDEBAR_WIDTH) -> pn.Column:
-    """A header, a fixed-width sidebar and a main column: a template's layout without its
-    resources (the experiments app's layout; that module cannot be imported here, served it
-    builds its own page on import)."""
-    header = pn.pane.HTML(f'<span class="mf-title">{title}</span>', sizing_mode="stretch_width",
-                          stylesheets=[_HEADER_CSS], margin=0, css_classes=["mf-header"])
-    body = pn.Row(
-        pn.Column(*sidebar, width=sidebar_width, css_classes=["mf-sidebar"]),
-        pn.Column(*main, sizing_mode="stretch_width", css_classes=["mf-main"]),
-        sizing_mode="stretch_width",
-    )
-    return pn.Column(header, body, sizing_mode="stretch_width", margin=0)
 
 
 def create_app(store: MonitoringStore | None = None, live: bool = True):
@@ -102,6 +85,7 @@ def create_app(store: MonitoringStore | None = None, live: bool = True):
 
     return page(
         TITLE,
+        sidebar_width=SIDEBAR_WIDTH,
         sidebar=[SignedInUser(), freshness,
                  pn.pane.Markdown("[Experiments dashboard](./experiments_app) · [All dashboards](./)")],
         main=[pn.Column(ProblemBanner(store=store), Lineage(store=store), tabs, sizing_mode="stretch_width")],
