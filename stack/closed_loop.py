@@ -101,7 +101,6 @@ def closed_loop_demo(stack, started: float, step: str = "[8/8]") -> DemoReport:
             _say(f"  {TRAFFIC_DAG} for {start:%H:%M} failed: {what}")
             return DemoReport(False, [traffic_log])
     _say(f"  traffic: {_traffic_counts(stack.warehouse_hook(), windows)}")
-    retrain = None
     for start in windows[1:]:
         end = start + timedelta(hours=1)  # the monitoring run at `end` covers [start, end)
         ok, what = _run(stack, MONITORING_DAG, end, {"loop_config_path": str(config)}, monitoring_log)
