@@ -152,6 +152,30 @@ def test_per_dag_run_cap_defers_to_the_capacity_trigger(cml_conn, hook, unique, 
         hook.stop_job_run(busy["job_id"], busy["run_id"])
 
 
+def test_submit_lists_the_jobs_runs_once(cml_conn, hook, unique, make_context, monkeypatch):
+    """The reuse check, the per-DAG-run cap's count and the last check before creating share one
+    listing of the job's recent runs (each listing is up to ``recent_run_pages`` API calls)."""
+    from cml_provider.hooks.endpoints import LIST_JOB_RUNS
+
+    warm = operator(unique, max_active_runs_per_dag_run=3, capacity_job_name_filter=f"op-{unique}")
+    first = warm.execute(make_context(run_id=f"manual__{unique}", task_id="a"))
+    op = operator(unique, task_id="b", max_active_runs_per_dag_run=3, capacity_job_name_filter=f"op-{unique}")
+    calls = []
+    real = op.hook._do_api_call
+
+    def spy(endpoint, **kwargs):
+        calls.append(endpoint)
+        return real(endpoint, **kwargs)
+
+    monkeypatch.setattr(op.hook, "_do_api_call", spy)
+    context = make_context(run_id=f"manual__{unique}", task_id="b")
+    ref = op.execute(context)
+    assert ref["run_id"] != first["run_id"]
+    assert calls.count(LIST_JOB_RUNS) == 1, calls
+    # and the retry of that task instance still finds its run
+    assert operator(unique, task_id="b", max_active_runs_per_dag_run=3).execute(context) == ref
+
+
 def test_on_kill_stops_the_remote_run(cml_conn, hook, unique, make_context, wait_terminal):
     op = operator(unique, environment={"MF_TEST_SLEEP": "60"})
     ref = op.execute(make_context(run_id=f"manual__{unique}"))

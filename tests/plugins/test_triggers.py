@@ -153,3 +153,54 @@ def test_capacity_trigger_waits_for_runs_of_the_same_dag_run(cml_conn, hook, uni
     finally:
         for run in (*runs, other):
             hook.stop_job_run(run.job_id, run.id)
+
+
+def _gather(triggers) -> list[dict]:
+    """Run triggers side by side in one event loop, as the triggerer does; their events' payloads."""
+
+    async def one(trigger):
+        return [event.payload async for event in trigger.run()]
+
+    async def run():
+        return await asyncio.gather(*(one(t) for t in triggers))
+
+    return [events[0] for events in asyncio.run(asyncio.wait_for(run(), timeout=60))]
+
+
+@pytest.mark.integration
+def test_capacity_triggers_of_one_dag_run_share_a_count_per_poll(cml_conn, hook, unique, monkeypatch, wait_terminal):
+    from cml_provider.hooks.cml import CmlHook
+    from cml_provider.hooks.endpoints import LIST_JOB_RUNS, LIST_JOBS
+
+    key = f"capshare/{unique}"
+    job = hook.get_or_create_job(f"capshare-{unique}", "job.py", 0.25, 0.25)
+    busy = hook.create_job_run(job.id, environment={MARKER: key, "MF_TEST_SLEEP": "60"})
+    pid = hook.get_project_id()
+    calls = []
+    real = CmlHook._a_do_api_call
+
+    async def spy(self, endpoint, **kwargs):
+        calls.append(endpoint)
+        return await real(self, endpoint, **kwargs)
+
+    monkeypatch.setattr(CmlHook, "_a_do_api_call", spy)
+
+    def capacity(max_active, poll_interval, deadline_in):
+        return CmlCapacityTrigger(cml_conn, pid, None, MARKER, key, max_active, poll_interval,
+                                  time.time() + deadline_in, job_name_filter=f"capshare-{unique}", retry_delay=0.01)
+
+    try:
+        # five deferred tasks of one DAG run, polling every 0.2 s for 1 s: one count per interval
+        # between them (~6), where each used to count for itself (~30)
+        events = _gather([capacity(1, 0.2, 1.0) for _ in range(5)])
+        assert [(e["status"], e["active"]) for e in events] == [("timeout", 1)] * 5
+        assert calls.count(LIST_JOB_RUNS) == calls.count(LIST_JOBS) <= 9, calls
+    finally:
+        hook.stop_job_run(job.id, busy.id)
+    wait_terminal(hook, job.id, busy.id)
+    # a free slot goes to one trigger only: with 2 slots free, the third waits for a new count
+    events = _gather([capacity(2, 30.0, 1.0) for _ in range(3)])
+    assert sorted((e["status"], e["active"]) for e in events) == [("success", 0), ("success", 1), ("timeout", 2)]
+    from cml_provider.triggers.cml import _SHARED_COUNTS
+
+    assert not _SHARED_COUNTS  # nothing is kept once no trigger waits

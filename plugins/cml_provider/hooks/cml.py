@@ -51,7 +51,7 @@ Two ways to configure the hook:
 from __future__ import annotations
 
 import posixpath
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from cml_provider.errors import (
@@ -348,6 +348,7 @@ class CmlHook(BaseCmlHook):
         max_pages: int | None = 5,
         reuse_succeeded: bool = True,
         project_id: str | None = None,
+        recent_runs: Sequence[CmlJobRun] | None = None,
     ) -> tuple[CmlJobRun, bool]:
         """Start a run unless a live or succeeded run with the same marker exists.
 
@@ -358,13 +359,20 @@ class CmlHook(BaseCmlHook):
         After an ambiguous create failure (5xx, read timeout) the runs are listed again before
         re-creating.
 
+        ``recent_runs``: the job's recent runs as the caller has just listed them (newest first,
+        :meth:`list_job_runs`); the first attempt looks there instead of listing again.
+
         :return: ``(run, reused)``
         """
         pid = project_id or self.get_project_id()
         env = {**environment_to_request(environment), **dict(idempotency_env)}
         for attempt in self._retry_unsafe(f"submit run of job {job_id}"):
             with attempt:
-                existing = self.find_job_run(job_id, idempotency_env, max_pages=max_pages, project_id=pid)
+                if recent_runs is not None:
+                    existing = next((r for r in recent_runs if r.matches(idempotency_env)), None)
+                    recent_runs = None  # a later attempt (after an ambiguous failure) lists afresh
+                else:
+                    existing = self.find_job_run(job_id, idempotency_env, max_pages=max_pages, project_id=pid)
                 if existing is not None and (
                     existing.status.is_active or (reuse_succeeded and existing.status.is_successful)
                 ):
@@ -395,12 +403,15 @@ class CmlHook(BaseCmlHook):
         *,
         max_pages: int | None = 5,
         project_id: str | None = None,
+        recent_runs: Mapping[str, Sequence[CmlJobRun]] | None = None,
     ) -> int:
-        """Sync twin of :meth:`a_count_active_runs`."""
+        """Sync twin of :meth:`a_count_active_runs`; ``recent_runs`` maps job ids to runs the
+        caller has just listed (the same ``max_pages``), which are counted instead of listing."""
         pid = project_id or self.get_project_id()
         count = 0
+        known = recent_runs or {}
         for job_id in job_ids:
-            runs = self.list_job_runs(job_id, max_pages=max_pages, project_id=pid)
+            runs = known[job_id] if job_id in known else self.list_job_runs(job_id, max_pages=max_pages, project_id=pid)
             count += sum(1 for r in runs if r.status.is_active and r.matches(environment))
         return count
 

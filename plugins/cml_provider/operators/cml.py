@@ -60,9 +60,10 @@ class CmlJobRunOperator(CmlRunOwnerMixin, BaseOperator):
     **Per-DAG-run cap**: with ``max_active_runs_per_dag_run=N``, when N runs carrying this DAG
     run's marker are already active (in the project's jobs whose names contain
     ``capacity_job_name_filter``, or all its jobs), the task defers to
-    :class:`~cml_provider.triggers.cml.CmlCapacityTrigger` and submits when a slot frees. The
-    cap is soft: tasks resuming at the same moment may overshoot it by their number. Use an
-    Airflow pool for a hard limit.
+    :class:`~cml_provider.triggers.cml.CmlCapacityTrigger` and submits when a slot frees (the
+    deferred tasks of one DAG run share one count per poll interval in a triggerer and take
+    its free slots one at a time). The cap is soft: across triggerers, and between a count and
+    a resumed task's submission, it can be overshot. Use an Airflow pool for a hard limit.
 
     Returns (XCom) ``{"project_id", "job_id", "run_id"}``. With ``wait_for_completion=True`` it
     then defers to :class:`~cml_provider.triggers.cml.CmlJobRunTrigger` and fails unless the run
@@ -148,18 +149,19 @@ class CmlJobRunOperator(CmlRunOwnerMixin, BaseOperator):
         if self.max_active_runs_per_dag_run is not None and self.max_active_runs_per_dag_run < 1:
             raise ValueError("max_active_runs_per_dag_run must be at least 1 (or None for no cap)")
         self._ensure_job()
-        existing = self.hook.find_job_run(
-            self.job_id,
-            {TI_KEY_ENV: ti_key(context)},
-            max_pages=self.recent_run_pages,
-            project_id=self.project_id,
-        )
+        # One listing of the job's recent runs answers the three questions asked before a
+        # submission (a run of an earlier try to reuse? how many runs of this DAG run are
+        # active? and the same idempotency check again right before creating): at 100 runs a
+        # page and 5 pages, each listing is 5 API calls once the job has 400+ runs.
+        recent = self.hook.list_job_runs(self.job_id, max_pages=self.recent_run_pages, project_id=self.project_id)
+        ti_env = {TI_KEY_ENV: ti_key(context)}
+        existing = next((r for r in recent if r.matches(ti_env)), None)
         reusable = existing is not None and (
             existing.status.is_active or (self.reuse_succeeded_run and existing.status.is_successful)
         )
         if not reusable and self.max_active_runs_per_dag_run:
-            self._wait_for_capacity_if_needed(context)
-        return self._submit(context)
+            self._wait_for_capacity_if_needed(context, recent_runs={self.job_id: recent})
+        return self._submit(context, recent_runs=recent)
 
     def execute_after_capacity(self, context: Context, event: dict[str, Any] | None = None) -> dict[str, str]:
         """Resume after :class:`CmlCapacityTrigger`: submit the run."""
@@ -200,13 +202,19 @@ class CmlJobRunOperator(CmlRunOwnerMixin, BaseOperator):
         )
         self.job_id = job.id
 
-    def _wait_for_capacity_if_needed(self, context: Context) -> None:
+    def _wait_for_capacity_if_needed(
+        self, context: Context, recent_runs: Mapping[str, Sequence[CmlJobRun]] | None = None
+    ) -> None:
         assert self.max_active_runs_per_dag_run is not None
         search = {"name": self.capacity_job_name_filter} if self.capacity_job_name_filter else None
         job_ids = [j.id for j in self.hook.list_jobs(search, project_id=self.project_id)]
         key = dag_run_key(context)
         active = self.hook.count_active_runs(
-            job_ids, {DAG_RUN_KEY_ENV: key}, max_pages=self.recent_run_pages, project_id=self.project_id
+            job_ids,
+            {DAG_RUN_KEY_ENV: key},
+            max_pages=self.recent_run_pages,
+            project_id=self.project_id,
+            recent_runs=recent_runs,
         )
         if active < self.max_active_runs_per_dag_run:
             return
@@ -241,7 +249,7 @@ class CmlJobRunOperator(CmlRunOwnerMixin, BaseOperator):
             return self.arguments or None
         return shlex.join(str(a) for a in self.arguments)
 
-    def _submit(self, context: Context) -> dict[str, str]:
+    def _submit(self, context: Context, recent_runs: Sequence[CmlJobRun] | None = None) -> dict[str, str]:
         assert self.job_id is not None
         environment = {**(self.environment or {}), DAG_RUN_KEY_ENV: dag_run_key(context)}
         run, reused = self.hook.ensure_job_run(
@@ -252,6 +260,7 @@ class CmlJobRunOperator(CmlRunOwnerMixin, BaseOperator):
             max_pages=self.recent_run_pages,
             reuse_succeeded=self.reuse_succeeded_run,
             project_id=self.project_id,
+            recent_runs=recent_runs,
         )
         self.run_id = run.id
         if reused:

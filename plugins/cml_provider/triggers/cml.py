@@ -20,6 +20,23 @@ from cml_provider.states import JobRunStatus
 __all__ = ["CmlCapacityTrigger", "CmlJobRunTrigger"]
 
 
+class _SharedCount:
+    """One count of active runs shared by the capacity triggers of one DAG run in this process
+    (the triggerer runs every trigger in one event loop): counted at most once per poll
+    interval, whichever trigger asks first, and the slots handed out since."""
+
+    def __init__(self) -> None:
+        self.lock = asyncio.Lock()
+        self.users = 0
+        self.counted_at: float | None = None  # time.monotonic() of the count
+        self.active = 0
+        self.granted = 0  # slots handed to triggers since the count (their runs are not in it yet)
+
+
+#: keyed by what a count depends on (connection, project, jobs, marker, pages)
+_SHARED_COUNTS: dict[tuple, _SharedCount] = {}
+
+
 def _seconds(value: float | timedelta) -> float:
     """Seconds as a float: an operator may hand over its Airflow ``retry_delay`` (a timedelta),
     and trigger kwargs should stay primitives."""
@@ -144,6 +161,13 @@ class CmlCapacityTrigger(_CmlTrigger):
     (for example ``MF_AIRFLOW_DAG_RUN_KEY=<dag_id>/<run_id>``). Used to cap how many CML runs one
     DAG run keeps busy at once.
 
+    The capacity triggers of one DAG run deferred in the same triggerer share one count per
+    poll interval (:class:`_SharedCount`): each count lists the jobs and up to ``max_pages``
+    pages of runs per job, and N deferred tasks used to do that N times per interval. A trigger
+    that finds a free slot takes it from the shared count, so the others do not all take the
+    same slot before the next count (the cap stays soft across triggerers, and between a
+    count and the resumed task's submission).
+
     Yields one event ``{"status": "success" | "error" | "timeout", "message", "active",
     "max_active"}``.
 
@@ -211,17 +235,37 @@ class CmlCapacityTrigger(_CmlTrigger):
         search = {"name": self.job_name_filter} if self.job_name_filter else None
         return [j.id for j in await hook.a_list_jobs(search, project_id=self.project_id)]
 
+    def _share_key(self) -> tuple:
+        return (self.cml_conn_id, self.project_id, tuple(self.job_ids) if self.job_ids is not None else None,
+                self.job_name_filter, self.marker_key, self.marker_value, self.max_pages)
+
+    async def _take_slot(self, hook: CmlHook, shared: _SharedCount) -> tuple[int, bool]:
+        """(active runs as last counted plus slots handed out since, whether this trigger got a
+        slot); counts afresh when the shared count is a poll interval old."""
+        async with shared.lock:
+            if shared.counted_at is None or time.monotonic() - shared.counted_at >= self.poll_interval:
+                job_ids = await self._job_ids(hook)
+                shared.active = await hook.a_count_active_runs(
+                    job_ids, {self.marker_key: self.marker_value}, max_pages=self.max_pages,
+                    project_id=self.project_id,
+                )
+                shared.counted_at, shared.granted = time.monotonic(), 0
+            active = shared.active + shared.granted
+            if active < self.max_active:
+                shared.granted += 1
+                return active, True
+            return active, False
+
     async def run(self) -> AsyncIterator[TriggerEvent]:
         hook = self._hook()
-        marker = {self.marker_key: self.marker_value}
+        key = self._share_key()
+        shared = _SHARED_COUNTS.setdefault(key, _SharedCount())
+        shared.users += 1
         active: int | None = None
         try:
             while True:
-                job_ids = await self._job_ids(hook)
-                active = await hook.a_count_active_runs(
-                    job_ids, marker, max_pages=self.max_pages, project_id=self.project_id
-                )
-                if active < self.max_active:
+                active, free = await self._take_slot(hook, shared)
+                if free:
                     event = self._event(
                         "success",
                         f"{active} of at most {self.max_active} runs active for {self.marker_value}",
@@ -246,4 +290,8 @@ class CmlCapacityTrigger(_CmlTrigger):
                 await asyncio.sleep(min(self.poll_interval, remaining))
         except Exception as exc:
             event = self._event("error", f"Could not count CML runs: {type(exc).__name__}: {exc}", active)
+        finally:
+            shared.users -= 1
+            if shared.users == 0 and _SHARED_COUNTS.get(key) is shared:
+                del _SHARED_COUNTS[key]
         yield event
