@@ -20,7 +20,8 @@ Both are taken inside the page: a ``requestAnimationFrame`` probe (piercing shad
 Panel renders) stamps ``performance.now()`` when the rows or the text appear, and the click's
 own event time starts the filter. Playwright's waits poll at up to 500 ms intervals and would
 add that to the figures. Each visit also prints where its first-rows time went: until the
-page's HTML arrives (the server building the session), until the scripts ran
+page's HTML arrives (the server rendering the page; with ``make dashboard``'s reused sessions
+the visitor's own session is built after that, while the scripts load), until the scripts ran
 (DOMContentLoaded: downloading and parsing Bokeh, Panel and the extensions), and the rest
 (websocket, document, render) -- and the JS/CSS bytes and any request leaving the machine.
 """

@@ -17,7 +17,11 @@ What makes the page fast (``benchmarks/dashboard_render.py`` measures it):
 - the first document holds what the first screen needs (filters, the leaderboard, the best per
   family); the tabs below and the promote form arrive right after it (``pn.state.onload``);
 - the leaderboard pages on the server (one page of rows travels), the hyperparameter charts
-  are built only while their tab is shown, and a filter updates tables in place.
+  are built only while their tab is shown, and a filter updates tables in place;
+- one Tabulator, with the basic renderer (:data:`dashboards.layout.TABLE_CONFIGURATION`): the
+  best-per-family table is plain HTML;
+- the page's HTML comes from an earlier session of the page and this session is built while
+  the browser loads the scripts (``--reuse-sessions warm``, :mod:`dashboards.serve_setup`).
 """
 
 from __future__ import annotations
@@ -41,7 +45,7 @@ from dashboards.experiments.views import (
     PromotePanel,
     SignedInUser,
 )
-from dashboards.layout import page
+from dashboards.layout import page, rule
 
 
 def poll_seconds() -> float:
@@ -100,8 +104,7 @@ def create_app(store: ExperimentsStore | None = None, live: bool = True):
     return page(
         TITLE,
         sidebar_width=SIDEBAR_WIDTH,
-        # The divider is in the first document: its stylesheet is only served locally there.
-        sidebar=[SignedInUser(), FilterPanel(store=store), freshness, pn.layout.Divider(), promote_slot],
+        sidebar=[SignedInUser(), FilterPanel(store=store), freshness, rule(), promote_slot],
         main=[pn.Column(ErrorBanner(store=store), NoExperimentsBanner(store=store), content,
                         sizing_mode="stretch_width")],
     )

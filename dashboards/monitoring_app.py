@@ -28,7 +28,7 @@ from __future__ import annotations
 import panel as pn
 
 from dashboards.experiments.auth import current_user
-from dashboards.layout import page
+from dashboards.layout import page, rule
 from dashboards.monitoring.store import MonitoringStore, refresh_seconds
 from dashboards.monitoring.views import (
     AlertsTable,
@@ -56,7 +56,7 @@ def create_app(store: MonitoringStore | None = None, live: bool = True):
     charts_slot = pn.Column(sizing_mode="stretch_width")
     tabs = pn.Tabs(
         # The divider is in the first document: its stylesheet is only served locally there.
-        ("Windows and alerts", pn.Column(WindowsTable(store=store), pn.layout.Divider(), alerts_slot,
+        ("Windows and alerts", pn.Column(WindowsTable(store=store), rule(), alerts_slot,
                                          sizing_mode="stretch_width")),
         ("Charts over time", charts_slot),
         dynamic=False,  # the windows table stays rendered while the charts are looked at

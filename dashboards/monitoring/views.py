@@ -21,6 +21,7 @@ from bokeh.plotting import figure
 from panel.viewable import Viewer
 
 from dashboards.experiments.auth import LOGOUT_URL, current_user
+from dashboards.layout import TABLE_CONFIGURATION
 from dashboards.monitoring.store import ALERT_COLUMNS, WINDOW_TITLES, MonitoringData, MonitoringStore
 
 HTML_FIELDS = ("conversion", "roc_auc", "policy_value_dr")
@@ -169,6 +170,7 @@ class WindowsTable(Viewer):
             sizing_mode="stretch_width",
             height=560,
             css_classes=["mf-monitoring-windows"],
+            configuration=TABLE_CONFIGURATION,
         )
         self.toggle = pn.widgets.Toggle.from_param(self.store.param.alerts_only, name="⚠ Alerts only",
                                                    button_type="warning", button_style="outline",
@@ -207,6 +209,7 @@ class AlertsTable(Viewer):
         self.table = pn.widgets.Tabulator(
             self._value(), pagination="local", page_size=10, show_index=False, disabled=True,
             selectable=False, sizing_mode="stretch_width", css_classes=["mf-alerts"], widths=dict(ALERT_WIDTHS),
+            configuration=TABLE_CONFIGURATION,
             formatters={"value": NumberFormatter(format="0.000"), "threshold": NumberFormatter(format="0.000")},
             titles={"raised_at": "Raised (UTC)", "model_version": "Model", "cohort_start": "Cohort",
                     "retrain_run_id": "Retrain run"},

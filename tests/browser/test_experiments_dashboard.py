@@ -189,7 +189,7 @@ def test_page_shows_the_fixture_rows_best_first(page, files):
     assert best["experiment_id"] in first_row.inner_text()
     assert page.locator(".mf-leaderboard .tabulator-row").count() == 20  # one remote page
     assert "Data as of" in page.get_by_text(re.compile("Data as of")).first.inner_text()
-    assert page.locator(".mf-best .tabulator-row").count() == frame["family"].nunique()
+    assert page.locator(".mf-best tbody tr").count() == frame["family"].nunique()
 
 
 def test_status_filter_narrows_the_rows(page, files):
@@ -414,3 +414,43 @@ def test_a_header_only_summary_says_no_experiments_yet_then_shows_new_rows(tmp_p
         server.stop()
     log = (tmp_path / "panel-empty.log").read_text()
     assert "Traceback" not in log and "UnsetValueError" not in log, log[-3000:]
+
+
+def test_a_reused_page_gives_the_next_reviewer_their_own_session_and_nothing_from_a_cdn(
+        tmp_path_factory, browser):
+    """``make dashboard`` serves each page's HTML from an earlier session of it
+    (``--reuse-sessions warm``): the second reviewer must still get their own session (their
+    name, their rows), no trace of the first one, and every request must stay on this machine
+    (a session built behind a reused page once took its stylesheets from Panel's CDN)."""
+    root = tmp_path_factory.mktemp("reuse")
+    write_fixture(summary_file(root))
+    secrets = ensure_secrets(StackPaths(root / "var").make(), user="alice")
+    users = {**json.loads(secrets.credentials.read_text()), "bob": "a-second-reviewer-password"}
+    secrets.credentials.write_text(json.dumps(users))
+    srv = PanelServer(root, root / "panel.log", user="alice")
+    try:
+        srv.wait_ready()
+        for user in ("alice", "bob", "alice"):
+            context = browser.new_context(viewport={"width": 1500, "height": 1200})
+            try:
+                with httpx.Client(base_url=srv.base_url, timeout=30) as client:  # the login page is Panel's
+                    assert client.post("/login", data={"username": user, "password": users[user]}).status_code == 302
+                    context.add_cookies([{"name": c.name, "value": c.value, "url": srv.base_url}
+                                         for c in client.cookies.jar])
+                pg = context.new_page()
+                elsewhere, pages = [], []
+                local = (srv.base_url, "blob:", "data:")
+                pg.on("request", lambda r: r.url.startswith(local) or elsewhere.append(r.url))
+                pg.on("response", lambda r: r.url == srv.url and pages.append(r))
+                pg.goto(srv.url)
+                pg.wait_for_selector(".mf-leaderboard .tabulator-row", timeout=WAIT_MS)
+                pg.get_by_text("Showing 60 of 60").wait_for(timeout=WAIT_MS)
+                assert f"Signed in as {user}" in shown_text(pg, ".mf-user")
+                other = "bob" if user == "alice" else "alice"
+                assert pages and other not in pages[-1].text()
+                pg.locator(".mf-promote").wait_for(timeout=WAIT_MS)  # what follows the first document
+                assert elsewhere == [], elsewhere
+            finally:
+                context.close()
+    finally:
+        srv.stop()

@@ -134,9 +134,9 @@ def test_best_per_family_respects_metric_direction():
 
 def test_best_per_family_view_follows_filters(store):
     view = BestPerFamily(store=store)
-    assert len(view.table.value) == 3 and view.table.visible and not view.empty.visible
+    assert len(view.table.object) == 3 and view.table.visible and not view.empty.visible
     store.families = ["logistic_regression"]
-    assert list(view.table.value["family"]) == ["logistic_regression"]
+    assert list(view.table.object["family"]) == ["logistic_regression"]
     store.statuses = ["failed"]
     assert view.empty.visible and not view.table.visible
     assert "No succeeded experiment matches" in view.empty.object

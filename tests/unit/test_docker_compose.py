@@ -338,7 +338,7 @@ def test_airflow_reaches_the_bundled_hive():
 
 
 def test_the_dashboard_serves_both_apps_as_stack_dashboard_does():
-    from stack.dashboard import APPS
+    from stack.dashboard import APPS, serve_command
 
     script = "\n".join(_command(SERVICES["dashboard"]))
     assert "panel serve" in script and "python -m panel" in script  # the image's entrypoint runs `python`
@@ -346,6 +346,9 @@ def test_the_dashboard_serves_both_apps_as_stack_dashboard_does():
         assert f"/opt/model-factory/{app.relative_to(REPO)}" in script, app.name
         assert (REPO / "dashboards" / app.name).exists()
     assert "--basic-auth" in script and "--address 0.0.0.0" in script
+    # what makes the pages fast under make dashboard makes them fast here too
+    assert "--warm --reuse-sessions warm --setup /opt/model-factory/dashboards/serve_setup.py" in script
+    assert {"--warm", "--reuse-sessions", "--setup"} <= set(serve_command(5006, Path("users.json")))
     env = _env(SERVICES["dashboard"])
     assert ONLY_REFERENCE.fullmatch(env["PANEL_COOKIE_SECRET"])
     assert "5006:5006" in SERVICES["dashboard"]["ports"]
