@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from stack.env import PROJECT_NAME, REPO, StackPaths, workspace_api_key
-from stack.up import (AIRFLOW_COMPONENTS, ProcessRecord, _record, _stop, _tail, _wait_until, airflow_health,
+from stack.up import (AIRFLOW_COMPONENTS, ProcessRecord, record_process, stop_processes, tail, wait_until, airflow_health,
                       api_token, stack_airflow_env)
 
 WORKER_NAME_ENV = "MODEL_FACTORY_WORKER_NAME"
@@ -82,9 +82,9 @@ def _wait(what: str, ready, proc: subprocess.Popen, log: Path, timeout_s: float)
     deadline = time.monotonic() + timeout_s
     while not ready():
         if proc.poll() is not None:
-            raise TopologyError(f"{what} exited with code {proc.returncode} while starting; its log {log}:\n{_tail(log)}")
+            raise TopologyError(f"{what} exited with code {proc.returncode} while starting; its log {log}:\n{tail(log)}")
         if time.monotonic() > deadline:
-            raise TopologyError(f"{what} was not ready after {timeout_s:.0f}s; its log {log}:\n{_tail(log)}")
+            raise TopologyError(f"{what} was not ready after {timeout_s:.0f}s; its log {log}:\n{tail(log)}")
         time.sleep(0.3)
 
 
@@ -239,19 +239,19 @@ def _worker_env(env: dict[str, str], name: str, folder: Path) -> dict[str, str]:
 def _stop_records(records: dict[str, ProcessRecord], grace_s: float) -> None:
     import psutil
 
-    from stack.up import _process
+    from stack.up import process_of
 
     for phase in STOP_PHASES:
         mains, children = [], []
         for name in phase:
-            proc = _process(records[name]) if name in records else None
+            proc = process_of(records[name]) if name in records else None
             if proc is None:
                 continue
             with contextlib.suppress(psutil.Error):
                 children += proc.children(recursive=True)
             mains.append(proc)
-        _stop(mains, grace_s)
-        _stop([c for c in children if c.is_running()], 3.0)
+        stop_processes(mains, grace_s)
+        stop_processes([c for c in children if c.is_running()], 3.0)
 
 
 @contextlib.contextmanager
@@ -295,7 +295,7 @@ def celery_topology(paths: StackPaths, *, dags: tuple[str, ...] = FACTORY_DAGS, 
         })
         topo = Topology(paths, api_url, env, {w: paths.var / "machines" / w for w in WORKERS}, records, pg, rd, ws)
         _airflow(["db", "migrate"], env, paths.logs / "airflow-setup.log", timeout_s=max(30.0, deadline - time.monotonic()))
-        _ensure_training_table(env, rows)
+        ensure_training_table(env, rows)
 
         procs: dict[str, subprocess.Popen] = {}
         stack.callback(_stop_records, records, stop_grace_s)
@@ -305,13 +305,13 @@ def celery_topology(paths: StackPaths, *, dags: tuple[str, ...] = FACTORY_DAGS, 
                 cmd.append("--skip-serve-logs")
             log = paths.logs / f"{name}.log"
             procs[name] = _spawn(name, cmd, env, log, REPO)
-            records[name] = _record(name, procs[name].pid, log, api_url if name == "api-server" else None)
+            records[name] = record_process(name, procs[name].pid, log, api_url if name == "api-server" else None)
         for name, folder in topo.workers.items():
             cmd = [sys.executable, "-m", "airflow", "celery", "worker", "--concurrency", "2",
                    "--celery-hostname", f"{name}@%h", "--skip-serve-logs", "--without-mingle", "--without-gossip"]
             log = paths.logs / f"{name}.log"
             procs[name] = _spawn(name, cmd, _worker_env(env, name, folder), log, folder / "cwd")
-            records[name] = _record(name, procs[name].pid, log)
+            records[name] = record_process(name, procs[name].pid, log)
 
         def show() -> str:
             health = airflow_health(api_url) or {"api-server": "no answer"}
@@ -324,7 +324,7 @@ def celery_topology(paths: StackPaths, *, dags: tuple[str, ...] = FACTORY_DAGS, 
                     and health.get("dag_processor", "healthy") == "healthy"
                     and all(_worker_ready(records[w].log, w) for w in WORKERS))
 
-        _wait_until("the Celery topology", ready, procs, records, deadline, show)
+        wait_until("the Celery topology", ready, procs, records, deadline, show)
         _unpause(api_url, paths, dags, deadline)
         yield topo
 
@@ -351,9 +351,9 @@ def _worker_ready(log: str, name: str) -> bool:
         return False
 
 
-def _ensure_training_table(env: dict[str, str], rows: int) -> bool:
+def ensure_training_table(env: dict[str, str], rows: int) -> bool:
     """The simulated training table in the (shared) warehouse, made in this process."""
-    from stack.up import _ensure_training_table as ensure
+    from stack.up import ensure_training_table as ensure
 
     key = "AIRFLOW_CONN_MODEL_FACTORY_WAREHOUSE"
     before = os.environ.get(key)

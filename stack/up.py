@@ -130,7 +130,7 @@ def write_state(paths: StackPaths, state: UpState) -> None:
 
 
 # -- processes -------------------------------------------------------------------------------
-def _process(record: ProcessRecord):
+def process_of(record: ProcessRecord):
     """The live process a record names, or None if it ended or its pid now belongs to another
     process (a different start time)."""
     import psutil
@@ -144,7 +144,7 @@ def _process(record: ProcessRecord):
         return None
 
 
-def _record(name: str, pid: int, log: Path, url: str | None = None) -> ProcessRecord:
+def record_process(name: str, pid: int, log: Path, url: str | None = None) -> ProcessRecord:
     import psutil
 
     proc = psutil.Process(pid)
@@ -161,7 +161,7 @@ def _spawn(name: str, cmd: list[str], env: dict[str, str], log: Path, lock_fd: i
                                 stderr=subprocess.STDOUT, start_new_session=True, pass_fds=(lock_fd,))
 
 
-def _tail(path: str | Path, lines: int = 15) -> str:
+def tail(path: str | Path, lines: int = 15) -> str:
     try:
         text = Path(path).read_bytes()[-20_000:].decode(errors="replace")
     except OSError:
@@ -300,7 +300,7 @@ class StartError(RuntimeError):
     pass
 
 
-def _wait_until(what: str, ready: Callable[[], bool], procs: dict[str, subprocess.Popen],
+def wait_until(what: str, ready: Callable[[], bool], procs: dict[str, subprocess.Popen],
                 records: dict[str, ProcessRecord], deadline: float, show: Callable[[], str]) -> None:
     """Poll ``ready`` until it holds; fail if a started process ends or time runs out."""
     last = ""
@@ -309,7 +309,7 @@ def _wait_until(what: str, ready: Callable[[], bool], procs: dict[str, subproces
         for name, proc in procs.items():
             if proc.poll() is not None:
                 raise StartError(f"{name} exited with code {proc.returncode} while starting; "
-                                 f"its log {records[name].log}:\n{_tail(records[name].log)}")
+                                 f"its log {records[name].log}:\n{tail(records[name].log)}")
         if time.monotonic() > deadline:
             raise StartError(f"{what} was not ready before the deadline (--timeout): {show()}; "
                              f"the logs: {', '.join(sorted(r.log for r in records.values()))}")
@@ -340,7 +340,7 @@ def up(*, host: str | None = None, port: int | None = None, dashboard_port: int 
         _say(f"make up refused: {exc}")
         return 1
     if state is not None:
-        alive = {p.name: _process(p) is not None for p in state.processes}
+        alive = {p.name: process_of(p) is not None for p in state.processes}
         if all(alive.values()):
             _say(f"The stack is already up (since {state.started_at}; var {paths.var}).")
             _print_where(paths, state)
@@ -413,7 +413,7 @@ def _start(paths: StackPaths, state: UpState, lock: IO[str], *, host: str, port:
         detached=True, pass_fds=(lock.fileno(),),
     )
     ws.start()  # waits for /health; on free ports, retried if another process takes one first
-    keep(_record("workspace", ws.pid, ws.log_path, ws.url))
+    keep(record_process("workspace", ws.pid, ws.log_path, ws.url))
     state.workspace_url, state.model_service_url = ws.url, ws.model_service_url
     write_state(paths, state)
     _say(f"  local CML workspace  {ws.url} (pid {ws.pid})")
@@ -421,7 +421,7 @@ def _start(paths: StackPaths, state: UpState, lock: IO[str], *, host: str, port:
     env = stack_airflow_env(paths, ws, host, port)
     migrated = migrate_once(env, paths.logs / "airflow-setup.log")
     _say(f"  Airflow metadata DB  {'created' if migrated else 'ready'} in {paths.airflow_home}")
-    created = _ensure_training_table(env, rows)
+    created = ensure_training_table(env, rows)
     _say(f"  training table       historical_customer_interactions "
          f"{f'simulated ({rows} rows)' if created else 'already present'} ({paths.warehouse_db})")
     for name in AIRFLOW_COMPONENTS:
@@ -432,7 +432,7 @@ def _start(paths: StackPaths, state: UpState, lock: IO[str], *, host: str, port:
             cmd.append("--skip-serve-logs")
         log = paths.logs / f"{name}.log"
         procs[name] = _spawn(name, cmd, env, log, lock.fileno())
-        keep(_record(name, procs[name].pid, log, state.airflow_url if name == "api-server" else None))
+        keep(record_process(name, procs[name].pid, log, state.airflow_url if name == "api-server" else None))
 
     dashboard = ensure_secrets(paths)
     apps = dashboard_apps()
@@ -441,7 +441,7 @@ def _start(paths: StackPaths, state: UpState, lock: IO[str], *, host: str, port:
     state.dashboard_urls = [f"{base}/{app.stem}" for app in apps]
     procs["dashboard"] = _spawn("dashboard", cmd, serve_env(paths, dashboard, base=env), paths.logs / "dashboard.log",
                                 lock.fileno())
-    keep(_record("dashboard", procs["dashboard"].pid, paths.logs / "dashboard.log", state.dashboard_urls[0]))
+    keep(record_process("dashboard", procs["dashboard"].pid, paths.logs / "dashboard.log", state.dashboard_urls[0]))
     _say(f"  started {', '.join(procs)}; waiting until each answers…")
 
     def show() -> str:
@@ -455,12 +455,12 @@ def _start(paths: StackPaths, state: UpState, lock: IO[str], *, host: str, port:
         return (all(health.get(k) == "healthy" for k in ("metadatabase", "scheduler", "triggerer"))
                 and health.get("dag_processor", "healthy") == "healthy" and _answers(state.dashboard_urls[0]))
 
-    _wait_until("the stack", ready, procs, records, deadline, show)
+    wait_until("the stack", ready, procs, records, deadline, show)
     dag_ids = unpause_factory_dags(state.airflow_url, paths, max(10.0, deadline - time.monotonic()))
     _say(f"  DAGs unpaused: {', '.join(dag_ids)}")
 
 
-def _ensure_training_table(env: dict[str, str], rows: int) -> bool:
+def ensure_training_table(env: dict[str, str], rows: int) -> bool:
     """The simulated training table, as ``make run`` makes it (True: created now)."""
     from stack.run import DEFAULT_SEED
 
@@ -489,7 +489,7 @@ def _print_where(paths: StackPaths, state: UpState) -> None:
     _say("`make status` shows what runs; `make down` stops it.")
 
 
-def _stop(procs: list, grace_s: float) -> list:
+def stop_processes(procs: list, grace_s: float) -> list:
     """SIGTERM ``procs`` (psutil processes, identity checked by psutil), wait, SIGKILL the rest.
     Returns those that had to be killed."""
     import psutil
@@ -535,7 +535,7 @@ def down(*, quiet: bool = False, grace_s: float = STOP_GRACE_S) -> int:
         for record in state.processes:
             if record.name not in phase:
                 continue
-            proc = _process(record)
+            proc = process_of(record)
             if proc is None:
                 ended.append(f"{record.name} (pid {record.pid})")
                 continue
@@ -545,10 +545,10 @@ def down(*, quiet: bool = False, grace_s: float = STOP_GRACE_S) -> int:
                 pass
             mains.append(proc)
             stopped.append(f"{record.name} (pid {record.pid})")
-        killed += [f"{names[p.pid]} (pid {p.pid})" for p in _stop(mains, grace_s)]
+        killed += [f"{names[p.pid]} (pid {p.pid})" for p in stop_processes(mains, grace_s)]
         leftovers = [c for c in children if c.is_running()]  # is_running also checks the start time
         if leftovers:
-            _stop(leftovers, 3.0)
+            stop_processes(leftovers, 3.0)
         children_stopped += len(leftovers)
     runs = kill_active_runs(paths.workspace_root)  # runs adopted from an earlier server, if any
     state_path(paths).unlink(missing_ok=True)
@@ -579,7 +579,7 @@ def status() -> int:
     up_count = 0
     _say(f"Stack under {paths.var}, started {state.started_at}:")
     for record in state.processes:
-        alive = _process(record) is not None
+        alive = process_of(record) is not None
         up_count += alive
         detail = record.url or ""
         if record.name in ("scheduler", "triggerer", "dag-processor"):
@@ -608,7 +608,7 @@ def foreground(**options) -> int:
                 state = read_state(stack_paths())
                 if state is None:  # `make down` elsewhere
                     return 0
-                if not all(_process(p) for p in state.processes):
+                if not all(process_of(p) for p in state.processes):
                     _say("A process of the stack ended: `make status` says which.")
                     return 1
                 time.sleep(2)
