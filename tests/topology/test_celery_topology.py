@@ -5,8 +5,8 @@ runners reach its execution API).
 
 A 4-experiment grid (tiny logistic regressions, max_parallel 2) is triggered through the REST
 API. Asserted: mapped experiment tasks ran on both workers (the TIs' hostname, from the
-worker's ``hostname_callable``) and at the same time (overlapping start/end on different
-workers); deferrable tasks went through ``deferred`` and were resumed after the triggerer's
+worker's ``hostname_callable``) and at the same time (overlapping task instances, and
+overlapping CML runs of the experiments in the workspace); deferrable tasks went through ``deferred`` and were resumed after the triggerer's
 event; ``experiment_outcomes`` has exactly one row per experiment for the run; the asset event
 started ``experiments_summary`` (succeeded) and ``deploy_best_model``; the 30-minute schedule
 of ``experiments_summary`` is registered (next run on a :00/:30). The asset-triggered deploy
@@ -132,6 +132,11 @@ class Api:
         return self.wait(f"{dag_id} run {run_id} to end", done, timeout_s)
 
 
+def _overlapping(spans: list[tuple]) -> list[tuple]:
+    """The pairs of ``(label, start, end)`` spans that overlap in time."""
+    return [(a[0], b[0]) for i, a in enumerate(spans) for b in spans[i + 1:] if a[1] < b[2] and b[1] < a[2]]
+
+
 def _when(value: str) -> datetime:
     return datetime.fromisoformat(value.replace("Z", "+00:00"))
 
@@ -168,11 +173,24 @@ def test_model_factory_on_two_celery_workers(var, tmp_path):
         assert set(per_worker) <= set(WORKERS), f"task instances on unknown hosts: {dict(per_worker)}"
         mapped_hosts = {t["hostname"] for t in mapped}
         assert mapped_hosts == set(WORKERS), f"mapped tasks ran on {mapped_hosts} only: {dict(per_worker)}"
-        overlaps = [(a["task_id"], a["map_index"], b["task_id"], b["map_index"])
-                    for i, a in enumerate(mapped) for b in mapped[i + 1:]
-                    if a["hostname"] != b["hostname"]
-                    and _when(a["start_date"]) < _when(b["end_date"]) and _when(b["start_date"]) < _when(a["end_date"])]
-        assert overlaps, f"no two mapped tasks on different workers overlapped: {mapped}"
+        # At the same time: mapped task instances overlapped, and so did the experiments' CML
+        # runs. Overlap *across* workers is counted, not required: the task bodies last ~1 s,
+        # and under load one worker can take every submit just before the other is free (CI
+        # once saw a 24 ms gap at load 11).
+        spans = [((t["task_id"], t["map_index"], t["hostname"]), _when(t["start_date"]), _when(t["end_date"]))
+                 for t in mapped]
+        overlaps = _overlapping(spans)
+        assert overlaps, f"no two mapped tasks overlapped: {mapped}"
+        cross_worker = [(a, b) for a, b in overlaps if a[2] != b[2]]
+        from cml_provider.hooks.cml import CmlHook
+        from factory_tasks.names import EXPERIMENT_JOB_PREFIX, MODEL_NAME
+
+        cml = CmlHook.from_url(topo.workspace.url, topo.workspace.api_key, project_name="model-factory")
+        ours = [r for j in cml.list_jobs() if j.name.startswith(EXPERIMENT_JOB_PREFIX) for r in cml.list_job_runs(j.id)
+                if r.environment.get("MF_AIRFLOW_DAG_RUN_KEY") == f"model_factory/{run_id}"]
+        assert len(ours) == EXPERIMENTS, [(r.id, r.environment) for r in ours]
+        run_spans = [(r.id, _when(r.raw.get("running_at") or r.created_at), _when(r.finished_at)) for r in ours]
+        assert _overlapping(run_spans), f"the experiments' CML runs never overlapped: {run_spans}"
 
         # what deferred resumed (the tiny experiments are often done before their sensor's first
         # look: then it succeeds without deferring; the deploy run below always defers)
@@ -242,11 +260,7 @@ def test_model_factory_on_two_celery_workers(var, tmp_path):
         assert hitl["responded_by_user"] is None and hitl["chosen_options"] == hitl["defaults"], hitl
         assert deploy_states["deploy"] == "success" and deploy_states["record_deployment"] == "success", deploy_states
 
-        from factory_tasks.names import MODEL_NAME
-        from cml_provider.hooks.cml import CmlHook
-
         ws = topo.workspace
-        cml = CmlHook.from_url(ws.url, ws.api_key, project_name="model-factory")
         answer = cml.call_model(cml.find_model(MODEL_NAME), {"customers": [{
             "customer_id": "c-1", "recency": 3, "history": 420.0, "used_discount": 0, "used_bogo": 1,
             "zip_code": "Surburban", "is_referral": 1, "channel": "Phone"}]},
@@ -269,4 +283,4 @@ def test_model_factory_on_two_celery_workers(var, tmp_path):
     print(f"\ntopology up in {up_s:.0f}s; model_factory {factory_s:.0f}s; deploy {deploy_s:.0f}s; "
           f"stop {stopped - stopping:.0f}s; whole test {time.monotonic() - started:.0f}s")
     print(f"mapped experiment tasks per worker {counts}; all tasks {dict((k, len(v)) for k, v in per_worker.items())}; "
-          f"{len(overlaps)} overlapping cross-worker pairs; model_factory deferred {sorted(factory_deferred)}, deploy deferred {sorted(deferred)}; {api.calls} REST calls")
+          f"{len(overlaps)} overlapping pairs ({len(cross_worker)} across workers); model_factory deferred {sorted(factory_deferred)}, deploy deferred {sorted(deferred)}; {api.calls} REST calls")
