@@ -55,6 +55,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
 
+from cml_provider.hooks import endpoints as cml_endpoints
+
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
@@ -99,24 +101,28 @@ def write_grid(path: Path, n: int, **options: Any) -> Path:
 
 # -- the workspace's access log --------------------------------------------------------------------
 _ACCESS = re.compile(r'"(GET|POST|PUT|PATCH|DELETE) (\S+) HTTP/[0-9.]+" (\d{3})')
-_PROJECT = r"/api/v2/projects/[^/]+"
-_ROUTES: tuple[tuple[str, str, str], ...] = (
-    ("GET", r"/api/v2/projects", "list projects"),
-    ("GET", _PROJECT, "get project"),
-    ("GET", _PROJECT + r"/jobs", "list jobs"),
-    ("POST", _PROJECT + r"/jobs", "create job"),
-    ("GET", _PROJECT + r"/jobs/[^/]+", "get job"),
-    ("PATCH", _PROJECT + r"/jobs/[^/]+", "update job"),
-    ("GET", _PROJECT + r"/jobs/[^/]+/runs", "list runs (pages)"),
-    ("POST", _PROJECT + r"/jobs/[^/]+/runs", "create run"),
-    ("GET", _PROJECT + r"/jobs/[^/]+/runs/[^/:]+", "get run"),
-    ("POST", _PROJECT + r"/jobs/[^/]+/runs/[^/]+:stop", "stop run"),
-    ("POST", _PROJECT + r"/files/.+:download", "download file"),
-    ("POST", _PROJECT + r"/files/?", "upload file"),
-    ("GET", _PROJECT + r"/files(/.*)?", "list files"),
-    ("DELETE", _PROJECT + r"/files/.+", "delete file"),
-)
-_COMPILED = [(method, re.compile(pattern + r"/?$"), kind) for method, pattern, kind in _ROUTES]
+#: the route kinds counted, named after the hook's own endpoint table (what the factory calls)
+_KINDS = {
+    "LIST_PROJECTS": "list projects", "GET_PROJECT": "get project",
+    "LIST_JOBS": "list jobs", "CREATE_JOB": "create job", "GET_JOB": "get job", "UPDATE_JOB": "update job",
+    "LIST_JOB_RUNS": "list runs (pages)", "CREATE_JOB_RUN": "create run", "GET_JOB_RUN": "get run",
+    "STOP_JOB_RUN": "stop run",
+    "DOWNLOAD_FILE": "download file", "UPLOAD_FILE": "upload file", "LIST_FILES": "list files",
+    "DELETE_FILE": "delete file",
+}
+
+
+def _route_pattern(template: str) -> re.Pattern:
+    """An endpoint's path template as a regex over request paths: ``/{path}`` is any file path
+    (or none: the project root), every other parameter one id."""
+    parts = re.split(r"(/\{path\}|\{\w+\})", "/" + template)
+    regex = "".join("(/.*)?" if part == "/{path}" else "[^/:]+" if part.startswith("{") else re.escape(part)
+                    for part in parts)
+    return re.compile(regex + r"/?$")
+
+
+_COMPILED = [(getattr(cml_endpoints, name)[0], _route_pattern(getattr(cml_endpoints, name)[1]), kind)
+             for name, kind in _KINDS.items()]
 
 
 def classify_request(method: str, path: str) -> str | None:
