@@ -55,7 +55,6 @@ def create_app(store: MonitoringStore | None = None, live: bool = True):
     alerts_slot = pn.Column(sizing_mode="stretch_width", css_classes=["mf-later"])
     charts_slot = pn.Column(sizing_mode="stretch_width")
     tabs = pn.Tabs(
-        # The divider is in the first document: its stylesheet is only served locally there.
         ("Windows and alerts", pn.Column(WindowsTable(store=store), rule(), alerts_slot,
                                          sizing_mode="stretch_width")),
         ("Charts over time", charts_slot),

@@ -34,8 +34,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from stack.env import PROJECT_NAME, REPO, StackPaths, workspace_api_key
-from stack.up import (AIRFLOW_COMPONENTS, ProcessRecord, record_process, stop_processes, tail, wait_until, airflow_health,
-                      api_token, stack_airflow_env)
+from stack.up import (AIRFLOW_COMPONENTS, ProcessRecord, airflow_health, api_token, record_process,
+                      stack_airflow_env, stop_processes, tail, wait_until)
 
 WORKER_NAME_ENV = "MODEL_FACTORY_WORKER_NAME"
 WORKERS = ("worker-a", "worker-b")
@@ -295,7 +295,7 @@ def celery_topology(paths: StackPaths, *, dags: tuple[str, ...] = FACTORY_DAGS, 
         })
         topo = Topology(paths, api_url, env, {w: paths.var / "machines" / w for w in WORKERS}, records, pg, rd, ws)
         _airflow(["db", "migrate"], env, paths.logs / "airflow-setup.log", timeout_s=max(30.0, deadline - time.monotonic()))
-        ensure_training_table(env, rows)
+        _ensure_training_table(env, rows)
 
         procs: dict[str, subprocess.Popen] = {}
         stack.callback(_stop_records, records, stop_grace_s)
@@ -351,7 +351,7 @@ def _worker_ready(log: str, name: str) -> bool:
         return False
 
 
-def ensure_training_table(env: dict[str, str], rows: int) -> bool:
+def _ensure_training_table(env: dict[str, str], rows: int) -> bool:
     """The simulated training table in the (shared) warehouse, made in this process."""
     from stack.up import ensure_training_table as ensure
 

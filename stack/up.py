@@ -301,7 +301,7 @@ class StartError(RuntimeError):
 
 
 def wait_until(what: str, ready: Callable[[], bool], procs: dict[str, subprocess.Popen],
-                records: dict[str, ProcessRecord], deadline: float, show: Callable[[], str]) -> None:
+               records: dict[str, ProcessRecord], deadline: float, show: Callable[[], str]) -> None:
     """Poll ``ready`` until it holds; fail if a started process ends or time runs out."""
     last = ""
     started = time.monotonic()
