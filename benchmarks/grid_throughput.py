@@ -118,9 +118,25 @@ def _breakdown_of(runs: list[dict], dag_start: "datetime", dag_end: "datetime", 
             "runs_ideal_span_s": busy / cores, "after_last_run_s": (dag_end - last).total_seconds()}
 
 
+def _baseline(config, data, cores: int, when: str) -> float:
+    """One timed GridSearchCV pass (the baseline is taken before and after the factory)."""
+    seconds, fits = gridsearch_seconds(config, data, n_jobs=cores)
+    print(f"GridSearchCV(n_jobs={cores}, refit=False), {fits} fits, {when + ':':7s} {seconds:6.1f} s", flush=True)
+    return seconds
+
+
+def _require_all_succeeded(warehouse) -> None:
+    """Stop the benchmark unless every experiment succeeded: a failed one would time nothing."""
+    from factory_tasks.outcome_store import OutcomeStore
+
+    outcomes = OutcomeStore(warehouse).read()
+    failed = outcomes[outcomes.status != "succeeded"]
+    if len(failed):
+        raise SystemExit(f"{len(failed)} experiments failed: {failed.error.tolist()}")
+
+
 def measure(config, grid_path: Path, rows: int, var: Path, cores: int) -> dict[str, Any]:
     """Baseline, factory, baseline on the same data, back to back."""
-    from factory_tasks.outcome_store import OutcomeStore
     from factory_tasks.training_data import ensure_training_table, read_training_frame
     from stack.airflow_cli import dags_test
     from stack.env import stack_paths
@@ -131,8 +147,7 @@ def measure(config, grid_path: Path, rows: int, var: Path, cores: int) -> dict[s
         warehouse = stack.warehouse_hook()
         ensure_training_table(warehouse, n_rows=rows, seed=7)
         data = read_training_frame(warehouse)
-        before_s, fits = gridsearch_seconds(config, data, n_jobs=cores)
-        print(f"GridSearchCV(n_jobs={cores}, refit=False), {fits} fits, before: {before_s:6.1f} s", flush=True)
+        before_s = _baseline(config, data, cores, "before")
         log = paths.logs / "benchmark-model_factory.log"
         started = time.perf_counter()
         rc = dags_test("model_factory", {"grid_path": str(grid_path), "reuse_results": False},
@@ -140,15 +155,11 @@ def measure(config, grid_path: Path, rows: int, var: Path, cores: int) -> dict[s
         elapsed = time.perf_counter() - started
         if rc != 0:
             raise SystemExit(f"the factory run failed (exit {rc}); see {log}")
-        outcomes = OutcomeStore(warehouse).read()
-        failed = outcomes[outcomes.status != "succeeded"]
-        if len(failed):
-            raise SystemExit(f"{len(failed)} experiments failed: {failed.error.tolist()}")
+        _require_all_succeeded(warehouse)
         dag_start, dag_end = _dag_run_window(stack.env)
         parts = _breakdown(stack.cml_hook(), dag_start, dag_end, int(stack.workspace.cpus))
         print(f"factory, DAG run:                             {(dag_end - dag_start).total_seconds():6.1f} s", flush=True)
-        after_s, _ = gridsearch_seconds(config, data, n_jobs=cores)
-        print(f"GridSearchCV(n_jobs={cores}, refit=False), {fits} fits, after:  {after_s:6.1f} s", flush=True)
+        after_s = _baseline(config, data, cores, "after")
     return {"command_s": elapsed, "dag_run_s": (dag_end - dag_start).total_seconds(), "parts": parts,
             "gridsearch_before_s": before_s, "gridsearch_after_s": after_s}
 
@@ -164,26 +175,20 @@ def measure_scheduler(config, grid_path: Path, rows: int, var: Path, cores: int)
     from airflow.sdk import BaseHook
 
     from benchmarks.grid_scale import run_under_scheduler
-    from factory_tasks.outcome_store import OutcomeStore
     from factory_tasks.training_data import ensure_training_table, read_training_frame
 
     warehouse = BaseHook.get_connection("model_factory_warehouse").get_hook()
     ensure_training_table(warehouse, n_rows=rows, seed=7)  # what `make up` would make, made first
     data = read_training_frame(warehouse)
-    before_s, fits = gridsearch_seconds(config, data, n_jobs=cores)
-    print(f"GridSearchCV(n_jobs={cores}, refit=False), {fits} fits, before: {before_s:6.1f} s", flush=True)
+    before_s = _baseline(config, data, cores, "before")
     run = run_under_scheduler(var, {"grid_path": str(grid_path), "reuse_results": False}, rows=rows,
                               timeout_s=3600, say=lambda msg: print(msg, flush=True))
     if run.state != "success":
         raise SystemExit(f"the factory run ended {run.state}; logs under {paths.logs}")
-    outcomes = OutcomeStore(warehouse).read()
-    failed = outcomes[outcomes.status != "succeeded"]
-    if len(failed):
-        raise SystemExit(f"{len(failed)} experiments failed: {failed.error.tolist()}")
+    _require_all_succeeded(warehouse)
     parts = _breakdown_of(run.runs, run.dag_start, run.dag_end, cores)
     print(f"factory, DAG run under the scheduler:         {run.wall_s:6.1f} s", flush=True)
-    after_s, _ = gridsearch_seconds(config, data, n_jobs=cores)
-    print(f"GridSearchCV(n_jobs={cores}, refit=False), {fits} fits, after:  {after_s:6.1f} s", flush=True)
+    after_s = _baseline(config, data, cores, "after")
     return {"command_s": run.trigger_to_end_s, "dag_run_s": run.wall_s, "parts": parts,
             "gridsearch_before_s": before_s, "gridsearch_after_s": after_s}
 
