@@ -45,7 +45,7 @@ from dashboards.experiments.views import (
     PromotePanel,
     SignedInUser,
 )
-from dashboards.layout import page, rule
+from dashboards.layout import page, rule, shown_or_hidden
 
 
 def poll_seconds() -> float:
@@ -69,10 +69,9 @@ def create_app(store: ExperimentsStore | None = None, live: bool = True):
     bottom = pn.Column(sizing_mode="stretch_width")
     promote_slot = pn.Column(sizing_mode="stretch_width")
     # Hidden while the page says why there is nothing to show (an error, or no rows yet).
-    content = pn.Column(
-        top, leaderboard, bottom, sizing_mode="stretch_width", visible=not (store.error or store.notice)
-    )
-    store.param.watch(lambda *_: setattr(content, "visible", not (store.error or store.notice)),
+    content = pn.Column(top, leaderboard, bottom, sizing_mode="stretch_width",
+                        styles=shown_or_hidden(not (store.error or store.notice)))
+    store.param.watch(lambda *_: setattr(content, "styles", shown_or_hidden(not (store.error or store.notice))),
                       ["error", "notice"])
 
     def add_views():

@@ -18,6 +18,17 @@ _HEADER_CSS = """
 #: browser ~0.25 s less CPU before its rows appeared).
 TABLE_CONFIGURATION = {"renderVertical": "basic"}
 
+
+def shown_or_hidden(shown: bool) -> dict[str, str]:
+    """The ``styles`` of a layout holding a Tabulator that the page sometimes hides. Hidden
+    with ``visible=False`` (``display: none``; the table's own or a parent's), Tabulator draws
+    none of the rows that arrive meanwhile and the table stayed blank once shown again; hidden
+    by style it keeps its layout."""
+    if shown:
+        return {"visibility": "visible", "height": "auto", "overflow": "visible"}
+    return {"visibility": "hidden", "height": "0px", "overflow": "hidden"}
+
+
 _RULE_CSS = "hr { border: none; border-top: 1px solid #d0d0d0; margin: 0; }"
 
 

@@ -16,6 +16,7 @@ import math
 import threading
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
+from functools import cache
 from typing import Any
 
 import numpy as np
@@ -27,7 +28,7 @@ from factory_tasks import settings
 from factory_tasks.metrics import METRICS
 from factory_tasks.promotions import PromotionLog, load_promotions, promote
 from factory_tasks.summary import (
-    SUMMARY_COLUMN_NAMES,
+    SUMMARY_DTYPES,
     SummaryError,
     _display,
     rank_key,
@@ -104,6 +105,16 @@ def prepare(summary: pd.DataFrame) -> pd.DataFrame:
     # Best first, once: filters are boolean masks, which keep this order.
     frame = frame.sort_values("rank_key", ascending=False, na_position="last", kind="stable")
     return frame.reset_index(drop=True)
+
+
+@cache
+def empty_frame() -> pd.DataFrame:
+    """A prepared frame without rows, with the columns and dtypes of a real one (never mutate it).
+
+    A table emptied to other dtypes gets other column definitions, and Tabulator then rebuilds
+    itself in the browser instead of swapping the rows.
+    """
+    return prepare(pd.DataFrame({name: pd.Series(dtype=dtype) for name, dtype in SUMMARY_DTYPES.items()}))
 
 
 @dataclass(frozen=True)
@@ -361,7 +372,7 @@ class ExperimentsStore(param.Parameterized):
         """The rows of ``frame`` that pass every filter, in its order (``frame`` itself when
         no filter narrows it: no copy of 50,000 rows for the common case)."""
         if frame is None:
-            return pd.DataFrame(columns=[*SUMMARY_COLUMN_NAMES, "recorded_dt", "rank_key", "row_key"])
+            return empty_frame()
         mask = np.ones(len(frame), dtype=bool)
         narrowed = False
         if self.factory_run != ALL_RUNS:

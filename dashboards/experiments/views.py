@@ -26,6 +26,7 @@ from dashboards.experiments.store import (
     LEADERBOARD_COLUMNS,
     ExperimentsStore,
     best_per_family,
+    empty_frame,
     hyperparameter_frame,
     metric_direction,
     parse_folds,
@@ -242,9 +243,7 @@ class Leaderboard(Viewer):
         self.store.param.watch(self._on_selected_keys, "selected_keys")
 
     def _value(self) -> pd.DataFrame:
-        filtered = self.store.filtered
-        if filtered is None or filtered.empty:
-            return pd.DataFrame({c: pd.Series(dtype="object") for c in [*LEADERBOARD_COLUMNS, "row_key"]})
+        filtered = self.store.filtered if self.store.filtered is not None else empty_frame()
         return filtered[[*LEADERBOARD_COLUMNS, "row_key"]].reset_index(drop=True)
 
     def _count_text(self) -> str:

@@ -59,6 +59,9 @@ WINDOW_TITLES = {
 }
 ALERT_COLUMNS = ["raised_at", "model_version", "cohort_start", "kind", "metric", "dimension", "value",
                  "threshold", "message", "retrain_run_id"]
+# Numeric alert columns; the rest are text. Kept when there is no alert: a table that goes from
+# empty to rows with other dtypes gets other column definitions, and Tabulator rebuilds itself.
+ALERT_NUMBERS = {"value": "float64", "threshold": "float64"}
 MAX_PROBLEMS_SHOWN = 5
 
 
@@ -264,7 +267,7 @@ def read_alerts(hook: Any) -> tuple[pd.DataFrame, list[str]]:
     """``model_alerts`` newest first (with ``cohort_dt``), and a problem per row that does not parse."""
     documents, errors = ContractTable(MonitoringAlert).read(hook)
     frame = pd.DataFrame([d.model_dump() for d in documents], columns=[*MonitoringAlert.model_fields])
-    frame = frame[ALERT_COLUMNS]
+    frame = frame[ALERT_COLUMNS].astype(ALERT_NUMBERS)
     frame["cohort_dt"] = pd.to_datetime(frame["cohort_start"], utc=True, errors="coerce",
                                         format="ISO8601").dt.tz_localize(None)
     frame = frame.sort_values("raised_at", ascending=False, kind="stable").reset_index(drop=True)
@@ -283,7 +286,7 @@ def _summarise(problems: list[str], what: str) -> list[str]:
 
 
 def empty_alerts() -> pd.DataFrame:
-    return pd.DataFrame({**{c: pd.Series(dtype="object") for c in ALERT_COLUMNS},
+    return pd.DataFrame({**{c: pd.Series(dtype=ALERT_NUMBERS.get(c, "object")) for c in ALERT_COLUMNS},
                          "cohort_dt": pd.Series(dtype="datetime64[ns]")})
 
 

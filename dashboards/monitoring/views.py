@@ -21,8 +21,8 @@ from bokeh.plotting import figure
 from panel.viewable import Viewer
 
 from dashboards.experiments.auth import LOGOUT_URL, current_user
-from dashboards.layout import TABLE_CONFIGURATION
-from dashboards.monitoring.store import ALERT_COLUMNS, WINDOW_TITLES, MonitoringData, MonitoringStore
+from dashboards.layout import TABLE_CONFIGURATION, shown_or_hidden
+from dashboards.monitoring.store import ALERT_COLUMNS, WINDOW_TITLES, MonitoringData, MonitoringStore, empty_alerts
 
 HTML_FIELDS = ("conversion", "roc_auc", "policy_value_dr")
 #: fixed widths: Tabulator then lays out the first rows without measuring every cell
@@ -215,22 +215,21 @@ class AlertsTable(Viewer):
                     "retrain_run_id": "Retrain run"},
         )
         self.empty = pn.pane.Markdown("No alert has been raised.", css_classes=["mf-no-alerts"])
+        self.shown = pn.Column(self.table, sizing_mode="stretch_width")
         self._sync()
         self.store.param.watch(lambda *_: self._sync(), "data")
 
     def _value(self) -> pd.DataFrame:
         data = self.store.data
-        if data is None or data.alerts.empty:
-            return pd.DataFrame({c: pd.Series(dtype="object") for c in ALERT_COLUMNS})
-        return data.alerts[ALERT_COLUMNS]
+        return (empty_alerts() if data is None else data.alerts)[ALERT_COLUMNS]
 
     def _sync(self):
         value = self._value()
         self.table.value = value
-        self.table.visible, self.empty.visible = not value.empty, value.empty
+        self.shown.styles, self.empty.visible = shown_or_hidden(not value.empty), value.empty
 
     def __panel__(self):
-        return pn.Column("### Alerts (model_alerts)", self.empty, self.table, sizing_mode="stretch_width")
+        return pn.Column("### Alerts (model_alerts)", self.empty, self.shown, sizing_mode="stretch_width")
 
 
 # -- charts ------------------------------------------------------------------------------------

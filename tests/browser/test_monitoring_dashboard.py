@@ -134,6 +134,24 @@ def test_alerts_only_narrows_the_windows_and_the_alerts_table_lists_them(page, s
     assert messages and all("PSI" in m or "policy" in m for m in messages), messages
 
 
+def test_the_first_alert_raised_while_the_page_is_open_is_listed(page, server):
+    """The alerts table is hidden while there is no alert; rows that arrive then are drawn."""
+    with sqlite3.connect(server.warehouse_db) as conn:
+        raised = conn.execute("SELECT COUNT(*) FROM model_alerts").fetchone()[0]
+    assert raised > 0
+    try:
+        _sql(server, ("CREATE TABLE model_alerts_kept AS SELECT * FROM model_alerts", ()),
+             ("DELETE FROM model_alerts", ()))
+        page.locator(".mf-no-alerts").wait_for(timeout=WAIT_MS)
+        assert not page.locator(".mf-alerts").is_visible()
+    finally:
+        _sql(server, ("INSERT INTO model_alerts SELECT * FROM model_alerts_kept", ()),
+             ("DROP TABLE model_alerts_kept", ()))
+    page.locator(".mf-alerts .tabulator-row").first.wait_for(timeout=WAIT_MS)
+    expect(page.locator(".mf-alerts .tabulator-row")).to_have_count(raised, timeout=WAIT_MS)
+    assert not page.locator(".mf-no-alerts").is_visible()
+
+
 def test_charts_are_drawn_when_their_tab_is_opened_and_the_page_is_captured(page, server):
     page.locator(".mf-alerts .tabulator-row").first.wait_for(timeout=WAIT_MS)  # the page has loaded
     # Behind their tab, nothing is built: no figure reaches the page before it is opened.

@@ -293,6 +293,30 @@ def test_corrupt_file_shows_a_message_then_recovers(tmp_path, store, outcomes):
     assert "Data as of" in freshness._pane.object and "10 rows" in freshness._pane.object
 
 
+def _column_definitions(board: Leaderboard) -> tuple:
+    root = board.table.get_root()
+    return root.configuration, [(c.field, type(c.formatter).__name__) for c in root.columns]
+
+
+def test_the_leaderboard_keeps_its_column_definitions_while_there_is_nothing_to_show(tmp_path, store, outcomes):
+    """Emptied with other dtypes, the table would get other column definitions, and Tabulator
+    would rebuild itself in the browser each time the summary goes and comes back."""
+    path = tmp_path / "summary.csv"
+    board = Leaderboard(store=store)
+    with_rows = _column_definitions(board)
+    path.write_text("timestamp,classifier,accuracy\n1,2,3\n")
+    assert store.reload() and store.error
+    assert board.table.value.empty and _column_definitions(board) == with_rows
+    path.unlink()
+    store.reload()
+    assert _column_definitions(board) == with_rows
+    missing_at_start = ExperimentsStore(summary_url=str(path), warehouse=store.warehouse)
+    assert _column_definitions(Leaderboard(store=missing_at_start)) == with_rows
+    _write(path, outcomes)
+    assert store.reload() and len(board.table.value) == len(outcomes)
+    assert _column_definitions(board) == with_rows
+
+
 def test_a_truncated_summary_shows_the_line_in_the_page(tmp_path, store):
     path = tmp_path / "summary.csv"
     data = path.read_bytes()

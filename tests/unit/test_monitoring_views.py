@@ -3,8 +3,16 @@
 from __future__ import annotations
 
 import pandas as pd
+import panel as pn
 
+from dashboards.layout import TABLE_CONFIGURATION
+from dashboards.monitoring.store import ALERT_COLUMNS, empty_alerts, read_alerts
 from dashboards.monitoring.views import realised_vs_estimated_figure
+from factory_tasks.loop_config import LoopConfig
+from factory_tasks.monitoring import MonitoringWindow, iso
+from factory_tasks.monitoring_alerts import alerts_of_run, monitor_window, record_alerts
+from factory_tasks.simulator import DEFAULT_ECONOMICS, simulate_customers
+from tests.monitoring_window import HOUR_MS, T0_MS, SqliteHook, simulate_window, write_window
 
 
 def _latest(values: list[float], metric: str) -> pd.DataFrame:
@@ -20,3 +28,22 @@ def test_the_auc_floor_is_in_view_even_below_every_value():
     # without a floor the range stays automatic (fitted to the data)
     auto = realised_vs_estimated_figure(latest, "roc_auc", "estimated_roc_auc", "AUC")
     assert type(auto.y_range).__name__ == "DataRange1d"
+
+
+def test_the_alerts_table_keeps_its_column_definitions_from_no_alert_to_the_first(tmp_path):
+    """A table that goes from empty to rows with other dtypes gets other column definitions, and
+    Tabulator rebuilds itself in the browser instead of swapping the rows."""
+    hook = SqliteHook(tmp_path / "warehouse.db")
+    write_window(hook, simulate_window(T0_MS + 3 * HOUR_MS, 2_000, seed=7,
+                                       channel_shares={"Web": 0.70, "Phone": 0.22, "Multichannel": 0.08}))
+    window = MonitoringWindow.from_interval(iso(T0_MS + 3 * HOUR_MS), iso(T0_MS + 4 * HOUR_MS), 180)
+    monitor_window(hook, window, LoopConfig(), DEFAULT_ECONOMICS, {"v1": simulate_customers(20_000, 99)})
+    assert record_alerts(hook, alerts_of_run(hook, window, LoopConfig()), "run-1")
+    alerts, problems = read_alerts(hook)
+    assert len(alerts) == 1 and not problems
+
+    def definitions(frame: pd.DataFrame):
+        root = pn.widgets.Tabulator(frame[ALERT_COLUMNS], configuration=TABLE_CONFIGURATION).get_root()
+        return root.configuration, [(c.field, type(c.formatter).__name__) for c in root.columns]
+
+    assert definitions(empty_alerts()) == definitions(alerts)
