@@ -41,7 +41,6 @@ from assets import EXPERIMENT_OUTCOMES
 from cml_provider.operators.cml import CmlJobRunOperator
 from cml_provider.sensors.cml import CmlJobRunSensor
 from connections import CML_CONN_ID, warehouse_hook
-from factory_tasks.names import EXPERIMENT_JOB_PREFIX
 from planned_runs import CML_POLL_INTERVAL_S, sensor_kwargs, submit_kwargs
 from task_errors import no_retry_on_bad_input
 
@@ -100,6 +99,7 @@ def model_factory():
                 snapshot,
                 CmlHook(cml_conn_id=CML_CONN_ID),
                 factory_run_id=context["run_id"],
+                job_timeout_s=EXPERIMENT_TIMEOUT_S,
                 reuse_results=context["params"]["reuse_results"],
             )
 
@@ -114,11 +114,11 @@ def model_factory():
     short_wave = wave.override(task_id="short_experiments")(plan, "short")
 
     def submit(task_id: str, planned, **options):
+        # The plan created the jobs: each request names its project, job and the jobs counted
+        # for the cap, so a submission looks nothing up.
         return CmlJobRunOperator.partial(
             task_id=task_id,
-            timeout_s=EXPERIMENT_TIMEOUT_S,
             cml_conn_id=CML_CONN_ID,
-            capacity_job_name_filter=EXPERIMENT_JOB_PREFIX,
             capacity_poll_interval=CML_POLL_INTERVAL_S,
             **options,
         ).expand_kwargs(planned.map(submit_kwargs))

@@ -69,10 +69,16 @@ def split_reusable(
 
 
 def run_request(
-    spec: ExperimentSpec, *, factory_run_id: str, code_version: str, max_active: int
+    spec: ExperimentSpec, *, factory_run_id: str, code_version: str, max_active: int, project_id: str,
+    job_ids: dict[str, str],
 ) -> dict[str, Any]:
-    """Keyword arguments for one mapped submit task (all JSON-serialisable)."""
+    """Keyword arguments for one mapped submit task (all JSON-serialisable). ``job_ids`` maps
+    the job name of every profile of the plan to its CML job id: the cap on runs in flight
+    counts the runs of all of them."""
     return {
+        "project_id": project_id,
+        "job_id": job_ids[spec.job_name],
+        "capacity_job_ids": sorted(job_ids.values()),
         "job_name": spec.job_name,
         "script": EXPERIMENT_SCRIPT,
         "cpu": spec.resources.cpu,

@@ -24,7 +24,7 @@ from factory_tasks.contracts import (
 from factory_tasks.fanout import ResultReader, run_request, split_long_first, split_reusable
 from factory_tasks.grid import expand_grid, grid_hash, load_grid
 from factory_tasks.leaderboard import format_leaderboard
-from factory_tasks.names import EXPERIMENT_ID_ENV, FACTORY_RUN_ENV
+from factory_tasks.names import EXPERIMENT_ID_ENV, EXPERIMENT_SCRIPT, FACTORY_RUN_ENV
 from factory_tasks.outcome_store import OutcomeStore
 from factory_tasks.settings import REPO_ROOT
 from factory_tasks.training_data import snapshot_parquet, training_frame
@@ -83,9 +83,10 @@ def result_reader(cml: Any) -> ResultReader:
     @lru_cache(maxsize=None)
     def read(experiment_id: str) -> ExperimentResult | None:
         path = ExperimentResult.path_for(experiment_id)
-        if not cml.file_exists(path):
+        data = cml.download_file_if_exists(path)
+        if data is None:
             return None
-        result = ExperimentResult.parse(cml.download_file(path), f"result file {path}")
+        result = ExperimentResult.parse(data, f"result file {path}")
         if result.experiment_id != experiment_id:
             raise ContractError(f"result file {path}", [
                 f"experiment_id: is {result.experiment_id}, the file belongs to experiment {experiment_id}"])
@@ -105,11 +106,17 @@ def plan_experiments(
     cml: Any,
     *,
     factory_run_id: str,
+    job_timeout_s: int,
     reuse_results: bool = True,
 ) -> dict[str, list[dict[str, Any]]]:
-    """Expand the grid, store the :class:`RunPlan` in the project, and return the runs to submit,
-    long ones first (:func:`split_long_first`): ``{"long": [...], "short": [...]}``, each entry
-    ``{"request": <submit operator kwargs>, "result_file": <project path>}``."""
+    """Expand the grid, store the :class:`RunPlan` in the project, create the CML jobs the runs
+    need (one per resource profile, killed after ``job_timeout_s``), and return the runs to
+    submit, long ones first (:func:`split_long_first`): ``{"long": [...], "short": [...]}``, each
+    entry ``{"request": <submit operator kwargs>, "result_file": <project path>}``.
+
+    The requests carry the project and job ids, so that a submission looks nothing up (at
+    1,000 experiments that was two of the 11 API calls per experiment), and concurrent
+    submissions cannot each create the same missing job."""
     grid_ref = GridRef.from_data(grid, "the validate_grid task's output")
     snap = SnapshotRef.from_data(snapshot, "the snapshot_training_data task's output")
     # validate_grid already ran the fit check on this file; the hash proves it is unchanged.
@@ -128,14 +135,22 @@ def plan_experiments(
                    specs=specs, to_run=to_run, reused=reused)
     _put(cml, RunPlan.path_for(factory_run_id), plan.to_json())
 
+    project_id = cml.get_project_id()
+    profiles = {s.job_name: s.resources for s in specs if s.experiment_id in to_run}
+    job_ids = {
+        name: cml.get_or_create_job(name, EXPERIMENT_SCRIPT, r.cpu, r.memory_gb, timeout_s=job_timeout_s,
+                                    project_id=project_id).id
+        for name, r in sorted(profiles.items())
+    }
+
     # waves are the grid's, whatever is reused: the same experiment is always in the same wave
     long_ids = {s.experiment_id for s in split_long_first(specs)[0]}
     waves: dict[str, list[dict[str, Any]]] = {"long": [], "short": []}
     for spec in specs:
         if spec.experiment_id in to_run:
             waves["long" if spec.experiment_id in long_ids else "short"].append({
-                "request": run_request(spec, factory_run_id=factory_run_id,
-                                       code_version=provenance.code_version, max_active=grid_ref.max_parallel),
+                "request": run_request(spec, factory_run_id=factory_run_id, code_version=provenance.code_version,
+                                       max_active=grid_ref.max_parallel, project_id=project_id, job_ids=job_ids),
                 "result_file": spec.result_path,
             })
     reasons: dict[str, int] = {}
@@ -167,10 +182,11 @@ def load_plan(cml: Any, factory_run_id: str) -> RunPlan:
     """The factory run's plan from the project; ContractError when there is none (planning
     never finished: nothing was submitted) or it does not parse."""
     path = RunPlan.path_for(factory_run_id)
-    if not cml.file_exists(path):
+    data = cml.download_file_if_exists(path)
+    if data is None:
         raise ContractError(f"run plan {path}", [
             f"missing: plan_experiments did not finish for factory run {factory_run_id}, so nothing ran"])
-    return RunPlan.parse(cml.download_file(path), f"run plan {path}")
+    return RunPlan.parse(data, f"run plan {path}")
 
 
 def collect_outcomes(grid: dict[str, Any], cml: Any, *, factory_run_id: str, recorded_at: str) -> str:

@@ -26,9 +26,8 @@ def _submit_and_wait(cml, waves: dict) -> list[str]:
     """What the submit operators and sensors do, reduced to the hook calls (bounded wait)."""
     runs = []
     for planned in waves["long"] + waves["short"]:
-        request = planned["request"]
-        job = cml.get_or_create_job(request["job_name"], request["script"], request["cpu"], request["memory_gb"])
-        runs.append((job.id, cml.create_job_run(job.id, environment=request["environment"]).id))
+        request = planned["request"]  # the plan created the job
+        runs.append((request["job_id"], cml.create_job_run(request["job_id"], environment=request["environment"]).id))
     deadline = time.monotonic() + 300
     statuses = []
     for job_id, run_id in runs:
@@ -51,7 +50,8 @@ def main(stage: str, args: dict) -> object:
         return pipeline.snapshot_to_project(warehouse, cml, args["grid"]["table"],
                                             interactions_table=args["grid"]["interactions_table"] if include else None)
     if stage == "plan":
-        return pipeline.plan_experiments(args["grid"], args["snapshot"], cml, factory_run_id=args["run_id"])
+        return pipeline.plan_experiments(args["grid"], args["snapshot"], cml, factory_run_id=args["run_id"],
+                                         job_timeout_s=3600)
     if stage == "submit_and_wait":
         return _submit_and_wait(cml, args["waves"])
     if stage == "collect":

@@ -192,8 +192,10 @@ def wait_terminal():
 def make_context():
     """Build the part of an Airflow task context the CML operators read (``context["ti"]``)."""
 
-    def make(dag_id: str = "dag", run_id: str = "manual__1", task_id: str = "task", map_index: int = -1):
-        ti = SimpleNamespace(dag_id=dag_id, run_id=run_id, task_id=task_id, map_index=map_index, try_number=1)
+    def make(dag_id: str = "dag", run_id: str = "manual__1", task_id: str = "task", map_index: int = -1,
+             try_number: int = 1):
+        ti = SimpleNamespace(dag_id=dag_id, run_id=run_id, task_id=task_id, map_index=map_index,
+                             try_number=try_number)
         return {"ti": ti, "task_instance": ti, "run_id": run_id}
 
     return make

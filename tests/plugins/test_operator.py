@@ -54,7 +54,7 @@ def test_retry_with_the_same_ti_key_creates_one_run(cml_conn, hook, unique, make
     context = make_context(run_id=f"manual__{unique}")
     first = operator(unique, environment={"MF_TEST_SLEEP": "30"}).execute(context)
     second = operator(unique, environment={"MF_TEST_SLEEP": "30"}).execute(
-        context
+        make_context(run_id=f"manual__{unique}", try_number=2)
     )  # the retry: a fresh instance
     try:
         assert second == first
@@ -67,9 +67,9 @@ def test_retry_with_the_same_ti_key_creates_one_run(cml_conn, hook, unique, make
 
 
 def test_retry_after_a_failed_run_starts_a_new_one(cml_conn, hook, unique, make_context, wait_terminal):
-    context = make_context(run_id=f"manual__{unique}")
-    first = operator(unique, environment={"MF_TEST_FAIL_WITH": "nope"}).execute(context)
+    first = operator(unique, environment={"MF_TEST_FAIL_WITH": "nope"}).execute(make_context(run_id=f"manual__{unique}"))
     assert wait_terminal(hook, first["job_id"], first["run_id"]).status is JobRunStatus.FAILED
+    context = make_context(run_id=f"manual__{unique}", try_number=2)  # a retry (or a clear)
     second = operator(unique).execute(context)
     assert second["run_id"] != first["run_id"]
     assert wait_terminal(hook, second["job_id"], second["run_id"]).status is JobRunStatus.SUCCEEDED
@@ -173,7 +173,28 @@ def test_submit_lists_the_jobs_runs_once(cml_conn, hook, unique, make_context, m
     assert ref["run_id"] != first["run_id"]
     assert calls.count(LIST_JOB_RUNS) == 1, calls
     # and the retry of that task instance still finds its run
-    assert operator(unique, task_id="b", max_active_runs_per_dag_run=3).execute(context) == ref
+    retry = make_context(run_id=f"manual__{unique}", task_id="b", try_number=2)
+    assert operator(unique, task_id="b", max_active_runs_per_dag_run=3).execute(retry) == ref
+
+
+def test_a_first_try_of_a_planned_job_makes_one_api_call(cml_conn, hook, unique, make_context, monkeypatch):
+    """With the project and job ids of a plan and no cap, a first try only starts the run: no
+    project or job lookup, and no search for an earlier try's run (there is none)."""
+    from cml_provider.hooks.endpoints import CREATE_JOB_RUN
+
+    job = hook.get_or_create_job(f"op-{unique}-planned", "job.py", 0.5, 0.5)
+    op = operator(unique, job_name=job.name, job_id=job.id, project_id=hook.get_project_id())
+    calls = []
+    real = op.hook._do_api_call
+
+    def spy(endpoint, **kwargs):
+        calls.append(endpoint)
+        return real(endpoint, **kwargs)
+
+    monkeypatch.setattr(op.hook, "_do_api_call", spy)
+    ref = op.execute(make_context(run_id=f"manual__{unique}"))
+    assert calls == [CREATE_JOB_RUN] and ref["job_id"] == job.id
+    assert hook.get_job_run(job.id, ref["run_id"]).environment[TI_KEY_ENV] == f"dag/manual__{unique}/task/-1"
 
 
 def test_on_kill_stops_the_remote_run(cml_conn, hook, unique, make_context, wait_terminal):

@@ -433,6 +433,14 @@ class CmlHook(BaseCmlHook):
                 f"Project file {clean!r} does not exist", body=exc.body, method=exc.method, path=exc.path
             ) from exc
 
+    def download_file_if_exists(self, path: str, *, project_id: str | None = None) -> bytes | None:
+        """The bytes of a project file, or None when it does not exist: one call, where
+        :meth:`file_exists` then :meth:`download_file` is two."""
+        try:
+            return self.download_file(path, project_id=project_id)
+        except CmlNotFoundError:
+            return None
+
     def file_exists(self, path: str, *, project_id: str | None = None) -> bool:
         """Whether a project file or directory exists (lists its parent directory)."""
         clean = clean_file_path(path)

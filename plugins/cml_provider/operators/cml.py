@@ -38,6 +38,11 @@ def ti_key(context: Mapping[str, Any]) -> str:
     return f"{ti.dag_id}/{ti.run_id}/{ti.task_id}/{-1 if map_index is None else map_index}"
 
 
+def _first_try(context: Mapping[str, Any]) -> bool:
+    """Whether this is the task instance's first attempt: no earlier try can have started a run."""
+    return getattr(context["ti"], "try_number", None) == 1
+
+
 def _seconds(value: float | timedelta) -> float:
     return value.total_seconds() if isinstance(value, timedelta) else float(value)
 
@@ -45,9 +50,11 @@ def _seconds(value: float | timedelta) -> float:
 class CmlJobRunOperator(CmlRunOwnerMixin, BaseOperator):
     """Start a run of a CML job, creating the job if needed.
 
-    The job is found by exact name, or created with ``script``, ``cpu``, ``memory_gb``,
-    ``timeout_s`` and ``runtime_identifier`` (CPU and memory are per *job* in CML: put the
-    resource profile in ``job_name``, one job per profile). The run gets ``environment`` plus two
+    With ``job_id`` (and ``project_id``), that job is run and nothing is looked up: the way to
+    go when many tasks run the same job, which the caller creates once. Otherwise the job is
+    found by exact name, or created with ``script``, ``cpu``, ``memory_gb``, ``timeout_s`` and
+    ``runtime_identifier`` (CPU and memory are per *job* in CML: put the resource profile in
+    ``job_name``, one job per profile). The run gets ``environment`` plus two
     markers, ``MF_AIRFLOW_TI_KEY=<dag_id>/<run_id>/<task_id>/<map_index>`` and
     ``MF_AIRFLOW_DAG_RUN_KEY=<dag_id>/<run_id>``.
 
@@ -55,11 +62,13 @@ class CmlJobRunOperator(CmlRunOwnerMixin, BaseOperator):
     the TI key; a run that is still active or has succeeded is reused instead of starting a
     second one (a failed, timed-out or stopped one is not). The key has no try number, so
     clearing a task whose run succeeded reuses that run too; set ``reuse_succeeded_run=False``
-    to start a new run then (a still-active run is always reused).
+    to start a new run then (a still-active run is always reused). A first try does not
+    search: Airflow gives every new attempt, a retry or a cleared task, a new try number, and a
+    first try that defers for capacity submits only once it resumes.
 
     **Per-DAG-run cap**: with ``max_active_runs_per_dag_run=N``, when N runs carrying this DAG
-    run's marker are already active (in the project's jobs whose names contain
-    ``capacity_job_name_filter``, or all its jobs), the task defers to
+    run's marker are already active (in the jobs ``capacity_job_ids``, or else the project's
+    jobs whose names contain ``capacity_job_name_filter``, or all its jobs), the task defers to
     :class:`~cml_provider.triggers.cml.CmlCapacityTrigger` and submits when a slot frees (the
     deferred tasks of one DAG run share one count per poll interval in a triggerer and take
     its free slots one at a time). The cap is soft: across triggerers, and between a count and
@@ -70,6 +79,8 @@ class CmlJobRunOperator(CmlRunOwnerMixin, BaseOperator):
     succeeds; otherwise pair it with :class:`~cml_provider.sensors.cml.CmlJobRunSensor`.
 
     :param job_name: CML job name (templated)
+    :param job_id: the CML job to run, created beforehand (then ``job_name`` only names it in logs)
+    :param project_id: CML project id (default: the connection's project, looked up)
     :param script: script path relative to the project root (templated)
     :param cpu: vCPUs of the job
     :param memory_gb: memory of the job, GB
@@ -80,7 +91,9 @@ class CmlJobRunOperator(CmlRunOwnerMixin, BaseOperator):
     :param arguments: per-run arguments string, or a list joined with shell quoting (templated)
     :param cml_conn_id: Airflow connection of the workspace
     :param max_active_runs_per_dag_run: cap on concurrently active runs of one DAG run
-    :param capacity_job_name_filter: substring of the job names counted for the cap
+    :param capacity_job_ids: the jobs whose runs count for the cap
+    :param capacity_job_name_filter: substring of the job names counted for the cap (without
+        ``capacity_job_ids``; the jobs are then listed on every count)
     :param capacity_poll_interval: seconds between capacity checks while deferred
     :param capacity_timeout: how long to wait for a free slot before failing
     :param wait_for_completion: defer until the run ends and fail unless it succeeded
@@ -101,6 +114,8 @@ class CmlJobRunOperator(CmlRunOwnerMixin, BaseOperator):
         *,
         job_name: str,
         script: str,
+        job_id: str | None = None,
+        project_id: str | None = None,
         cpu: float = 1.0,
         memory_gb: float = 2.0,
         timeout_s: int | None = None,
@@ -109,6 +124,7 @@ class CmlJobRunOperator(CmlRunOwnerMixin, BaseOperator):
         arguments: str | Sequence[str] | None = None,
         cml_conn_id: str = CmlHook.default_conn_name,
         max_active_runs_per_dag_run: int | None = None,
+        capacity_job_ids: Sequence[str] | None = None,
         capacity_job_name_filter: str | None = None,
         capacity_poll_interval: float = 15.0,
         capacity_timeout: float | timedelta = timedelta(hours=24),
@@ -132,6 +148,7 @@ class CmlJobRunOperator(CmlRunOwnerMixin, BaseOperator):
         self.arguments = arguments
         self.cml_conn_id = cml_conn_id
         self.max_active_runs_per_dag_run = max_active_runs_per_dag_run
+        self.capacity_job_ids = list(capacity_job_ids) if capacity_job_ids is not None else None
         self.capacity_job_name_filter = capacity_job_name_filter
         self.capacity_poll_interval = capacity_poll_interval
         self.capacity_timeout = capacity_timeout
@@ -142,13 +159,15 @@ class CmlJobRunOperator(CmlRunOwnerMixin, BaseOperator):
         self.reuse_succeeded_run = reuse_succeeded_run
         self.retry_limit = retry_limit
         self.retry_delay = retry_delay
-        self.project_id = self.job_id = self.run_id = None
+        self.project_id, self.job_id, self.run_id = project_id, job_id, None
 
     # -- execution ------------------------------------------------------------------------
     def execute(self, context: Context) -> dict[str, str]:
         if self.max_active_runs_per_dag_run is not None and self.max_active_runs_per_dag_run < 1:
             raise ValueError("max_active_runs_per_dag_run must be at least 1 (or None for no cap)")
         self._ensure_job()
+        if _first_try(context) and not self.max_active_runs_per_dag_run:
+            return self._submit(context, recent_runs=[])
         # One listing of the job's recent runs answers the three questions asked before a
         # submission (a run of an earlier try to reuse? how many runs of this DAG run are
         # active? and the same idempotency check again right before creating): at 100 runs a
@@ -172,7 +191,7 @@ class CmlJobRunOperator(CmlRunOwnerMixin, BaseOperator):
             )
         self.log.info("%s", event.get("message"))
         self._ensure_job()
-        return self._submit(context)
+        return self._submit(context, recent_runs=[] if _first_try(context) else None)
 
     def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> dict[str, str]:
         """Resume after :class:`CmlJobRunTrigger`: succeed with the run ids or raise."""
@@ -190,7 +209,10 @@ class CmlJobRunOperator(CmlRunOwnerMixin, BaseOperator):
 
     # -- steps ----------------------------------------------------------------------------
     def _ensure_job(self) -> None:
-        self.project_id = self.hook.get_project_id()
+        if self.project_id is None:
+            self.project_id = self.hook.get_project_id()
+        if self.job_id is not None:
+            return
         job = self.hook.get_or_create_job(
             self.job_name,
             self.script,
@@ -206,8 +228,11 @@ class CmlJobRunOperator(CmlRunOwnerMixin, BaseOperator):
         self, context: Context, recent_runs: Mapping[str, Sequence[CmlJobRun]] | None = None
     ) -> None:
         assert self.max_active_runs_per_dag_run is not None
-        search = {"name": self.capacity_job_name_filter} if self.capacity_job_name_filter else None
-        job_ids = [j.id for j in self.hook.list_jobs(search, project_id=self.project_id)]
+        if self.capacity_job_ids is not None:
+            job_ids = self.capacity_job_ids
+        else:
+            search = {"name": self.capacity_job_name_filter} if self.capacity_job_name_filter else None
+            job_ids = [j.id for j in self.hook.list_jobs(search, project_id=self.project_id)]
         key = dag_run_key(context)
         active = self.hook.count_active_runs(
             job_ids,
@@ -229,7 +254,7 @@ class CmlJobRunOperator(CmlRunOwnerMixin, BaseOperator):
             trigger=CmlCapacityTrigger(
                 cml_conn_id=self.cml_conn_id,
                 project_id=self.project_id,
-                job_ids=None,
+                job_ids=self.capacity_job_ids,
                 marker_key=DAG_RUN_KEY_ENV,
                 marker_value=key,
                 max_active=self.max_active_runs_per_dag_run,
