@@ -30,6 +30,19 @@ def drive(trigger) -> dict:
     return event.payload
 
 
+def api_calls(op: CmlJobRunOperator, monkeypatch) -> list:
+    """The endpoints of the API calls ``op``'s hook makes from now on (the real calls, recorded)."""
+    calls = []
+    real = op.hook._do_api_call
+
+    def spy(endpoint, **kwargs):
+        calls.append(endpoint)
+        return real(endpoint, **kwargs)
+
+    monkeypatch.setattr(op.hook, "_do_api_call", spy)
+    return calls
+
+
 def test_init_only_assigns_and_templates_environment_and_arguments():
     op = CmlJobRunOperator(task_id="t", job_name="j", script="s.py", environment={"A": "{{ ds }}"})
     assert {"environment", "arguments", "job_name", "script"} <= set(op.template_fields)
@@ -160,14 +173,7 @@ def test_submit_lists_the_jobs_runs_once(cml_conn, hook, unique, make_context, m
     warm = operator(unique, max_active_runs_per_dag_run=3, capacity_job_name_filter=f"op-{unique}")
     first = warm.execute(make_context(run_id=f"manual__{unique}", task_id="a"))
     op = operator(unique, task_id="b", max_active_runs_per_dag_run=3, capacity_job_name_filter=f"op-{unique}")
-    calls = []
-    real = op.hook._do_api_call
-
-    def spy(endpoint, **kwargs):
-        calls.append(endpoint)
-        return real(endpoint, **kwargs)
-
-    monkeypatch.setattr(op.hook, "_do_api_call", spy)
+    calls = api_calls(op, monkeypatch)
     context = make_context(run_id=f"manual__{unique}", task_id="b")
     ref = op.execute(context)
     assert ref["run_id"] != first["run_id"]
@@ -184,14 +190,7 @@ def test_a_first_try_of_a_planned_job_makes_one_api_call(cml_conn, hook, unique,
 
     job = hook.get_or_create_job(f"op-{unique}-planned", "job.py", 0.5, 0.5)
     op = operator(unique, job_name=job.name, job_id=job.id, project_id=hook.get_project_id())
-    calls = []
-    real = op.hook._do_api_call
-
-    def spy(endpoint, **kwargs):
-        calls.append(endpoint)
-        return real(endpoint, **kwargs)
-
-    monkeypatch.setattr(op.hook, "_do_api_call", spy)
+    calls = api_calls(op, monkeypatch)
     ref = op.execute(make_context(run_id=f"manual__{unique}"))
     assert calls == [CREATE_JOB_RUN] and ref["job_id"] == job.id
     assert hook.get_job_run(job.id, ref["run_id"]).environment[TI_KEY_ENV] == f"dag/manual__{unique}/task/-1"
