@@ -329,20 +329,24 @@ class ScheduledRun:
 
 def probe_capacity_poll(workspace_url: str, api_key: str, run_id: str, access: AccessLog) -> Counter:
     """The requests of one poll of :class:`CmlCapacityTrigger` as ``CmlJobRunOperator`` defers it
-    for this DAG run (its job-name filter, marker, pages), run once here against the workspace.
-    Its cap is out of reach, so the trigger ends after its first poll."""
+    for this DAG run (the plan's experiment jobs, marker, pages), run once here against the
+    workspace. Its cap is out of reach, so the trigger ends after its first poll."""
     import asyncio
 
+    from cml_provider.hooks.cml import CmlHook
     from cml_provider.operators.cml import DAG_RUN_KEY_ENV
     from cml_provider.triggers.cml import CmlCapacityTrigger
     from factory_tasks.names import EXPERIMENT_JOB_PREFIX
     from stack.env import cml_connection
 
     os.environ["AIRFLOW_CONN_CML_BENCHMARK_PROBE"] = cml_connection(workspace_url, api_key)
+    project_id = _project_id(workspace_url, api_key)
+    with CmlHook.from_url(workspace_url, api_key, project_id=project_id) as hook:
+        job_ids = [j.id for j in hook.list_jobs({"name": EXPERIMENT_JOB_PREFIX})]
     trigger = CmlCapacityTrigger(
-        cml_conn_id="cml_benchmark_probe", project_id=_project_id(workspace_url, api_key), job_ids=None,
+        cml_conn_id="cml_benchmark_probe", project_id=project_id, job_ids=job_ids,
         marker_key=DAG_RUN_KEY_ENV, marker_value=f"{DAG_ID}/{run_id}", max_active=10**9, poll_interval=1.0,
-        deadline=time.time() + 60, job_name_filter=EXPERIMENT_JOB_PREFIX)
+        deadline=time.time() + 60)
 
     async def one_poll() -> list:
         return [event async for event in trigger.run()]
@@ -512,7 +516,8 @@ def report(m: ScheduledRun, n: int, *, poll_interval_s: float) -> dict[str, Any]
     probe = {k: v for k, v in m.capacity_probe.items() if k not in ("events", "errors")}
     if probe:
         print(f"one capacity-trigger poll after the run ({len(m.runs)} runs in the job): {sum(probe.values())} API calls "
-              f"({', '.join(f'{k} {v}' for k, v in sorted(probe.items()))}) per deferred submit and poll interval")
+              f"({', '.join(f'{k} {v}' for k, v in sorted(probe.items()))}) per poll interval "
+              "(one count, shared by the DAG run's deferred submits in a triggerer)")
     names = {"scheduler": "scheduler", "triggerer": "triggerer", "dag-processor": "dag-processor",
              "api-server": "api-server", "workspace": "workspace server", "dashboard": "dashboards"}
     print(f"CPU seconds during the run ({m.trigger_to_end_s:.0f} s; 2 cores = {2 * m.trigger_to_end_s:.0f} CPU-s):")
