@@ -1,8 +1,10 @@
-"""Command line of the embedded stack: ``python -m stack run | up | down | status | airflow-ui | dashboard``."""
+"""Command line of the embedded stack: ``python -m stack run | up | down | status | airflow-ui | dashboard |
+seed-training-table``."""
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from stack.env import stack_paths
@@ -34,6 +36,11 @@ def main(argv: list[str] | None = None) -> int:
         cmd.add_argument("--model-port", type=int, default=None, help="its model service port (default: free)")
         cmd.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for everything to answer")
         cmd.add_argument("--rows", type=int, default=None, help="rows to simulate if the training table is absent")
+    seed = sub.add_parser("seed-training-table", help=(
+        "create the simulated training table in the model_factory_warehouse connection if it is absent "
+        "(docker compose's training-table-init; make run and make up do it themselves)"))
+    seed.add_argument("--rows", type=int, default=None, help="rows to simulate (default: make run's)")
+    seed.add_argument("--table", default=None, help="the table (default historical_customer_interactions)")
     sub.add_parser("down", help="stop exactly what `up` started (make down)")
     sub.add_parser("status", help="what `up` started and whether it runs (make status)")
     dash = sub.add_parser("dashboard", help="serve the experiments dashboard")
@@ -50,6 +57,8 @@ def main(argv: list[str] | None = None) -> int:
                        workspace_port=args.workspace_port, model_port=args.model_port, timeout_s=args.timeout,
                        rows=args.rows)
         return up(**options) if args.command == "up" else foreground(**options)
+    if args.command == "seed-training-table":
+        return _seed_training_table(args.rows, args.table)
     if args.command == "down":
         from stack.up import down
 
@@ -59,6 +68,23 @@ def main(argv: list[str] | None = None) -> int:
 
         return status()
     return _dashboard(args.port)
+
+
+def _seed_training_table(rows: int | None, table: str | None) -> int:
+    from factory_tasks.training_data import TRAINING_TABLE
+    from stack.run import DEFAULT_ROWS
+    from stack.up import ensure_training_table
+
+    if "AIRFLOW_CONN_MODEL_FACTORY_WAREHOUSE" not in os.environ:
+        print("seed-training-table: set AIRFLOW_CONN_MODEL_FACTORY_WAREHOUSE (the warehouse connection, "
+              "as JSON or URI) first", file=sys.stderr)
+        return 2
+    rows, table = rows or DEFAULT_ROWS, table or TRAINING_TABLE
+    if ensure_training_table(dict(os.environ), rows, table):
+        print(f"{table}: created with {rows:,} simulated rows")
+    else:
+        print(f"{table}: already there, left as it is")
+    return 0
 
 
 if __name__ == "__main__":

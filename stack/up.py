@@ -460,17 +460,18 @@ def _start(paths: StackPaths, state: UpState, lock: IO[str], *, host: str, port:
     _say(f"  DAGs unpaused: {', '.join(dag_ids)}")
 
 
-def ensure_training_table(env: dict[str, str], rows: int) -> bool:
-    """The simulated training table, as ``make run`` makes it (True: created now)."""
+def ensure_training_table(env: dict[str, str], rows: int, table: str | None = None) -> bool:
+    """The simulated training table (``table``, default the factory's), as ``make run`` makes it
+    (True: created now)."""
     from stack.run import DEFAULT_SEED
 
     os.environ["AIRFLOW_CONN_MODEL_FACTORY_WAREHOUSE"] = env["AIRFLOW_CONN_MODEL_FACTORY_WAREHOUSE"]
     from airflow.sdk import BaseHook
 
-    from factory_tasks.training_data import ensure_training_table
+    from factory_tasks.training_data import TRAINING_TABLE, ensure_training_table
 
     hook = BaseHook.get_connection("model_factory_warehouse").get_hook()
-    return ensure_training_table(hook, n_rows=rows, seed=DEFAULT_SEED)
+    return ensure_training_table(hook, n_rows=rows, seed=DEFAULT_SEED, table=table or TRAINING_TABLE)
 
 
 def _print_where(paths: StackPaths, state: UpState) -> None:

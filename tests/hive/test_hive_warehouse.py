@@ -7,7 +7,11 @@ Spark statements cost ~0.1-1 s each, so each test sends only a few.
 from __future__ import annotations
 
 import math
+import os
 import random
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -31,8 +35,11 @@ from factory_tasks.sql_dialects import (
     bind,
     dialect_for,
 )
+from factory_tasks.training_data import read_training_frame
 
 from tests.contract_factories import make_result, make_spec
+
+REPO = Path(__file__).resolve().parents[2]
 
 pytestmark = pytest.mark.hive
 
@@ -326,6 +333,26 @@ def test_training_table_load_and_read_frame_round_trip(hive_hook, sqlite_hook, u
     pd.testing.assert_frame_equal(ordered[0], ordered[2], check_dtype=False)
     staging = query(hive_hook, f"SELECT count(*) FROM {unique_table}__staging")
     assert staging == [(0,)]  # the staged batches were cleaned up
+
+
+def test_the_seed_command_creates_the_training_table_once(hive_server, hive_hook, unique_table):
+    """docker compose's training-table-init: ``python -m stack seed-training-table`` against
+    HiveServer2; a second run (a restarted stack) leaves the rows alone."""
+    command = [sys.executable, "-m", "stack", "seed-training-table", "--rows", "300", "--table", unique_table]
+    env = {**os.environ, "AIRFLOW_CONN_MODEL_FACTORY_WAREHOUSE": hive_server.conn_uri}
+    first = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert f"{unique_table}: created with 300 simulated rows" in first.stdout
+    again = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0 and f"{unique_table}: already there" in again.stdout, again.stderr[-3000:]
+    assert len(read_training_frame(hive_hook, unique_table)) == 300
+
+
+def test_the_seed_command_names_the_missing_connection():
+    env = {k: v for k, v in os.environ.items() if k != "AIRFLOW_CONN_MODEL_FACTORY_WAREHOUSE"}
+    done = subprocess.run([sys.executable, "-m", "stack", "seed-training-table"], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "set AIRFLOW_CONN_MODEL_FACTORY_WAREHOUSE" in done.stderr
 
 
 def test_airflow_connection_id_gives_the_hive_hook_and_dialect(warehouse_conn):

@@ -337,6 +337,14 @@ def test_airflow_reaches_the_bundled_hive():
     assert "hive-warehouse" in shared
 
 
+def test_the_training_table_is_seeded_in_the_bundled_hive_before_a_worker_starts():
+    init = SERVICES["training-table-init"]
+    assert _command(init) == ["python", "-m", "stack", "seed-training-table"]  # tests/hive runs it on HiveServer2
+    assert str(init["restart"]) == "no" and init["depends_on"]["hiveserver2"]["condition"] == "service_healthy"
+    assert _env(init)["AIRFLOW_CONN_MODEL_FACTORY_WAREHOUSE"] == _env(SERVICES["airflow-worker"])["AIRFLOW_CONN_MODEL_FACTORY_WAREHOUSE"]
+    assert SERVICES["airflow-worker"]["depends_on"]["training-table-init"]["condition"] == "service_completed_successfully"
+
+
 def test_the_dashboard_serves_both_apps_as_stack_dashboard_does():
     from stack.dashboard import APPS, serve_command
 
