@@ -267,6 +267,17 @@ class Airflow:
     def count_tis(self, run_id: str, **filters) -> int:
         return self.get(f"/api/v2/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances", limit=1, **filters)["total_entries"]
 
+    def count_worker_tis(self, run_id: str) -> int:
+        """Task instances that ran on a worker (a hostname): not the skipped ones, nor the
+        waits that started and ended in the triggerer."""
+        count, offset = 0, 0
+        while True:
+            page = self.get(f"/api/v2/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances", limit=100, offset=offset)
+            count += sum(bool(ti.get("hostname")) for ti in page["task_instances"])
+            offset += len(page["task_instances"])
+            if not page["task_instances"] or offset >= page["total_entries"]:
+                return count
+
     def grid_view(self, run_ids: list[str]) -> tuple[float, int]:
         """What the grid page loads: seconds and bytes of its three requests, one after another."""
         started = time.perf_counter()
@@ -325,6 +336,7 @@ class ScheduledRun:
     #: one poll of the capacity trigger after the run (the job now holds the run's N runs)
     capacity_probe: Counter = field(default_factory=Counter)
     task_instances: int = 0
+    worker_task_instances: int = 0
 
 
 def probe_capacity_poll(workspace_url: str, api_key: str, run_id: str, access: AccessLog) -> Counter:
@@ -430,7 +442,7 @@ def run_under_scheduler(var: Path, conf: dict, *, rows: int, timeout_s: float, s
         cpu = {name: (cpu_after[name][0] - cpu_before.get(name, (0, 0))[0],
                       cpu_after[name][1] - cpu_before.get(name, (0, 0))[1]) for name in cpu_after}
         after = [api.grid_view([run_id]) for _ in range(3)]
-        task_instances = api.count_tis(run_id)
+        task_instances, worker_tis = api.count_tis(run_id), api.count_worker_tis(run_id)
         from cml_provider.hooks.cml import CmlHook
 
         hook = CmlHook.from_url(state.workspace_url, paths.api_key_file.read_text().strip(),
@@ -440,7 +452,8 @@ def run_under_scheduler(var: Path, conf: dict, *, rows: int, timeout_s: float, s
         probe = probe_capacity_poll(state.workspace_url, paths.api_key_file.read_text().strip(), run_id, access)
         result = ScheduledRun(run_id=run_id, state=run["state"], wall_s=0.0, trigger_to_end_s=trigger_to_end,
                               calls=calls, cpu=cpu, runs=records, samples=samples, grid_view_during=during,
-                              grid_view_after=after, capacity_probe=probe, task_instances=task_instances)
+                              grid_view_after=after, capacity_probe=probe, task_instances=task_instances,
+                              worker_task_instances=worker_tis)
         if run.get("start_date") and run.get("end_date"):
             result.dag_start, result.dag_end = _when(run["start_date"]), _when(run["end_date"])
             result.wall_s = (result.dag_end - result.dag_start).total_seconds()
@@ -525,9 +538,10 @@ def report(m: ScheduledRun, n: int, *, poll_interval_s: float) -> dict[str, Any]
         if name not in m.cpu:
             continue
         own, tree = m.cpu[name]
-        per_ti = f" = {(tree - own) / m.task_instances:.2f} per task instance" if m.task_instances else ""
+        ran = m.worker_task_instances
+        per_ti = f" = {(tree - own) / ran:.2f} each" if ran else ""
         extra = {"scheduler": f"  (own loop {own:.1f}, LocalExecutor workers and task processes {tree - own:.1f}"
-                              f" for {m.task_instances} task instances{per_ti})",
+                              f" for the {ran} of {m.task_instances} task instances that ran on a worker{per_ti})",
                  "workspace": f"  (server process {own:.1f}; runs are not its descendants)"}.get(name, "")
         print(f"  {label:<18} {tree:8.1f}{extra}")
     during = max(m.grid_view_during, default=None)
@@ -543,7 +557,8 @@ def report(m: ScheduledRun, n: int, *, poll_interval_s: float) -> dict[str, Any]
             "wall_s": round(m.wall_s, 1), "runs_s": round(fig["runs_s"], 1), "concurrency": concurrency,
             "overhead_per_experiment_s": round(over, 3),
             "serial_overhead_per_experiment_s": round(fig["serial_overhead_per_experiment_s"], 3),
-            "task_instances": m.task_instances, "api_calls_per_experiment": round(per, 2), "api_calls": dict(m.calls),
+            "task_instances": m.task_instances, "worker_task_instances": m.worker_task_instances,
+            "api_calls_per_experiment": round(per, 2), "api_calls": dict(m.calls),
             "cpu_s": {k: [round(a, 1), round(b, 1)] for k, (a, b) in m.cpu.items()},
             "grid_view_s": round(after, 3), "grid_view_bytes": size,
             "grid_view_during_max_s": round(during[0], 3) if during else None,

@@ -9,7 +9,8 @@ one row per experiment in the warehouse table `experiment_outcomes`.
 * Long experiments (forests, boosting) are submitted first (`submit_long_experiment`), the
   short ones after (`submit_short_experiment`), so that short ones fill the cores at the end.
 * A failed experiment fails only its own `wait_for_*_experiment` instance; it is still recorded
-  (status `failed`, with its error) and the others carry on.
+  (status `failed`, with its error) and the others carry on. Under a scheduler those instances
+  wait in the triggerer from the start (`start_from_trigger`) and never take a worker.
 * Reruns never duplicate rows: experiment ids hash (estimator, params, CV, metrics, economics,
   data snapshot), the record step replaces this run's rows, and a succeeded result of an
   identical experiment is reused instead of being computed again — only if the same code (a hash
@@ -129,6 +130,9 @@ def model_factory():
     submitted_long >> submitted_short
 
     def wait(task_id: str, submitted, planned):
+        # Under a scheduler each instance waits in the triggerer from the start, never on a
+        # worker (it reads its run from the submit's XCom); `airflow dags test` runs it as an
+        # ordinary deferrable sensor with the mapped arguments.
         return CmlJobRunSensor.partial(
             task_id=task_id,
             cml_conn_id=CML_CONN_ID,
@@ -137,6 +141,13 @@ def model_factory():
             timeout=EXPERIMENT_TIMEOUT_S + 600,
             retries=0,  # a finished run does not change its mind; its failure is the outcome
             trigger_rule=TriggerRule.NONE_FAILED,  # a skipped upstream (an empty wave) is no reason to skip
+            **CmlJobRunSensor.start_in_triggerer(
+                run_task_id=submitted.task_id,
+                result_files_task_id=planned.operator.task_id,
+                cml_conn_id=CML_CONN_ID,
+                poll_interval=CML_POLL_INTERVAL_S,
+                timeout=EXPERIMENT_TIMEOUT_S + 600,
+            ),
         ).expand_kwargs(submitted.output.zip(planned).map(sensor_kwargs))
 
     waited_long = wait("wait_for_long_experiment", submitted_long, long_wave)

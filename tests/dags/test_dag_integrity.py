@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -56,6 +57,21 @@ def test_model_factory_shape(dagbag):
     for wait in ("wait_for_long_experiment", "wait_for_short_experiment"):
         assert tasks[wait].downstream_task_ids == {"collect_outcomes"}
         assert str(tasks[wait].trigger_rule) in ("none_failed", "TriggerRule.NONE_FAILED")
+    # under a scheduler each wait starts in the triggerer and reads its run from its submit's
+    # XCom: what the scheduler sees is the serialized DAG
+    from airflow.serialization.serialized_objects import DagSerialization
+
+    serialized = DagSerialization.from_dict(DagSerialization.to_dict(dag)).task_dict
+    for wave in ("long", "short"):
+        wait = serialized[f"wait_for_{wave}_experiment"]
+        assert wait.start_from_trigger is True
+        start = wait.start_trigger_args
+        assert start.trigger_cls == "cml_provider.triggers.cml.CmlSubmittedRunTrigger"
+        assert start.timeout == timedelta(seconds=2 * 60 * 60 + 600)
+        kwargs = start.trigger_kwargs.get("__var", start.trigger_kwargs)  # kept serialization-encoded
+        assert {k: kwargs[k] for k in ("run_task_id", "result_files_task_id", "cml_conn_id")} == {
+            "run_task_id": f"submit_{wave}_experiment", "result_files_task_id": f"{wave}_experiments",
+            "cml_conn_id": "cml_default"}
     assert str(tasks["collect_outcomes"].trigger_rule) in ("all_done", "TriggerRule.ALL_DONE")
     assert [a.name for a in tasks["record_outcomes"].outlets] == ["experiment_outcomes"]
 

@@ -256,16 +256,20 @@ def test_async_call_retries_like_the_sync_one(scripted_server, instant):
 
 
 @pytest.mark.parametrize("verify, mode", [(True, "CERT_REQUIRED"), (False, "CERT_NONE")])
-def test_one_tls_context_per_hook_for_all_its_clients(scripted_server, instant, monkeypatch, verify, mode):
-    """Building a TLS context loads the CA bundle (~20 ms); a polling trigger must not pay it per call."""
+def test_one_tls_context_per_setting_for_all_hooks_and_clients(scripted_server, instant, monkeypatch, verify, mode):
+    """Building a TLS context loads the CA bundle (~20 ms); a polling trigger must not pay it
+    per call, nor each of a thousand triggers (each with a hook of its own) once."""
     import ssl
 
     import httpx
 
+    from cml_provider.hooks.cml_base import _shared_tls_context
+
+    _shared_tls_context.cache_clear()
     built = []
     real = httpx.create_ssl_context
     monkeypatch.setattr(httpx, "create_ssl_context", lambda **kw: built.append(kw) or real(**kw))
-    scripted_server.script("GET", f"{P}/jobs/j1/runs/r1", *[(200, RUN)] * 3)
+    scripted_server.script("GET", f"{P}/jobs/j1/runs/r1", *[(200, RUN)] * 4)
     hook = make_hook(scripted_server, instant, verify=verify)
 
     async def poll_three_times():
@@ -273,8 +277,13 @@ def test_one_tls_context_per_hook_for_all_its_clients(scripted_server, instant, 
 
     assert len(asyncio.run(poll_three_times())) == 3
     hook.get_conn()  # the sync client shares it
+    other = make_hook(scripted_server, instant, verify=verify)  # another trigger's hook
+    assert asyncio.run(other.a_get_job_run("j1", "r1"))
     assert built == [{"verify": verify}]
+    assert hook._tls_context is other._tls_context
     assert hook._tls_context.verify_mode == getattr(ssl, mode)
+    # another setting gets its own
+    assert make_hook(scripted_server, instant, verify=not verify)._tls_context.verify_mode != getattr(ssl, mode)
 
 
 def test_test_connection_reports_bad_key_without_retrying(scripted_server, instant):

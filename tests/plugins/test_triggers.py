@@ -7,8 +7,8 @@ import time
 
 import pytest
 
-from airflow.triggers.base import TriggerEvent
-from cml_provider.triggers.cml import CmlCapacityTrigger, CmlJobRunTrigger
+from airflow.triggers.base import TaskFailedEvent, TaskSuccessEvent, TriggerEvent
+from cml_provider.triggers.cml import CmlCapacityTrigger, CmlJobRunTrigger, CmlSubmittedRunTrigger
 
 MARKER = "MF_AIRFLOW_DAG_RUN_KEY"
 
@@ -204,3 +204,96 @@ def test_capacity_triggers_of_one_dag_run_share_a_count_per_poll(cml_conn, hook,
     from cml_provider.triggers.cml import _SHARED_COUNTS
 
     assert not _SHARED_COUNTS  # nothing is kept once no trigger waits
+
+
+class TriggererTaskInstance:
+    """The part of the triggerer's task instance a start-from-trigger trigger uses (its map
+    index and XCom reads), holding the XComs the upstream tasks pushed."""
+
+    task_id = "wait_for_run"
+    task = None  # the triggerer's has the serialized sensor; nothing here is templated
+
+    def __init__(self, map_index: int, xcoms: dict):
+        self.map_index = map_index
+        self.xcoms = xcoms
+        self.pulls: list[tuple] = []
+
+    def xcom_pull(self, task_ids, map_indexes=None):
+        self.pulls.append((task_ids, map_indexes))
+        value = self.xcoms[task_ids]
+        if isinstance(value, Exception):
+            raise value
+        return value if map_indexes is None else value[map_indexes]
+
+
+def submitted_run_trigger(conn_id, ti, *, result_files_task_id="planned"):
+    trigger = CmlSubmittedRunTrigger(conn_id, "submit", poll_interval=0.1,
+                                     result_files_task_id=result_files_task_id, retry_delay=0.01)
+    trigger.task_instance = ti
+    return trigger
+
+
+def test_submitted_run_trigger_serialize_mirrors_init():
+    trigger = CmlSubmittedRunTrigger("cml_x", "submit_long", poll_interval=5, result_files_task_id="long")
+    path, kwargs = trigger.serialize()
+    assert path == "cml_provider.triggers.cml.CmlSubmittedRunTrigger"
+    assert CmlSubmittedRunTrigger(**kwargs).serialize() == (path, kwargs)
+    assert all(isinstance(v, (str, int, float)) for v in kwargs.values())
+
+
+@pytest.mark.integration
+def test_submitted_run_trigger_ends_the_task_with_the_run_of_its_own_map_index(cml_conn, hook, unique):
+    job = hook.get_or_create_job(f"trig-sub-{unique}", "job.py", 0.5, 0.5)
+    runs = [hook.create_job_run(job.id, environment={"MF_TEST_SLEEP": "0.3"}) for _ in range(2)]
+    refs = [{"project_id": hook.get_project_id(), "job_id": job.id, "run_id": r.id} for r in runs]
+    ti = TriggererTaskInstance(1, {"submit": refs})
+    [event] = collect(submitted_run_trigger(cml_conn, ti))
+    assert isinstance(event, TaskSuccessEvent)
+    assert event.xcoms == {"return_value": {**refs[1], "status": "ENGINE_SUCCEEDED"}}
+    assert ti.pulls == [("submit", 1)]  # nothing read about the other instances
+    assert hook.get_job_run(job.id, runs[1].id).status.is_terminal
+
+
+@pytest.mark.integration
+def test_submitted_run_trigger_fails_the_task_logging_the_result_file_error(cml_conn, hook, unique, capsys):
+    job = hook.get_or_create_job(f"trig-subfail-{unique}", "job.py", 0.5, 0.5)
+    result_file = f"trigger-results/{unique}.json"
+    run = hook.create_job_run(job.id, environment={"MF_TEST_FAIL_WITH": "training diverged",
+                                                   "MF_TEST_RESULT_FILE": result_file})
+    ref = {"project_id": hook.get_project_id(), "job_id": job.id, "run_id": run.id}
+    ti = TriggererTaskInstance(0, {"submit": [ref], "planned": [{"result_file": result_file}]})
+    [event] = collect(submitted_run_trigger(cml_conn, ti))
+    logged = capsys.readouterr().out  # the trigger logs through structlog
+    assert isinstance(event, TaskFailedEvent)
+    assert f"CML job run {run.id} ended with ENGINE_FAILED" in logged
+    assert f"Error from {result_file}: training diverged" in logged
+
+
+@pytest.mark.integration
+def test_submitted_run_trigger_with_a_missing_result_file_still_fails_naming_it(cml_conn, hook, unique, capsys):
+    job = hook.get_or_create_job(f"trig-subnofile-{unique}", "job.py", 0.5, 0.5)
+    run = hook.create_job_run(job.id, environment={"MF_TEST_FAIL_WITH": "oom"})
+    ref = {"project_id": hook.get_project_id(), "job_id": job.id, "run_id": run.id}
+    ti = TriggererTaskInstance(0, {"submit": [ref], "planned": ["trigger-results/never-written.json"]})
+    [event] = collect(submitted_run_trigger(cml_conn, ti))
+    logged = capsys.readouterr().out  # the trigger logs through structlog
+    assert isinstance(event, TaskFailedEvent)
+    assert "Result file 'trigger-results/never-written.json' does not exist" in logged
+
+
+def test_submitted_run_trigger_without_a_run_succeeds_without_calling_cml(capsys):
+    # a submit that had nothing to submit returns None: nothing to wait for (the connection
+    # does not even exist, so any CML call would fail the task)
+    ti = TriggererTaskInstance(0, {"submit": [None]})
+    [event] = collect(submitted_run_trigger("no_such_connection", ti))
+    logged = capsys.readouterr().out  # the trigger logs through structlog
+    assert isinstance(event, TaskSuccessEvent) and event.xcoms is None
+    assert "No CML run to wait for" in logged
+
+
+def test_submitted_run_trigger_that_cannot_read_its_run_fails_naming_the_task(capsys):
+    ti = TriggererTaskInstance(3, {"submit": RuntimeError("execution API unavailable")})
+    [event] = collect(submitted_run_trigger("no_such_connection", ti))
+    logged = capsys.readouterr().out  # the trigger logs through structlog
+    assert isinstance(event, TaskFailedEvent)
+    assert "Could not read the run submit[3] submitted: RuntimeError: execution API unavailable" in logged

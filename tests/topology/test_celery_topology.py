@@ -3,11 +3,13 @@ DB, Redis broker, ``CeleryExecutor`` with two workers that share no disk (own cw
 AIRFLOW_HOME), a real scheduler, dag-processor, triggerer and api-server (the workers' task
 runners reach its execution API).
 
-A 4-experiment grid (tiny logistic regressions, max_parallel 2) is triggered through the REST
-API. Asserted: mapped experiment tasks ran on both workers (the TIs' hostname, from the
-worker's ``hostname_callable``) and at the same time (overlapping task instances; the
-overlaps across workers and of the CML runs are printed); deferrable tasks went through ``deferred`` and were resumed after the triggerer's
-event; ``experiment_outcomes`` has exactly one row per experiment for the run; the asset event
+A 6-experiment grid (tiny logistic regressions, max_parallel 4) is triggered through the REST
+API. Asserted: the mapped submit tasks ran on both workers (the TIs' hostname, from the
+worker's ``hostname_callable``) and experiments were in flight at the same time (from each
+submit's start to its CML run's end; the overlaps across workers and of the CML runs alone
+are printed); the mapped waits never took a
+worker: each started in the triggerer and was ended there (its trigger log); other deferred
+tasks were resumed after the triggerer's event; ``experiment_outcomes`` has exactly one row per experiment for the run; the asset event
 started ``experiments_summary`` (succeeded) and ``deploy_best_model``; the 30-minute schedule
 of ``experiments_summary`` is registered (next run on a :00/:30). The asset-triggered deploy
 run waits on its 2-hour review; a manual run with a 15-second review window then shows the
@@ -37,7 +39,7 @@ GRID = """
 cv: {folds: 2, random_state: 0}
 metrics: [roc_auc, log_loss, policy_value, policy_uplift]
 ranking_metric: roc_auc
-max_parallel: 2
+max_parallel: 4
 economics:
   conversion_value: 100.0
   offer_costs: {Discount: 8.0, Buy One Get One: 4.0, No Offer: 0.0}
@@ -45,11 +47,12 @@ families:
   logistic_regression:
     estimator: LogisticRegression
     resources: {cpu: 1, memory_gb: 1}
-    params: {C: [0.01, 0.1, 1.0, 10.0]}
+    params: {C: [0.01, 0.1, 1.0, 3.0, 10.0, 30.0]}
 """
-EXPERIMENTS = 4
-#: the mapped experiment tasks (the planner puts each experiment in the long or the short wave)
-MAPPED = ("submit_", "wait_for_")
+EXPERIMENTS = 6
+#: the mapped experiment tasks (the planner puts each experiment in the long or the short wave):
+#: the submits run on workers, the waits start and end in the triggerer
+SUBMITS, WAITS = "submit_", "wait_for_"
 
 
 def processes_of(var) -> list[psutil.Process]:
@@ -152,7 +155,7 @@ def test_model_factory_on_two_celery_workers(var, tmp_path):
 
         # -- the factory run ---------------------------------------------------------------
         run = api.send("POST", "/dags/model_factory/dagRuns",
-                       {"logical_date": None, "conf": {"grid_path": str(grid), "max_parallel": 2}})
+                       {"logical_date": None, "conf": {"grid_path": str(grid), "max_parallel": 4}})
         run_id = run["dag_run_id"]
         seen: dict = defaultdict(list)
         t0 = time.monotonic()
@@ -163,8 +166,19 @@ def test_model_factory_on_two_celery_workers(var, tmp_path):
         assert final["state"] == "success", f"model_factory {run_id}: {states}; logs {topo.logs}"
 
         # on both workers, at the same time
-        mapped = [t for t in tis if t["task_id"].startswith(MAPPED) and t["map_index"] >= 0]
-        assert len(mapped) == 2 * EXPERIMENTS, states
+        mapped = [t for t in tis if t["task_id"].startswith(SUBMITS) and t["map_index"] >= 0]
+        assert len(mapped) == EXPERIMENTS, states
+        # the waits never took a worker: started in the triggerer, ended there
+        waits = [t for t in tis if t["task_id"].startswith(WAITS) and t["map_index"] >= 0]
+        assert len(waits) == EXPERIMENTS and all(t["state"] == "success" for t in waits), states
+        assert not [t for t in waits if t["hostname"]], [(t["task_id"], t["map_index"], t["hostname"]) for t in waits]
+        for t in waits:
+            folder = (paths.logs / "tasks" / "dag_id=model_factory" / f"run_id={run_id}" / f"task_id={t['task_id']}"
+                      / f"map_index={t['map_index']}")
+            trigger_logs = list(folder.glob("attempt=1.log.trigger.*.log"))
+            assert trigger_logs, f"no trigger log for {t['task_id']}[{t['map_index']}] in {folder}"
+            text = trigger_logs[0].read_text()
+            assert "succeeded" in text and "trigger completed" in text, text[-2000:]
         per_worker = defaultdict(list)
         for ti in tis:
             if not ti["hostname"]:  # skipped, or never on a worker (EmptyOperator)
@@ -173,14 +187,6 @@ def test_model_factory_on_two_celery_workers(var, tmp_path):
         assert set(per_worker) <= set(WORKERS), f"task instances on unknown hosts: {dict(per_worker)}"
         mapped_hosts = {t["hostname"] for t in mapped}
         assert mapped_hosts == set(WORKERS), f"mapped tasks ran on {mapped_hosts} only: {dict(per_worker)}"
-        # At the same time: mapped task instances overlapped. Overlap *across* workers is
-        # counted, not required: the task bodies last ~1 s, and under load one worker can take
-        # every submit just before the other is free (CI once saw a 24 ms gap at load 11).
-        spans = [((t["task_id"], t["map_index"], t["hostname"]), _when(t["start_date"]), _when(t["end_date"]))
-                 for t in mapped]
-        overlaps = _overlapping(spans)
-        assert overlaps, f"no two mapped tasks overlapped: {mapped}"
-        cross_worker = [(a, b) for a, b in overlaps if a[2] != b[2]]
         from cml_provider.hooks.cml import CmlHook
         from factory_tasks.names import EXPERIMENT_JOB_PREFIX, MODEL_NAME
 
@@ -191,12 +197,25 @@ def test_model_factory_on_two_celery_workers(var, tmp_path):
         # race on fast-firing triggers, apache/airflow#72716)
         assert len({r.environment.get("MF_AIRFLOW_TI_KEY") for r in ours}) == EXPERIMENTS, [
             (r.id, r.status, r.environment) for r in ours]
+        # At the same time: experiments were in flight together, each from its submit task's
+        # start on a worker to its CML run's end (the submit bodies last ~0.2 s, the runs under
+        # a second: neither alone overlaps reliably; max_parallel 4 lets four go at once on the
+        # workers' four slots and holds the other two back until a run ends).
+        # Overlap *across* workers is counted, not required: under load one worker can take
+        # every submit just before the other is free (CI once saw a 24 ms gap at load 11).
+        finished = {r.environment.get("MF_EXPERIMENT_ID"): _when(r.finished_at) for r in ours
+                    if r.status.is_successful}
+        spans = [((t["task_id"], t["map_index"], t["hostname"]), _when(t["start_date"]),
+                  finished[t["rendered_fields"]["environment"]["MF_EXPERIMENT_ID"]]) for t in mapped]
+        overlaps = _overlapping(spans)
+        assert overlaps, f"no two experiments were in flight at once: {spans}"
+        cross_worker = [(a, b) for a, b in overlaps if a[2] != b[2]]
         # the runs themselves last well under a second here: whether two overlapped is printed
         run_spans = [(r.id, _when(r.raw.get("running_at") or r.created_at), _when(r.finished_at)) for r in ours]
         run_overlaps = _overlapping(run_spans)
 
-        # what deferred resumed (the tiny experiments are often done before their sensor's first
-        # look: then it succeeds without deferring; the deploy run below always defers)
+        # what deferred (the submits held back by max_parallel) ended well; the deploy run
+        # below always defers and resumes
         factory_deferred = {key for key, history in seen.items() if "deferred" in history}
         for key in factory_deferred:
             assert states[key] == "success", (key, seen[key])

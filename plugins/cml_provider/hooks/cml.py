@@ -441,6 +441,15 @@ class CmlHook(BaseCmlHook):
         except CmlNotFoundError:
             return None
 
+    async def a_download_file_if_exists(self, path: str, *, project_id: str | None = None) -> bytes | None:
+        """Async twin of :meth:`download_file_if_exists`."""
+        pid = project_id or await self.a_get_project_id()
+        try:
+            return await self._a_do_api_call(
+                DOWNLOAD_FILE, path_params={"project_id": pid, "path": clean_file_path(path)}, raw=True)
+        except CmlNotFoundError:
+            return None
+
     def file_exists(self, path: str, *, project_id: str | None = None) -> bool:
         """Whether a project file or directory exists (lists its parent directory)."""
         clean = clean_file_path(path)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import ssl
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
 from datetime import timedelta
-from functools import cached_property
+from functools import cached_property, lru_cache
 from typing import Any, Self
 
 import httpx
@@ -51,6 +51,13 @@ __all__ = ["DEFAULT_PAGE_SIZE", "BaseCmlHook"]
 
 DEFAULT_PAGE_SIZE = 100
 
+
+
+@lru_cache(maxsize=8)
+def _shared_tls_context(verify: bool | str) -> ssl.SSLContext:
+    """The TLS context of a ``verify`` setting (True, False or a CA bundle path), shared by
+    the hooks of a process (a context is safe to share between clients and threads)."""
+    return httpx.create_ssl_context(verify=verify)
 
 class _ApiKey:
     """Sentinel type: "authenticate with the configured API key"."""
@@ -262,9 +269,12 @@ class BaseCmlHook(BaseHook):
     # -- The HTTP choke point -------------------------------------------------------------
     @cached_property
     def _tls_context(self) -> ssl.SSLContext:
-        """Built once per hook: loading the CA bundle costs ~20 ms of CPU, and the async calls
-        (triggers, polling every few seconds) open a client per call."""
-        return httpx.create_ssl_context(verify=self.verify)
+        """Loading the CA bundle costs ~20 ms of CPU, the async calls open a client per call,
+        and every trigger has a hook of its own: one context per process and setting."""
+        try:
+            return _shared_tls_context(self.verify)
+        except TypeError:  # an unhashable setting: this hook's own
+            return httpx.create_ssl_context(verify=self.verify)
 
     @cached_property
     def _client(self) -> httpx.Client:

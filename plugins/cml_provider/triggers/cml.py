@@ -1,6 +1,6 @@
 """Triggers that wait on a CML workspace in Airflow's triggerer.
 
-Both triggers take only serialisable primitives, ``serialize()`` mirrors ``__init__``, the loop
+The triggers take only serialisable primitives, ``serialize()`` mirrors ``__init__``, the loop
 sleeps with ``asyncio.sleep`` until an absolute ``deadline`` (epoch seconds, so a triggerer
 restart does not extend the wait), and each yields exactly one :class:`TriggerEvent`.
 """
@@ -8,16 +8,19 @@ restart does not extend the wait), and each yields exactly one :class:`TriggerEv
 from __future__ import annotations
 
 import asyncio
+import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from datetime import timedelta
 from typing import Any
 
-from airflow.triggers.base import BaseTrigger, TriggerEvent
+from asgiref.sync import sync_to_async
+
+from airflow.triggers.base import BaseTrigger, TaskFailedEvent, TaskSuccessEvent, TriggerEvent
 from cml_provider.hooks.cml import CmlHook
 from cml_provider.states import JobRunStatus
 
-__all__ = ["CmlCapacityTrigger", "CmlJobRunTrigger"]
+__all__ = ["CmlCapacityTrigger", "CmlJobRunTrigger", "CmlSubmittedRunTrigger", "result_file_error"]
 
 
 class _SharedCount:
@@ -120,36 +123,163 @@ class CmlJobRunTrigger(_CmlTrigger):
         )
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
-        hook = self._hook()
-        last: JobRunStatus | None = None
+        status, message, last = await _follow_run(
+            self, self._hook(), self.project_id, self.job_id, self.run_id, self.poll_interval, self.deadline)
+        yield self._event(status, message, last)
+
+
+async def _follow_run(
+    trigger: BaseTrigger, hook: CmlHook, project_id: str, job_id: str, run_id: str,
+    poll_interval: float, deadline: float | None,
+) -> tuple[str, str, JobRunStatus | None]:
+    """Poll a run until it ends or ``deadline`` (epoch seconds; None = never) passes: ``(status,
+    message, last run status)``, status ``success``, ``error`` (ended otherwise, or could not
+    be read) or ``timeout``. Never raises."""
+    last: JobRunStatus | None = None
+    try:
+        while True:
+            run = await hook.a_get_job_run(job_id, run_id, project_id=project_id)
+            last = run.status
+            if last.is_terminal:
+                if last.is_successful:
+                    return "success", f"CML job run {run_id} succeeded", last
+                return "error", f"CML job run {run_id} ended with {last}", last
+            remaining = float("inf") if deadline is None else deadline - time.time()
+            if remaining <= 0:
+                return "timeout", (
+                    f"CML job run {run_id} still {last} at the deadline "
+                    f"({time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(deadline))})"
+                ), last
+            trigger.log.info("CML job run %s is %s; next check in %gs", run_id, last, poll_interval)
+            await asyncio.sleep(min(poll_interval, remaining))
+    except Exception as exc:
+        return "error", f"Could not follow CML job run {run_id}: {type(exc).__name__}: {exc}", last
+
+
+def result_file_error(path: str, data: bytes | None, read_error: Exception | None = None) -> str:
+    """What a job's result file (its JSON ``"error"`` field) says about a failed run."""
+    if read_error is not None:
+        return f"Result file {path!r} could not be read: {read_error}"
+    if data is None:
+        return f"Result file {path!r} does not exist"
+    try:
+        doc = json.loads(data)
+    except ValueError:
+        return f"Result file {path!r} is not JSON: {data[:200]!r}"
+    error = doc.get("error") if isinstance(doc, Mapping) else None
+    if not error:
+        return f"Result file {path!r} has no error field"
+    return f"Error from {path}: {error}"
+
+
+class CmlSubmittedRunTrigger(_CmlTrigger):
+    """Wait for the CML run that the same map index of ``run_task_id`` submitted, and end the
+    task here, in the triggerer.
+
+    The trigger of :meth:`~cml_provider.sensors.cml.CmlJobRunSensor.start_in_triggerer`: under a
+    scheduler, a mapped sensor so configured goes from scheduled straight to this trigger
+    (Airflow's ``start_from_trigger``) and never takes a worker, where starting a task process
+    to look once at a run that is usually over costs more than the look. The scheduler builds
+    the trigger from the sensor's static arguments, so the run is read here: the XCom of
+    ``run_task_id`` at this task's map index (``{"project_id", "job_id", "run_id"}``, what
+    :class:`~cml_provider.operators.cml.CmlJobRunOperator` returns; None or no ``run_id`` = no
+    run, success). A failed run's explanation is read from the ``result_file`` of item *map
+    index* of ``result_files_task_id``'s XCom, a list of paths or of mappings holding one.
+
+    Ends the task with :class:`TaskSuccessEvent` (XCom ``{"project_id", "job_id", "run_id",
+    "status"}``, as the sensor returns) or :class:`TaskFailedEvent`, having logged why (the
+    trigger's log is part of the task's). The deadline is the task's trigger timeout.
+
+    :param cml_conn_id: Airflow connection id of the workspace
+    :param run_task_id: the mapped submit task whose XCom names the run
+    :param poll_interval: seconds between status checks
+    :param result_files_task_id: task whose XCom lists each map index's result file
+    :param retry_limit: hook attempts per API call
+    :param retry_delay: hook backoff base, seconds
+    """
+
+    def __init__(
+        self,
+        cml_conn_id: str,
+        run_task_id: str,
+        poll_interval: float,
+        result_files_task_id: str | None = None,
+        retry_limit: int = 3,
+        retry_delay: float | timedelta = 1.0,
+    ) -> None:
+        super().__init__()
+        self.cml_conn_id = cml_conn_id
+        self.run_task_id = run_task_id
+        self.poll_interval = float(poll_interval)
+        self.result_files_task_id = result_files_task_id
+        self.retry_limit = retry_limit
+        self.retry_delay = _seconds(retry_delay)
+
+    def serialize(self) -> tuple[str, dict[str, Any]]:
+        return (
+            f"{type(self).__module__}.{type(self).__qualname__}",
+            {
+                "cml_conn_id": self.cml_conn_id,
+                "run_task_id": self.run_task_id,
+                "poll_interval": self.poll_interval,
+                "result_files_task_id": self.result_files_task_id,
+                "retry_limit": self.retry_limit,
+                "retry_delay": self.retry_delay,
+            },
+        )
+
+    async def _pull(self, task_id: str, map_index: int | None) -> Any:
+        # the triggerer's task instance reads XComs asynchronously (through the triggerer's
+        # supervisor, without blocking the event loop the other triggers share)
+        ti = self.task_instance
+        pull = ti.axcom_pull if hasattr(ti, "axcom_pull") else sync_to_async(ti.xcom_pull)
+        if map_index is None:
+            return await pull(task_ids=task_id)
+        return await pull(task_ids=task_id, map_indexes=map_index)
+
+    async def _result_file_error(self, hook: CmlHook, project_id: str) -> str | None:
+        if not self.result_files_task_id:
+            return None
+        index = self.task_instance.map_index
         try:
-            while True:
-                run = await hook.a_get_job_run(self.job_id, self.run_id, project_id=self.project_id)
-                last = run.status
-                if last.is_terminal:
-                    if last.is_successful:
-                        event = self._event("success", f"CML job run {self.run_id} succeeded", last)
-                    else:
-                        event = self._event("error", f"CML job run {self.run_id} ended with {last}", last)
-                    break
-                remaining = self.deadline - time.time()
-                if remaining <= 0:
-                    event = self._event(
-                        "timeout",
-                        f"CML job run {self.run_id} still {last} at the deadline "
-                        f"({time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(self.deadline))})",
-                        last,
-                    )
-                    break
-                self.log.info(
-                    "CML job run %s is %s; next check in %gs", self.run_id, last, self.poll_interval
-                )
-                await asyncio.sleep(min(self.poll_interval, remaining))
+            items = await self._pull(self.result_files_task_id, None)
+            item = items[index] if index >= 0 else items
+            path = item if isinstance(item, str) else item["result_file"]
         except Exception as exc:
-            event = self._event(
-                "error", f"Could not follow CML job run {self.run_id}: {type(exc).__name__}: {exc}", last
-            )
-        yield event
+            return f"No result file for map index {index} in {self.result_files_task_id}: {type(exc).__name__}: {exc}"
+        try:
+            return result_file_error(path, await hook.a_download_file_if_exists(path, project_id=project_id))
+        except Exception as exc:
+            return result_file_error(path, None, exc)
+
+    async def run(self) -> AsyncIterator[TriggerEvent]:
+        index = self.task_instance.map_index
+        try:
+            ref = await self._pull(self.run_task_id, index)
+        except Exception as exc:
+            self.log.error("Could not read the run %s[%s] submitted: %s: %s",
+                           self.run_task_id, index, type(exc).__name__, exc)
+            yield TaskFailedEvent()
+            return
+        if isinstance(ref, str):  # an XCom rendered as text
+            ref = json.loads(ref)
+        if not ref or not ref.get("run_id"):
+            self.log.info("No CML run to wait for (%s[%s] returned %r)", self.run_task_id, index, ref)
+            yield TaskSuccessEvent()
+            return
+        hook = self._hook()
+        project_id = ref.get("project_id") or await hook.a_get_project_id()
+        job_id, run_id = str(ref["job_id"]), str(ref["run_id"])
+        status, message, last = await _follow_run(self, hook, project_id, job_id, run_id, self.poll_interval, None)
+        if status == "success":
+            self.log.info("%s", message)
+            done = {"project_id": project_id, "job_id": job_id, "run_id": run_id,
+                    "status": last.value if last else None}
+            yield TaskSuccessEvent(xcoms={"return_value": done})
+            return
+        explained = await self._result_file_error(hook, project_id)
+        self.log.error("%s (job %s)%s", message, job_id, f". {explained}" if explained else "")
+        yield TaskFailedEvent()
 
 
 class CmlCapacityTrigger(_CmlTrigger):
