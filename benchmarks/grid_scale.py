@@ -267,16 +267,16 @@ class Airflow:
     def count_tis(self, run_id: str, **filters) -> int:
         return self.get(f"/api/v2/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances", limit=1, **filters)["total_entries"]
 
-    def count_worker_tis(self, run_id: str) -> int:
-        """Task instances that ran on a worker (a hostname): not the skipped ones, nor the
-        waits that started and ended in the triggerer."""
+    def count_worker_tis(self, run_id: str) -> tuple[int, int]:
+        """(task instances, those that ran on a worker: a hostname — not the skipped ones, nor
+        the waits that started and ended in the triggerer)."""
         count, offset = 0, 0
         while True:
             page = self.get(f"/api/v2/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances", limit=100, offset=offset)
             count += sum(bool(ti.get("hostname")) for ti in page["task_instances"])
             offset += len(page["task_instances"])
             if not page["task_instances"] or offset >= page["total_entries"]:
-                return count
+                return page["total_entries"], count
 
     def grid_view(self, run_ids: list[str]) -> tuple[float, int]:
         """What the grid page loads: seconds and bytes of its three requests, one after another."""
@@ -442,7 +442,7 @@ def run_under_scheduler(var: Path, conf: dict, *, rows: int, timeout_s: float, s
         cpu = {name: (cpu_after[name][0] - cpu_before.get(name, (0, 0))[0],
                       cpu_after[name][1] - cpu_before.get(name, (0, 0))[1]) for name in cpu_after}
         after = [api.grid_view([run_id]) for _ in range(3)]
-        task_instances, worker_tis = api.count_tis(run_id), api.count_worker_tis(run_id)
+        task_instances, worker_tis = api.count_worker_tis(run_id)
         from cml_provider.hooks.cml import CmlHook
 
         hook = CmlHook.from_url(state.workspace_url, paths.api_key_file.read_text().strip(),

@@ -46,6 +46,7 @@ from planned_runs import CML_POLL_INTERVAL_S, sensor_kwargs, submit_kwargs
 from task_errors import no_retry_on_bad_input
 
 EXPERIMENT_TIMEOUT_S = 2 * 60 * 60
+WAIT_TIMEOUT_S = EXPERIMENT_TIMEOUT_S + 600  # the run's own timeout, then ten minutes' grace
 
 
 @dag(
@@ -138,7 +139,7 @@ def model_factory():
             cml_conn_id=CML_CONN_ID,
             deferrable=True,
             poll_interval=CML_POLL_INTERVAL_S,
-            timeout=EXPERIMENT_TIMEOUT_S + 600,
+            timeout=WAIT_TIMEOUT_S,
             retries=0,  # a finished run does not change its mind; its failure is the outcome
             trigger_rule=TriggerRule.NONE_FAILED,  # a skipped upstream (an empty wave) is no reason to skip
             **CmlJobRunSensor.start_in_triggerer(
@@ -146,7 +147,7 @@ def model_factory():
                 result_files_task_id=planned.operator.task_id,
                 cml_conn_id=CML_CONN_ID,
                 poll_interval=CML_POLL_INTERVAL_S,
-                timeout=EXPERIMENT_TIMEOUT_S + 600,
+                timeout=WAIT_TIMEOUT_S,
             ),
         ).expand_kwargs(submitted.output.zip(planned).map(sensor_kwargs))
 

@@ -297,3 +297,11 @@ def test_submitted_run_trigger_that_cannot_read_its_run_fails_naming_the_task(ca
     logged = capsys.readouterr().out  # the trigger logs through structlog
     assert isinstance(event, TaskFailedEvent)
     assert "Could not read the run submit[3] submitted: RuntimeError: execution API unavailable" in logged
+
+
+def test_submitted_run_trigger_with_a_reference_missing_its_job_fails_naming_it(capsys):
+    ti = TriggererTaskInstance(0, {"submit": [{"project_id": "p", "run_id": "r1"}]})
+    [event] = collect(submitted_run_trigger("no_such_connection", ti))
+    logged = capsys.readouterr().out
+    assert isinstance(event, TaskFailedEvent)
+    assert "submit[0] returned no run reference" in logged and "has a run_id but no job_id" in logged

@@ -52,12 +52,12 @@ __all__ = ["DEFAULT_PAGE_SIZE", "BaseCmlHook"]
 DEFAULT_PAGE_SIZE = 100
 
 
-
 @lru_cache(maxsize=8)
 def _shared_tls_context(verify: bool | str) -> ssl.SSLContext:
     """The TLS context of a ``verify`` setting (True, False or a CA bundle path), shared by
     the hooks of a process (a context is safe to share between clients and threads)."""
     return httpx.create_ssl_context(verify=verify)
+
 
 class _ApiKey:
     """Sentinel type: "authenticate with the configured API key"."""
@@ -271,10 +271,7 @@ class BaseCmlHook(BaseHook):
     def _tls_context(self) -> ssl.SSLContext:
         """Loading the CA bundle costs ~20 ms of CPU, the async calls open a client per call,
         and every trigger has a hook of its own: one context per process and setting."""
-        try:
-            return _shared_tls_context(self.verify)
-        except TypeError:  # an unhashable setting: this hook's own
-            return httpx.create_ssl_context(verify=self.verify)
+        return _shared_tls_context(self.verify)
 
     @cached_property
     def _client(self) -> httpx.Client:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
@@ -12,7 +11,7 @@ from airflow.sdk.exceptions import AirflowException
 from airflow.triggers.base import StartTriggerArgs
 from cml_provider.hooks.cml import CmlHook, CmlJobRun
 from cml_provider.operators.run_owner import CmlRunOwnerMixin
-from cml_provider.triggers.cml import CmlSubmittedRunTrigger, result_file_error
+from cml_provider.triggers.cml import CmlSubmittedRunTrigger, parse_run_ref, result_file_error
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -128,20 +127,14 @@ class CmlJobRunSensor(CmlRunOwnerMixin, BaseSensorOperator):
     # -- helpers --------------------------------------------------------------------------
     def _read_run_ref(self) -> bool:
         """Load ids from ``run``; False when there is nothing to wait for."""
-        run = self.run
+        try:
+            run = parse_run_ref(self.run)
+        except ValueError as exc:
+            raise AirflowException(str(exc)) from exc
         if run is None:
             return False
-        if isinstance(run, str):  # an XCom rendered as text
-            run = json.loads(run)
-        if not isinstance(run, Mapping):
-            raise AirflowException(f"run must be a dict with job_id and run_id, got {run!r}")
-        if run.get("run_id") in (None, ""):
-            return False
-        if not run.get("job_id"):
-            raise AirflowException(f"run {dict(run)!r} has a run_id but no job_id")
-        self.project_id = run.get("project_id") or self.hook.get_project_id()
-        self.job_id = str(run["job_id"])
-        self.run_id = str(run["run_id"])
+        self.project_id = run["project_id"] or self.hook.get_project_id()
+        self.job_id, self.run_id = run["job_id"], run["run_id"]
         return True
 
     def _ref(self, status: str | None) -> dict[str, Any]:

@@ -2,7 +2,8 @@
 
 The triggers take only serialisable primitives, ``serialize()`` mirrors ``__init__``, the loop
 sleeps with ``asyncio.sleep`` until an absolute ``deadline`` (epoch seconds, so a triggerer
-restart does not extend the wait), and each yields exactly one :class:`TriggerEvent`.
+restart does not extend the wait; for a task started in the triggerer, its trigger timeout), and
+each yields exactly one event.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from airflow.triggers.base import BaseTrigger, TaskFailedEvent, TaskSuccessEvent
 from cml_provider.hooks.cml import CmlHook
 from cml_provider.states import JobRunStatus
 
-__all__ = ["CmlCapacityTrigger", "CmlJobRunTrigger", "CmlSubmittedRunTrigger", "result_file_error"]
+__all__ = ["CmlCapacityTrigger", "CmlJobRunTrigger", "CmlSubmittedRunTrigger", "parse_run_ref", "result_file_error"]
 
 
 class _SharedCount:
@@ -52,6 +53,12 @@ class _CmlTrigger(BaseTrigger):
     cml_conn_id: str
     retry_limit: int
     retry_delay: float
+    #: the ``__init__`` parameters, which ``serialize()`` mirrors
+    _serialized: tuple[str, ...]
+
+    def serialize(self) -> tuple[str, dict[str, Any]]:
+        return (f"{type(self).__module__}.{type(self).__qualname__}",
+                {name: getattr(self, name) for name in self._serialized})
 
     def _hook(self) -> CmlHook:
         return CmlHook(self.cml_conn_id, retry_limit=self.retry_limit, retry_delay=self.retry_delay)
@@ -74,6 +81,9 @@ class CmlJobRunTrigger(_CmlTrigger):
     :param retry_delay: hook backoff base, seconds
     """
 
+    _serialized = ("cml_conn_id", "project_id", "job_id", "run_id", "poll_interval", "deadline", "retry_limit",
+                   "retry_delay")
+
     def __init__(
         self,
         cml_conn_id: str,
@@ -94,21 +104,6 @@ class CmlJobRunTrigger(_CmlTrigger):
         self.deadline = float(deadline)
         self.retry_limit = retry_limit
         self.retry_delay = _seconds(retry_delay)
-
-    def serialize(self) -> tuple[str, dict[str, Any]]:
-        return (
-            f"{type(self).__module__}.{type(self).__qualname__}",
-            {
-                "cml_conn_id": self.cml_conn_id,
-                "project_id": self.project_id,
-                "job_id": self.job_id,
-                "run_id": self.run_id,
-                "poll_interval": self.poll_interval,
-                "deadline": self.deadline,
-                "retry_limit": self.retry_limit,
-                "retry_delay": self.retry_delay,
-            },
-        )
 
     def _event(self, status: str, message: str, run_status: JobRunStatus | None) -> TriggerEvent:
         return TriggerEvent(
@@ -156,6 +151,23 @@ async def _follow_run(
         return "error", f"Could not follow CML job run {run_id}: {type(exc).__name__}: {exc}", last
 
 
+def parse_run_ref(run: Any) -> dict[str, str | None] | None:
+    """``{"project_id" (or None), "job_id", "run_id"}`` from a submit task's reference (a dict,
+    or its JSON as text when a template rendered it); None when there is no run to wait for.
+    Raises ValueError naming what is wrong with it."""
+    if run is None:
+        return None
+    if isinstance(run, str):  # an XCom rendered as text
+        run = json.loads(run)
+    if not isinstance(run, Mapping):
+        raise ValueError(f"run must be a dict with job_id and run_id, got {run!r}")
+    if run.get("run_id") in (None, ""):
+        return None
+    if not run.get("job_id"):
+        raise ValueError(f"run {dict(run)!r} has a run_id but no job_id")
+    return {"project_id": run.get("project_id") or None, "job_id": str(run["job_id"]), "run_id": str(run["run_id"])}
+
+
 def result_file_error(path: str, data: bytes | None, read_error: Exception | None = None) -> str:
     """What a job's result file (its JSON ``"error"`` field) says about a failed run."""
     if read_error is not None:
@@ -198,6 +210,9 @@ class CmlSubmittedRunTrigger(_CmlTrigger):
     :param retry_delay: hook backoff base, seconds
     """
 
+    _serialized = ("cml_conn_id", "run_task_id", "poll_interval", "result_files_task_id", "retry_limit",
+                   "retry_delay")
+
     def __init__(
         self,
         cml_conn_id: str,
@@ -214,19 +229,6 @@ class CmlSubmittedRunTrigger(_CmlTrigger):
         self.result_files_task_id = result_files_task_id
         self.retry_limit = retry_limit
         self.retry_delay = _seconds(retry_delay)
-
-    def serialize(self) -> tuple[str, dict[str, Any]]:
-        return (
-            f"{type(self).__module__}.{type(self).__qualname__}",
-            {
-                "cml_conn_id": self.cml_conn_id,
-                "run_task_id": self.run_task_id,
-                "poll_interval": self.poll_interval,
-                "result_files_task_id": self.result_files_task_id,
-                "retry_limit": self.retry_limit,
-                "retry_delay": self.retry_delay,
-            },
-        )
 
     async def _pull(self, task_id: str, map_index: int | None) -> Any:
         # the triggerer's task instance reads XComs asynchronously (through the triggerer's
@@ -261,15 +263,19 @@ class CmlSubmittedRunTrigger(_CmlTrigger):
                            self.run_task_id, index, type(exc).__name__, exc)
             yield TaskFailedEvent()
             return
-        if isinstance(ref, str):  # an XCom rendered as text
-            ref = json.loads(ref)
-        if not ref or not ref.get("run_id"):
+        try:
+            run_ref = parse_run_ref(ref)
+        except ValueError as exc:
+            self.log.error("%s[%s] returned no run reference: %s", self.run_task_id, index, exc)
+            yield TaskFailedEvent()
+            return
+        if run_ref is None:
             self.log.info("No CML run to wait for (%s[%s] returned %r)", self.run_task_id, index, ref)
             yield TaskSuccessEvent()
             return
         hook = self._hook()
-        project_id = ref.get("project_id") or await hook.a_get_project_id()
-        job_id, run_id = str(ref["job_id"]), str(ref["run_id"])
+        project_id = run_ref["project_id"] or await hook.a_get_project_id()
+        job_id, run_id = run_ref["job_id"], run_ref["run_id"]
         status, message, last = await _follow_run(self, hook, project_id, job_id, run_id, self.poll_interval, None)
         if status == "success":
             self.log.info("%s", message)
@@ -304,6 +310,9 @@ class CmlCapacityTrigger(_CmlTrigger):
     :param max_pages: pages of recent runs (newest first) looked at per job
     """
 
+    _serialized = ("cml_conn_id", "project_id", "job_ids", "marker_key", "marker_value", "max_active",
+                   "poll_interval", "deadline", "job_name_filter", "max_pages", "retry_limit", "retry_delay")
+
     def __init__(
         self,
         cml_conn_id: str,
@@ -334,25 +343,6 @@ class CmlCapacityTrigger(_CmlTrigger):
         self.max_pages = max_pages
         self.retry_limit = retry_limit
         self.retry_delay = _seconds(retry_delay)
-
-    def serialize(self) -> tuple[str, dict[str, Any]]:
-        return (
-            f"{type(self).__module__}.{type(self).__qualname__}",
-            {
-                "cml_conn_id": self.cml_conn_id,
-                "project_id": self.project_id,
-                "job_ids": self.job_ids,
-                "marker_key": self.marker_key,
-                "marker_value": self.marker_value,
-                "max_active": self.max_active,
-                "poll_interval": self.poll_interval,
-                "deadline": self.deadline,
-                "job_name_filter": self.job_name_filter,
-                "max_pages": self.max_pages,
-                "retry_limit": self.retry_limit,
-                "retry_delay": self.retry_delay,
-            },
-        )
 
     def _event(self, status: str, message: str, active: int | None) -> TriggerEvent:
         return TriggerEvent(

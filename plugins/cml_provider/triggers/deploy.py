@@ -44,13 +44,8 @@ class _CmlStatusTrigger(_CmlTrigger):
         """The object's status and the workspace's ``status_message`` (None when it sends none)."""
         raise NotImplementedError
 
-    #: the ``__init__`` parameters, which ``serialize()`` mirrors, and the ids every event carries
-    _serialized: tuple[str, ...]
+    #: the ids every event carries (``_serialized``, which ``serialize()`` mirrors, is the base's)
     _id_fields: tuple[str, ...]
-
-    def serialize(self) -> tuple[str, dict[str, Any]]:
-        return (f"{type(self).__module__}.{type(self).__qualname__}",
-                {name: getattr(self, name) for name in self._serialized})
 
     def _ids(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in self._id_fields}
