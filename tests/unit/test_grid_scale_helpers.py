@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from benchmarks.grid_scale import (classify_request, count_requests, grid_document, max_concurrency,
-                                   overhead_figures, write_grid)
+from benchmarks.grid_scale import (classify_request, count_requests, format_timeline, grid_document,
+                                   max_concurrency, overhead_figures, task_timeline, write_grid)
 
 
 def test_grid_file_is_valid_with_n_distinct_experiments(tmp_path):
@@ -53,3 +53,25 @@ def test_concurrency_and_overhead_arithmetic():
     assert fig["serial_overhead_per_experiment_s"] == pytest.approx((10 - 6) / 4)
     with pytest.raises(ValueError):
         overhead_figures(1.0, [1.0], 0, 1)
+
+
+def test_timeline_takes_each_tasks_first_start_and_last_end():
+    from datetime import datetime, timezone
+
+    start = datetime(2026, 12, 4, 12, 0, 0, tzinfo=timezone.utc)
+    tis = [
+        {"task_id": "plan", "scheduled_when": "2026-12-04T12:00:01Z", "queued_when": "2026-12-04T12:00:01.5Z",
+         "start_date": "2026-12-04T12:00:02Z", "end_date": "2026-12-04T12:00:03Z"},
+        {"task_id": "wait", "scheduled_when": None, "queued_when": None,
+         "start_date": "2026-12-04T12:00:09Z", "end_date": "2026-12-04T12:00:20Z"},
+        {"task_id": "wait", "scheduled_when": None, "queued_when": None,
+         "start_date": "2026-12-04T12:00:05Z", "end_date": "2026-12-04T12:00:30Z"},
+        {"task_id": "skipped", "scheduled_when": None, "queued_when": None, "start_date": None, "end_date": None},
+    ]
+    rows = task_timeline(tis, start)
+    assert [r["task_id"] for r in rows] == ["plan", "wait", "skipped"]
+    assert rows[0] == {"task_id": "plan", "instances": 1, "scheduled": 1.0, "queued": 1.5, "started": 2.0, "ended": 3.0}
+    assert rows[1] == {"task_id": "wait", "instances": 2, "scheduled": None, "queued": None,
+                       "started": 5.0, "ended": 30.0}
+    lines = format_timeline(rows)
+    assert lines[2].split() == ["wait", "2", "-", "-", "5.0", "30.0"]
