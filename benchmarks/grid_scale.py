@@ -63,6 +63,7 @@ sys.path.insert(0, str(REPO))
 TARGET_OVERHEAD_S = 0.5
 TARGET_CALLS = 10.0
 DAG_ID = "model_factory"
+RUN_ENDED = ("success", "failed")
 #: the grid view's page asks for this many runs
 GRID_VIEW_RUNS = 10
 
@@ -264,6 +265,9 @@ class Airflow:
         resp.raise_for_status()
         return resp.json()
 
+    def dag_run(self, run_id: str) -> dict:
+        return self.get(f"/api/v2/dags/{DAG_ID}/dagRuns/{run_id}")
+
     def count_tis(self, run_id: str, **filters) -> int:
         return self.get(f"/api/v2/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances", limit=1, **filters)["total_entries"]
 
@@ -416,11 +420,11 @@ def run_under_scheduler(var: Path, conf: dict, *, rows: int, timeout_s: float, s
         if warm_up is not None:
             warm_started = time.perf_counter()
             warm = api.trigger(warm_up)
-            while warm["state"] not in ("success", "failed"):
+            while warm["state"] not in RUN_ENDED:
                 if time.perf_counter() - warm_started > timeout_s:
                     raise SystemExit(f"the warm-up run {warm['dag_run_id']} did not end in {timeout_s:.0f} s")
                 time.sleep(1.0)
-                warm = api.get(f"/api/v2/dags/{DAG_ID}/dagRuns/{warm['dag_run_id']}")
+                warm = api.dag_run(warm["dag_run_id"])
             say(f"warm-up run {warm['dag_run_id']} {warm['state']} in {time.perf_counter() - warm_started:.0f} s")
         access = AccessLog(paths.workspace_root / "server.log")
         access.new_lines()  # what the start-up asked is not the DAG run's
@@ -437,9 +441,9 @@ def run_under_scheduler(var: Path, conf: dict, *, rows: int, timeout_s: float, s
         while True:
             time.sleep(sample_s)
             calls.update(count_requests(access.new_lines()))
-            run = api.get(f"/api/v2/dags/{DAG_ID}/dagRuns/{run_id}")
+            run = api.dag_run(run_id)
             now = time.perf_counter()
-            if run["state"] in ("success", "failed"):
+            if run["state"] in RUN_ENDED:
                 break
             samples.append(Sample(now - t0, Counter(calls),
                                   api.count_tis(run_id, state="deferred", task_display_name_prefix_pattern="submit_"),
