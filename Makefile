@@ -42,7 +42,7 @@ test: $(BIN)/.installed-test
 	$(BIN)/python -m pytest
 
 validate-grid: $(BIN)/.installed
-	$(BIN)/python -m factory_tasks.grid validate config/grid.yaml
+	$(BIN)/python -m factory_tasks.training.grid validate config/grid.yaml
 
 dashboard: $(BIN)/.installed
 	$(BIN)/python -m stack dashboard

@@ -43,8 +43,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests" / "browser"))
 
-from stack.env import StackPaths  # noqa: E402
 from test_experiments_dashboard import CHROMIUM, CHROMIUM_ARGS, PanelServer, summary_file  # noqa: E402
+
+from stack.env import StackPaths  # noqa: E402
 
 TARGET_FIRST_ROWS_S = 1.5
 TARGET_FILTER_S = 0.3
@@ -72,7 +73,7 @@ class Dashboard:
 def write_experiments(root: Path, rows: int, seed: int) -> Sample:
     """A summary CSV of ``rows`` experiments where the server rooted at ``root`` reads it."""
     from dashboards.experiments.sample_data import synthetic_outcomes
-    from factory_tasks.summary import build_summary, write_summary
+    from factory_tasks.warehouse.summary import build_summary, write_summary
 
     summary = build_summary(synthetic_outcomes(rows, seed=seed))
     write_summary(summary, summary_file(root))

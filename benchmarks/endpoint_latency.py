@@ -42,8 +42,8 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def in_process_ms(pipeline, customers, repeat: int) -> list[float]:
-    from factory_tasks.features import counterfactual_proba
-    from factory_tasks.simulator import OFFERS
+    from factory_tasks.core.schema import OFFERS
+    from factory_tasks.training.features import counterfactual_proba
 
     customers = customers.assign(offer=OFFERS[0])  # replaced by each offer in turn
     times = []
@@ -112,7 +112,13 @@ async def load(url: str, headers: dict, body: bytes, *, n: int, concurrency: int
 
 
 def deploy(cml, model_name: str, model_dir: Path, replicas: int, version: str):
-    from factory_tasks.names import MODEL_ARTIFACT_ENV, MODEL_DIR_ENV, MODEL_ENTRY_POINT, MODEL_FUNCTION, MODEL_VERSION_ENV
+    from factory_tasks.core.names import (
+        MODEL_ARTIFACT_ENV,
+        MODEL_DIR_ENV,
+        MODEL_ENTRY_POINT,
+        MODEL_FUNCTION,
+        MODEL_VERSION_ENV,
+    )
 
     model = cml.get_or_create_model(model_name)
     build = cml.create_model_build(model.id, MODEL_ENTRY_POINT, MODEL_FUNCTION, comment="endpoint benchmark")
@@ -144,14 +150,16 @@ def main(argv: list[str] | None = None) -> int:
                         help="the family the last line sums up (the default grid's slowest to score in-process)")
     args = parser.parse_args(argv)
 
-    from cml_workspace.server_process import running_workspace
     from cml_provider.hooks.cml import CmlHook
-    from factory_tasks.artifacts import save_model
-    from factory_tasks.compiled import save_compiled
-    from factory_tasks.features import build_pipeline, feature_frame
-    from factory_tasks.grid import load_grid
-    from factory_tasks.policy_check import customer_requests
-    from factory_tasks.simulator import DEFAULT_ECONOMICS, simulate_customers, simulate_interactions
+    from factory_tasks.serving.compiled import save_compiled
+
+    from cml_workspace.server_process import running_workspace
+    from factory_tasks.core.schema import DEFAULT_ECONOMICS
+    from factory_tasks.loop.policy_check import customer_requests
+    from factory_tasks.loop.simulator import simulate_customers, simulate_interactions
+    from factory_tasks.training.artifacts import save_model
+    from factory_tasks.training.features import build_pipeline, feature_frame
+    from factory_tasks.training.grid import load_grid
 
     config = load_grid(REPO / "config" / "grid.yaml", check_fit=False)
     families = args.families or list(config.families)

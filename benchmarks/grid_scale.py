@@ -360,7 +360,8 @@ def probe_capacity_poll(workspace_url: str, api_key: str, run_id: str, access: A
     from cml_provider.hooks.cml import CmlHook
     from cml_provider.operators.cml import DAG_RUN_KEY_ENV
     from cml_provider.triggers.cml import CmlCapacityTrigger
-    from factory_tasks.names import EXPERIMENT_JOB_PREFIX
+
+    from factory_tasks.core.names import EXPERIMENT_JOB_PREFIX
     from stack.env import cml_connection
 
     os.environ["AIRFLOW_CONN_CML_BENCHMARK_PROBE"] = cml_connection(workspace_url, api_key)
@@ -653,7 +654,7 @@ def main() -> int:
     parser.add_argument("--var", type=Path, default=None, help="stack folder (default: a fresh temp dir)")
     args = parser.parse_args()
 
-    from factory_tasks.grid import load_grid
+    from factory_tasks.training.grid import load_grid
 
     var = (args.var or Path(tempfile.mkdtemp(prefix="mf-scale-"))).resolve()
     grid = write_grid(var / "grid-scale.yaml", args.experiments, folds=args.folds, max_parallel=args.max_parallel)

@@ -46,9 +46,9 @@ def _scorer(spec: dict):
     """A multi-metric scorer computing exactly the factory's metrics for one fold."""
     import numpy as np
 
-    from factory_tasks.features import counterfactual_proba
-    from factory_tasks.metrics import compute_metric
-    from factory_tasks.simulator import offer_indices
+    from factory_tasks.core.metrics import compute_metric
+    from factory_tasks.core.schema import offer_indices
+    from factory_tasks.training.features import counterfactual_proba
 
     def score(estimator, X, y):
         offer_proba = counterfactual_proba(estimator, X)
@@ -66,8 +66,8 @@ def _scorer(spec: dict):
 def gridsearch_seconds(config, data, n_jobs: int) -> tuple[float, int]:
     from sklearn.model_selection import GridSearchCV, StratifiedKFold
 
-    from factory_tasks.features import build_pipeline, feature_frame
-    from factory_tasks.grid import expand_grid
+    from factory_tasks.training.features import build_pipeline, feature_frame
+    from factory_tasks.training.grid import expand_grid
 
     specs = [s.model_dump(mode="json") for s in expand_grid(config, {"path": "-", "hash": "-"})]
     X, y = feature_frame(data), data["conversion"].to_numpy()
@@ -129,7 +129,7 @@ def _baseline(config, data, cores: int, when: str) -> float:
 
 def _require_all_succeeded(warehouse) -> None:
     """Stop the benchmark unless every experiment succeeded: a failed one would time nothing."""
-    from factory_tasks.outcome_store import OutcomeStore
+    from factory_tasks.warehouse.outcomes import OutcomeStore
 
     outcomes = OutcomeStore(warehouse).read()
     failed = outcomes[outcomes.status != "succeeded"]
@@ -139,7 +139,8 @@ def _require_all_succeeded(warehouse) -> None:
 
 def measure(config, grid_path: Path, rows: int, var: Path, cores: int) -> dict[str, Any]:
     """Baseline, factory, baseline on the same data, back to back."""
-    from factory_tasks.training_data import ensure_training_table, read_training_frame
+    from factory_tasks.loop.history import ensure_training_table
+    from factory_tasks.warehouse.training_data import read_training_frame
     from stack.airflow_cli import dags_test
     from stack.env import stack_paths
     from stack.local import local_stack
@@ -178,7 +179,8 @@ def measure_scheduler(config, grid_path: Path, rows: int, var: Path, cores: int,
     from airflow.sdk import BaseHook
 
     from benchmarks.grid_scale import format_timeline, run_under_scheduler, task_timeline
-    from factory_tasks.training_data import ensure_training_table, read_training_frame
+    from factory_tasks.loop.history import ensure_training_table
+    from factory_tasks.warehouse.training_data import read_training_frame
 
     warehouse = BaseHook.get_connection("model_factory_warehouse").get_hook()
     ensure_training_table(warehouse, n_rows=rows, seed=7)  # what `make up` would make, made first
@@ -214,7 +216,7 @@ def main() -> int:
                         help="with --scheduler: measure the freshly started stack's first run (no warm-up run)")
     args = parser.parse_args()
 
-    from factory_tasks.grid import load_grid
+    from factory_tasks.training.grid import load_grid
 
     cores = os.cpu_count() or 1
     config = load_grid(args.grid)

@@ -32,11 +32,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from factory_tasks.loop_config import LoopConfig  # noqa: E402
-from factory_tasks.loop_tables import CUSTOMER_RESPONSES, PREDICTION_LOG  # noqa: E402
-from factory_tasks.monitoring import PREDICTION_COLUMNS, MonitoringWindow, iso  # noqa: E402
-from factory_tasks.monitoring_alerts import monitor_window  # noqa: E402
-from factory_tasks.simulator import CUSTOMER_COLUMNS, DEFAULT_ECONOMICS, simulate_customers  # noqa: E402
+from factory_tasks.core.schema import CUSTOMER_COLUMNS, DEFAULT_ECONOMICS  # noqa: E402
+from factory_tasks.loop.alerts import monitor_window  # noqa: E402
+from factory_tasks.loop.config import LoopConfig  # noqa: E402
+from factory_tasks.loop.monitoring import PREDICTION_COLUMNS, MonitoringWindow, iso  # noqa: E402
+from factory_tasks.loop.simulator import simulate_customers
+from factory_tasks.warehouse.loop_tables import CUSTOMER_RESPONSES, PREDICTION_LOG  # noqa: E402
 from tests.monitoring_window import HOUR_MS, T0_MS, SqliteHook, simulate_window, write_window  # noqa: E402
 
 

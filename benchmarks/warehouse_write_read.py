@@ -24,11 +24,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from factory_tasks.contracts import ExperimentResult, ExperimentSpec, compute_experiment_id  # noqa: E402
-from factory_tasks.grid import Economics  # noqa: E402
-from factory_tasks.metrics import METRICS  # noqa: E402
-from factory_tasks.simulator import DEFAULT_ECONOMICS  # noqa: E402
-from factory_tasks.outcome_store import OutcomeStore, RunContext, outcome_row  # noqa: E402
+from factory_tasks.core.config_types import Economics  # noqa: E402
+from factory_tasks.core.contracts import ExperimentResult, ExperimentSpec, compute_experiment_id  # noqa: E402
+from factory_tasks.core.metrics import METRICS  # noqa: E402
+from factory_tasks.core.schema import DEFAULT_ECONOMICS  # noqa: E402
+from factory_tasks.warehouse.outcomes import OutcomeStore, RunContext, outcome_row  # noqa: E402
 
 RUN_ID = "benchmark__2026-11-27T00:00:00+00:00"
 
@@ -89,7 +89,7 @@ def measure(name: str, hook, rows: list[dict]) -> dict[str, float]:
     started = time.perf_counter()
     outcomes = store.read(RUN_ID)
     try:
-        from factory_tasks.summary import build_summary
+        from factory_tasks.warehouse.summary import build_summary
     except ImportError:  # pragma: no cover - summary belongs to another package
         summary = outcomes
     else:

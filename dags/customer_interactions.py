@@ -34,7 +34,7 @@ Settings: `config/closed_loop.yaml` (param `loop_config_path`; param `drift_enab
 Kudu table. A real flow would post customers to the same model service (connection
 `cml_default`, extra `model_service_url`) and land its decisions, responses and matured rows in
 the same tables (and the `response_feed` watermark once a window is delivered) through the warehouse connection `model_factory_warehouse` (SQLite, Hive;
-a Kudu table behind Impala would be one more dialect in `factory_tasks/sql_dialects.py`,
+a Kudu table behind Impala would be one more dialect in `factory_tasks/warehouse/sql.py`,
 chosen by that connection's type). Monitoring and training read the tables, not this DAG, so
 swapping the producer is a connection and scheduling change, not a code change downstream.
 Delayed metrics go through `CmlModelMetricsHook`, which answers on the local workspace; on a
@@ -47,7 +47,6 @@ from datetime import timedelta
 
 import pendulum
 from airflow.sdk import CronDataIntervalTimetable, Param, dag, get_current_context, task
-
 from connections import CML_CONN_ID, WAREHOUSE_CONN_ID, warehouse_hook
 from task_errors import no_retry_on_bad_input
 
@@ -77,18 +76,18 @@ def customer_interactions():
         from pathlib import Path
 
         from airflow.sdk.exceptions import AirflowFailException
-
         from cml_provider.hooks.cml import CmlHook
         from cml_provider.hooks.model_metrics import CmlModelMetricsHook, CmlModelMetricsUnavailable
-        from factory_tasks.interactions import (
+
+        from factory_tasks.core.settings import REPO_ROOT
+        from factory_tasks.loop.config import LoopConfigError, load_loop_config
+        from factory_tasks.loop.interactions import (
             NoServingModelError,
             Window,
             endpoint_for,
             run_window,
             serving_deployment,
         )
-        from factory_tasks.loop_config import LoopConfigError, load_loop_config
-        from factory_tasks.settings import REPO_ROOT
 
         context = get_current_context()
         params = context["params"]

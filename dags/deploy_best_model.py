@@ -38,7 +38,6 @@ from airflow.providers.standard.operators.empty import EmptyOperator
 from airflow.providers.standard.operators.hitl import HITLOperator
 from airflow.providers.standard.sensors.date_time import DateTimeSensorAsync
 from airflow.sdk import Param, TriggerRule, dag, get_current_context, task
-
 from assets import EXPERIMENT_OUTCOMES
 from cml_provider.operators.cml import CmlJobRunOperator
 from cml_provider.operators.deploy import CmlDeployModelOperator
@@ -83,7 +82,7 @@ def deploy_best_model():
         """Which factory run, and when its review window closes."""
         from airflow.sdk.exceptions import AirflowFailException
 
-        from factory_tasks.deploy_stages import review_window
+        from factory_tasks.stages.deploy import review_window
 
         context = get_current_context()
         params = context["params"]
@@ -103,7 +102,7 @@ def deploy_best_model():
     @task
     def review_request(run: dict) -> list[dict]:
         """The review's options (empty when it is skipped)."""
-        from factory_tasks.deploy_stages import review_request
+        from factory_tasks.stages.deploy import review_request
 
         if run["skip_review"]:
             return []
@@ -126,7 +125,7 @@ def deploy_best_model():
     @task
     def choose_experiment(run: dict) -> dict:
         """A reviewer's pick (promotion or review answer), else the best."""
-        from factory_tasks.deploy_stages import choose_experiment
+        from factory_tasks.stages.deploy import choose_experiment
 
         answers = get_current_context()["ti"].xcom_pull(task_ids="review", map_indexes=0, default=None)
         with no_retry_on_bad_input():
@@ -138,7 +137,7 @@ def deploy_best_model():
 
     @task
     def prepare_retrain(choice: dict) -> list[dict]:
-        from factory_tasks.deploy_stages import retrain_request
+        from factory_tasks.stages.deploy import retrain_request
 
         with no_retry_on_bad_input():
             return retrain_request(warehouse_hook(), _cml(), choice)
@@ -155,7 +154,7 @@ def deploy_best_model():
     @task
     def gate(choice: dict, prepared: list[dict]) -> dict:
         """Champion/challenger on the same held-out slice; the decision and why, in the log."""
-        from factory_tasks.deploy_stages import gate_decision
+        from factory_tasks.stages.deploy import gate_decision
 
         params = get_current_context()["params"]
         with no_retry_on_bad_input():
@@ -174,8 +173,8 @@ def deploy_best_model():
     @task
     def publish_model(prepared: list[dict]) -> list[dict]:
         """Model files to object storage; the deploy operator's arguments."""
-        from factory_tasks.deploy_stages import deploy_request, publish_model
-        from factory_tasks.settings import object_store
+        from factory_tasks.core.settings import object_store
+        from factory_tasks.stages.deploy import deploy_request, publish_model
 
         params = get_current_context()["params"]
         environment = publish_model(_cml(), prepared[0]["model_version"], object_store())
@@ -191,7 +190,7 @@ def deploy_best_model():
     @task
     def record_deployment(prepared: list[dict], deployed: list[dict], decision: dict) -> dict:
         """The deployment and its lineage in model_deployments."""
-        from factory_tasks.deploy_stages import record
+        from factory_tasks.stages.deploy import record
 
         context = get_current_context()
         return record(warehouse_hook(), _cml(), model_version=prepared[0]["model_version"], deployed=deployed[0],

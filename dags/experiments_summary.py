@@ -9,7 +9,7 @@ warehouse table `experiment_outcomes`:
 
 The warehouse is the Airflow connection `model_factory_warehouse` (`connections.WAREHOUSE_CONN_ID`;
 SQLite or HiveServer2).
-The file lives in object storage at `factory_tasks.settings.summary_location()`:
+The file lives in object storage at `factory_tasks.core.settings.summary_location()`:
 `$MODEL_FACTORY_OBJECT_STORE/experiments_summary/experiments_summary.csv` (default
 `file://<repo>/var/artifacts/...`; in production e.g. `s3://bucket/model-factory/...`). It is
 written whole, so the dashboard never sees a half-written summary: one object PUT on a remote
@@ -21,7 +21,6 @@ from __future__ import annotations
 from datetime import datetime, timedelta, timezone
 
 from airflow.sdk import AssetOrTimeSchedule, CronTriggerTimetable, dag, task
-
 from assets import EXPERIMENT_OUTCOMES
 from connections import WAREHOUSE_CONN_ID
 
@@ -50,8 +49,9 @@ def experiments_summary():
         import logging
 
         from connections import warehouse_hook
-        from factory_tasks.settings import summary_location
-        from factory_tasks.summary import refresh_summary
+
+        from factory_tasks.core.settings import summary_location
+        from factory_tasks.warehouse.summary import refresh_summary
 
         hook = warehouse_hook()
         location = summary_location()

@@ -37,7 +37,6 @@ from datetime import timedelta
 import pendulum
 from airflow.providers.standard.operators.empty import EmptyOperator
 from airflow.sdk import Param, TriggerRule, dag, get_current_context, task
-
 from assets import EXPERIMENT_OUTCOMES
 from cml_provider.operators.cml import CmlJobRunOperator
 from cml_provider.sensors.cml import CmlJobRunSensor
@@ -70,7 +69,7 @@ def model_factory():
     @task
     def validate_grid() -> dict:
         """Fail before anything is submitted if the grid is invalid."""
-        from factory_tasks.pipeline import validate_grid_file
+        from factory_tasks.stages.model_factory import validate_grid_file
 
         params = get_current_context()["params"]
         with no_retry_on_bad_input():
@@ -80,8 +79,9 @@ def model_factory():
     def snapshot_training_data(grid: dict) -> dict:
         """The history table, plus the matured interactions when `include_interactions` is on."""
         from cml_provider.hooks.cml import CmlHook
-        from factory_tasks.contracts import GridRef
-        from factory_tasks.pipeline import snapshot_to_project
+
+        from factory_tasks.core.contracts import GridRef
+        from factory_tasks.stages.model_factory import snapshot_to_project
 
         include = get_current_context()["params"]["include_interactions"]
         with no_retry_on_bad_input():
@@ -92,7 +92,8 @@ def model_factory():
     @task
     def plan_experiments(grid: dict, snapshot: dict) -> dict[str, list[dict]]:
         from cml_provider.hooks.cml import CmlHook
-        from factory_tasks.pipeline import plan_experiments
+
+        from factory_tasks.stages.model_factory import plan_experiments
 
         context = get_current_context()
         with no_retry_on_bad_input():
@@ -165,7 +166,8 @@ def model_factory():
         """Read every experiment's result file (failed ones included) into the collected outcomes
         (a project file: the record task may run on another worker); returns its project path."""
         from cml_provider.hooks.cml import CmlHook
-        from factory_tasks.pipeline import collect_outcomes
+
+        from factory_tasks.stages.model_factory import collect_outcomes
 
         context = get_current_context()
         with no_retry_on_bad_input():
@@ -180,7 +182,8 @@ def model_factory():
     def record_outcomes(outcomes_path: str) -> dict:
         """Replace this factory run's rows in experiment_outcomes (idempotent)."""
         from cml_provider.hooks.cml import CmlHook
-        from factory_tasks.pipeline import record_outcomes
+
+        from factory_tasks.stages.model_factory import record_outcomes
 
         context = get_current_context()
         with no_retry_on_bad_input():

@@ -23,7 +23,7 @@ data interval `[start, end)`.
    of the customers against the model's training snapshot (downloaded once per snapshot hash
    from the CML project and cached). Rows replace the partition `as_of_window = start` of
    `model_monitoring`: a rerun never duplicates them. Then the alert decisions
-   (`factory_tasks.monitoring_alerts`).
+   (`factory_tasks.loop.alerts`).
 4. **post_aggregate_metrics** — each cohort's values through the CML model metrics API
    (`track_aggregate_metrics` for the serving deployment's CRN). A failure is logged as an
    error and reported in the task's return value; the warehouse rows are already written.
@@ -46,7 +46,6 @@ from datetime import timedelta
 import pendulum
 from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOperator
 from airflow.sdk import CronTriggerTimetable, Param, PokeReturnValue, TriggerRule, dag, get_current_context, task
-
 from connections import CML_CONN_ID, warehouse_hook
 from task_errors import no_retry_on_bad_input
 
@@ -56,14 +55,14 @@ RETRAIN_DAG_ID = "model_factory"
 def _resolve(path: str):
     from pathlib import Path
 
-    from factory_tasks.settings import REPO_ROOT
+    from factory_tasks.core.settings import REPO_ROOT
 
     return Path(path) if Path(path).is_absolute() else REPO_ROOT / path
 
 
 def _window():
-    from factory_tasks.loop_config import load_loop_config
-    from factory_tasks.monitoring import MonitoringWindow
+    from factory_tasks.loop.config import load_loop_config
+    from factory_tasks.loop.monitoring import MonitoringWindow
 
     context = get_current_context()
     config = load_loop_config(_resolve(context["params"]["loop_config_path"]))
@@ -94,7 +93,7 @@ def model_monitoring():
         """The deployment now serving; none skips the run (nothing to monitor)."""
         import logging
 
-        from factory_tasks.deployments import serving
+        from factory_tasks.warehouse.deployments import serving
 
         with no_retry_on_bad_input():
             record = serving(warehouse_hook())
@@ -109,7 +108,7 @@ def model_monitoring():
         """True once the response feed's watermark reaches the window's end."""
         import logging
 
-        from factory_tasks.monitoring import iso, responses_ingested_through
+        from factory_tasks.loop.monitoring import iso, responses_ingested_through
 
         _, window = _window()
         through = responses_ingested_through(warehouse_hook())
@@ -126,9 +125,10 @@ def model_monitoring():
 
         from cml_provider.errors import CmlNotFoundError
         from cml_provider.hooks.cml import CmlHook
-        from factory_tasks.monitoring import grid_economics, reference_frame, snapshot_path
-        from factory_tasks.monitoring_alerts import monitor_window
-        from factory_tasks.settings import artifacts_dir
+
+        from factory_tasks.core.settings import artifacts_dir
+        from factory_tasks.loop.alerts import monitor_window
+        from factory_tasks.loop.monitoring import grid_economics, reference_frame, snapshot_path
 
         config, window = _window()
         cml = CmlHook(cml_conn_id=CML_CONN_ID)
@@ -154,7 +154,7 @@ def model_monitoring():
         """Each cohort's dimensionless values to CML's model metrics store; failures are reported."""
         import logging
 
-        from factory_tasks.monitoring import read_rows
+        from factory_tasks.loop.monitoring import read_rows
 
         log = logging.getLogger(__name__)
         _, window = _window()
@@ -169,7 +169,7 @@ def model_monitoring():
             plain = rows[(rows["dimension"] == "") & rows["value"].notna()]
             for (cohort_start, cohort_end, version), group in plain.groupby(
                     ["cohort_start", "cohort_end", "model_version"], sort=True):
-                from factory_tasks.monitoring import epoch_ms
+                from factory_tasks.loop.monitoring import epoch_ms
 
                 metrics = {"model_version": version, "as_of_ms": int(window.end_ms),
                            **{m: float(v) for m, v in zip(group["metric"], group["value"])}}
@@ -203,7 +203,7 @@ def model_monitoring():
     @task(trigger_rule=TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS)
     def record_alerts() -> list[str]:
         """The run's alerts into model_alerts, with the retrain's run id."""
-        from factory_tasks.monitoring_alerts import alerts_of_run, record_alerts
+        from factory_tasks.loop.alerts import alerts_of_run, record_alerts
 
         config, window = _window()
         ti = get_current_context()["ti"]

@@ -12,10 +12,10 @@ def no_retry_on_bad_input() -> Iterator[None]:
     """Turn the factory's bad-input errors into ``AirflowFailException`` (no retries)."""
     from airflow.sdk.exceptions import AirflowFailException
 
-    from factory_tasks.contracts import ContractError
-    from factory_tasks.grid import GridError
-    from factory_tasks.outcome_store import OutcomeSchemaError
-    from factory_tasks.training_data import TrainingDataError
+    from factory_tasks.core.contracts import ContractError
+    from factory_tasks.core.schema import TrainingDataError
+    from factory_tasks.training.grid import GridError
+    from factory_tasks.warehouse.outcomes import OutcomeSchemaError
 
     try:
         yield

@@ -1,5 +1,5 @@
-"""CML job script: refit the chosen experiment on the full training snapshot (see factory_tasks.retrain)."""
+"""CML job script: refit the chosen experiment on the full training snapshot (see factory_tasks.jobs.retrain)."""
 
-from factory_tasks.retrain import main
+from factory_tasks.jobs.retrain import main
 
 raise SystemExit(main())

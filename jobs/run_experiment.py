@@ -1,5 +1,5 @@
-"""CML job script: cross-validate one experiment (see factory_tasks.experiment_job)."""
+"""CML job script: cross-validate one experiment (see factory_tasks.jobs.experiment)."""
 
-from factory_tasks.experiment_job import main
+from factory_tasks.jobs.experiment import main
 
 raise SystemExit(main())

@@ -2,12 +2,12 @@
 
 A CML model build points here (``file_path``) with ``function_name = "predict"``. The request
 and response are described in ``docs/deploy.md``; the work is done in
-:mod:`factory_tasks.serving`. The model files are named by the deployment's environment
+:mod:`factory_tasks.serving.endpoint`. The model files are named by the deployment's environment
 (``MF_MODEL_ARTIFACT``, ``MF_MODEL_DIR``, ``MF_MODEL_VERSION``) and loaded at the first call,
 not at import: a build imports this file without them.
 """
 
-from factory_tasks.serving import ServingEntryPoint, resolve_cml
+from factory_tasks.serving.endpoint import ServingEntryPoint, resolve_cml
 
 _cml = resolve_cml()
 _entry = ServingEntryPoint(track_metric=_cml.track_metric)

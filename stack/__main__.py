@@ -47,7 +47,8 @@ def main(argv: list[str] | None = None) -> int:
     dash.add_argument("--port", type=int, default=5006)
     args = parser.parse_args(argv)
     if args.command == "run":
-        from stack.run import DEFAULT_ROWS, run as run_factory
+        from stack.run import DEFAULT_ROWS
+        from stack.run import run as run_factory
 
         return run_factory(args.grid, rows=args.rows or DEFAULT_ROWS)
     if args.command in ("up", "airflow-ui"):
@@ -71,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _seed_training_table(rows: int | None, table: str | None) -> int:
-    from factory_tasks.training_data import TRAINING_TABLE
+    from factory_tasks.core.schema import TRAINING_TABLE
     from stack.run import DEFAULT_ROWS
     from stack.up import ensure_training_table
 

@@ -53,7 +53,7 @@ def demo_windows(now: datetime) -> list[datetime]:
 
 def write_demo_config(source: Path, target: Path, drift_start: datetime) -> Path:
     """The default settings with the demo's response window and the drift on from ``drift_start``."""
-    from factory_tasks.loop_config import load_loop_config
+    from factory_tasks.loop.config import load_loop_config
 
     config = load_loop_config(source).model_dump(mode="json")
     config["responses"].update(DEMO_RESPONSES)
@@ -82,7 +82,7 @@ def _run(stack, dag_id: str, logical_date: datetime, conf: dict, log: Path) -> t
 
 def closed_loop_demo(stack, started: float, step: str = "[8/8]") -> DemoReport:
     """Traffic for three windows, monitoring for the last two; prints what monitoring saw."""
-    from factory_tasks.settings import REPO_ROOT
+    from factory_tasks.core.settings import REPO_ROOT
 
     stamp = time.strftime("%Y%m%dT%H%M%S")
     traffic_log = stack.paths.logs / f"{TRAFFIC_DAG}-{stamp}.log"
@@ -132,8 +132,8 @@ def _iso(moment: datetime) -> str:
 
 
 def _traffic_counts(hook, windows: list[datetime]) -> str:
-    from factory_tasks.loop_tables import CUSTOMER_INTERACTIONS, CUSTOMER_RESPONSES, PREDICTION_LOG
-    from factory_tasks.sql_dialects import dialect_for
+    from factory_tasks.warehouse.loop_tables import CUSTOMER_INTERACTIONS, CUSTOMER_RESPONSES, PREDICTION_LOG
+    from factory_tasks.warehouse.sql import dialect_for
 
     dialect = dialect_for(hook)
     decisions = explored = matured = 0
@@ -153,8 +153,8 @@ def _traffic_counts(hook, windows: list[datetime]) -> str:
 
 def _monitoring_table(hook, windows: list[datetime]) -> list[str]:
     """The latest value of each shown metric per cohort, with the drift's worst feature."""
-    from factory_tasks.loop_tables import MODEL_MONITORING
-    from factory_tasks.sql_dialects import dialect_for
+    from factory_tasks.warehouse.loop_tables import MODEL_MONITORING
+    from factory_tasks.warehouse.sql import dialect_for
 
     columns = ["as_of_ms", "cohort_start", "metric", "dimension", "value", "lower", "upper", "maturity"]
     latest: dict[tuple[str, str, str], tuple] = {}
@@ -194,8 +194,8 @@ def _cell(metric: str, found: tuple | None) -> str:
 
 
 def _alerts(hook, windows: list[datetime]):
-    from factory_tasks.contract_table import ContractTable
-    from factory_tasks.contracts import MonitoringAlert
+    from factory_tasks.core.contracts import MonitoringAlert
+    from factory_tasks.warehouse.contract_table import ContractTable
 
     cohorts = {_iso(start) for start in windows}
     documents, _problems = ContractTable(MonitoringAlert).read(hook)

@@ -74,10 +74,11 @@ def deploy_and_ask(stack, factory_run_id: str, started: float) -> DeployReport:
 
 
 def _ask_the_endpoint(stack) -> None:
-    from factory_tasks.deployments import serving
-    from factory_tasks.names import MODEL_NAME
-    from factory_tasks.policy_check import customer_requests, policy_share
-    from factory_tasks.simulator import OFFERS, simulate_customers
+    from factory_tasks.core.names import MODEL_NAME
+    from factory_tasks.core.schema import OFFERS
+    from factory_tasks.loop.policy_check import customer_requests, policy_share
+    from factory_tasks.loop.simulator import simulate_customers
+    from factory_tasks.warehouse.deployments import serving
 
     record = serving(stack.warehouse_hook())
     if record is None:

@@ -95,7 +95,7 @@ def local_stack(
         with running_workspace(
             paths.workspace_root, code_dir=REPO, project=PROJECT_NAME, api_key=workspace_api_key(paths),
             cpus=cpus or os.cpu_count() or 2, memory_gb=memory_gb,
-            extra_args=["--preload", "factory_tasks.job_preload"],
+            extra_args=["--preload", "factory_tasks.jobs.preload"],
         ) as ws:
             env = airflow_env(paths, workspace_url=ws.url, api_key=ws.api_key, model_service_url=ws.model_service_url,
                               warehouse_conn=warehouse_conn)

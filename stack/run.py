@@ -142,7 +142,7 @@ class Progress:
         return counts
 
     def _states(self):
-        from factory_tasks.names import EXPERIMENT_JOB_PREFIX
+        from factory_tasks.core.names import EXPERIMENT_JOB_PREFIX
 
         for job in self.cml.list_jobs():
             if not job.name.startswith(EXPERIMENT_JOB_PREFIX):
@@ -186,10 +186,10 @@ def run(grid_path: str = "config/grid.yaml", rows: int = DEFAULT_ROWS, seed: int
 
 
 def _run(paths: StackPaths, grid_path: str, rows: int, seed: int) -> int:
-    from factory_tasks.outcome_store import OutcomeStore
-    from factory_tasks.settings import summary_path
-    from factory_tasks.summary import refresh_summary
-    from factory_tasks.training_data import ensure_training_table
+    from factory_tasks.core.settings import summary_path
+    from factory_tasks.loop.history import ensure_training_table
+    from factory_tasks.warehouse.outcomes import OutcomeStore
+    from factory_tasks.warehouse.summary import refresh_summary
 
     started = time.time()
     _say(f"Model Factory — embedded default stack under {paths.var}")
@@ -303,7 +303,7 @@ def _report_failure(tasks: list[TaskState] | None, errors: dict[str, str]) -> li
 
 
 def _report_outcomes(run_id: str, outcomes) -> None:
-    from factory_tasks.leaderboard import format_leaderboard
+    from factory_tasks.training.leaderboard import format_leaderboard
 
     reused = int((outcomes["run_status"] == "REUSED").sum())
     failed = int((outcomes["status"] != "succeeded").sum())

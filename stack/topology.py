@@ -34,8 +34,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from stack.env import PROJECT_NAME, REPO, StackPaths, workspace_api_key
-from stack.up import (AIRFLOW_COMPONENTS, ProcessRecord, airflow_health, api_token, record_process,
-                      stack_airflow_env, stop_processes, tail, wait_until)
+from stack.up import (
+    AIRFLOW_COMPONENTS,
+    ProcessRecord,
+    airflow_health,
+    api_token,
+    record_process,
+    stack_airflow_env,
+    stop_processes,
+    tail,
+    wait_until,
+)
 
 WORKER_NAME_ENV = "MODEL_FACTORY_WORKER_NAME"
 WORKERS = ("worker-a", "worker-b")
@@ -275,7 +284,7 @@ def celery_topology(paths: StackPaths, *, dags: tuple[str, ...] = FACTORY_DAGS, 
         rd = stack.enter_context(redis(paths.var / "redis", base))
         ws = stack.enter_context(running_workspace(
             paths.workspace_root, code_dir=REPO, project=PROJECT_NAME, api_key=workspace_api_key(paths),
-            cpus=os.cpu_count() or 2, memory_gb=8, extra_args=["--preload", "factory_tasks.job_preload"],
+            cpus=os.cpu_count() or 2, memory_gb=8, extra_args=["--preload", "factory_tasks.jobs.preload"],
             env={"MODEL_FACTORY_VAR": str(paths.var)}, startup_timeout=60.0))
         stack.callback(kill_active_runs, paths.workspace_root)
         env = stack_airflow_env(paths, ws, "127.0.0.1", api_port)  # MODEL_FACTORY_VAR included

@@ -34,7 +34,6 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import signal
 import socket
 import subprocess
 import sys
@@ -408,7 +407,7 @@ def _start(paths: StackPaths, state: UpState, lock: IO[str], *, host: str, port:
     _say(f"Starting the Model Factory stack under {paths.var} (logs in {paths.logs})")
     ws = RunningWorkspace(
         paths.workspace_root, code_dir=REPO, project=PROJECT_NAME, api_key=workspace_api_key(paths),
-        cpus=os.cpu_count() or 2, memory_gb=8, extra_args=["--preload", "factory_tasks.job_preload"],
+        cpus=os.cpu_count() or 2, memory_gb=8, extra_args=["--preload", "factory_tasks.jobs.preload"],
         port=workspace_port, model_port=model_port, startup_timeout=min(60.0, timeout_s),
         detached=True, pass_fds=(lock.fileno(),),
     )
@@ -468,7 +467,8 @@ def ensure_training_table(env: dict[str, str], rows: int, table: str | None = No
     os.environ["AIRFLOW_CONN_MODEL_FACTORY_WAREHOUSE"] = env["AIRFLOW_CONN_MODEL_FACTORY_WAREHOUSE"]
     from airflow.sdk import BaseHook
 
-    from factory_tasks.training_data import TRAINING_TABLE, ensure_training_table
+    from factory_tasks.core.schema import TRAINING_TABLE
+    from factory_tasks.loop.history import ensure_training_table
 
     hook = BaseHook.get_connection("model_factory_warehouse").get_hook()
     return ensure_training_table(hook, n_rows=rows, seed=DEFAULT_SEED, table=table or TRAINING_TABLE)

@@ -5,10 +5,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from factory_tasks.contracts import RESULT_SHAPING_LIBRARIES, ExperimentResult, ExperimentSpec, compute_experiment_id
-from factory_tasks.grid import Economics
-from factory_tasks.metrics import METRICS
-from factory_tasks.simulator import DEFAULT_ECONOMICS
+from factory_tasks.core.config_types import Economics
+from factory_tasks.core.contracts import (
+    RESULT_SHAPING_LIBRARIES,
+    ExperimentResult,
+    ExperimentSpec,
+    compute_experiment_id,
+)
+from factory_tasks.core.metrics import METRICS
+from factory_tasks.core.schema import DEFAULT_ECONOMICS
 
 LIBRARIES = {lib: "1.0" for lib in RESULT_SHAPING_LIBRARIES}
 

@@ -15,7 +15,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from factory_tasks.loop_tables import (
+from factory_tasks.core.schema import DEFAULT_ECONOMICS, OFFERS, expected_values
+from factory_tasks.loop.monitoring import iso
+from factory_tasks.loop.simulator import (
+    Drift,
+    offer_probabilities,
+    simulate_customers,
+    simulate_responses,
+    true_policy_value,
+)
+from factory_tasks.warehouse.loop_tables import (
     CUSTOMER_RESPONSES,
     CUSTOMER_RESPONSES_SCHEMA,
     PREDICTION_LOG,
@@ -23,18 +32,7 @@ from factory_tasks.loop_tables import (
     RESPONSE_FEED,
     RESPONSE_FEED_SCHEMA,
 )
-from factory_tasks.monitoring import iso
-from factory_tasks.simulator import (
-    DEFAULT_ECONOMICS,
-    OFFERS,
-    Drift,
-    expected_values,
-    offer_probabilities,
-    simulate_customers,
-    simulate_responses,
-    true_policy_value,
-)
-from factory_tasks.sql_dialects import SqliteDialect
+from factory_tasks.warehouse.sql import SqliteDialect
 
 HOUR_MS = 3_600_000
 T0_MS = 1_796_083_200_000  # 2026-12-01T00:00:00Z
@@ -132,7 +130,7 @@ def record_feed(hook: SqliteHook, through_ms: int) -> None:
 
 def deployment_record(model_version: str = "v1", snapshot_hash: str = "feedc0ffee00beef" * 4, **over):
     """A ``model_deployments`` record of the model serving the simulated windows."""
-    from factory_tasks.contracts import DeploymentRecord
+    from factory_tasks.core.contracts import DeploymentRecord
 
     fields = dict(
         model_version=model_version, model_name="next-best-offer", model_id="m1", model_crn="crn:cml:model/m1",

@@ -12,9 +12,9 @@ from datetime import datetime, timedelta, timezone
 import numpy as np
 import pandas as pd
 
-from factory_tasks.metrics import METRICS
-from factory_tasks.outcome_store import OUTCOME_COLUMN_NAMES
-from factory_tasks.summary import build_summary, write_summary
+from factory_tasks.core.metrics import METRICS
+from factory_tasks.core.outcome_columns import OUTCOME_COLUMN_NAMES
+from factory_tasks.warehouse.summary import build_summary, write_summary
 
 FAMILIES = {
     "logistic_regression": ("LogisticRegression", {"C": [0.01, 0.1, 1.0, 10.0], "penalty": ["l2", None]}),

@@ -24,10 +24,10 @@ import pandas as pd
 import param
 
 from dashboards.experiments.warehouse import WAREHOUSE_ERRORS, warehouse_hook
-from factory_tasks import settings
-from factory_tasks.metrics import METRICS
-from factory_tasks.promotions import PromotionLog, load_promotions, promote
-from factory_tasks.summary import (
+from factory_tasks.core import settings
+from factory_tasks.core.metrics import METRICS
+from factory_tasks.warehouse.promotions import PromotionLog, load_promotions, promote
+from factory_tasks.warehouse.summary import (
     SUMMARY_DTYPES,
     SummaryError,
     _display,
@@ -418,7 +418,7 @@ class ExperimentsStore(param.Parameterized):
         """Promote the focused experiment as ``reviewer`` (the signed-in user): one row appended
         to ``model_promotions``. Returns the Promotion; raises PromotionRefused, or one of
         ``WAREHOUSE_ERRORS`` when the warehouse cannot take it."""
-        from factory_tasks.promotions import PromotionRefused
+        from factory_tasks.warehouse.promotions import PromotionRefused
 
         row = self.focus
         if row is None:

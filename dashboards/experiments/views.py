@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import panel as pn
 import param
-from bokeh.models import BoxAnnotation, NumberFormatter, ColumnDataSource, FixedTicker, HoverTool, Span
+from bokeh.models import BoxAnnotation, ColumnDataSource, FixedTicker, HoverTool, NumberFormatter, Span
 from bokeh.palettes import Viridis256
 from bokeh.plotting import figure
 from bokeh.transform import jitter, linear_cmap
@@ -34,8 +34,8 @@ from dashboards.experiments.store import (
 )
 from dashboards.experiments.warehouse import WAREHOUSE_ERRORS
 from dashboards.layout import TABLE_CONFIGURATION
-from factory_tasks.metrics import METRICS
-from factory_tasks.promotions import PromotionRefused
+from factory_tasks.core.metrics import METRICS
+from factory_tasks.warehouse.promotions import PromotionRefused
 
 _FORMATTERS = {
     c: NumberFormatter(format="0.0000")

@@ -11,7 +11,7 @@ import functools
 import sqlite3
 from typing import Any
 
-from factory_tasks.sql_dialects import WarehouseError
+from factory_tasks.warehouse.sql import WarehouseError
 
 #: the id of the warehouse connection (``dags/connections.py: WAREHOUSE_CONN_ID``)
 WAREHOUSE_CONN_ID = "model_factory_warehouse"

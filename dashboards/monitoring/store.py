@@ -32,11 +32,11 @@ import pandas as pd
 import param
 
 from dashboards.experiments.warehouse import WAREHOUSE_ERRORS, warehouse_hook
-from factory_tasks.contract_table import ContractTable
-from factory_tasks.contracts import ContractError, DeploymentRecord, MonitoringAlert
-from factory_tasks.loop_config import LoopConfig, LoopConfigError, load_loop_config
-from factory_tasks.loop_tables import MATURITIES, MODEL_MONITORING, MODEL_MONITORING_SCHEMA
-from factory_tasks.sql_dialects import connection_label, dialect_for
+from factory_tasks.core.contracts import DeploymentRecord, MonitoringAlert
+from factory_tasks.loop.config import LoopConfig, LoopConfigError, load_loop_config
+from factory_tasks.warehouse.contract_table import ContractTable
+from factory_tasks.warehouse.loop_tables import MATURITIES, MODEL_MONITORING, MODEL_MONITORING_SCHEMA
+from factory_tasks.warehouse.sql import connection_label, dialect_for
 
 MONITORING_COLUMNS: tuple[str, ...] = tuple(c.name for c in MODEL_MONITORING_SCHEMA)
 KEY = ["cohort_start", "model_version", "metric", "dimension"]
@@ -137,7 +137,7 @@ def read_monitoring(hook: Any) -> tuple[pd.DataFrame, list[str], int]:
     if missing:
         raise MonitoringTableError(
             f"The table {MODEL_MONITORING} ({connection_label(hook)}) has no column(s) {', '.join(missing)}: "
-            "it is not the layout of factory_tasks.loop_tables.MODEL_MONITORING_SCHEMA.")
+            "it is not the layout of factory_tasks.warehouse.loop_tables.MODEL_MONITORING_SCHEMA.")
     records = dialect.select(hook, MODEL_MONITORING, list(MONITORING_COLUMNS))
     frame = pd.DataFrame.from_records(records, columns=list(MONITORING_COLUMNS))
     total = len(frame)

@@ -19,8 +19,8 @@ import pandas as pd
 import pytest
 
 from dashboards.experiments.sample_data import synthetic_outcomes
-from factory_tasks.promotions import PROMOTION_COLUMN_NAMES, PROMOTIONS_TABLE
-from factory_tasks.summary import build_summary, write_summary
+from factory_tasks.warehouse.promotions import PROMOTION_COLUMN_NAMES, PROMOTIONS_TABLE
+from factory_tasks.warehouse.summary import build_summary, write_summary
 from stack.dashboard import APP, WAREHOUSE_CONN_ENV, ensure_secrets, serve_command, serve_env
 from stack.env import StackPaths
 
@@ -381,7 +381,7 @@ def test_a_header_only_summary_says_no_experiments_yet_then_shows_new_rows(tmp_p
     """A fresh ``var/``: the experiments_summary DAG ran before any outcome was recorded and
     wrote a header-only CSV. Signing in gets the page with that said (not a 500), and the
     leaderboard follows when the first rows arrive."""
-    from factory_tasks.outcome_store import OUTCOME_COLUMN_NAMES
+    from factory_tasks.core.outcome_columns import OUTCOME_COLUMN_NAMES
 
     path = summary_file(tmp_path)
     write_summary(build_summary(pd.DataFrame.from_records([], columns=list(OUTCOME_COLUMN_NAMES))), path)

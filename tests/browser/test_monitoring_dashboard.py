@@ -10,10 +10,6 @@ import sqlite3
 import httpx
 import pytest
 from playwright.sync_api import expect
-
-from dashboards.monitoring.sample_data import write_sample_monitoring
-from factory_tasks.loop_tables import MODEL_MONITORING
-from stack.dashboard import APP, MONITORING_APP, serve_command
 from test_experiments_dashboard import (  # the experiments tests' server and helpers (tests/browser)
     CHROMIUM,
     CHROMIUM_ARGS,
@@ -22,6 +18,10 @@ from test_experiments_dashboard import (  # the experiments tests' server and he
     PanelServer,
     shown_text,
 )
+
+from dashboards.monitoring.sample_data import write_sample_monitoring
+from factory_tasks.warehouse.loop_tables import MODEL_MONITORING
+from stack.dashboard import APP, MONITORING_APP, serve_command
 
 pytestmark = pytest.mark.browser
 

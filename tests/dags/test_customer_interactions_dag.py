@@ -5,7 +5,6 @@ two consecutive windows, then a rerun of the first that leaves every row as it w
 
 from __future__ import annotations
 
-import json
 import re
 import sqlite3
 import sys
@@ -57,11 +56,19 @@ class _Sqlite:
 def _deploy_a_model(ws, tmp: Path):
     """Fit, save (skops + metadata), build and deploy the real entry point; ``(model, build, deployment, version)``."""
     from cml_provider.hooks.cml import CmlHook
-    from factory_tasks.artifacts import save_model
-    from factory_tasks.features import build_pipeline, feature_frame
-    from factory_tasks.names import (MODEL_ARTIFACT_ENV, MODEL_DIR_ENV, MODEL_ENTRY_POINT, MODEL_FUNCTION,
-                                     MODEL_NAME, MODEL_VERSION_ENV)
-    from factory_tasks.simulator import DEFAULT_ECONOMICS, simulate_interactions
+
+    from factory_tasks.core.names import (
+        MODEL_ARTIFACT_ENV,
+        MODEL_DIR_ENV,
+        MODEL_ENTRY_POINT,
+        MODEL_FUNCTION,
+        MODEL_NAME,
+        MODEL_VERSION_ENV,
+    )
+    from factory_tasks.core.schema import DEFAULT_ECONOMICS
+    from factory_tasks.loop.simulator import simulate_interactions
+    from factory_tasks.training.artifacts import save_model
+    from factory_tasks.training.features import build_pipeline, feature_frame
 
     data = simulate_interactions(4000, seed=3)
     pipeline = build_pipeline("LogisticRegression", {"C": 1.0}, random_state=0).fit(feature_frame(data), data["conversion"])
@@ -86,8 +93,8 @@ def _deploy_a_model(ws, tmp: Path):
 
 
 def _record(warehouse, model, build, deployment, version):
-    from factory_tasks.contracts import DeploymentRecord
-    from factory_tasks.deployments import record_deployment
+    from factory_tasks.core.contracts import DeploymentRecord
+    from factory_tasks.warehouse.deployments import record_deployment
 
     record_deployment(warehouse, DeploymentRecord(
         model_version=version, model_name=model.name, model_id=model.id, model_crn=model.crn, build_id=build.id,
@@ -107,7 +114,7 @@ def _rows(db: Path, table: str) -> list[tuple]:
 @pytest.mark.e2e
 def test_dags_test_runs_windows_against_a_deployed_model_and_a_rerun_changes_nothing(tmp_path):
     from cml_workspace.server_process import running_workspace
-    from factory_tasks.loop_tables import CUSTOMER_INTERACTIONS, CUSTOMER_RESPONSES, PREDICTION_LOG
+    from factory_tasks.warehouse.loop_tables import CUSTOMER_INTERACTIONS, CUSTOMER_RESPONSES, PREDICTION_LOG
     from stack.airflow_cli import dags_test, find_dag_run, migrate_once
     from stack.env import airflow_env, stack_paths
 

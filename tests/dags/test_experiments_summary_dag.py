@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 from airflow.dag_processing.dagbag import DagBag
 
-from factory_tasks.outcome_store import OUTCOME_COLUMN_NAMES, OutcomeStore
-from factory_tasks.summary import read_summary
+from factory_tasks.core.outcome_columns import OUTCOME_COLUMN_NAMES
+from factory_tasks.warehouse.outcomes import OutcomeStore
+from factory_tasks.warehouse.summary import read_summary
 
 REPO = Path(__file__).resolve().parents[2]
 DAGS = REPO / "dags"

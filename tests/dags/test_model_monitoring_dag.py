@@ -12,16 +12,15 @@ import io
 import json
 import os
 import sqlite3
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 from airflow.dag_processing.dagbag import DagBag
 
-from factory_tasks.deployments import DEPLOYMENTS
-from factory_tasks.monitoring_alerts import ALERTS
-from factory_tasks.simulator import simulate_customers
+from factory_tasks.loop.alerts import ALERTS
+from factory_tasks.loop.simulator import simulate_customers
+from factory_tasks.warehouse.deployments import DEPLOYMENTS
 from tests.dags.test_experiments_summary_dag import _run
 from tests.monitoring_window import (
     HOUR_MS,

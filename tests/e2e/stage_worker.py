@@ -16,7 +16,6 @@ import time
 
 def _hooks():
     from airflow.sdk import BaseHook
-
     from cml_provider.hooks.cml import CmlHook
 
     return BaseHook.get_connection("model_factory_warehouse").get_hook(), CmlHook(cml_conn_id="cml_default")
@@ -40,7 +39,7 @@ def _submit_and_wait(cml, waves: dict) -> list[str]:
 
 
 def main(stage: str, args: dict) -> object:
-    from factory_tasks import pipeline
+    from factory_tasks.stages import model_factory as pipeline
 
     warehouse, cml = _hooks()
     if stage == "validate_grid":

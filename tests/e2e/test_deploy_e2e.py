@@ -9,11 +9,11 @@ from datetime import datetime, timezone
 
 import pytest
 
-from factory_tasks.deployments import DEPLOYMENTS, serving
-from factory_tasks.names import MODEL_NAME
-from factory_tasks.outcome_store import OutcomeStore
-from factory_tasks.promotions import promote
-from factory_tasks.training_data import ensure_training_table
+from factory_tasks.core.names import MODEL_NAME
+from factory_tasks.loop.history import ensure_training_table
+from factory_tasks.warehouse.deployments import DEPLOYMENTS, serving
+from factory_tasks.warehouse.outcomes import OutcomeStore
+from factory_tasks.warehouse.promotions import promote
 from stack.airflow_cli import dags_test, find_dag_run, task_states
 from stack.env import stack_paths
 from stack.local import local_stack

@@ -71,7 +71,7 @@ def seed_older_run(var: Path) -> None:
     """One succeeded outcome row of OLD_RUN in the stack's warehouse."""
     from airflow.providers.sqlite.hooks.sqlite import SqliteHook
 
-    from factory_tasks.outcome_store import OUTCOME_COLUMNS, OutcomeStore
+    from factory_tasks.warehouse.outcomes import OUTCOME_COLUMNS, OutcomeStore
 
     by_type = {"string": "seeded", "double": 0.99, "bigint": 2}
     row = {c.name: by_type[c.type] for c in OUTCOME_COLUMNS}

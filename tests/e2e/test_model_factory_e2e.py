@@ -7,8 +7,8 @@ import json
 
 import pytest
 
-from factory_tasks.outcome_store import OutcomeStore
-from factory_tasks.training_data import ensure_training_table
+from factory_tasks.loop.history import ensure_training_table
+from factory_tasks.warehouse.outcomes import OutcomeStore
 from stack.airflow_cli import dags_test
 from stack.env import stack_paths
 from stack.local import local_stack

@@ -5,21 +5,20 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
-import shutil
-
 import numpy as np
 import pytest
 
-from factory_tasks.contracts import RunPlan
-from factory_tasks.loop_tables import CUSTOMER_INTERACTIONS, CUSTOMER_INTERACTIONS_SCHEMA
-from factory_tasks.outcome_store import OutcomeStore
-from factory_tasks.simulator import simulate_interactions
-from factory_tasks.sql_dialects import dialect_for
-from factory_tasks.training_data import ensure_training_table
+from factory_tasks.core.contracts import RunPlan
+from factory_tasks.loop.history import ensure_training_table
+from factory_tasks.loop.simulator import simulate_interactions
+from factory_tasks.warehouse.loop_tables import CUSTOMER_INTERACTIONS, CUSTOMER_INTERACTIONS_SCHEMA
+from factory_tasks.warehouse.outcomes import OutcomeStore
+from factory_tasks.warehouse.sql import dialect_for
 from stack.env import stack_paths
 from stack.local import local_stack
 

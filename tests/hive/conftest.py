@@ -69,7 +69,7 @@ def fast_retries(monkeypatch):
     """Retry waits of zero, three attempts: retry behaviour without the waiting."""
     from tenacity import wait_none
 
-    from factory_tasks.sql_dialects import HiveDialect
+    from factory_tasks.warehouse.sql import HiveDialect
 
     monkeypatch.setattr(HiveDialect, "retry_wait", wait_none())
     monkeypatch.setattr(HiveDialect, "retry_attempts", 3)

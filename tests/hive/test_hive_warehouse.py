@@ -17,26 +17,18 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from factory_tasks.contracts import ExperimentResult, ExperimentSpec
-from factory_tasks.metrics import METRICS
-from factory_tasks.outcome_store import (
-    OUTCOME_COLUMN_NAMES,
+from factory_tasks.core.contracts import ExperimentResult, ExperimentSpec
+from factory_tasks.core.metrics import METRICS
+from factory_tasks.core.outcome_columns import OUTCOME_COLUMN_NAMES
+from factory_tasks.warehouse.outcomes import (
     OUTCOME_COLUMNS,
     OutcomeSchemaError,
     OutcomeStore,
     RunContext,
     outcome_row,
 )
-from factory_tasks.sql_dialects import (
-    Column,
-    HiveDialect,
-    SqliteDialect,
-    WarehouseError,
-    bind,
-    dialect_for,
-)
-from factory_tasks.training_data import read_training_frame
-
+from factory_tasks.warehouse.sql import Column, HiveDialect, SqliteDialect, WarehouseError, bind, dialect_for
+from factory_tasks.warehouse.training_data import read_training_frame
 from tests.contract_factories import make_result, make_spec
 
 REPO = Path(__file__).resolve().parents[2]
@@ -278,7 +270,7 @@ def test_rejected_statement_is_not_retried_and_leaves_previous_rows(
 
 def interactions_frame(n_rows: int) -> pd.DataFrame:
     try:
-        from factory_tasks.simulator import simulate_interactions
+        from factory_tasks.loop.simulator import simulate_interactions
 
         return simulate_interactions(n_rows=n_rows, seed=7)
     except ImportError:  # the simulator is another package's; a look-alike frame will do
@@ -380,8 +372,13 @@ def test_promotions_append_and_read_back_on_hive(hive_hook):
     INSERT INTO per promotion, awkward text and a NULL score read back equal to the contract."""
     from datetime import datetime, timedelta, timezone
 
-    from factory_tasks.contracts import Promotion
-    from factory_tasks.promotions import PROMOTIONS_TABLE, latest_promotion, load_promotions, promote
+    from factory_tasks.core.contracts import Promotion
+    from factory_tasks.warehouse.promotions import (
+        PROMOTIONS_TABLE,
+        latest_promotion,
+        load_promotions,
+        promote,
+    )
 
     summary = pd.DataFrame([
         {"factory_run_id": "hive_run", "experiment_id": f"{i:016x}", "family": "random_forest",

@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import pytest
 
-from factory_tasks.outcome_store import OutcomeStore
-from factory_tasks.contracts import CollectedOutcomes
-from factory_tasks.pipeline import record_outcomes
-from factory_tasks.sql_dialects import WarehouseError
-from factory_tasks.summary import read_summary, refresh_summary
-from factory_tasks.training_data import ensure_training_table
+from factory_tasks.core.contracts import CollectedOutcomes
+from factory_tasks.loop.history import ensure_training_table
+from factory_tasks.stages.model_factory import record_outcomes
+from factory_tasks.warehouse.outcomes import OutcomeStore
+from factory_tasks.warehouse.sql import WarehouseError
+from factory_tasks.warehouse.summary import read_summary, refresh_summary
 from stack.airflow_cli import dags_test
 from stack.env import stack_paths
 from stack.local import local_stack

@@ -35,7 +35,6 @@ for extra_path in (REPO, REPO / "plugins"):
         sys.path.insert(0, str(extra_path))
 
 import tenacity  # noqa: E402
-
 from cml_provider.hooks.cml import CmlHook  # noqa: E402
 
 TEST_API_KEY = "test-api-key-0123456789"

@@ -15,7 +15,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from cml_provider.states import JobRunStatus
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]

@@ -13,10 +13,10 @@ import json
 import time
 
 import pytest
-
 from airflow.sdk.exceptions import AirflowException, TaskDeferred
 from cml_provider.operators.deploy import CmlDeployModelOperator
 from cml_provider.triggers.deploy import CmlModelBuildTrigger, CmlModelDeploymentTrigger
+
 from tests.plugins.fake_cml_models import API_KEY, FakeCml, serve_fake_cml
 
 MODEL_NAME = "next-best-offer"
@@ -336,7 +336,6 @@ def test_invalid_events_and_missing_state_are_errors(fake, serving, make_context
 def test_maps_with_expand_kwargs_in_a_dag_without_touching_the_network():
     """The shape ``deploy_best_model`` uses: partial(conn, poll) + expand_kwargs(deploy request)."""
     import pendulum
-
     from airflow.sdk import DAG
 
     with DAG("deploy_mapping", schedule=None, start_date=pendulum.datetime(2026, 1, 1, tz="UTC")):

@@ -8,7 +8,6 @@ import json
 import time
 
 import pytest
-
 from cml_provider.triggers.deploy import CmlModelBuildTrigger, CmlModelDeploymentTrigger
 
 TEST_API_KEY = "test-api-key-0123456789"

@@ -7,7 +7,6 @@ import asyncio
 import json
 
 import pytest
-
 from airflow.sdk.exceptions import AirflowException, TaskDeferred
 from cml_provider.hooks.cml import CmlHook
 from cml_provider.operators.deploy import CmlDeployModelOperator

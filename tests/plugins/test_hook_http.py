@@ -7,7 +7,6 @@ import json
 
 import pytest
 import tenacity
-
 from cml_provider.hooks.cml import (
     CmlApiError,
     CmlAuthError,
@@ -262,7 +261,6 @@ def test_one_tls_context_per_setting_for_all_hooks_and_clients(scripted_server, 
     import ssl
 
     import httpx
-
     from cml_provider.hooks.cml_base import _shared_tls_context
 
     _shared_tls_context.cache_clear()

@@ -7,7 +7,6 @@ import asyncio
 import json
 
 import pytest
-
 from cml_provider.hooks.cml import (
     CmlBadRequestError,
     CmlConfigurationError,

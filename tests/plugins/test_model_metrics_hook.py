@@ -7,7 +7,6 @@ from __future__ import annotations
 import time
 
 import pytest
-
 from cml_provider.errors import CmlNotFoundError
 from cml_provider.hooks.cml import CmlHook
 from cml_provider.hooks.model_metrics import CmlModelMetricsHook, CmlModelMetricsUnavailable

@@ -6,7 +6,6 @@ import asyncio
 import time
 
 import pytest
-
 from airflow.sdk.exceptions import AirflowException, TaskDeferred
 from cml_provider.operators.cml import DAG_RUN_KEY_ENV, TI_KEY_ENV, CmlJobRunOperator
 from cml_provider.states import JobRunStatus

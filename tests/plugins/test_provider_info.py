@@ -9,7 +9,6 @@ from pathlib import Path
 import airflow
 import jsonschema
 import pendulum
-
 from airflow.sdk import DAG
 from cml_provider import get_provider_info
 from cml_provider.hooks.cml import CmlHook

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-
 from airflow.sdk import PokeReturnValue
 from airflow.sdk.exceptions import AirflowException, TaskDeferred
 from cml_provider.sensors.cml import CmlJobRunSensor

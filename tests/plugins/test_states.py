@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from cml_provider.states import JobRunStatus, UnknownJobRunStatusError
 
 TERMINAL = {"ENGINE_SUCCEEDED", "ENGINE_FAILED", "ENGINE_TIMEDOUT", "ENGINE_STOPPED", "ENGINE_SKIPPED"}

@@ -6,7 +6,6 @@ import asyncio
 import time
 
 import pytest
-
 from airflow.triggers.base import TaskFailedEvent, TaskSuccessEvent, TriggerEvent
 from cml_provider.triggers.cml import CmlCapacityTrigger, CmlJobRunTrigger, CmlSubmittedRunTrigger
 

@@ -188,7 +188,8 @@ def test_model_factory_on_two_celery_workers(var, tmp_path):
         mapped_hosts = {t["hostname"] for t in mapped}
         assert mapped_hosts == set(WORKERS), f"mapped tasks ran on {mapped_hosts} only: {dict(per_worker)}"
         from cml_provider.hooks.cml import CmlHook
-        from factory_tasks.names import EXPERIMENT_JOB_PREFIX, MODEL_NAME
+
+        from factory_tasks.core.names import EXPERIMENT_JOB_PREFIX, MODEL_NAME
 
         cml = CmlHook.from_url(topo.workspace.url, topo.workspace.api_key, project_name="model-factory")
         ours = [r for j in cml.list_jobs() if j.name.startswith(EXPERIMENT_JOB_PREFIX) for r in cml.list_job_runs(j.id)

@@ -10,7 +10,9 @@ import skops.io as sio
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import FunctionTransformer
 
-from factory_tasks.artifacts import (
+from factory_tasks.core.estimators import ESTIMATORS
+from factory_tasks.loop.simulator import simulate_interactions
+from factory_tasks.training.artifacts import (
     METADATA_FILENAME,
     MODEL_FILENAME,
     UntrustedModelError,
@@ -18,9 +20,7 @@ from factory_tasks.artifacts import (
     load_model,
     save_model,
 )
-from factory_tasks.estimators import ESTIMATORS
-from factory_tasks.features import build_pipeline, feature_frame, positive_proba
-from factory_tasks.simulator import simulate_interactions
+from factory_tasks.training.features import build_pipeline, feature_frame, positive_proba
 
 SMALL = {
     "LogisticRegression": {},

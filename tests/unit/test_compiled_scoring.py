@@ -5,17 +5,22 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from factory_tasks import compiled
-from factory_tasks.compiled import (
+from factory_tasks.core.estimators import ESTIMATORS
+from factory_tasks.loop.simulator import simulate_customers, simulate_interactions
+from factory_tasks.serving import compiled
+from factory_tasks.serving.compiled import (
     ONNX_FILENAME,
     TOLERANCE,
     CompiledScorer,
     compile_pipeline,
     save_compiled,
 )
-from factory_tasks.estimators import ESTIMATORS
-from factory_tasks.features import build_pipeline, counterfactual_proba, feature_frame, positive_proba
-from factory_tasks.simulator import simulate_customers, simulate_interactions
+from factory_tasks.training.features import (
+    build_pipeline,
+    counterfactual_proba,
+    feature_frame,
+    positive_proba,
+)
 
 TINY = {
     "LogisticRegression": {"C": 1.0, "max_iter": 1000},

@@ -8,8 +8,8 @@ import shutil
 
 import pytest
 
-from factory_tasks import versioning
-from factory_tasks.contracts import (
+from factory_tasks.core import versions as versioning
+from factory_tasks.core.contracts import (
     CollectedOutcomes,
     ContractError,
     ExperimentSpec,
@@ -19,7 +19,7 @@ from factory_tasks.contracts import (
     reuse_blocker,
     safe_run_name,
 )
-from factory_tasks.versioning import current_provenance, hash_code
+from factory_tasks.core.versions import current_provenance, hash_code
 from tests.contract_factories import make_result, make_spec
 
 
@@ -74,7 +74,7 @@ def test_the_code_version_is_a_hash_of_the_code_content(tmp_path):
     shutil.copy(versioning.PACKAGE_DIR.parent / "jobs" / "run_experiment.py", tmp_path / "jobs")
     copy_version = hash_code(package)
     assert copy_version == hash_code() == versioning.code_version()  # same bytes, same version
-    features = package / "features.py"
+    features = package / "training" / "features.py"
     features.write_text(features.read_text() + "\n# an uncommitted edit\n")
     assert hash_code(package) != copy_version  # no commit needed to notice
     features.write_text(features.read_text().replace("\n# an uncommitted edit\n", ""))
@@ -108,7 +108,7 @@ def test_collected_outcomes_refuse_rows_of_another_run_or_shape():
 
 
 def test_the_architecture_page_shows_the_current_contracts():
-    from factory_tasks.contract_docs import DOC, current_section, render
+    from factory_tasks.core.contract_docs import DOC, current_section, render
 
     assert current_section(DOC.read_text(encoding="utf-8")) == render(), (
-        "docs/architecture.md is out of date: run `python -m factory_tasks.contract_docs --write`")
+        "docs/architecture.md is out of date: run `python -m factory_tasks.core.contract_docs --write`")

@@ -30,8 +30,8 @@ from dashboards.experiments.views import (
     PromotePanel,
     SignedInUser,
 )
-from factory_tasks.promotions import PROMOTIONS_TABLE, latest_promotion, load_promotions
-from factory_tasks.summary import build_summary, write_summary
+from factory_tasks.warehouse.promotions import PROMOTIONS_TABLE, latest_promotion, load_promotions
+from factory_tasks.warehouse.summary import build_summary, write_summary
 
 
 class SqliteFileHook:
@@ -222,7 +222,7 @@ def test_there_is_no_reviewer_box_and_nobody_signed_in_cannot_promote(store):
     assert anonymous.button.disabled and "Sign in to promote" in _texts(anonymous)
     assert "Not signed in" in _texts(SignedInUser(identify=lambda: ""))
     # Whatever the page does, the store refuses an empty reviewer too.
-    from factory_tasks.promotions import PromotionRefused
+    from factory_tasks.warehouse.promotions import PromotionRefused
     with pytest.raises(PromotionRefused, match="signed-in reviewer"):
         store.promote_focus("  ", "looks good")
 
@@ -391,8 +391,8 @@ def _serialized(viewable) -> dict:
 def test_a_header_only_summary_says_no_experiments_yet_and_the_page_serializes(tmp_path, hook, outcomes):
     """The experiments_summary DAG on a fresh var/ writes a header-only file: the page says
     so (no 500: the range sliders get a placeholder range), then follows the first rows."""
-    from dashboards.experiments_app import create_app
     from dashboards.experiments.views import FilterPanel, NoExperimentsBanner
+    from dashboards.experiments_app import create_app
 
     path = tmp_path / "summary.csv"
     _write(path, outcomes.iloc[0:0])

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from factory_tasks.contract_table import ContractTable
-from factory_tasks.contracts import ContractError, DeploymentRecord
-from factory_tasks.deployments import DEPLOYMENTS, record_deployment, serving
+from factory_tasks.core.contracts import ContractError, DeploymentRecord
+from factory_tasks.warehouse.contract_table import ContractTable
+from factory_tasks.warehouse.deployments import DEPLOYMENTS, record_deployment, serving
 
 
 def _record(version: str, at: str, **over) -> DeploymentRecord:

@@ -8,8 +8,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from factory_tasks.drift import EPSILON, feature_drift, jensen_shannon, psi, shares
-from factory_tasks.simulator import CHANNELS, CUSTOMER_COLUMNS, simulate_customers
+from factory_tasks.core.schema import CHANNELS, CUSTOMER_COLUMNS
+from factory_tasks.loop.drift import EPSILON, feature_drift, jensen_shannon, psi, shares
+from factory_tasks.loop.simulator import simulate_customers
 
 COLUMNS = list(CUSTOMER_COLUMNS)
 

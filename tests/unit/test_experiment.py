@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 from sklearn.dummy import DummyClassifier
 
-from factory_tasks import estimators
-from factory_tasks.estimators import ESTIMATORS, EstimatorEntry
-from factory_tasks.contracts import ExperimentResult
-from factory_tasks.experiment import FITTED_ON_KEY, MODEL_KEY, json_result, run_experiment
-from factory_tasks.metrics import METRICS
-from factory_tasks.simulator import simulate_interactions
+from factory_tasks.core import estimators
+from factory_tasks.core.contracts import ExperimentResult
+from factory_tasks.core.estimators import ESTIMATORS, EstimatorEntry
+from factory_tasks.core.metrics import METRICS
+from factory_tasks.loop.simulator import simulate_interactions
+from factory_tasks.training.experiment import FITTED_ON_KEY, MODEL_KEY, json_result, run_experiment
 from tests.contract_factories import make_spec as contract_spec
 
 # Small settings so every registered estimator cross-validates in well under a second.
@@ -172,7 +172,7 @@ def test_logged_propensities_weight_the_policy_metrics_and_are_never_a_feature(d
 
 
 def test_a_propensity_outside_zero_one_is_refused(data):
-    from factory_tasks.training_data import TrainingDataError
+    from factory_tasks.core.schema import TrainingDataError
 
     with pytest.raises(TrainingDataError, match=r"column 'propensity' must lie in \(0, 1\]"):
         run_experiment(make_spec(), data.assign(propensity=0.0), n_threads=1, progress=lambda line: None)

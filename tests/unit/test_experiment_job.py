@@ -11,19 +11,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from factory_tasks.artifacts import load_metadata, load_model
-from factory_tasks.experiment_job import (
-    JobConfigError,
-    error_line,
-    run_job,
-    snapshot_path,
-    thread_count,
-)
-from factory_tasks.features import positive_proba
-from factory_tasks.contracts import ExperimentResult
-from factory_tasks.simulator import FEATURE_COLUMNS, simulate_interactions
-from factory_tasks.training_data import write_snapshot
-from factory_tasks.versioning import code_version
+from factory_tasks.core.contracts import ExperimentResult
+from factory_tasks.core.schema import FEATURE_COLUMNS
+from factory_tasks.core.versions import code_version
+from factory_tasks.jobs.experiment import JobConfigError, error_line, run_job, snapshot_path, thread_count
+from factory_tasks.loop.simulator import simulate_interactions
+from factory_tasks.training.artifacts import load_metadata, load_model
+from factory_tasks.training.features import positive_proba
+from factory_tasks.warehouse.training_data import write_snapshot
 from tests.contract_factories import make_spec as contract_spec
 
 REPO = Path(__file__).resolve().parents[2]

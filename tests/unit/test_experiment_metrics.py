@@ -7,7 +7,14 @@ import math
 import numpy as np
 import pytest
 
-from factory_tasks.metrics import METRICS, blast_values, choose_offers, compute_metric, policy_uplift, policy_value
+from factory_tasks.core.metrics import (
+    METRICS,
+    blast_values,
+    choose_offers,
+    compute_metric,
+    policy_uplift,
+    policy_value,
+)
 
 ECON = {"conversion_value": 10.0, "offer_costs": {"Buy One Get One": 1.0, "Discount": 2.0, "No Offer": 0.0}}
 
@@ -170,9 +177,13 @@ def test_an_offer_never_logged_has_no_blast_value_under_per_row_propensities():
 def test_per_row_propensities_recover_the_true_value_of_an_epsilon_greedy_log():
     """Known answer: customers logged by an ε-greedy production policy (its pick with
     1 - ε + ε/3, each other offer with ε/3); the simulator knows every policy's true value."""
-    from factory_tasks.simulator import (
-        DEFAULT_ECONOMICS, OFFERS, expected_values, offer_cost_vector, offer_probabilities, simulate_customers,
-        simulate_responses, true_policy_value)
+    from factory_tasks.core.schema import DEFAULT_ECONOMICS, OFFERS, expected_values, offer_cost_vector
+    from factory_tasks.loop.simulator import (
+        offer_probabilities,
+        simulate_customers,
+        simulate_responses,
+        true_policy_value,
+    )
 
     n, eps = 100_000, 0.2
     customers = simulate_customers(n, seed=3)

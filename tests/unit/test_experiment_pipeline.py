@@ -7,9 +7,15 @@ import pytest
 from sklearn.compose import ColumnTransformer
 from sklearn.preprocessing import PolynomialFeatures
 
-from factory_tasks.estimators import ESTIMATORS, get_estimator
-from factory_tasks.features import build_pipeline, counterfactual_proba, feature_frame, positive_proba
-from factory_tasks.simulator import OFFERS, offer_indices, simulate_interactions
+from factory_tasks.core.estimators import ESTIMATORS, get_estimator
+from factory_tasks.core.schema import OFFERS, offer_indices
+from factory_tasks.loop.simulator import simulate_interactions
+from factory_tasks.training.features import (
+    build_pipeline,
+    counterfactual_proba,
+    feature_frame,
+    positive_proba,
+)
 
 
 @pytest.fixture(scope="module")

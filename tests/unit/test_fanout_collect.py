@@ -7,8 +7,7 @@ import json
 import pandas as pd
 import pytest
 
-from factory_tasks.collect import JobRunRef, outcome_rows
-from factory_tasks.contracts import (
+from factory_tasks.core.contracts import (
     ContractError,
     ExperimentResult,
     ExperimentSpec,
@@ -17,10 +16,11 @@ from factory_tasks.contracts import (
     RunPlan,
     SnapshotRef,
 )
-from factory_tasks.fanout import job_name, run_request, split_long_first, split_reusable
-from factory_tasks.leaderboard import format_leaderboard, rank_outcomes
-from factory_tasks.names import EXPERIMENT_SCRIPT
-from factory_tasks.outcome_store import OUTCOME_COLUMN_NAMES
+from factory_tasks.core.names import EXPERIMENT_SCRIPT, job_name
+from factory_tasks.core.outcome_columns import OUTCOME_COLUMN_NAMES
+from factory_tasks.stages.collect import JobRunRef, outcome_rows
+from factory_tasks.stages.fanout import run_request, split_long_first, split_reusable
+from factory_tasks.training.leaderboard import format_leaderboard, rank_outcomes
 from tests.contract_factories import LIBRARIES, make_result, make_spec, result_fields
 
 CURRENT = Provenance(code_version="0.1.0+test", library_versions=LIBRARIES)

@@ -17,9 +17,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from factory_tasks.estimators import ESTIMATORS
-from factory_tasks.contracts import ExperimentSpec
-from factory_tasks.grid import (
+from factory_tasks.core.contracts import ExperimentSpec
+from factory_tasks.core.estimators import ESTIMATORS
+from factory_tasks.core.schema import OFFERS
+from factory_tasks.training.grid import (
     MAX_GRID_FILE_BYTES,
     GridConfig,
     GridError,
@@ -28,7 +29,6 @@ from factory_tasks.grid import (
     load_grid,
     main,
 )
-from factory_tasks.simulator import OFFERS
 
 REPO = Path(__file__).resolve().parents[2]
 SHIPPED = REPO / "config" / "grid.yaml"
@@ -597,7 +597,7 @@ def test_interactions_table_name_is_a_plain_identifier(tmp_path, table):
 
 
 def test_interactions_table_defaults_to_the_closed_loops_and_differs_from_the_history(tmp_path):
-    from factory_tasks.loop_tables import CUSTOMER_INTERACTIONS
+    from factory_tasks.warehouse.loop_tables import CUSTOMER_INTERACTIONS
 
     assert load_grid(write(tmp_path, base())).data.interactions_table == CUSTOMER_INTERACTIONS
     data = base()
@@ -746,7 +746,7 @@ def test_snapshot_must_have_path_and_hash(config):
 def run_cli(*args: str) -> subprocess.CompletedProcess:
     python = REPO / ".venv" / "bin" / "python"
     return subprocess.run(
-        [str(python if python.exists() else sys.executable), "-m", "factory_tasks.grid", *args],
+        [str(python if python.exists() else sys.executable), "-m", "factory_tasks.training.grid", *args],
         cwd=REPO, capture_output=True, text=True, timeout=120,
     )
 

@@ -5,12 +5,20 @@ from __future__ import annotations
 
 import pytest
 
-from benchmarks.grid_scale import (classify_request, count_requests, format_timeline, grid_document,
-                                   max_concurrency, overhead_figures, task_timeline, write_grid)
+from benchmarks.grid_scale import (
+    classify_request,
+    count_requests,
+    format_timeline,
+    grid_document,
+    max_concurrency,
+    overhead_figures,
+    task_timeline,
+    write_grid,
+)
 
 
 def test_grid_file_is_valid_with_n_distinct_experiments(tmp_path):
-    from factory_tasks.grid import expand_grid, load_grid
+    from factory_tasks.training.grid import expand_grid, load_grid
 
     config = load_grid(write_grid(tmp_path / "g.yaml", 250, folds=2, max_parallel=3))
     assert config.size == 250 and config.max_experiments == 250 and config.max_parallel == 3

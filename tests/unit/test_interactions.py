@@ -12,11 +12,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from factory_tasks import interactions as ia
-from factory_tasks import responses as resp
-from factory_tasks import simulator
-from factory_tasks.loop_config import LoopConfig
-from factory_tasks.loop_tables import (
+from factory_tasks.core import schema
+from factory_tasks.loop import interactions as ia
+from factory_tasks.loop import responses as resp
+from factory_tasks.loop import simulator
+from factory_tasks.loop.config import LoopConfig
+from factory_tasks.loop.monitoring import responses_ingested_through
+from factory_tasks.warehouse.loop_tables import (
     CUSTOMER_INTERACTIONS,
     CUSTOMER_INTERACTIONS_SCHEMA,
     CUSTOMER_RESPONSES,
@@ -26,8 +28,7 @@ from factory_tasks.loop_tables import (
     RESPONSE_FEED,
     RESPONSE_FEED_SCHEMA,
 )
-from factory_tasks.monitoring import responses_ingested_through
-from factory_tasks.sql_dialects import dialect_for
+from factory_tasks.warehouse.sql import dialect_for
 
 T0 = datetime(2026, 12, 1, 6, tzinfo=timezone.utc)
 HOUR = timedelta(hours=1)
@@ -61,11 +62,11 @@ class FakeModel:
             raise RuntimeError("HTTP 503 from the model service")
         customers = pd.DataFrame(request["customers"])
         proba = simulator.offer_probabilities(customers)
-        ev = simulator.expected_values(proba, simulator.DEFAULT_ECONOMICS)
+        ev = schema.expected_values(proba, schema.DEFAULT_ECONOMICS)
         predictions = [{"customer_id": cid,
                         "offers": {o: {"conversion_probability": float(p[k]), "expected_value": float(e[k])}
-                                   for k, o in enumerate(simulator.OFFERS)},
-                        "next_best_offer": simulator.OFFERS[int(np.argmax(e))], "expected_value": float(e.max())}
+                                   for k, o in enumerate(schema.OFFERS)},
+                        "next_best_offer": schema.OFFERS[int(np.argmax(e))], "expected_value": float(e.max())}
                        for cid, p, e in zip(customers["customer_id"], proba, ev)]
         return SimpleNamespace(prediction={"model_version": "v-test", "predictions": predictions}, uuid=next(self.ids))
 
@@ -98,7 +99,7 @@ def test_propensities_sum_to_one_and_match_the_offer_made():
     p = ia.offer_propensities(np.array([0, 1, 2, 1]), eps)
     assert np.allclose(p.sum(axis=1), 1.0)
     assert np.allclose(p[0], [1 - eps + eps / 3, eps / 3, eps / 3])
-    model = np.asarray(simulator.OFFERS, dtype=object)[np.arange(30_000) % 3]
+    model = np.asarray(schema.OFFERS, dtype=object)[np.arange(30_000) % 3]
     offers, explored, propensity = ia.choose_offers(model, eps, seed=1)
     assert abs(explored.mean() - eps) < 0.01
     same = offers == model
@@ -308,7 +309,7 @@ def test_drift_moves_the_customer_mix_of_the_traffic():
 
 
 def test_the_shipped_settings_look_back_six_hourly_windows():
-    from factory_tasks.loop_config import load_loop_config
+    from factory_tasks.loop.config import load_loop_config
 
     cfg = load_loop_config()
     assert resp.lookback_windows(cfg.responses, 3_600_000) == 6  # 2 x 180 minutes

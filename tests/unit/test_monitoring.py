@@ -6,8 +6,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from factory_tasks.loop_config import LoopConfig
-from factory_tasks.monitoring import (
+from factory_tasks.core.schema import DEFAULT_ECONOMICS
+from factory_tasks.loop.alerts import alerts_of_run, decide_alerts, monitor_window, read_alerts, record_alerts
+from factory_tasks.loop.config import LoopConfig
+from factory_tasks.loop.monitoring import (
     MonitoringWindow,
     iso,
     label_state,
@@ -16,8 +18,7 @@ from factory_tasks.monitoring import (
     read_rows,
     record_rows,
 )
-from factory_tasks.monitoring_alerts import alerts_of_run, decide_alerts, monitor_window, read_alerts, record_alerts
-from factory_tasks.simulator import DEFAULT_ECONOMICS, simulate_customers
+from factory_tasks.loop.simulator import simulate_customers
 from tests.monitoring_window import HOUR_MS, T0_MS, SqliteHook, simulate_window, write_window
 
 DRIFTED = {"Web": 0.70, "Phone": 0.22, "Multichannel": 0.08}

@@ -8,10 +8,11 @@ import panel as pn
 from dashboards.layout import TABLE_CONFIGURATION
 from dashboards.monitoring.store import ALERT_COLUMNS, empty_alerts, read_alerts
 from dashboards.monitoring.views import realised_vs_estimated_figure
-from factory_tasks.loop_config import LoopConfig
-from factory_tasks.monitoring import MonitoringWindow, iso
-from factory_tasks.monitoring_alerts import alerts_of_run, monitor_window, record_alerts
-from factory_tasks.simulator import DEFAULT_ECONOMICS, simulate_customers
+from factory_tasks.core.schema import DEFAULT_ECONOMICS
+from factory_tasks.loop.alerts import alerts_of_run, monitor_window, record_alerts
+from factory_tasks.loop.config import LoopConfig
+from factory_tasks.loop.monitoring import MonitoringWindow, iso
+from factory_tasks.loop.simulator import simulate_customers
 from tests.monitoring_window import HOUR_MS, T0_MS, SqliteHook, simulate_window, write_window
 
 

@@ -7,13 +7,22 @@ import math
 import numpy as np
 import pytest
 
-from factory_tasks.metrics import choose_offers, policy_value
-from factory_tasks.off_policy import (
-    PolicyEstimate, compare_policies, estimate_policy_value, logged_rewards, uniform_policy,
+from factory_tasks.core.metrics import choose_offers, policy_value
+from factory_tasks.core.schema import DEFAULT_ECONOMICS as ECON
+from factory_tasks.core.schema import OFFERS, expected_values
+from factory_tasks.loop.off_policy import (
+    PolicyEstimate,
+    compare_policies,
+    estimate_policy_value,
+    logged_rewards,
+    uniform_policy,
 )
-from factory_tasks.simulator import (
-    DEFAULT_ECONOMICS as ECON, OFFERS, expected_values, offer_probabilities, optimal_offers,
-    simulate_customers, simulate_interactions, true_policy_value,
+from factory_tasks.loop.simulator import (
+    offer_probabilities,
+    optimal_offers,
+    simulate_customers,
+    simulate_interactions,
+    true_policy_value,
 )
 
 EPS = 0.1

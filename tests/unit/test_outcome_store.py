@@ -7,9 +7,9 @@ import math
 
 import pytest
 
-from factory_tasks.contracts import ExperimentResult, ExperimentSpec
-from factory_tasks.outcome_store import (
-    OUTCOME_COLUMN_NAMES,
+from factory_tasks.core.contracts import ExperimentResult, ExperimentSpec
+from factory_tasks.core.outcome_columns import OUTCOME_COLUMN_NAMES
+from factory_tasks.warehouse.outcomes import (
     OUTCOMES_TABLE,
     OutcomeSchemaError,
     OutcomeStore,

@@ -8,11 +8,18 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from factory_tasks.performance_estimate import (
-    calibration_by_decile, calibration_error, calibration_noise, estimate_is_reliable, expected_conversion_rate,
-    expected_log_loss, expected_roc_auc, realised_log_loss, realised_roc_auc,
+from factory_tasks.loop.performance_estimate import (
+    calibration_by_decile,
+    calibration_error,
+    calibration_noise,
+    estimate_is_reliable,
+    expected_conversion_rate,
+    expected_log_loss,
+    expected_roc_auc,
+    realised_log_loss,
+    realised_roc_auc,
 )
-from factory_tasks.simulator import conversion_probability, simulate_interactions
+from factory_tasks.loop.simulator import conversion_probability, simulate_interactions
 
 
 def _brute_force_auc(p: np.ndarray) -> float:

@@ -1,4 +1,4 @@
-"""factory_tasks.promotions: rules, the append-only model_promotions table on real SQLite,
+"""factory_tasks.warehouse.promotions: rules, the append-only model_promotions table on real SQLite,
 concurrent writers, and rows that break the contract."""
 
 from __future__ import annotations
@@ -9,9 +9,9 @@ from datetime import datetime, timedelta, timezone
 import pandas as pd
 import pytest
 
-from factory_tasks.contracts import ContractError, Promotion
-from factory_tasks.outcome_store import OUTCOME_COLUMN_NAMES
-from factory_tasks.promotions import (
+from factory_tasks.core.contracts import ContractError, Promotion
+from factory_tasks.core.outcome_columns import OUTCOME_COLUMN_NAMES
+from factory_tasks.warehouse.promotions import (
     PROMOTION_COLUMN_NAMES,
     PROMOTIONS_TABLE,
     PromotionRefused,

@@ -12,12 +12,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from factory_tasks.artifacts import load_metadata, load_model, save_model
-from factory_tasks.contracts import Lineage, MetricScores, RetrainRequest, RetrainResult
-from factory_tasks.features import build_pipeline, feature_frame
-from factory_tasks.retrain import bootstrap_se, consistency, refit
-from factory_tasks.simulator import simulate_interactions
-from factory_tasks.training_data import write_snapshot
+from factory_tasks.core.contracts import Lineage, MetricScores, RetrainRequest, RetrainResult
+from factory_tasks.jobs.retrain import bootstrap_se, consistency, refit
+from factory_tasks.loop.simulator import simulate_interactions
+from factory_tasks.training.artifacts import load_metadata, load_model, save_model
+from factory_tasks.training.features import build_pipeline, feature_frame
+from factory_tasks.warehouse.training_data import write_snapshot
 from tests.contract_factories import make_spec
 
 REPO = Path(__file__).resolve().parents[2]
@@ -146,8 +146,8 @@ def test_a_bad_request_or_snapshot_is_a_failed_result(project):
 def test_refit_weights_the_held_out_policy_metrics_by_the_snapshots_propensity(data, tmp_path):
     """A snapshot with interactions reaches the retrain job with its propensity column: the same
     split and model, the gate's policy metrics weighted per row, the column never a feature."""
-    from factory_tasks.experiment_job import read_snapshot
-    from factory_tasks.training_data import snapshot_parquet
+    from factory_tasks.jobs.experiment import read_snapshot
+    from factory_tasks.warehouse.training_data import snapshot_parquet
 
     rng = np.random.default_rng(3)
     with_log = data.assign(propensity=np.where(rng.random(len(data)) < 0.5, 0.9, 0.05))

@@ -5,9 +5,8 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from factory_tasks.contracts import ExperimentResult, HoldoutScores, Promotion, RetrainResult
-from factory_tasks.outcome_store import RunContext, outcome_row
-from factory_tasks.selection import (
+from factory_tasks.core.contracts import ExperimentResult, HoldoutScores, Promotion, RetrainResult
+from factory_tasks.loop.selection import (
     SelectionError,
     choose,
     experiment_of_option,
@@ -15,6 +14,7 @@ from factory_tasks.selection import (
     rank_candidates,
     review_options,
 )
+from factory_tasks.warehouse.outcomes import RunContext, outcome_row
 from tests.contract_factories import make_result, make_spec
 
 RUN = "manual__2026-12-01T00:00:00+00:00"

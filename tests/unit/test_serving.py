@@ -15,16 +15,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from factory_tasks import artifacts, serving
-from factory_tasks.artifacts import save_model
-from factory_tasks.compiled import ONNX_FILENAME, save_compiled
-from factory_tasks.features import build_pipeline, counterfactual_proba, feature_frame
-from factory_tasks.names import MODEL_ENTRY_POINT, MODEL_FUNCTION
-from factory_tasks.serving import (
+from factory_tasks.core.names import MODEL_ENTRY_POINT, MODEL_FUNCTION
+from factory_tasks.core.schema import CUSTOMER_COLUMNS, DEFAULT_ECONOMICS, OFFERS
+from factory_tasks.loop.simulator import simulate_interactions
+from factory_tasks.serving import endpoint as serving
+from factory_tasks.serving.compiled import ONNX_FILENAME, save_compiled
+from factory_tasks.serving.endpoint import (
     EXAMPLE_REQUEST,
     MAX_CUSTOMERS,
-    OfferEconomics,
     NextBestOfferModel,
+    OfferEconomics,
     PipelineScorer,
     RequestError,
     ServingConfig,
@@ -34,7 +34,9 @@ from factory_tasks.serving import (
     parse_request,
     resolve_cml,
 )
-from factory_tasks.simulator import CUSTOMER_COLUMNS, DEFAULT_ECONOMICS, OFFERS, simulate_interactions
+from factory_tasks.training import artifacts
+from factory_tasks.training.artifacts import save_model
+from factory_tasks.training.features import build_pipeline, counterfactual_proba, feature_frame
 
 REPO = Path(__file__).resolve().parents[2]
 VERSION = "0123456789abcdef-feedf00d-c0dec0de"
@@ -347,7 +349,7 @@ def test_the_hot_path_imports_nothing_and_reads_no_file(scorer, model_dirs, monk
 
 
 def test_the_compiled_model_is_used_when_it_agrees(model_dirs, caplog):
-    caplog.set_level("INFO", logger="factory_tasks.serving")
+    caplog.set_level("INFO", logger="factory_tasks.serving.endpoint")
     assert load(model_dirs["onnx"]).scorer_name == "onnx"
     assert "scoring with onnx (model.onnx agrees with model.skops" in caplog.text
     assert load(model_dirs["skops"]).scorer_name == "skops"

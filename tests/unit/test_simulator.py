@@ -6,19 +6,22 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from factory_tasks import simulator as sim
-from factory_tasks.simulator import (
+from factory_tasks.core import schema
+from factory_tasks.core.schema import (
     DEFAULT_ECONOMICS,
     INTERACTION_COLUMNS,
     INTERACTION_DTYPES,
     OFFERS,
+    validate_interactions,
+)
+from factory_tasks.loop import simulator as sim
+from factory_tasks.loop.simulator import (
     conversion_probability,
     offer_probabilities,
     optimal_offers,
     simulate_customers,
     simulate_interactions,
     true_policy_value,
-    validate_interactions,
 )
 
 
@@ -90,7 +93,7 @@ def test_same_seed_same_frame_other_seed_other_frame():
 def test_customers_are_the_customer_part_of_the_interactions():
     inter = simulate_interactions(300, seed=9)
     cust = simulate_customers(300, seed=9)
-    pd.testing.assert_frame_equal(inter[list(sim.CUSTOMER_COLUMNS)], cust)
+    pd.testing.assert_frame_equal(inter[list(schema.CUSTOMER_COLUMNS)], cust)
 
 
 def test_truth_past_bogo_users_like_bogo_as_much_as_discount(big):
@@ -180,7 +183,7 @@ def test_validate_interactions_accepts_warehouse_types():
 
 
 def test_schema_agrees_with_the_training_table():
-    from factory_tasks.training_data import INTERACTION_COLUMNS as TABLE_COLUMNS
+    from factory_tasks.warehouse.training_data import INTERACTION_COLUMNS as TABLE_COLUMNS
 
     assert TABLE_COLUMNS == INTERACTION_COLUMNS
 
@@ -206,10 +209,10 @@ def test_truth_is_outside_the_logistic_regressions_model_class(big):
     # the best least-squares fit of the true log-odds on the logistic regression's own design
     # (preprocessing + pairwise products) leaves a lot unexplained; a logistic truth with offer x
     # segment terms in log(history) and recency would be fitted almost exactly (residual ~0.0004)
-    from factory_tasks.features import build_pipeline
+    from factory_tasks.training.features import build_pipeline
 
     frame = big.head(20_000)
-    design = build_pipeline("LogisticRegression", {"C": 1.0})[:-1].fit_transform(frame[list(sim.FEATURE_COLUMNS)])
+    design = build_pipeline("LogisticRegression", {"C": 1.0})[:-1].fit_transform(frame[list(schema.FEATURE_COLUMNS)])
     design = np.column_stack([np.ones(len(frame)), design])
     logit = _log_odds(conversion_probability(frame))
     coef, *_ = np.linalg.lstsq(design, logit, rcond=None)
@@ -298,15 +301,15 @@ def test_drift_channel_shares_move_the_customer_mix_only():
     base = simulate_customers(40_000, seed=3)
     drifted = simulate_customers(40_000, seed=3, drift=WEB_DISCOUNT)
     shares = drifted["channel"].value_counts(normalize=True)
-    for channel, share in zip(sim.CHANNELS, (0.70, 0.22, 0.08)):
+    for channel, share in zip(schema.CHANNELS, (0.70, 0.22, 0.08)):
         assert shares[channel] == pytest.approx(share, abs=0.01)
-    others = [c for c in sim.CUSTOMER_COLUMNS if c != "channel"]
+    others = [c for c in schema.CUSTOMER_COLUMNS if c != "channel"]
     pd.testing.assert_frame_equal(drifted[others], base[others])
     # without channel shares (or without a drift) the customers are exactly the base ones
     concept_only = sim.Drift(segment={"channel": "Web"}, offer="Discount", log_odds_change=-1.2)
     pd.testing.assert_frame_equal(simulate_customers(40_000, seed=3, drift=concept_only), base)
     inter = simulate_interactions(2_000, seed=3, drift=WEB_DISCOUNT)
-    pd.testing.assert_frame_equal(inter[list(sim.CUSTOMER_COLUMNS)], simulate_customers(2_000, seed=3, drift=WEB_DISCOUNT))
+    pd.testing.assert_frame_equal(inter[list(schema.CUSTOMER_COLUMNS)], simulate_customers(2_000, seed=3, drift=WEB_DISCOUNT))
 
 
 def test_drift_responses_follow_the_drifted_truth(big):

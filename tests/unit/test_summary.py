@@ -1,4 +1,4 @@
-"""factory_tasks.summary: build, atomic write, strict read (a torn file is corrupt, naming the
+"""factory_tasks.warehouse.summary: build, atomic write, strict read (a torn file is corrupt, naming the
 line), object storage locations, refresh from a real SQLite store."""
 
 from __future__ import annotations
@@ -10,8 +10,9 @@ import sqlite3
 import pandas as pd
 import pytest
 
-from factory_tasks.outcome_store import OUTCOME_COLUMN_NAMES, OutcomeStore
-from factory_tasks.summary import (
+from factory_tasks.core.outcome_columns import OUTCOME_COLUMN_NAMES
+from factory_tasks.warehouse.outcomes import OutcomeStore
+from factory_tasks.warehouse.summary import (
     SUMMARY_COLUMN_NAMES,
     SUMMARY_DTYPES,
     SummaryError,
@@ -114,7 +115,7 @@ def test_failed_write_leaves_the_old_file_and_no_temp(tmp_path, monkeypatch):
     def boom(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr("factory_tasks.atomic.os.replace", boom)
+    monkeypatch.setattr("factory_tasks.core.atomic.os.replace", boom)
     with pytest.raises(OSError, match="disk full"):
         write_summary(frame.iloc[:1], path)
     assert path.read_bytes() == before
@@ -266,7 +267,7 @@ def test_file_urls_are_written_atomically_and_versioned(tmp_path):
 
 
 def test_summary_location_is_under_the_object_store(monkeypatch, tmp_path):
-    from factory_tasks import settings
+    from factory_tasks.core import settings
 
     monkeypatch.delenv("MODEL_FACTORY_OBJECT_STORE", raising=False)
     monkeypatch.delenv("MODEL_FACTORY_ARTIFACTS", raising=False)

@@ -16,18 +16,21 @@ import pandas as pd
 import pytest
 from airflow.providers.sqlite.hooks.sqlite import SqliteHook
 
-from factory_tasks.loop_tables import CUSTOMER_INTERACTIONS, CUSTOMER_INTERACTIONS_SCHEMA
-from factory_tasks.pipeline import snapshot_to_project
-from factory_tasks.simulator import INTERACTION_COLUMNS, simulate_interactions
-from factory_tasks.sql_dialects import SqliteDialect
-from factory_tasks.training_data import (
+from factory_tasks.core.schema import (
     HISTORY_PROPENSITY,
-    INTERACTION_SCHEMA,
+    INTERACTION_COLUMNS,
     PROPENSITY_COLUMN,
     TRAINING_TABLE,
     TrainingDataError,
+)
+from factory_tasks.loop.history import ensure_training_table
+from factory_tasks.loop.simulator import simulate_interactions
+from factory_tasks.stages.model_factory import snapshot_to_project
+from factory_tasks.warehouse.loop_tables import CUSTOMER_INTERACTIONS, CUSTOMER_INTERACTIONS_SCHEMA
+from factory_tasks.warehouse.sql import SqliteDialect
+from factory_tasks.warehouse.training_data import (
+    INTERACTION_SCHEMA,
     content_hash,
-    ensure_training_table,
     read_training_frame,
     snapshot_parquet,
     training_frame,

@@ -14,7 +14,6 @@ from collections.abc import Iterator
 import pytest
 from workspace_helpers import Api, running_workspace, watch
 
-
 SLEEPER = "import time\ntime.sleep(0.6)\n"
 # Waits until the test creates gates/<run id> (bounded): the test, not the clock, decides
 # when each run ends, so the assertions hold however loaded the machine is.

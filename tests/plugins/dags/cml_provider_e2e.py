@@ -6,7 +6,6 @@ result file, which the sensor's failure message must carry.
 """
 
 import pendulum
-
 from airflow.sdk import dag
 from cml_provider.operators.cml import CmlJobRunOperator
 from cml_provider.sensors.cml import CmlJobRunSensor

@@ -1,0 +1,138 @@
+"""One monitoring window's run (:func:`monitor_window`), the alert decisions on its
+``model_monitoring`` rows, and the ``model_alerts`` table.
+
+| kind | metric | raised when | on |
+| --- | --- | --- | --- |
+| ``feature_drift`` | ``drift_psi`` / ``drift_js`` | value >= ``monitoring.drift_alert`` (one alert per feature) | the new cohort ``[start, end)`` |
+| ``estimated_performance`` | ``estimated_roc_auc`` | value < ``monitoring.roc_auc_floor`` | the new cohort |
+| ``realised_performance`` | ``roc_auc`` | value < ``roc_auc_floor`` | a cohort whose labels became final in this run |
+| ``calibration`` | ``calibration_error`` | value > ``calibration_error_ceiling`` | a cohort whose labels became final in this run |
+| ``policy_value`` | ``policy_vs_best_blast_dr`` | the interval's upper bound < 0 (worse than the best blast offer with ``policy_confidence``) | a cohort whose labels became final in this run |
+
+Label alerts act on final labels only, so each cohort is judged once, in the run where its
+last response window closes (immature values are shown, never alerted on). A metric a cohort
+did not report (fewer matured labels than ``min_labels``) raises nothing.
+
+``alert_id`` is ``<as_of_window>/<model_version>/<kind>/<dimension>``: a rerun of a window
+derives the same ids from the same rows, and :func:`record_alerts` skips ids already in
+``model_alerts``, so an append-only table never holds an alert twice. The DAG writes alerts
+after it has triggered the retrain, so each row carries the ``retrain_run_id`` it asked for.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Mapping
+
+import pandas as pd
+
+from factory_tasks.core.contracts import MonitoringAlert
+from factory_tasks.loop.config import LoopConfig, MonitoringConfig
+from factory_tasks.loop.monitoring import (
+    DRIFT_METRIC_NAMES,
+    MonitoringWindow,
+    iso,
+    monitoring_rows,
+    read_cohorts,
+    read_rows,
+    record_rows,
+)
+from factory_tasks.warehouse.contract_table import ContractTable
+
+log = logging.getLogger(__name__)
+
+ALERTS = ContractTable(MonitoringAlert)
+
+
+def _alert(window: MonitoringWindow, row: Any, kind: str, threshold: float, message: str) -> MonitoringAlert:
+    return MonitoringAlert(
+        alert_id=f"{window.as_of_window}/{row.model_version}/{kind}/{row.dimension}",
+        as_of_window=window.as_of_window, cohort_start=row.cohort_start, model_version=row.model_version,
+        kind=kind, metric=row.metric, dimension=row.dimension, value=float(row.value),
+        threshold=float(threshold), message=message, raised_at=iso(window.end_ms),
+    )
+
+
+def decide_alerts(rows: pd.DataFrame, window: MonitoringWindow, monitoring: MonitoringConfig) -> list[MonitoringAlert]:
+    """The alerts one run's rows raise (see the module docstring), in a stable order."""
+    if rows.empty:
+        return []
+    current = rows[rows["cohort_start"] == iso(window.start_ms)]
+    judged = rows[rows["cohort_start"].isin([iso(s) for s, _ in window.judged_cohorts()])
+                  & (rows["maturity"] == "final")]
+    drift_metric = DRIFT_METRIC_NAMES[monitoring.drift_metric]
+    alerts: list[MonitoringAlert] = []
+
+    def of(frame: pd.DataFrame, metric: str) -> pd.DataFrame:
+        chosen = frame[(frame["metric"] == metric) & frame["value"].notna()]
+        return chosen.sort_values(["cohort_start", "model_version", "dimension"], kind="stable")
+
+    for row in of(current, drift_metric).itertuples():
+        if row.value >= monitoring.drift_alert:
+            feature = row.dimension.removeprefix("feature=")
+            alerts.append(_alert(window, row, "feature_drift", monitoring.drift_alert,
+                                 f"{feature}: {drift_metric} {row.value:.3f} >= {monitoring.drift_alert} "
+                                 f"against the training snapshot ({row.n} predictions)"))
+    for row in of(current, "estimated_roc_auc").itertuples():
+        if row.value < monitoring.roc_auc_floor:
+            alerts.append(_alert(window, row, "estimated_performance", monitoring.roc_auc_floor,
+                                 f"estimated ROC AUC {row.value:.3f} < {monitoring.roc_auc_floor} "
+                                 f"(from {row.n} scores, before labels)"))
+    for row in of(judged, "roc_auc").itertuples():
+        if row.value < monitoring.roc_auc_floor:
+            alerts.append(_alert(window, row, "realised_performance", monitoring.roc_auc_floor,
+                                 f"ROC AUC {row.value:.3f} < {monitoring.roc_auc_floor} on {row.n} final labels"))
+    for row in of(judged, "calibration_error").itertuples():
+        if row.value > monitoring.calibration_error_ceiling:
+            alerts.append(_alert(window, row, "calibration", monitoring.calibration_error_ceiling,
+                                 f"calibration error {row.value:.3f} > {monitoring.calibration_error_ceiling} "
+                                 f"on {row.n} final labels"))
+    for row in of(judged, "policy_vs_best_blast_dr").itertuples():
+        if pd.notna(row.upper) and row.upper < 0:
+            alerts.append(_alert(window, row, "policy_value", 0.0,
+                                 f"the model's decisions are worth {-row.value:.2f} less per customer than the "
+                                 f"best single offer ({monitoring.policy_confidence:.0%} interval "
+                                 f"{row.lower:.2f} .. {row.upper:.2f}, {row.n} final labels)"))
+    # one alert per id (a cohort judged twice, e.g. two versions, still has distinct ids)
+    unique = {a.alert_id: a for a in alerts}
+    return list(unique.values())
+
+
+def record_alerts(hook: Any, alerts: list[MonitoringAlert], retrain_run_id: str | None = None) -> list[str]:
+    """Append the alerts not yet in ``model_alerts`` (with ``retrain_run_id``); their ids."""
+    if not alerts:
+        return []
+    existing = {a.alert_id for a in ALERTS.read_all(hook)}
+    written: list[str] = []
+    for alert in alerts:
+        if alert.alert_id in existing:
+            log.info("alert %s is already recorded", alert.alert_id)
+            continue
+        ALERTS.append(hook, alert.model_copy(update={"retrain_run_id": retrain_run_id}))
+        written.append(alert.alert_id)
+    return written
+
+
+def read_alerts(hook: Any) -> list[MonitoringAlert]:
+    return ALERTS.read_all(hook)
+
+
+def monitor_window(hook: Any, window: MonitoringWindow, config: LoopConfig, economics: Mapping,
+                   references: Mapping[str, pd.DataFrame] | None = None) -> dict:
+    """One monitoring run: read the open cohorts, compute, replace the run's partition of
+    ``model_monitoring``; the alerts it raises (not yet recorded). Returns a small summary."""
+    data = read_cohorts(hook, window)
+    rows = monitoring_rows(data, window, config, economics, references)
+    written = record_rows(hook, window, rows)
+    alerts = decide_alerts(rows, window, config.monitoring)
+    cohorts = sorted(set(rows["cohort_start"])) if written else []
+    log.info("model_monitoring %s: %d rows for %d cohort(s) of %d predictions; %d alert(s)%s",
+             window.as_of_window, written, len(cohorts), len(data), len(alerts),
+             "".join(f"\n  {a.alert_id}: {a.message}" for a in alerts))
+    return {"as_of_window": window.as_of_window, "rows": written, "predictions": len(data),
+            "cohorts": cohorts, "alert_ids": [a.alert_id for a in alerts]}
+
+
+def alerts_of_run(hook: Any, window: MonitoringWindow, config: LoopConfig) -> list[MonitoringAlert]:
+    """The alerts of a run already recorded in ``model_monitoring`` (derived again from its rows)."""
+    return decide_alerts(read_rows(hook, window.as_of_window), window, config.monitoring)

@@ -1,0 +1,188 @@
+"""The deploy_best_model DAG's stages as plain functions (like :mod:`factory_tasks.stages.model_factory`).
+
+Hooks are passed in; every hand-off is a small JSON value or a contract in the CML project or
+the warehouse. See docs/deploy.md for the flow.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from datetime import datetime, timedelta
+from typing import Any
+
+from factory_tasks.core.contracts import (
+    ChampionRef,
+    Choice,
+    DeploymentRecord,
+    GateDecision,
+    Lineage,
+    RetrainRequest,
+    RetrainResult,
+)
+from factory_tasks.core.names import (
+    FACTORY_RUN_ENV,
+    MODEL_ARTIFACT_ENV,
+    MODEL_DIR_ENV,
+    MODEL_ENTRY_POINT,
+    MODEL_FUNCTION,
+    MODEL_NAME,
+    MODEL_VERSION_ENV,
+    RETRAIN_SCRIPT,
+)
+from factory_tasks.loop.selection import choose, review_options
+from factory_tasks.stages.model_factory import load_plan, result_reader
+from factory_tasks.warehouse.deployments import record_deployment, serving
+from factory_tasks.warehouse.outcomes import OutcomeStore
+from factory_tasks.warehouse.promotions import latest_promotion
+
+log = logging.getLogger(__name__)
+
+#: the retrain job's resource profile: one job per profile, like the experiments'
+RETRAIN_JOB_PREFIX = "model-factory-retrain-"
+RETRAIN_CPU = 2.0
+RETRAIN_MEMORY_GB = 4.0
+#: the customer of the deploy operator's smoke test (a real request through the model service)
+SMOKE_CUSTOMER: dict[str, Any] = {"customer_id": "smoke-test", "recency": 6, "history": 250.0, "used_discount": 1,
+                                  "used_bogo": 0, "zip_code": "Urban", "is_referral": 0, "channel": "Web"}
+#: files of a model version copied to object storage for the replicas
+MODEL_FILES = ("model.skops", "model.metadata.json", "model.onnx")
+
+
+def review_window(finished_at: str, minutes: float) -> dict[str, Any]:
+    """When the review window closes: ``minutes`` after the experiments were recorded."""
+    closes = datetime.fromisoformat(finished_at) + timedelta(minutes=float(minutes))
+    return {"finished_at": finished_at, "closes_at": closes.isoformat(), "minutes": float(minutes)}
+
+
+def review_request(warehouse: Any, factory_run_id: str, *, closes_at: str, started_at: str, top: int = 5) -> list[dict]:
+    """Keyword arguments of the one review (HITL) task: the top candidates, the best as the
+    default, a timeout that ends with the window. A list, because the options are known only at
+    run time (``expand_kwargs``)."""
+    outcomes = OutcomeStore(warehouse).read(factory_run_id)
+    options = review_options(outcomes, top)
+    if not options:
+        return []
+    timeout = max(datetime.fromisoformat(closes_at) - datetime.fromisoformat(started_at), timedelta(seconds=1))
+    return [{"options": options, "defaults": [options[0]], "response_timeout": timeout,
+             "body": f"Pick the experiment of factory run {factory_run_id} to deploy. The window closes at "
+                     f"{closes_at}; if nobody answers, the best ({options[0]}) is deployed."}]
+
+
+def choose_experiment(warehouse: Any, factory_run_id: str, *, closes_at: str | None,
+                      review: dict[str, Any] | None, manual_experiment_id: str | None) -> dict[str, Any]:
+    """The :class:`Choice` (see :func:`factory_tasks.loop.selection.choose`), as a JSON value."""
+    choice = choose(OutcomeStore(warehouse).read(factory_run_id), factory_run_id=factory_run_id,
+                    promotion=latest_promotion(warehouse, factory_run_id,
+                                               promoted_by=datetime.fromisoformat(closes_at) if closes_at else None),
+                    review=review,
+                    manual_experiment_id=manual_experiment_id)
+    log.info("chose experiment %s (%s%s): %s", choice.experiment_id, choice.chosen_by,
+             f" by {choice.chosen_by_user}" if choice.chosen_by_user else "", choice.reason)
+    return choice.model_dump(mode="json")
+
+
+def model_version_for(experiment_id: str, snapshot_hash: str, code_version: str) -> str:
+    """The same choice on the same data and code is the same model version."""
+    return f"{experiment_id}-{snapshot_hash[:8]}-{code_version.rsplit('+', 1)[-1][:8]}"
+
+
+def retrain_request(warehouse: Any, cml: Any, choice: dict[str, Any], *, holdout_fraction: float = 0.2) -> list[dict]:
+    """The retrain job run to submit, as ``[{"request": <submit kwargs>, "result_file", "model_version"}]``."""
+    chosen = Choice.from_data(choice, "the choose_experiment task's output")
+    plan = load_plan(cml, chosen.factory_run_id)
+    spec = next(s for s in plan.specs if s.experiment_id == chosen.experiment_id)
+    result = result_reader(cml)(spec.experiment_id)
+    if result is None or result.status != "succeeded":
+        raise ValueError(f"experiment {spec.experiment_id} has no succeeded result to retrain from")
+    champion = serving(warehouse)
+    lineage = Lineage(
+        experiment_id=spec.experiment_id, factory_run_id=chosen.factory_run_id, grid_hash=plan.grid.grid_hash,
+        data_snapshot_path=spec.data_snapshot.path, data_snapshot_hash=spec.data_snapshot.hash,
+        code_version=plan.provenance.code_version, library_versions=plan.provenance.library_versions,
+        chosen_by=chosen.chosen_by, chosen_by_user=chosen.chosen_by_user, choice_reason=chosen.reason)
+    request = RetrainRequest(
+        model_version=model_version_for(spec.experiment_id, spec.data_snapshot.hash, plan.provenance.code_version),
+        spec=spec, cv_estimate=result.metrics[spec.ranking_metric], holdout_fraction=holdout_fraction,
+        champion=ChampionRef(model_version=champion.model_version, artifact_path=champion.artifact_path)
+        if champion else None,
+        lineage=lineage)
+    return [{
+        "request": {
+            "job_name": f"{RETRAIN_JOB_PREFIX}{RETRAIN_CPU:g}cpu-{RETRAIN_MEMORY_GB:g}gb",
+            "script": RETRAIN_SCRIPT,
+            "cpu": RETRAIN_CPU,
+            "memory_gb": RETRAIN_MEMORY_GB,
+            "environment": {RetrainRequest.ENV: request.model_dump_json(), FACTORY_RUN_ENV: chosen.factory_run_id},
+        },
+        "result_file": request.result_path,
+        "model_version": request.model_version,
+    }]
+
+
+def load_retrain_result(cml: Any, model_version: str) -> RetrainResult:
+    path = RetrainResult.path_for(model_version)
+    return RetrainResult.parse(cml.download_file(path), f"retrain result {path}")
+
+
+def gate_decision(warehouse: Any, cml: Any, choice: dict[str, Any], model_version: str, *,
+                  ranking_margin: float, policy_value_margin: float) -> dict[str, Any]:
+    """The champion/challenger decision (:func:`factory_tasks.loop.selection.gate`), logged."""
+    from factory_tasks.loop.selection import gate
+
+    champion = serving(warehouse)
+    decision = gate(load_retrain_result(cml, model_version), Choice.from_data(choice, "choice"),
+                    champion_version=champion.model_version if champion else None,
+                    ranking_margin=ranking_margin, policy_value_margin=policy_value_margin)
+    (log.info if decision.deploy else log.warning)("gate for %s: %s", model_version, decision.reason)
+    return decision.model_dump(mode="json")
+
+
+def publish_model(cml: Any, model_version: str, object_store: Any) -> dict[str, Any]:
+    """Copy a model version's files from the project to object storage, where replicas can
+    read them (a CML build leaves gitignored files out of the image), and return the
+    deployment's environment."""
+    retrain = load_retrain_result(cml, model_version)
+    source_dir = retrain.artifact_path.rsplit("/", 1)[0]
+    target = object_store.joinpath("models", model_version)
+    target.mkdir(parents=True, exist_ok=True)
+    for name in MODEL_FILES:
+        path = f"{source_dir}/{name}"
+        if name == "model.onnx" and not retrain.onnx_path:
+            continue
+        target.joinpath(name).write_bytes(cml.download_file(path))
+    artifact = target.joinpath("model.skops")
+    log.info("published %s to %s", model_version, target)
+    return {MODEL_ARTIFACT_ENV: str(artifact), MODEL_DIR_ENV: str(target), MODEL_VERSION_ENV: model_version}
+
+
+def deploy_request(environment: dict[str, str], *, cpu: float, memory_gb: float, replicas: int) -> dict[str, Any]:
+    """Keyword arguments of the deploy operator."""
+    return {"model_name": MODEL_NAME, "file_path": MODEL_ENTRY_POINT, "function_name": MODEL_FUNCTION,
+            "cpu": cpu, "memory_gb": memory_gb, "replicas": replicas, "environment": environment,
+            "smoke_request": {"customers": [SMOKE_CUSTOMER]}}
+
+
+def record(warehouse: Any, cml: Any, *, model_version: str, deployed: dict[str, Any], decision: dict[str, Any],
+           deployed_at: str) -> dict[str, Any]:
+    """Append the :class:`DeploymentRecord` of a deployment that answered its smoke test."""
+    retrain = load_retrain_result(cml, model_version)
+    lineage = json.loads(cml.download_file(retrain.metadata_path))["lineage"]
+    gate_ = GateDecision.from_data(decision, "the gate task's output")
+    entry = DeploymentRecord(
+        model_version=model_version, model_name=deployed["model_name"], model_id=deployed["model_id"],
+        model_crn=deployed.get("crn"), build_id=deployed["build_id"], deployment_id=deployed["deployment_id"],
+        deployment_crn=deployed.get("deployment_crn"),
+        access_key_ref=f"CML model {deployed['model_id']}: access_key (read from the CML API, never stored here)",
+        artifact_path=retrain.artifact_path, metadata_path=retrain.metadata_path,
+        experiment_id=lineage["experiment_id"], factory_run_id=lineage["factory_run_id"],
+        grid_hash=lineage["grid_hash"], data_snapshot_hash=lineage["data_snapshot_hash"],
+        code_version=lineage["code_version"], chosen_by=lineage["chosen_by"],
+        chosen_by_user=lineage.get("chosen_by_user"), choice_reason=lineage["choice_reason"],
+        gate_reason=gate_.reason, gate_override=gate_.override,
+        replaced_deployment_ids=list(deployed.get("replaced_deployment_ids") or []), deployed_at=deployed_at)
+    record_deployment(warehouse, entry)
+    log.info("recorded deployment %s of %s in model_deployments", entry.deployment_id, model_version)
+    return entry.model_dump(mode="json")
+
+
