@@ -16,8 +16,7 @@ WORKDIR /opt/model-factory
 COPY --chown=airflow:root setup.cfg pyproject.toml constraints.txt README.md ./
 COPY --chown=airflow:root factory_tasks ./factory_tasks
 COPY --chown=airflow:root plugins ./plugins
-COPY --chown=airflow:root cml_workspace ./cml_workspace
-COPY --chown=airflow:root stack ./stack
+COPY --chown=airflow:root local ./local
 COPY --chown=airflow:root dashboards ./dashboards
 # The project, plus what docker-compose.yaml's services need: the Celery provider with Celery's
 # Redis transport (CeleryExecutor, the Redis broker, Flower) and psycopg2 (the PostgreSQL

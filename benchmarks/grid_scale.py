@@ -400,9 +400,9 @@ def run_under_scheduler(var: Path, conf: dict, *, rows: int, timeout_s: float, s
     triggerer builds its in-process execution API on its first call, ≈ 3.5 s)."""
     import psutil
 
+    from cml_workspace.server_process import free_port
     from stack import up as stack_up
     from stack.env import stack_paths
-    from stack.topology import free_port
 
     os.environ["MODEL_FACTORY_VAR"] = str(var)
     paths = stack_paths(var)

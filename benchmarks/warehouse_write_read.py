@@ -4,7 +4,7 @@
 
 Both warehouses go through the same code path (``OutcomeStore`` over an Airflow hook:
 ``HiveServer2Hook`` / ``SqliteHook``). Without ``--hive-uri`` a local HiveServer2 (Spark
-Thrift Server, ``stack.hive``) is started for the run and stopped afterwards. The rows are
+Thrift Server, ``tests/harness/hive.py``) is started for the run and stopped afterwards. The rows are
 realistic (``outcome_row`` of generated specs and result files: ~15% failed runs with NULL
 scores). Each warehouse writes one factory run of N rows (``replace_run``), then rewrites it
 (the idempotent retry path), then reads the outcomes and builds the summary. SQLite is the
@@ -128,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.hive_uri:
         os.environ["AIRFLOW_CONN_BENCH_HIVE"] = args.hive_uri
     else:
-        from stack.hive import start_hiveserver2
+        from tests.harness.hive import start_hiveserver2
 
         started = time.perf_counter()
         server = start_hiveserver2(work / "hive")

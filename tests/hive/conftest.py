@@ -25,7 +25,7 @@ def pytest_collection_modifyitems(items):
 
 @pytest.fixture(scope="session")
 def hive_server(tmp_path_factory):
-    from stack.hive import HiveServerError, find_java_home, start_hiveserver2
+    from tests.harness.hive import HiveServerError, find_java_home, start_hiveserver2
 
     try:
         find_java_home()
@@ -69,7 +69,7 @@ def fast_retries(monkeypatch):
     """Retry waits of zero, three attempts: retry behaviour without the waiting."""
     from tenacity import wait_none
 
-    from factory_tasks.warehouse.sql import HiveDialect
+    from factory_tasks.warehouse.hive import HiveDialect
 
     monkeypatch.setattr(HiveDialect, "retry_wait", wait_none())
     monkeypatch.setattr(HiveDialect, "retry_attempts", 3)

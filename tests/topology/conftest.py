@@ -10,7 +10,7 @@ import os
 
 import pytest
 
-from stack.topology import postgres_bin, redis_bin
+from tests.harness.topology import postgres_bin, redis_bin
 
 IN_CI = os.environ.get("CI") == "true"
 

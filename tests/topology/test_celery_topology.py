@@ -1,4 +1,4 @@
-"""``model_factory`` under the production topology (:mod:`stack.topology`): PostgreSQL metadata
+"""``model_factory`` under the production topology (:mod:`tests.harness.topology`): PostgreSQL metadata
 DB, Redis broker, ``CeleryExecutor`` with two workers that share no disk (own cwd, TMPDIR, HOME,
 AIRFLOW_HOME), a real scheduler, dag-processor, triggerer and api-server (the workers' task
 runners reach its execution API).
@@ -31,7 +31,7 @@ import psutil
 import pytest
 
 from stack.env import stack_paths
-from stack.topology import WORKERS, celery_topology
+from tests.harness.topology import WORKERS, celery_topology
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 

@@ -382,8 +382,11 @@ def test_ports_volumes_and_code_are_consistent():
             assert (REPO / path).exists(), f"Dockerfile copies missing {path}"
     modules = [_command(s)[2] for s in SERVICES.values() if _command(s)[:2] == ["python", "-m"]]
     assert modules
+    # a top-level package lives where setup.cfg's package_dir puts it (local/stack, ...), else at the root
+    package_dir = dict(line.split(" = ") for line in SETUP["options"]["package_dir"].splitlines() if " = " in line)
     for module in modules:
-        assert (REPO / module.replace(".", "/")).exists(), module
+        top, *rest = module.split(".")
+        assert (REPO / package_dir.get(top, top)).joinpath(*rest).exists(), module
     # the image's entrypoint runs `airflow <command>` unless the command is bash or python
     for name, service in SERVICES.items():
         if service.get("build") and "entrypoint" not in service:

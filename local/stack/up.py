@@ -467,10 +467,11 @@ def ensure_training_table(env: dict[str, str], rows: int, table: str | None = No
     os.environ["AIRFLOW_CONN_MODEL_FACTORY_WAREHOUSE"] = env["AIRFLOW_CONN_MODEL_FACTORY_WAREHOUSE"]
     from airflow.sdk import BaseHook
 
+    from factory_tasks.core.names import WAREHOUSE_CONN_ID
     from factory_tasks.core.schema import TRAINING_TABLE
     from factory_tasks.loop.history import ensure_training_table
 
-    hook = BaseHook.get_connection("model_factory_warehouse").get_hook()
+    hook = BaseHook.get_connection(WAREHOUSE_CONN_ID).get_hook()
     return ensure_training_table(hook, n_rows=rows, seed=DEFAULT_SEED, table=table or TRAINING_TABLE)
 
 

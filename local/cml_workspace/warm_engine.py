@@ -1,10 +1,10 @@
 """Warm engines: job runs forked from an interpreter that has already imported the modules
 the jobs need (``serve --preload MODULE ...``), instead of a fresh ``python script.py``.
 
-Why: a scikit-learn job spends ~2 s of CPU importing sklearn, pandas and friends before it
-does any work, and ~0.5 s tearing the interpreter down after. On a 2-core machine running a
-dozen short experiments that is a fifth of the machine. (A CML engine pays this too, plus a
-container start; this is a local speed-up, not a CML feature.) A warm run is still its own
+Why: a fresh interpreter spends CPU importing sklearn, pandas and friends before a job does
+any work, and more tearing itself down after; with many short experiments on a few cores that
+is a large share of the machine. (A CML engine pays this too, plus a container start; this is
+a local speed-up, not a CML feature.) A warm run is still its own
 process: own session and process group, the run's environment, working directory, argv,
 log and exit code, started and recorded by the same wrapper protocol
 (:func:`run_wrapper.supervise`), stopped and timed out the same way, and it outlives a

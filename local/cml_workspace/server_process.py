@@ -34,6 +34,8 @@ from pathlib import Path
 
 import httpx
 
+#: the folder holding this package (``local/`` in the repository), put first on the server's
+#: PYTHONPATH so that ``python -m cml_workspace`` imports this copy of it
 PACKAGE_PARENT = Path(__file__).resolve().parent.parent
 #: the error a server logs when another server holds the root's lock (``Workspace._lock_root``)
 _BUSY = re.compile(r"^\w*Error: (another workspace server \(.*\) is using .+)$", re.MULTILINE)

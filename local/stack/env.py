@@ -13,7 +13,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+#: the repository (this file is local/stack/env.py): dags/, plugins/, config/ and var/ are found from it
+REPO = Path(__file__).resolve().parents[2]
 PROJECT_NAME = "model-factory"
 
 

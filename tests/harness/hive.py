@@ -277,7 +277,7 @@ def hiveserver2(work_dir: Path, port: int | None = None, **kwargs) -> Iterator[H
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m stack.hive [work_dir] [--port N]``: run a server until interrupted."""
+    """``python -m tests.harness.hive [work_dir] [--port N]`` (from the repository): run a server until interrupted."""
     import argparse
 
     parser = argparse.ArgumentParser(description=main.__doc__)

@@ -1,5 +1,6 @@
-"""The production topology on one machine, for the CI test of ``tests/topology``: PostgreSQL
-(Debian's package) as Airflow's metadata DB, Redis (Debian's package) as the Celery broker,
+"""The production topology on one machine, for the CI test of ``tests/topology`` (a test
+harness, not part of the product): PostgreSQL (Debian's package) as Airflow's metadata DB,
+Redis (Debian's package) as the Celery broker,
 ``CeleryExecutor`` with two Celery workers standing in for two machines (each its own working
 directory, ``TMPDIR``, ``HOME``, ``AIRFLOW_HOME`` and artifacts folder, and its own identity:
 ``[core] hostname_callable`` is :func:`worker_hostname`), plus the api-server, scheduler,
@@ -296,6 +297,9 @@ def celery_topology(paths: StackPaths, *, dags: tuple[str, ...] = FACTORY_DAGS, 
             "AIRFLOW__CELERY__WORKER_CONCURRENCY": "2",
             "AIRFLOW__CELERY__WORKER_PREFETCH_MULTIPLIER": "1",
             "AIRFLOW__CORE__HOSTNAME_CALLABLE": f"{__name__}.worker_hostname",
+            # that callable lives in this harness, under tests/: the repository on the path
+            # lets every Airflow process import it
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")])),
             # shared by all "machines", as remote task logging would be; the api-server reads it
             "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(paths.logs / "tasks"),
             "MODEL_FACTORY_OBJECT_STORE": f"file://{paths.var / 'object-store'}",

@@ -88,7 +88,7 @@ def serve_command(port: int, credentials: Path, *, app: Path | tuple[Path, ...] 
         *(f"--allow-websocket-origin={host}:{port}" for host in hosts),
         "--basic-auth", str(credentials), "--num-procs", "1",
         # run each app once at start-up: the imports (Airflow, for the warehouse connection) and
-        # the first reads are paid before anyone visits, not by the first reviewer (~7 s here)
+        # the first reads are paid before anyone visits, not by the first reviewer
         "--warm",
         # a page's HTML from an earlier session of it, the visitor's own built meanwhile
         "--reuse-sessions", "warm", "--setup", str(REPO / "dashboards" / "serve_setup.py"),

@@ -35,7 +35,9 @@ class LocalStack:
         os.environ["AIRFLOW_CONN_MODEL_FACTORY_WAREHOUSE"] = self.env["AIRFLOW_CONN_MODEL_FACTORY_WAREHOUSE"]
         from airflow.sdk import BaseHook
 
-        return BaseHook.get_connection("model_factory_warehouse").get_hook()
+        from factory_tasks.core.names import WAREHOUSE_CONN_ID
+
+        return BaseHook.get_connection(WAREHOUSE_CONN_ID).get_hook()
 
     def cml_hook(self, **options: Any):
         """A :class:`CmlHook` on the local workspace's project (``options`` go to the hook,
