@@ -32,7 +32,7 @@ from factory_tasks.warehouse.loop_tables import (
     RESPONSE_FEED,
     RESPONSE_FEED_SCHEMA,
 )
-from factory_tasks.warehouse.sql import SqliteDialect
+from factory_tasks.warehouse.sqlite import SqliteDialect
 
 HOUR_MS = 3_600_000
 T0_MS = 1_796_083_200_000  # 2026-12-01T00:00:00Z

@@ -1,7 +1,7 @@
 """The warehouse on a real HiveServer2: outcomes and training data, the same as on SQLite.
 
 Every test talks to the session's Spark Thrift Server through Airflow's ``HiveServer2Hook``.
-Spark statements cost ~0.1-1 s each, so each test sends only a few.
+Every Spark statement is planned and run as a Spark job, so each test sends only a few.
 """
 
 from __future__ import annotations
@@ -27,7 +27,9 @@ from factory_tasks.warehouse.outcomes import (
     RunContext,
     outcome_row,
 )
-from factory_tasks.warehouse.sql import Column, HiveDialect, SqliteDialect, WarehouseError, bind, dialect_for
+from factory_tasks.warehouse.hive import HiveDialect, bind
+from factory_tasks.warehouse.sql import Column, WarehouseError, dialect_for
+from factory_tasks.warehouse.sqlite import SqliteDialect
 from factory_tasks.warehouse.training_data import read_training_frame
 from tests.contract_factories import make_result, make_spec
 
@@ -209,7 +211,7 @@ def test_identifiers_are_validated_before_any_statement(table, column):
 def test_unreachable_server_raises_warehouse_error_after_bounded_retries(monkeypatch, fast_retries):
     from airflow.providers.apache.hive.hooks.hive import HiveServer2Hook
 
-    from stack.hive import free_port
+    from tests.harness.hive import free_port
 
     closed = free_port()
     monkeypatch.setenv(

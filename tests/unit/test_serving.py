@@ -18,22 +18,12 @@ import pytest
 from factory_tasks.core.names import MODEL_ENTRY_POINT, MODEL_FUNCTION
 from factory_tasks.core.schema import CUSTOMER_COLUMNS, DEFAULT_ECONOMICS, OFFERS
 from factory_tasks.loop.simulator import simulate_interactions
-from factory_tasks.serving import endpoint as serving
+from factory_tasks.serving import requests as serving_requests
 from factory_tasks.serving.compiled import ONNX_FILENAME, save_compiled
-from factory_tasks.serving.endpoint import (
-    EXAMPLE_REQUEST,
-    MAX_CUSTOMERS,
-    NextBestOfferModel,
-    OfferEconomics,
-    PipelineScorer,
-    RequestError,
-    ServingConfig,
-    ServingConfigError,
-    ServingEntryPoint,
-    load_model_service,
-    parse_request,
-    resolve_cml,
-)
+from factory_tasks.serving.endpoint import ServingEntryPoint, load_model_service, resolve_cml
+from factory_tasks.serving.loading import ServingConfig, ServingConfigError, economics_from_metadata
+from factory_tasks.serving.requests import EXAMPLE_REQUEST, MAX_CUSTOMERS, RequestError, parse_request
+from factory_tasks.serving.scoring import NextBestOfferModel, PipelineScorer
 from factory_tasks.training import artifacts
 from factory_tasks.training.artifacts import save_model
 from factory_tasks.training.features import build_pipeline, counterfactual_proba, feature_frame
@@ -137,7 +127,7 @@ def test_a_bad_request_is_a_structured_error_naming_the_field(request_, field, m
 
 
 def test_validation_covers_every_customer_column():
-    assert {name for name, _ in serving._CHECKS} == set(CUSTOMER_COLUMNS)
+    assert {name for name, _ in serving_requests._CHECKS} == set(CUSTOMER_COLUMNS)
 
 
 def test_a_valid_batch_parses_into_columns():
@@ -181,7 +171,7 @@ def test_expected_values_and_the_next_best_offer_by_hand():
              [0.15, 0.18, 0.13],   # EV 11, 10, 13       -> No Offer
              [0.12, 0.16, 0.08]]   # EV 8, 8, 8 (a tie)  -> Buy One Get One, the first in OFFERS order
     scorer = FixedScorer(proba)
-    model = NextBestOfferModel(scorer, OfferEconomics.from_metadata(ECONOMICS, "test"), "v-test")
+    model = NextBestOfferModel(scorer, economics_from_metadata(ECONOMICS, "test"), "v-test")
 
     response = model.predict({"customers": [customer(customer_id="a"), customer(customer_id="b"), customer(customer_id="c")]})
 
@@ -203,7 +193,7 @@ def test_expected_values_and_the_next_best_offer_by_hand():
 def test_other_economics_change_the_decision():
     scorer = FixedScorer([[0.20, 0.25, 0.10]])
     cheap_discount = {"conversion_value": 50.0, "offer_costs": {"Buy One Get One": 0.0, "Discount": 0.5, "No Offer": 0.0}}
-    model = NextBestOfferModel(scorer, OfferEconomics.from_metadata(cheap_discount, "test"), "v")
+    model = NextBestOfferModel(scorer, economics_from_metadata(cheap_discount, "test"), "v")
 
     (prediction,) = model.predict(customer())["predictions"]
 
@@ -301,7 +291,7 @@ def test_a_failure_inside_is_an_error_without_a_traceback(caplog):
         def offer_proba_columns(self, columns, n):
             raise KeyError("secret internals")
 
-    model = NextBestOfferModel(Exploding(), OfferEconomics.from_metadata(ECONOMICS, "t"), "v")
+    model = NextBestOfferModel(Exploding(), economics_from_metadata(ECONOMICS, "t"), "v")
 
     response = model.predict(customer())
 
@@ -321,7 +311,7 @@ def test_a_request_no_rule_foresaw_is_still_an_answer(model_dirs):
 
 
 def test_non_finite_probabilities_are_never_returned():
-    model = NextBestOfferModel(FixedScorer([[np.nan, 0.1, 0.1]]), OfferEconomics.from_metadata(ECONOMICS, "t"), "v")
+    model = NextBestOfferModel(FixedScorer([[np.nan, 0.1, 0.1]]), economics_from_metadata(ECONOMICS, "t"), "v")
     response = model.predict(customer())
     assert response["error"]["field"] is None
 
@@ -486,7 +476,7 @@ def test_the_economics_must_be_in_the_metadata(economics, message, pipeline, tmp
 
 
 def test_default_economics_are_what_the_grid_would_give():
-    economics = OfferEconomics.from_metadata(DEFAULT_ECONOMICS, "t")
+    economics = economics_from_metadata(DEFAULT_ECONOMICS, "t")
     assert economics.conversion_value == 100.0
     assert economics.offer_costs.tolist() == [4.0, 8.0, 0.0]
 

@@ -27,7 +27,7 @@ from factory_tasks.loop.history import ensure_training_table
 from factory_tasks.loop.simulator import simulate_interactions
 from factory_tasks.stages.model_factory import snapshot_to_project
 from factory_tasks.warehouse.loop_tables import CUSTOMER_INTERACTIONS, CUSTOMER_INTERACTIONS_SCHEMA
-from factory_tasks.warehouse.sql import SqliteDialect
+from factory_tasks.warehouse.sqlite import SqliteDialect
 from factory_tasks.warehouse.training_data import (
     INTERACTION_SCHEMA,
     content_hash,

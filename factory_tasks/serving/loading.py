@@ -1,0 +1,179 @@
+"""Loading a deployment's model: where its files are, fetching them, and the build check that
+decides which scorer serves.
+
+:class:`ServingConfig` reads the deployment's environment (``MF_MODEL_ARTIFACT``,
+``MF_MODEL_DIR``, ``MF_MODEL_VERSION``); a model in remote storage (any fsspec URL) is copied
+into a local cache folder by :func:`fetch_model_files`. :func:`economics_from_metadata` checks
+the economics recorded in ``model.metadata.json``. :func:`choose_scorer` serves with the
+compiled model (:mod:`factory_tasks.serving.compiled`) when ``model.onnx`` is beside
+``model.skops`` and onnxruntime reproduces the skops probabilities on probe customers;
+otherwise with the skops pipeline. Everything here runs once per replica, never per request.
+"""
+
+from __future__ import annotations
+
+import logging
+import posixpath
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import pandas as pd
+
+from factory_tasks.core.names import MODEL_ARTIFACT_ENV, MODEL_DIR_ENV, MODEL_VERSION_ENV
+from factory_tasks.core.schema import OFFERS
+from factory_tasks.serving.requests import RECENCY_MAX, RECENCY_MIN
+from factory_tasks.serving.scoring import OfferEconomics, PipelineScorer
+
+log = logging.getLogger(__name__)
+
+
+class ServingConfigError(RuntimeError):
+    """The deployment's environment or model files are not usable."""
+
+
+def economics_from_metadata(raw: Any, source: str) -> OfferEconomics:
+    """The economics recorded in a model's metadata (``raw``, read from ``source``), checked."""
+    from factory_tasks.core.config_types import Economics as GridEconomics
+
+    if raw is None:
+        raise ServingConfigError(f"{source} has no economics: the model cannot price its offers")
+    try:
+        checked = GridEconomics.model_validate(raw, strict=False)
+    except ValueError as exc:
+        raise ServingConfigError(f"{source}: invalid economics: {' '.join(str(exc).split())}") from None
+    costs = np.array([float(checked.offer_costs[o]) for o in OFFERS], dtype=np.float64)
+    return OfferEconomics(float(checked.conversion_value), costs)
+
+
+def _locate(value: str, name: str, cwd: Path) -> tuple[str, str]:
+    """``(protocol, absolute path)`` of a location: a plain path (relative to ``cwd``) is
+    ``file``; a URL is read the way fsspec reads it (as the deploy DAG's object store writes
+    it: ``file://`` + the path, not percent-encoded)."""
+    if "://" not in value:
+        path = Path(value)
+        return "file", str(path if path.is_absolute() else cwd / path)
+    if value.startswith("file://") and not value.startswith("file:///"):
+        raise ServingConfigError(f"{name}={value!r}: a file:// URL needs an absolute path (file:///...)")
+    from fsspec.core import url_to_fs
+
+    try:
+        fs, path = url_to_fs(value)
+    except (ImportError, ValueError) as exc:  # unknown protocol, or its fsspec driver not installed
+        raise ServingConfigError(f"{name}={value!r} cannot be read: {exc}") from None
+    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+    return ("file" if protocol in ("file", "local") else protocol), path
+
+
+def _model_cache(remote_dir: str) -> Path:
+    import hashlib
+    import tempfile
+
+    digest = hashlib.sha256(remote_dir.encode("utf-8")).hexdigest()[:16]
+    return Path(tempfile.gettempdir()) / "mf-model-cache" / digest
+
+
+@dataclass(frozen=True)
+class ServingConfig:
+    """Where the deployment's model is: the skops file, its folder, the version it serves.
+
+    ``artifact`` and ``model_dir`` are local paths. When the environment names a remote
+    location (any fsspec URL, e.g. the deploy DAG's object store), ``remote_artifact`` is that
+    URL and the local paths are a cache folder that :func:`fetch_model_files` fills at load.
+    """
+
+    artifact: Path
+    model_dir: Path
+    model_version: str | None = None
+    remote_artifact: str | None = None
+
+    @classmethod
+    def from_environ(cls, environ: Mapping[str, str], cwd: Path | None = None) -> "ServingConfig":
+        """From ``MF_MODEL_ARTIFACT`` (project-relative or absolute path, or a URL: ``file://``,
+        ``s3://`` ... as fsspec reads them), ``MF_MODEL_DIR`` (default: the artifact's folder;
+        it must be that folder) and ``MF_MODEL_VERSION`` (optional)."""
+        cwd = Path.cwd() if cwd is None else Path(cwd)
+        raw = (environ.get(MODEL_ARTIFACT_ENV) or "").strip()
+        if not raw:
+            raise ServingConfigError(f"{MODEL_ARTIFACT_ENV} is not set: the deployment needs the location of model.skops")
+        protocol, path = _locate(raw, MODEL_ARTIFACT_ENV, cwd)
+        folder = posixpath.dirname(path.rstrip("/"))
+        raw_dir = (environ.get(MODEL_DIR_ENV) or "").strip()
+        if raw_dir:
+            dir_protocol, dir_path = _locate(raw_dir, MODEL_DIR_ENV, cwd)
+            same = (dir_protocol == protocol and (
+                Path(dir_path).resolve() == Path(folder).resolve() if protocol == "file"
+                else dir_path.rstrip("/") == folder))
+            if not same:
+                raise ServingConfigError(
+                    f"{MODEL_DIR_ENV}={raw_dir!r} is not the folder of {MODEL_ARTIFACT_ENV}={raw!r}: "
+                    "the metadata and model.onnx live beside model.skops"
+                )
+        version = (environ.get(MODEL_VERSION_ENV) or "").strip() or None
+        if protocol == "file":
+            return cls(artifact=Path(path), model_dir=Path(folder), model_version=version)
+        cache = _model_cache(f"{protocol}://{folder}")
+        return cls(artifact=cache / posixpath.basename(path), model_dir=cache, model_version=version,
+                   remote_artifact=raw)
+
+
+def fetch_model_files(config: ServingConfig) -> None:
+    """Copy a remote model's files (skops, metadata, ``model.onnx`` if there) into the local
+    cache folder of ``config``; nothing to do for a local model."""
+    if config.remote_artifact is None:
+        return
+    from fsspec.core import url_to_fs
+
+    from factory_tasks.core.atomic import write_atomic
+    from factory_tasks.serving.compiled import ONNX_FILENAME
+    from factory_tasks.training.artifacts import METADATA_FILENAME
+
+    fs, path = url_to_fs(config.remote_artifact)
+    folder = posixpath.dirname(path.rstrip("/"))
+    for name in (posixpath.basename(path), METADATA_FILENAME, ONNX_FILENAME):
+        source, target = f"{folder}/{name}", config.model_dir / name
+        if name == ONNX_FILENAME and not fs.exists(source):
+            target.unlink(missing_ok=True)  # never serve a stale compiled copy
+            continue
+        try:
+            write_atomic(target, fs.cat_file(source))
+        except FileNotFoundError:
+            raise FileNotFoundError(f"no model file at {config.remote_artifact.rsplit('/', 1)[0]}/{name}") from None
+    log.info("fetched the model files of %s into %s", config.remote_artifact, config.model_dir)
+
+
+def _probe_customers() -> pd.DataFrame:
+    """Customers the compiled model must agree with skops on before it serves: simulated ones
+    plus the corners of the valid input space."""
+    from factory_tasks.loop.simulator import simulate_customers
+
+    probe = simulate_customers(200, seed=20_240_601)
+    corners = pd.DataFrame({
+        "recency": [RECENCY_MIN, RECENCY_MAX, RECENCY_MIN, RECENCY_MAX],
+        "history": [0.0, 29.99, 3345.93, 250_000.0],
+        "used_discount": [0, 1, 1, 0], "used_bogo": [1, 0, 1, 1],
+        "zip_code": ["Surburban", "Urban", "Rural", "Urban"], "is_referral": [0, 1, 1, 0],
+        "channel": ["Web", "Phone", "Multichannel", "Web"],
+    })
+    return pd.concat([probe, corners], ignore_index=True)
+
+
+def choose_scorer(pipeline: Any, model_dir: Path) -> tuple[Any, str]:
+    """The compiled scorer if ``model.onnx`` is there and agrees with skops, else the pipeline."""
+    from factory_tasks.serving.compiled import ONNX_FILENAME, TOLERANCE, CompiledScorer, parity_gap
+
+    skops = PipelineScorer(pipeline)
+    onnx_path = model_dir / ONNX_FILENAME
+    if not onnx_path.is_file():
+        return skops, f"no {ONNX_FILENAME} beside the model"
+    try:
+        compiled = CompiledScorer.from_file(onnx_path)
+        gap = parity_gap(compiled, pipeline, _probe_customers())
+    except Exception as exc:  # e.g. onnxruntime missing, a corrupt file: serve from skops
+        log.warning("not using %s: %s: %s", onnx_path, type(exc).__name__, exc)
+        return skops, f"{ONNX_FILENAME} unusable ({type(exc).__name__}: {exc})"
+    if not gap <= TOLERANCE:
+        log.warning("not using %s: it differs from model.skops by %.3g (> %g)", onnx_path, gap, TOLERANCE)
+        return skops, f"{ONNX_FILENAME} differs from model.skops by {gap:.3g}"
+    return compiled, f"{ONNX_FILENAME} agrees with model.skops (max |dP| {gap:.3g})"

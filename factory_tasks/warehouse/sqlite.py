@@ -1,0 +1,134 @@
+"""SQLite, the embedded default warehouse (``SqliteHook``, sqlite3): the shared dialect
+interface of :mod:`factory_tasks.warehouse.sql` in SQLite's SQL.
+
+A partition is the rows holding one value of its key column (indexed); a run's rows are
+replaced by a delete and an insert in one transaction, so readers see the old rows or the new
+ones, never a mix.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable, Sequence
+
+from factory_tasks.warehouse.sql import (
+    Column,
+    Dialect,
+    checked_identifier,
+    coerce_value,
+    column_names,
+)
+
+
+class SqliteDialect(Dialect):
+    """SQLite through Airflow's ``SqliteHook`` (or any hook whose ``get_conn`` is sqlite3)."""
+
+    name = "sqlite"
+    _types = {"string": "TEXT", "double": "REAL", "bigint": "INTEGER"}
+
+    def create_table(
+        self, hook: Any, table: str, columns: Sequence[Column], partition_by: str | None = None
+    ) -> None:
+        cols = ", ".join(f"{checked_identifier(c.name)} {self._types[c.type]}" for c in columns)
+        conn = hook.get_conn()
+        try:
+            with conn:
+                conn.execute(f"CREATE TABLE IF NOT EXISTS {checked_identifier(table)} ({cols})")
+                if partition_by:
+                    conn.execute(
+                        f"CREATE INDEX IF NOT EXISTS {table}_{partition_by}_idx "
+                        f"ON {table} ({checked_identifier(partition_by)})"
+                    )
+        finally:
+            conn.close()
+
+    def replace_partition(
+        self,
+        hook: Any,
+        table: str,
+        columns: Sequence[Column],
+        key: str,
+        value: str,
+        rows: Iterable[dict[str, Any]],
+    ) -> None:
+        names = [checked_identifier(c.name) for c in columns]
+        insert = (
+            f"INSERT INTO {checked_identifier(table)} ({', '.join(names)}) "
+            f"VALUES ({', '.join('?' for _ in names)})"
+        )
+        values = [tuple(coerce_value(r.get(c.name), c) for c in columns) for r in rows]
+        conn = hook.get_conn()
+        try:
+            # One transaction: readers see the old rows or the new ones, never a mix.
+            with conn:
+                conn.execute(f"DELETE FROM {table} WHERE {checked_identifier(key)} = ?", (value,))
+                conn.executemany(insert, values)
+        finally:
+            conn.close()
+
+    def select(
+        self, hook: Any, table: str, columns: Sequence[str], where: dict[str, Any] | None = None
+    ) -> list[tuple]:
+        sql = f"SELECT {', '.join(column_names(columns))} FROM {checked_identifier(table)}"
+        params: tuple = ()
+        if where:
+            sql += " WHERE " + " AND ".join(f"{checked_identifier(k)} = ?" for k in where)
+            params = tuple(where.values())
+        conn = hook.get_conn()
+        try:
+            return [tuple(r) for r in conn.execute(sql, params).fetchall()]
+        finally:
+            conn.close()
+
+    def select_between(
+        self, hook: Any, table: str, columns: Sequence[str], column: str, low: Any, high: Any,
+        where: dict[str, Any] | None = None,
+    ) -> list[tuple]:
+        """Rows with ``low <= column < high`` (and the ``where`` equalities), ``columns`` only."""
+        sql = (f"SELECT {', '.join(column_names(columns))} FROM {checked_identifier(table)} "
+               f"WHERE {checked_identifier(column)} >= ? AND {column} < ?")
+        params: tuple = (low, high)
+        if where:
+            sql += "".join(f" AND {checked_identifier(k)} = ?" for k in where)
+            params += tuple(where.values())
+        conn = hook.get_conn()
+        try:
+            return conn.execute(sql, params).fetchall()
+        finally:
+            conn.close()
+
+    def table_exists(self, hook: Any, table: str) -> bool:
+        conn = hook.get_conn()
+        try:
+            row = conn.execute(
+                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?",
+                (checked_identifier(table),),
+            ).fetchone()
+            return row is not None
+        finally:
+            conn.close()
+
+    def columns(self, hook: Any, table: str) -> list[str]:
+        """The table's column names in table order (empty if there is no such table)."""
+        conn = hook.get_conn()
+        try:
+            rows = conn.execute(f"PRAGMA table_info({checked_identifier(table)})").fetchall()
+            return [str(r[1]) for r in rows]
+        finally:
+            conn.close()
+
+    def append_rows(
+        self, hook: Any, table: str, columns: Sequence[Column], rows: Iterable[tuple]
+    ) -> None:
+        """Append rows (tuples in ``columns`` order) in one transaction."""
+        names = [checked_identifier(c.name) for c in columns]
+        insert = (
+            f"INSERT INTO {checked_identifier(table)} ({', '.join(names)}) "
+            f"VALUES ({', '.join('?' for _ in names)})"
+        )
+        values = (tuple(coerce_value(v, c) for v, c in zip(row, columns, strict=True)) for row in rows)
+        conn = hook.get_conn()
+        try:
+            with conn:
+                conn.executemany(insert, values)
+        finally:
+            conn.close()
