@@ -2,7 +2,7 @@
 
 The store speaks to any DB-API hook (Airflow's ``SqliteHook``, ``HiveServer2Hook`` ...) passed
 in by the caller; it never imports Airflow. Every SQL difference between warehouses lives in
-:mod:`factory_tasks.warehouse.sql`.
+the engine modules (:mod:`factory_tasks.warehouse.sqlite`, :mod:`factory_tasks.warehouse.hive`).
 """
 
 from __future__ import annotations

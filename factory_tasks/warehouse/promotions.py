@@ -3,7 +3,7 @@
 Each promotion is one :class:`~factory_tasks.core.contracts.Promotion` appended as one row to the
 warehouse table ``model_promotions`` (``Promotion.TABLE``; SQLite or Hive, through the same
 DB-API hook as ``experiment_outcomes``; every SQL difference lives in
-:mod:`factory_tasks.warehouse.sql`, values are bound). The table is created if absent, never
+the engine modules beside it, values are bound). The table is created if absent, never
 dropped, and only ever appended to: the decision for a factory run is its promotion with the
 latest ``promoted_at``. The dashboard writes it (the reviewer is the signed-in user), the
 deploy DAG reads it. A row that does not parse against the contract is reported, as a
