@@ -1,6 +1,6 @@
 """Scale: an N-point grid of a tiny model through ``model_factory`` under the real scheduler.
 
-Starts the stack of ``make up`` (``stack/up.py``: the local CML workspace, api-server,
+Starts the stack of ``make up`` (``local/stack/up.py``: the local CML workspace, api-server,
 scheduler with LocalExecutor, dag-processor, triggerer, dashboards) in a fresh temporary
 ``var/``, pauses every DAG but ``model_factory`` (the hourly loop DAGs would otherwise run
 beside it), triggers ``model_factory`` through the REST API on a generated grid file — N

@@ -1,4 +1,5 @@
-"""Importing this module imports everything an experiment job run needs (~2 s of CPU).
+"""Importing this module imports everything an experiment job run needs (scikit-learn, pandas,
+pyarrow, skops: the bulk of a fresh run's start-up).
 
 A workspace that keeps warm engines imports it once and forks every run from there
 (``python -m cml_workspace serve --preload factory_tasks.jobs.preload``); the job itself

@@ -203,7 +203,7 @@ def test_model_factory_on_two_celery_workers(var, tmp_path):
         # a second: neither alone overlaps reliably; max_parallel 4 lets four go at once on the
         # workers' four slots and holds the other two back until a run ends).
         # Overlap *across* workers is counted, not required: under load one worker can take
-        # every submit just before the other is free (CI once saw a 24 ms gap at load 11).
+        # every submit just before the other is free.
         finished = {r.environment.get("MF_EXPERIMENT_ID"): _when(r.finished_at) for r in ours
                     if r.status.is_successful}
         spans = [((t["task_id"], t["map_index"], t["hostname"]), _when(t["start_date"]),
