@@ -1,8 +1,10 @@
 """Cloudera Machine Learning (API v2) integration for Airflow, packaged like a provider.
 
 - :mod:`cml_provider.hooks.cml` — ``CmlHook``, the only code that speaks HTTP to API v2 and
-  the model service (its base in :mod:`cml_provider.hooks.cml_base`, the endpoint table in
-  :mod:`cml_provider.hooks.endpoints`)
+  the model service (its configuration in :mod:`cml_provider.hooks.connection`, its choke point
+  in :mod:`cml_provider.hooks.cml_base`, its endpoints by area in :mod:`~cml_provider.hooks.jobs`,
+  :mod:`~cml_provider.hooks.files`, :mod:`~cml_provider.hooks.model_builds` and
+  :mod:`~cml_provider.hooks.deployments`, the endpoint table in :mod:`cml_provider.hooks.endpoints`)
 - :mod:`cml_provider.operators.cml` — ``CmlJobRunOperator`` (idempotent job-run submit)
 - :mod:`cml_provider.operators.deploy` — ``CmlDeployModelOperator`` (build, deploy, smoke-test, replace)
 - :mod:`cml_provider.sensors.cml` — ``CmlJobRunSensor`` (deferrable wait)

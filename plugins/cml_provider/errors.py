@@ -1,5 +1,5 @@
-"""Named errors of the CML provider, the mapping from HTTP answers to them, and the retry
-predicates the hook's single retry policy uses.
+"""Named errors of the CML provider, the mapping from HTTP answers (and from calls that got
+none) to them, and the retry predicates the hook's single retry policy uses.
 
 Every error the hook raises is a :class:`CmlError`. An HTTP error status becomes a
 :class:`CmlApiError` subclass carrying ``status_code`` and the parsed ``body``
@@ -28,6 +28,7 @@ __all__ = [
     "CmlRateLimitError",
     "CmlServerError",
     "error_from_response",
+    "error_from_transport",
     "is_retryable",
     "is_safe_to_repeat",
 ]
@@ -175,8 +176,21 @@ def error_from_response(
     return cls(message, status_code=status, body=body, method=method, path=path)
 
 
-#: the name the hook module used before this module existed
-_error_from_response = error_from_response
+def error_from_transport(
+    exc: httpx.TransportError, method: str, path: str, base_url: str, service: str = "CML API"
+) -> CmlError:
+    """The named error for a call that got no HTTP answer: a bad URL is a configuration error;
+    anything else a :class:`CmlConnectionError` that says whether the request may have landed."""
+    if isinstance(exc, (httpx.UnsupportedProtocol, httpx.InvalidURL)):
+        return CmlConfigurationError(f"Invalid {service} URL {base_url!r}: {exc}")
+    not_sent = isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout))
+    kind = "did not answer in time" if isinstance(exc, httpx.TimeoutException) else "could not be reached"
+    return CmlConnectionError(
+        f"The {service} at {base_url} {kind} ({method} {path}): {type(exc).__name__}: {exc}",
+        method=method,
+        path=path,
+        request_sent=not not_sent,
+    )
 
 
 def is_retryable(exc: BaseException) -> bool:

@@ -11,6 +11,7 @@ subclasses), not a silent "still running": a poller that mistakes an unknown fin
 from __future__ import annotations
 
 from enum import StrEnum
+from typing import ClassVar, Self
 
 __all__ = [
     "CmlBuildStatus",
@@ -23,21 +24,35 @@ __all__ = [
 ]
 
 
-class UnknownCmlStatusError(ValueError):
-    """The workspace answered with a status string this provider does not know."""
+class _CmlStatus(StrEnum):
+    """A status enum with one strict parser; each enum says only how it reads a raw string
+    (:meth:`_key`)."""
+
+    @classmethod
+    def _key(cls, text: str) -> str:
+        """The member value that ``text`` (stripped, not empty) stands for."""
+        return text
+
+    @classmethod
+    def parse(cls, value: object) -> Self:
+        """A member, or a status string from the API read by :meth:`_key`; anything else raises
+        the enum's subclass of :class:`UnknownCmlStatusError`."""
+        if isinstance(value, cls):
+            return value
+        if isinstance(value, str) and value.strip():
+            try:
+                return cls(cls._key(value.strip()))
+            except ValueError:
+                pass
+        raise _UNKNOWN_STATUS_ERRORS[cls](value)
 
 
-class UnknownJobRunStatusError(UnknownCmlStatusError):
-    """The workspace answered with a job run status this provider does not know."""
+class JobRunStatus(_CmlStatus):
+    """Status of a CML job run (``JobRun.status``).
 
-    def __init__(self, value: object) -> None:
-        self.value = value
-        valid = ", ".join(s.value for s in JobRunStatus)
-        super().__init__(f"{value!r} is not a known CML job run status. Valid statuses are: {valid}")
-
-
-class JobRunStatus(StrEnum):
-    """Status of a CML job run (``JobRun.status``)."""
+    :meth:`parse` accepts the documented ``ENGINE_*`` form and, tolerantly, the same names in
+    another case or without the ``ENGINE_`` prefix (``"succeeded"``).
+    """
 
     SCHEDULING = "ENGINE_SCHEDULING"
     STARTING = "ENGINE_STARTING"
@@ -70,24 +85,9 @@ class JobRunStatus(StrEnum):
         return not self.is_terminal
 
     @classmethod
-    def parse(cls, value: object) -> JobRunStatus:
-        """Parse a status string from the API.
-
-        Accepts the documented ``ENGINE_*`` form and, tolerantly, the same names in another
-        case or without the ``ENGINE_`` prefix (``"succeeded"``). Anything else raises
-        :class:`UnknownJobRunStatusError`.
-        """
-        if isinstance(value, cls):
-            return value
-        if not isinstance(value, str) or not value.strip():
-            raise UnknownJobRunStatusError(value)
-        key = value.strip().upper()
-        if not key.startswith("ENGINE_"):
-            key = f"ENGINE_{key}"
-        try:
-            return cls(key)
-        except ValueError:
-            raise UnknownJobRunStatusError(value) from None
+    def _key(cls, text: str) -> str:
+        key = text.upper()
+        return key if key.startswith("ENGINE_") else f"ENGINE_{key}"
 
 
 _TERMINAL = frozenset(
@@ -102,17 +102,11 @@ _TERMINAL = frozenset(
 
 
 # --- Model builds and deployments ------------------------------------------------------------
-class UnknownBuildStatusError(UnknownCmlStatusError):
-    """The workspace answered with a model build status this provider does not know."""
+class CmlBuildStatus(_CmlStatus):
+    """Status of a CML model build (``ModelBuild.status``).
 
-    def __init__(self, value: object) -> None:
-        self.value = value
-        valid = ", ".join(repr(s.value) for s in CmlBuildStatus)
-        super().__init__(f"{value!r} is not a known CML model build status. Valid statuses are: {valid}")
-
-
-class CmlBuildStatus(StrEnum):
-    """Status of a CML model build (``ModelBuild.status``)."""
+    :meth:`parse` reads it case-insensitively, ``_`` as a space (``BUILD_FAILED``).
+    """
 
     PENDING = "pending"
     QUEUED = "queued"
@@ -138,35 +132,13 @@ class CmlBuildStatus(StrEnum):
         return self in (CmlBuildStatus.BUILD_FAILED, CmlBuildStatus.TIMEDOUT)
 
     @classmethod
-    def parse(cls, value: object) -> CmlBuildStatus:
-        """Parse ``ModelBuild.status``, case-insensitively, ``_`` read as a space (``BUILD_FAILED``).
-
-        Anything else raises :class:`UnknownBuildStatusError`.
-        """
-        if isinstance(value, cls):
-            return value
-        if not isinstance(value, str) or not value.strip():
-            raise UnknownBuildStatusError(value)
-        key = " ".join(value.strip().lower().replace("_", " ").split())
-        try:
-            return cls(key)
-        except ValueError:
-            raise UnknownBuildStatusError(value) from None
+    def _key(cls, text: str) -> str:
+        return " ".join(text.lower().replace("_", " ").split())
 
 
-class UnknownDeploymentStatusError(UnknownCmlStatusError):
-    """The workspace answered with a model deployment status this provider does not know."""
-
-    def __init__(self, value: object) -> None:
-        self.value = value
-        valid = ", ".join(repr(s.value) for s in CmlDeploymentStatus)
-        super().__init__(
-            f"{value!r} is not a known CML model deployment status. Valid statuses are: {valid}"
-        )
-
-
-class CmlDeploymentStatus(StrEnum):
-    """Status of a CML model deployment (``ModelDeployment.status``)."""
+class CmlDeploymentStatus(_CmlStatus):
+    """Status of a CML model deployment (``ModelDeployment.status``); :meth:`parse` reads it
+    case-insensitively."""
 
     PENDING = "pending"
     DEPLOYING = "deploying"
@@ -194,17 +166,8 @@ class CmlDeploymentStatus(StrEnum):
         return self in _DEPLOYMENT_ACTIVE
 
     @classmethod
-    def parse(cls, value: object) -> CmlDeploymentStatus:
-        """Parse ``ModelDeployment.status`` case-insensitively; anything else raises
-        :class:`UnknownDeploymentStatusError`."""
-        if isinstance(value, cls):
-            return value
-        if not isinstance(value, str) or not value.strip():
-            raise UnknownDeploymentStatusError(value)
-        try:
-            return cls(value.strip().lower())
-        except ValueError:
-            raise UnknownDeploymentStatusError(value) from None
+    def _key(cls, text: str) -> str:
+        return text.lower()
 
 
 _DEPLOYMENT_TERMINAL = frozenset(
@@ -213,3 +176,49 @@ _DEPLOYMENT_TERMINAL = frozenset(
 _DEPLOYMENT_ACTIVE = frozenset(
     {CmlDeploymentStatus.PENDING, CmlDeploymentStatus.DEPLOYING, CmlDeploymentStatus.DEPLOYED}
 )
+
+
+# --- Unknown statuses ------------------------------------------------------------------------
+class UnknownCmlStatusError(ValueError):
+    """The workspace answered with a status string this provider does not know (raised as the
+    subclass of the status's enum; the message lists the known statuses)."""
+
+    #: what the message says the status belongs to ("job run")
+    subject: ClassVar[str]
+    #: the enum of the known statuses
+    statuses: ClassVar[type[_CmlStatus]]
+    #: list the known statuses as ``'pending'`` rather than ``pending`` (values with spaces)
+    quoted: ClassVar[bool] = True
+
+    def __init__(self, value: object) -> None:
+        self.value = value
+        valid = ", ".join(repr(s.value) if self.quoted else s.value for s in self.statuses)
+        super().__init__(f"{value!r} is not a known CML {self.subject} status. Valid statuses are: {valid}")
+
+
+class UnknownJobRunStatusError(UnknownCmlStatusError):
+    """The workspace answered with a job run status this provider does not know."""
+
+    subject = "job run"
+    statuses = JobRunStatus
+    quoted = False
+
+
+class UnknownBuildStatusError(UnknownCmlStatusError):
+    """The workspace answered with a model build status this provider does not know."""
+
+    subject = "model build"
+    statuses = CmlBuildStatus
+
+
+class UnknownDeploymentStatusError(UnknownCmlStatusError):
+    """The workspace answered with a model deployment status this provider does not know."""
+
+    subject = "model deployment"
+    statuses = CmlDeploymentStatus
+
+
+_UNKNOWN_STATUS_ERRORS: dict[type[_CmlStatus], type[UnknownCmlStatusError]] = {
+    error.statuses: error
+    for error in (UnknownJobRunStatusError, UnknownBuildStatusError, UnknownDeploymentStatusError)
+}

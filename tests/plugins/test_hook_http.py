@@ -7,20 +7,24 @@ import json
 
 import pytest
 import tenacity
-from cml_provider.hooks.cml import (
+from cml_provider.errors import (
     CmlApiError,
     CmlAuthError,
     CmlBadRequestError,
     CmlConfigurationError,
     CmlConnectionError,
     CmlFileExistsError,
-    CmlHook,
     CmlNotFoundError,
     CmlRateLimitError,
     CmlServerError,
+)
+from cml_provider.hooks.cml import CmlHook
+from cml_provider.hooks.endpoints import (
+    CREATE_JOB,
+    GET_JOB_RUN,
+    LIST_PROJECTS,
     normalise_workspace_url,
 )
-from cml_provider.hooks.endpoints import CREATE_JOB, GET_JOB_RUN, LIST_PROJECTS
 from cml_provider.states import JobRunStatus, UnknownJobRunStatusError
 
 TEST_API_KEY = "test-api-key-0123456789"

@@ -7,16 +7,16 @@ import asyncio
 import json
 
 import pytest
-from cml_provider.hooks.cml import (
+from cml_provider.errors import (
     CmlBadRequestError,
     CmlConfigurationError,
-    CmlHook,
-    CmlModel,
     CmlModelServiceError,
     CmlNotFoundError,
     CmlRateLimitError,
     CmlServerError,
 )
+from cml_provider.hooks.cml import CmlHook
+from cml_provider.models import CmlModel
 from cml_provider.states import (
     CmlBuildStatus,
     CmlDeploymentStatus,

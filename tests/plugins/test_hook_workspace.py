@@ -5,12 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
-from cml_provider.hooks.cml import (
-    CmlAuthError,
-    CmlFileExistsError,
-    CmlHook,
-    CmlNotFoundError,
-)
+from cml_provider.errors import CmlAuthError, CmlFileExistsError, CmlNotFoundError
+from cml_provider.hooks.cml import CmlHook
 from cml_provider.states import JobRunStatus
 
 pytestmark = pytest.mark.integration

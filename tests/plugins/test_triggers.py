@@ -190,7 +190,7 @@ def test_capacity_triggers_of_one_dag_run_share_a_count_per_poll(cml_conn, hook,
 
     try:
         # five deferred tasks of one DAG run, polling every 0.2 s for 1 s: one count per interval
-        # between them (~6), where each used to count for itself (~30)
+        # between them (about 6), not one per task and interval (about 30)
         events = _gather([capacity(1, 0.2, 1.0) for _ in range(5)])
         assert [(e["status"], e["active"]) for e in events] == [("timeout", 1)] * 5
         assert calls.count(LIST_JOB_RUNS) == calls.count(LIST_JOBS) <= 9, calls

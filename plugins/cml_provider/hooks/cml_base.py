@@ -1,5 +1,5 @@
-"""The base of :class:`~cml_provider.hooks.cml.CmlHook`: configuration, the HTTP choke point,
-retries and pagination (like Airflow's ``BaseDatabricksHook``).
+"""The base of :class:`~cml_provider.hooks.cml.CmlHook`: the HTTP choke point, retries,
+pagination and the project lookup (like Airflow's ``BaseDatabricksHook``).
 
 Every call goes through one choke point, :meth:`BaseCmlHook._do_api_call` (and its async twin
 :meth:`BaseCmlHook._a_do_api_call` used by triggers), with an endpoint constant from
@@ -9,13 +9,15 @@ timeouts, HTTP 429 and 5xx are retried, any other 4xx fails fast; calls that cre
 are repeated only when the request surely did not land (:data:`~cml_provider.hooks.endpoints.NON_IDEMPOTENT`).
 Failures surface as the named exceptions of :mod:`cml_provider.errors`.
 
-The thin one-method-per-endpoint API lives in :class:`~cml_provider.hooks.cml.CmlHook`.
+Which workspace and key the calls use comes from
+:class:`~cml_provider.hooks.connection.CmlConnectionHook`; the thin one-method-per-endpoint API
+lives in the mixins that :class:`~cml_provider.hooks.cml.CmlHook` combines.
 """
 
 from __future__ import annotations
 
 import ssl
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from datetime import timedelta
 from functools import cached_property, lru_cache
 from typing import Any, Self
@@ -23,26 +25,22 @@ from typing import Any, Self
 import httpx
 import tenacity
 
-from airflow.sdk.bases.hook import BaseHook
+from cml_provider.durations import seconds
 from cml_provider.errors import (
     CmlApiError,
     CmlAuthError,
-    CmlConfigurationError,
-    CmlConnectionError,
     CmlError,
-    CmlNotFoundError,
     error_from_response,
+    error_from_transport,
     is_retryable,
     is_safe_to_repeat,
 )
+from cml_provider.hooks.connection import CmlConnectionHook
 from cml_provider.hooks.endpoints import (
     LIST_PROJECTS,
     NON_IDEMPOTENT,
     Endpoint,
-    default_model_service_url,
     encode_search_filter,
-    normalise_service_url,
-    normalise_workspace_url,
     render_path,
 )
 from cml_provider.models import CmlProject, CmlWorkspaceConfig
@@ -70,21 +68,9 @@ class _ApiKey:
 API_KEY = _ApiKey()
 
 
-class BaseCmlHook(BaseHook):
-    """Talk to a CML workspace through API v2 (configuration, choke point, retries, pagination).
+class BaseCmlHook(CmlConnectionHook):
+    """Talk to a CML workspace through API v2 (choke point, retries, pagination, project lookup).
 
-    :param cml_conn_id: Airflow connection id (ignored when ``host`` and ``api_key`` are given).
-    :param host: workspace URL, to use the hook without an Airflow connection.
-    :param api_key: API v2 key, to use the hook without an Airflow connection.
-    :param project_id: project id; overrides the connection's extra.
-    :param project_name: project name, resolved to an id by listing projects.
-    :param runtime_identifier: default ML Runtime image for jobs and model builds created
-        without one (required by CML in ML Runtimes projects); overrides the connection's extra.
-    :param model_service_url: base URL of the model service (``POST <it>/model``); overrides
-        the connection extra ``model_service_url``. Default: ``https://modelservice.<workspace
-        host>`` for https workspaces.
-    :param model_api_key: key sent as ``Authorization: Bearer`` to models with authentication
-        enabled; overrides the connection extra ``model_api_key``. Default: the API key.
     :param retry_limit: attempts per API call (>= 1) for retryable failures.
     :param retry_delay: base of the exponential backoff, in seconds (a ``timedelta`` is accepted).
     :param retry_args: tenacity keyword arguments that override the defaults, e.g.
@@ -93,16 +79,14 @@ class BaseCmlHook(BaseHook):
     :param page_size: ``page_size`` asked for on list calls (the server may send fewer;
         pagination always follows ``next_page_token``).
     :param verify: TLS verification (``True``, ``False`` or a CA bundle path).
-    """
 
-    conn_name_attr = "cml_conn_id"
-    default_conn_name = "cml_default"
-    conn_type = "cml"
-    hook_name = "Cloudera Machine Learning"
+    The other parameters say which workspace, key and project to use:
+    :class:`~cml_provider.hooks.connection.CmlConnectionHook`.
+    """
 
     def __init__(
         self,
-        cml_conn_id: str = default_conn_name,
+        cml_conn_id: str = CmlConnectionHook.default_conn_name,
         *,
         host: str | None = None,
         api_key: str | None = None,
@@ -118,27 +102,23 @@ class BaseCmlHook(BaseHook):
         page_size: int | None = DEFAULT_PAGE_SIZE,
         verify: bool | str = True,
     ) -> None:
-        super().__init__()
         if retry_limit < 1:
             raise ValueError("retry_limit must be at least 1")
-        if (host is None) != (api_key is None):
-            raise ValueError("Pass both host and api_key to use the hook without an Airflow connection")
-        self.cml_conn_id = cml_conn_id
-        if isinstance(retry_delay, timedelta):  # e.g. an operator's Airflow ``retry_delay``
-            retry_delay = retry_delay.total_seconds()
+        super().__init__(
+            cml_conn_id,
+            host=host,
+            api_key=api_key,
+            project_id=project_id,
+            project_name=project_name,
+            runtime_identifier=runtime_identifier,
+            model_service_url=model_service_url,
+            model_api_key=model_api_key,
+        )
         self.retry_limit = retry_limit
-        self.retry_delay = float(retry_delay)
+        self.retry_delay = seconds(retry_delay)  # e.g. an operator's Airflow ``retry_delay``
         self.timeout = timeout
         self.page_size = page_size
         self.verify = verify
-        self._explicit_host = host
-        self._explicit_api_key = api_key
-        self._explicit_project_id = project_id
-        self._explicit_project_name = project_name
-        self._explicit_runtime_identifier = runtime_identifier
-        self._explicit_model_service_url = model_service_url
-        self._explicit_model_api_key = model_api_key
-        self._resolved_config: CmlWorkspaceConfig | None = None
         self._project_id: str | None = None
         self._retry_args: dict[str, Any] = {
             "stop": tenacity.stop_after_attempt(retry_limit),
@@ -146,36 +126,6 @@ class BaseCmlHook(BaseHook):
         }
         if retry_args:
             self._retry_args.update(retry_args)
-        for secret in (api_key, model_api_key):
-            if secret:
-                _mask(secret)
-
-    @classmethod
-    def from_url(
-        cls,
-        url: str,
-        api_key: str,
-        *,
-        project_id: str | None = None,
-        project_name: str | None = None,
-        **kwargs: Any,
-    ) -> Self:
-        """A hook for ``url`` and ``api_key`` without any Airflow connection."""
-        return cls(host=url, api_key=api_key, project_id=project_id, project_name=project_name, **kwargs)
-
-    # -- Connection UX --------------------------------------------------------------------
-    @classmethod
-    def get_ui_field_behaviour(cls) -> dict[str, Any]:
-        """Relabel the standard connection form (also declared in ``get_provider_info()``)."""
-        return {
-            "hidden_fields": ["schema", "login", "port"],
-            "relabeling": {"host": "Workspace URL", "password": "API key"},
-            "placeholders": {
-                "host": "https://ml-xxxx.cloudera.site",
-                "password": "CML API v2 key",
-                "extra": '{"project_name": "model-factory"}',
-            },
-        }
 
     def test_connection(self) -> tuple[bool, str]:
         """Check URL, API key and (when configured) the project. Answers ``(ok, message)``."""
@@ -191,86 +141,11 @@ class BaseCmlHook(BaseHook):
         except Exception as exc:
             return False, f"{type(exc).__name__}: {exc}"
 
-    # -- Configuration --------------------------------------------------------------------
-    @property
-    def config(self) -> CmlWorkspaceConfig:
-        """Workspace URL, key and project, from the constructor or the Airflow connection."""
-        if self._resolved_config is None:
-            if self._explicit_host is not None:
-                self._resolved_config = self._config_from_explicit()
-            else:
-                self._resolved_config = self._config_from_connection(self.get_connection(self.cml_conn_id))
-        return self._resolved_config
-
-    async def a_config(self) -> CmlWorkspaceConfig:
-        """Async twin of :attr:`config`: reads the connection without blocking the event loop."""
-        if self._resolved_config is None:
-            if self._explicit_host is not None:
-                self._resolved_config = self._config_from_explicit()
-            else:
-                conn = await self.aget_connection(self.cml_conn_id)
-                self._resolved_config = self._config_from_connection(conn)
-        return self._resolved_config
-
-    def _config_from_explicit(self) -> CmlWorkspaceConfig:
-        assert self._explicit_host is not None and self._explicit_api_key is not None
-        return CmlWorkspaceConfig(
-            base_url=normalise_workspace_url(self._explicit_host),
-            api_key=self._explicit_api_key,
-            project_id=self._explicit_project_id,
-            project_name=self._explicit_project_name,
-            runtime_identifier=self._explicit_runtime_identifier,
-            model_service_url=self._service_url_or_none(self._explicit_model_service_url),
-            model_api_key=self._explicit_model_api_key,
-        )
-
-    def _config_from_connection(self, conn: Any) -> CmlWorkspaceConfig:
-        if not conn.host:
-            raise CmlConfigurationError(
-                f"Connection {self.cml_conn_id!r} has no host: set it to the workspace URL"
-            )
-        if not conn.password:
-            raise CmlConfigurationError(
-                f"Connection {self.cml_conn_id!r} has no password: set it to a CML API v2 key"
-            )
-        extra = conn.extra_dejson or {}
-
-        def _extra(name: str) -> str | None:
-            value = extra.get(name) or extra.get(f"extra__cml__{name}")
-            return str(value) if value else None
-
-        return CmlWorkspaceConfig(
-            base_url=normalise_workspace_url(conn.host, conn.port),
-            api_key=conn.password,
-            project_id=self._explicit_project_id or _extra("project_id"),
-            project_name=self._explicit_project_name or _extra("project_name"),
-            runtime_identifier=self._explicit_runtime_identifier or _extra("runtime_identifier"),
-            model_service_url=self._service_url_or_none(
-                self._explicit_model_service_url or _extra("model_service_url")
-            ),
-            model_api_key=self._model_api_key_from(_extra("model_api_key")),
-        )
-
-    def model_service_url(self) -> str:
-        """Base URL of the model service: the configured one, else ``https://modelservice.<host>/``."""
-        config = self.config
-        return config.model_service_url or default_model_service_url(config.base_url)
-
-    @staticmethod
-    def _service_url_or_none(url: str | None) -> str | None:
-        return normalise_service_url(url) if url else None
-
-    def _model_api_key_from(self, extra_key: str | None) -> str | None:
-        key = self._explicit_model_api_key or extra_key
-        if key:
-            _mask(key)
-        return key
-
     # -- The HTTP choke point -------------------------------------------------------------
     @cached_property
     def _tls_context(self) -> ssl.SSLContext:
-        """Loading the CA bundle costs ~20 ms of CPU, the async calls open a client per call,
-        and every trigger has a hook of its own: one context per process and setting."""
+        """Loading the CA bundle is CPU work, the async calls open a client per call, and every
+        trigger has a hook of its own: one context per process and setting."""
         return _shared_tls_context(self.verify)
 
     @cached_property
@@ -318,21 +193,6 @@ class BaseCmlHook(BaseHook):
         if token:
             headers["Authorization"] = f"Bearer {token}"
         return headers
-
-    @staticmethod
-    def _transport_error(
-        exc: httpx.TransportError, method: str, path: str, base_url: str, service: str
-    ) -> CmlError:
-        if isinstance(exc, (httpx.UnsupportedProtocol, httpx.InvalidURL)):
-            return CmlConfigurationError(f"Invalid {service} URL {base_url!r}: {exc}")
-        not_sent = isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout))
-        kind = "did not answer in time" if isinstance(exc, httpx.TimeoutException) else "could not be reached"
-        return CmlConnectionError(
-            f"The {service} at {base_url} {kind} ({method} {path}): {type(exc).__name__}: {exc}",
-            method=method,
-            path=path,
-            request_sent=not not_sent,
-        )
 
     @staticmethod
     def _decode(response: httpx.Response, raw: bool, method: str, path: str, service: str) -> Any:
@@ -402,7 +262,7 @@ class BaseCmlHook(BaseHook):
                     method, url, params=query, json=json, files=files, headers=headers
                 )
             except httpx.TransportError as exc:
-                raise self._transport_error(exc, method, path, base_url, service) from exc
+                raise error_from_transport(exc, method, path, base_url, service) from exc
             if response.status_code >= 300:  # redirects are not followed: a login page is no answer
                 raise error_from_response(response, method, path, service=service)
             return self._decode(response, raw, method, path, service)
@@ -442,7 +302,7 @@ class BaseCmlHook(BaseHook):
                         method, path, params=query, json=json, files=files, headers=headers
                     )
             except httpx.TransportError as exc:
-                raise self._transport_error(exc, method, path, base_url, service) from exc
+                raise error_from_transport(exc, method, path, base_url, service) from exc
             if response.status_code >= 300:  # redirects are not followed: a login page is no answer
                 raise error_from_response(response, method, path, service=service)
             return self._decode(response, raw, method, path, service)
@@ -546,27 +406,6 @@ class BaseCmlHook(BaseHook):
                 self._project_id = self._pick_project(name, matches)
         return self._project_id
 
-    def _require_project_name(self, config: CmlWorkspaceConfig) -> str:
-        if not config.project_name:
-            source = "hook arguments" if self._explicit_host else f"connection {self.cml_conn_id!r}"
-            raise CmlConfigurationError(
-                f"No CML project configured in the {source}: "
-                'set extra {"project_id": ...} or {"project_name": ...}'
-            )
-        return config.project_name
-
-    @staticmethod
-    def _pick_project(name: str, candidates: Iterable[CmlProject]) -> str:
-        exact = [p for p in candidates if p.name == name]
-        if not exact:
-            raise CmlNotFoundError(f"No CML project named {name!r} is visible to this API key")
-        if len(exact) > 1:
-            owners = ", ".join(f"{p.id} (owner {p.owner})" for p in exact)
-            raise CmlConfigurationError(
-                f"Several CML projects are named {name!r}: {owners}. Set project_id instead."
-            )
-        return exact[0].id
-
 
 def _next_token(body: Mapping[str, Any], seen: set[str], endpoint: Endpoint) -> str | None:
     token = body.get("next_page_token") or None
@@ -577,12 +416,3 @@ def _next_token(body: Mapping[str, Any], seen: set[str], endpoint: Endpoint) -> 
         seen.add(token)
     return token
 
-
-def _mask(secret: str) -> None:
-    """Register a secret with Airflow's log masker when one is available."""
-    try:
-        from airflow.sdk.log import mask_secret
-
-        mask_secret(secret)
-    except Exception:  # pragma: no cover - masking is best effort outside Airflow
-        pass

@@ -10,7 +10,9 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowException
-from cml_provider.hooks.cml import CmlHook, CmlJobRun
+from cml_provider.durations import seconds
+from cml_provider.hooks.cml import CmlHook
+from cml_provider.models import CmlJobRun
 from cml_provider.operators.run_owner import CmlRunOwnerMixin
 from cml_provider.triggers.cml import CmlCapacityTrigger
 
@@ -41,10 +43,6 @@ def ti_key(context: Mapping[str, Any]) -> str:
 def _first_try(context: Mapping[str, Any]) -> bool:
     """Whether this is the task instance's first attempt: no earlier try can have started a run."""
     return getattr(context["ti"], "try_number", None) == 1
-
-
-def _seconds(value: float | timedelta) -> float:
-    return value.total_seconds() if isinstance(value, timedelta) else float(value)
 
 
 class CmlJobRunOperator(CmlRunOwnerMixin, BaseOperator):
@@ -243,7 +241,7 @@ class CmlJobRunOperator(CmlRunOwnerMixin, BaseOperator):
         )
         if active < self.max_active_runs_per_dag_run:
             return
-        timeout = _seconds(self.capacity_timeout)
+        timeout = seconds(self.capacity_timeout)
         self.log.info(
             "%d CML runs already active for %s (cap %d): deferring until one finishes",
             active,
@@ -304,7 +302,7 @@ class CmlJobRunOperator(CmlRunOwnerMixin, BaseOperator):
                     f"CML job run {run.id} of job {self.job_name!r} ended with {run.status}"
                 )
             return
-        timeout = _seconds(self.wait_timeout)
+        timeout = seconds(self.wait_timeout)
         self.defer(
             trigger=self._run_trigger(run.project_id, run.job_id, run.id, timeout),
             method_name="execute_complete",

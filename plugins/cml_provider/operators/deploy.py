@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowException
+from cml_provider.durations import seconds
 from cml_provider.errors import CmlError
 from cml_provider.hooks.cml import CmlHook
 from cml_provider.models import CmlModelDeployment, CmlModelResponse
@@ -35,10 +36,6 @@ __all__ = ["SMOKE_RESPONSE_MAX_BYTES", "CmlDeployModelOperator"]
 SMOKE_RESPONSE_MAX_BYTES = 4096
 
 _EVENT_STATUSES = ("success", "error", "timeout")
-
-
-def _seconds(value: float | timedelta) -> float:
-    return value.total_seconds() if isinstance(value, timedelta) else float(value)
 
 
 def _parse_time(value: str | None) -> datetime | None:
@@ -241,7 +238,7 @@ class CmlDeployModelOperator(BaseOperator):
             "model_crn": model.crn,
             "build_id": build.id,
             "previous_deployment_ids": previous,
-            "deadline": time.time() + _seconds(self.timeout),
+            "deadline": time.time() + seconds(self.timeout),
         }
         if build.status.is_terminal:  # a reused build that is already built (or failed)
             event = {

@@ -9,7 +9,8 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk import BaseSensorOperator, PokeReturnValue
 from airflow.sdk.exceptions import AirflowException
 from airflow.triggers.base import StartTriggerArgs
-from cml_provider.hooks.cml import CmlHook, CmlJobRun
+from cml_provider.hooks.cml import CmlHook
+from cml_provider.models import CmlJobRun
 from cml_provider.operators.run_owner import CmlRunOwnerMixin
 from cml_provider.triggers.cml import CmlSubmittedRunTrigger, parse_run_ref, result_file_error
 
@@ -99,11 +100,12 @@ class CmlJobRunSensor(CmlRunOwnerMixin, BaseSensorOperator):
         Under a scheduler the instance goes from scheduled straight to
         :class:`~cml_provider.triggers.cml.CmlSubmittedRunTrigger` (Airflow's
         ``start_from_trigger``), which reads the run from ``run_task_id``'s XCom at the same map
-        index and ends the task itself: no worker slot, no task process (≈ 0.4 s of a worker's
-        CPU and a few execution-API calls per instance, for a look at a run that is usually over
-        by then). ``timeout`` (seconds) is the trigger's. ``airflow dags test`` ignores
-        ``start_from_trigger`` and runs :meth:`execute` as usual, so the sensor's own mapped
-        arguments (``run``, ``result_file``) must still describe the same run.
+        index and ends the task itself: no worker slot, no task process (whose start costs a
+        worker's CPU and several execution-API calls per instance, more than one look at a run
+        that is usually over by then). ``timeout`` (seconds) is the trigger's.
+        ``airflow dags test`` ignores ``start_from_trigger`` and runs :meth:`execute` as usual,
+        so the sensor's own mapped arguments (``run``, ``result_file``) must still describe the
+        same run.
         """
         trigger = CmlSubmittedRunTrigger
         return {

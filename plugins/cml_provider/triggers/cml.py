@@ -18,6 +18,7 @@ from typing import Any
 from asgiref.sync import sync_to_async
 
 from airflow.triggers.base import BaseTrigger, TaskFailedEvent, TaskSuccessEvent, TriggerEvent
+from cml_provider.durations import seconds
 from cml_provider.hooks.cml import CmlHook
 from cml_provider.states import JobRunStatus
 
@@ -39,12 +40,6 @@ class _SharedCount:
 
 #: keyed by what a count depends on (connection, project, jobs, marker, pages)
 _SHARED_COUNTS: dict[tuple, _SharedCount] = {}
-
-
-def _seconds(value: float | timedelta) -> float:
-    """Seconds as a float: an operator may hand over its Airflow ``retry_delay`` (a timedelta),
-    and trigger kwargs should stay primitives."""
-    return value.total_seconds() if isinstance(value, timedelta) else float(value)
 
 
 class _CmlTrigger(BaseTrigger):
@@ -103,7 +98,7 @@ class CmlJobRunTrigger(_CmlTrigger):
         self.poll_interval = float(poll_interval)
         self.deadline = float(deadline)
         self.retry_limit = retry_limit
-        self.retry_delay = _seconds(retry_delay)
+        self.retry_delay = seconds(retry_delay)
 
     def _event(self, status: str, message: str, run_status: JobRunStatus | None) -> TriggerEvent:
         return TriggerEvent(
@@ -228,7 +223,7 @@ class CmlSubmittedRunTrigger(_CmlTrigger):
         self.poll_interval = float(poll_interval)
         self.result_files_task_id = result_files_task_id
         self.retry_limit = retry_limit
-        self.retry_delay = _seconds(retry_delay)
+        self.retry_delay = seconds(retry_delay)
 
     async def _pull(self, task_id: str, map_index: int | None) -> Any:
         # the triggerer's task instance reads XComs asynchronously (through the triggerer's
@@ -299,7 +294,7 @@ class CmlCapacityTrigger(_CmlTrigger):
 
     The capacity triggers of one DAG run deferred in the same triggerer share one count per
     poll interval (:class:`_SharedCount`): each count lists the jobs and up to ``max_pages``
-    pages of runs per job, and N deferred tasks used to do that N times per interval. A trigger
+    pages of runs per job, which N deferred tasks counting apart would repeat N times. A trigger
     that finds a free slot takes it from the shared count, so the others do not all take the
     same slot before the next count (the cap stays soft across triggerers, and between a
     count and the resumed task's submission).
@@ -342,7 +337,7 @@ class CmlCapacityTrigger(_CmlTrigger):
         self.job_name_filter = job_name_filter
         self.max_pages = max_pages
         self.retry_limit = retry_limit
-        self.retry_delay = _seconds(retry_delay)
+        self.retry_delay = seconds(retry_delay)
 
     def _event(self, status: str, message: str, active: int | None) -> TriggerEvent:
         return TriggerEvent(

@@ -15,9 +15,10 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from airflow.triggers.base import TriggerEvent
+from cml_provider.durations import seconds
 from cml_provider.hooks.cml import CmlHook
 from cml_provider.states import CmlBuildStatus, CmlDeploymentStatus
-from cml_provider.triggers.cml import _CmlTrigger, _seconds
+from cml_provider.triggers.cml import _CmlTrigger
 
 __all__ = ["CmlModelBuildTrigger", "CmlModelDeploymentTrigger"]
 
@@ -125,7 +126,7 @@ class CmlModelBuildTrigger(_CmlStatusTrigger):
         self.poll_interval = float(poll_interval)
         self.deadline = float(deadline)
         self.retry_limit = retry_limit
-        self.retry_delay = _seconds(retry_delay)
+        self.retry_delay = seconds(retry_delay)
         self.noun = f"CML model build {build_id} (model {model_id})"
 
     _serialized = ("cml_conn_id", "project_id", "model_id", "build_id", "poll_interval", "deadline",
@@ -178,7 +179,7 @@ class CmlModelDeploymentTrigger(_CmlStatusTrigger):
         self.deadline = float(deadline)
         self.stop_on_kill = bool(stop_on_kill)
         self.retry_limit = retry_limit
-        self.retry_delay = _seconds(retry_delay)
+        self.retry_delay = seconds(retry_delay)
         self.noun = f"CML model deployment {deployment_id} (model {model_id}, build {build_id})"
 
     _serialized = ("cml_conn_id", "project_id", "model_id", "build_id", "deployment_id", "poll_interval",
