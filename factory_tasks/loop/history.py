@@ -9,7 +9,8 @@ from typing import Any
 
 from factory_tasks.core.schema import TRAINING_TABLE
 from factory_tasks.loop.simulator import simulate_interactions
-from factory_tasks.warehouse.sql import checked_identifier, dialect_for
+from factory_tasks.warehouse.dialects import dialect_for
+from factory_tasks.warehouse.sql import checked_identifier
 from factory_tasks.warehouse.training_data import INTERACTION_SCHEMA, conform
 
 log = logging.getLogger(__name__)

@@ -47,6 +47,7 @@ from factory_tasks.core.schema import CUSTOMER_COLUMNS, OFFERS, offer_indices
 from factory_tasks.loop import responses as resp
 from factory_tasks.loop import simulator
 from factory_tasks.loop.config import LoopConfig
+from factory_tasks.warehouse.dialects import dialect_for
 from factory_tasks.warehouse.loop_tables import (
     CUSTOMER_INTERACTIONS,
     CUSTOMER_INTERACTIONS_SCHEMA,
@@ -59,7 +60,6 @@ from factory_tasks.warehouse.loop_tables import (
     RESPONSE_FEED_SCHEMA,
     RESPONSE_STATUSES,
 )
-from factory_tasks.warehouse.sql import dialect_for
 
 log = logging.getLogger(__name__)
 

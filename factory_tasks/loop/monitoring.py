@@ -60,6 +60,7 @@ from factory_tasks.loop.performance_estimate import (
     realised_log_loss,
     realised_roc_auc,
 )
+from factory_tasks.warehouse.dialects import dialect_for
 from factory_tasks.warehouse.loop_tables import (
     CUSTOMER_RESPONSES,
     MODEL_MONITORING,
@@ -68,7 +69,6 @@ from factory_tasks.warehouse.loop_tables import (
     PREDICTION_LOG,
     RESPONSE_FEED,
 )
-from factory_tasks.warehouse.sql import dialect_for
 
 log = logging.getLogger(__name__)
 

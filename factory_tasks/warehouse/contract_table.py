@@ -15,7 +15,8 @@ import typing
 from typing import Any, Generic, TypeVar
 
 from factory_tasks.core.contracts import Contract, ContractError
-from factory_tasks.warehouse.sql import Column, dialect_for
+from factory_tasks.warehouse.dialects import dialect_for
+from factory_tasks.warehouse.sql import Column
 
 C = TypeVar("C", bound=Contract)
 

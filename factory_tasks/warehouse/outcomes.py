@@ -17,7 +17,8 @@ import pandas as pd
 from factory_tasks.core.contracts import ExperimentResult, ExperimentSpec
 from factory_tasks.core.metrics import METRICS
 from factory_tasks.core.outcome_columns import OUTCOME_COLUMN_NAMES, OUTCOME_COLUMN_TYPES
-from factory_tasks.warehouse.sql import Column, dialect_for
+from factory_tasks.warehouse.dialects import dialect_for
+from factory_tasks.warehouse.sql import Column
 
 OUTCOMES_TABLE = "experiment_outcomes"
 

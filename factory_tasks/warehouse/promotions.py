@@ -22,7 +22,8 @@ import pandas as pd
 
 from factory_tasks.core.contracts import ContractError, Promotion
 from factory_tasks.warehouse.contract_table import ContractTable
-from factory_tasks.warehouse.sql import Column, dialect_for
+from factory_tasks.warehouse.dialects import dialect_for
+from factory_tasks.warehouse.sql import Column
 
 PROMOTIONS_TABLE = Promotion.TABLE
 

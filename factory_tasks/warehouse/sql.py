@@ -166,26 +166,3 @@ def connection_label(hook: Any) -> str:
     return f"{conn_type} connection {conn_id!r}" if conn_id else f"{conn_type} connection"
 
 
-#: the connection types :func:`dialect_for` knows
-_CONNECTION_TYPES = ("hive", "hiveserver2", "sqlite")
-
-
-def dialect_for(hook: Any) -> Dialect:
-    """The dialect for a DB-API hook, chosen by its connection type (never by a code change).
-
-    The engine's module is imported here, not at the top: each engine builds on this module,
-    and a SQLite run never needs the Hive engine's retry and PyHive code.
-    """
-    conn_type = getattr(hook, "conn_type", None) or getattr(hook, "dialect_name", None)
-    if conn_type == "sqlite":
-        from factory_tasks.warehouse.sqlite import SqliteDialect
-
-        return SqliteDialect()
-    if conn_type in ("hiveserver2", "hive"):
-        from factory_tasks.warehouse.hive import HiveDialect
-
-        return HiveDialect()
-    raise ValueError(
-        f"warehouse connection type {conn_type!r} is not supported; "
-        f"supported: {', '.join(_CONNECTION_TYPES)}"
-    )

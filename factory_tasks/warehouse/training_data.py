@@ -38,8 +38,9 @@ from factory_tasks.core.schema import (
     check_propensity,
     validate_interactions,
 )
+from factory_tasks.warehouse.dialects import dialect_for
 from factory_tasks.warehouse.loop_tables import CUSTOMER_INTERACTIONS_SCHEMA
-from factory_tasks.warehouse.sql import Column, WarehouseError, checked_identifier, dialect_for
+from factory_tasks.warehouse.sql import Column, WarehouseError, checked_identifier
 
 log = logging.getLogger(__name__)
 

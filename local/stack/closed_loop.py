@@ -132,8 +132,8 @@ def _iso(moment: datetime) -> str:
 
 
 def _traffic_counts(hook, windows: list[datetime]) -> str:
+    from factory_tasks.warehouse.dialects import dialect_for
     from factory_tasks.warehouse.loop_tables import CUSTOMER_INTERACTIONS, CUSTOMER_RESPONSES, PREDICTION_LOG
-    from factory_tasks.warehouse.sql import dialect_for
 
     dialect = dialect_for(hook)
     decisions = explored = matured = 0
@@ -153,8 +153,8 @@ def _traffic_counts(hook, windows: list[datetime]) -> str:
 
 def _monitoring_table(hook, windows: list[datetime]) -> list[str]:
     """The latest value of each shown metric per cohort, with the drift's worst feature."""
+    from factory_tasks.warehouse.dialects import dialect_for
     from factory_tasks.warehouse.loop_tables import MODEL_MONITORING
-    from factory_tasks.warehouse.sql import dialect_for
 
     columns = ["as_of_ms", "cohort_start", "metric", "dimension", "value", "lower", "upper", "maturity"]
     latest: dict[tuple[str, str, str], tuple] = {}

@@ -12,15 +12,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from stack.env import stack_paths
+from stack.local import local_stack
 
 from factory_tasks.core.contracts import RunPlan
 from factory_tasks.loop.history import ensure_training_table
 from factory_tasks.loop.simulator import simulate_interactions
+from factory_tasks.warehouse.dialects import dialect_for
 from factory_tasks.warehouse.loop_tables import CUSTOMER_INTERACTIONS, CUSTOMER_INTERACTIONS_SCHEMA
 from factory_tasks.warehouse.outcomes import OutcomeStore
-from factory_tasks.warehouse.sql import dialect_for
-from stack.env import stack_paths
-from stack.local import local_stack
 
 pytestmark = pytest.mark.e2e
 

@@ -20,6 +20,8 @@ import pytest
 from factory_tasks.core.contracts import ExperimentResult, ExperimentSpec
 from factory_tasks.core.metrics import METRICS
 from factory_tasks.core.outcome_columns import OUTCOME_COLUMN_NAMES
+from factory_tasks.warehouse.dialects import dialect_for
+from factory_tasks.warehouse.hive import HiveDialect, bind
 from factory_tasks.warehouse.outcomes import (
     OUTCOME_COLUMNS,
     OutcomeSchemaError,
@@ -27,8 +29,7 @@ from factory_tasks.warehouse.outcomes import (
     RunContext,
     outcome_row,
 )
-from factory_tasks.warehouse.hive import HiveDialect, bind
-from factory_tasks.warehouse.sql import Column, WarehouseError, dialect_for
+from factory_tasks.warehouse.sql import Column, WarehouseError
 from factory_tasks.warehouse.sqlite import SqliteDialect
 from factory_tasks.warehouse.training_data import read_training_frame
 from tests.contract_factories import make_result, make_spec

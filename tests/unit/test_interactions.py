@@ -18,6 +18,7 @@ from factory_tasks.loop import responses as resp
 from factory_tasks.loop import simulator
 from factory_tasks.loop.config import LoopConfig
 from factory_tasks.loop.monitoring import responses_ingested_through
+from factory_tasks.warehouse.dialects import dialect_for
 from factory_tasks.warehouse.loop_tables import (
     CUSTOMER_INTERACTIONS,
     CUSTOMER_INTERACTIONS_SCHEMA,
@@ -28,7 +29,6 @@ from factory_tasks.warehouse.loop_tables import (
     RESPONSE_FEED,
     RESPONSE_FEED_SCHEMA,
 )
-from factory_tasks.warehouse.sql import dialect_for
 
 T0 = datetime(2026, 12, 1, 6, tzinfo=timezone.utc)
 HOUR = timedelta(hours=1)
@@ -272,9 +272,9 @@ def test_endpoint_failing_mid_window_names_it_and_leaves_nothing(hook):
     model, metrics = FakeModel(fail_on=2), Metrics()
     with pytest.raises(ia.EndpointError, match=r"deployment d-1 at http://ms/model, request 2 of 3.*503"):
         ia.run_window(hook, config(), window(0), endpoint_of(model), metrics)
-    for name, schema in ((PREDICTION_LOG, PREDICTION_LOG_SCHEMA), (CUSTOMER_RESPONSES, CUSTOMER_RESPONSES_SCHEMA),
+    for name, table_schema in ((PREDICTION_LOG, PREDICTION_LOG_SCHEMA), (CUSTOMER_RESPONSES, CUSTOMER_RESPONSES_SCHEMA),
                          (CUSTOMER_INTERACTIONS, CUSTOMER_INTERACTIONS_SCHEMA), (RESPONSE_FEED, RESPONSE_FEED_SCHEMA)):
-        assert table(hook, name, schema).empty
+        assert table(hook, name, table_schema).empty
     assert metrics.calls == []
 
 
