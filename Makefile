@@ -39,6 +39,7 @@ run: $(BIN)/.installed
 
 test: $(BIN)/.installed-test
 	bash scripts/ensure-system-deps.sh
+	$(BIN)/lint-imports --no-cache setup.cfg  # the import contracts of setup.cfg: fails fast, before the suite
 	$(BIN)/python -m pytest
 
 validate-grid: $(BIN)/.installed

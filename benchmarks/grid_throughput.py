@@ -179,10 +179,11 @@ def measure_scheduler(config, grid_path: Path, rows: int, var: Path, cores: int,
     from airflow.sdk import BaseHook
 
     from benchmarks.grid_scale import format_timeline, run_under_scheduler, task_timeline
+    from factory_tasks.core.names import WAREHOUSE_CONN_ID
     from factory_tasks.loop.history import ensure_training_table
     from factory_tasks.warehouse.training_data import read_training_frame
 
-    warehouse = BaseHook.get_connection("model_factory_warehouse").get_hook()
+    warehouse = BaseHook.get_connection(WAREHOUSE_CONN_ID).get_hook()
     ensure_training_table(warehouse, n_rows=rows, seed=7)  # what `make up` would make, made first
     data = read_training_frame(warehouse)
     before_s = _baseline(config, data, cores, "before")

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-WAREHOUSE_CONN_ID = "model_factory_warehouse"
+from factory_tasks.core.names import WAREHOUSE_CONN_ID
+
 CML_CONN_ID = "cml_default"
 
 

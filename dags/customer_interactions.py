@@ -34,7 +34,7 @@ Settings: `config/closed_loop.yaml` (param `loop_config_path`; param `drift_enab
 Kudu table. A real flow would post customers to the same model service (connection
 `cml_default`, extra `model_service_url`) and land its decisions, responses and matured rows in
 the same tables (and the `response_feed` watermark once a window is delivered) through the warehouse connection `model_factory_warehouse` (SQLite, Hive;
-a Kudu table behind Impala would be one more dialect in `factory_tasks/warehouse/sql.py`,
+a Kudu table behind Impala would be one more dialect module beside `factory_tasks/warehouse/hive.py`,
 chosen by that connection's type). Monitoring and training read the tables, not this DAG, so
 swapping the producer is a connection and scheduling change, not a code change downstream.
 Delayed metrics go through `CmlModelMetricsHook`, which answers on the local workspace; on a
@@ -47,8 +47,10 @@ from datetime import timedelta
 
 import pendulum
 from airflow.sdk import CronDataIntervalTimetable, Param, dag, get_current_context, task
-from connections import CML_CONN_ID, WAREHOUSE_CONN_ID, warehouse_hook
+from connections import CML_CONN_ID, warehouse_hook
 from task_errors import no_retry_on_bad_input
+
+from factory_tasks.core.names import WAREHOUSE_CONN_ID
 
 
 @dag(
@@ -72,43 +74,26 @@ def customer_interactions():
     def simulate_window() -> dict:
         """Decide, deliver and mature this run's window; replace its partitions of the three tables."""
         import logging
-        from functools import partial
-        from pathlib import Path
 
         from airflow.sdk.exceptions import AirflowFailException
         from cml_provider.hooks.cml import CmlHook
         from cml_provider.hooks.model_metrics import CmlModelMetricsHook, CmlModelMetricsUnavailable
 
-        from factory_tasks.core.settings import REPO_ROOT
-        from factory_tasks.loop.config import LoopConfigError, load_loop_config
-        from factory_tasks.loop.interactions import (
-            NoServingModelError,
-            Window,
-            endpoint_for,
-            run_window,
-            serving_deployment,
-        )
+        from factory_tasks.stages.interactions import LOOP_INPUT_ERRORS, load_loop_settings, simulate_window
 
         context = get_current_context()
         params = context["params"]
-        window = Window(context["data_interval_start"], context["data_interval_end"])
-        path = Path(params["loop_config_path"])
         warehouse = warehouse_hook()
         cml = CmlHook(cml_conn_id=CML_CONN_ID)
         metrics = CmlModelMetricsHook(cml_conn_id=CML_CONN_ID)
-
-        def endpoint():
-            record = serving_deployment(warehouse)
-            return endpoint_for(record, partial(cml.call_model, cml.get_model(record.model_id)),
-                                cml.model_service_url())
-
         try:
             with no_retry_on_bad_input():
-                config = load_loop_config(path if path.is_absolute() else REPO_ROOT / path)
+                config = load_loop_settings(params["loop_config_path"])
                 metrics.require_local_workspace("track_delayed_metrics")  # before asking the model
-                summary = run_window(warehouse, config, window, endpoint, metrics.track_delayed_metrics,
-                                     drift_enabled=params["drift_enabled"])
-        except (LoopConfigError, NoServingModelError, CmlModelMetricsUnavailable) as exc:
+                summary = simulate_window(warehouse, cml, config, context["data_interval_start"],
+                                          context["data_interval_end"], metrics.track_delayed_metrics,
+                                          drift_enabled=params["drift_enabled"])
+        except (*LOOP_INPUT_ERRORS, CmlModelMetricsUnavailable) as exc:
             raise AirflowFailException(str(exc)) from exc
         logging.getLogger(__name__).info("%s\n  (warehouse %s, CML %s)", summary.describe(),
                                          WAREHOUSE_CONN_ID, CML_CONN_ID)

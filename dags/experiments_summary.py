@@ -7,7 +7,7 @@ warehouse table `experiment_outcomes`:
 * every 30 minutes (UTC), and
 * whenever `model_factory` records new outcomes (the `experiment_outcomes` asset).
 
-The warehouse is the Airflow connection `model_factory_warehouse` (`connections.WAREHOUSE_CONN_ID`;
+The warehouse is the Airflow connection `model_factory_warehouse` (`factory_tasks.core.names.WAREHOUSE_CONN_ID`;
 SQLite or HiveServer2).
 The file lives in object storage at `factory_tasks.core.settings.summary_location()`:
 `$MODEL_FACTORY_OBJECT_STORE/experiments_summary/experiments_summary.csv` (default
@@ -22,7 +22,8 @@ from datetime import datetime, timedelta, timezone
 
 from airflow.sdk import AssetOrTimeSchedule, CronTriggerTimetable, dag, task
 from assets import EXPERIMENT_OUTCOMES
-from connections import WAREHOUSE_CONN_ID
+
+from factory_tasks.core.names import WAREHOUSE_CONN_ID
 
 
 @dag(
@@ -50,15 +51,12 @@ def experiments_summary():
 
         from connections import warehouse_hook
 
-        from factory_tasks.core.settings import summary_location
-        from factory_tasks.warehouse.summary import refresh_summary
+        from factory_tasks.stages.summary import refresh_experiments_summary
 
-        hook = warehouse_hook()
-        location = summary_location()
-        rows = refresh_summary(hook, location)
+        summary = refresh_experiments_summary(warehouse_hook())
         logging.getLogger(__name__).info(
-            "wrote %d experiment rows to %s (connection %s)", rows, location, WAREHOUSE_CONN_ID)
-        return {"location": str(location), "rows": rows}
+            "wrote %d experiment rows to %s (connection %s)", summary["rows"], summary["location"], WAREHOUSE_CONN_ID)
+        return summary
 
     refresh_experiments_summary()
 

@@ -52,23 +52,13 @@ from task_errors import no_retry_on_bad_input
 RETRAIN_DAG_ID = "model_factory"
 
 
-def _resolve(path: str):
-    from pathlib import Path
-
-    from factory_tasks.core.settings import REPO_ROOT
-
-    return Path(path) if Path(path).is_absolute() else REPO_ROOT / path
-
-
 def _window():
-    from factory_tasks.loop.config import load_loop_config
-    from factory_tasks.loop.monitoring import MonitoringWindow
+    """The run's closed-loop settings and monitoring window."""
+    from factory_tasks.stages.monitoring import monitoring_window
 
     context = get_current_context()
-    config = load_loop_config(_resolve(context["params"]["loop_config_path"]))
-    window = MonitoringWindow.from_interval(context["data_interval_start"], context["data_interval_end"],
-                                            config.responses.window_minutes)
-    return config, window
+    return monitoring_window(context["params"]["loop_config_path"], context["data_interval_start"],
+                             context["data_interval_end"])
 
 
 @dag(
@@ -93,29 +83,21 @@ def model_monitoring():
         """The deployment now serving; none skips the run (nothing to monitor)."""
         import logging
 
-        from factory_tasks.warehouse.deployments import serving
+        from factory_tasks.stages.monitoring import serving_model
 
         with no_retry_on_bad_input():
-            record = serving(warehouse_hook())
-        if record is None:
+            deployment = serving_model(warehouse_hook())
+        if deployment is None:
             logging.getLogger(__name__).info("no deployment is serving: nothing to monitor")
-            return None
-        return {"model_version": record.model_version, "deployment_crn": record.deployment_crn,
-                "data_snapshot_hash": record.data_snapshot_hash, "metadata_path": record.metadata_path}
+        return deployment
 
     @task.sensor(poke_interval=120, timeout=3 * 3600, mode="reschedule")
     def responses_ingested(deployment: dict) -> PokeReturnValue:
         """True once the response feed's watermark reaches the window's end."""
-        import logging
-
-        from factory_tasks.loop.monitoring import iso, responses_ingested_through
+        from factory_tasks.stages.monitoring import responses_ingested
 
         _, window = _window()
-        through = responses_ingested_through(warehouse_hook())
-        ready = through is not None and through >= window.end_ms
-        logging.getLogger(__name__).info(
-            "response feed ingested through %s; monitoring needs %s: %s", iso(through) if through else "nothing yet",
-            iso(window.end_ms), "ready" if ready else "waiting for customer_interactions (or the NiFi flow)")
+        through, ready = responses_ingested(warehouse_hook(), window)
         return PokeReturnValue(is_done=ready, xcom_value=through)
 
     @task
@@ -126,68 +108,39 @@ def model_monitoring():
         from cml_provider.errors import CmlNotFoundError
         from cml_provider.hooks.cml import CmlHook
 
-        from factory_tasks.core.settings import artifacts_dir
-        from factory_tasks.loop.alerts import monitor_window
-        from factory_tasks.loop.monitoring import grid_economics, reference_frame, snapshot_path
+        from factory_tasks.stages.monitoring import monitor, reference_frames
 
         config, window = _window()
         cml = CmlHook(cml_conn_id=CML_CONN_ID)
-        digest = deployment["data_snapshot_hash"]
-
-        def fetch() -> bytes:
-            path = snapshot_path(cml.download_file(deployment["metadata_path"]), digest)
-            return cml.download_file(path)
-
         with no_retry_on_bad_input():
             try:
-                references = {deployment["model_version"]: reference_frame(digest, fetch, artifacts_dir() / "monitoring")}
+                references = reference_frames(cml, deployment)
             except CmlNotFoundError as exc:
                 logging.getLogger(__name__).warning(
                     "the training snapshot of %s is not in the CML project (%s): no feature drift this run",
                     deployment["model_version"], exc)
                 references = {}
-            economics = grid_economics(_resolve(get_current_context()["params"]["grid_path"]))
-            return monitor_window(warehouse_hook(), window, config, economics, references)
+            return monitor(warehouse_hook(), window, config, get_current_context()["params"]["grid_path"],
+                           references)
 
     @task
     def post_aggregate_metrics(deployment: dict, summary: dict) -> dict:
         """Each cohort's dimensionless values to CML's model metrics store; failures are reported."""
-        import logging
+        from cml_provider.hooks.model_metrics import CmlModelMetricsHook
 
-        from factory_tasks.loop.monitoring import read_rows
+        from factory_tasks.stages.monitoring import post_aggregate_metrics
 
-        log = logging.getLogger(__name__)
         _, window = _window()
-        rows = read_rows(warehouse_hook(), window.as_of_window)
-        if not deployment["deployment_crn"] or rows.empty:
-            return {"posted": 0, "error": None if not rows.empty else "no rows"}
-        posted = 0
-        try:
-            from cml_provider.hooks.model_metrics import CmlModelMetricsHook
-
-            metrics_hook = CmlModelMetricsHook(cml_conn_id=CML_CONN_ID)
-            plain = rows[(rows["dimension"] == "") & rows["value"].notna()]
-            for (cohort_start, cohort_end, version), group in plain.groupby(
-                    ["cohort_start", "cohort_end", "model_version"], sort=True):
-                from factory_tasks.loop.monitoring import epoch_ms
-
-                metrics = {"model_version": version, "as_of_ms": int(window.end_ms),
-                           **{m: float(v) for m, v in zip(group["metric"], group["value"])}}
-                metrics_hook.track_aggregate_metrics(metrics, epoch_ms(cohort_start), epoch_ms(cohort_end),
-                                                     deployment["deployment_crn"])
-                posted += 1
-        except Exception as exc:  # the warehouse rows are written; this must not lose them
-            log.error("could not post the aggregate metrics to CML (%d of the cohorts posted): %s: %s",
-                      posted, type(exc).__name__, exc)
-            return {"posted": posted, "error": f"{type(exc).__name__}: {exc}"}
-        log.info("posted the aggregate metrics of %d cohort(s) to %s", posted, deployment["deployment_crn"])
-        return {"posted": posted, "error": None}
+        return post_aggregate_metrics(warehouse_hook(), window, deployment["deployment_crn"],
+                                      CmlModelMetricsHook(cml_conn_id=CML_CONN_ID))
 
     @task.branch
     def retrain_or_not(summary: dict) -> str:
         """Trigger a retrain when alerts were raised and retraining on alerts is on."""
+        from factory_tasks.stages.monitoring import wants_retrain
+
         config, _ = _window()
-        return "trigger_retrain" if summary["alert_ids"] and config.monitoring.retrain_on_alert else "record_alerts"
+        return "trigger_retrain" if wants_retrain(summary, config) else "record_alerts"
 
     trigger_retrain = TriggerDagRunOperator(
         task_id="trigger_retrain",
@@ -203,13 +156,12 @@ def model_monitoring():
     @task(trigger_rule=TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS)
     def record_alerts() -> list[str]:
         """The run's alerts into model_alerts, with the retrain's run id."""
-        from factory_tasks.loop.alerts import alerts_of_run, record_alerts
+        from factory_tasks.stages.monitoring import record_run_alerts
 
         config, window = _window()
         ti = get_current_context()["ti"]
         run_id = ti.xcom_pull(task_ids="trigger_retrain", key="trigger_run_id", default=None)
-        hook = warehouse_hook()
-        return record_alerts(hook, alerts_of_run(hook, window, config), retrain_run_id=run_id)
+        return record_run_alerts(warehouse_hook(), window, config, run_id)
 
     deployment = serving_model()
     summary = monitor(deployment)

@@ -12,12 +12,9 @@ def no_retry_on_bad_input() -> Iterator[None]:
     """Turn the factory's bad-input errors into ``AirflowFailException`` (no retries)."""
     from airflow.sdk.exceptions import AirflowFailException
 
-    from factory_tasks.core.contracts import ContractError
-    from factory_tasks.core.schema import TrainingDataError
-    from factory_tasks.training.grid import GridError
-    from factory_tasks.warehouse.outcomes import OutcomeSchemaError
+    from factory_tasks.stages.errors import BAD_INPUT_ERRORS
 
     try:
         yield
-    except (GridError, TrainingDataError, ContractError, OutcomeSchemaError) as exc:
+    except BAD_INPUT_ERRORS as exc:
         raise AirflowFailException(str(exc)) from exc

@@ -30,3 +30,6 @@ RETRAIN_SCRIPT = "jobs/retrain_model.py"
 MODEL_ARTIFACT_ENV = "MF_MODEL_ARTIFACT"
 MODEL_DIR_ENV = "MF_MODEL_DIR"
 MODEL_VERSION_ENV = "MF_MODEL_VERSION"
+#: the Airflow connection of the warehouse, shared by the DAGs, the dashboards and the local
+#: stack: switching warehouse (SQLite, HiveServer2) is a change of this connection, not of code
+WAREHOUSE_CONN_ID = "model_factory_warehouse"

@@ -23,11 +23,11 @@ import os
 import re
 import sys
 import traceback
-from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
 from typing import Any, Mapping
 
 from factory_tasks.core.atomic import write_atomic
+from factory_tasks.core.clock import utc_now
 from factory_tasks.core.contracts import ExperimentResult, ExperimentSpec
 from factory_tasks.core.names import CODE_VERSION_ENV, EXPERIMENT_ID_ENV, FACTORY_RUN_ENV
 
@@ -123,10 +123,6 @@ def error_line(exc: BaseException) -> str:
     return line if len(line) <= _MAX_ERROR_CHARS else line[: _MAX_ERROR_CHARS - 3] + "..."
 
 
-def _utc_now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
 def failed_result(
     spec: ExperimentSpec | None,
     experiment_id: str,
@@ -149,7 +145,7 @@ def failed_result(
         threads=threads,
         code_version=code_version,
         started_at=started_at,
-        finished_at=_utc_now(),
+        finished_at=utc_now(),
         **described,
     )
 
@@ -166,7 +162,7 @@ def configure_logging() -> None:
 
 def run_job(project_root: Path, environ: Mapping[str, str]) -> int:
     """Run one experiment job; returns the process exit code (0 succeeded, 1 failed)."""
-    started_at = _utc_now()
+    started_at = utc_now()
     spec: ExperimentSpec | None = None
     experiment_id: str | None = None
     code_version: str | None = None

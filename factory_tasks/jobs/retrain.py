@@ -29,23 +29,20 @@ import math
 import os
 import sys
 import traceback
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Mapping
 
 from factory_tasks.core.atomic import write_atomic
+from factory_tasks.core.clock import utc_now
 from factory_tasks.core.contracts import ContractError, HoldoutScores, RetrainRequest, RetrainResult
 
 log = logging.getLogger("factory_tasks.jobs.retrain")
 
 #: scored on the held-out slice whatever the grid asked for: the gate needs them
 GATE_METRICS: tuple[str, ...] = ("policy_value", "policy_uplift")
-#: resamples of the held-out slice for its score's standard error (AUC on 10,000 rows: ~1 s)
+#: resamples of the held-out slice for its score's standard error: enough for a steady estimate,
+#: few enough to stay small next to the refit
 BOOTSTRAP_RESAMPLES = 200
-
-
-def _utc_now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
 def consistency(request: RetrainRequest, holdout_score: float | None, n_holdout: int, n_rows: int,
@@ -157,7 +154,7 @@ def run_retrain(project_root: Path, environ: Mapping[str, str]) -> int:
     )
     from factory_tasks.training.artifacts import load_model, save_model
 
-    started_at = _utc_now()
+    started_at = utc_now()
     request: RetrainRequest | None = None
     try:
         raw = environ.get(RetrainRequest.ENV) or ""
@@ -196,7 +193,7 @@ def run_retrain(project_root: Path, environ: Mapping[str, str]) -> int:
             artifact_path=rel(model_path), metadata_path=rel(metadata_path),
             onnx_path=rel(onnx_path) if onnx_path else None, compiled_note=compiled_note,
             n_rows=fitted["n_rows"], code_version=code_version, library_versions=library_versions(),
-            started_at=started_at, finished_at=_utc_now())
+            started_at=started_at, finished_at=utc_now())
         write_atomic(project_root / request.result_path, result.to_json())
         log.info("retrained %s on %d rows; wrote %s", request.model_version, fitted["n_rows"], request.result_path)
         return 0
@@ -206,7 +203,7 @@ def run_retrain(project_root: Path, environ: Mapping[str, str]) -> int:
         if request is None:
             return 1
         failed = RetrainResult(model_version=request.model_version, status="failed", error=error_line(exc),
-                               traceback=traceback.format_exc(), started_at=started_at, finished_at=_utc_now())
+                               traceback=traceback.format_exc(), started_at=started_at, finished_at=utc_now())
         write_atomic(project_root / request.result_path, failed.to_json())
         return 1
 

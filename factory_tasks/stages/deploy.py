@@ -31,6 +31,7 @@ from factory_tasks.core.names import (
     RETRAIN_SCRIPT,
 )
 from factory_tasks.loop.selection import choose, review_options
+from factory_tasks.stages.cml_client import CmlClient
 from factory_tasks.stages.model_factory import load_plan, result_reader
 from factory_tasks.warehouse.deployments import record_deployment, serving
 from factory_tasks.warehouse.outcomes import OutcomeStore
@@ -87,7 +88,7 @@ def model_version_for(experiment_id: str, snapshot_hash: str, code_version: str)
     return f"{experiment_id}-{snapshot_hash[:8]}-{code_version.rsplit('+', 1)[-1][:8]}"
 
 
-def retrain_request(warehouse: Any, cml: Any, choice: dict[str, Any], *, holdout_fraction: float = 0.2) -> list[dict]:
+def retrain_request(warehouse: Any, cml: CmlClient, choice: dict[str, Any], *, holdout_fraction: float = 0.2) -> list[dict]:
     """The retrain job run to submit, as ``[{"request": <submit kwargs>, "result_file", "model_version"}]``."""
     chosen = Choice.from_data(choice, "the choose_experiment task's output")
     plan = load_plan(cml, chosen.factory_run_id)
@@ -120,12 +121,12 @@ def retrain_request(warehouse: Any, cml: Any, choice: dict[str, Any], *, holdout
     }]
 
 
-def load_retrain_result(cml: Any, model_version: str) -> RetrainResult:
+def load_retrain_result(cml: CmlClient, model_version: str) -> RetrainResult:
     path = RetrainResult.path_for(model_version)
     return RetrainResult.parse(cml.download_file(path), f"retrain result {path}")
 
 
-def gate_decision(warehouse: Any, cml: Any, choice: dict[str, Any], model_version: str, *,
+def gate_decision(warehouse: Any, cml: CmlClient, choice: dict[str, Any], model_version: str, *,
                   ranking_margin: float, policy_value_margin: float) -> dict[str, Any]:
     """The champion/challenger decision (:func:`factory_tasks.loop.selection.gate`), logged."""
     from factory_tasks.loop.selection import gate
@@ -138,7 +139,7 @@ def gate_decision(warehouse: Any, cml: Any, choice: dict[str, Any], model_versio
     return decision.model_dump(mode="json")
 
 
-def publish_model(cml: Any, model_version: str, object_store: Any) -> dict[str, Any]:
+def publish_model(cml: CmlClient, model_version: str, object_store: Any) -> dict[str, Any]:
     """Copy a model version's files from the project to object storage, where replicas can
     read them (a CML build leaves gitignored files out of the image), and return the
     deployment's environment."""
@@ -163,7 +164,7 @@ def deploy_request(environment: dict[str, str], *, cpu: float, memory_gb: float,
             "smoke_request": {"customers": [SMOKE_CUSTOMER]}}
 
 
-def record(warehouse: Any, cml: Any, *, model_version: str, deployed: dict[str, Any], decision: dict[str, Any],
+def record(warehouse: Any, cml: CmlClient, *, model_version: str, deployed: dict[str, Any], decision: dict[str, Any],
            deployed_at: str) -> dict[str, Any]:
     """Append the :class:`DeploymentRecord` of a deployment that answered its smoke test."""
     retrain = load_retrain_result(cml, model_version)

@@ -32,7 +32,7 @@ def split_long_first(specs: Iterable[ExperimentSpec]) -> tuple[list[ExperimentSp
     and the rest. The DAG submits the long ones first, so the short ones fill the cores while
     the long ones finish instead of one long experiment running alone at the end (Airflow runs
     mapped task instances in no particular order, so within one mapped task the plan's order is
-    lost). On the default grid this saves ~2 s of a ~50 s run on average and ~6 s at worst.
+    lost).
     """
     from factory_tasks.core.estimators import get_estimator
 

@@ -1,15 +1,15 @@
 """The model_factory DAG's stages as plain functions.
 
-Each takes what it needs (a grid file, a DB-API hook for the warehouse, a CML hook for the
-project files and job runs) and returns small JSON-able values — ids and paths, never frames.
-The hooks are passed in, so this module never imports Airflow.
+Each takes what it needs (a grid file, a DB-API hook for the warehouse, a
+:class:`~factory_tasks.stages.cml_client.CmlClient` for the project files and job runs) and
+returns small JSON-able values — ids and paths, never frames. The hooks are passed in, so this
+module never imports Airflow.
 """
 
 from __future__ import annotations
 
 import logging
 from functools import lru_cache
-from pathlib import Path
 from typing import Any
 
 from factory_tasks.core.contracts import (
@@ -21,10 +21,11 @@ from factory_tasks.core.contracts import (
     SnapshotRef,
 )
 from factory_tasks.core.names import EXPERIMENT_ID_ENV, EXPERIMENT_SCRIPT, FACTORY_RUN_ENV
-from factory_tasks.core.settings import REPO_ROOT
 from factory_tasks.core.versions import current_provenance
+from factory_tasks.stages.cml_client import CmlClient
 from factory_tasks.stages.collect import JobRunRef, outcome_rows
 from factory_tasks.stages.fanout import ResultReader, run_request, split_long_first, split_reusable
+from factory_tasks.stages.paths import repo_path
 from factory_tasks.training.grid import expand_grid, grid_hash, load_grid
 from factory_tasks.training.leaderboard import format_leaderboard
 from factory_tasks.warehouse.outcomes import OutcomeStore
@@ -33,14 +34,9 @@ from factory_tasks.warehouse.training_data import snapshot_parquet, training_fra
 log = logging.getLogger(__name__)
 
 
-def _resolve(grid_path: str) -> Path:
-    path = Path(grid_path)
-    return path if path.is_absolute() else REPO_ROOT / path
-
-
 def validate_grid_file(grid_path: str, max_parallel: int | None = None) -> dict[str, Any]:
     """Load and validate the grid; raises GridError naming file, key and problem."""
-    path = _resolve(grid_path)
+    path = repo_path(grid_path)
     config = load_grid(path)
     ref = GridRef(grid_path=str(path), grid_hash=grid_hash(config), table=config.data.table,
                   interactions_table=config.data.interactions_table,
@@ -50,7 +46,7 @@ def validate_grid_file(grid_path: str, max_parallel: int | None = None) -> dict[
 
 
 def snapshot_to_project(
-    warehouse: Any, cml: Any, table: str, *, interactions_table: str | None = None
+    warehouse: Any, cml: CmlClient, table: str, *, interactions_table: str | None = None
 ) -> dict[str, Any]:
     """Snapshot the training table into the CML project (content-addressed: kept if present).
 
@@ -73,7 +69,7 @@ def snapshot_to_project(
     return ref.model_dump(mode="json")
 
 
-def result_reader(cml: Any) -> ResultReader:
+def result_reader(cml: CmlClient) -> ResultReader:
     """A cached reader of experiments' result files: each is fetched at most once per stage.
 
     Raises :class:`ContractError` naming the file and the field for a file that does not
@@ -95,7 +91,7 @@ def result_reader(cml: Any) -> ResultReader:
     return read
 
 
-def _put(cml: Any, path: str, data: bytes) -> str:
+def _put(cml: CmlClient, path: str, data: bytes) -> str:
     """Store a factory run's document in the project, replacing an earlier attempt's."""
     return cml.upload_file(path, data, overwrite=True)
 
@@ -103,7 +99,7 @@ def _put(cml: Any, path: str, data: bytes) -> str:
 def plan_experiments(
     grid: dict[str, Any],
     snapshot: dict[str, Any],
-    cml: Any,
+    cml: CmlClient,
     *,
     factory_run_id: str,
     job_timeout_s: int,
@@ -114,9 +110,9 @@ def plan_experiments(
     submit, long ones first (:func:`split_long_first`): ``{"long": [...], "short": [...]}``, each
     entry ``{"request": <submit operator kwargs>, "result_file": <project path>}``.
 
-    The requests carry the project and job ids, so that a submission looks nothing up (at
-    1,000 experiments that was two of the 11 API calls per experiment), and concurrent
-    submissions cannot each create the same missing job."""
+    The requests carry the project and job ids, so that a submission looks nothing up (API
+    calls per experiment are what a large grid pays for), and concurrent submissions cannot
+    each create the same missing job."""
     grid_ref = GridRef.from_data(grid, "the validate_grid task's output")
     snap = SnapshotRef.from_data(snapshot, "the snapshot_training_data task's output")
     # validate_grid already ran the fit check on this file; the hash proves it is unchanged.
@@ -162,7 +158,7 @@ def plan_experiments(
     return waves
 
 
-def _runs_of_factory_run(cml: Any, job_names: set[str], factory_run_id: str) -> dict[str, JobRunRef]:
+def _runs_of_factory_run(cml: CmlClient, job_names: set[str], factory_run_id: str) -> dict[str, JobRunRef]:
     """The latest job run of each experiment submitted by this factory run."""
     runs: dict[str, JobRunRef] = {}
     for name in sorted(job_names):
@@ -178,7 +174,7 @@ def _runs_of_factory_run(cml: Any, job_names: set[str], factory_run_id: str) -> 
     return runs
 
 
-def load_plan(cml: Any, factory_run_id: str) -> RunPlan:
+def load_plan(cml: CmlClient, factory_run_id: str) -> RunPlan:
     """The factory run's plan from the project; ContractError when there is none (planning
     never finished: nothing was submitted) or it does not parse."""
     path = RunPlan.path_for(factory_run_id)
@@ -189,7 +185,7 @@ def load_plan(cml: Any, factory_run_id: str) -> RunPlan:
     return RunPlan.parse(data, f"run plan {path}")
 
 
-def collect_outcomes(grid: dict[str, Any], cml: Any, *, factory_run_id: str, recorded_at: str) -> str:
+def collect_outcomes(grid: dict[str, Any], cml: CmlClient, *, factory_run_id: str, recorded_at: str) -> str:
     """Turn every spec of the plan into an outcome row (failed and never-finished ones too),
     store them in the project as :class:`CollectedOutcomes`, and return that project path."""
     plan = load_plan(cml, factory_run_id)
@@ -208,7 +204,7 @@ def collect_outcomes(grid: dict[str, Any], cml: Any, *, factory_run_id: str, rec
     return _put(cml, path, CollectedOutcomes(factory_run_id=factory_run_id, rows=rows).to_json())
 
 
-def record_outcomes(warehouse: Any, cml: Any, outcomes_path: str, *, factory_run_id: str) -> dict[str, Any]:
+def record_outcomes(warehouse: Any, cml: CmlClient, outcomes_path: str, *, factory_run_id: str) -> dict[str, Any]:
     """Replace this factory run's rows in experiment_outcomes and log the leaderboard."""
     collected = CollectedOutcomes.parse(cml.download_file(outcomes_path), f"collected outcomes {outcomes_path}")
     if collected.factory_run_id != factory_run_id:

@@ -21,12 +21,12 @@ from __future__ import annotations
 
 import logging
 import time
-from datetime import datetime, timezone
 from typing import Any, Callable, Mapping
 
 import numpy as np
 import pandas as pd
 
+from factory_tasks.core.clock import utc_now
 from factory_tasks.core.contracts import ExperimentSpec
 from factory_tasks.core.metrics import COUNTERFACTUAL_METRICS, compute_metric
 from factory_tasks.core.schema import (
@@ -50,10 +50,6 @@ FITTED_ON_KEY = "model_fitted_on"
 def _summary(values: list[float]) -> dict[str, float]:
     arr = np.asarray(values, dtype=np.float64)
     return {"mean": float(arr.mean()), "std": float(arr.std()), "total": float(arr.sum())}
-
-
-def _utc_now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
 def logged_propensities(data: pd.DataFrame) -> np.ndarray | None:
@@ -118,7 +114,7 @@ def run_experiment(
     if n_threads < 1:
         raise ValueError(f"n_threads must be >= 1, got {n_threads}")
     say = progress or log.info
-    started_at = _utc_now()
+    started_at = utc_now()
     wall_start = time.perf_counter()
 
     metric_names: list[str] = list(spec.metrics)
@@ -204,7 +200,7 @@ def run_experiment(
         "threads": n_threads,
         "data_snapshot_hash": spec.data_snapshot.hash,
         "started_at": started_at,
-        "finished_at": _utc_now(),
+        "finished_at": utc_now(),
         MODEL_KEY: first_model,
         FITTED_ON_KEY: fitted_on,
     }
