@@ -11,6 +11,7 @@ import pandas as pd
 import panel as pn
 import pytest
 
+from dashboards.common import SignedInUser
 from dashboards.experiments.sample_data import synthetic_outcomes
 from dashboards.experiments.store import (
     ALL_RUNS,
@@ -19,17 +20,11 @@ from dashboards.experiments.store import (
     hyperparameter_frame,
     prepare,
 )
-from dashboards.experiments.views import (
-    BestPerFamily,
-    ComparisonTable,
-    ErrorBanner,
-    ExperimentDetail,
-    Freshness,
-    HyperparameterView,
-    Leaderboard,
-    PromotePanel,
-    SignedInUser,
-)
+from dashboards.experiments.views.detail import ComparisonTable, ExperimentDetail
+from dashboards.experiments.views.hyperparameters import HyperparameterView
+from dashboards.experiments.views.leaderboard import BestPerFamily, Leaderboard
+from dashboards.experiments.views.promote import PromotePanel
+from dashboards.experiments.views.status import ErrorBanner, Freshness
 from factory_tasks.warehouse.promotions import PROMOTIONS_TABLE, latest_promotion, load_promotions
 from factory_tasks.warehouse.summary import build_summary, write_summary
 
@@ -228,7 +223,7 @@ def test_there_is_no_reviewer_box_and_nobody_signed_in_cannot_promote(store):
 
 
 def test_current_user_is_the_authenticated_cookie_user_never_a_guest(monkeypatch):
-    from dashboards.experiments import auth
+    from dashboards import auth
 
     state = type(pn.state)
     monkeypatch.setattr(state, "user", property(lambda self: None))
@@ -346,7 +341,7 @@ def test_narrowed_filters_survive_a_reload(tmp_path, store, outcomes):
 
 
 def test_range_widgets_follow_a_new_file_with_other_bounds(tmp_path, store, outcomes):
-    from dashboards.experiments.views import FilterPanel
+    from dashboards.experiments.views.filters import FilterPanel
 
     panel = FilterPanel(store=store)
     assert (panel.score.start, panel.score.end) == store.param.score_range.bounds
@@ -391,7 +386,8 @@ def _serialized(viewable) -> dict:
 def test_a_header_only_summary_says_no_experiments_yet_and_the_page_serializes(tmp_path, hook, outcomes):
     """The experiments_summary DAG on a fresh var/ writes a header-only file: the page says
     so (no 500: the range sliders get a placeholder range), then follows the first rows."""
-    from dashboards.experiments.views import FilterPanel, NoExperimentsBanner
+    from dashboards.experiments.views.filters import FilterPanel
+    from dashboards.experiments.views.status import NoExperimentsBanner
     from dashboards.experiments_app import create_app
 
     path = tmp_path / "summary.csv"

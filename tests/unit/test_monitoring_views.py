@@ -6,8 +6,8 @@ import pandas as pd
 import panel as pn
 
 from dashboards.layout import TABLE_CONFIGURATION
+from dashboards.monitoring.charts import realised_vs_estimated_figure
 from dashboards.monitoring.store import ALERT_COLUMNS, empty_alerts, read_alerts
-from dashboards.monitoring.views import realised_vs_estimated_figure
 from factory_tasks.core.schema import DEFAULT_ECONOMICS
 from factory_tasks.loop.alerts import alerts_of_run, monitor_window, record_alerts
 from factory_tasks.loop.config import LoopConfig

@@ -20,7 +20,7 @@ from factory_tasks.training.features import build_pipeline, feature_frame
 from factory_tasks.warehouse.training_data import write_snapshot
 from tests.contract_factories import make_spec
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 SCRIPT = REPO / "jobs" / "retrain_model.py"
 
 

@@ -21,7 +21,7 @@ from factory_tasks.training.features import positive_proba
 from factory_tasks.warehouse.training_data import write_snapshot
 from tests.contract_factories import make_spec as contract_spec
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 SCRIPT = REPO / "jobs" / "run_experiment.py"
 
 

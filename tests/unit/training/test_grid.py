@@ -30,7 +30,7 @@ from factory_tasks.training.grid import (
     main,
 )
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 SHIPPED = REPO / "config" / "grid.yaml"
 SNAPSHOT = {"path": "snapshots/historical_customer_interactions-abc.parquet", "hash": "ab" * 32}
 SPEC_FIELDS = {

@@ -28,7 +28,7 @@ from factory_tasks.training import artifacts
 from factory_tasks.training.artifacts import save_model
 from factory_tasks.training.features import build_pipeline, counterfactual_proba, feature_frame
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 VERSION = "0123456789abcdef-feedf00d-c0dec0de"
 ECONOMICS = {"conversion_value": 100.0, "offer_costs": {"Buy One Get One": 4.0, "Discount": 8.0, "No Offer": 0.0}}
 
