@@ -10,10 +10,10 @@ only for a signed-in session: served without authentication, every page is a ref
 
 What makes the page fast (``benchmarks/dashboard_render.py`` measures it):
 
-- no Panel template: a header, a sidebar column and a main column. ``FastListTemplate`` made
-  the browser fetch and parse ~2.7 MB more JavaScript (FAST web components and MathJax), a
-  stylesheet per component, and a Google Fonts stylesheet, which on a machine without
-  internet is a request that can only fail;
+- no Panel template: a header, a sidebar column and a main column. ``FastListTemplate`` would
+  have the browser fetch and parse megabytes more JavaScript (FAST web components and
+  MathJax), a stylesheet per component, and a Google Fonts stylesheet, which on a machine
+  without internet is a request that can only fail;
 - the first document holds what the first screen needs (filters, the leaderboard, the best per
   family); the tabs below and the promote form arrive right after it (``pn.state.onload``);
 - the leaderboard pages on the server (one page of rows travels), the hyperparameter charts
@@ -30,20 +30,18 @@ import os
 
 import panel as pn
 
-from dashboards.experiments.auth import current_user
+from dashboards.auth import current_user
+from dashboards.common import SignedInUser, refusal
 from dashboards.experiments.store import ExperimentsStore
-from dashboards.experiments.views import (
-    BestPerFamily,
-    ComparisonTable,
+from dashboards.experiments.views.detail import ComparisonTable, ExperimentDetail
+from dashboards.experiments.views.filters import FilterPanel
+from dashboards.experiments.views.hyperparameters import HyperparameterView
+from dashboards.experiments.views.leaderboard import BestPerFamily, Leaderboard
+from dashboards.experiments.views.promote import PromotePanel
+from dashboards.experiments.views.status import (
     ErrorBanner,
-    ExperimentDetail,
-    FilterPanel,
     Freshness,
-    HyperparameterView,
-    Leaderboard,
     NoExperimentsBanner,
-    PromotePanel,
-    SignedInUser,
 )
 from dashboards.layout import page, rule, shown_or_hidden
 
@@ -103,19 +101,9 @@ def create_app(store: ExperimentsStore | None = None, live: bool = True):
     return page(
         TITLE,
         sidebar_width=SIDEBAR_WIDTH,
-        sidebar=[SignedInUser(), FilterPanel(store=store), freshness, rule(), promote_slot],
+        sidebar=[SignedInUser(quote=True), FilterPanel(store=store), freshness, rule(), promote_slot],
         main=[pn.Column(ErrorBanner(store=store), NoExperimentsBanner(store=store), content,
                         sizing_mode="stretch_width")],
-    )
-
-
-def refusal():
-    """The whole page for a session nobody is signed in to."""
-    return pn.pane.Alert(
-        "**This dashboard needs a signed-in user.** Serve it with authentication: "
-        "`python -m stack dashboard` (`make dashboard`), or `panel serve` with `--basic-auth` "
-        "or an OAuth provider and a `--cookie-secret`.",
-        alert_type="danger", css_classes=["mf-not-signed-in"],
     )
 
 

@@ -14,15 +14,14 @@ _HEADER_CSS = """
 
 #: The ``configuration`` of every Tabulator here. Their pages are short (at most 200 rows), and
 #: Tabulator's default virtual renderer measures rows one at a time, each a forced layout, on
-#: every redraw; the basic renderer lays a page out once (the leaderboard's first page cost the
-#: browser ~0.25 s less CPU before its rows appeared).
+#: every redraw; the basic renderer lays a page out once, so the first rows appear sooner.
 TABLE_CONFIGURATION = {"renderVertical": "basic"}
 
 
 def shown_or_hidden(shown: bool) -> dict[str, str]:
     """The ``styles`` of a layout holding a Tabulator that the page sometimes hides. Hidden
     with ``visible=False`` (``display: none``; the table's own or a parent's), Tabulator draws
-    none of the rows that arrive meanwhile and the table stayed blank once shown again; hidden
+    none of the rows that arrive meanwhile and the table stays blank once shown again; hidden
     by style it keeps its layout."""
     if shown:
         return {"visibility": "visible", "height": "auto", "overflow": "visible"}

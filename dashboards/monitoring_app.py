@@ -12,10 +12,10 @@ only for a signed-in session.
 What makes the page fast (``benchmarks/dashboard_render.py`` measures it), as on the
 experiments dashboard:
 
-- no Panel template: a header, a sidebar column and a main column. ``FastListTemplate`` made
-  the browser fetch and parse ~2.7 MB more JavaScript (FAST web components and MathJax), a
-  stylesheet per component, and a Google Fonts stylesheet, which on a machine without internet
-  is a request that can only fail;
+- no Panel template: a header, a sidebar column and a main column. ``FastListTemplate`` would
+  have the browser fetch and parse megabytes more JavaScript (FAST web components and
+  MathJax), a stylesheet per component, and a Google Fonts stylesheet, which on a machine
+  without internet is a request that can only fail;
 - the first document holds what the first screen needs (the lineage and the windows table);
   the alerts table and the charts' tabs arrive right after it (``pn.state.onload``);
 - the charts sit behind their own tab and are built only while it (and their own tab within
@@ -27,19 +27,18 @@ from __future__ import annotations
 
 import panel as pn
 
-from dashboards.experiments.auth import current_user
+from dashboards.auth import current_user
+from dashboards.common import SignedInUser, refusal
 from dashboards.layout import page, rule
+from dashboards.monitoring.charts import Charts
 from dashboards.monitoring.store import MonitoringStore, refresh_seconds
 from dashboards.monitoring.views import (
     AlertsTable,
-    Charts,
     Freshness,
     Lineage,
     ProblemBanner,
-    SignedInUser,
     WindowsTable,
 )
-
 
 TITLE = "Model Factory · monitoring"
 SIDEBAR_WIDTH = 260
@@ -88,16 +87,6 @@ def create_app(store: MonitoringStore | None = None, live: bool = True):
         sidebar=[SignedInUser(), freshness,
                  pn.pane.Markdown("[Experiments dashboard](./experiments_app) · [All dashboards](./)")],
         main=[pn.Column(ProblemBanner(store=store), Lineage(store=store), tabs, sizing_mode="stretch_width")],
-    )
-
-
-def refusal():
-    """The whole page for a session nobody is signed in to."""
-    return pn.pane.Alert(
-        "**This dashboard needs a signed-in user.** Serve it with authentication: "
-        "`python -m stack dashboard` (`make dashboard`), or `panel serve` with `--basic-auth` "
-        "or an OAuth provider and a `--cookie-secret`.",
-        alert_type="danger", css_classes=["mf-not-signed-in"],
     )
 
 

@@ -1,1 +1,2 @@
-"""The experiments explorer: data store (store.py), views (views.py); app in dashboards/experiments_app.py."""
+"""The experiments explorer: data store (store.py), views (views/), the warehouse it records
+promotions in (warehouse.py); app in dashboards/experiments_app.py."""

@@ -5,8 +5,8 @@ One :class:`ExperimentsStore` per browser session. The summary is read from obje
 by all sessions through a process-wide cache keyed on the object's (location, mtime, size), so
 a 50,000-row file is parsed once per change, and every filter runs in pandas on that cached
 frame. What every session derives from the frame alone (the run and family choices, the score
-and date bounds) is cached beside it, so a new session costs milliseconds, not a pass over
-the rows. Promotions are rows of the warehouse table ``model_promotions``.
+and date bounds) is cached beside it, so a new session needs no pass over the rows.
+Promotions are rows of the warehouse table ``model_promotions``.
 """
 
 from __future__ import annotations
@@ -94,7 +94,8 @@ def load_summary(location: str) -> tuple[pd.DataFrame, tuple[int, int] | None]:
 
 def prepare(summary: pd.DataFrame) -> pd.DataFrame:
     """Add the derived columns the views need (never mutate the cached frame afterwards)."""
-    # numpy-backed object strings: masks and takes on 50,000 rows are ~5x faster than Arrow's.
+    # numpy-backed object strings: every filter change masks and takes rows, which costs several
+    # times less on them than on Arrow strings.
     frame = summary.astype({c: "object" for c in summary.columns if summary[c].dtype == "string"})
     frame = frame.astype({c: "float64" for c in frame.columns if str(frame[c].dtype) == "Int64"
                           and frame[c].isna().any()})
@@ -159,7 +160,7 @@ def best_per_family(frame: pd.DataFrame) -> pd.DataFrame:
     """The best succeeded experiment of each family (by its ranking metric's direction).
 
     Only the three columns the choice needs are touched before the winners are picked, so
-    this costs a few milliseconds on 50,000 rows (it runs on every filter change).
+    this stays cheap on 50,000 rows (it runs on every filter change).
     """
     codes, families = pd.factorize(frame["family"].to_numpy(dtype=object))  # NaN: -1
     keys = frame["rank_key"].to_numpy(dtype=float, na_value=np.nan)
@@ -167,7 +168,7 @@ def best_per_family(frame: pd.DataFrame) -> pd.DataFrame:
     if not ok.any():
         return frame.iloc[0:0]
     positions = np.flatnonzero(ok)
-    # Best first, ties in frame order (what idxmax gave), then the first row of each family.
+    # Best first, ties in frame order (the earlier row wins), then the first row of each family.
     order = positions[np.lexsort((positions, -keys[positions]))]
     _, first = np.unique(codes[order], return_index=True)
     winners = order[first]

@@ -11,10 +11,8 @@ import functools
 import sqlite3
 from typing import Any
 
+from factory_tasks.core.names import WAREHOUSE_CONN_ID
 from factory_tasks.warehouse.sql import WarehouseError
-
-#: the id of the warehouse connection (``dags/connections.py: WAREHOUSE_CONN_ID``)
-WAREHOUSE_CONN_ID = "model_factory_warehouse"
 
 
 class WarehouseUnavailable(RuntimeError):

@@ -27,8 +27,8 @@ import pandas as pd
 from factory_tasks.core.contracts import DeploymentRecord, MonitoringAlert
 from factory_tasks.core.schema import CUSTOMER_COLUMNS, OFFERS
 from factory_tasks.warehouse.contract_table import ContractTable
+from factory_tasks.warehouse.dialects import dialect_for
 from factory_tasks.warehouse.loop_tables import MODEL_MONITORING, MODEL_MONITORING_SCHEMA
-from factory_tasks.warehouse.sql import dialect_for
 
 START = datetime(2026, 12, 1, tzinfo=timezone.utc)
 #: a cohort's values are recomputed at these hours after its start; the last one is final

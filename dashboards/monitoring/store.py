@@ -35,8 +35,9 @@ from dashboards.experiments.warehouse import WAREHOUSE_ERRORS, warehouse_hook
 from factory_tasks.core.contracts import DeploymentRecord, MonitoringAlert
 from factory_tasks.loop.config import LoopConfig, LoopConfigError, load_loop_config
 from factory_tasks.warehouse.contract_table import ContractTable
+from factory_tasks.warehouse.dialects import dialect_for
 from factory_tasks.warehouse.loop_tables import MATURITIES, MODEL_MONITORING, MODEL_MONITORING_SCHEMA
-from factory_tasks.warehouse.sql import connection_label, dialect_for
+from factory_tasks.warehouse.sql import connection_label
 
 MONITORING_COLUMNS: tuple[str, ...] = tuple(c.name for c in MODEL_MONITORING_SCHEMA)
 KEY = ["cohort_start", "model_version", "metric", "dimension"]
