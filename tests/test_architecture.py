@@ -69,3 +69,23 @@ def test_the_cml_client_protocol_matches_the_hooks():
             assert hasattr(hook, name), f"{hook.__name__} has no {name}()"
             assert _parameters(getattr(protocol, name)) == _parameters(getattr(hook, name)), (
                 f"{protocol.__name__}.{name} and {hook.__name__}.{name} take different parameters")
+
+
+def test_setup_cfg_lists_every_package():
+    """A wheel holds only the packages setup.cfg names: a new sub-package must be listed there."""
+    import configparser
+
+    config = configparser.ConfigParser()
+    config.read(REPO / "setup.cfg")
+    listed = set(config["options"]["packages"].split())
+    roots = {name.strip(): value.strip() for name, _, value in
+             (line.partition("=") for line in config["options"]["package_dir"].strip().splitlines())
+             if name.strip()}
+    on_disk = set()
+    for package, folder in {"factory_tasks": "factory_tasks", "dashboards": "dashboards", **roots}.items():
+        base = REPO / folder
+        for init in base.rglob("__init__.py"):
+            relative = init.parent.relative_to(base).parts
+            on_disk.add(".".join((package, *relative)))
+    on_disk = {name for name in on_disk if "model_shim" not in name}  # data for the model servers, not a package
+    assert on_disk - listed == set(), f"packages missing from setup.cfg: {sorted(on_disk - listed)}"
