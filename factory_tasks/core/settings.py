@@ -36,8 +36,3 @@ def summary_location() -> "UPath":
     """``<object store>/experiments_summary/experiments_summary.csv``: written by the
     experiments_summary DAG, read by the dashboard."""
     return object_store().joinpath(*SUMMARY_KEY.split("/"))
-
-
-def summary_path() -> "UPath":
-    """Same as :func:`summary_location` (the older name)."""
-    return summary_location()

@@ -186,7 +186,7 @@ def run(grid_path: str = "config/grid.yaml", rows: int = DEFAULT_ROWS, seed: int
 
 
 def _run(paths: StackPaths, grid_path: str, rows: int, seed: int) -> int:
-    from factory_tasks.core.settings import summary_path
+    from factory_tasks.core.settings import summary_location
     from factory_tasks.loop.history import ensure_training_table
     from factory_tasks.warehouse.outcomes import OutcomeStore
     from factory_tasks.warehouse.summary import refresh_summary
@@ -226,7 +226,7 @@ def _run(paths: StackPaths, grid_path: str, rows: int, seed: int) -> int:
                 tasks = task_states(DAG_ID, dag_run.run_id, stack.env)
             except AirflowCommandError as exc:
                 _say(f"  (task states unavailable: {exc}; reading the log only)")
-        summary = summary_path()
+        summary = summary_location()
         try:
             outcomes = OutcomeStore(warehouse).read(dag_run.run_id)  # this run's rows only
             refresh_summary(warehouse, summary)
