@@ -36,6 +36,7 @@ from factory_tasks.serving.loading import (
     choose_scorer,
     economics_from_metadata,
     fetch_model_files,
+    load_pipeline,
 )
 from factory_tasks.serving.requests import EXAMPLE_REQUEST, error_response
 from factory_tasks.serving.scoring import NextBestOfferModel, TrackMetric, no_metric
@@ -49,7 +50,7 @@ def load_model_service(config: ServingConfig, *, track_metric: TrackMetric | Non
 
     started = time.perf_counter()
     fetch_model_files(config)
-    pipeline = artifacts.load_model(config.artifact)
+    pipeline = load_pipeline(config)
     metadata_path = config.model_dir / artifacts.METADATA_FILENAME
     try:
         metadata = json.loads(metadata_path.read_text(encoding="utf-8"))

@@ -3,7 +3,8 @@ decides which scorer serves.
 
 :class:`ServingConfig` reads the deployment's environment (``MF_MODEL_ARTIFACT``,
 ``MF_MODEL_DIR``, ``MF_MODEL_VERSION``); a model in remote storage (any fsspec URL) is copied
-into a local cache folder by :func:`fetch_model_files`. :func:`economics_from_metadata` checks
+into a local cache folder by :func:`fetch_model_files` and loaded by :func:`load_pipeline`
+(which names the file when it is not a skops archive). :func:`economics_from_metadata` checks
 the economics recorded in ``model.metadata.json``. :func:`choose_scorer` serves with the
 compiled model (:mod:`factory_tasks.serving.compiled`) when ``model.onnx`` is beside
 ``model.skops`` and onnxruntime reproduces the skops probabilities on probe customers;
@@ -141,6 +142,25 @@ def fetch_model_files(config: ServingConfig) -> None:
         except FileNotFoundError:
             raise FileNotFoundError(f"no model file at {config.remote_artifact.rsplit('/', 1)[0]}/{name}") from None
     log.info("fetched the model files of %s into %s", config.remote_artifact, config.model_dir)
+
+
+def load_pipeline(config: ServingConfig) -> Any:
+    """The pipeline in ``config.artifact`` (safe skops loader); a file that is not a readable skops
+    archive (truncated, corrupt, another format) is a ServingConfigError naming it."""
+    import zipfile
+    import zlib
+
+    from factory_tasks.training import artifacts
+
+    try:
+        return artifacts.load_model(config.artifact)
+    except artifacts.UntrustedModelError:  # a ValueError too, with its own message
+        raise
+    except (zipfile.BadZipFile, zlib.error, EOFError, KeyError, ValueError) as exc:  # ValueError: bad JSON inside
+        where = (f"{config.remote_artifact} (fetched to {config.artifact})" if config.remote_artifact
+                 else str(config.artifact))
+        raise ServingConfigError(f"{where} is not a valid skops file (truncated or corrupt): "
+                                 f"{type(exc).__name__}: {exc}") from None
 
 
 def _probe_customers() -> pd.DataFrame:

@@ -16,9 +16,11 @@ Request: ``{"accessKey": "<Model.access_key>", "request": {...}}`` (or ``?access
 the URL), at most 5 MB; ``Authorization: Bearer <API key>`` when the model has
 authentication enabled. Answer: ``{"success": true, "response": <what predict returned>}``.
 Errors: ``{"success": false, "error": "<model.code>", "code": <gRPC code>, "message",
-"details": []}`` with HTTP 400 (not JSON, no accessKey/request), 401 (bearer), 404 (unknown
-access key, other paths), 405, 413, 429 (``model.busy``), 500 (``predict`` raised or the replica
-died), 503 (the model has no deployed deployment), 504 (no answer within the request timeout).
+"details": []}`` with HTTP 400 (not JSON, nested too deeply, an integer past Python's digit
+limit, no accessKey/request), 401 (bearer), 404 (unknown access key, other paths), 405 (with
+``Allow: POST``), 413, 429 (``model.busy``), 500 (``predict`` raised or the replica died), 503
+(the model has no deployed deployment), 504 (no answer within the request timeout). An answer to
+``HEAD`` has the headers of that answer and no body.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import asyncio
 import hmac
 import json
 import logging
+import sys
 from collections import deque
 from collections.abc import Callable
 from urllib.parse import parse_qs
@@ -50,6 +53,42 @@ _REASONS = {
     503: b"Service Unavailable", 504: b"Gateway Timeout",
 }
 _MAX_PIPELINED = 16
+
+
+class _TooManyDigits:
+    """Stands for an integer past Python's int-string limit while the body is parsed again."""
+
+    __slots__ = ("digits",)
+
+    def __init__(self, digits: int):
+        self.digits = digits
+
+
+def _int_or_marker(text: str) -> int | _TooManyDigits:
+    digits = len(text) - (text[0] == "-")
+    limit = sys.get_int_max_str_digits()
+    return _TooManyDigits(digits) if limit and digits > limit else int(text)
+
+
+def _too_many_digits(body: bytes) -> str | None:
+    """Where the body holds an integer too long for Python to parse, and how long, or None
+    (the error path only: the body is parsed a second time)."""
+    try:
+        parsed = json.loads(body, parse_int=_int_or_marker)
+    except (ValueError, RecursionError):
+        return None
+    stack = [("", parsed)]
+    while stack:  # iterative: the body may be nested nearly as deep as the parser allows
+        where, value = stack.pop()
+        if isinstance(value, _TooManyDigits):
+            limit = sys.get_int_max_str_digits()
+            return (f"{where or 'the body'}: the number has {value.digits} digits, more than the "
+                    f"{limit} digits an integer may have (Python's int-string limit)")
+        if isinstance(value, dict):
+            stack.extend((f"{where}.{k}" if where else k, v) for k, v in reversed(value.items()))
+        elif isinstance(value, list):
+            stack.extend((f"{where}[{i}]", v) for i, v in reversed(list(enumerate(value))))
+    return None
 
 
 def error_answer(status: int, error: str, code: GrpcCode, message: str) -> tuple[int, bytes, bytes]:
@@ -134,8 +173,13 @@ class ModelRouter:
                                 "the model service answers POST /model")
         try:
             payload = json.loads(body)
-        except (ValueError, UnicodeDecodeError):
+        except RecursionError:
             return error_answer(400, "model.badRequest", GrpcCode.INVALID_ARGUMENT,
+                                "the body is nested too deeply: its JSON arrays/objects nest deeper than the "
+                                f"parser allows (about {sys.getrecursionlimit()} levels)")
+        except ValueError:  # UnicodeDecodeError included
+            message = _too_many_digits(body)
+            return error_answer(400, "model.badRequest", GrpcCode.INVALID_ARGUMENT, message or
                                 'the body must be JSON: {"accessKey": "...", "request": {...}}')
         if not isinstance(payload, dict):
             return error_answer(400, "model.badRequest", GrpcCode.INVALID_ARGUMENT,
@@ -300,11 +344,13 @@ class _HttpConnection(asyncio.Protocol):
         self._closed = True
         self.transport.close()
 
-    def _write(self, status: int, body: bytes, extra: bytes, *, keep_alive: bool, http10: bool) -> None:
+    def _write(self, status: int, body: bytes, extra: bytes, *, keep_alive: bool, http10: bool,
+               head: bool = False) -> None:
+        """The answer; to HEAD without its body (a body there would be read as the next answer)."""
         connection = (b"connection: keep-alive\r\n" if http10 else b"") if keep_alive else b"connection: close\r\n"
         self.transport.write(
             b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\n%s%s\r\n%s"
-            % (status, _REASONS.get(status, b"Error"), len(body), extra, connection, body)
+            % (status, _REASONS.get(status, b"Error"), len(body), extra, connection, b"" if head else body)
         )
 
     async def _serve(self, request) -> None:
@@ -317,7 +363,7 @@ class _HttpConnection(asyncio.Protocol):
                 status, answer, extra = error_answer(500, "model.internal", GrpcCode.INTERNAL, f"internal error: {exc}")
             if self._closed:
                 return
-            self._write(status, answer, extra, keep_alive=keep_alive, http10=http10)
+            self._write(status, answer, extra, keep_alive=keep_alive, http10=http10, head=method == b"HEAD")
             if not keep_alive:
                 self._closed = True
                 self.transport.close()

@@ -441,6 +441,57 @@ def test_http_details_pipelining_chunked_expect_and_connection_close(models):
     assert status == 400
 
 
+def test_head_gets_no_body_and_the_keep_alive_connection_carries_on(models):
+    import http.client
+    import socket
+
+    model, _, _ = models.deployed("def predict(args):\n    return args\n")
+    body = json.dumps({"accessKey": model["access_key"], "request": {"after": "head"}})
+    conn = http.client.HTTPConnection("127.0.0.1", models.ws.model_port, timeout=10)
+    try:
+        conn.request("HEAD", "/model")
+        head = conn.getresponse()
+        assert head.status == 405 and head.getheader("allow") == "POST"
+        assert head.read() == b""
+        conn.request("POST", "/model", body=body, headers={**models.ws.headers, "content-type": "application/json"})
+        answer = conn.getresponse()
+        assert answer.status == 200 and json.loads(answer.read())["response"] == {"after": "head"}
+    finally:
+        conn.close()
+    # http.client drops what it buffered past a HEAD answer: on the raw socket, the next bytes
+    # after the HEAD answer's headers must be the POST's status line, not a body
+    with socket.create_connection(("127.0.0.1", models.ws.model_port), timeout=10) as sock:
+        sock.sendall(b"HEAD /model HTTP/1.1\r\nHost: x\r\n\r\n" + _request(body.encode(), models.ws.api_key))
+        data = b""
+        while data.count(b"\r\n\r\n") < 2:
+            chunk = sock.recv(65536)
+            assert chunk, data
+            data += chunk
+    after_head = data.split(b"\r\n\r\n", 1)[1]
+    assert after_head.startswith(b"HTTP/1.1 200 "), data
+
+
+def test_a_body_too_deeply_nested_or_with_a_too_long_integer_is_a_400_naming_it(models):
+    model, _, _ = models.deployed("def predict(args):\n    return args\n")
+    key = json.dumps(model["access_key"])
+
+    def post(request: str) -> httpx.Response:
+        return httpx.post(models.ws.model_service_url + "/model", headers=models.ws.headers,
+                          content=f'{{"accessKey": {key}, "request": {request}}}'.encode())
+
+    deep = post("[" * 100_000 + "]" * 100_000)
+    assert deep.status_code == 400, deep.text
+    message = deep.json()["message"]
+    assert "nested too deeply" in message and "recursion" not in message and "Traceback" not in message
+    huge = post('{"customers": [{"recency": 6}, {"history": ' + "7" * 5000 + "}]}")
+    assert huge.status_code == 400, huge.text
+    message = huge.json()["message"]
+    assert "request.customers[1].history" in message and "5000 digits" in message, message
+    negative = post('{"history": -' + "7" * 5000 + "}")
+    assert negative.status_code == 400 and "request.history" in negative.json()["message"], negative.text
+    assert models.call(model, {"still": "fine"}).json()["response"] == {"still": "fine"}
+
+
 def test_auto_deploy_and_health(models):
     path = models.entry_point("probe.py", PROBE)
     model = models.model()

@@ -7,6 +7,7 @@ import importlib.util
 import io
 import itertools
 import json
+import re
 import sys
 import tempfile
 import types
@@ -490,6 +491,29 @@ def test_a_missing_artifact_is_an_error_answer_and_a_failed_build_check(tmp_path
     assert "the model is not loaded: FileNotFoundError" in response["error"]["message"]
     with pytest.raises(FileNotFoundError):
         entry.build_check()
+
+
+def test_a_truncated_or_corrupt_skops_file_is_named(model_dirs, tmp_path, monkeypatch):
+    import fsspec
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "cache"))
+    whole = (model_dirs["skops"] / artifacts.MODEL_FILENAME).read_bytes()
+    local = tmp_path / "local"
+    local.mkdir()
+    (local / artifacts.METADATA_FILENAME).write_bytes((model_dirs["skops"] / artifacts.METADATA_FILENAME).read_bytes())
+    for broken in (whole[: len(whole) // 2], whole[:200] + bytes(b ^ 0xFF for b in whole[200:400]) + whole[400:]):
+        (local / artifacts.MODEL_FILENAME).write_bytes(broken)
+        with pytest.raises(ServingConfigError, match="^" + re.escape(f"{local / 'model.skops'} is not a valid skops file (truncated or corrupt")):
+            load(local)
+
+    memory = fsspec.filesystem("memory")
+    memory.pipe_file("/bucket-cut/m/model.skops", whole[:1000])
+    memory.pipe_file("/bucket-cut/m/model.metadata.json", (local / artifacts.METADATA_FILENAME).read_bytes())
+    entry = ServingEntryPoint(environ={"MF_MODEL_ARTIFACT": "memory://bucket-cut/m/model.skops"})
+    with pytest.raises(ServingConfigError, match=r"^memory://bucket-cut/m/model.skops .*is not a valid skops file"):
+        entry.build_check()
+    assert "not a valid skops file" in entry.predict(customer())["error"]["message"]
+    memory.rm("/bucket-cut", recursive=True)
 
 
 # --------------------------------------------------------------------------------------------
