@@ -657,7 +657,7 @@ def main() -> int:
     from factory_tasks.training.grid import load_grid
 
     var = (args.var or Path(tempfile.mkdtemp(prefix="mf-scale-"))).resolve()
-    grid = write_grid(var / "grid-scale.yaml", args.experiments, folds=args.folds, max_parallel=args.max_parallel)
+    grid = write_grid(var / "config" / "grid-scale.yaml", args.experiments, folds=args.folds, max_parallel=args.max_parallel)
     config = load_grid(grid)  # the grid is valid before anything starts
     print(f"grid {grid}: {config.size} experiments ({config.cv.folds} folds, max_parallel {config.max_parallel}), "
           f"{args.rows} rows, {os.cpu_count()} cores; load {os.getloadavg()[0]:.1f} at the start", flush=True)

@@ -191,7 +191,7 @@ def measure_scheduler(config, grid_path: Path, rows: int, var: Path, cores: int,
     if warm:
         from benchmarks.grid_scale import write_grid
 
-        warm_up = {"grid_path": str(write_grid(var / "grid-warm-up.yaml", 1, folds=2, max_parallel=1)),
+        warm_up = {"grid_path": str(write_grid(var / "config" / "grid-warm-up.yaml", 1, folds=2, max_parallel=1)),
                    "reuse_results": False}
     run = run_under_scheduler(var, {"grid_path": str(grid_path), "reuse_results": False}, rows=rows,
                               timeout_s=3600, warm_up=warm_up, say=lambda msg: print(msg, flush=True))

@@ -64,7 +64,8 @@ from factory_tasks.core.names import WAREHOUSE_CONN_ID
     default_args={"owner": "model-factory", "retries": 2, "retry_delay": timedelta(minutes=1)},
     params={
         "loop_config_path": Param("config/closed_loop.yaml", type="string",
-                             description="The closed-loop settings (relative to the repository, or absolute)."),
+                             description=("The closed-loop settings in a config folder (config/, or "
+                                          "$MODEL_FACTORY_CONFIG_DIRS), relative to the repository or absolute.")),
         "drift_enabled": Param(None, type=["null", "boolean"],
                                description="Override drift.enabled of the settings file (empty: the file's)."),
     },

@@ -44,6 +44,8 @@ from connections import CML_CONN_ID, warehouse_hook
 from planned_runs import CML_POLL_INTERVAL_S, sensor_kwargs, submit_kwargs
 from task_errors import no_retry_on_bad_input
 
+from factory_tasks.core.limits import MAX_PARALLEL
+
 EXPERIMENT_TIMEOUT_S = 2 * 60 * 60
 WAIT_TIMEOUT_S = EXPERIMENT_TIMEOUT_S + 600  # the run's own timeout, then ten minutes' grace
 
@@ -58,8 +60,10 @@ WAIT_TIMEOUT_S = EXPERIMENT_TIMEOUT_S + 600  # the run's own timeout, then ten m
     doc_md=__doc__,
     default_args={"owner": "model-factory", "retries": 2, "retry_delay": timedelta(seconds=20)},
     params={
-        "grid_path": Param("config/grid.yaml", type="string", description="Grid file, relative to the repository root or absolute."),
-        "max_parallel": Param(None, type=["null", "integer"], minimum=1, description="Experiments running at once; empty = the grid's max_parallel."),
+        "grid_path": Param("config/grid.yaml", type="string", description=(
+            "Grid file in a config folder (config/, or $MODEL_FACTORY_CONFIG_DIRS), relative to the repository root or absolute.")),
+        "max_parallel": Param(None, type=["null", "integer"], minimum=1, maximum=MAX_PARALLEL,
+                              description="Experiments running at once; empty = the grid's max_parallel."),
         "reuse_results": Param(True, type="boolean", description="Reuse succeeded results of identical experiments."),
         "include_interactions": Param(False, type="boolean", description=(
             "Train on history plus the matured rows of customer_interactions (the grid's data.interactions_table).")),

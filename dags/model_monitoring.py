@@ -53,12 +53,14 @@ RETRAIN_DAG_ID = "model_factory"
 
 
 def _window():
-    """The run's closed-loop settings and monitoring window."""
+    """The run's closed-loop settings and monitoring window; an invalid settings file fails the
+    task (the sensor included) at once, without retries."""
     from factory_tasks.stages.monitoring import monitoring_window
 
     context = get_current_context()
-    return monitoring_window(context["params"]["loop_config_path"], context["data_interval_start"],
-                             context["data_interval_end"])
+    with no_retry_on_bad_input():
+        return monitoring_window(context["params"]["loop_config_path"], context["data_interval_start"],
+                                 context["data_interval_end"])
 
 
 @dag(
@@ -72,9 +74,11 @@ def _window():
     doc_md=__doc__,
     default_args={"owner": "model-factory", "retries": 2, "retry_delay": timedelta(minutes=1)},
     params={
-        "loop_config_path": Param("config/closed_loop.yaml", type="string",
-                                  description="Closed-loop settings, relative to the repository root or absolute."),
-        "grid_path": Param("config/grid.yaml", type="string", description="Grid file whose economics price the rewards."),
+        "loop_config_path": Param("config/closed_loop.yaml", type="string", description=(
+            "Closed-loop settings in a config folder (config/, or $MODEL_FACTORY_CONFIG_DIRS), "
+            "relative to the repository root or absolute.")),
+        "grid_path": Param("config/grid.yaml", type="string", description=(
+            "Grid file whose economics price the rewards, in a config folder like loop_config_path.")),
     },
 )
 def model_monitoring():

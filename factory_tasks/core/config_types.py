@@ -36,6 +36,13 @@ Problem = tuple[Loc, str]
 ParamValue = StrictBool | StrictInt | StrictFloat | StrictStr | None
 
 
+def short_name(name: Any, limit: int = 40) -> str:
+    """A key of a config file as error messages quote it: at most ``limit`` characters, control
+    characters escaped (``repr``), so a stray line of some other file is never echoed whole."""
+    text = str(name)
+    return repr(text if len(text) <= limit else text[:limit] + "...")
+
+
 def suggest(name: str, valid: list[str] | set[str], *, list_all: bool = True) -> str:
     """' Did you mean ...?' from difflib, else (optionally) the valid names."""
     close = difflib.get_close_matches(str(name), sorted(valid), n=3, cutoff=0.6)
@@ -90,7 +97,7 @@ class StrictModel(BaseModel):
                 raise
             valid = sorted(cls.model_fields)
             raise validation_error(
-                [(loc, f"unknown key {loc[0]!r}.{suggest(loc[0], valid, list_all=False)} "
+                [(loc, f"unknown key {short_name(loc[0])}.{suggest(loc[0], valid, list_all=False)} "
                        f"Valid keys here: {', '.join(valid)}.") for loc in unknown],
                 [e for e in errors if e["loc"] not in unknown],
             ) from None
@@ -141,7 +148,7 @@ class Economics(StrictModel):
         if isinstance(value, Mapping):
             for name in value:
                 if name not in OFFERS:
-                    problems.append(((name,), f"unknown offer {name!r}.{suggest(name, set(OFFERS))}"))
+                    problems.append(((name,), f"unknown offer {short_name(name)}.{suggest(name, set(OFFERS))}"))
             missing = [o for o in OFFERS if o not in value]
             if missing:
                 problems.append(((), f"missing a cost for {', '.join(map(repr, missing))}: give one for each of "

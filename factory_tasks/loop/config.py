@@ -19,7 +19,7 @@ from pydantic import AfterValidator, Field, ValidationError, model_validator
 from factory_tasks.core.config_types import StrictModel
 from factory_tasks.core.schema import CHANNELS, CUSTOMER_COLUMNS, OFFERS, ZIP_CODES
 from factory_tasks.core.settings import REPO_ROOT
-from factory_tasks.training.grid import _describe, _format, _in_file_order
+from factory_tasks.training.grid import _describe, _format, _in_file_order, not_this_kind_of_file
 from factory_tasks.training.grid_yaml import UnsafeYamlError, describe_yaml_error, parse_yaml
 
 DEFAULT_LOOP_CONFIG = REPO_ROOT / "config" / "closed_loop.yaml"
@@ -133,8 +133,9 @@ def load_loop_config(path: str | Path = DEFAULT_LOOP_CONFIG) -> LoopConfig:
         raise LoopConfigError(source, [f"{source}:{line}:{column}: YAML syntax error: {what}"]) from None
     if doc.data is None:
         return LoopConfig()
-    if not isinstance(doc.data, dict):
-        raise LoopConfigError(source, [f"{source}:1: the top level must be a mapping (traffic, responses, drift, monitoring)"])
+    not_a_loop_config = not_this_kind_of_file(doc.data, LoopConfig.model_fields, "closed-loop config")
+    if not_a_loop_config:
+        raise LoopConfigError(source, [f"{source}:1: {not_a_loop_config}"])
     problems = [_format(source, doc, loc, msg, line=line) for loc, line, msg in doc.duplicate_keys]
     try:
         config = LoopConfig.model_validate(doc.data)

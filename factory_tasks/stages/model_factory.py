@@ -20,12 +20,14 @@ from factory_tasks.core.contracts import (
     RunPlan,
     SnapshotRef,
 )
+from factory_tasks.core.limits import MAX_PARALLEL
 from factory_tasks.core.names import EXPERIMENT_ID_ENV, EXPERIMENT_SCRIPT, FACTORY_RUN_ENV
 from factory_tasks.core.versions import current_provenance
 from factory_tasks.stages.cml_client import CmlClient
 from factory_tasks.stages.collect import JobRunRef, outcome_rows
 from factory_tasks.stages.fanout import ResultReader, run_request, split_long_first, split_reusable
-from factory_tasks.stages.paths import repo_path
+from factory_tasks.stages.errors import in_range
+from factory_tasks.stages.paths import config_path
 from factory_tasks.training.grid import expand_grid, grid_hash, load_grid
 from factory_tasks.training.leaderboard import format_leaderboard
 from factory_tasks.warehouse.outcomes import OutcomeStore
@@ -35,8 +37,11 @@ log = logging.getLogger(__name__)
 
 
 def validate_grid_file(grid_path: str, max_parallel: int | None = None) -> dict[str, Any]:
-    """Load and validate the grid; raises GridError naming file, key and problem."""
-    path = repo_path(grid_path)
+    """Load and validate the grid; raises GridError naming file, key and problem (and
+    ConfigPathError / ParamError for a path outside the config folders or a cap out of range)."""
+    path = config_path(grid_path, "grid_path")
+    if max_parallel is not None:
+        in_range("max_parallel", max_parallel, 1, MAX_PARALLEL, whole=True)
     config = load_grid(path)
     ref = GridRef(grid_path=str(path), grid_hash=grid_hash(config), table=config.data.table,
                   interactions_table=config.data.interactions_table,

@@ -52,6 +52,7 @@ from factory_tasks.core.config_types import (
     validate_collecting,
 )
 from factory_tasks.core.estimators import ESTIMATORS, get_estimator
+from factory_tasks.core.limits import MAX_PARALLEL
 from factory_tasks.core.schema import DEFAULT_INTERACTIONS_TABLE, TRAINING_TABLE
 from factory_tasks.training.grid_params import SCALARS, check_params, fit_problems, show_value
 from factory_tasks.training.grid_yaml import UnsafeYamlError, YamlDocument, describe_yaml_error, parse_yaml
@@ -183,7 +184,7 @@ class GridConfig(StrictModel):
     cv: CVConfig = CVConfig()
     metrics: Annotated[list[MetricName], Field(min_length=1)] = Field(default_factory=lambda: list(DEFAULT_METRICS))
     ranking_metric: MetricName = DEFAULT_RANKING_METRIC
-    max_parallel: int = Field(4, ge=1)
+    max_parallel: int = Field(4, ge=1, le=MAX_PARALLEL)
     max_experiments: int = Field(200, ge=1)
     economics: Economics
     data: DataConfig = DataConfig()
@@ -295,12 +296,12 @@ def load_grid(path: str | Path, *, check_fit: bool = True) -> GridConfig:
         line, column, what = describe_yaml_error(exc)
         where = f"{source}:{line}:{column}" if line else source
         raise GridError(source, [f"{where}: YAML syntax error: {what}"]) from None
-    problems = [_format(source, doc, loc, msg, line=line) for loc, line, msg in doc.duplicate_keys]
     if doc.data is None:
         raise GridError(source, [f"{source}: the file is empty; it needs at least economics and families"])
-    if not isinstance(doc.data, dict):
-        raise GridError(source, [f"{source}:1: the top level must be a mapping of settings "
-                                 f"(cv, metrics, economics, families, ...), got a {type(doc.data).__name__}"])
+    not_a_grid = not_this_kind_of_file(doc.data, GridConfig.model_fields, "grid")
+    if not_a_grid:
+        raise GridError(source, [f"{source}:1: {not_a_grid}"])
+    problems = [_format(source, doc, loc, msg, line=line) for loc, line, msg in doc.duplicate_keys]
     try:
         config = GridConfig.model_validate(doc.data)
     except ValidationError as exc:
@@ -330,6 +331,19 @@ def _read_grid_text(path: str | Path, source: str) -> str:
         raise GridError(source, [f"{source}: file not found (looked at {Path(path).resolve()})"]) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise GridError(source, [f"{source}: cannot read the file: {exc}"]) from None
+
+
+def not_this_kind_of_file(data: Any, settings: Mapping[str, Any], kind: str) -> str | None:
+    """Why ``data`` is not a ``kind`` file at all (None when it may be one): not a mapping, or
+    none of its top-level keys is one of ``settings``. The file's content is never quoted: it may
+    be any file the worker can read, a password file included."""
+    expected = ", ".join(settings)
+    if not isinstance(data, dict):
+        return (f"not a {kind} file: the top level must be a mapping of settings ({expected}), "
+                f"got a {type(data).__name__}")
+    if not any(isinstance(key, str) and key in settings for key in data):
+        return f"not a {kind} file: none of its top-level keys is a {kind} setting ({expected})"
+    return None
 
 
 def _in_file_order(problems: list[tuple[int, str]]) -> list[str]:
@@ -366,10 +380,11 @@ def key_path(loc: Loc) -> str:
     for part in loc:
         if isinstance(part, int):
             text += f"[{part}]"
-        elif re.fullmatch(r"[A-Za-z0-9_-]+", str(part)):
+        elif re.fullmatch(r"[A-Za-z0-9_-]{1,40}", str(part)):
             text += f".{part}" if text else str(part)
         else:
-            text += f"[{json.dumps(str(part), ensure_ascii=False)}]"
+            name = str(part) if len(str(part)) <= 40 else str(part)[:40] + "..."  # a stray line, not a key
+            text += f"[{json.dumps(name, ensure_ascii=False)}]"
     return text
 
 

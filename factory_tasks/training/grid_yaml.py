@@ -18,7 +18,7 @@ import yaml
 from yaml.events import AliasEvent
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
-from factory_tasks.core.config_types import Loc
+from factory_tasks.core.config_types import Loc, short_name
 
 #: Deepest nesting of YAML nodes a grid file may use; deeper input is refused, never recursed
 #: into. A grid needs 6: the top-level mapping, ``families``, ``rf``, ``params``, ``max_depth``
@@ -106,7 +106,7 @@ def _index(node: Node, loc: Loc, doc: YamlDocument) -> None:
             key, line = key_node.value, key_node.start_mark.line + 1
             if key in first_seen:
                 doc.duplicate_keys.append(
-                    (loc + (key,), line, f"duplicate key {key!r} (first written on line {first_seen[key]}); "
+                    (loc + (key,), line, f"duplicate key {short_name(key)} (first written on line {first_seen[key]}); "
                      "YAML would keep only the last one")
                 )
                 continue

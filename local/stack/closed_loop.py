@@ -88,7 +88,7 @@ def closed_loop_demo(stack, started: float, step: str = "[8/8]") -> DemoReport:
     traffic_log = stack.paths.logs / f"{TRAFFIC_DAG}-{stamp}.log"
     monitoring_log = stack.paths.logs / f"{MONITORING_DAG}-{stamp}.log"
     windows = demo_windows(datetime.now(timezone.utc))
-    config = write_demo_config(REPO_ROOT / "config" / "closed_loop.yaml", stack.paths.var / "closed_loop_demo.yaml",
+    config = write_demo_config(REPO_ROOT / "config" / "closed_loop.yaml", stack.paths.config / "closed_loop_demo.yaml",
                                drift_start=windows[1])
     _say(f"{step} closed-loop demo: {WINDOWS} hourly windows of traffic from {windows[0]:%H:%M} UTC, drift on from "
          f"{windows[1]:%H:%M} (Discount stops working for Web customers; more Web customers); settings {config}")

@@ -85,6 +85,7 @@ def _env(tmp_path: Path, db: Path, workspace) -> dict:
             "conn_type": "cml", "host": workspace.url, "password": workspace.api_key,
             "extra": {"project_id": workspace.project_id, "runtime_identifier": "local"}}),
         "MODEL_FACTORY_ARTIFACTS": str(tmp_path / "artifacts"),
+        "MODEL_FACTORY_CONFIG_DIRS": os.pathsep.join([str(REPO / "config"), str(tmp_path / "config")]),
         "MODEL_FACTORY_OBJECT_STORE": f"file://{tmp_path}/objects",
         "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "plugins")]),
         "PATH": f"{AIRFLOW.parent}:{os.environ.get('PATH', '')}",
@@ -103,7 +104,8 @@ def test_dags_test_monitors_a_drifted_window_and_asks_for_a_retrain(tmp_path):
     record_feed(hook, T0_MS + 4 * HOUR_MS)  # the response feed has delivered through the window's end
     record = deployment_record()
     DEPLOYMENTS.append(hook, record)
-    config = tmp_path / "closed_loop.yaml"
+    config = tmp_path / "config" / "closed_loop.yaml"
+    config.parent.mkdir()
     config.write_text((REPO / "config" / "closed_loop.yaml").read_text()
                       .replace("roc_auc_floor: 0.56", "roc_auc_floor: 0.50")
                       .replace("calibration_error_ceiling: 0.05", "calibration_error_ceiling: 0.20"))
@@ -163,3 +165,25 @@ def test_dags_test_monitors_a_drifted_window_and_asks_for_a_retrain(tmp_path):
     conf = json.loads(conf) if isinstance(conf, str) else json.loads(bytes(conf).decode())
     assert conf == {"include_interactions": True,
                     "reason": "2026-12-01T03:00:00Z/v1/feature_drift/feature=channel"}
+
+
+@pytest.mark.e2e
+def test_an_invalid_loop_config_fails_at_once_with_its_error(tmp_path):
+    """Bad settings are bad input: the sensor (the first task to read them) fails without
+    retries, and the log names the key and the problem."""
+    from types import SimpleNamespace
+
+    db = tmp_path / "warehouse.db"
+    DEPLOYMENTS.append(SqliteHook(db), deployment_record())  # something serves: monitoring goes on
+    config = tmp_path / "config" / "closed_loop.yaml"
+    config.parent.mkdir()
+    config.write_text("monitoring:\n  drift_bins: 1000\n")
+    nowhere = SimpleNamespace(url="http://127.0.0.1:9", api_key="unused", project_id="unused")
+    env = _env(tmp_path, db, nowhere)
+    code, out = _run([str(AIRFLOW), "db", "migrate"], env, 300)
+    assert code == 0, out[-4000:]
+    code, out = _run([str(AIRFLOW), "dags", "test", "model_monitoring", "2026-12-01T04:00:00+00:00",
+                      "-c", json.dumps({"loop_config_path": str(config)})], env, 400)
+    assert code != 0
+    assert "monitoring.drift_bins: Input should be less than or equal to 100" in out, out[-6000:]
+    assert "AirflowFailException" in out and "up_for_retry" not in out.lower(), out[-6000:]

@@ -51,7 +51,7 @@ GRID = SETTINGS + BROKEN_BOOSTING + FOREST + LOGISTIC % "[0.1, 1.0]"
 def factory(tmp_path_factory):
     paths = stack_paths(tmp_path_factory.mktemp("stack"))
     with local_stack(paths, cpus=2, memory_gb=4) as stack:
-        grid = paths.var / "grid.yaml"
+        grid = paths.config / "grid.yaml"
         grid.write_text(GRID)
         yield stack, grid
 

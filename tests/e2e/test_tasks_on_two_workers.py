@@ -70,7 +70,7 @@ def test_each_stage_on_another_worker_needs_nothing_from_the_others_disk(tmp_pat
     paths = stack_paths(tmp_path / "stack")
     with local_stack(paths, cpus=2, memory_gb=4) as stack:
         assert ensure_training_table(stack.warehouse_hook(), n_rows=800, seed=5)
-        grid_file = tmp_path / "grid.yaml"
+        grid_file = paths.config / "grid.yaml"  # a config folder of the stack
         grid_file.write_text(GRID)
         env = {**stack.env, "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "plugins")])}
         a, b = _worker(tmp_path, "worker-a"), _worker(tmp_path, "worker-b")
@@ -98,7 +98,7 @@ def test_each_stage_on_another_worker_needs_nothing_from_the_others_disk(tmp_pat
         edited = tmp_path / "edited-code"
         shutil.copytree(REPO / "factory_tasks", edited / "factory_tasks", ignore=shutil.ignore_patterns("__pycache__"))
         shutil.copytree(REPO / "jobs", edited / "jobs", ignore=shutil.ignore_patterns("__pycache__"))
-        features = edited / "factory_tasks" / "features.py"
+        features = edited / "factory_tasks" / "training" / "features.py"
         features.write_text(features.read_text() + "\n# a changed feature pipeline\n")
         changed_env = {**env, "PYTHONPATH": os.pathsep.join([str(edited), env["PYTHONPATH"]])}
         rerun = _stage(changed_env, b, "plan", grid=grid, snapshot=snapshot, run_id=run_id + "-edited")

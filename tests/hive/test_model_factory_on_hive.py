@@ -45,7 +45,7 @@ def test_model_factory_on_hive(hive_server, tmp_path_factory, monkeypatch, fast_
         hive = stack.warehouse_hook()
         assert hive.conn_type == "hiveserver2"
         ensure_training_table(hive, n_rows=1200, seed=11)
-        grid = paths.var / "grid.yaml"
+        grid = paths.config / "grid.yaml"
         grid.write_text(GRID)
 
         log = paths.logs / "hive-run.log"

@@ -787,3 +787,35 @@ def test_cli_expand_prints_specs_as_json_lines():
     config = load_grid(SHIPPED)
     assert len(lines) == config.size
     assert all(set(line) == SPEC_FIELDS for line in lines)
+
+
+# ------------------------------------------------------------------------------------------
+# A file that is not a grid is never quoted back
+
+
+@pytest.mark.parametrize("text", [
+    '{"alice": "pbkdf2_sha256$600000$c2FsdA$c2VjcmV0aGFzaA"}\n',  # like var/secrets/dashboard_users.json
+    "root:$6$c2FsdA$c2VjcmV0aGFzaA:19000:0:99999:7:::\ndaemon:*:19000:0:99999:7:::\n",  # /etc/shadow
+    "'root:$6$c2FsdA$c2VjcmV0aGFzaA:19000:0:99999:7:::': x\n",  # a mapping of such lines
+    "- c2VjcmV0aGFzaA\n- pbkdf2_sha256\n",
+])
+def test_a_file_that_is_not_a_grid_is_reported_without_its_content(tmp_path, text):
+    (found,) = problems(tmp_path, text)
+    found = found.replace(str(tmp_path), "<tmp>")
+    assert "not a grid file" in found
+    for secret in ("c2VjcmV0aGFzaA", "alice", "root", "daemon", "pbkdf2"):
+        assert secret not in found, found
+
+
+def test_an_unknown_key_is_quoted_short_and_sanitized(tmp_path):
+    data = base()
+    data["max_paralel" + "x" * 200 + "\x1b[31m"] = 3
+    (found,) = problems(tmp_path, data)
+    assert "unknown key" in found and "max_paralel" in found
+    assert "x" * 50 not in found and "\x1b" not in found
+
+
+def test_max_parallel_has_an_upper_bound(tmp_path):
+    data = base()
+    data["max_parallel"] = 100000000000000000000
+    assert_problem(problems(tmp_path, data), "max_parallel", "less than or equal to")
