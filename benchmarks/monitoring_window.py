@@ -38,7 +38,7 @@ from factory_tasks.loop.config import LoopConfig  # noqa: E402
 from factory_tasks.loop.monitoring import PREDICTION_COLUMNS, MonitoringWindow, iso  # noqa: E402
 from factory_tasks.loop.simulator import simulate_customers
 from factory_tasks.warehouse.loop_tables import CUSTOMER_RESPONSES, PREDICTION_LOG  # noqa: E402
-from tests.monitoring_window import HOUR_MS, T0_MS, SqliteHook, simulate_window, write_window  # noqa: E402
+from tests.monitoring_window import HOUR_MS, T0_MS, SqliteHook, record_feed, simulate_window, write_window  # noqa: E402
 
 
 def pandas_baseline(db: Path, window: MonitoringWindow) -> pd.DataFrame:
@@ -88,6 +88,7 @@ def main(argv: list[str] | None = None) -> int:
         started = time.perf_counter()
         sim = simulate_window(T0_MS, args.rows, seed=1)
         write_window(hook, sim)
+        record_feed(hook, T0_MS + 4 * HOUR_MS)  # every response of the window delivered
         print(f"warehouse: {args.rows:,} predictions, {len(sim.responses):,} responses "
               f"({time.perf_counter() - started:.1f}s to simulate and write)")
         del sim

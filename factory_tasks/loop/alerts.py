@@ -120,17 +120,22 @@ def read_alerts(hook: Any) -> list[MonitoringAlert]:
 def monitor_window(hook: Any, window: MonitoringWindow, config: LoopConfig, economics: Mapping,
                    references: Mapping[str, pd.DataFrame] | None = None) -> dict:
     """One monitoring run: read the open cohorts, compute, replace the run's partition of
-    ``model_monitoring``; the alerts it raises (not yet recorded). Returns a small summary."""
+    ``model_monitoring``; the alerts it raises (not yet recorded). Returns a small summary, with
+    the instant the labels hold for and the rows left out because they break the schema."""
     data = read_cohorts(hook, window)
     rows = monitoring_rows(data, window, config, economics, references)
     written = record_rows(hook, window, rows)
     alerts = decide_alerts(rows, window, config.monitoring)
     cohorts = sorted(set(rows["cohort_start"])) if written else []
-    log.info("model_monitoring %s: %d rows for %d cohort(s) of %d predictions; %d alert(s)%s",
-             window.as_of_window, written, len(cohorts), len(data), len(alerts),
-             "".join(f"\n  {a.alert_id}: {a.message}" for a in alerts))
+    rejected = data.rejected
+    log.info("model_monitoring %s: %d rows for %d cohort(s) of %d predictions, labels as of %s; %d alert(s)%s%s",
+             window.as_of_window, written, len(cohorts), len(data), iso(data.labels_as_of_ms or window.end_ms),
+             len(alerts), "".join(f"\n  {a.alert_id}: {a.message}" for a in alerts),
+             f"\n  {rejected.count} row(s) left out, their values break the schema: "
+             + ", ".join(f"{c} {k}" for c, k in rejected.by_column.items()) if rejected.count else "")
     return {"as_of_window": window.as_of_window, "rows": written, "predictions": len(data),
-            "cohorts": cohorts, "alert_ids": [a.alert_id for a in alerts]}
+            "labels_as_of": iso(data.labels_as_of_ms or window.end_ms), "cohorts": cohorts,
+            "alert_ids": [a.alert_id for a in alerts], "rejected_rows": rejected.as_dict()}
 
 
 def alerts_of_run(hook: Any, window: MonitoringWindow, config: LoopConfig) -> list[MonitoringAlert]:

@@ -75,6 +75,11 @@ class EndpointError(RuntimeError):
     """The deployed endpoint failed or answered something unusable; names the endpoint."""
 
 
+class WorkspaceError(RuntimeError):
+    """A call to the CML workspace failed (looking up the serving model, sending delayed
+    metrics): says what the window was doing; the cause, chained and quoted, names the workspace."""
+
+
 # --------------------------------------------------------------------------------------------
 # Windows and seeds
 
@@ -408,7 +413,7 @@ def run_window(
             log.info("window %s: %d %s response(s) recorded and not attached", window.key, counts[status], status)
 
     # CML first (idempotent merges), then the warehouse: rows claim "attached" only once CML has it.
-    calls = _send_delayed_metrics(sorted(matched.attached), track_delayed_metrics)
+    calls = _send_delayed_metrics(sorted(matched.attached), track_delayed_metrics, window)
 
     dialect = dialect_for(hook)
     dialect.replace_partition(hook, PREDICTION_LOG, PREDICTION_LOG_SCHEMA, PARTITION, window.key,
@@ -437,16 +442,24 @@ def run_window(
     )
 
 
-def _send_delayed_metrics(uuids: list[str], track: Callable[[dict[str, Any], str], Any]) -> int:
+def _send_delayed_metrics(uuids: list[str], track: Callable[[dict[str, Any], str], Any], window: Window) -> int:
     """One ``track_delayed_metrics`` per request uuid: ``{"conversion.<index>": 1, ...}``.
-    Local ids (``<window>/<n>:<i>``, a model without metrics) are not sent."""
+    Local ids (``<window>/<n>:<i>``, a model without metrics) are not sent. A failure is a
+    :class:`WorkspaceError` (the warehouse is not written yet; a retry sends the merges again)."""
     per_request: dict[str, dict[str, int]] = defaultdict(dict)
     for uuid in uuids:
         request, _, index = uuid.rpartition(":")
         if request and "/" not in request:
             per_request[request][f"conversion.{index}"] = 1
-    for request, metrics in sorted(per_request.items()):
-        track(metrics, request)
+    for done, (request, metrics) in enumerate(sorted(per_request.items())):
+        try:
+            track(metrics, request)
+        except Exception as exc:
+            raise WorkspaceError(
+                f"could not send the ground truth of window {window.key}'s attached responses to CML's model "
+                f"metrics (track_delayed_metrics for request {request}, {done} of {len(per_request)} requests "
+                f"sent): {type(exc).__name__}: {exc}. Nothing of window {window.key} was written; a retry "
+                f"sends them again (the calls merge).") from exc
     return len(per_request)
 
 

@@ -17,27 +17,36 @@ from factory_tasks.loop.interactions import (
     NoServingModelError,
     Window,
     WindowSummary,
+    WorkspaceError,
     endpoint_for,
     run_window,
     serving_deployment,
 )
 from factory_tasks.stages.cml_client import CmlClient
-from factory_tasks.stages.paths import repo_path
+from factory_tasks.stages.paths import ConfigPathError, config_path
 
 #: a settings file that does not validate, or no model serving: retrying the window changes neither
-LOOP_INPUT_ERRORS: tuple[type[Exception], ...] = (LoopConfigError, NoServingModelError)
+LOOP_INPUT_ERRORS: tuple[type[Exception], ...] = (LoopConfigError, ConfigPathError, NoServingModelError)
 
 
 def load_loop_settings(path: str) -> LoopConfig:
-    """The closed-loop settings file (relative paths from the repository root);
-    :class:`LoopConfigError` names every problem."""
-    return load_loop_config(repo_path(path))
+    """The closed-loop settings file (relative paths from the repository root, inside the config
+    folders); :class:`LoopConfigError` names every problem."""
+    return load_loop_config(config_path(path, "loop_config_path"))
 
 
 def deployed_endpoint(warehouse: Any, cml: CmlClient) -> Endpoint:
-    """The model service of the deployment now serving; :class:`NoServingModelError` when none is."""
+    """The model service of the deployment now serving; :class:`NoServingModelError` when none is,
+    :class:`WorkspaceError` naming the model when the CML workspace does not answer."""
     record = serving_deployment(warehouse)
-    return endpoint_for(record, partial(cml.call_model, cml.get_model(record.model_id)), cml.model_service_url())
+    try:
+        model = cml.get_model(record.model_id)
+    except Exception as exc:
+        raise WorkspaceError(
+            f"could not look up the serving model {record.model_name} ({record.model_id}) version "
+            f"{record.model_version} in the CML workspace, to ask it for next best offers: "
+            f"{type(exc).__name__}: {exc}. Nothing of the window was written.") from exc
+    return endpoint_for(record, partial(cml.call_model, model), cml.model_service_url())
 
 
 def simulate_window(

@@ -24,11 +24,12 @@ from factory_tasks.loop.monitoring import (
     iso,
     read_rows,
     reference_frame,
-    responses_ingested_through,
+    feed_runs,
     snapshot_path,
+    watermark,
 )
 from factory_tasks.stages.cml_client import CmlClient, CmlModelMetrics
-from factory_tasks.stages.paths import repo_path
+from factory_tasks.stages.paths import config_path
 from factory_tasks.warehouse.deployments import serving
 
 log = logging.getLogger(__name__)
@@ -36,7 +37,7 @@ log = logging.getLogger(__name__)
 
 def monitoring_window(loop_config_path: str, start: datetime, end: datetime) -> tuple[LoopConfig, MonitoringWindow]:
     """The closed-loop settings and the run's window ``[start, end)`` with their response window."""
-    config = load_loop_config(repo_path(loop_config_path))
+    config = load_loop_config(config_path(loop_config_path, "loop_config_path"))
     return config, MonitoringWindow.from_interval(start, end, config.responses.window_minutes)
 
 
@@ -50,11 +51,17 @@ def serving_model(warehouse: Any) -> dict[str, Any] | None:
 
 
 def responses_ingested(warehouse: Any, window: MonitoringWindow) -> tuple[int | None, bool]:
-    """(the response feed's watermark, whether it reaches the window's end), logged."""
-    through = responses_ingested_through(warehouse)
+    """(the response feed's watermark from the window's oldest cohort on, whether it reaches the
+    window's end), logged; a missing window that holds it back is named."""
+    runs = feed_runs(warehouse)
+    through = watermark(runs, window.cohorts()[0][0])
     ready = through is not None and through >= window.end_ms
-    log.info("response feed ingested through %s; monitoring needs %s: %s", iso(through) if through else "nothing yet",
-             iso(window.end_ms), "ready" if ready else "waiting for customer_interactions (or the NiFi flow)")
+    resumes = [start for start, _ in runs if through is not None and start > through]
+    gap = (f"; the responses received from {iso(through)} to {iso(resumes[0])} were not delivered, later ones "
+           f"were: rerun customer_interactions for those windows (or replay the NiFi flow)"
+           if resumes and not ready else "")
+    log.info("response feed ingested through %s; monitoring needs %s: %s%s", iso(through) if through else "nothing yet",
+             iso(window.end_ms), "ready" if ready else "waiting for customer_interactions (or the NiFi flow)", gap)
     return through, ready
 
 
@@ -74,7 +81,7 @@ def monitor(warehouse: Any, window: MonitoringWindow, config: LoopConfig, grid_p
             references: dict[str, pd.DataFrame]) -> dict[str, Any]:
     """The window's rows into model_monitoring (partition ``as_of_window``) and the alert
     decisions, rewards priced by the grid's economics."""
-    return monitor_window(warehouse, window, config, grid_economics(repo_path(grid_path)), references)
+    return monitor_window(warehouse, window, config, grid_economics(config_path(grid_path, "grid_path")), references)
 
 
 def post_aggregate_metrics(warehouse: Any, window: MonitoringWindow, deployment_crn: str | None,

@@ -120,7 +120,7 @@ def test_dags_test_runs_windows_against_a_deployed_model_and_a_rerun_changes_not
 
     paths = stack_paths(tmp_path / "var").make()
     warehouse = _Sqlite(paths.warehouse_db)
-    config = tmp_path / "loop.yaml"  # the shipped file, with a shorter response window so a row matures
+    config = paths.config / "loop.yaml"  # the shipped file, with a shorter response window so a row matures
     config.write_text((REPO / "config" / "closed_loop.yaml").read_text().replace(
         "window_minutes: 180", "window_minutes: 50"))
     with running_workspace(paths.workspace_root, cpus=2, memory_gb=6, code_dir=REPO, project="model-factory") as ws:
@@ -183,3 +183,44 @@ def test_dags_test_runs_windows_against_a_deployed_model_and_a_rerun_changes_not
         assert "decisions kept from the earlier run" in log.read_text()
         assert (decisions, responses, matured) == tuple(
             _rows(db, t) for t in (PREDICTION_LOG, CUSTOMER_RESPONSES, CUSTOMER_INTERACTIONS))
+
+
+def _down_url() -> str:
+    """A workspace URL nothing listens on (the workspace is down)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return f"http://127.0.0.1:{port}"
+
+
+def test_a_workspace_that_is_down_is_named_with_what_the_window_was_doing(tmp_path):
+    import tenacity
+    from cml_provider.hooks.cml import CmlHook
+
+    from factory_tasks.loop.config import LoopConfig
+    from factory_tasks.loop.interactions import WorkspaceError
+    from factory_tasks.stages.interactions import simulate_window
+    from factory_tasks.warehouse.deployments import DEPLOYMENTS
+    from factory_tasks.warehouse.loop_tables import PREDICTION_LOG
+    from tests.monitoring_window import deployment_record
+
+    down = _down_url()
+    warehouse = _Sqlite(tmp_path / "warehouse.db")
+    DEPLOYMENTS.append(warehouse, deployment_record())
+    cml = CmlHook.from_url(down, "key", project_id="p1", retry_args={"wait": tenacity.wait_none()})
+    start = datetime(2026, 12, 1, 6, tzinfo=timezone.utc)
+    with pytest.raises(WorkspaceError) as info:
+        simulate_window(warehouse, cml, LoopConfig(), start, start + timedelta(hours=1), lambda metrics, uuid: None)
+    message = str(info.value)
+    assert message.startswith("could not look up the serving model next-best-offer (m1) version v1 in the CML "
+                              "workspace, to ask it for next best offers: CmlConnectionError: ")
+    assert f"{down}/ could not be reached" in message and "Connection refused" in message
+    assert "Nothing of the window was written" in message
+    conn = sqlite3.connect(tmp_path / "warehouse.db")
+    try:
+        assert conn.execute("SELECT name FROM sqlite_master WHERE name = ?", (PREDICTION_LOG,)).fetchone() is None \
+            or conn.execute(f"SELECT COUNT(*) FROM {PREDICTION_LOG}").fetchone() == (0,)
+    finally:
+        conn.close()

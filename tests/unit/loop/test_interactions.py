@@ -278,6 +278,28 @@ def test_endpoint_failing_mid_window_names_it_and_leaves_nothing(hook):
     assert metrics.calls == []
 
 
+def test_a_workspace_down_while_sending_delayed_metrics_names_it_and_leaves_nothing(hook):
+    import socket
+
+    import tenacity
+    from cml_provider.hooks.model_metrics import CmlModelMetricsHook
+
+    with socket.socket() as sock:  # a port nothing listens on: the workspace went down
+        sock.bind(("127.0.0.1", 0))
+        down = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    metrics = CmlModelMetricsHook.from_url(down, "key", local_workspace=True,
+                                           retry_args={"wait": tenacity.wait_none()})
+    with pytest.raises(ia.WorkspaceError) as info:
+        ia.run_window(hook, config(), window(0), endpoint_of(FakeModel()), metrics.track_delayed_metrics)
+    message = str(info.value)
+    assert message.startswith("could not send the ground truth of window 2026-12-01T06:00:00Z's attached responses "
+                              "to CML's model metrics (track_delayed_metrics for request ")
+    assert ", 0 of " in message and f"{down}/ could not be reached" in message and "Connection refused" in message
+    assert "Nothing of window 2026-12-01T06:00:00Z was written" in message
+    for name, table_schema in ((PREDICTION_LOG, PREDICTION_LOG_SCHEMA), (RESPONSE_FEED, RESPONSE_FEED_SCHEMA)):
+        assert table(hook, name, table_schema).empty
+
+
 def test_a_refused_request_is_an_endpoint_error(hook):
     def refuse(request):
         return SimpleNamespace(prediction={"error": {"field": "customers[0].history", "message": "bad"}}, uuid="u")

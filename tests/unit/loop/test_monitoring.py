@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import logging
+from dataclasses import replace
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -17,9 +20,11 @@ from factory_tasks.loop.monitoring import (
     read_cohorts,
     read_rows,
     record_rows,
+    responses_ingested_through,
 )
 from factory_tasks.loop.simulator import simulate_customers
-from tests.monitoring_window import HOUR_MS, T0_MS, SqliteHook, simulate_window, write_window
+from factory_tasks.stages.monitoring import responses_ingested
+from tests.monitoring_window import HOUR_MS, T0_MS, SqliteHook, record_feed, simulate_window, write_window
 
 DRIFTED = {"Web": 0.70, "Phone": 0.22, "Multichannel": 0.08}
 CONFIG = LoopConfig()
@@ -38,6 +43,7 @@ def warehouse(tmp_path, windows):
     hook = SqliteHook(tmp_path / "warehouse.db")
     for w in windows:
         write_window(hook, w)
+    _feed(hook, range(8))  # every response through 08:00 delivered
     return hook
 
 
@@ -196,3 +202,83 @@ def test_dr_corrects_a_miscalibrated_model_with_the_logged_propensities(tmp_path
         estimate = value(rows, 0, f"policy_value_{method}")
         assert estimate.lower < sim.true_policy_value < estimate.upper, method
     assert value(rows, 0, "estimate_reliable").value == 0.0  # the calibration check catches it
+
+
+def _feed(hook, hours):
+    for hour in hours:
+        record_feed(hook, T0_MS + (hour + 1) * HOUR_MS)
+
+
+def test_a_gap_in_the_response_feed_stops_the_watermark_and_keeps_labels_provisional(tmp_path, caplog):
+    # hours 00..03 decided; the feed delivered the responses of 00, 01 and 03, not those of 02
+    missing = iso(T0_MS + 2 * HOUR_MS)
+    hook = SqliteHook(tmp_path / "warehouse.db")
+    for k in range(4):
+        sim = simulate_window(T0_MS + k * HOUR_MS, 2_000, seed=20 + k)
+        write_window(hook, replace(sim, responses=sim.responses[sim.responses.window_start != missing]))
+    _feed(hook, (0, 1, 3))
+    assert responses_ingested_through(hook) == T0_MS + 2 * HOUR_MS  # 03's window does not hide 02's gap
+    window = window_at(3)
+    with caplog.at_level(logging.INFO, logger="factory_tasks.stages.monitoring"):
+        through, ready = responses_ingested(hook, window)
+    assert (through, ready) == (T0_MS + 2 * HOUR_MS, False)
+    assert ("the responses received from 2026-12-01T02:00:00Z to 2026-12-01T03:00:00Z were not delivered, "
+            "later ones were: rerun customer_interactions for those windows") in caplog.text
+    summary = monitor_window(hook, window, CONFIG, DEFAULT_ECONOMICS)
+    assert summary["labels_as_of"] == iso(T0_MS + 2 * HOUR_MS)
+    rows = read_rows(hook, window.as_of_window)
+    # the 00:00 cohort's response window closed at 04:00, but its 02:00 responses never came
+    assert value(rows, 0, "label_completeness").maturity == "immature"
+    labels = rows[rows.metric.isin(["conversion_rate", "roc_auc", "policy_value_dr", "calibration_error"])]
+    assert "final" not in set(labels.maturity)
+    assert not [a for a in alerts_of_run(hook, window, CONFIG) if a.kind != "feature_drift"]
+
+    # the missing window delivered late (a rerun of customer_interactions): final again
+    sim = simulate_window(T0_MS, 2_000, seed=20)
+    write_window(hook, replace(sim, predictions=sim.predictions.iloc[:0],
+                               responses=sim.responses[sim.responses.window_start == missing]))
+    _feed(hook, (2,))
+    assert responses_ingested(hook, window) == (T0_MS + 4 * HOUR_MS, True)
+    monitor_window(hook, window, CONFIG, DEFAULT_ECONOMICS)
+    assert value(read_rows(hook, window.as_of_window), 0, "label_completeness").maturity == "final"
+
+
+def test_a_gap_before_the_cohorts_a_run_reads_does_not_hold_it_back(tmp_path):
+    hook = SqliteHook(tmp_path / "warehouse.db")
+    _feed(hook, (0, 2, 3, 4, 5, 6, 7))  # 01 missing: it matters up to the run at 04:00 (180-minute windows)
+    assert responses_ingested_through(hook) == T0_MS + 1 * HOUR_MS
+    assert responses_ingested(hook, window_at(4)) == (T0_MS + 1 * HOUR_MS, False)  # cohorts from 01:00
+    assert responses_ingested(hook, window_at(5)) == (T0_MS + 8 * HOUR_MS, True)  # cohorts from 02:00
+    # no feed yet: no watermark, and no label is taken as final
+    empty = SqliteHook(tmp_path / "empty.db")
+    assert responses_ingested(empty, window_at(3)) == (None, False)
+    write_window(empty, simulate_window(T0_MS, 2_000, seed=24))
+    monitor_window(empty, window_at(3), CONFIG, DEFAULT_ECONOMICS)
+    assert value(read_rows(empty, window_at(3).as_of_window), 0, "label_completeness").value == 0.0
+
+
+def test_bad_prediction_rows_are_counted_named_and_left_out_of_the_window(tmp_path, caplog):
+    sim = simulate_window(T0_MS + 3 * HOUR_MS, 2_000, seed=9)
+    predictions = sim.predictions.astype({"propensity": object, "history": object})
+    bad = {0: ("propensity", 0.0, "0.0"), 1: ("propensity", 2.0, "2.0"), 2: ("propensity", None, "NULL"),
+           3: ("propensity", -0.5, "-0.5"), 4: ("history", "abc", "'abc'")}
+    for i, (column, bad_value, _) in bad.items():
+        predictions.at[i, column] = bad_value
+    hook = SqliteHook(tmp_path / "warehouse.db")
+    write_window(hook, replace(sim, predictions=predictions))
+    _feed(hook, range(4))
+    window = window_at(3)
+    with caplog.at_level(logging.WARNING, logger="factory_tasks.loop.monitoring"):
+        summary = monitor_window(hook, window, CONFIG, DEFAULT_ECONOMICS)
+    rejected = summary["rejected_rows"]
+    assert rejected["count"] == 5
+    assert rejected["by_column"] == {"prediction_log.propensity": 4, "prediction_log.history": 1}
+    for i, (column, _, shown) in bad.items():
+        uuid = predictions.at[i, "prediction_uuid"]
+        line = next(e for e in rejected["examples"] if uuid in e)
+        assert line.startswith(f"prediction_log prediction_uuid {uuid}: {column} = {shown} (")
+        assert line in caplog.text
+    # the rest of the window is monitored
+    rows = read_rows(hook, window.as_of_window)
+    assert value(rows, 3, "volume").value == 2_000 - 5
+    assert np.isfinite(value(rows, 3, "estimated_roc_auc").value)

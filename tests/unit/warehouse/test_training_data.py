@@ -106,7 +106,8 @@ def test_an_unreadable_database_file_is_a_training_data_error(tmp_path, monkeypa
     )
     (tmp_path / "warehouse.db").write_bytes(b"this is not a database" * 100)
     message = error_of(SqliteHook(sqlite_conn_id="model_factory_warehouse"))
-    assert "could not read it: DatabaseError: file is not a database" in message
+    assert ("could not read it: WarehouseError: sqlite connection 'model_factory_warehouse': could not look up "
+            f"table {TRAINING_TABLE}: DatabaseError: file is not a database") in message
 
 
 def test_a_table_name_that_is_not_an_identifier(hook):
