@@ -26,6 +26,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Callable
 
+from stack.env import open_log
+
 AIRFLOW = [sys.executable, "-m", "airflow"]
 
 
@@ -34,8 +36,7 @@ class AirflowCommandError(RuntimeError):
 
 
 def _airflow(args: list[str], env: dict[str, str], log_path: Path, timeout_s: float) -> None:
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(log_path, "ab") as log:
+    with open_log(log_path) as log:
         proc = subprocess.run(AIRFLOW + args, env=env, stdout=log, stderr=subprocess.STDOUT, timeout=timeout_s)
     if proc.returncode != 0:
         raise AirflowCommandError(f"`airflow {' '.join(args)}` failed (exit {proc.returncode}); see {log_path}")
@@ -90,8 +91,7 @@ def dags_test(
     run past ``timeout_s``, or one whose ``on_tick`` raises (Ctrl-C included), is ended with
     SIGKILL on the whole group (its task subprocesses included) and the exception propagates.
     """
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(log_path, "ab") as log:
+    with open_log(log_path) as log:
         proc = subprocess.Popen(
             AIRFLOW + ["dags", "test", dag_id, *([logical_date.isoformat()] if logical_date else []),
                        "-c", json.dumps(conf)],

@@ -1,14 +1,17 @@
-"""``make dashboard``: the experiments and monitoring dashboards behind Panel's authentication.
+"""``make dashboard``: the experiments and monitoring dashboards behind their login.
 
-``panel serve dashboards/experiments_app.py dashboards/monitoring_app.py --basic-auth
-var/secrets/dashboard_users.json`` with a cookie secret: one server, the apps at
-``/experiments_app`` and ``/monitoring_app`` and a page listing both at ``/``. The server
-refuses every page and websocket without a signed session cookie and shows its login page;
-the signed-in user (``pn.state.user``) is the reviewer of each promotion. Both secrets are made once under ``var/secrets/`` (0600, random, never
-printed): the credentials file is ``{"<user>": "<password>"}`` JSON (add a line per reviewer;
-Panel re-reads it at every login), the cookie secret signs the session cookies. The cookie
-secret reaches ``panel serve`` through its environment (``PANEL_COOKIE_SECRET``, the same as
-``--cookie-secret``), not its command line, which every local user can read.
+``panel serve dashboards/experiments_app.py dashboards/monitoring_app.py --auth-module
+dashboards/login.py`` with a cookie secret: one server, the apps at ``/experiments_app`` and
+``/monitoring_app`` and a page listing both at ``/``. The server refuses every page and
+websocket without a signed session cookie of a session still open and shows its login page
+(:mod:`dashboards.login`: Panel's, with failed sign-ins throttled and logout ending the
+session); the signed-in user (``pn.state.user``) is the reviewer of each promotion. Both
+secrets are made once under ``var/secrets/`` (0600, random, never printed): the credentials
+file is ``{"<user>": "<password>"}`` JSON (add a line per reviewer; it is re-read at every
+login), named to the server by ``$MODEL_FACTORY_DASHBOARD_USERS``; the cookie secret signs the
+session cookies. The cookie secret reaches ``panel serve`` through its environment
+(``PANEL_COOKIE_SECRET``, the same as ``--cookie-secret``), not its command line, which every
+local user can read.
 """
 
 from __future__ import annotations
@@ -27,7 +30,11 @@ APP = REPO / "dashboards" / "experiments_app.py"
 MONITORING_APP = REPO / "dashboards" / "monitoring_app.py"
 #: what ``make dashboard`` serves, in this order (``panel serve`` lists them at ``/``)
 APPS: tuple[Path, ...] = (APP, MONITORING_APP)
+#: the ``--auth-module`` of ``panel serve``: the login page, its throttle, the sessions
+LOGIN = REPO / "dashboards" / "login.py"
 WAREHOUSE_CONN_ENV = "AIRFLOW_CONN_MODEL_FACTORY_WAREHOUSE"
+#: names the credentials file to :data:`LOGIN` (``dashboards.login.USERS_ENV``, not imported: it imports Panel)
+USERS_ENV = "MODEL_FACTORY_DASHBOARD_USERS"
 
 
 def default_user() -> str:
@@ -37,7 +44,7 @@ def default_user() -> str:
 
 @dataclass(frozen=True)
 class DashboardSecrets:
-    credentials: Path  # {"user": "password"} JSON for --basic-auth
+    credentials: Path  # {"user": "password"} JSON, read by the login
     cookie_secret_file: Path
     users: tuple[str, ...]
     created: bool  # the credentials were made just now
@@ -80,13 +87,16 @@ def ensure_secrets(paths: StackPaths, user: str | None = None) -> DashboardSecre
 
 def serve_command(port: int, credentials: Path, *, app: Path | tuple[Path, ...] = APPS,
                   address: str = "127.0.0.1") -> list[str]:
-    """The ``panel serve`` command line (no secret on it) for one app file or several."""
+    """The ``panel serve`` command line (no secret on it) for one app file or several.
+
+    The login reads ``credentials`` through the environment (:func:`serve_env`): an auth module
+    takes no arguments."""
     apps = (app,) if isinstance(app, Path) else tuple(app)
     hosts = [address] if address not in ("127.0.0.1", "localhost") else ["127.0.0.1", "localhost"]
     return [
         sys.executable, "-m", "panel", "serve", *(str(a) for a in apps), "--address", address, "--port", str(port),
         *(f"--allow-websocket-origin={host}:{port}" for host in hosts),
-        "--basic-auth", str(credentials), "--num-procs", "1",
+        "--auth-module", str(LOGIN), "--num-procs", "1",
         # run each app once at start-up: the imports (Airflow, for the warehouse connection) and
         # the first reads are paid before anyone visits, not by the first reviewer
         "--warm",
@@ -97,7 +107,8 @@ def serve_command(port: int, credentials: Path, *, app: Path | tuple[Path, ...] 
 
 def serve_env(paths: StackPaths, dashboard: DashboardSecrets, base: dict[str, str] | None = None) -> dict[str, str]:
     """The environment of ``panel serve``: the stack's artifacts, Airflow home and warehouse
-    connection (an exported ``AIRFLOW_CONN_MODEL_FACTORY_WAREHOUSE`` wins), the cookie secret."""
+    connection (an exported ``AIRFLOW_CONN_MODEL_FACTORY_WAREHOUSE`` wins), the cookie secret
+    and where the credentials are."""
     env = dict(os.environ if base is None else base)
     env.update({
         "MODEL_FACTORY_ARTIFACTS": str(paths.artifacts),
@@ -106,6 +117,7 @@ def serve_env(paths: StackPaths, dashboard: DashboardSecrets, base: dict[str, st
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
         WAREHOUSE_CONN_ENV: env.get(WAREHOUSE_CONN_ENV) or sqlite_connection(paths.warehouse_db),
         "PANEL_COOKIE_SECRET": dashboard.cookie_secret,
+        USERS_ENV: str(dashboard.credentials),
     })
     env.pop("BOKEH_COOKIE_SECRET", None)
     return env

@@ -43,13 +43,60 @@ class StackPaths:
         return self.var / "logs"
 
     @property
+    def config(self) -> Path:
+        """Config files the stack or a test writes for a run (the demo's closed-loop settings):
+        a config folder beside the repository's config/, unlike the rest of var/."""
+        return self.var / "config"
+
+    @property
+    def secrets_dir(self) -> Path:
+        return self.var / "secrets"
+
+    @property
     def api_key_file(self) -> Path:
-        return self.var / "secrets" / "cml_workspace_api_key"
+        return self.secrets_dir / "cml_workspace_api_key"
+
+    @property
+    def airflow_passwords_file(self) -> Path:
+        """The simple auth manager's ``{"admin": "<password>"}`` (``[core]
+        simple_auth_manager_passwords_file``)."""
+        return self.secrets_dir / "airflow_passwords.json"
 
     def make(self) -> "StackPaths":
-        for folder in (self.airflow_home, self.workspace_root, self.artifacts, self.logs):
+        for folder in (self.workspace_root, self.artifacts, self.config):
             folder.mkdir(parents=True, exist_ok=True)
+        # secrets, and what may carry them: the logs (ours, and Airflow's task logs in its home)
+        for folder in (self.secrets_dir, self.logs, self.airflow_home):
+            private_folder(folder)
         return self
+
+
+def private_folder(path: Path) -> Path:
+    """``path`` made if absent, readable by its owner only (0700)."""
+    path.mkdir(parents=True, exist_ok=True)
+    path.chmod(0o700)
+    return path
+
+
+def open_log(path: Path):
+    """``path`` opened to append bytes, readable by its owner only (0600) in a 0700 folder:
+    a command's output may carry a secret."""
+    private_folder(path.parent)
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    os.fchmod(fd, 0o600)  # also a log made before
+    return os.fdopen(fd, "ab")
+
+
+def create_secret_file(path: Path, content: str) -> bool:
+    """Write ``content`` to a new 0600 file in a 0700 folder; False (and nothing written) if it exists."""
+    private_folder(path.parent)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return False
+    with os.fdopen(fd, "w") as handle:
+        handle.write(content)
+    return True
 
 
 def stack_paths(var: Path | None = None) -> StackPaths:
@@ -58,14 +105,25 @@ def stack_paths(var: Path | None = None) -> StackPaths:
 
 def workspace_api_key(paths: StackPaths) -> str:
     """The local workspace's API key: made once, kept 0600 under var/secrets, never printed."""
-    path = paths.api_key_file
+    create_secret_file(paths.api_key_file, secrets.token_urlsafe(32))
+    return paths.api_key_file.read_text().strip()
+
+
+def airflow_passwords_file(paths: StackPaths) -> Path:
+    """The Airflow admin's password file, made once (0600, random). Given to Airflow as ``[core]
+    simple_auth_manager_passwords_file``: the simple auth manager generates a password only
+    for a user absent from it, and prints what it generates into the api-server's log."""
+    path = paths.airflow_passwords_file
     if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.parent.chmod(0o700)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            fh.write(secrets.token_urlsafe(32))
-    return path.read_text().strip()
+        # Airflow's own file from an earlier version of the stack, world-readable: its password moves here
+        legacy = paths.airflow_home / "simple_auth_manager_passwords.json.generated"
+        try:
+            password = json.loads(legacy.read_text())["admin"]
+        except (OSError, ValueError, KeyError, TypeError):
+            password = secrets.token_urlsafe(18)
+        create_secret_file(path, json.dumps({"admin": password}) + "\n")
+        legacy.unlink(missing_ok=True)
+    return path
 
 
 def sqlite_connection(db_path: Path) -> str:
@@ -96,10 +154,15 @@ def airflow_env(
             "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO / "plugins"),
             "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
             "AIRFLOW__CORE__DAGBAG_IMPORT_TIMEOUT": "120",
+            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin",
+            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(airflow_passwords_file(paths)),
             "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{paths.airflow_home / 'airflow.db'}",
             "AIRFLOW_CONN_CML_DEFAULT": cml_connection(workspace_url, api_key, model_service_url=model_service_url),
             "AIRFLOW_CONN_MODEL_FACTORY_WAREHOUSE": warehouse_conn or sqlite_connection(paths.warehouse_db),
             "MODEL_FACTORY_ARTIFACTS": str(paths.artifacts),
+            # the folders a run's grid_path / loop_config_path may name (never var/secrets)
+            "MODEL_FACTORY_CONFIG_DIRS": env.get("MODEL_FACTORY_CONFIG_DIRS")
+            or os.pathsep.join([str(REPO / "config"), str(paths.config)]),
             # the local workspace is next door and answers in milliseconds
             "MODEL_FACTORY_CML_POLL_INTERVAL_S": "1",
             # `airflow standalone` starts its components by name: the venv must be on PATH.

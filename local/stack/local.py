@@ -49,9 +49,10 @@ class LocalStack:
 
 def acquire_stack_lock(paths: StackPaths, holder: str | None = None) -> IO[str]:
     """Take the ``var/`` lock without waiting and return its open file: the lock is held until
-    that file is closed *and* every process that inherited its descriptor has ended (``make
-    up`` hands it to its background processes). ``holder`` is what a refused command is told
-    (default: this pid and command). Raises :class:`StackBusyError` naming the holder."""
+    that file is closed. No child process inherits it (Python opens files close-on-exec; the
+    stack's processes are never handed it), so a stack command's orphan cannot keep it.
+    ``holder`` is what a refused command is told (default: this pid and command). Raises
+    :class:`StackBusyError` naming the holder."""
     paths.var.mkdir(parents=True, exist_ok=True)
     fh = open(paths.var / "stack.lock", "a+")
     try:
@@ -73,8 +74,20 @@ def acquire_stack_lock(paths: StackPaths, holder: str | None = None) -> IO[str]:
 @contextmanager
 def stack_lock(paths: StackPaths) -> Iterator[None]:
     """One stack command per ``var/`` at a time (they would share the workspace, the Airflow
-    home and the warehouse). Raises :class:`StackBusyError` naming the holder."""
+    home and the warehouse), nor while ``make up``'s stack runs on it. Raises
+    :class:`StackBusyError` naming the holder."""
+    from stack.processes import StateFileError, describe, read_state, stack_processes
+
     fh = acquire_stack_lock(paths)
+    try:
+        running = stack_processes(paths, read_state(paths))
+    except StateFileError as exc:
+        fh.close()
+        raise StackBusyError(str(exc)) from None
+    if running:
+        fh.close()
+        raise StackBusyError(f"{paths.var} is in use by make up, the long-running stack ({describe(running[:3])}"
+                             f"{', …' if len(running) > 3 else ''}); `make down` stops it")
     try:
         yield
     finally:

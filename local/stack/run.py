@@ -32,7 +32,7 @@ from stack.airflow_cli import (
 )
 from stack.closed_loop import closed_loop_demo
 from stack.deploy import deploy_and_ask
-from stack.env import PROJECT_NAME, StackPaths, stack_paths
+from stack.env import PROJECT_NAME, REPO, StackPaths, stack_paths
 from stack.local import StackBusyError, local_stack
 
 DAG_ID = "model_factory"
@@ -208,6 +208,10 @@ def _run(paths: StackPaths, grid_path: str, rows: int, seed: int) -> int:
         # the run is found afterwards by its logical date (one run per DAG and logical date)
         logical_date = datetime.now(timezone.utc)
         progress = Progress(stack.cml_hook(retry_limit=1, timeout=10), since=time.time() - 1, workspace=stack.workspace)
+        # the grid named on this command line is the operator's own choice: its folder is a
+        # config folder of this run (a trigger's conf is still held to the configured ones)
+        grid_folder = (REPO / grid_path).resolve().parent
+        stack.env["MODEL_FACTORY_CONFIG_DIRS"] += os.pathsep + str(grid_folder)
         rc = dags_test(DAG_ID, {"grid_path": grid_path}, stack.env, run_log, logical_date=logical_date,
                        timeout_s=RUN_TIMEOUT_S, on_tick=progress)
         try:
@@ -263,7 +267,8 @@ def _run(paths: StackPaths, grid_path: str, rows: int, seed: int) -> int:
     _say("  closed loop       prediction_log, customer_responses, customer_interactions, model_monitoring, "
          f"model_alerts in {paths.warehouse_db}")
     _say("  Airflow UI        make up (the long-running stack; make down stops it), then open "
-         "http://127.0.0.1:8080 → DAGs model_factory, deploy_best_model, customer_interactions, model_monitoring")
+         "http://127.0.0.1:8080 → DAGs model_factory, deploy_best_model, customer_interactions, model_monitoring; "
+         f"user admin, password in {paths.airflow_passwords_file}")
     _say("  dashboards        http://127.0.0.1:5006/experiments_app and /monitoring_app with make up "
          "(or make dashboard alone)")
     return 0 if deployed.ok and demo is not None and demo.ok else 1

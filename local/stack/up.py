@@ -18,15 +18,18 @@ records each one's pid, start time, command line, log and port in ``var/stack-up
 ``/api/v2/monitor/health`` with the metadata DB, scheduler, triggerer and dag-processor
 healthy; the dashboard port) and prints where everything is.
 
-The ``var/`` lock (:func:`stack.local.acquire_stack_lock`) is inherited by those processes,
-so it is held as long as any of them lives: ``make run`` on the same ``var/`` is refused
+The ``var/`` lock (:func:`stack.local.acquire_stack_lock`) is held by ``up`` while it starts;
+none of those processes holds it. While any process of the stack lives
+(:func:`stack.processes.stack_processes`: the recorded ones, whatever runs in their sessions or
+carries the stack's mark in its environment), ``make run`` on the same ``var/`` is refused
 with a message naming ``make up`` (two drivers of one SQLite metadata DB and one workspace
 would trip over each other: trigger ``model_factory`` from the UI instead, or ``make down``
-first). ``down`` stops exactly the recorded processes — each one's identity (pid *and* start
-time) checked first, so a recycled pid is never signalled — and what they started (LocalExecutor
-workers and task processes, the workspace's job runs, warm engine and model replicas):
-SIGTERM, then SIGKILL after a grace period, then the workspace's runs still alive, as
-``make run`` does when it ends.
+first). ``down`` stops the recorded processes — each one's identity (pid *and* start time)
+checked first, so a recycled pid is never signalled — and everything else of the stack, also
+what outlived its parent (the LocalExecutor workers of a killed scheduler, the workspace's
+warm engine and model replicas): SIGTERM, then SIGKILL after a grace period, then the
+workspace's runs still alive, as ``make run`` does when it ends. ``up`` stops such leftovers
+of a stack whose recorded processes have all ended before it starts again.
 """
 
 from __future__ import annotations
@@ -39,21 +42,44 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
-from typing import IO
 
 import httpx
-from pydantic import BaseModel, ConfigDict, ValidationError
 
-from stack.env import PROJECT_NAME, REPO, StackPaths, airflow_env, stack_paths, workspace_api_key
+from stack.env import (
+    PROJECT_NAME,
+    REPO,
+    StackPaths,
+    airflow_env,
+    airflow_passwords_file,
+    create_secret_file,
+    open_log,
+    stack_paths,
+    workspace_api_key,
+)
+from stack.processes import (
+    MEMBER_ENV,
+    ProcessRecord,
+    StateFileError,
+    UpState,
+    describe,
+    process_of,
+    read_state,
+    record_process,
+    stack_processes,
+    state_path,
+    stop_processes,
+    write_state,
+)
 
-SCHEMA_VERSION = 1
-STATE_FILE = "stack-up.json"
 DEFAULT_API_PORT = 8080
 DEFAULT_DASHBOARD_PORT = 5006
 START_TIMEOUT_S = 300.0
 #: SIGTERM to SIGKILL, per stop phase
 STOP_GRACE_S = 20.0
+#: SIGTERM to SIGKILL for what outlived its parent (LocalExecutor workers ignore SIGTERM)
+LEFTOVER_GRACE_S = 3.0
 #: DAG files of the factory are in dags/; every DAG parsed from there is unpaused by ``up``
 DAGS_FOLDER = REPO / "dags"
 AIRFLOW_COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer")
@@ -66,98 +92,15 @@ def _say(msg: str = "") -> None:
     print(msg, flush=True)
 
 
-# -- the state file ------------------------------------------------------------------------------
-class ProcessRecord(BaseModel):
-    """One background process of ``make up``."""
-
-    model_config = ConfigDict(extra="forbid")
-    name: str
-    pid: int
-    create_time: float  # psutil's, seconds since the epoch: with the pid, the process's identity
-    cmdline: list[str]
-    log: str
-    url: str | None = None
-
-
-class UpState(BaseModel):
-    """``var/stack-up.json``: what ``make up`` started; read by ``make down`` and ``make status``."""
-
-    model_config = ConfigDict(extra="forbid")
-    schema_version: int = SCHEMA_VERSION
-    var: str
-    host: str
-    started_at: str
-    airflow_url: str
-    dashboard_urls: list[str] = []
-    workspace_url: str = ""
-    model_service_url: str = ""
-    processes: list[ProcessRecord] = []
-
-    def record(self, name: str) -> ProcessRecord | None:
-        return next((p for p in self.processes if p.name == name), None)
-
-
-class StateFileError(RuntimeError):
-    pass
-
-
-def state_path(paths: StackPaths) -> Path:
-    return paths.var / STATE_FILE
-
-
-def read_state(paths: StackPaths) -> UpState | None:
-    path = state_path(paths)
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        return None
-    try:
-        state = UpState.model_validate_json(text)
-    except ValidationError as exc:
-        raise StateFileError(f"{path} is not a valid state file ({exc.errors()[0]['loc']}: "
-                             f"{exc.errors()[0]['msg']}); stop its processes by hand and remove it") from None
-    if state.schema_version != SCHEMA_VERSION:
-        raise StateFileError(f"{path}: schema_version {state.schema_version}, expected {SCHEMA_VERSION}")
-    return state
-
-
-def write_state(paths: StackPaths, state: UpState) -> None:
-    path = state_path(paths)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(state.model_dump_json(indent=1) + "\n")
-    os.replace(tmp, path)
-
-
 # -- processes -------------------------------------------------------------------------------
-def process_of(record: ProcessRecord):
-    """The live process a record names, or None if it ended or its pid now belongs to another
-    process (a different start time)."""
-    import psutil
-
-    try:
-        proc = psutil.Process(record.pid)
-        if abs(proc.create_time() - record.create_time) > 0.05 or proc.status() == psutil.STATUS_ZOMBIE:
-            return None
-        return proc
-    except psutil.Error:
-        return None
-
-
-def record_process(name: str, pid: int, log: Path, url: str | None = None) -> ProcessRecord:
-    import psutil
-
-    proc = psutil.Process(pid)
-    return ProcessRecord(name=name, pid=pid, create_time=proc.create_time(), cmdline=proc.cmdline(),
-                         log=str(log), url=url)
-
-
-def _spawn(name: str, cmd: list[str], env: dict[str, str], log: Path, lock_fd: int) -> subprocess.Popen:
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with open(log, "ab") as fh:
+def _spawn(name: str, cmd: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
+    """``cmd`` in a session of its own (its session id is its pid: what it starts is found from
+    it), output appended to ``log`` (0600), no descriptor of this process inherited."""
+    with open_log(log) as fh:
         fh.write(f"--- make up: starting {name} at {time.strftime('%Y-%m-%d %H:%M:%S')} ---\n".encode())
         fh.flush()
         return subprocess.Popen(cmd, env=env, cwd=REPO, stdin=subprocess.DEVNULL, stdout=fh,
-                                stderr=subprocess.STDOUT, start_new_session=True, pass_fds=(lock_fd,))
+                                stderr=subprocess.STDOUT, start_new_session=True, close_fds=True)
 
 
 def tail(path: str | Path, lines: int = 15) -> str:
@@ -185,21 +128,14 @@ def _client_host(host: str) -> str:
 def _secret(paths: StackPaths, name: str) -> str:
     """A random secret made once under var/secrets (0600), e.g. the JWT signing key every
     Airflow component must share (Airflow makes a different one per process when unset)."""
-    path = paths.var / "secrets" / name
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.parent.chmod(0o700)
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:
-            return path.read_text().strip()
-        with os.fdopen(fd, "w") as fh:
-            fh.write(secrets.token_urlsafe(32))
+    path = paths.secrets_dir / name
+    create_secret_file(path, secrets.token_urlsafe(32))
     return path.read_text().strip()
 
 
 def password_file(paths: StackPaths) -> Path:
-    return paths.airflow_home / "simple_auth_manager_passwords.json.generated"
+    """The Airflow admin's password (``{"admin": ...}``), made by us so Airflow never prints one."""
+    return airflow_passwords_file(paths)
 
 
 def stack_airflow_env(paths: StackPaths, ws, host: str, port: int) -> dict[str, str]:
@@ -244,8 +180,8 @@ def _dashboard_command(port: int, credentials: Path, host: str, apps: list[Path]
 
 
 # -- health ----------------------------------------------------------------------------------
-def airflow_health(url: str, timeout: float = 3.0) -> dict[str, str]:
-    """Each component's status from ``/api/v2/monitor/health`` (``{}`` if no answer)."""
+def _health_body(url: str, timeout: float = 3.0) -> dict[str, dict]:
+    """``/api/v2/monitor/health``'s answer (``{}`` if none)."""
     try:
         resp = httpx.get(f"{url}/api/v2/monitor/health", timeout=timeout)
         if resp.status_code != 200:
@@ -253,7 +189,31 @@ def airflow_health(url: str, timeout: float = 3.0) -> dict[str, str]:
         body = resp.json()
     except (httpx.HTTPError, ValueError):
         return {}
-    return {name: (info or {}).get("status") or "unknown" for name, info in body.items() if isinstance(info, dict)}
+    return {name: info for name, info in body.items() if isinstance(info, dict)} if isinstance(body, dict) else {}
+
+
+def airflow_health(url: str, timeout: float = 3.0) -> dict[str, str]:
+    """Each component's status from ``/api/v2/monitor/health`` (``{}`` if no answer)."""
+    return {name: info.get("status") or "unknown" for name, info in _health_body(url, timeout).items()}
+
+
+def heartbeat(health: dict[str, dict], component: str, alive: bool) -> tuple[bool, str]:
+    """Whether a scheduler, triggerer or dag-processor beats (its process alive *and* Airflow
+    finds its latest heartbeat recent) and a line saying so. A killed one's last heartbeat
+    stays "recent" in Airflow's eyes for up to 30 s: the process decides first."""
+    key = component.replace("-", "_")
+    info = health.get(key) or {}
+    beat = info.get(f"latest_{key}_heartbeat")
+    try:
+        age = f"{time.time() - datetime.fromisoformat(beat).timestamp():.0f}s ago" if beat else "none yet"
+    except (TypeError, ValueError):
+        age = str(beat)
+    if not alive:
+        return False, f"last heartbeat {age}: stale, the process ended"
+    if not health:
+        return False, "heartbeat unknown (the api-server does not answer)"
+    healthy = info.get("status") == "healthy"
+    return healthy, f"heartbeat {age} ({'healthy' if healthy else 'unhealthy: not recent'})"
 
 
 def _answers(url: str) -> bool:
@@ -334,40 +294,27 @@ def up(*, host: str | None = None, port: int | None = None, dashboard_port: int 
     port = port or int(os.environ.get("MODEL_FACTORY_API_PORT") or DEFAULT_API_PORT)
     dashboard_port = dashboard_port or int(os.environ.get("MODEL_FACTORY_DASHBOARD_PORT") or DEFAULT_DASHBOARD_PORT)
     try:
-        state = read_state(paths)
-    except StateFileError as exc:
-        _say(f"make up refused: {exc}")
-        return 1
-    if state is not None:
-        alive = {p.name: process_of(p) is not None for p in state.processes}
-        if all(alive.values()):
-            _say(f"The stack is already up (since {state.started_at}; var {paths.var}).")
-            _print_where(paths, state)
-            return 0
-        if any(alive.values()):
-            dead = ", ".join(name for name, ok in alive.items() if not ok)
-            _say(f"The stack is partly up: {dead} not running (logs under {paths.logs}).\n"
-                 "Run `make down`, then `make up`.")
-            return 1
-        state_path(paths).unlink(missing_ok=True)  # everything it names has ended (e.g. a reboot)
-    for what, p in (("Airflow api-server", port), ("dashboard", dashboard_port)):
-        if not _port_free(host, p):
-            _say(f"make up refused: port {p} on {host} ({what}) is in use; free it or choose another "
-                 f"(python -m stack up --port N --dashboard-port M).")
-            return 1
-    try:
-        lock = acquire_stack_lock(paths, holder="make up, the long-running stack; `make down` stops it")
+        lock = acquire_stack_lock(paths, holder="make up, starting the long-running stack")
     except StackBusyError as exc:
         _say(f"make up refused: {exc}.\nWait for it to end (or stop it), or set MODEL_FACTORY_VAR "
              "to another folder.")
         return 75
+    rc = _before_start(paths)
+    for what, p in (("Airflow api-server", port), ("dashboard", dashboard_port)):
+        if rc is None and not _port_free(host, p):
+            _say(f"make up refused: port {p} on {host} ({what}) is in use; free it or choose another "
+                 f"(python -m stack up --port N --dashboard-port M).")
+            rc = 1
+    if rc is not None:
+        lock.close()
+        return rc
     from stack.run import Interrupted, _interruptible
 
     state = UpState(var=str(paths.var), host=host, started_at=time.strftime("%Y-%m-%d %H:%M:%S"),
                     airflow_url=f"http://{_client_host(host)}:{port}")
     try:
         with _interruptible():
-            _start(paths, state, lock, host=host, port=port, dashboard_port=dashboard_port,
+            _start(paths, state, host=host, port=port, dashboard_port=dashboard_port,
                    workspace_port=workspace_port, model_port=model_port, timeout_s=timeout_s,
                    rows=rows or DEFAULT_ROWS)
     except Interrupted:
@@ -381,13 +328,44 @@ def up(*, host: str | None = None, port: int | None = None, dashboard_port: int 
         _say(f"make up failed: {exc if known else f'{type(exc).__name__}: {exc}'}\nStopping what was started…")
         down(quiet=True)
         return 1
-    lock.close()  # the background processes hold it now
+    lock.close()
     _say(f"\nThe stack is up (var {paths.var}).")
     _print_where(paths, state)
     return 0
 
 
-def _start(paths: StackPaths, state: UpState, lock: IO[str], *, host: str, port: int, dashboard_port: int,
+def _before_start(paths: StackPaths) -> int | None:
+    """Under the ``var/`` lock: the exit code if ``up`` must not start (already up, partly
+    up, a broken state file), else None, once what an ended stack left running is stopped."""
+    try:
+        state = read_state(paths)
+    except StateFileError as exc:
+        _say(f"make up refused: {exc}")
+        return 1
+    if state is not None:
+        alive = {p.name: process_of(p) is not None for p in state.processes}
+        if alive and all(alive.values()):
+            _say(f"The stack is already up (since {state.started_at}; var {paths.var}).")
+            _print_where(paths, state)
+            return 0
+        if any(alive.values()):
+            dead = ", ".join(name for name, ok in alive.items() if not ok)
+            _say(f"The stack is partly up: {dead} not running (logs under {paths.logs}).\n"
+                 "Run `make down`, then `make up`.")
+            return 1
+    # every recorded process has ended (a crash, a kill, a reboot): what they left goes too
+    leftovers = stack_processes(paths, state)
+    if leftovers:
+        _say(f"Stopping what an earlier `make up` left running: {describe(leftovers)}")
+        stop_processes(leftovers, LEFTOVER_GRACE_S)
+        if still := [p for p in leftovers if p.is_running()]:
+            _say(f"make up refused: could not stop {describe(still)}")
+            return 1
+    state_path(paths).unlink(missing_ok=True)
+    return None
+
+
+def _start(paths: StackPaths, state: UpState, *, host: str, port: int, dashboard_port: int,
            workspace_port: int | None, model_port: int | None, timeout_s: float, rows: int) -> None:
     from cml_workspace.server_process import RunningWorkspace
     from stack.airflow_cli import migrate_once
@@ -409,7 +387,7 @@ def _start(paths: StackPaths, state: UpState, lock: IO[str], *, host: str, port:
         paths.workspace_root, code_dir=REPO, project=PROJECT_NAME, api_key=workspace_api_key(paths),
         cpus=os.cpu_count() or 2, memory_gb=8, extra_args=["--preload", "factory_tasks.jobs.preload"],
         port=workspace_port, model_port=model_port, startup_timeout=min(60.0, timeout_s),
-        detached=True, pass_fds=(lock.fileno(),),
+        env={MEMBER_ENV: str(paths.var)}, detached=True,
     )
     ws.start()  # waits for /health; on free ports, retried if another process takes one first
     keep(record_process("workspace", ws.pid, ws.log_path, ws.url))
@@ -418,6 +396,7 @@ def _start(paths: StackPaths, state: UpState, lock: IO[str], *, host: str, port:
     _say(f"  local CML workspace  {ws.url} (pid {ws.pid})")
 
     env = stack_airflow_env(paths, ws, host, port)
+    env[MEMBER_ENV] = str(paths.var)  # and so what each starts: stack.processes finds it
     migrated = migrate_once(env, paths.logs / "airflow-setup.log")
     _say(f"  Airflow metadata DB  {'created' if migrated else 'ready'} in {paths.airflow_home}")
     created = ensure_training_table(env, rows)
@@ -430,7 +409,7 @@ def _start(paths: StackPaths, state: UpState, lock: IO[str], *, host: str, port:
             # task and trigger logs from the files on this machine instead
             cmd.append("--skip-serve-logs")
         log = paths.logs / f"{name}.log"
-        procs[name] = _spawn(name, cmd, env, log, lock.fileno())
+        procs[name] = _spawn(name, cmd, env, log)
         keep(record_process(name, procs[name].pid, log, state.airflow_url if name == "api-server" else None))
 
     dashboard = ensure_secrets(paths)
@@ -438,8 +417,7 @@ def _start(paths: StackPaths, state: UpState, lock: IO[str], *, host: str, port:
     cmd = _dashboard_command(dashboard_port, dashboard.credentials, host, apps)
     base = f"http://{_client_host(host)}:{dashboard_port}"
     state.dashboard_urls = [f"{base}/{app.stem}" for app in apps]
-    procs["dashboard"] = _spawn("dashboard", cmd, serve_env(paths, dashboard, base=env), paths.logs / "dashboard.log",
-                                lock.fileno())
+    procs["dashboard"] = _spawn("dashboard", cmd, serve_env(paths, dashboard, base=env), paths.logs / "dashboard.log")
     keep(record_process("dashboard", procs["dashboard"].pid, paths.logs / "dashboard.log", state.dashboard_urls[0]))
     _say(f"  started {', '.join(procs)}; waiting until each answers…")
 
@@ -491,28 +469,9 @@ def _print_where(paths: StackPaths, state: UpState) -> None:
     _say("`make status` shows what runs; `make down` stops it.")
 
 
-def stop_processes(procs: list, grace_s: float) -> list:
-    """SIGTERM ``procs`` (psutil processes, identity checked by psutil), wait, SIGKILL the rest.
-    Returns those that had to be killed."""
-    import psutil
-
-    for proc in procs:
-        try:
-            proc.terminate()
-        except psutil.Error:
-            pass
-    _gone, alive = psutil.wait_procs(procs, timeout=grace_s)
-    for proc in alive:
-        try:
-            proc.kill()
-        except psutil.Error:
-            pass
-    psutil.wait_procs(alive, timeout=5)
-    return alive
-
-
 def down(*, quiet: bool = False, grace_s: float = STOP_GRACE_S) -> int:
-    """Stop exactly what ``up`` recorded (and what those processes started); the exit code."""
+    """Stop what ``up`` recorded, what those processes started and whatever else of the stack
+    still runs (:func:`stack.processes.stack_processes`); the exit code."""
     import psutil
 
     from cml_workspace.scheduler import kill_active_runs
@@ -523,18 +482,15 @@ def down(*, quiet: bool = False, grace_s: float = STOP_GRACE_S) -> int:
     except StateFileError as exc:
         _say(f"make down: {exc}")
         return 1
-    if state is None:
-        if not quiet:
-            _say(f"Nothing to stop: no {state_path(paths)} (the stack is not up).")
-        return 0
-    names = {r.pid: r.name for r in state.processes}
+    records = state.processes if state is not None else []
+    names = {r.pid: r.name for r in records}
     stopped: list[str] = []
     ended: list[str] = []
     children_stopped = 0
     killed: list[str] = []
     for phase in STOP_PHASES:
         mains, children = [], []
-        for record in state.processes:
+        for record in records:
             if record.name not in phase:
                 continue
             proc = process_of(record)
@@ -550,9 +506,21 @@ def down(*, quiet: bool = False, grace_s: float = STOP_GRACE_S) -> int:
         killed += [f"{names[p.pid]} (pid {p.pid})" for p in stop_processes(mains, grace_s)]
         leftovers = [c for c in children if c.is_running()]  # is_running also checks the start time
         if leftovers:
-            stop_processes(leftovers, 3.0)
+            stop_processes(leftovers, LEFTOVER_GRACE_S)
         children_stopped += len(leftovers)
-    runs = kill_active_runs(paths.workspace_root)  # runs adopted from an earlier server, if any
+    # what outlived its parent: the workers of a killed scheduler, a dead workspace's replicas
+    orphans = stack_processes(paths, state)
+    orphans_text = describe(orphans)
+    stop_processes(orphans, LEFTOVER_GRACE_S)
+    if state is None and not orphans:
+        if not quiet:
+            _say(f"Nothing to stop: no {state_path(paths)} and no process of a stack under {paths.var}.")
+        return 0
+    # runs adopted from an earlier server, if any (not without a state file: `make run` may own them)
+    runs = kill_active_runs(paths.workspace_root) if state is not None else 0
+    if still := stack_processes(paths, state):
+        _say(f"make down: could not stop {describe(still)}; {state_path(paths)} kept.")
+        return 1
     state_path(paths).unlink(missing_ok=True)
     if not quiet or killed:
         _say(f"Stopped {len(stopped)} processes: {', '.join(stopped) or 'none'}"
@@ -560,6 +528,8 @@ def down(*, quiet: bool = False, grace_s: float = STOP_GRACE_S) -> int:
              + (f"; {runs} workspace job runs" if runs else "") + ".")
         if ended:
             _say(f"  had already ended: {', '.join(ended)}")
+        if orphans:
+            _say(f"  left behind by what ended, stopped too: {orphans_text}")
         if killed:
             _say(f"  SIGKILL after {grace_s:.0f}s for: {', '.join(killed)}")
         _say(f"State kept under {paths.var}: `make up` again reuses it; `make clean` removes it.")
@@ -567,33 +537,55 @@ def down(*, quiet: bool = False, grace_s: float = STOP_GRACE_S) -> int:
 
 
 def status() -> int:
-    """What runs: 0 all up, 1 partly, 3 not up."""
+    """What runs: 0 all up, 1 partly (or leftovers of an ended stack), 3 not up."""
+    import psutil
+
     paths = stack_paths()
     try:
         state = read_state(paths)
     except StateFileError as exc:
         _say(str(exc))
         return 1
+    members = stack_processes(paths, state)
     if state is None:
+        if members:
+            _say(f"The stack is not up, but processes of an earlier `make up` still run: {describe(members)}.\n"
+                 "`make down` stops them.")
+            return 1
         _say(f"The stack is not up (no {state_path(paths)}). `make up` starts it.")
         return 3
-    health = airflow_health(state.airflow_url)
-    up_count = 0
+    health = _health_body(state.airflow_url)
+    up_count = beating = 0
     _say(f"Stack under {paths.var}, started {state.started_at}:")
     for record in state.processes:
         alive = process_of(record) is not None
         up_count += alive
-        detail = record.url or ""
+        detail, ok = record.url or "", alive
         if record.name in ("scheduler", "triggerer", "dag-processor"):
-            detail = f"heartbeat {health.get(record.name.replace('-', '_'), 'unknown')}"
+            ok, detail = heartbeat(health, record.name, alive)
+        beating += ok
         _say(f"  {record.name:<14} pid {record.pid:<8} {'running' if alive else 'NOT RUNNING':<12} {detail}"
              f"   log {record.log}")
-    if up_count == len(state.processes):
+    recorded = {r.pid for r in state.processes}
+    member_pids = {p.pid for p in members}
+    orphans = []
+    for proc in members:
+        try:
+            if proc.pid not in recorded and proc.ppid() not in member_pids:
+                orphans.append(proc)
+        except psutil.Error:
+            continue
+    if orphans:
+        _say(f"  left behind by a process that ended: {describe(orphans)}")
+    if up_count == len(state.processes) and beating == len(state.processes) and not orphans:
         _print_where(paths, state)
         return 0
-    _say("Some processes are not running: `make down`, then `make up`." if up_count else
+    if up_count == len(state.processes) and not orphans:
+        _say("Every process runs, but not every heartbeat is recent: see their logs.")
+        return 1
+    _say("Some processes are not running: `make down`, then `make up`." if up_count or orphans else
          "Nothing recorded is running any more: `make up` starts it again.")
-    return 1 if up_count else 3
+    return 1 if up_count or orphans else 3
 
 
 def foreground(**options) -> int:

@@ -102,8 +102,7 @@ class Stack:
                         "--rows", "2000", "--timeout", str(UP_TIMEOUT_S), timeout=UP_TIMEOUT_S + 60)
 
     def token(self) -> str:
-        password = json.loads((self.var / "airflow" / "simple_auth_manager_passwords.json.generated")
-                              .read_text())["admin"]
+        password = json.loads((self.var / "secrets" / "airflow_passwords.json").read_text())["admin"]
         resp = httpx.post(f"{self.api}/auth/token", json={"username": "admin", "password": password}, timeout=10)
         assert resp.status_code == 201, resp.text
         return resp.json()["access_token"]
@@ -150,7 +149,7 @@ def test_up_status_down_and_up_again(stack: Stack):
     out = _print(result)
     assert result.returncode == 0, out
     assert "The stack is up" in out and stack.api in out and "make down" in out
-    assert "simple_auth_manager_passwords.json.generated" in out and "dashboard_users.json" in out
+    assert "secrets/airflow_passwords.json" in out and "dashboard_users.json" in out
     records = recorded(stack.var)
     assert {r["name"] for r in records} == COMPONENTS
     assert all(live(r) for r in records), records
