@@ -1,8 +1,8 @@
 """Who is signed in to this browser session.
 
-The dashboard is served with Panel's authentication (``panel serve --basic-auth ...
+The dashboard is served behind a login (``panel serve --auth-module dashboards/login.py
 --cookie-secret ...``, or an OAuth provider): the server refuses pages and websockets without a
-signed session cookie, and ``pn.state.user`` is the user that cookie names. The reviewer of a
+signed session cookie of an open session, and ``pn.state.user`` is the user that cookie names. The reviewer of a
 promotion is that user, never a name typed into the page.
 """
 

@@ -16,11 +16,12 @@ from dashboards.auth import LOGOUT_URL, current_user
 def plain(text: object, quote: bool = False) -> str:
     """Text from a user, a table or a login shown as text: no HTML, no Markdown markup.
 
-    With ``quote`` the quotation marks are escaped as well (the experiments dashboard's text);
-    an apostrophe then shows as the literal ``&#x27;``, because its ``#`` is escaped next.
+    With ``quote`` the quotation marks are written as entities as well (the experiments
+    dashboard's text); they still show as themselves.
     """
     escaped = html.escape(str(text), quote=quote)
-    return re.sub(r"([\\`*_{}\[\]()#+!|~>-])", r"\\\1", escaped)
+    # Not the "#" of an entity just written (``&#x27;``): escaped, it would show as text.
+    return re.sub(r"(?<!&)([\\`*_{}\[\]()#+!|~>-])", r"\\\1", escaped)
 
 
 class SignedInUser(Viewer):
@@ -41,7 +42,7 @@ def refusal():
     """The whole page for a session nobody is signed in to."""
     return pn.pane.Alert(
         "**This dashboard needs a signed-in user.** Serve it with authentication: "
-        "`python -m stack dashboard` (`make dashboard`), or `panel serve` with `--basic-auth` "
+        "`python -m stack dashboard` (`make dashboard`), or `panel serve` with `--auth-module dashboards/login.py` "
         "or an OAuth provider and a `--cookie-secret`.",
         alert_type="danger", css_classes=["mf-not-signed-in"],
     )

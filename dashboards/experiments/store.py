@@ -26,7 +26,8 @@ import param
 from dashboards.experiments.warehouse import WAREHOUSE_ERRORS, warehouse_hook
 from factory_tasks.core import settings
 from factory_tasks.core.metrics import METRICS
-from factory_tasks.warehouse.promotions import PromotionLog, load_promotions, promote
+from factory_tasks.core.contracts import Promotion
+from factory_tasks.warehouse.promotions import PromotionLog, decision, load_promotions, promote
 from factory_tasks.warehouse.summary import (
     SUMMARY_DTYPES,
     SummaryError,
@@ -352,17 +353,28 @@ class ExperimentsStore(param.Parameterized):
         return self.warehouse
 
     def reload_promotions(self) -> None:
-        """Re-read ``model_promotions``; a failure is kept in :attr:`promotion_error`."""
+        """Re-read ``model_promotions``; a failure is kept in :attr:`promotion_error`. The views
+        are told only when something changed (the page re-reads on a timer)."""
         try:
             log = load_promotions(self.warehouse_hook())
         except WAREHOUSE_ERRORS as exc:
-            with param.parameterized.batch_call_watchers(self):
-                self.promotion_error = f"The promotions could not be read from the warehouse: {exc}"
-                self.promotion_log = None
+            error = f"The promotions could not be read from the warehouse: {exc}"
+            if error != self.promotion_error or self.promotion_log is not None:
+                with param.parameterized.batch_call_watchers(self):
+                    self.promotion_error = error
+                    self.promotion_log = None
+            return
+        old = self.promotion_log
+        if (not self.promotion_error and old is not None and old.promotions == log.promotions
+                and [str(p) for p in old.problems] == [str(p) for p in log.problems]):
             return
         with param.parameterized.batch_call_watchers(self):
             self.promotion_error = ""
             self.promotion_log = log
+
+    def current_promotion(self, factory_run_id: str) -> Promotion | None:
+        """The promotion of a run the deploy step reads (``latest_promotion``), as last read."""
+        return None if self.promotion_log is None else decision(self.promotion_log, factory_run_id)
 
     # -- derived state -------------------------------------------------------------------
     @param.depends("data", "factory_run", "families", "statuses", "score_range", "date_range", watch=True)
@@ -417,8 +429,9 @@ class ExperimentsStore(param.Parameterized):
     # -- actions ---------------------------------------------------------------------------
     def promote_focus(self, reviewer: str, reason: str, now: datetime | None = None):
         """Promote the focused experiment as ``reviewer`` (the signed-in user): one row appended
-        to ``model_promotions``. Returns the Promotion; raises PromotionRefused, or one of
-        ``WAREHOUSE_ERRORS`` when the warehouse cannot take it."""
+        to ``model_promotions``, then the table re-read (another reviewer's may be the latest).
+        Returns the Promotion; raises PromotionRefused, or one of ``WAREHOUSE_ERRORS`` when the
+        warehouse cannot take it."""
         from factory_tasks.warehouse.promotions import PromotionRefused
 
         row = self.focus

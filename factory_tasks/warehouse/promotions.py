@@ -159,7 +159,8 @@ def load_promotions(hook: Any) -> PromotionLog:
     """Every promotion in ``model_promotions``, oldest first (by ``promoted_at``), and a
     :class:`ContractError` for each row that does not parse. No table yet: an empty log.
 
-    Rows are numbered in that order (invalid times last) for the error messages.
+    Rows are numbered in that order (invalid times last) for the error messages; rows with the
+    same ``promoted_at`` are in the order of their values.
     """
     dialect = dialect_for(hook)
     if not dialect.table_exists(hook, PROMOTIONS_TABLE):
@@ -167,18 +168,21 @@ def load_promotions(hook: Any) -> PromotionLog:
     records = [dict(zip(PROMOTION_COLUMN_NAMES, row))
                for row in dialect.select(hook, PROMOTIONS_TABLE, PROMOTION_COLUMN_NAMES)]
 
-    def order(record: dict[str, Any]) -> tuple[int, datetime]:
+    def order(record: dict[str, Any]) -> tuple[int, datetime, tuple[str, ...]]:
+        # Ties in promoted_at go by the row's values, not by the order the warehouse returns
+        # rows in (Hive promises none): every reader then picks the same decision.
+        values = tuple(str(record[c]) for c in PROMOTION_COLUMN_NAMES)
         try:
             stamp = datetime.fromisoformat(str(record["promoted_at"]))
         except ValueError:
             stamp = None
         if stamp is None or stamp.tzinfo is None:
-            return (1, _NEVER)
-        return (0, stamp)
+            return (1, _NEVER, values)
+        return (0, stamp, values)
 
     promotions: list[Promotion] = []
     problems: list[ContractError] = []
-    for number, record in enumerate(sorted(records, key=order), start=1):  # stable: ties keep read order
+    for number, record in enumerate(sorted(records, key=order), start=1):
         try:
             promotions.append(_parse_row(number, record))
         except ContractError as exc:
@@ -196,6 +200,12 @@ def latest_promotion(hook: Any, factory_run_id: str | None = None, *,
     """
     log = load_promotions(hook)
     log.raise_for_problems()
+    return decision(log, factory_run_id, promoted_by=promoted_by)
+
+
+def decision(log: PromotionLog, factory_run_id: str | None = None, *,
+             promoted_by: datetime | None = None) -> Promotion | None:
+    """:func:`latest_promotion` of a log already read (the dashboard shows the same one)."""
     matching = [p for p in log.promotions
                 if (factory_run_id is None or p.factory_run_id == factory_run_id)
                 and (promoted_by is None or datetime.fromisoformat(p.promoted_at) <= promoted_by)]

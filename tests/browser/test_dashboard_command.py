@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import stat
 
-from stack.dashboard import WAREHOUSE_CONN_ENV, ensure_secrets, serve, serve_command, serve_env
+from stack.dashboard import LOGIN, USERS_ENV, WAREHOUSE_CONN_ENV, ensure_secrets, serve, serve_command, serve_env
 from stack.env import StackPaths
 
 
@@ -47,12 +47,13 @@ def test_the_command_line_carries_no_secret_and_the_environment_the_cookie_secre
     secrets = ensure_secrets(paths, user="alice")
     command = serve_command(5006, secrets.credentials)
     assert command[1:4] == ["-m", "panel", "serve"] and command[4].endswith("dashboards/experiments_app.py")
-    assert command[command.index("--basic-auth") + 1] == str(secrets.credentials)
+    assert command[command.index("--auth-module") + 1] == str(LOGIN)
     assert "--allow-websocket-origin=127.0.0.1:5006" in command
     text = " ".join(command)
     assert secrets.password("alice") not in text and secrets.cookie_secret not in text
     env = serve_env(paths, secrets, base={"PATH": "/bin", "BOKEH_COOKIE_SECRET": "x"})
     assert env["PANEL_COOKIE_SECRET"] == secrets.cookie_secret and "BOKEH_COOKIE_SECRET" not in env
+    assert env[USERS_ENV] == str(secrets.credentials)
     assert json.loads(env[WAREHOUSE_CONN_ENV]) == {"conn_type": "sqlite", "host": str(paths.warehouse_db)}
     assert env["AIRFLOW_HOME"] == str(paths.airflow_home)
     assert env["MODEL_FACTORY_ARTIFACTS"] == str(paths.artifacts)

@@ -19,7 +19,7 @@ import pandas as pd
 import pytest
 
 from dashboards.experiments.sample_data import synthetic_outcomes
-from factory_tasks.warehouse.promotions import PROMOTION_COLUMN_NAMES, PROMOTIONS_TABLE
+from factory_tasks.warehouse.promotions import PROMOTION_COLUMN_NAMES, PROMOTIONS_TABLE, latest_promotion
 from factory_tasks.warehouse.summary import build_summary, write_summary
 from stack.dashboard import APP, WAREHOUSE_CONN_ENV, ensure_secrets, serve_command, serve_env
 from stack.env import StackPaths
@@ -232,16 +232,18 @@ def test_the_signed_in_user_promotes_and_is_recorded_in_model_promotions(page, s
     page.locator(".mf-promote button").click()
     page.get_by_text("needs a reason").wait_for(timeout=WAIT_MS)
     assert server.promotions() == []
-    page.locator(".mf-reason textarea").fill("best ROC AUC, stable folds")
+    reason = "best ROC AUC, O'Brien's \"stable\" folds <b>not bold</b>"
+    page.locator(".mf-reason textarea").fill(reason)
     page.locator(".mf-promote button").click()
     message = page.get_by_text(re.compile(r"Promoted\s+" + experiment_id))
     message.wait_for(timeout=WAIT_MS)
     assert f"by {USER}" in message.inner_text()
     page.get_by_text("Current promotion").wait_for(timeout=WAIT_MS)
-    assert f"by {USER}" in shown_text(page, ".mf-current-promotion")
+    current = shown_text(page, ".mf-current-promotion")
+    assert f"by {USER}" in current and reason in current, current  # as typed: no &#x27;, no markup
+    assert page.locator(".mf-current-promotion").evaluate("e => (e.shadowRoot || e).querySelectorAll('b').length") == 0
     [record] = server.promotions()
-    assert (record["experiment_id"], record["reviewer"], record["reason"]) == (
-        experiment_id, USER, "best ROC AUC, stable folds")
+    assert (record["experiment_id"], record["reviewer"], record["reason"]) == (experiment_id, USER, reason)
     assert record["schema_version"] == 1 and record["promoted_at"].endswith("+00:00")
     OUTPUT.mkdir(exist_ok=True)
     page.screenshot(path=str(OUTPUT / "experiments_dashboard_promoted.png"), full_page=True)
@@ -279,13 +281,26 @@ def test_without_a_session_nothing_is_served(server, browser):
         context.close()
 
 
+def _websocket_refusal(server: PanelServer, cookies: dict[str, str]) -> int:
+    """The status with which the app's websocket refuses a handshake with these cookies."""
+    from websockets.exceptions import InvalidStatus
+    from websockets.sync.client import connect
+
+    header = "; ".join(f"{k}={v}" for k, v in cookies.items())
+    with pytest.raises(InvalidStatus) as info:
+        connect(f"ws://127.0.0.1:{server.port}/experiments_app/ws", additional_headers={"Cookie": header},
+                origin=server.base_url, open_timeout=30)
+    return info.value.response.status_code
+
+
 def test_a_session_cookie_opens_the_app_and_logout_ends_it(server, browser):
+    captured = {c["name"]: c["value"] for c in server.session_cookies()}
     with httpx.Client(base_url=server.base_url, follow_redirects=False, timeout=30) as client:
-        client.cookies.update({c["name"]: c["value"] for c in server.session_cookies()})
+        client.cookies.update(captured)
         assert client.get("/experiments_app").status_code == 200
     context = browser.new_context(viewport={"width": 1500, "height": 1400})
     try:
-        context.add_cookies(server.session_cookies())
+        context.add_cookies([{"name": k, "value": v, "url": server.base_url} for k, v in captured.items()])
         page = context.new_page()
         page.goto(server.url)
         page.wait_for_selector(".mf-leaderboard .tabulator-row", timeout=WAIT_MS)
@@ -294,6 +309,43 @@ def test_a_session_cookie_opens_the_app_and_logout_ends_it(server, browser):
         page.wait_for_url(re.compile(r"/login"), timeout=WAIT_MS)
     finally:
         context.close()
+    # The cookies taken before the logout (a copy, a stolen one) open nothing any more.
+    with httpx.Client(base_url=server.base_url, follow_redirects=False, timeout=30) as client:
+        client.cookies.update(captured)
+        response = client.get("/experiments_app")
+        assert response.status_code == 302 and "/login" in response.headers["location"]
+    assert _websocket_refusal(server, captured) == 403
+    # Another session of the same user is not ended by this one's logout.
+    other = {c["name"]: c["value"] for c in server.session_cookies()}
+    with httpx.Client(base_url=server.base_url, follow_redirects=False, timeout=30) as client:
+        client.cookies.update(other)
+        assert client.get("/experiments_app").status_code == 200
+
+
+def test_repeated_failed_sign_ins_are_refused_for_a_while(tmp_path):
+    """A password cannot be guessed at the login's speed: past a few failures per user (more per
+    client address) the login answers 429 and says how long to wait, even to the right password."""
+    write_fixture(summary_file(tmp_path))
+    server = PanelServer(tmp_path, tmp_path / "panel-throttle.log")
+    try:
+        server.wait_ready()
+        with httpx.Client(base_url=server.base_url, follow_redirects=False, timeout=30) as client:
+            statuses = [client.post("/login", data={"username": server.user, "password": f"guess-{i}"}).status_code
+                        for i in range(8)]
+            assert statuses[:5] == [302] * 5 and statuses[5:] == [429] * 3, statuses
+            refused = client.post("/login", data={"username": server.user, "password": server.password})
+            assert refused.status_code == 429 and "user" not in client.cookies
+            assert re.search(rf"Too many failed sign-ins for {server.user}; try again in \d+ s", refused.text)
+            assert int(refused.headers["Retry-After"]) > 0 and 'name="password"' in refused.text
+            # Other names from the same address are still let in, up to the address's own limit.
+            statuses = [client.post("/login", data={"username": f"nobody-{i}", "password": "x"}).status_code
+                        for i in range(15)]
+            assert set(statuses) == {302} and "user" not in client.cookies
+            last = client.post("/login", data={"username": "nobody-else", "password": "x"})
+            assert last.status_code == 429 and "Too many failed sign-ins from 127.0.0.1" in last.text
+    finally:
+        server.stop()
+    assert server.password not in (tmp_path / "panel-throttle.log").read_text()
 
 
 def test_a_truncated_summary_shows_the_line_in_the_page(page, files):
@@ -344,11 +396,11 @@ def test_a_new_summary_appears_without_reload(page, files):
 
 
 def test_served_without_authentication_the_app_refuses_every_session(files, tmp_path, browser):
-    """Defence in depth: ``panel serve`` without --basic-auth (or OAuth) serves no dashboard."""
+    """Defence in depth: ``panel serve`` without its login (or OAuth) serves no dashboard."""
     server = PanelServer(files["root"], tmp_path / "panel-open.log")
     server.stop()  # the same environment, then the command line without its login
     command = serve_command(server.port, server.secrets.credentials)
-    at = command.index("--basic-auth")
+    at = command.index("--auth-module")
     env = serve_env(server.paths, server.secrets, base={**os.environ, "MODEL_FACTORY_OBJECT_STORE":
                                                         f"file://{files['root']}/object store"})
     with open(tmp_path / "panel-open.log", "w") as log:
@@ -454,3 +506,71 @@ def test_a_reused_page_gives_the_next_reviewer_their_own_session_and_nothing_fro
                 context.close()
     finally:
         srv.stop()
+
+
+class WarehouseFile:
+    """The DB-API surface the warehouse dialects use, on the server's SQLite file."""
+
+    conn_type = "sqlite"
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def get_conn(self):
+        return sqlite3.connect(self.path)
+
+
+def _rows(page) -> list[dict[str, str]]:
+    """The leaderboard's shown rows: experiment, run and status of each."""
+    rows = []
+    for row in page.locator(".mf-leaderboard .tabulator-row").all():
+        cell = {f: row.locator(f".tabulator-cell[tabulator-field={f}]").inner_text().strip()
+                for f in ("experiment_id", "factory_run_id", "status")}
+        rows.append(cell)
+    return rows
+
+
+def test_two_reviewers_promoting_at_once_both_see_the_promotion_the_deploy_step_reads(tmp_path, browser):
+    """Alice and Bob promote two experiments of one run a moment apart: both pages end up
+    showing, as the current promotion, the one ``latest_promotion`` (the deploy step) reads."""
+    write_fixture(summary_file(tmp_path))
+    secrets = ensure_secrets(StackPaths(tmp_path / "var").make(), user="alice")
+    users = {**json.loads(secrets.credentials.read_text()), "bob": "a-second-reviewer-password"}
+    secrets.credentials.write_text(json.dumps(users))
+    server = PanelServer(tmp_path, tmp_path / "panel-two.log", user="alice")
+    contexts = []
+    try:
+        server.wait_ready()
+        pages = {}
+        for user in ("alice", "bob"):
+            contexts.append(browser.new_context(viewport={"width": 1500, "height": 1400}))
+            pages[user] = contexts[-1].new_page()
+            log_in(pages[user], server, user=user, password=users[user])
+            pages[user].wait_for_selector(".mf-leaderboard .tabulator-row", timeout=WAIT_MS)
+        rows = [r for r in _rows(pages["alice"]) if r["status"] == "succeeded"]
+        run = rows[0]["factory_run_id"]
+        picks = dict(zip(("alice", "bob"), [r["experiment_id"] for r in rows if r["factory_run_id"] == run][:2]))
+        for user, experiment_id in picks.items():
+            page = pages[user]
+            page.locator(".mf-leaderboard .tabulator-row", has_text=experiment_id).locator("input[type=checkbox]").click()
+            page.get_by_text(f"Promote {experiment_id}").first.wait_for(timeout=WAIT_MS)
+            page.locator(".mf-reason textarea").fill(f"{user}'s pick")
+        for user in ("alice", "bob"):
+            pages[user].locator(".mf-promote button").click()
+        for user in ("alice", "bob"):
+            pages[user].get_by_text(re.compile(r"Promoted\s+" + picks[user])).wait_for(timeout=WAIT_MS)
+        decision = latest_promotion(WarehouseFile(server.warehouse_db), run)
+        assert decision is not None and decision.reviewer in picks
+        expected = f"Current promotion for run {run}: {decision.experiment_id} "
+        for user in ("alice", "bob"):
+            deadline = time.monotonic() + WAIT_MS / 1000
+            while True:
+                shown = shown_text(pages[user], ".mf-current-promotion")
+                if expected in shown and f"by {decision.reviewer} " in shown:
+                    break
+                assert time.monotonic() < deadline, f"{user}'s page shows {shown!r}, the deploy step reads {decision}"
+                time.sleep(0.2)
+    finally:
+        for context in contexts:
+            context.close()
+        server.stop()

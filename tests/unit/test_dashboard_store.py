@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import html
 import json
 import os
 import sqlite3
-from datetime import datetime
+from datetime import datetime, timedelta, timezone
+from html.parser import HTMLParser
 
 import pandas as pd
 import panel as pn
@@ -245,6 +247,95 @@ def test_user_text_is_shown_as_text(store):
     text = _texts(panel)
     assert "<img" not in text and "<b>" not in text and "&lt;img" in text and "\\*\\*bold" in text
     assert latest_promotion(store.warehouse).reason == '<img src=x onerror="alert(1)"> **bold**'
+
+
+class _VisibleText(HTMLParser):
+    def __init__(self):
+        super().__init__(convert_charrefs=True)
+        self.text, self.tags = [], []
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.append(tag)
+
+    def handle_data(self, data):
+        self.text.append(data)
+
+
+def _shown(viewable) -> tuple[str, list[str]]:
+    """What the browser shows of a view's Markdown and Alerts: the text and the HTML tags, from
+    the HTML Panel sends (``_transform_object``, entity-escaped once more for Bokeh's HTML)."""
+    root = pn.panel(viewable)
+    panes = list(root.select(lambda o: isinstance(o, (pn.pane.Markdown, pn.pane.Alert))))
+    for view in root.select(pn.param.ParamMethod):
+        panes += list(view._pane.select(lambda o: isinstance(o, (pn.pane.Markdown, pn.pane.Alert))))
+    parser = _VisibleText()
+    for pane in panes:
+        parser.feed(html.unescape(pane._transform_object(pane.object)["object"]))
+    return "".join(parser.text), parser.tags
+
+
+def test_an_apostrophe_shows_as_itself_and_markup_as_text(store):
+    reason = "O'Brien's pick: \"steady\" <script>alert(1)</script> <img src=x onerror=alert(1)> **bold** #1 & co"
+    panel = PromotePanel(store=store, identify=lambda: "d'Arcy")
+    ok = store.data[store.data["status"] == "succeeded"].iloc[0]
+    store.selected_keys = [ok["row_key"]]
+    panel.reason = reason
+    panel._promote()
+    text, tags = _shown(panel)
+    assert reason in text and "Reviewer: d'Arcy" in text and "&#x27;" not in text, text
+    assert not {"script", "img"} & set(tags), tags
+    text, tags = _shown(SignedInUser(identify=lambda: "O'Brien <b>x</b>", quote=True))
+    assert "Signed in as O'Brien <b>x</b>" in text and "b" not in tags, (text, tags)
+
+
+def _promotion_row(experiment_id: str, reviewer: str, promoted_at: str) -> dict:
+    return {"schema_version": 1, "experiment_id": experiment_id, "factory_run_id": "run-1", "reviewer": reviewer,
+            "reason": "pick", "promoted_at": promoted_at, "family": "f", "estimator": "e",
+            "ranking_metric": "roc_auc", "ranking_score": 0.8}
+
+
+def test_a_tie_in_promoted_at_is_decided_the_same_whatever_order_the_rows_are_read_in(tmp_path, store):
+    """The page's current promotion and the deploy step's read agree, on any warehouse."""
+    from factory_tasks.core.contracts import Promotion
+    from factory_tasks.warehouse.promotions import PROMOTIONS, ensure_schema
+
+    at = "2026-12-06T07:00:00.123456+00:00"
+    rows = [_promotion_row("00000000000000aa", "alice", at), _promotion_row("00000000000000bb", "bob", at)]
+    hooks = [SqliteFileHook(tmp_path / "ab.db"), SqliteFileHook(tmp_path / "ba.db")]
+    for hook, order in zip(hooks, (rows, rows[::-1])):  # the same rows, written in either order
+        ensure_schema(hook)
+        for row in order:
+            PROMOTIONS.append(hook, Promotion.from_data(row, "test row"))
+    decisions = [latest_promotion(hook, "run-1") for hook in hooks]
+    assert decisions[0] == decisions[1], [d.reviewer for d in decisions]
+    for hook, decision in zip(hooks, decisions):
+        page = ExperimentsStore(summary_url=store.summary_url, warehouse=hook)
+        assert page.current_promotion("run-1") == decision
+
+
+def test_after_a_promote_the_page_shows_the_promotion_the_deploy_step_reads(store):
+    """Two reviewers at once: each page ends up showing the promotion the deploy step reads,
+    and the reviewer whose promotion is not the latest is told which one is."""
+    ok = store.data[store.data["status"] == "succeeded"]
+    run = ok["factory_run_id"].iloc[0]
+    first, second = ok[ok["factory_run_id"] == run].iloc[0], ok[ok["factory_run_id"] == run].iloc[1]
+    bob_store = ExperimentsStore(summary_url=store.summary_url, warehouse=store.warehouse)
+    alice = PromotePanel(store=store, identify=lambda: "alice", reason="mine")
+    store.selected_keys, bob_store.selected_keys = [first["row_key"]], [second["row_key"]]
+    alice._promote()
+    assert alice.message_type == "success" and "the deploy step reads this one" in alice.message, alice.message
+    # Bob's promotion, stamped a second later, lands; Alice's page follows at its next poll.
+    bob_store.promote_focus("bob", "his", now=datetime.now(timezone.utc) + timedelta(seconds=1))
+    store.reload_promotions()  # as the page does every few polls
+    text, _ = _shown(alice)
+    assert f"Current promotion for run {run}: {second['experiment_id']}" in text and "by bob" in text, text
+    # Alice promotes again, but her promotion is stamped before Bob's: she is told it is not the one.
+    alice._promote()
+    assert alice.message_type == "warning", alice.message
+    assert (f"the current promotion for run `{run}` is `{second['experiment_id']}` "
+            f"({second['estimator']}) by **bob**") in alice.message, alice.message
+    assert latest_promotion(store.warehouse, run).reviewer == "bob"
+    assert f"Current promotion for run {run}: {second['experiment_id']}" in _shown(alice)[0]
 
 
 def test_invalid_promotion_rows_and_an_unreachable_warehouse_show_in_the_panel(tmp_path, store):

@@ -353,7 +353,8 @@ def test_the_dashboard_serves_both_apps_as_stack_dashboard_does():
     for app in APPS:
         assert f"/opt/model-factory/{app.relative_to(REPO)}" in script, app.name
         assert (REPO / "dashboards" / app.name).exists()
-    assert "--basic-auth" in script and "--address 0.0.0.0" in script
+    assert "--auth-module /opt/model-factory/dashboards/login.py" in script and "--address 0.0.0.0" in script
+    assert _env(SERVICES["dashboard"])["MODEL_FACTORY_DASHBOARD_USERS"] == "/tmp/dashboard_users.json"
     # what makes the pages fast under make dashboard makes them fast here too
     assert "--warm --reuse-sessions warm --setup /opt/model-factory/dashboards/serve_setup.py" in script
     assert {"--warm", "--reuse-sessions", "--setup"} <= set(serve_command(5006, Path("users.json")))

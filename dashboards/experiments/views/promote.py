@@ -46,11 +46,20 @@ class PromotePanel(Viewer):
         except WAREHOUSE_ERRORS as exc:
             self.message_type, self.message = "danger", f"Could not record the promotion: {plain(exc, quote=True)}"
             return
-        self.message_type = "success"
-        self.message = (
-            f"Promoted `{promotion.experiment_id}` ({promotion.estimator}) of factory run "
-            f"`{promotion.factory_run_id}` at {promotion.promoted_at} by **{plain(promotion.reviewer, quote=True)}**."
-        )
+        done = (f"Promoted `{promotion.experiment_id}` ({promotion.estimator}) of factory run "
+                f"`{promotion.factory_run_id}` at {promotion.promoted_at} by **{plain(promotion.reviewer, quote=True)}**")
+        # What the deploy step will read is the warehouse's latest, re-read after the write:
+        # another reviewer's promotion may be stamped later.
+        current = self.store.current_promotion(promotion.factory_run_id)
+        if current == promotion:
+            self.message_type, self.message = "success", f"{done}: the deploy step reads this one."
+        elif current is None:
+            self.message_type, self.message = "warning", f"{done}, but the promotions could not be read back."
+        else:
+            self.message_type = "warning"
+            self.message = (f"{done}, but the current promotion for run `{current.factory_run_id}` is "
+                            f"`{current.experiment_id}` ({current.estimator}) by **{plain(current.reviewer, quote=True)}** "
+                            f"at {current.promoted_at}, the latest: the deploy step reads that one.")
 
     @param.depends("message", "message_type")
     def _message(self):
@@ -72,15 +81,13 @@ class PromotePanel(Viewer):
                 f"The table model_promotions has {len(log.problems)} invalid row(s): {shown}",
                 alert_type="warning", css_classes=["mf-promotions-error"]))
         row = self.store.focus
-        if log is not None and row is not None:
-            mine = [p for p in log.promotions if p.factory_run_id == row["factory_run_id"]]
-            if mine:
-                p = mine[-1]
-                parts.append(pn.pane.Markdown(
-                    f"Current promotion for run `{p.factory_run_id}`: `{p.experiment_id}` ({p.estimator}) "
-                    f"by **{plain(p.reviewer, quote=True)}** at {p.promoted_at} — "
-                    f"“{plain(p.reason, quote=True)}”",
-                    css_classes=["mf-current-promotion"]))
+        p = None if row is None else self.store.current_promotion(row["factory_run_id"])
+        if p is not None:
+            parts.append(pn.pane.Markdown(
+                f"Current promotion for run `{p.factory_run_id}`: `{p.experiment_id}` ({p.estimator}) "
+                f"by **{plain(p.reviewer, quote=True)}** at {p.promoted_at} — "
+                f"“{plain(p.reason, quote=True)}”",
+                css_classes=["mf-current-promotion"]))
         return pn.Column(*parts) if parts else pn.pane.Markdown("", visible=False)
 
     @param.depends("store.selected_keys")
