@@ -5,12 +5,17 @@ Runs when `model_factory` records a factory run's outcomes (the `experiment_outc
 or by hand with `factory_run_id` (and optionally `experiment_id`: then there is no review
 window; the gate is still applied and reported).
 
+0. **Resolve and reconcile**: the factory run is the newest asset event's (by timestamp) or the
+   param's; one without a succeeded experiment in `experiment_outcomes` fails at once. Then
+   deployments of the model that `model_deployments` does not record (left by a deploy that
+   failed while CML could not be asked to stop them) are stopped.
 1. **Review window** (`review_window_minutes`, default 120) counted from the asset event (when
    the experiments were recorded), or from a manual run's trigger time. Meanwhile a reviewer
    can **Promote** an experiment in the dashboard (`model_promotions`) or answer the
    **required action** `review` in this DAG run (the top candidates; the default, taken when
-   the window ends unanswered, is the best). `wait_for_review_window` is a deferrable time
-   sensor: no worker slot is held. `skip_review` (what `make run` sets) skips the review.
+   the window ends unanswered, is the best); an answer ends the window. Without a review,
+   `wait_for_review_window`, a deferrable time sensor (no worker slot held), keeps the window
+   open. `skip_review` (what `make run` sets) skips the review.
 2. **Choose**: the latest of a promotion made before the window closed and a review answer;
    otherwise the best succeeded experiment by the grid's ranking metric (ties: higher
    policy_uplift, smaller fold spread, shorter fit, experiment id). Failed ones never qualify.
@@ -46,6 +51,14 @@ from connections import CML_CONN_ID, warehouse_hook
 from planned_runs import CML_POLL_INTERVAL_S, sensor_kwargs, submit_kwargs
 from task_errors import no_retry_on_bad_input
 
+from factory_tasks.core.limits import (
+    MAX_MARGIN,
+    MAX_REPLICA_CPU,
+    MAX_REPLICA_MEMORY_GB,
+    MAX_REPLICAS,
+    MAX_REVIEW_WINDOW_MINUTES,
+)
+
 RETRAIN_TIMEOUT_S = 2 * 60 * 60
 
 
@@ -67,37 +80,50 @@ def _cml():
     params={
         "factory_run_id": Param(None, type=["null", "string"], description="Factory run to deploy from; empty = the triggering asset event's."),
         "experiment_id": Param(None, type=["null", "string"], description="Deploy this experiment (no review window)."),
-        "review_window_minutes": Param(120, type="number", minimum=0, description="How long reviewers have to pick."),
+        "review_window_minutes": Param(120, type="number", minimum=0, maximum=MAX_REVIEW_WINDOW_MINUTES, description="How long reviewers have to pick."),
         "skip_review": Param(False, type="boolean", description="No Airflow review step (the one-shot `make run` path)."),
-        "ranking_margin": Param(0.002, type="number", minimum=0, description="How much better an automatic choice's ranking metric must be than the champion's."),
-        "policy_value_margin": Param(0.0, type="number", minimum=0, description="How much more policy value per customer it must bring."),
-        "replicas": Param(2, type="integer", minimum=1, description="Model replicas (each serves one request at a time)."),
-        "cpu": Param(1.0, type="number", exclusiveMinimum=0, description="vCPU per replica."),
-        "memory_gb": Param(2.0, type="number", exclusiveMinimum=0, description="Memory per replica (GB)."),
+        "ranking_margin": Param(0.002, type="number", minimum=0, maximum=MAX_MARGIN, description="How much better an automatic choice's ranking metric must be than the champion's."),
+        "policy_value_margin": Param(0.0, type="number", minimum=0, maximum=MAX_MARGIN, description="How much more policy value per customer it must bring."),
+        "replicas": Param(2, type="integer", minimum=1, maximum=MAX_REPLICAS, description="Model replicas (each serves one request at a time)."),
+        "cpu": Param(1.0, type="number", exclusiveMinimum=0, maximum=MAX_REPLICA_CPU, description="vCPU per replica."),
+        "memory_gb": Param(2.0, type="number", exclusiveMinimum=0, maximum=MAX_REPLICA_MEMORY_GB, description="Memory per replica (GB)."),
     },
 )
 def deploy_best_model():
     @task
     def resolve_run() -> dict:
-        """Which factory run, and when its review window closes."""
+        """Which factory run (the newest asset event's, or the param's), and when its review
+        window closes; a run with nothing to deploy fails here, before any window."""
         from airflow.sdk.exceptions import AirflowFailException
 
-        from factory_tasks.stages.deploy import review_window
+        from factory_tasks.stages.deploy import check_factory_run, newest_factory_run, review_window
 
         context = get_current_context()
         params = context["params"]
         events = [e for events in context["triggering_asset_events"].values() for e in events]
+        newest = newest_factory_run(events)
         if params["factory_run_id"]:
             factory_run_id, finished_at = params["factory_run_id"], context["dag_run"].run_after
-        elif events and (events[-1].extra or {}).get("factory_run_id"):
-            factory_run_id, finished_at = events[-1].extra["factory_run_id"], events[-1].timestamp
+        elif newest:
+            factory_run_id, finished_at = newest
         else:
             raise AirflowFailException("no factory run to deploy from: trigger with param factory_run_id, "
                                        "or let model_factory's experiment_outcomes event trigger this DAG")
+        with no_retry_on_bad_input():
+            check_factory_run(warehouse_hook(), factory_run_id)
         manual = params["experiment_id"]
-        window = review_window(finished_at.isoformat(), 0 if manual else params["review_window_minutes"])
+        with no_retry_on_bad_input():
+            window = review_window(finished_at.isoformat(), 0 if manual else params["review_window_minutes"])
         return {"factory_run_id": factory_run_id, "manual_experiment_id": manual,
                 "skip_review": bool(params["skip_review"] or manual), **window}
+
+    @task
+    def reconcile_serving() -> list[str]:
+        """Stop deployments of the model that model_deployments does not record (left by a
+        deploy that failed while CML could not be asked to stop them)."""
+        from factory_tasks.stages.deploy import reconcile_serving
+
+        return reconcile_serving(warehouse_hook(), _cml())
 
     @task
     def review_request(run: dict) -> list[dict]:
@@ -107,16 +133,28 @@ def deploy_best_model():
         if run["skip_review"]:
             return []
         started = get_current_context()["ti"].start_date.isoformat()
-        return review_request(warehouse_hook(), run["factory_run_id"], closes_at=run["closes_at"], started_at=started)
+        with no_retry_on_bad_input():
+            return review_request(warehouse_hook(), run["factory_run_id"], closes_at=run["closes_at"],
+                                  started_at=started)
+
+    # the review's answer ends the window (its timeout is the window's end); only without a
+    # review does the time sensor hold the window open for dashboard promotions
+    @task.short_circuit(ignore_downstream_trigger_rules=False)
+    def window_without_review(review: list[dict]) -> bool:
+        return not review
 
     run = resolve_run()
+    reconciled = reconcile_serving()
+    run >> reconciled
+    requested = review_request(run)
+    reconciled >> requested
     review = HITLOperator.partial(
         task_id="review", subject="Which experiment goes to production?", retries=0,
-    ).expand_kwargs(review_request(run))
+    ).expand_kwargs(requested)
     wait_for_window = DateTimeSensorAsync(
         task_id="wait_for_review_window", target_time="{{ ti.xcom_pull(task_ids='resolve_run')['closes_at'] }}",
     )
-    run >> wait_for_window
+    window_without_review(requested) >> wait_for_window
 
     # the window is over when the review is answered (or timed out) or the time sensor fires
     window_closed = EmptyOperator(task_id="review_closed", trigger_rule=TriggerRule.ONE_SUCCESS)
@@ -177,9 +215,10 @@ def deploy_best_model():
         from factory_tasks.stages.deploy import deploy_request, publish_model
 
         params = get_current_context()["params"]
-        environment = publish_model(_cml(), prepared[0]["model_version"], object_store())
-        return [deploy_request(environment, cpu=params["cpu"], memory_gb=params["memory_gb"],
-                               replicas=params["replicas"])]
+        with no_retry_on_bad_input():
+            environment = publish_model(_cml(), prepared[0]["model_version"], object_store())
+            return [deploy_request(environment, cpu=params["cpu"], memory_gb=params["memory_gb"],
+                                   replicas=params["replicas"])]
 
     published = publish_model(prepared)
     deploy_or_keep_champion(decision) >> published

@@ -51,6 +51,26 @@ class CmlPrediction(Protocol):
     def uuid(self) -> str | None: ...
 
 
+class CmlDeploymentStatus(Protocol):
+    """A model deployment's state (``cml_provider.states.CmlDeploymentStatus``)."""
+
+    @property
+    def is_active(self) -> bool: ...
+
+
+class CmlDeploymentRef(Protocol):
+    """A model deployment (``cml_provider.models.CmlModelDeployment``)."""
+
+    @property
+    def id(self) -> str: ...
+
+    @property
+    def build_id(self) -> str: ...
+
+    @property
+    def status(self) -> CmlDeploymentStatus: ...
+
+
 class CmlClient(Protocol):
     """The CML calls of the stages: project files, jobs and their runs, and the deployed model
     (``cml_provider.hooks.cml.CmlHook``)."""
@@ -95,6 +115,21 @@ class CmlClient(Protocol):
     ) -> Sequence[CmlJobRunRef]: ...
 
     # -- the deployed model -----------------------------------------------------------------
+    def find_model(self, name: str, *, project_id: str | None = None) -> CmlJobRef | None: ...
+
+    def list_model_deployments(
+        self,
+        model_id: str,
+        build_id: str | None = None,
+        *,
+        max_build_pages: int | None = None,
+        project_id: str | None = None,
+    ) -> Sequence[CmlDeploymentRef]: ...
+
+    def stop_model_deployment(
+        self, model_id: str, build_id: str, deployment_id: str, *, project_id: str | None = None
+    ) -> None: ...
+
     def get_model(self, model_id: str, *, project_id: str | None = None) -> Any:
         """The model's handle (with its access key), only ever passed back to :meth:`call_model`."""
         ...

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Iterable
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -20,6 +21,13 @@ from factory_tasks.core.contracts import (
     RetrainRequest,
     RetrainResult,
 )
+from factory_tasks.core.limits import (
+    MAX_MARGIN,
+    MAX_REPLICA_CPU,
+    MAX_REPLICA_MEMORY_GB,
+    MAX_REPLICAS,
+    MAX_REVIEW_WINDOW_MINUTES,
+)
 from factory_tasks.core.names import (
     FACTORY_RUN_ENV,
     MODEL_ARTIFACT_ENV,
@@ -29,9 +37,11 @@ from factory_tasks.core.names import (
     MODEL_NAME,
     MODEL_VERSION_ENV,
     RETRAIN_SCRIPT,
+    WAREHOUSE_CONN_ID,
 )
-from factory_tasks.loop.selection import choose, review_options
+from factory_tasks.loop.selection import SelectionError, choose, rank_candidates, review_options
 from factory_tasks.stages.cml_client import CmlClient
+from factory_tasks.stages.errors import in_range
 from factory_tasks.stages.model_factory import load_plan, result_reader
 from factory_tasks.warehouse.deployments import record_deployment, serving
 from factory_tasks.warehouse.outcomes import OutcomeStore
@@ -50,8 +60,70 @@ SMOKE_CUSTOMER: dict[str, Any] = {"customer_id": "smoke-test", "recency": 6, "hi
 MODEL_FILES = ("model.skops", "model.metadata.json", "model.onnx")
 
 
+def newest_factory_run(events: Iterable[Any]) -> tuple[str, datetime] | None:
+    """The factory run of the newest ``experiment_outcomes`` asset event, and when it was
+    recorded; None when no event names one.
+
+    Airflow hands a run the events queued since the previous run in no guaranteed order, so
+    the newest by timestamp wins; equal timestamps are ordered by the source run id, then the
+    factory run id, so the same events always give the same run."""
+    named = [(event.timestamp, str(event.source_run_id or ""), str(event.extra["factory_run_id"]))
+             for event in events if (event.extra or {}).get("factory_run_id")]
+    if not named:
+        return None
+    timestamp, _, factory_run_id = max(named)
+    return factory_run_id, timestamp
+
+
+def check_factory_run(warehouse: Any, factory_run_id: str) -> int:
+    """The number of succeeded experiments of the factory run; a :class:`SelectionError`
+    naming the run and where it was looked for when there is none (there is nothing to
+    review, so there is no window to wait out)."""
+    store = OutcomeStore(warehouse)
+    outcomes = store.read(factory_run_id)
+    where = f"table {store.table} of the warehouse connection {WAREHOUSE_CONN_ID}"
+    if outcomes.empty:
+        raise SelectionError(f"factory run {factory_run_id!r} has no experiment in {where}: give the run id of a "
+                             f"model_factory run that recorded its outcomes (param factory_run_id)")
+    succeeded = len(rank_candidates(outcomes))
+    if not succeeded:
+        raise SelectionError(f"factory run {factory_run_id!r} has no succeeded experiment to deploy "
+                             f"({len(outcomes)} experiment(s) in {where}, none succeeded)")
+    return succeeded
+
+
+def reconcile_serving(warehouse: Any, cml: CmlClient) -> list[str]:
+    """Stop the deployments of the model that ``model_deployments`` does not record; return
+    their ids.
+
+    A deploy that failed where the deploy operator could not stop its new deployment (the
+    workspace was down, or the task was killed with it) leaves that deployment for CML to
+    bring up later, beside the recorded one. A deploy run starts here, so the model serving is
+    the recorded one again. When the recorded deployment is not active itself, the others are
+    left serving (stopping them would leave nothing serving) and a warning says so."""
+    model = cml.find_model(MODEL_NAME)
+    if model is None:
+        return []
+    recorded = serving(warehouse)
+    active = [d for d in cml.list_model_deployments(model.id) if d.status.is_active]
+    strays = [d for d in active if recorded is None or d.id != recorded.deployment_id]
+    if not strays:
+        return []
+    if recorded is not None and len(strays) == len(active):
+        log.warning("model_deployments records deployment %s of %s, which is not active; leaving %s serving "
+                    "(the next deployment replaces them)", recorded.deployment_id, MODEL_NAME,
+                    ", ".join(d.id for d in strays))
+        return []
+    for d in strays:
+        cml.stop_model_deployment(model.id, d.build_id, d.id)
+        log.warning("stopped deployment %s (build %s) of %s: model_deployments does not record it (%s serves)",
+                    d.id, d.build_id, MODEL_NAME, recorded.deployment_id if recorded else "nothing")
+    return [d.id for d in strays]
+
+
 def review_window(finished_at: str, minutes: float) -> dict[str, Any]:
     """When the review window closes: ``minutes`` after the experiments were recorded."""
+    minutes = in_range("review_window_minutes", minutes, 0, MAX_REVIEW_WINDOW_MINUTES)
     closes = datetime.fromisoformat(finished_at) + timedelta(minutes=float(minutes))
     return {"finished_at": finished_at, "closes_at": closes.isoformat(), "minutes": float(minutes)}
 
@@ -131,6 +203,8 @@ def gate_decision(warehouse: Any, cml: CmlClient, choice: dict[str, Any], model_
     """The champion/challenger decision (:func:`factory_tasks.loop.selection.gate`), logged."""
     from factory_tasks.loop.selection import gate
 
+    in_range("ranking_margin", ranking_margin, 0, MAX_MARGIN)
+    in_range("policy_value_margin", policy_value_margin, 0, MAX_MARGIN)
     champion = serving(warehouse)
     decision = gate(load_retrain_result(cml, model_version), Choice.from_data(choice, "choice"),
                     champion_version=champion.model_version if champion else None,
@@ -159,6 +233,9 @@ def publish_model(cml: CmlClient, model_version: str, object_store: Any) -> dict
 
 def deploy_request(environment: dict[str, str], *, cpu: float, memory_gb: float, replicas: int) -> dict[str, Any]:
     """Keyword arguments of the deploy operator."""
+    in_range("cpu", cpu, 0, MAX_REPLICA_CPU, above_low=True)
+    in_range("memory_gb", memory_gb, 0, MAX_REPLICA_MEMORY_GB, above_low=True)
+    in_range("replicas", replicas, 1, MAX_REPLICAS, whole=True)
     return {"model_name": MODEL_NAME, "file_path": MODEL_ENTRY_POINT, "function_name": MODEL_FUNCTION,
             "cpu": cpu, "memory_gb": memory_gb, "replicas": replicas, "environment": environment,
             "smoke_request": {"customers": [SMOKE_CUSTOMER]}}

@@ -88,6 +88,9 @@ def test_deploy_best_model_shape(dagbag):
     assert str(tasks["review_closed"].trigger_rule) in ("one_success", "TriggerRule.ONE_SUCCESS")
     assert tasks["review_closed"].upstream_task_ids == {"review", "wait_for_review_window"}
     assert tasks["choose_experiment"].upstream_task_ids == {"resolve_run", "review_closed"}
+    # the serving model is made the recorded one before anything else
+    assert tasks["reconcile_serving"].upstream_task_ids == {"resolve_run"}
+    assert tasks["review_request"].upstream_task_ids == {"resolve_run", "reconcile_serving"}
     chain = ["prepare_retrain", "retrain", "wait_for_retrain", "gate", "deploy_or_keep_champion",
              "publish_model", "deploy", "record_deployment"]
     for upstream, downstream in zip(chain, chain[1:]):

@@ -65,7 +65,7 @@ def factory_run(tmp_path_factory):
     paths = stack_paths(tmp_path_factory.mktemp("deploy-stack"))
     with local_stack(paths, cpus=2, memory_gb=6) as stack:
         assert ensure_training_table(stack.warehouse_hook(), n_rows=6000, seed=9)
-        grid = paths.var / "grid.yaml"
+        grid = paths.config / "grid.yaml"
         grid.write_text(GRID)
         rc, run, log = _dags_test(stack, "model_factory", {"grid_path": str(grid)}, "factory")
         assert rc == 0, log.read_text()[-5000:]

@@ -339,11 +339,12 @@ class CmlDeployModelOperator(BaseOperator):
         if event["status"] != "success":
             status = event.get("deployment_status")
             ended = status in {s.value for s in CmlDeploymentStatus if s.is_terminal}
+            unstopped = ""
             if not ended:  # still coming up (timeout) or unreadable: it must not start serving later
-                self._stop_new(state, "it did not become deployed in time")
+                unstopped = self._stop_new(state, "it did not become deployed in time")
             raise AirflowException(
                 f"CML model deployment {state['deployment_id']} of model {state['model_name']!r} "
-                f"({status or 'status unknown'}): {event.get('message')}. {self._previous_note(state)}"
+                f"({status or 'status unknown'}): {event.get('message')}. {self._previous_note(state)}{unstopped}"
             )
         self.log.info("%s", event.get("message"))
         smoke = self._smoke_test(state)
@@ -434,23 +435,31 @@ class CmlDeployModelOperator(BaseOperator):
             return "No previous deployment was serving."
         return f"The previous deployment(s) {', '.join(previous)} keep serving."
 
-    def _stop_new(self, state: Mapping[str, Any], why: str) -> None:
-        """Stop the new deployment (never one that was serving before this task)."""
+    def _stop_new(self, state: Mapping[str, Any], why: str) -> str:
+        """Stop the new deployment (never one that was serving before this task). Returns ""
+        or, when CML could not be asked, a sentence for the task's error: CML may still bring
+        that deployment up (e.g. a workspace that restarts resumes the deployments it accepted),
+        and then it serves beside the previous one until someone stops it."""
         if not self._is_new(state):
             self.log.warning(
                 "Deployment %s was serving before this task; leaving it running although %s",
                 state["deployment_id"],
                 why,
             )
-            return
+            return ""
         self.log.warning("Stopping the new deployment %s: %s", state["deployment_id"], why)
         try:
             self.hook.stop_model_deployment(
                 state["model_id"], state["build_id"], state["deployment_id"], project_id=state["project_id"]
             )
             self.started_deployment = None
-        except CmlError:
+            return ""
+        except CmlError as exc:
             self.log.exception("Could not stop the new deployment %s", state["deployment_id"])
+            return (
+                f" The new deployment {state['deployment_id']} could not be stopped ({exc}): it may still "
+                "come up when CML answers again; stop it then."
+            )
 
     def _smoke_test(self, state: Mapping[str, Any]) -> CmlModelResponse:
         model = self.hook.get_model(state["model_id"], project_id=state["project_id"])
@@ -466,10 +475,10 @@ class CmlDeployModelOperator(BaseOperator):
         else:
             failure = _smoke_failure(answer.prediction)
         if failure:
-            self._stop_new(state, f"smoke test failed ({failure})")
+            unstopped = self._stop_new(state, f"smoke test failed ({failure})")
             raise AirflowException(
                 f"Smoke test of CML model deployment {state['deployment_id']} of model "
-                f"{state['model_name']!r} failed: {failure}. {self._previous_note(state)}"
+                f"{state['model_name']!r} failed: {failure}. {self._previous_note(state)}{unstopped}"
             )
         self.log.info("Smoke test passed (prediction uuid %s)", answer.uuid or "none")
         return answer
