@@ -24,7 +24,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from stack.env import REPO, StackPaths, sqlite_connection
+from stack.env import REPO, StackPaths, create_secret_file, sqlite_connection
 
 APP = REPO / "dashboards" / "experiments_app.py"
 MONITORING_APP = REPO / "dashboards" / "monitoring_app.py"
@@ -57,27 +57,14 @@ class DashboardSecrets:
         return json.loads(self.credentials.read_text())[user]
 
 
-def _create_secret_file(path: Path, content: str) -> bool:
-    """Write ``content`` to a new 0600 file; False (and nothing written) if it exists."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.parent.chmod(0o700)
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        return False
-    with os.fdopen(fd, "w") as handle:
-        handle.write(content)
-    return True
-
-
 def ensure_secrets(paths: StackPaths, user: str | None = None) -> DashboardSecrets:
     """The dashboard's credentials file and cookie secret under ``var/secrets/``, made once."""
     folder = paths.var / "secrets"
     credentials = folder / "dashboard_users.json"
     cookie = folder / "dashboard_cookie_secret"
-    created = _create_secret_file(
+    created = create_secret_file(
         credentials, json.dumps({user or default_user(): secrets.token_urlsafe(18)}, indent=1) + "\n")
-    _create_secret_file(cookie, secrets.token_urlsafe(48))
+    create_secret_file(cookie, secrets.token_urlsafe(48))
     users = json.loads(credentials.read_text())
     if not isinstance(users, dict) or not users or not all(
             isinstance(k, str) and isinstance(v, str) and k and v for k, v in users.items()):

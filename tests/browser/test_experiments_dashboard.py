@@ -17,12 +17,13 @@ from pathlib import Path
 import httpx
 import pandas as pd
 import pytest
+from stack.dashboard import APP, WAREHOUSE_CONN_ENV, ensure_secrets, serve_command, serve_env
+from stack.env import StackPaths
 
 from dashboards.experiments.sample_data import synthetic_outcomes
 from factory_tasks.warehouse.promotions import PROMOTION_COLUMN_NAMES, PROMOTIONS_TABLE, latest_promotion
 from factory_tasks.warehouse.summary import build_summary, write_summary
-from stack.dashboard import APP, WAREHOUSE_CONN_ENV, ensure_secrets, serve_command, serve_env
-from stack.env import StackPaths
+from tests.sqlite_warehouse import SqliteWarehouse
 
 pytestmark = pytest.mark.browser
 
@@ -508,18 +509,6 @@ def test_a_reused_page_gives_the_next_reviewer_their_own_session_and_nothing_fro
         srv.stop()
 
 
-class WarehouseFile:
-    """The DB-API surface the warehouse dialects use, on the server's SQLite file."""
-
-    conn_type = "sqlite"
-
-    def __init__(self, path: Path):
-        self.path = path
-
-    def get_conn(self):
-        return sqlite3.connect(self.path)
-
-
 def _rows(page) -> list[dict[str, str]]:
     """The leaderboard's shown rows: experiment, run and status of each."""
     rows = []
@@ -559,7 +548,7 @@ def test_two_reviewers_promoting_at_once_both_see_the_promotion_the_deploy_step_
             pages[user].locator(".mf-promote button").click()
         for user in ("alice", "bob"):
             pages[user].get_by_text(re.compile(r"Promoted\s+" + picks[user])).wait_for(timeout=WAIT_MS)
-        decision = latest_promotion(WarehouseFile(server.warehouse_db), run)
+        decision = latest_promotion(SqliteWarehouse(server.warehouse_db), run)
         assert decision is not None and decision.reviewer in picks
         expected = f"Current promotion for run {run}: {decision.experiment_id} "
         for user in ("alice", "bob"):

@@ -7,31 +7,18 @@ from __future__ import annotations
 
 import re
 import sqlite3
-import sys
 import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import httpx
 import pytest
-from airflow.dag_processing.dagbag import DagBag
+
+from tests.sqlite_warehouse import SqliteWarehouse
 
 REPO = Path(__file__).resolve().parents[2]
 DAGS = REPO / "dags"
-
-
-@pytest.fixture(scope="module")
-def dag():
-    added = str(DAGS) not in sys.path
-    if added:
-        sys.path.insert(0, str(DAGS))
-    try:
-        bag = DagBag(dag_folder=str(DAGS / "customer_interactions.py"))
-        assert bag.import_errors == {}, bag.import_errors
-        yield bag.dags["customer_interactions"]
-    finally:
-        if added:
-            sys.path.remove(str(DAGS))
+DAG_ID = "customer_interactions"
 
 
 def test_shape_schedule_and_params(dag):
@@ -41,16 +28,6 @@ def test_shape_schedule_and_params(dag):
     assert "NiFi" in dag.doc_md and "model_factory_warehouse" in dag.doc_md and "cml_default" in dag.doc_md
     assert dag.params["loop_config_path"] == "config/closed_loop.yaml" and dag.params["drift_enabled"] is None
     assert list(dag.task_dict) == ["simulate_window"]
-
-
-class _Sqlite:
-    conn_type = "sqlite"
-
-    def __init__(self, path: Path):
-        self.path = path
-
-    def get_conn(self):
-        return sqlite3.connect(self.path)
 
 
 def _deploy_a_model(ws, tmp: Path):
@@ -114,12 +91,13 @@ def _rows(db: Path, table: str) -> list[tuple]:
 @pytest.mark.e2e
 def test_dags_test_runs_windows_against_a_deployed_model_and_a_rerun_changes_nothing(tmp_path):
     from cml_workspace.server_process import running_workspace
-    from factory_tasks.warehouse.loop_tables import CUSTOMER_INTERACTIONS, CUSTOMER_RESPONSES, PREDICTION_LOG
     from stack.airflow_cli import dags_test, find_dag_run, migrate_once
     from stack.env import airflow_env, stack_paths
 
+    from factory_tasks.warehouse.loop_tables import CUSTOMER_INTERACTIONS, CUSTOMER_RESPONSES, PREDICTION_LOG
+
     paths = stack_paths(tmp_path / "var").make()
-    warehouse = _Sqlite(paths.warehouse_db)
+    warehouse = SqliteWarehouse(paths.warehouse_db)
     config = paths.config / "loop.yaml"  # the shipped file, with a shorter response window so a row matures
     config.write_text((REPO / "config" / "closed_loop.yaml").read_text().replace(
         "window_minutes: 180", "window_minutes: 50"))
@@ -207,7 +185,7 @@ def test_a_workspace_that_is_down_is_named_with_what_the_window_was_doing(tmp_pa
     from tests.monitoring_window import deployment_record
 
     down = _down_url()
-    warehouse = _Sqlite(tmp_path / "warehouse.db")
+    warehouse = SqliteWarehouse(tmp_path / "warehouse.db")
     DEPLOYMENTS.append(warehouse, deployment_record())
     cml = CmlHook.from_url(down, "key", project_id="p1", retry_args={"wait": tenacity.wait_none()})
     start = datetime(2026, 12, 1, 6, tzinfo=timezone.utc)

@@ -5,59 +5,34 @@ lets an answered review end the run without waiting for the window."""
 
 from __future__ import annotations
 
-import sqlite3
-import sys
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from airflow.dag_processing.dagbag import DagBag
 from airflow.sdk.exceptions import AirflowFailException
 from airflow.sdk.execution_time.comms import AssetEventDagRunReferenceResult
 from airflow.sdk.execution_time.context import set_current_context
 
 from factory_tasks.core.outcome_columns import OUTCOME_COLUMN_NAMES
 from factory_tasks.warehouse.outcomes import OutcomeStore
+from tests.sqlite_warehouse import SqliteWarehouse
 
 REPO = Path(__file__).resolve().parents[2]
 DAGS = REPO / "dags"
+DAG_ID = "deploy_best_model"
 T0 = datetime(2026, 12, 1, 8, tzinfo=timezone.utc)
 
 
-@pytest.fixture(scope="module")
-def dag():
-    added = str(DAGS) not in sys.path
-    if added:
-        sys.path.insert(0, str(DAGS))
-    try:
-        bag = DagBag(dag_folder=str(DAGS / "deploy_best_model.py"))
-        assert bag.import_errors == {}, bag.import_errors
-        yield bag.dags["deploy_best_model"]
-    finally:
-        if added:
-            sys.path.remove(str(DAGS))
-
-
-class _Sqlite:
-    conn_type = "sqlite"
-
-    def __init__(self, path: Path):
-        self.path = path
-
-    def get_conn(self):
-        return sqlite3.connect(self.path)
-
-
 @pytest.fixture
-def warehouse(tmp_path, monkeypatch) -> _Sqlite:
+def warehouse(tmp_path, monkeypatch) -> SqliteWarehouse:
     """A SQLite warehouse behind the DAG's connection, with factory runs ``run_old`` and
     ``run_new`` (one succeeded experiment each) and ``run_failed`` (none succeeded)."""
     from stack.env import sqlite_connection
 
     db = tmp_path / "warehouse.db"
     monkeypatch.setenv("AIRFLOW_CONN_MODEL_FACTORY_WAREHOUSE", sqlite_connection(db))
-    hook = _Sqlite(db)
+    hook = SqliteWarehouse(db)
 
     def row(run_id: str, experiment_id: str, status: str) -> dict:
         out = dict.fromkeys(OUTCOME_COLUMN_NAMES)

@@ -11,7 +11,6 @@ import sys
 from pathlib import Path
 
 import pytest
-from airflow.dag_processing.dagbag import DagBag
 
 from factory_tasks.core.outcome_columns import OUTCOME_COLUMN_NAMES
 from factory_tasks.warehouse.outcomes import OutcomeStore
@@ -19,23 +18,8 @@ from factory_tasks.warehouse.summary import read_summary
 
 REPO = Path(__file__).resolve().parents[2]
 DAGS = REPO / "dags"
+DAG_ID = "experiments_summary"
 AIRFLOW = Path(sys.executable).parent / "airflow"
-
-
-@pytest.fixture(scope="module")
-def dag():
-    # Airflow puts the DAGs folder on sys.path at runtime (DAG files import ``assets``,
-    # ``connections``); an in-process DagBag does not, so do what Airflow does.
-    added = str(DAGS) not in sys.path
-    if added:
-        sys.path.insert(0, str(DAGS))
-    try:
-        bag = DagBag(dag_folder=str(DAGS / "experiments_summary.py"))
-        assert bag.import_errors == {}, bag.import_errors
-        yield bag.dags["experiments_summary"]
-    finally:
-        if added:
-            sys.path.remove(str(DAGS))
 
 
 def test_schedule_is_cron_or_the_outcomes_asset(dag):

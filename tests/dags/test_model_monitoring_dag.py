@@ -16,7 +16,6 @@ import sys
 from pathlib import Path
 
 import pytest
-from airflow.dag_processing.dagbag import DagBag
 
 from factory_tasks.loop.alerts import ALERTS
 from factory_tasks.loop.simulator import simulate_customers
@@ -34,22 +33,9 @@ from tests.monitoring_window import (
 
 REPO = Path(__file__).resolve().parents[2]
 DAGS = REPO / "dags"
+DAG_ID = "model_monitoring"
 AIRFLOW = Path(sys.executable).parent / "airflow"
 DRIFTED = {"Web": 0.70, "Phone": 0.22, "Multichannel": 0.08}
-
-
-@pytest.fixture(scope="module")
-def dag():
-    added = str(DAGS) not in sys.path
-    if added:
-        sys.path.insert(0, str(DAGS))
-    try:
-        bag = DagBag(dag_folder=str(DAGS / "model_monitoring.py"))
-        assert bag.import_errors == {}, bag.import_errors
-        yield bag.dags["model_monitoring"]
-    finally:
-        if added:
-            sys.path.remove(str(DAGS))
 
 
 def test_shape(dag):

@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sqlite3
 import time
 from datetime import datetime, timezone
-from pathlib import Path
 
 import pytest
 from airflow.sdk.exceptions import AirflowException, TaskDeferred
@@ -25,18 +23,9 @@ from factory_tasks.core.names import MODEL_NAME
 from factory_tasks.stages.deploy import reconcile_serving
 from factory_tasks.warehouse.deployments import record_deployment, serving
 from tests.plugins.conftest import JOBS_DIR
+from tests.sqlite_warehouse import SqliteWarehouse
 
 pytestmark = pytest.mark.integration
-
-
-class _Sqlite:
-    conn_type = "sqlite"
-
-    def __init__(self, path: Path):
-        self.path = path
-
-    def get_conn(self):
-        return sqlite3.connect(self.path)
 
 
 def _operator(version: str) -> CmlDeployModelOperator:
@@ -78,7 +67,7 @@ def test_a_deployment_half_made_when_the_workspace_stopped_is_stopped_by_the_nex
 ):
     from cml_workspace.server_process import running_workspace
 
-    warehouse = _Sqlite(tmp_path / "warehouse.db")
+    warehouse = SqliteWarehouse(tmp_path / "warehouse.db")
     with running_workspace(tmp_path / "ws", cpus=2, code_dir=JOBS_DIR, project="plugins-tests") as ws:
         monkeypatch.setenv("AIRFLOW_CONN_CML_DEFAULT", json.dumps({
             "conn_type": "cml", "host": ws.url, "password": ws.api_key,

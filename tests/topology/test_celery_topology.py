@@ -273,9 +273,12 @@ def test_model_factory_on_two_celery_workers(var, tmp_path):
         for ti in deploy_tis:
             if (ti["task_id"], ti["map_index"]) in deferred:
                 assert ti["state"] == "success" and ti["hostname"] in WORKERS, ti
-        trigger_logs = list((paths.logs / "tasks").glob(f"dag_id=deploy_best_model/run_id={manual['dag_run_id']}"
-                                                         "/task_id=review/**/*.trigger.*.log"))
-        assert trigger_logs and "trigger completed" in trigger_logs[0].read_text(), trigger_logs
+        # HITL's trigger writes no trigger log: the review's own log shows the pause and the resume
+        review_logs = list((paths.logs / "tasks").glob(f"dag_id=deploy_best_model/run_id={manual['dag_run_id']}"
+                                                        "/task_id=review/**/attempt=1.log"))
+        assert review_logs, "no log of the review task"
+        review_log = review_logs[0].read_text()
+        assert "Pausing task as AWAITING_INPUT" in review_log and review_log.count("Pre Execute") == 2, review_log[-2000:]
         hitl = api.get(f"/dags/deploy_best_model/dagRuns/{manual['dag_run_id']}/taskInstances/review/0/hitlDetails")
         assert hitl["responded_by_user"] is None and hitl["chosen_options"] == hitl["defaults"], hitl
         assert deploy_states["deploy"] == "success" and deploy_states["record_deployment"] == "success", deploy_states

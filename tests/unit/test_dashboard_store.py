@@ -5,7 +5,6 @@ from __future__ import annotations
 import html
 import json
 import os
-import sqlite3
 from datetime import datetime, timedelta, timezone
 from html.parser import HTMLParser
 
@@ -29,18 +28,7 @@ from dashboards.experiments.views.promote import PromotePanel
 from dashboards.experiments.views.status import ErrorBanner, Freshness
 from factory_tasks.warehouse.promotions import PROMOTIONS_TABLE, latest_promotion, load_promotions
 from factory_tasks.warehouse.summary import build_summary, write_summary
-
-
-class SqliteFileHook:
-    """The DB-API surface the dialects use, on any SQLite path (here: one that cannot be opened)."""
-
-    conn_type = "sqlite"
-
-    def __init__(self, path):
-        self.path = str(path)
-
-    def get_conn(self):
-        return sqlite3.connect(self.path)
+from tests.sqlite_warehouse import SqliteWarehouse
 
 
 def _write(path, frame):
@@ -301,7 +289,7 @@ def test_a_tie_in_promoted_at_is_decided_the_same_whatever_order_the_rows_are_re
 
     at = "2026-12-06T07:00:00.123456+00:00"
     rows = [_promotion_row("00000000000000aa", "alice", at), _promotion_row("00000000000000bb", "bob", at)]
-    hooks = [SqliteFileHook(tmp_path / "ab.db"), SqliteFileHook(tmp_path / "ba.db")]
+    hooks = [SqliteWarehouse(tmp_path / "ab.db"), SqliteWarehouse(tmp_path / "ba.db")]
     for hook, order in zip(hooks, (rows, rows[::-1])):  # the same rows, written in either order
         ensure_schema(hook)
         for row in order:
@@ -349,7 +337,7 @@ def test_invalid_promotion_rows_and_an_unreachable_warehouse_show_in_the_panel(t
     assert "model_promotions has 1 invalid row" in _texts(panel) and "reviewer" in _texts(panel)
     (tmp_path / "not-a-dir").write_text("")
     broken = ExperimentsStore(summary_url=store.summary_url,
-                              warehouse=SqliteFileHook(tmp_path / "not-a-dir" / "w.db"))
+                              warehouse=SqliteWarehouse(tmp_path / "not-a-dir" / "w.db"))
     assert "could not be read from the warehouse" in broken.promotion_error
     broken.selected_keys = [ok["row_key"]]
     panel = PromotePanel(store=broken, identify=lambda: "alice", reason="good")

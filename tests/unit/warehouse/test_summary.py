@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import csv
 import json
-import sqlite3
 
 import pandas as pd
 import pytest
@@ -22,18 +21,7 @@ from factory_tasks.warehouse.summary import (
     summary_version,
     write_summary,
 )
-
-
-class SqliteFileHook:
-    """The DB-API surface OutcomeStore uses, on a real SQLite file (like SqliteHook)."""
-
-    conn_type = "sqlite"
-
-    def __init__(self, path):
-        self.path = str(path)
-
-    def get_conn(self):
-        return sqlite3.connect(self.path)
+from tests.sqlite_warehouse import SqliteWarehouse
 
 
 def _row(run: str, recorded_at: str, experiment_id: str, score: float | None, metric: str = "roc_auc",
@@ -157,7 +145,7 @@ def test_read_summary_explains_what_is_wrong(tmp_path, content, message):
 
 
 def test_refresh_summary_reads_the_real_store(tmp_path):
-    hook = SqliteFileHook(tmp_path / "warehouse.db")
+    hook = SqliteWarehouse(tmp_path / "warehouse.db")
     store = OutcomeStore(hook)
     rows = _rows()
     store.replace_run("run_a", [r for r in rows if r["factory_run_id"] == "run_a"])
@@ -168,7 +156,7 @@ def test_refresh_summary_reads_the_real_store(tmp_path):
     assert set(back["experiment_id"]) == {"a1", "a2", "a3", "a4", "a5", "b0"}
     # Idempotent; and an empty warehouse gives a header-only file.
     assert refresh_summary(hook, path) == 6
-    empty_hook = SqliteFileHook(tmp_path / "empty.db")
+    empty_hook = SqliteWarehouse(tmp_path / "empty.db")
     assert refresh_summary(empty_hook, path) == 0
     assert read_summary(path).empty
 
