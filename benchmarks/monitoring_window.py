@@ -35,7 +35,8 @@ import pandas as pd  # noqa: E402
 from factory_tasks.core.schema import CUSTOMER_COLUMNS, DEFAULT_ECONOMICS  # noqa: E402
 from factory_tasks.loop.alerts import monitor_window  # noqa: E402
 from factory_tasks.loop.config import LoopConfig  # noqa: E402
-from factory_tasks.loop.monitoring import PREDICTION_COLUMNS, MonitoringWindow, iso  # noqa: E402
+from factory_tasks.loop.cohorts import PREDICTION_COLUMNS  # noqa: E402
+from factory_tasks.loop.windows import MonitoringWindow, iso
 from factory_tasks.loop.simulator import simulate_customers
 from factory_tasks.warehouse.loop_tables import CUSTOMER_RESPONSES, PREDICTION_LOG  # noqa: E402
 from tests.monitoring_window import HOUR_MS, T0_MS, SqliteHook, record_feed, simulate_window, write_window  # noqa: E402

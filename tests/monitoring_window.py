@@ -16,7 +16,6 @@ import numpy as np
 import pandas as pd
 
 from factory_tasks.core.schema import DEFAULT_ECONOMICS, OFFERS, expected_values
-from factory_tasks.loop.monitoring import iso
 from factory_tasks.loop.simulator import (
     Drift,
     offer_probabilities,
@@ -24,6 +23,7 @@ from factory_tasks.loop.simulator import (
     simulate_responses,
     true_policy_value,
 )
+from factory_tasks.loop.windows import iso
 from factory_tasks.warehouse.loop_tables import (
     CUSTOMER_RESPONSES,
     CUSTOMER_RESPONSES_SCHEMA,

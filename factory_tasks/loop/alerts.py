@@ -27,16 +27,10 @@ from typing import Any, Mapping
 import pandas as pd
 
 from factory_tasks.core.contracts import MonitoringAlert
+from factory_tasks.loop.cohorts import read_cohorts
 from factory_tasks.loop.config import LoopConfig, MonitoringConfig
-from factory_tasks.loop.monitoring import (
-    DRIFT_METRIC_NAMES,
-    MonitoringWindow,
-    iso,
-    monitoring_rows,
-    read_cohorts,
-    read_rows,
-    record_rows,
-)
+from factory_tasks.loop.monitoring import DRIFT_METRIC_NAMES, monitoring_rows, read_rows, record_rows
+from factory_tasks.loop.windows import MonitoringWindow, iso
 from factory_tasks.warehouse.contract_table import ContractTable
 
 log = logging.getLogger(__name__)

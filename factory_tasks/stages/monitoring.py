@@ -16,18 +16,10 @@ import pandas as pd
 
 from factory_tasks.core.settings import artifacts_dir
 from factory_tasks.loop.alerts import alerts_of_run, monitor_window, record_alerts
+from factory_tasks.loop.cohorts import feed_runs, watermark
 from factory_tasks.loop.config import LoopConfig, load_loop_config
-from factory_tasks.loop.monitoring import (
-    MonitoringWindow,
-    epoch_ms,
-    grid_economics,
-    iso,
-    read_rows,
-    reference_frame,
-    feed_runs,
-    snapshot_path,
-    watermark,
-)
+from factory_tasks.loop.monitoring import grid_economics, read_rows, reference_frame, snapshot_path
+from factory_tasks.loop.windows import MonitoringWindow, epoch_ms, iso
 from factory_tasks.stages.cml_client import CmlClient, CmlModelMetrics
 from factory_tasks.stages.paths import config_path
 from factory_tasks.warehouse.deployments import serving

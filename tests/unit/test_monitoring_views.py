@@ -11,8 +11,8 @@ from dashboards.monitoring.store import ALERT_COLUMNS, empty_alerts, read_alerts
 from factory_tasks.core.schema import DEFAULT_ECONOMICS
 from factory_tasks.loop.alerts import alerts_of_run, monitor_window, record_alerts
 from factory_tasks.loop.config import LoopConfig
-from factory_tasks.loop.monitoring import MonitoringWindow, iso
 from factory_tasks.loop.simulator import simulate_customers
+from factory_tasks.loop.windows import MonitoringWindow, iso
 from tests.monitoring_window import HOUR_MS, T0_MS, SqliteHook, simulate_window, write_window
 
 

@@ -16,8 +16,8 @@ from factory_tasks.core import schema
 from factory_tasks.loop import interactions as ia
 from factory_tasks.loop import responses as resp
 from factory_tasks.loop import simulator
+from factory_tasks.loop.cohorts import responses_ingested_through
 from factory_tasks.loop.config import LoopConfig
-from factory_tasks.loop.monitoring import responses_ingested_through
 from factory_tasks.warehouse.dialects import dialect_for
 from factory_tasks.warehouse.loop_tables import (
     CUSTOMER_INTERACTIONS,

@@ -11,18 +11,11 @@ import pytest
 
 from factory_tasks.core.schema import DEFAULT_ECONOMICS
 from factory_tasks.loop.alerts import alerts_of_run, decide_alerts, monitor_window, read_alerts, record_alerts
+from factory_tasks.loop.cohorts import read_cohorts, responses_ingested_through
 from factory_tasks.loop.config import LoopConfig
-from factory_tasks.loop.monitoring import (
-    MonitoringWindow,
-    iso,
-    label_state,
-    monitoring_rows,
-    read_cohorts,
-    read_rows,
-    record_rows,
-    responses_ingested_through,
-)
+from factory_tasks.loop.monitoring import monitoring_rows, read_rows, record_rows
 from factory_tasks.loop.simulator import simulate_customers
+from factory_tasks.loop.windows import MonitoringWindow, iso, label_state
 from factory_tasks.stages.monitoring import responses_ingested
 from tests.monitoring_window import HOUR_MS, T0_MS, SqliteHook, record_feed, simulate_window, write_window
 
@@ -268,7 +261,7 @@ def test_bad_prediction_rows_are_counted_named_and_left_out_of_the_window(tmp_pa
     write_window(hook, replace(sim, predictions=predictions))
     _feed(hook, range(4))
     window = window_at(3)
-    with caplog.at_level(logging.WARNING, logger="factory_tasks.loop.monitoring"):
+    with caplog.at_level(logging.WARNING, logger="factory_tasks.loop.cohorts"):
         summary = monitor_window(hook, window, CONFIG, DEFAULT_ECONOMICS)
     rejected = summary["rejected_rows"]
     assert rejected["count"] == 5
