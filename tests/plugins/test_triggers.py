@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import time
+import typing
 
 import pytest
+from airflow.jobs.triggerer_job_runner import ToTriggerSupervisor
 from airflow.triggers.base import TaskFailedEvent, TaskSuccessEvent, TriggerEvent
 from cml_provider.triggers.cml import CmlCapacityTrigger, CmlJobRunTrigger, CmlSubmittedRunTrigger
 
@@ -205,6 +207,15 @@ def test_capacity_triggers_of_one_dag_run_share_a_count_per_poll(cml_conn, hook,
     assert not _SHARED_COUNTS  # nothing is kept once no trigger waits
 
 
+#: the requests the triggerer's supervisor decodes (Airflow's own union, not a copy)
+_TRIGGERER_REQUESTS = {cls.__name__ for cls in typing.get_args(typing.get_args(ToTriggerSupervisor)[0])}
+
+
+def test_the_triggerer_answers_single_xcom_reads_only():
+    """What the test double below stands for: GetXCom is answered, a sequence slice is not."""
+    assert "GetXCom" in _TRIGGERER_REQUESTS and "GetXComSequenceSlice" not in _TRIGGERER_REQUESTS
+
+
 class TriggererTaskInstance:
     """The part of the triggerer's task instance a start-from-trigger trigger uses (its map
     index and XCom reads), holding the XComs the upstream tasks pushed."""
@@ -219,10 +230,15 @@ class TriggererTaskInstance:
 
     def xcom_pull(self, task_ids, map_indexes=None):
         self.pulls.append((task_ids, map_indexes))
+        if map_indexes is None:
+            # the SDK would send GetXComSequenceSlice, which the triggerer cannot decode: it
+            # logs "Unable to decode message" and the trigger waits for an answer forever
+            assert "GetXComSequenceSlice" not in _TRIGGERER_REQUESTS
+            raise AssertionError("a trigger pulled an XCom without a map index: the triggerer never answers that")
         value = self.xcoms[task_ids]
         if isinstance(value, Exception):
             raise value
-        return value if map_indexes is None else value[map_indexes]
+        return value if map_indexes == -1 else value[map_indexes]
 
 
 def submitted_run_trigger(conn_id, ti, *, result_files_task_id="planned"):

@@ -225,13 +225,13 @@ class CmlSubmittedRunTrigger(_CmlTrigger):
         self.retry_limit = retry_limit
         self.retry_delay = seconds(retry_delay)
 
-    async def _pull(self, task_id: str, map_index: int | None) -> Any:
-        # the triggerer's task instance reads XComs asynchronously (through the triggerer's
-        # supervisor, without blocking the event loop the other triggers share)
+    async def _pull(self, task_id: str, map_index: int) -> Any:
+        # The triggerer's task instance reads XComs asynchronously (through the triggerer's
+        # supervisor, without blocking the event loop the other triggers share). Always one map
+        # index (-1: an unmapped task's value): without one the SDK asks for a sequence slice,
+        # a message the triggerer's supervisor cannot decode and never answers.
         ti = self.task_instance
         pull = ti.axcom_pull if hasattr(ti, "axcom_pull") else sync_to_async(ti.xcom_pull)
-        if map_index is None:
-            return await pull(task_ids=task_id)
         return await pull(task_ids=task_id, map_indexes=map_index)
 
     async def _result_file_error(self, hook: CmlHook, project_id: str) -> str | None:
@@ -239,7 +239,7 @@ class CmlSubmittedRunTrigger(_CmlTrigger):
             return None
         index = self.task_instance.map_index
         try:
-            items = await self._pull(self.result_files_task_id, None)
+            items = await self._pull(self.result_files_task_id, -1)  # the list of an unmapped task
             item = items[index] if index >= 0 else items
             path = item if isinstance(item, str) else item["result_file"]
         except Exception as exc:
