@@ -30,6 +30,7 @@ from factory_tasks.core.atomic import write_atomic
 from factory_tasks.core.clock import utc_now
 from factory_tasks.core.contracts import ExperimentResult, ExperimentSpec
 from factory_tasks.core.names import CODE_VERSION_ENV, EXPERIMENT_ID_ENV, FACTORY_RUN_ENV
+from factory_tasks.core.text import shorten
 
 log = logging.getLogger("factory_tasks.jobs.experiment")
 
@@ -120,7 +121,7 @@ def error_line(exc: BaseException) -> str:
     """``Type: message`` on one line (whitespace collapsed), bounded in length."""
     message = " ".join(str(exc).split())
     line = f"{type(exc).__name__}: {message}" if message else type(exc).__name__
-    return line if len(line) <= _MAX_ERROR_CHARS else line[: _MAX_ERROR_CHARS - 3] + "..."
+    return shorten(line, _MAX_ERROR_CHARS)
 
 
 def failed_result(

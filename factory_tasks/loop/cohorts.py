@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 
 from factory_tasks.core.schema import CUSTOMER_COLUMNS, OFFERS
+from factory_tasks.core.text import shorten
 from factory_tasks.loop.windows import MonitoringWindow, epoch_ms, iso, label_state
 from factory_tasks.warehouse.dialects import dialect_for
 from factory_tasks.warehouse.loop_tables import (
@@ -72,7 +73,7 @@ def _shown(value: Any) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "NULL"
     text = repr(value.item() if isinstance(value, np.generic) else value)
-    return text if len(text) <= 80 else text[:77] + "..."
+    return shorten(text, 80)
 
 
 def _numbers(values: np.ndarray) -> np.ndarray:

@@ -44,6 +44,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from factory_tasks.core.schema import CUSTOMER_COLUMNS, FEATURE_COLUMNS, INTERACTION_DTYPES, OFFERS
+from factory_tasks.core.text import shorten
 
 log = logging.getLogger(__name__)
 
@@ -316,4 +317,4 @@ def save_compiled(pipeline: Any, directory: Path | str, sample_frame: Any) -> tu
 
 def _short(exc: BaseException, limit: int = 300) -> str:
     text = " ".join(str(exc).split())
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+    return shorten(text, limit)

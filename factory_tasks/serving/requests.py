@@ -19,6 +19,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from factory_tasks.core.schema import CHANNELS, CUSTOMER_COLUMNS, ZIP_CODES
+from factory_tasks.core.text import shorten
 
 #: customers per request
 MAX_CUSTOMERS = 1000
@@ -75,7 +76,7 @@ def _show(value: Any) -> str:
             text = repr(value)
         except ValueError:  # e.g. an int past Python's digit limit for str()
             text = f"<a {type(value).__name__} too large to show>"
-    return text if len(text) <= 60 else text[:57] + "..."
+    return shorten(text, 60)
 
 
 def _kind(value: Any) -> str:

@@ -11,6 +11,7 @@ import math
 
 from factory_tasks.core.contracts import ContractError
 from factory_tasks.core.schema import TrainingDataError
+from factory_tasks.core.text import shorten
 from factory_tasks.loop.config import LoopConfigError
 from factory_tasks.loop.selection import SelectionError
 from factory_tasks.stages.paths import ConfigPathError
@@ -30,7 +31,7 @@ def in_range(name: str, value: object, low: float, high: float, *, whole: bool =
     ok = numeric and (isinstance(value, int) if whole else math.isfinite(value))
     ok = ok and (low < value if above_low else low <= value) and value <= high
     if not ok:
-        shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
+        shown = shorten(repr(value), 40)
         kind = "a whole number" if whole else "a number"
         lower = f"above {low:g}" if above_low else f"from {low:g}"
         raise ParamError(f"param {name}: {shown} is out of range: give {kind} {lower} to {high:g}")

@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 
 from factory_tasks.core.settings import REPO_ROOT
+from factory_tasks.core.text import shorten
 
 CONFIG_DIRS_ENV = "MODEL_FACTORY_CONFIG_DIRS"
 
@@ -40,7 +41,7 @@ def config_path(path: str | Path, param: str) -> Path:
     folders = config_dirs()
     if any(resolved.is_relative_to(folder) for folder in folders):
         return resolved
-    shown = repr(str(path)) if len(str(path)) <= 120 else repr(str(path)[:117] + "...")
+    shown = repr(shorten(str(path), 120))
     raise ConfigPathError(
         f"param {param}: {shown} is outside the config folders ({', '.join(map(str, folders))}): "
         f"put the file in one of them, or add its folder to {CONFIG_DIRS_ENV} "

@@ -72,11 +72,10 @@ def ensure_secrets(paths: StackPaths, user: str | None = None) -> DashboardSecre
     return DashboardSecrets(credentials, cookie, tuple(users), created)
 
 
-def serve_command(port: int, credentials: Path, *, app: Path | tuple[Path, ...] = APPS,
-                  address: str = "127.0.0.1") -> list[str]:
+def serve_command(port: int, *, app: Path | tuple[Path, ...] = APPS, address: str = "127.0.0.1") -> list[str]:
     """The ``panel serve`` command line (no secret on it) for one app file or several.
 
-    The login reads ``credentials`` through the environment (:func:`serve_env`): an auth module
+    The login finds the credentials through the environment (:func:`serve_env`): an auth module
     takes no arguments."""
     apps = (app,) if isinstance(app, Path) else tuple(app)
     hosts = [address] if address not in ("127.0.0.1", "localhost") else ["127.0.0.1", "localhost"]
@@ -120,6 +119,6 @@ def serve(paths: StackPaths, port: int) -> int:
           f"  sign in as {users}; passwords in {dashboard.credentials}"
           f"{' (created now)' if dashboard.created else ''}", flush=True)
     try:
-        return subprocess.call(serve_command(port, dashboard.credentials), env=serve_env(paths, dashboard))
+        return subprocess.call(serve_command(port), env=serve_env(paths, dashboard))
     except KeyboardInterrupt:
         return 0

@@ -170,15 +170,6 @@ def dashboard_apps() -> list[Path]:
     return [Path(app) for app in apps if Path(app).exists()]
 
 
-def _dashboard_command(port: int, credentials: Path, host: str, apps: list[Path]) -> list[str]:
-    """``stack.dashboard.serve_command`` serving every app from one ``panel serve``."""
-    from stack.dashboard import serve_command
-
-    cmd = serve_command(port, credentials, app=apps[0], address=host)
-    at = cmd.index(str(apps[0])) + 1
-    return cmd[:at] + [str(app) for app in apps[1:] if str(app) not in cmd] + cmd[at:]
-
-
 # -- health ----------------------------------------------------------------------------------
 def _health_body(url: str, timeout: float = 3.0) -> dict[str, dict]:
     """``/api/v2/monitor/health``'s answer (``{}`` if none)."""
@@ -369,7 +360,7 @@ def _start(paths: StackPaths, state: UpState, *, host: str, port: int, dashboard
            workspace_port: int | None, model_port: int | None, timeout_s: float, rows: int) -> None:
     from cml_workspace.server_process import RunningWorkspace
     from stack.airflow_cli import migrate_once
-    from stack.dashboard import ensure_secrets, serve_env
+    from stack.dashboard import ensure_secrets, serve_command, serve_env
 
     deadline = time.monotonic() + timeout_s
     paths.make()
@@ -414,7 +405,7 @@ def _start(paths: StackPaths, state: UpState, *, host: str, port: int, dashboard
 
     dashboard = ensure_secrets(paths)
     apps = dashboard_apps()
-    cmd = _dashboard_command(dashboard_port, dashboard.credentials, host, apps)
+    cmd = serve_command(dashboard_port, app=tuple(apps), address=host)  # every app from one panel serve
     base = f"http://{_client_host(host)}:{dashboard_port}"
     state.dashboard_urls = [f"{base}/{app.stem}" for app in apps]
     procs["dashboard"] = _spawn("dashboard", cmd, serve_env(paths, dashboard, base=env), paths.logs / "dashboard.log")

@@ -45,7 +45,7 @@ def test_reviewers_are_added_to_the_credentials_file(tmp_path):
 def test_the_command_line_carries_no_secret_and_the_environment_the_cookie_secret(tmp_path):
     paths = StackPaths(tmp_path / "var")
     secrets = ensure_secrets(paths, user="alice")
-    command = serve_command(5006, secrets.credentials)
+    command = serve_command(5006)
     assert command[1:4] == ["-m", "panel", "serve"] and command[4].endswith("dashboards/experiments_app.py")
     assert command[command.index("--auth-module") + 1] == str(LOGIN)
     assert "--allow-websocket-origin=127.0.0.1:5006" in command

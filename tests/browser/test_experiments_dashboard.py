@@ -74,7 +74,7 @@ class PanelServer:
         self.log = log
         self._log_handle = open(log, "w")
         self.proc = subprocess.Popen(
-            serve_command(self.port, self.secrets.credentials, app=app),
+            serve_command(self.port, app=app),
             cwd=REPO, env=env, stdout=self._log_handle, stderr=subprocess.STDOUT, start_new_session=True,
         )
 
@@ -400,7 +400,7 @@ def test_served_without_authentication_the_app_refuses_every_session(files, tmp_
     """Defence in depth: ``panel serve`` without its login (or OAuth) serves no dashboard."""
     server = PanelServer(files["root"], tmp_path / "panel-open.log")
     server.stop()  # the same environment, then the command line without its login
-    command = serve_command(server.port, server.secrets.credentials)
+    command = serve_command(server.port)
     at = command.index("--auth-module")
     env = serve_env(server.paths, server.secrets, base={**os.environ, "MODEL_FACTORY_OBJECT_STORE":
                                                         f"file://{files['root']}/object store"})

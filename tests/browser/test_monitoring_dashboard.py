@@ -204,7 +204,7 @@ def test_a_missing_table_and_a_bad_row_show_a_banner_naming_them(page, server):
 
 
 def test_make_dashboard_serves_both_apps_and_nothing_without_a_session(server):
-    command = serve_command(5006, server.secrets.credentials)  # make dashboard's command line
+    command = serve_command(5006)  # make dashboard's command line
     assert command[4:6] == [str(APP), str(MONITORING_APP)]
     response = httpx.get(server.monitoring_url, follow_redirects=False, timeout=30)
     assert response.status_code == 302 and re.match(r"\.?/login\?next=", response.headers["location"])

@@ -357,7 +357,7 @@ def test_the_dashboard_serves_both_apps_as_stack_dashboard_does():
     assert _env(SERVICES["dashboard"])["MODEL_FACTORY_DASHBOARD_USERS"] == "/tmp/dashboard_users.json"
     # what makes the pages fast under make dashboard makes them fast here too
     assert "--warm --reuse-sessions warm --setup /opt/model-factory/dashboards/serve_setup.py" in script
-    assert {"--warm", "--reuse-sessions", "--setup"} <= set(serve_command(5006, Path("users.json")))
+    assert {"--warm", "--reuse-sessions", "--setup"} <= set(serve_command(5006))
     env = _env(SERVICES["dashboard"])
     assert ONLY_REFERENCE.fullmatch(env["PANEL_COOKIE_SECRET"])
     assert "5006:5006" in SERVICES["dashboard"]["ports"]
