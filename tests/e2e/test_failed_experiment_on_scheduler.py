@@ -7,35 +7,18 @@ waited that long)."""
 from __future__ import annotations
 
 import sqlite3
-import subprocess
 import time
 
 import httpx
 import pytest
-
 from stack.env import stack_paths
+
 from tests.e2e.test_local_stack_up import Stack, _print, free_port
+from tests.e2e.test_model_factory_e2e import BROKEN_BOOSTING, LOGISTIC, SETTINGS
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(480)]
 
-GRID = """
-cv: {folds: 2, random_state: 0}
-metrics: [roc_auc, log_loss]
-ranking_metric: roc_auc
-max_parallel: 2
-economics:
-  conversion_value: 100.0
-  offer_costs: {Discount: 8.0, Buy One Get One: 4.0, No Offer: 0.0}
-families:
-  broken_boosting:    # validates, but the validation set is larger than the data: fails at fit
-    estimator: HistGradientBoostingClassifier
-    resources: {cpu: 1, memory_gb: 1}
-    params: {max_iter: [5], early_stopping: [true], validation_fraction: [100000]}
-  logistic_regression:
-    estimator: LogisticRegression
-    resources: {cpu: 1, memory_gb: 1}
-    params: {C: [1.0]}
-"""
+GRID = SETTINGS + BROKEN_BOOSTING + LOGISTIC % "[1.0]"
 RUN_DEADLINE_S = 300
 
 
@@ -47,13 +30,7 @@ def stack(tmp_path):
         assert result.returncode == 0, _print(result)
         yield s
     finally:
-        try:
-            if (s.var / "stack-up.json").exists():
-                s.cli("down", timeout=90)
-        except subprocess.TimeoutExpired:
-            pass
-        finally:
-            s.kill_everything()
+        s.shut_down()
 
 
 def test_a_failed_experiment_fails_only_its_own_wait_and_the_run_ends(stack: Stack):

@@ -15,16 +15,15 @@ import os
 import re
 import signal
 import stat
-import subprocess
 import time
 from pathlib import Path
 
 import httpx
 import psutil
 import pytest
-
 from stack.env import stack_paths
 from stack.local import StackBusyError, acquire_stack_lock
+
 from tests.e2e.test_local_stack_up import Stack, _print, free_port, processes_of, recorded
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(420)]
@@ -39,13 +38,7 @@ def stack(tmp_path_factory):
         assert result.returncode == 0, s.up_output
         yield s
     finally:
-        try:
-            if (s.var / "stack-up.json").exists():
-                s.cli("down", timeout=90)
-        except subprocess.TimeoutExpired:
-            pass
-        finally:
-            s.kill_everything()
+        s.shut_down()
 
 
 def mode(path: Path) -> int:

@@ -24,7 +24,6 @@ from pathlib import Path
 import httpx
 import psutil
 import pytest
-
 from stack.env import REPO
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(330)]
@@ -107,6 +106,16 @@ class Stack:
         assert resp.status_code == 201, resp.text
         return resp.json()["access_token"]
 
+    def shut_down(self) -> None:
+        """``make down`` if the stack is recorded as up, then :meth:`kill_everything` whatever it left."""
+        try:
+            if (self.var / "stack-up.json").exists():
+                self.cli("down", timeout=90)
+        except subprocess.TimeoutExpired:
+            pass
+        finally:
+            self.kill_everything()
+
     def kill_everything(self) -> None:
         """The last resort: recorded pids (identity checked) and their children, then whatever
         still names the tmp folder."""
@@ -128,13 +137,7 @@ class Stack:
 def stack(tmp_path):
     s = Stack(tmp_path / "var", free_port(), free_port())
     yield s
-    try:
-        if (s.var / "stack-up.json").exists():
-            s.cli("down", timeout=90)
-    except subprocess.TimeoutExpired:
-        pass
-    finally:
-        s.kill_everything()
+    s.shut_down()
 
 
 def _print(proc: subprocess.CompletedProcess) -> str:
