@@ -5,10 +5,11 @@
   in :mod:`cml_provider.hooks.cml_base`, its endpoints by area in :mod:`~cml_provider.hooks.jobs`,
   :mod:`~cml_provider.hooks.files`, :mod:`~cml_provider.hooks.model_builds` and
   :mod:`~cml_provider.hooks.deployments`, the endpoint table in :mod:`cml_provider.hooks.endpoints`)
-- :mod:`cml_provider.operators.cml` — ``CmlJobRunOperator`` (idempotent job-run submit)
+- :mod:`cml_provider.hooks.airflow_pool` — ``AirflowPoolHook`` (sizes an Airflow pool over Airflow's REST API)
+- :mod:`cml_provider.operators.cml` — ``CmlJobRunOperator`` (idempotent job-run submit, and the wait for it)
 - :mod:`cml_provider.operators.deploy` — ``CmlDeployModelOperator`` (build, deploy, smoke-test, replace)
 - :mod:`cml_provider.sensors.cml` — ``CmlJobRunSensor`` (deferrable wait)
-- :mod:`cml_provider.triggers.cml` — ``CmlJobRunTrigger``, ``CmlCapacityTrigger``
+- :mod:`cml_provider.triggers.cml` — ``CmlJobRunTrigger``
 - :mod:`cml_provider.triggers.deploy` — ``CmlModelBuildTrigger``, ``CmlModelDeploymentTrigger``
 - :mod:`cml_provider.states` — ``JobRunStatus``, ``CmlBuildStatus``, ``CmlDeploymentStatus``
 - :mod:`cml_provider.models` — value types (``CmlJob``, ``CmlModel``, ``CmlModelDeployment``, ...)
@@ -18,6 +19,7 @@
 __version__ = "0.1.0"
 
 _INTEGRATION = "Cloudera Machine Learning"
+_POOLS = "Airflow pools"
 
 
 def get_provider_info() -> dict:
@@ -37,9 +39,17 @@ def get_provider_info() -> dict:
                 "integration-name": _INTEGRATION,
                 "external-doc-url": "https://docs.cloudera.com/machine-learning/cloud/api/topics/ml-api-v2.html",
                 "tags": ["service"],
-            }
+            },
+            {
+                "integration-name": _POOLS,
+                "external-doc-url": "https://airflow.apache.org/docs/apache-airflow/stable/stable-rest-api-ref.html",
+                "tags": ["software"],
+            },
         ],
-        "hooks": [{"integration-name": _INTEGRATION, "python-modules": ["cml_provider.hooks.cml"]}],
+        "hooks": [
+            {"integration-name": _INTEGRATION, "python-modules": ["cml_provider.hooks.cml"]},
+            {"integration-name": _POOLS, "python-modules": ["cml_provider.hooks.airflow_pool"]},
+        ],
         "operators": [
             {
                 "integration-name": _INTEGRATION,

@@ -1,8 +1,8 @@
 """The CML provider inside real Airflow: ``airflow dags test`` of a fixture DAG against the workspace.
 
-Exercises what unit tests cannot: mapped operators and sensors, XCom of the run dict, the
-capacity trigger and the run trigger resumed by Airflow's own deferral machinery, and the
-connection read from ``AIRFLOW_CONN_CML_DEFAULT`` by worker and triggerer code.
+Exercises what unit tests cannot: a mapped operator expanded from kwargs, its run trigger
+resumed by Airflow's own deferral machinery, the failure of one instance with its job's own
+error, and the connection read from ``AIRFLOW_CONN_CML_DEFAULT`` by worker and triggerer code.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ def run_bounded(cmd: list[str], env: dict[str, str], timeout: float) -> subproce
     return subprocess.CompletedProcess(cmd, proc.returncode, out, None)
 
 
-def test_mapped_submit_and_deferrable_sensor_in_airflow(workspace, hook, tmp_path):
+def test_mapped_runs_waited_for_in_the_triggerer_in_airflow(workspace, hook, tmp_path):
     venv_bin = str(Path(sys.executable).parent)
     env = {
         **os.environ,
@@ -64,11 +64,14 @@ def test_mapped_submit_and_deferrable_sensor_in_airflow(workspace, hook, tmp_pat
     )
     out = result.stdout
     assert workspace.api_key not in out
-    # the third submit waited for a free slot under the per-DAG-run cap of two
-    assert "deferring until one finishes" in out, out[-5000:]
-    # the failed experiment's sensor names its run, its status and the job's own error
+    # the failed experiment's task names its run, its status and the job's own error
     assert "ended with ENGINE_FAILED. Error from e2e/2.json: boom from the job" in out, out[-5000:]
+    assert "AirflowFailException" in out, out[-5000:]
     assert "state=failed" in out  # the DAG run fails because one experiment failed
+    # the other two succeeded: their triggers ended them (``dags test`` then hands the task-end
+    # event's payload to the task, where the scheduler's triggerer would end the task itself)
+    assert out.count("succeeded; the task ends here, in the triggerer") == 2, out[-5000:]
+    assert out.count("new_state=success") == 2, out[-5000:]
 
     job = hook.find_job("e2e-0.5cpu")
     runs = hook.list_job_runs(job.id)

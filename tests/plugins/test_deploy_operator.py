@@ -98,8 +98,17 @@ def drive(trigger) -> dict:
     return event
 
 
+def next_kwargs(deferred: TaskDeferred) -> dict:
+    """A deferral's kwargs as the resumed method gets them: stored by the task runner with
+    Airflow's serde (the metadata DB's ``next_kwargs``) and read back the same way."""
+    from airflow.sdk.serde import deserialize, serialize
+
+    return deserialize(json.loads(json.dumps(serialize(deferred.kwargs or {}))))
+
+
 def run_to_end(context, between=None, **kwargs):
-    """Execute, then resume after each deferral with a *fresh* operator, as Airflow does.
+    """Execute, then resume after each deferral with a *fresh* operator, as Airflow does: the
+    method named by the deferral, called with the trigger's event and the deferral's kwargs.
 
     :param between: called with each ``TaskDeferred`` before its trigger runs
     :return: ``(xcom, [TaskDeferred, ...])``
@@ -115,7 +124,7 @@ def run_to_end(context, between=None, **kwargs):
                 between(deferred)
             event = drive(deferred.trigger)
             step = lambda op, d=deferred, e=event: (  # noqa: E731
-                getattr(op, d.method_name)(context, event=e, **d.kwargs)
+                getattr(op, d.method_name)(context, event=e, **next_kwargs(d))
             )
 
 

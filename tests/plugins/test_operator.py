@@ -1,15 +1,17 @@
-"""CmlJobRunOperator against the real workspace: submit, idempotent retries, deferral, capacity."""
+"""CmlJobRunOperator against the real workspace: submit, idempotent retries, the wait and its outcomes."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 
 import pytest
-from airflow.sdk.exceptions import AirflowException, TaskDeferred
+from airflow.sdk.exceptions import AirflowException, AirflowFailException, TaskDeferred
+from airflow.triggers.base import BaseTaskEndEvent, TaskSuccessEvent, TriggerEvent
 from cml_provider.operators.cml import DAG_RUN_KEY_ENV, TI_KEY_ENV, CmlJobRunOperator
 from cml_provider.states import JobRunStatus
-from cml_provider.triggers.cml import CmlCapacityTrigger, CmlJobRunTrigger
+from cml_provider.triggers.cml import CmlJobRunTrigger
 
 pytestmark = pytest.mark.integration
 
@@ -21,11 +23,18 @@ def operator(unique: str, **kwargs) -> CmlJobRunOperator:
     return CmlJobRunOperator(task_id=task_id, cpu=0.5, memory_gb=0.5, retry_delay=0.01, **kwargs)
 
 
-def drive(trigger) -> dict:
+def fire(trigger) -> TriggerEvent:
     async def run():
         return [e async for e in trigger.run()]
 
     [event] = asyncio.run(asyncio.wait_for(run(), timeout=60))
+    return event
+
+
+def drive(trigger) -> dict:
+    """The payload of the event that resumes the task on a worker."""
+    event = fire(trigger)
+    assert not isinstance(event, BaseTaskEndEvent), event
     return event.payload
 
 
@@ -44,7 +53,7 @@ def api_calls(op: CmlJobRunOperator, monkeypatch) -> list:
 
 def test_init_only_assigns_and_templates_environment_and_arguments():
     op = CmlJobRunOperator(task_id="t", job_name="j", script="s.py", environment={"A": "{{ ds }}"})
-    assert {"environment", "arguments", "job_name", "script"} <= set(op.template_fields)
+    assert {"environment", "arguments", "job_name", "script", "result_file"} <= set(op.template_fields)
     assert "hook" not in op.__dict__  # created lazily, at execute time
     assert op.run_id is None
 
@@ -78,6 +87,20 @@ def test_retry_with_the_same_ti_key_creates_one_run(cml_conn, hook, unique, make
         hook.stop_job_run(first["job_id"], first["run_id"])
 
 
+def test_a_cleared_map_index_that_now_asks_for_other_work_gets_its_own_run(cml_conn, hook, unique, make_context):
+    # a re-planned DAG run can give a map index another experiment (earlier results reused shift
+    # the indexes): the run of the same TI key for the old experiment is not this one's
+    first = operator(unique, environment={"MF_EXPERIMENT_ID": "exp-a", "MF_TEST_SLEEP": "30"}).execute(
+        make_context(run_id=f"manual__{unique}"))
+    try:
+        second = operator(unique, environment={"MF_EXPERIMENT_ID": "exp-b"}).execute(
+            make_context(run_id=f"manual__{unique}", try_number=2))
+        assert second["run_id"] != first["run_id"]
+        assert hook.get_job_run(second["job_id"], second["run_id"]).environment["MF_EXPERIMENT_ID"] == "exp-b"
+    finally:
+        hook.stop_job_run(first["job_id"], first["run_id"])
+
+
 def test_retry_after_a_failed_run_starts_a_new_one(cml_conn, hook, unique, make_context, wait_terminal):
     first = operator(unique, environment={"MF_TEST_FAIL_WITH": "nope"}).execute(make_context(run_id=f"manual__{unique}"))
     assert wait_terminal(hook, first["job_id"], first["run_id"]).status is JobRunStatus.FAILED
@@ -102,88 +125,114 @@ def test_wait_for_completion_defers_to_the_run_trigger(cml_conn, hook, unique, m
     assert (trigger.run_id, trigger.job_id, trigger.project_id) == (op.run_id, op.job_id, op.project_id)
     assert trigger.cml_conn_id == "cml_default" and trigger.poll_interval == 0.1
     assert time.time() < trigger.deadline <= time.time() + 24 * 3600
+    assert trigger.end_task_on_success is True
 
-    event = drive(trigger)
-    resumed = operator(unique, wait_for_completion=True)
-    assert resumed.execute_complete(make_context(), event=event) == {
-        "project_id": op.project_id,
-        "job_id": op.job_id,
-        "run_id": op.run_id,
-    }
+    # the run succeeded: the trigger ends the task, with the XCom the task itself would return
+    outcome = {"project_id": op.project_id, "job_id": op.job_id, "run_id": op.run_id, "status": "ENGINE_SUCCEEDED"}
+    event = fire(trigger)
+    assert type(event) is TaskSuccessEvent and event.xcoms == {"return_value": outcome}
+    # a retry after the run succeeded returns it without waiting again
+    retry = operator(unique, wait_for_completion=True).execute(make_context(run_id=f"manual__{unique}", try_number=2))
+    assert retry == outcome
+    # a success event of a trigger row written without the flag still resumes the task to return it
+    _, kwargs = trigger.serialize()
+    success = drive(CmlJobRunTrigger(**{**kwargs, "end_task_on_success": False}))
+    assert operator(unique, wait_for_completion=True).execute_complete(make_context(), event=success) == outcome
+    # a runner that resumes the task with the task-end event's payload (``airflow dags test``)
+    assert operator(unique, wait_for_completion=True).execute_complete(make_context(), event=event.payload) is None
 
 
-def test_execute_complete_raises_on_a_failed_run(cml_conn, hook, unique, make_context):
-    op = operator(unique, wait_for_completion=True, poll_interval=0.1, environment={"MF_TEST_FAIL_WITH": "x"})
+def test_a_failed_run_fails_the_task_for_good_with_the_result_files_error(cml_conn, hook, unique, make_context):
+    result_file = f"op-results/{unique}.json"
+    kwargs = dict(wait_for_completion=True, poll_interval=0.1, result_file=result_file,
+                  environment={"MF_TEST_FAIL_WITH": "ValueError: column 'offer' missing",
+                               "MF_TEST_RESULT_FILE": result_file})
+    op = operator(unique, **kwargs)
     with pytest.raises(TaskDeferred) as info:
         op.execute(make_context(run_id=f"manual__{unique}"))
     event = drive(info.value.trigger)
-    with pytest.raises(AirflowException, match=f"{op.run_id}.*ENGINE_FAILED"):
-        op.execute_complete(make_context(), event=event)
-    with pytest.raises(AirflowException, match="Invalid event"):
+    with pytest.raises(AirflowFailException) as failure:  # not retried: the run's outcome
+        operator(unique, **kwargs).execute_complete(make_context(), event=event)
+    assert str(failure.value) == (
+        f"CML job run {op.run_id} of job 'op-{unique}-0.5cpu' ({op.job_id}) ended with ENGINE_FAILED. "
+        f"Error from {result_file}: ValueError: column 'offer' missing"
+    )
+    # without a result file it still names the run and its status, and a missing file says so
+    with pytest.raises(AirflowFailException, match=f"{op.run_id} .* ended with ENGINE_FAILED$"):
+        operator(unique, wait_for_completion=True).execute_complete(make_context(), event=event)
+    with pytest.raises(AirflowFailException, match="Result file 'nowhere.json' does not exist"):
+        operator(unique, wait_for_completion=True, result_file="nowhere.json").execute_complete(
+            make_context(), event=event)
+    with pytest.raises(AirflowException, match="Invalid event") as invalid:
         op.execute_complete(make_context(), event={})
+    assert not isinstance(invalid.value, AirflowFailException)
+    with pytest.raises(AirflowException, match="Invalid event"):
+        op.execute_complete(make_context(), event="failed")
 
 
-def test_per_dag_run_cap_defers_to_the_capacity_trigger(cml_conn, hook, unique, make_context):
-    run_id = f"manual__{unique}"
-    busy = operator(unique, task_id="busy", environment={"MF_TEST_SLEEP": "60"}).execute(
-        make_context(run_id=run_id, task_id="busy")
-    )
-    capped = operator(
-        unique,
-        task_id="capped",
-        job_name=f"op-{unique}-other-profile",
-        max_active_runs_per_dag_run=1,
-        capacity_job_name_filter=f"op-{unique}",
-        capacity_poll_interval=0.1,
-    )
-    context = make_context(run_id=run_id, task_id="capped")
+def test_a_run_still_going_at_the_deadline_is_stopped_and_fails_the_task(cml_conn, hook, unique, make_context,
+                                                                          wait_terminal):
+    kwargs = dict(wait_for_completion=True, poll_interval=0.1, wait_timeout=0.5, environment={"MF_TEST_SLEEP": "60"})
+    op = operator(unique, **kwargs)
+    with pytest.raises(TaskDeferred) as info:
+        op.execute(make_context(run_id=f"manual__{unique}"))
+    event = drive(info.value.trigger)
+    assert event["status"] == "timeout"
+    with pytest.raises(AirflowFailException, match=f"CML job run {op.run_id} .* after waiting 0.5s; asked CML to stop"):
+        operator(unique, **kwargs).execute_complete(make_context(), event=event)
+    assert wait_terminal(hook, op.job_id, op.run_id, timeout=30).status is JobRunStatus.STOPPED
+
+
+def test_a_wait_that_could_not_read_the_run_is_retried_on_the_same_run(
+    cml_conn, workspace, hook, unique, make_context, free_port, monkeypatch
+):
+    """The task died waiting (here: its trigger lost the API): the error is retryable, and the
+    retry finds the run the first try started and waits for it, never starting a second one."""
+    kwargs = dict(wait_for_completion=True, poll_interval=0.1, environment={"MF_TEST_SLEEP": "60"})
+    first = operator(unique, **kwargs)
+    with pytest.raises(TaskDeferred) as info:
+        first.execute(make_context(run_id=f"manual__{unique}"))
     try:
-        with pytest.raises(TaskDeferred) as info:
-            capped.execute(context)
+        down = {"conn_type": "cml", "host": f"http://127.0.0.1:{free_port}", "password": workspace.api_key}
+        monkeypatch.setenv("AIRFLOW_CONN_CML_DOWN", json.dumps(down))
         trigger = info.value.trigger
-        assert isinstance(trigger, CmlCapacityTrigger)
-        assert info.value.method_name == "execute_after_capacity"
-        assert (trigger.marker_key, trigger.marker_value) == (DAG_RUN_KEY_ENV, f"dag/{run_id}")
-        assert trigger.max_active == 1 and trigger.job_name_filter == f"op-{unique}"
-        # another DAG run is not held back by this one's runs
-        free = operator(
-            unique, task_id="capped", job_name=f"op-{unique}-other-profile", max_active_runs_per_dag_run=1
-        )
-        assert free.execute(make_context(run_id=f"{run_id}-b", task_id="capped"))["run_id"]
-
-        hook.stop_job_run(busy["job_id"], busy["run_id"])
+        trigger.cml_conn_id = "cml_down"
         event = drive(trigger)
-        assert event["status"] == "success"
-        ref = capped.execute_after_capacity(context, event=event)
-        run = hook.get_job_run(ref["job_id"], ref["run_id"])
-        assert run.environment[TI_KEY_ENV] == f"dag/{run_id}/capped/-1"
+        assert event["status"] == "error" and event["run_status"] is None
+        with pytest.raises(AirflowException, match=f"Could not follow CML job run {first.run_id}") as failure:
+            operator(unique, **kwargs).execute_complete(make_context(), event=event)
+        assert not isinstance(failure.value, AirflowFailException)  # Airflow retries it
+        # a last status that is not an end is no outcome either
+        running = {**event, "run_status": "ENGINE_RUNNING"}
+        with pytest.raises(AirflowException) as failure:
+            operator(unique, **kwargs).execute_complete(make_context(), event=running)
+        assert not isinstance(failure.value, AirflowFailException)
 
-        with pytest.raises(AirflowException, match="free CML run slot"):
-            capped.execute_after_capacity(context, event={"status": "timeout", "message": "too long"})
+        retry = operator(unique, **kwargs)
+        with pytest.raises(TaskDeferred) as again:
+            retry.execute(make_context(run_id=f"manual__{unique}", try_number=2))
+        assert isinstance(again.value.trigger, CmlJobRunTrigger)
+        assert (again.value.trigger.run_id, again.value.method_name) == (first.run_id, "execute_complete")
+        assert [r.id for r in hook.list_job_runs(first.job_id)] == [first.run_id]
     finally:
-        hook.stop_job_run(busy["job_id"], busy["run_id"])
+        hook.stop_job_run(first.job_id, first.run_id)
 
 
-def test_submit_lists_the_jobs_runs_once(cml_conn, hook, unique, make_context, monkeypatch):
-    """The reuse check, the per-DAG-run cap's count and the last check before creating share one
-    listing of the job's recent runs (each listing is up to ``recent_run_pages`` API calls)."""
+def test_a_retry_lists_the_jobs_runs_once(cml_conn, hook, unique, make_context, monkeypatch):
+    """The search for an earlier try's run and the check before creating share one listing of
+    the job's recent runs (each listing is up to ``recent_run_pages`` API calls)."""
     from cml_provider.hooks.endpoints import LIST_JOB_RUNS
 
-    warm = operator(unique, max_active_runs_per_dag_run=3, capacity_job_name_filter=f"op-{unique}")
-    first = warm.execute(make_context(run_id=f"manual__{unique}", task_id="a"))
-    op = operator(unique, task_id="b", max_active_runs_per_dag_run=3, capacity_job_name_filter=f"op-{unique}")
+    first = operator(unique).execute(make_context(run_id=f"manual__{unique}", task_id="a"))
+    op = operator(unique, task_id="b")
     calls = api_calls(op, monkeypatch)
-    context = make_context(run_id=f"manual__{unique}", task_id="b")
-    ref = op.execute(context)
+    ref = op.execute(make_context(run_id=f"manual__{unique}", task_id="b", try_number=2))
     assert ref["run_id"] != first["run_id"]
     assert calls.count(LIST_JOB_RUNS) == 1, calls
-    # and the retry of that task instance still finds its run
-    retry = make_context(run_id=f"manual__{unique}", task_id="b", try_number=2)
-    assert operator(unique, task_id="b", max_active_runs_per_dag_run=3).execute(retry) == ref
 
 
 def test_a_first_try_of_a_planned_job_makes_one_api_call(cml_conn, hook, unique, make_context, monkeypatch):
-    """With the project and job ids of a plan and no cap, a first try only starts the run: no
+    """With the project and job ids of a plan, a first try only starts the run: no
     project or job lookup, and no search for an earlier try's run (there is none)."""
     from cml_provider.hooks.endpoints import CREATE_JOB_RUN
 

@@ -45,10 +45,25 @@ def test_airflow_registers_the_cml_connection_type():
     assert behaviours["cml"]["relabeling"]["password"] == "API key"
 
 
+def test_the_pool_hook_is_listed_and_importable():
+    import importlib
+
+    modules = [m for hooks in get_provider_info()["hooks"] for m in hooks["python-modules"]]
+    assert "cml_provider.hooks.airflow_pool" in modules
+    assert all(importlib.import_module(m) for m in modules)
+
+
 def test_operators_map_in_a_dag_without_touching_the_network():
     with DAG("cml_mapping", schedule=None, start_date=pendulum.datetime(2026, 1, 1, tz="UTC")):
-        submit = CmlJobRunOperator.partial(
-            task_id="submit", job_name="exp-1cpu", script="experiment.py", max_active_runs_per_dag_run=4
-        ).expand(environment=[{"EXPERIMENT_ID": "a"}, {"EXPERIMENT_ID": "b"}])
+        run = CmlJobRunOperator.partial(
+            task_id="run", pool="experiments", wait_for_completion=True, poll_interval=5, retries=2
+        ).expand_kwargs([
+            {"job_name": "exp-1cpu", "script": "experiment.py", "environment": {"EXPERIMENT_ID": "a"},
+             "result_file": "results/a.json"},
+        ])
+        submit = CmlJobRunOperator.partial(task_id="submit", job_name="exp-1cpu", script="experiment.py").expand(
+            environment=[{"EXPERIMENT_ID": "a"}, {"EXPERIMENT_ID": "b"}]
+        )
         wait = CmlJobRunSensor.partial(task_id="wait", result_file="results/x.json").expand(run=submit.output)
     assert wait.upstream_task_ids == {"submit"}
+    assert run.partial_kwargs["pool"] == "experiments"

@@ -9,7 +9,7 @@ from airflow.sdk import PokeReturnValue
 from airflow.sdk.exceptions import AirflowException, TaskDeferred
 from cml_provider.sensors.cml import CmlJobRunSensor
 from cml_provider.states import JobRunStatus
-from cml_provider.triggers.cml import CmlJobRunTrigger, CmlSubmittedRunTrigger
+from cml_provider.triggers.cml import CmlJobRunTrigger
 
 
 def sensor(run, **kwargs) -> CmlJobRunSensor:
@@ -150,18 +150,3 @@ def test_on_kill_stops_the_remote_run(cml_conn, hook, start, make_context, wait_
         waiting.execute(make_context())
     waiting.on_kill()
     assert wait_terminal(hook, ref["job_id"], ref["run_id"], timeout=30).status is JobRunStatus.STOPPED
-
-
-def test_start_in_triggerer_configures_the_task_not_every_sensor():
-    args = CmlJobRunSensor.start_in_triggerer(
-        run_task_id="submit", result_files_task_id="plan", cml_conn_id="cml_x", poll_interval=5, timeout=60)
-    started = sensor(None, **args)
-    assert started.start_from_trigger is True
-    start = started.start_trigger_args
-    assert start.trigger_cls == "cml_provider.triggers.cml.CmlSubmittedRunTrigger"
-    assert start.timeout.total_seconds() == 60 and start.next_method == "execute_complete"
-    # the kwargs are exactly what the trigger serialises (the triggerer rebuilds it from them)
-    assert CmlSubmittedRunTrigger(**start.trigger_kwargs).serialize() == (start.trigger_cls, start.trigger_kwargs)
-    assert start.trigger_kwargs["run_task_id"] == "submit" and start.trigger_kwargs["cml_conn_id"] == "cml_x"
-    plain = sensor(None)
-    assert plain.start_from_trigger is False and plain.start_trigger_args is None

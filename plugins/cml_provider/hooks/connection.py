@@ -31,6 +31,7 @@ from collections.abc import Iterable
 from typing import Any, Self
 
 from airflow.sdk.bases.hook import BaseHook
+
 from cml_provider.errors import CmlConfigurationError, CmlNotFoundError
 from cml_provider.hooks.endpoints import (
     default_model_service_url,

@@ -9,7 +9,7 @@ creating again. ``environment`` is a map on requests but a JSON-encoded string o
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from cml_provider.hooks.cml_base import BaseCmlHook
@@ -45,15 +45,6 @@ class CmlJobsMixin(BaseCmlHook):
         params = {"search_filter": encode_search_filter(search_filter)}
         items = self._paginate(LIST_JOBS, "jobs", path_params={"project_id": pid}, params=params)
         return [CmlJob.from_api(j) for j in items]
-
-    async def a_list_jobs(
-        self, search_filter: Mapping[str, Any] | str | None = None, *, project_id: str | None = None
-    ) -> list[CmlJob]:
-        """Async twin of :meth:`list_jobs`."""
-        pid = project_id or await self.a_get_project_id()
-        params = {"search_filter": encode_search_filter(search_filter)}
-        items = self._a_paginate(LIST_JOBS, "jobs", path_params={"project_id": pid}, params=params)
-        return [CmlJob.from_api(j) async for j in items]
 
     def get_job(self, job_id: str, *, project_id: str | None = None) -> CmlJob:
         pid = project_id or self.get_project_id()
@@ -173,29 +164,17 @@ class CmlJobsMixin(BaseCmlHook):
         )
         return [CmlJobRun.from_api(r, job_id=job_id, project_id=pid) for r in items]
 
-    async def a_list_job_runs(
-        self,
-        job_id: str,
-        sort: str | None = "-created_at",
-        max_pages: int | None = None,
-        *,
-        project_id: str | None = None,
-    ) -> list[CmlJobRun]:
-        """Async twin of :meth:`list_job_runs`."""
-        pid = project_id or await self.a_get_project_id()
-        items = self._a_paginate(
-            LIST_JOB_RUNS,
-            "job_runs",
-            path_params={"project_id": pid, "job_id": job_id},
-            params={"sort": sort},
-            max_pages=max_pages,
-        )
-        return [CmlJobRun.from_api(r, job_id=job_id, project_id=pid) async for r in items]
-
     def stop_job_run(self, job_id: str, run_id: str, *, project_id: str | None = None) -> None:
         """Ask the workspace to stop a run (idempotent: stopping a finished run is harmless)."""
         pid = project_id or self.get_project_id()
         self._do_api_call(STOP_JOB_RUN, path_params={"project_id": pid, "job_id": job_id, "run_id": run_id})
+
+    async def a_stop_job_run(self, job_id: str, run_id: str, *, project_id: str | None = None) -> None:
+        """Async twin of :meth:`stop_job_run`."""
+        pid = project_id or await self.a_get_project_id()
+        await self._a_do_api_call(
+            STOP_JOB_RUN, path_params={"project_id": pid, "job_id": job_id, "run_id": run_id}
+        )
 
     def find_job_run(
         self,
@@ -252,41 +231,6 @@ class CmlJobsMixin(BaseCmlHook):
                     return existing, True
                 return self.create_job_run(job_id, env, arguments, project_id=pid), False
         raise AssertionError("unreachable")  # pragma: no cover - tenacity reraises
-
-    async def a_count_active_runs(
-        self,
-        job_ids: Iterable[str],
-        environment: Mapping[str, str],
-        *,
-        max_pages: int | None = 5,
-        project_id: str | None = None,
-    ) -> int:
-        """How many non-terminal runs of ``job_ids`` carry all of ``environment``."""
-        pid = project_id or await self.a_get_project_id()
-        count = 0
-        for job_id in job_ids:
-            runs = await self.a_list_job_runs(job_id, max_pages=max_pages, project_id=pid)
-            count += sum(1 for r in runs if r.status.is_active and r.matches(environment))
-        return count
-
-    def count_active_runs(
-        self,
-        job_ids: Iterable[str],
-        environment: Mapping[str, str],
-        *,
-        max_pages: int | None = 5,
-        project_id: str | None = None,
-        recent_runs: Mapping[str, Sequence[CmlJobRun]] | None = None,
-    ) -> int:
-        """Sync twin of :meth:`a_count_active_runs`; ``recent_runs`` maps job ids to runs the
-        caller has just listed (the same ``max_pages``), which are counted instead of listing."""
-        pid = project_id or self.get_project_id()
-        count = 0
-        known = recent_runs or {}
-        for job_id in job_ids:
-            runs = known[job_id] if job_id in known else self.list_job_runs(job_id, max_pages=max_pages, project_id=pid)
-            count += sum(1 for r in runs if r.status.is_active and r.matches(environment))
-        return count
 
 
 def _job_changes(job: CmlJob, wanted: Mapping[str, Any]) -> dict[str, Any]:

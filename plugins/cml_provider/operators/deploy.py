@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowException
+
 from cml_provider.durations import seconds
 from cml_provider.errors import CmlError
 from cml_provider.hooks.cml import CmlHook
@@ -259,7 +260,6 @@ class CmlDeployModelOperator(BaseOperator):
                 deadline=state["deadline"],
                 retry_limit=self.cml_retry_limit,
                 retry_delay=self.cml_retry_delay,
-                resume_state=state,
             ),
             method_name="execute_after_build",
             kwargs={"state": state},
@@ -321,7 +321,6 @@ class CmlDeployModelOperator(BaseOperator):
                 stop_on_kill=self._is_new(state),
                 retry_limit=self.cml_retry_limit,
                 retry_delay=self.cml_retry_delay,
-                resume_state=state,
             ),
             method_name="execute_after_deployment",
             kwargs={"state": state},
@@ -406,7 +405,6 @@ class CmlDeployModelOperator(BaseOperator):
     def _resume(
         self, state: dict[str, Any] | None, event: dict[str, Any] | None, source: str
     ) -> dict[str, Any]:
-        state = state or (event or {}).get("resume_state")
         if not state or "model_id" not in state:
             raise AirflowException(f"Resumed without the deploy state from {source}: {state!r}")
         if not event or event.get("status") not in _EVENT_STATUSES:

@@ -1,5 +1,5 @@
 """What the submit operator and the sensor share: the CML run a task owns, the hook that
-reaches it, and stopping that run when Airflow kills the task."""
+reaches it, what its result file says when it failed, and stopping it when Airflow kills the task."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import time
 from functools import cached_property
 
 from cml_provider.hooks.cml import CmlHook
-from cml_provider.triggers.cml import CmlJobRunTrigger
+from cml_provider.triggers.cml import CmlJobRunTrigger, result_file_error
 
 
 class CmlRunOwnerMixin:
@@ -20,12 +20,14 @@ class CmlRunOwnerMixin:
     project_id: str | None = None
     job_id: str | None = None
     run_id: str | None = None
+    result_file: str | None = None
 
     @cached_property
     def hook(self) -> CmlHook:
         return CmlHook(self.cml_conn_id, retry_limit=self.retry_limit, retry_delay=self.retry_delay)
 
-    def _run_trigger(self, project_id: str, job_id: str, run_id: str, timeout_s: float) -> CmlJobRunTrigger:
+    def _run_trigger(self, project_id: str, job_id: str, run_id: str, timeout_s: float, *,
+                     end_task_on_success: bool = False) -> CmlJobRunTrigger:
         """The trigger that waits for this run, with a deadline ``timeout_s`` from now."""
         return CmlJobRunTrigger(
             cml_conn_id=self.cml_conn_id,
@@ -36,7 +38,17 @@ class CmlRunOwnerMixin:
             deadline=time.time() + timeout_s,
             retry_limit=self.retry_limit,
             retry_delay=self.retry_delay,
+            end_task_on_success=end_task_on_success,
         )
+
+    def _result_file_error(self) -> str:
+        """What the job's ``result_file`` says about the failure, never raising."""
+        assert self.result_file
+        try:
+            data = self.hook.download_file_if_exists(self.result_file, project_id=self.project_id)
+        except Exception as exc:
+            return result_file_error(self.result_file, None, exc)
+        return result_file_error(self.result_file, data)
 
     def on_kill(self) -> None:
         if self.run_id and self.job_id:

@@ -8,11 +8,11 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseSensorOperator, PokeReturnValue
 from airflow.sdk.exceptions import AirflowException
-from airflow.triggers.base import StartTriggerArgs
+
 from cml_provider.hooks.cml import CmlHook
 from cml_provider.models import CmlJobRun
 from cml_provider.operators.run_owner import CmlRunOwnerMixin
-from cml_provider.triggers.cml import CmlSubmittedRunTrigger, parse_run_ref, result_file_error
+from cml_provider.triggers.cml import parse_run_ref
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -35,9 +35,6 @@ class CmlJobRunSensor(CmlRunOwnerMixin, BaseSensorOperator):
     API v2 has no run-log endpoint, so jobs leave their outcome in a project file. With
     ``result_file`` (templated), a failure message carries that file's JSON ``"error"`` field.
 
-    Mapped over the output of a mapped submit task, ``partial(**CmlJobRunSensor.start_in_triggerer(...))``
-    makes each instance wait in the triggerer from the start, never on a worker (see there).
-
     Returns (XCom) ``{"project_id", "job_id", "run_id", "status"}``.
 
     :param run: ``{"project_id", "job_id", "run_id"}`` or None
@@ -47,8 +44,6 @@ class CmlJobRunSensor(CmlRunOwnerMixin, BaseSensorOperator):
     :param result_file: project file whose ``"error"`` explains a failure
     :param retry_limit: hook attempts per API call
     :param retry_delay: hook backoff base, seconds
-    :param start_from_trigger: with ``start_trigger_args``, start in the triggerer (see :meth:`start_in_triggerer`)
-    :param start_trigger_args: the trigger to start in
     """
 
     template_fields: Sequence[str] = ("run", "result_file")
@@ -64,17 +59,10 @@ class CmlJobRunSensor(CmlRunOwnerMixin, BaseSensorOperator):
         result_file: str | None = None,
         retry_limit: int = 3,
         retry_delay: float = 1.0,
-        start_from_trigger: bool = False,
-        start_trigger_args: StartTriggerArgs | None = None,
         **kwargs: Any,
     ) -> None:
         kwargs.setdefault("poke_interval", poll_interval)
         super().__init__(**kwargs)
-        # BaseOperator declares these without taking them as arguments; `partial()` accepts
-        # only what some `__init__` takes (see start_in_triggerer)
-        self.start_from_trigger = start_from_trigger
-        if start_trigger_args is not None:
-            self.start_trigger_args = start_trigger_args
         self.run = run
         self.cml_conn_id = cml_conn_id
         self.deferrable = deferrable
@@ -83,48 +71,6 @@ class CmlJobRunSensor(CmlRunOwnerMixin, BaseSensorOperator):
         self.retry_limit = retry_limit
         self.retry_delay = retry_delay
         self.project_id = self.job_id = self.run_id = None
-
-    @staticmethod
-    def start_in_triggerer(
-        *,
-        run_task_id: str,
-        cml_conn_id: str = CmlHook.default_conn_name,
-        poll_interval: float = 30.0,
-        timeout: float,
-        result_files_task_id: str | None = None,
-        retry_limit: int = 3,
-        retry_delay: float = 1.0,
-    ) -> dict[str, Any]:
-        """``partial()`` arguments that start each instance of a mapped sensor in the triggerer.
-
-        Under a scheduler the instance goes from scheduled straight to
-        :class:`~cml_provider.triggers.cml.CmlSubmittedRunTrigger` (Airflow's
-        ``start_from_trigger``), which reads the run from ``run_task_id``'s XCom at the same map
-        index and ends the task itself: no worker slot, no task process (whose start costs a
-        worker's CPU and several execution-API calls per instance, more than one look at a run
-        that is usually over by then). ``timeout`` (seconds) is the trigger's.
-        ``airflow dags test`` ignores ``start_from_trigger`` and runs :meth:`execute` as usual,
-        so the sensor's own mapped arguments (``run``, ``result_file``) must still describe the
-        same run.
-        """
-        trigger = CmlSubmittedRunTrigger
-        return {
-            "start_from_trigger": True,
-            "start_trigger_args": StartTriggerArgs(
-                trigger_cls=f"{trigger.__module__}.{trigger.__qualname__}",
-                trigger_kwargs=trigger(
-                    cml_conn_id=cml_conn_id,
-                    run_task_id=run_task_id,
-                    poll_interval=poll_interval,
-                    result_files_task_id=result_files_task_id,
-                    retry_limit=retry_limit,
-                    retry_delay=retry_delay,
-                ).serialize()[1],
-                next_method="execute_complete",
-                next_kwargs=None,
-                timeout=timedelta(seconds=timeout),
-            ),
-        }
 
     # -- helpers --------------------------------------------------------------------------
     def _read_run_ref(self) -> bool:
@@ -149,14 +95,6 @@ class CmlJobRunSensor(CmlRunOwnerMixin, BaseSensorOperator):
         if self.result_file:
             text = f"{text}. {self._result_file_error()}"
         return text
-
-    def _result_file_error(self) -> str:
-        """What the job's result file says about the failure, never raising."""
-        try:
-            data = self.hook.download_file_if_exists(self.result_file, project_id=self.project_id)
-        except Exception as exc:
-            return result_file_error(self.result_file, None, exc)
-        return result_file_error(self.result_file, data)
 
     def _check(self, run: CmlJobRun) -> bool:
         """True when succeeded, False while running; raises when the run ended otherwise."""

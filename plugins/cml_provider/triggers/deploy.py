@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from airflow.triggers.base import TriggerEvent
+
 from cml_provider.durations import seconds
 from cml_provider.hooks.cml import CmlHook
 from cml_provider.states import CmlBuildStatus, CmlDeploymentStatus
@@ -36,10 +37,6 @@ class _CmlStatusTrigger(_CmlTrigger):
     noun: str
     #: the event key that carries the last status
     status_key: str
-    #: what the deferring task needs when it resumes, echoed in the event: Airflow's triggerer
-    #: merges a deferral's ``kwargs`` into the resumed call, but ``airflow dags test`` replaces
-    #: them with the event alone
-    resume_state: dict[str, Any] | None = None
 
     async def _status(self, hook: CmlHook) -> tuple[CmlBuildStatus | CmlDeploymentStatus, str | None]:
         """The object's status and the workspace's ``status_message`` (None when it sends none)."""
@@ -56,8 +53,6 @@ class _CmlStatusTrigger(_CmlTrigger):
     ) -> TriggerEvent:
         payload = {"status": status, "message": message, **self._ids()}
         payload[self.status_key] = last.value if last else None
-        if self.resume_state is not None:
-            payload["resume_state"] = self.resume_state
         return TriggerEvent(payload)
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
@@ -100,7 +95,6 @@ class CmlModelBuildTrigger(_CmlStatusTrigger):
     :param deadline: epoch seconds after which the trigger gives up with ``timeout``
     :param retry_limit: hook attempts per API call
     :param retry_delay: hook backoff base, seconds
-    :param resume_state: primitives echoed in the event as ``resume_state``
     """
 
     status_key = "build_status"
@@ -115,10 +109,8 @@ class CmlModelBuildTrigger(_CmlStatusTrigger):
         deadline: float,
         retry_limit: int = 3,
         retry_delay: float = 1.0,
-        resume_state: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
-        self.resume_state = resume_state
         self.cml_conn_id = cml_conn_id
         self.project_id = project_id
         self.model_id = model_id
@@ -130,7 +122,7 @@ class CmlModelBuildTrigger(_CmlStatusTrigger):
         self.noun = f"CML model build {build_id} (model {model_id})"
 
     _serialized = ("cml_conn_id", "project_id", "model_id", "build_id", "poll_interval", "deadline",
-                   "retry_limit", "retry_delay", "resume_state")
+                   "retry_limit", "retry_delay")
     _id_fields = ("project_id", "model_id", "build_id")
 
     async def _status(self, hook: CmlHook) -> tuple[CmlBuildStatus, str | None]:
@@ -166,10 +158,8 @@ class CmlModelDeploymentTrigger(_CmlStatusTrigger):
         stop_on_kill: bool = True,
         retry_limit: int = 3,
         retry_delay: float = 1.0,
-        resume_state: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
-        self.resume_state = resume_state
         self.cml_conn_id = cml_conn_id
         self.project_id = project_id
         self.model_id = model_id
@@ -183,7 +173,7 @@ class CmlModelDeploymentTrigger(_CmlStatusTrigger):
         self.noun = f"CML model deployment {deployment_id} (model {model_id}, build {build_id})"
 
     _serialized = ("cml_conn_id", "project_id", "model_id", "build_id", "deployment_id", "poll_interval",
-                   "deadline", "stop_on_kill", "retry_limit", "retry_delay", "resume_state")
+                   "deadline", "stop_on_kill", "retry_limit", "retry_delay")
     _id_fields = ("project_id", "model_id", "build_id", "deployment_id")
 
     async def _status(self, hook: CmlHook) -> tuple[CmlDeploymentStatus, str | None]:
