@@ -5,6 +5,9 @@ from __future__ import annotations
 from factory_tasks.core.names import WAREHOUSE_CONN_ID
 
 CML_CONN_ID = "cml_default"
+#: Airflow's own REST API, where model_factory sizes its experiment pool (optional: without
+#: it the pool keeps its size)
+AIRFLOW_API_CONN_ID = "airflow_api"
 
 
 def warehouse_hook():

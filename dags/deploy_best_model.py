@@ -5,23 +5,25 @@ Runs when `model_factory` records a factory run's outcomes (the `experiment_outc
 or by hand with `factory_run_id` (and optionally `experiment_id`: then there is no review
 window; the gate is still applied and reported).
 
-0. **Resolve and reconcile**: the factory run is the newest asset event's (by timestamp) or the
-   param's; one without a succeeded experiment in `experiment_outcomes` fails at once. Then
+0. **Resolve and reconcile**: the factory run is the param's, else the newest asset event's (by
+   timestamp); one without a succeeded experiment in `experiment_outcomes` fails at once. Then
    deployments of the model that `model_deployments` does not record (left by a deploy that
    failed while CML could not be asked to stop them) are stopped.
-1. **Review window** (`review_window_minutes`, default 120) counted from the asset event (when
-   the experiments were recorded), or from a manual run's trigger time. Meanwhile a reviewer
-   can **Promote** an experiment in the dashboard (`model_promotions`) or answer the
+1. **Review window**: the asset event's `review_window_minutes` (the model_factory run's
+   param) when it has one, else this DAG's param (default 120), counted from the asset event
+   (when the experiments were recorded), or from a manual run's trigger time. Meanwhile a
+   reviewer can **Promote** an experiment in the dashboard (`model_promotions`) or answer the
    **required action** `review` in this DAG run (the top candidates; the default, taken when
-   the window ends unanswered, is the best); an answer ends the window. Without a review,
-   `wait_for_review_window`, a deferrable time sensor (no worker slot held), keeps the window
-   open. `skip_review` (what `make run` sets) skips the review.
+   the window ends unanswered, is the best); an answer ends the window. Without a review (no
+   candidate to offer), `wait_for_review_window`, a deferrable time sensor (no worker slot
+   held), keeps the window open.
 2. **Choose**: the latest of a promotion made before the window closed and a review answer;
    otherwise the best succeeded experiment by the grid's ranking metric (ties: higher
    policy_uplift, smaller fold spread, shorter fit, experiment id). Failed ones never qualify.
 3. **Retrain** the chosen pipeline and hyperparameters on the full training snapshot as a CML
-   job run (its own job and resource profile), checked against its CV estimate on a stratified
-   held-out slice; the model now serving is scored on the same slice.
+   job run (its own job and resource profile; `retrain` waits for it in the triggerer, and a
+   retry waits for the same run), checked against its CV estimate on a stratified held-out
+   slice; the model now serving is scored on the same slice.
 4. **Gate**: an automatic choice must beat the model now serving by `ranking_margin` on the
    ranking metric and `policy_value_margin` on policy value; a reviewer's pick may override
    (recorded); an inconsistent refit is never deployed; the first deployment passes. When the
@@ -46,9 +48,8 @@ from airflow.sdk import Param, TriggerRule, dag, get_current_context, task
 from assets import EXPERIMENT_OUTCOMES
 from cml_provider.operators.cml import CmlJobRunOperator
 from cml_provider.operators.deploy import CmlDeployModelOperator
-from cml_provider.sensors.cml import CmlJobRunSensor
 from connections import CML_CONN_ID, warehouse_hook
-from planned_runs import CML_POLL_INTERVAL_S, sensor_kwargs, submit_kwargs
+from planned_runs import CML_POLL_INTERVAL_S, run_kwargs
 from task_errors import no_retry_on_bad_input
 
 from factory_tasks.core.limits import (
@@ -80,8 +81,7 @@ def _cml():
     params={
         "factory_run_id": Param(None, type=["null", "string"], description="Factory run to deploy from; empty = the triggering asset event's."),
         "experiment_id": Param(None, type=["null", "string"], description="Deploy this experiment (no review window)."),
-        "review_window_minutes": Param(120, type="number", minimum=0, maximum=MAX_REVIEW_WINDOW_MINUTES, description="How long reviewers have to pick."),
-        "skip_review": Param(False, type="boolean", description="No Airflow review step (the one-shot `make run` path)."),
+        "review_window_minutes": Param(120, type="number", minimum=0, maximum=MAX_REVIEW_WINDOW_MINUTES, description="How long reviewers have to pick, unless the asset event sets it."),
         "ranking_margin": Param(0.002, type="number", minimum=0, maximum=MAX_MARGIN, description="How much better an automatic choice's ranking metric must be than the champion's."),
         "policy_value_margin": Param(0.0, type="number", minimum=0, maximum=MAX_MARGIN, description="How much more policy value per customer it must bring."),
         "replicas": Param(2, type="integer", minimum=1, maximum=MAX_REPLICAS, description="Model replicas (each serves one request at a time)."),
@@ -92,7 +92,7 @@ def _cml():
 def deploy_best_model():
     @task
     def resolve_run() -> dict:
-        """Which factory run (the newest asset event's, or the param's), and when its review
+        """Which factory run (the param's, or the newest asset event's), and when its review
         window closes; a run with nothing to deploy fails here, before any window."""
         from airflow.sdk.exceptions import AirflowFailException
 
@@ -102,10 +102,13 @@ def deploy_best_model():
         params = context["params"]
         events = [e for events in context["triggering_asset_events"].values() for e in events]
         newest = newest_factory_run(events)
+        minutes = params["review_window_minutes"]
         if params["factory_run_id"]:
             factory_run_id, finished_at = params["factory_run_id"], context["dag_run"].run_after
         elif newest:
-            factory_run_id, finished_at = newest
+            factory_run_id, finished_at = newest.factory_run_id, newest.recorded_at
+            if newest.review_window_minutes is not None:
+                minutes = newest.review_window_minutes
         else:
             raise AirflowFailException("no factory run to deploy from: trigger with param factory_run_id, "
                                        "or let model_factory's experiment_outcomes event trigger this DAG")
@@ -113,9 +116,8 @@ def deploy_best_model():
             check_factory_run(warehouse_hook(), factory_run_id)
         manual = params["experiment_id"]
         with no_retry_on_bad_input():
-            window = review_window(finished_at.isoformat(), 0 if manual else params["review_window_minutes"])
-        return {"factory_run_id": factory_run_id, "manual_experiment_id": manual,
-                "skip_review": bool(params["skip_review"] or manual), **window}
+            window = review_window(finished_at.isoformat(), 0 if manual else minutes)
+        return {"factory_run_id": factory_run_id, "manual_experiment_id": manual, **window}
 
     @task
     def reconcile_serving() -> list[str]:
@@ -127,10 +129,10 @@ def deploy_best_model():
 
     @task
     def review_request(run: dict) -> list[dict]:
-        """The review's options (empty when it is skipped)."""
+        """The review's options (none for a manual pick of the experiment)."""
         from factory_tasks.stages.deploy import review_request
 
-        if run["skip_review"]:
+        if run["manual_experiment_id"]:
             return []
         started = get_current_context()["ti"].start_date.isoformat()
         with no_retry_on_bad_input():
@@ -182,12 +184,9 @@ def deploy_best_model():
 
     prepared = prepare_retrain(choice)
     retrain = CmlJobRunOperator.partial(
-        task_id="retrain", cml_conn_id=CML_CONN_ID, timeout_s=RETRAIN_TIMEOUT_S,
-    ).expand_kwargs(prepared.map(submit_kwargs))
-    wait_for_retrain = CmlJobRunSensor.partial(
-        task_id="wait_for_retrain", cml_conn_id=CML_CONN_ID, deferrable=True, poll_interval=CML_POLL_INTERVAL_S,
-        timeout=RETRAIN_TIMEOUT_S + 600, retries=0,
-    ).expand_kwargs(retrain.output.zip(prepared).map(sensor_kwargs))
+        task_id="retrain", cml_conn_id=CML_CONN_ID, timeout_s=RETRAIN_TIMEOUT_S, wait_for_completion=True,
+        poll_interval=CML_POLL_INTERVAL_S, wait_timeout=RETRAIN_TIMEOUT_S + 600,
+    ).expand_kwargs(prepared.map(run_kwargs))
 
     @task
     def gate(choice: dict, prepared: list[dict]) -> dict:
@@ -201,7 +200,7 @@ def deploy_best_model():
                                  policy_value_margin=params["policy_value_margin"])
 
     decision = gate(choice, prepared)
-    wait_for_retrain >> decision
+    retrain >> decision
 
     @task.short_circuit
     def deploy_or_keep_champion(decision: dict) -> bool:
@@ -223,7 +222,9 @@ def deploy_best_model():
     published = publish_model(prepared)
     deploy_or_keep_champion(decision) >> published
     deploy = CmlDeployModelOperator.partial(
-        task_id="deploy", cml_conn_id=CML_CONN_ID, poll_interval=CML_POLL_INTERVAL_S, retries=0,
+        # one retry: Airflow can fail a deferred task whose trigger fires within seconds
+        # (apache/airflow#72716); the retry finds this try's build and deployment by its marker
+        task_id="deploy", cml_conn_id=CML_CONN_ID, poll_interval=CML_POLL_INTERVAL_S, retries=1,
     ).expand_kwargs(published)
 
     @task

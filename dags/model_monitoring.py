@@ -29,8 +29,9 @@ data interval `[start, end)`.
    error and reported in the task's return value; the warehouse rows are already written.
 5. **retrain_or_not** → **trigger_retrain** — when alerts were raised and
    `monitoring.retrain_on_alert`, a `TriggerDagRunOperator` starts `model_factory` with conf
-   `{"include_interactions": true, "reason": "<alert ids>"}` and run id
-   `monitoring__<as_of_window>` (a rerun finds it and does not trigger again).
+   `{"grid_path": <this run's grid_path>, "include_interactions": true, "reason": "<alert ids>", "review_window_minutes":
+   <monitoring.retrain_review_window_minutes>}` and run id `monitoring__<as_of_window>` (a
+   rerun finds it and does not trigger again); otherwise `trigger_retrain` is skipped.
 6. **record_alerts** — writes the alerts to the append-only `model_alerts` after the trigger,
    each with the triggered run's id in `retrain_run_id` (empty when no retrain was asked for);
    ids already present are skipped (ids are `<as_of_window>/<model_version>/<kind>/<dimension>`).
@@ -138,20 +139,25 @@ def model_monitoring():
         return post_aggregate_metrics(warehouse_hook(), window, deployment["deployment_crn"],
                                       CmlModelMetricsHook(cml_conn_id=CML_CONN_ID))
 
-    @task.branch
-    def retrain_or_not(summary: dict) -> str:
-        """Trigger a retrain when alerts were raised and retraining on alerts is on."""
-        from factory_tasks.stages.monitoring import wants_retrain
+    @task.short_circuit(ignore_downstream_trigger_rules=False)
+    def retrain_or_not(summary: dict) -> dict | None:
+        """The retrain's conf when alerts were raised and retraining on alerts is on; else
+        None, which skips the trigger."""
+        from factory_tasks.stages.monitoring import retrain_conf
 
         config, _ = _window()
-        return "trigger_retrain" if wants_retrain(summary, config) else "record_alerts"
+        return retrain_conf(summary, config, get_current_context()["params"]["grid_path"])
 
+    deployment = serving_model()
+    summary = monitor(deployment)
+    responses_ingested(deployment) >> summary
+    post_aggregate_metrics(deployment, summary)
+    conf = retrain_or_not(summary)
     trigger_retrain = TriggerDagRunOperator(
         task_id="trigger_retrain",
         trigger_dag_id=RETRAIN_DAG_ID,
         trigger_run_id="monitoring__{{ data_interval_start | ts_nodash }}",
-        conf={"include_interactions": True,
-              "reason": "{{ ti.xcom_pull(task_ids='monitor')['alert_ids'] | join(', ') }}"},
+        conf=conf,  # the task's dict, numbers kept numbers (a template would render strings)
         skip_when_already_exists=True,
         openlineage_inject_parent_info=False,
         retries=0,
@@ -167,13 +173,7 @@ def model_monitoring():
         run_id = ti.xcom_pull(task_ids="trigger_retrain", key="trigger_run_id", default=None)
         return record_run_alerts(warehouse_hook(), window, config, run_id)
 
-    deployment = serving_model()
-    summary = monitor(deployment)
-    responses_ingested(deployment) >> summary
-    post_aggregate_metrics(deployment, summary)
-    branch = retrain_or_not(summary)
-    branch >> [trigger_retrain, record_alerts_task := record_alerts()]
-    trigger_retrain >> record_alerts_task
+    [summary, trigger_retrain] >> record_alerts()
 
 
 model_monitoring()

@@ -1,8 +1,7 @@
-"""Mapping a planned CML job run (``{"request": <submit kwargs>, "result_file": ...}``, as
-``factory_tasks`` plans them) onto the submit operator and the sensor; shared by the DAGs.
+"""What the DAGs' CML job runs share: the poll interval, and the operator's arguments of a
+planned run that carries more than them.
 
-Also the CML poll interval they all use: the local stack sets 1 s; every check is one API
-call per waiting task.
+The local stack sets the poll interval to 1 s; every check is one API call per waiting run.
 """
 
 from __future__ import annotations
@@ -12,12 +11,6 @@ import os
 CML_POLL_INTERVAL_S = float(os.environ.get("MODEL_FACTORY_CML_POLL_INTERVAL_S", "15"))
 
 
-def submit_kwargs(planned: dict) -> dict:
-    """The submit operator's arguments of one planned run."""
+def run_kwargs(planned: dict) -> dict:
+    """The CmlJobRunOperator arguments of a planned run (``{"request": <kwargs>, ...}``)."""
     return planned["request"]
-
-
-def sensor_kwargs(submitted_and_planned) -> dict:
-    """The sensor's arguments: the submitted run and the project file that explains a failure."""
-    run, planned = submitted_and_planned
-    return {"run": run, "result_file": planned["result_file"]}

@@ -13,7 +13,6 @@ import sys
 from typing import Any
 
 from factory_tasks.core.contracts import (
-    CollectedOutcomes,
     Contract,
     ExperimentResult,
     ExperimentSpec,
@@ -32,7 +31,6 @@ CONTRACTS: tuple[tuple[type[Contract], str], ...] = (
     (ExperimentSpec, f"the job run's environment variable `{ExperimentSpec.ENV}`"),
     (ExperimentResult, f"project file `{ExperimentResult.path_for('<experiment_id>')}`"),
     (RunPlan, f"project file `{RunPlan.path_for('<factory run>').rsplit('/', 2)[0]}/<factory run>/plan.json`"),
-    (CollectedOutcomes, f"project file `{CollectedOutcomes.path_for('<r>').rsplit('/', 2)[0]}/<factory run>/outcomes.json`"),
     (Promotion, f"warehouse table `{Promotion.TABLE}` (append-only)"),
     (MonitoringAlert, f"warehouse table `{MonitoringAlert.TABLE}` (append-only)"),
 )

@@ -7,8 +7,7 @@ defined once and imported by both sides:
 | --- | --- | --- | --- |
 | :class:`ExperimentSpec` | ``plan_experiments`` | the experiment job | the job run's ``MF_EXPERIMENT_SPEC`` |
 | :class:`ExperimentResult` | the experiment job | planning (reuse), collection | project file ``experiments/<id>/result.json`` |
-| :class:`RunPlan` | ``plan_experiments`` | ``collect_outcomes`` | project file ``factory_runs/<run>/plan.json`` |
-| :class:`CollectedOutcomes` | ``collect_outcomes`` | ``record_outcomes`` | project file ``factory_runs/<run>/outcomes.json`` |
+| :class:`RunPlan` | ``plan_experiments`` | ``record_outcomes``, the deploy DAG | project file ``factory_runs/<run>/plan.json`` |
 | :class:`Promotion` | the dashboard | the deploy DAG | warehouse table ``model_promotions`` |
 | :class:`MonitoringAlert` | ``model_monitoring`` | the monitoring dashboard, the retrain trigger | warehouse table ``model_alerts`` |
 
@@ -31,7 +30,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from factory_tasks.core.config_types import Economics, EstimatorName, MetricName, ParamValue, Resources
 from factory_tasks.core.estimators import get_estimator
 from factory_tasks.core.names import job_name
-from factory_tasks.core.outcome_columns import OUTCOME_COLUMN_NAMES
 from factory_tasks.core.schema import DEFAULT_INTERACTIONS_TABLE
 
 #: project folders (relative to the CML project root)
@@ -238,6 +236,8 @@ class ExperimentResult(Contract):
     library_versions: dict[str, str] = Field(default_factory=dict)
     started_at: str | None = None
     finished_at: str | None = None
+    #: where the job's time went (``factory_tasks.jobs.experiment.TIMING_KEYS``); none in older results
+    timings: dict[str, float] = Field(default_factory=dict)
 
     @classmethod
     def path_for(cls, experiment_id: str) -> str:
@@ -344,30 +344,6 @@ class RunPlan(Contract):
     @classmethod
     def path_for(cls, factory_run_id: str) -> str:
         return f"{FACTORY_RUNS_DIR}/{safe_run_name(factory_run_id)}/plan.json"
-
-
-class CollectedOutcomes(Contract):
-    """One outcome row per experiment of a factory run, ready for ``experiment_outcomes``."""
-
-    schema_version: Literal[1] = 1
-    factory_run_id: str
-    rows: list[dict[str, str | int | float | None]]
-
-    @classmethod
-    def path_for(cls, factory_run_id: str) -> str:
-        return f"{FACTORY_RUNS_DIR}/{safe_run_name(factory_run_id)}/outcomes.json"
-
-    @model_validator(mode="after")
-    def _rows_of_this_run(self) -> "CollectedOutcomes":
-        expected = set(OUTCOME_COLUMN_NAMES)
-        for i, row in enumerate(self.rows):
-            if set(row) != expected:
-                wrong = sorted(expected - set(row)) + sorted(set(row) - expected)
-                raise ValueError(f"rows[{i}] does not have the experiment_outcomes columns "
-                                 f"(missing or unknown: {', '.join(wrong[:6])})")
-            if row["factory_run_id"] != self.factory_run_id:
-                raise ValueError(f"rows[{i}] belongs to factory run {row['factory_run_id']!r}")
-        return self
 
 
 # --------------------------------------------------------------------------------------------

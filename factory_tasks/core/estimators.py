@@ -1,16 +1,21 @@
-"""Allow-list of classifiers a grid may name. Nothing outside this registry can be built."""
+"""Allow-list of classifiers a grid may name. Nothing outside this registry can be built.
+
+The registry names its classes by import path, imported on first use: reading the allow-list
+(names, resources, costs) costs no scikit-learn import, which takes most of a second.
+"""
 
 from __future__ import annotations
 
+import importlib
 import inspect
 from dataclasses import dataclass
+from functools import cache
 
-from sklearn.ensemble import (
-    GradientBoostingClassifier,
-    HistGradientBoostingClassifier,
-    RandomForestClassifier,
-)
-from sklearn.linear_model import LogisticRegression
+
+@cache
+def _import_class(path: str) -> type:
+    module, _, name = path.rpartition(".")
+    return getattr(importlib.import_module(module), name)
 
 
 @dataclass(frozen=True)
@@ -27,13 +32,18 @@ class EstimatorEntry:
     experiment relative to logistic regression, used to submit the heaviest experiments first.
     """
 
-    cls: type
+    #: the class, or its ``module.Name`` path
+    estimator: type | str
     thread_param: str | None = None
     needs_scaling: bool = False
     needs_interactions: bool = False
     cpu: float = 1.0
     memory_gb: float = 2.0
     relative_cost: float = 1.0
+
+    @property
+    def cls(self) -> type:
+        return _import_class(self.estimator) if isinstance(self.estimator, str) else self.estimator
 
     def parameter_names(self) -> set[str]:
         return set(inspect.signature(self.cls.__init__).parameters) - {"self"}
@@ -44,16 +54,17 @@ class EstimatorEntry:
 # forest keeps every tree in memory.
 ESTIMATORS: dict[str, EstimatorEntry] = {
     "LogisticRegression": EstimatorEntry(
-        LogisticRegression, needs_scaling=True, needs_interactions=True, cpu=1.0, memory_gb=1.0, relative_cost=1.0
+        "sklearn.linear_model.LogisticRegression", needs_scaling=True, needs_interactions=True, cpu=1.0,
+        memory_gb=1.0, relative_cost=1.0,
     ),
     "HistGradientBoostingClassifier": EstimatorEntry(
-        HistGradientBoostingClassifier, cpu=2.0, memory_gb=2.0, relative_cost=3.0
+        "sklearn.ensemble.HistGradientBoostingClassifier", cpu=2.0, memory_gb=2.0, relative_cost=3.0
     ),
     "GradientBoostingClassifier": EstimatorEntry(
-        GradientBoostingClassifier, cpu=1.0, memory_gb=2.0, relative_cost=8.0
+        "sklearn.ensemble.GradientBoostingClassifier", cpu=1.0, memory_gb=2.0, relative_cost=8.0
     ),
     "RandomForestClassifier": EstimatorEntry(
-        RandomForestClassifier, thread_param="n_jobs", cpu=2.0, memory_gb=4.0, relative_cost=5.0
+        "sklearn.ensemble.RandomForestClassifier", thread_param="n_jobs", cpu=2.0, memory_gb=4.0, relative_cost=5.0
     ),
 }
 

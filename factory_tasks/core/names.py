@@ -11,6 +11,9 @@ EXPERIMENT_JOB_PREFIX = "model-factory-experiment-"
 EXPERIMENT_ID_ENV = "MF_EXPERIMENT_ID"
 FACTORY_RUN_ENV = "MF_FACTORY_RUN_ID"
 CODE_VERSION_ENV = "MF_CODE_VERSION"
+#: the Airflow pool the experiment runs of model_factory wait in (deferred ones counted too):
+#: sized from the grid's max_parallel by each factory run, created by the stack
+EXPERIMENT_POOL = "model_factory_experiments"
 
 
 def job_name(resources: dict[str, float]) -> str:

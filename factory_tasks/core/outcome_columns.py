@@ -1,7 +1,6 @@
 """The columns of ``experiment_outcomes`` (and of ``experiments_summary.csv``, in the same order):
-one row per experiment per factory run. The warehouse creates the table from them, the collect
-stage fills them and :class:`~factory_tasks.core.contracts.CollectedOutcomes` checks a stored
-document holds exactly these."""
+one row per experiment per factory run. The warehouse creates the table from them and the
+record stage fills them."""
 
 from __future__ import annotations
 

@@ -11,9 +11,10 @@ Runs with the CML project root as the working directory. Reads:
 
 Writes under ``experiments/<experiment_id>/``: ``model.skops`` + ``model.metadata.json`` and,
 last and atomically, the :class:`~factory_tasks.core.contracts.ExperimentResult` (``result.json``)
-with status ``succeeded``. On any error it writes a ``failed`` result (``error``: one line,
-exception type and message; ``traceback``) and exits 1. Without any usable experiment id it
-can only log the error and exit 1.
+with status ``succeeded`` and the job's ``timings`` (:data:`TIMING_KEYS`: where its time went
+besides fitting and scoring, which the CML run's record cannot tell). On any error it writes a
+``failed`` result (``error``: one line, exception type and message; ``traceback``) and exits 1.
+Without any usable experiment id it can only log the error and exit 1.
 """
 
 from __future__ import annotations
@@ -22,9 +23,11 @@ import logging
 import os
 import re
 import sys
+import time
 import traceback
+from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 from factory_tasks.core.atomic import write_atomic
 from factory_tasks.core.clock import utc_now
@@ -37,6 +40,10 @@ log = logging.getLogger("factory_tasks.jobs.experiment")
 THREADS_ENV = "MF_THREADS"
 _SAFE_ID = re.compile(r"^[0-9a-f]{16}$")
 _MAX_ERROR_CHARS = 2000
+#: ``timings`` of a succeeded result: ``entered_at_unix`` is the wall clock (seconds since the
+#: epoch) when the job's code took over from the interpreter's start; the rest are seconds
+#: spent in each phase, ``job_s`` all of them and what lies between, up to the result's write
+TIMING_KEYS = ("entered_at_unix", "code_version_s", "imports_s", "snapshot_s", "cv_s", "save_s", "job_s")
 
 
 class JobConfigError(ValueError):
@@ -151,6 +158,15 @@ def failed_result(
     )
 
 
+@contextmanager
+def _timed(timings: dict[str, float], key: str) -> Iterator[None]:
+    started = time.perf_counter()
+    try:
+        yield
+    finally:
+        timings[key] = time.perf_counter() - started
+
+
 def configure_logging() -> None:
     root = logging.getLogger()
     if not root.handlers:
@@ -164,28 +180,35 @@ def configure_logging() -> None:
 def run_job(project_root: Path, environ: Mapping[str, str]) -> int:
     """Run one experiment job; returns the process exit code (0 succeeded, 1 failed)."""
     started_at = utc_now()
+    timings: dict[str, float] = {"entered_at_unix": time.time()}
+    entered = time.perf_counter()
     spec: ExperimentSpec | None = None
     experiment_id: str | None = None
     code_version: str | None = None
     threads: int | None = None
     try:
-        code_version = running_code_version(environ)
+        with _timed(timings, "code_version_s"):
+            code_version = running_code_version(environ)
         spec = ExperimentSpec.from_env(environ)
         experiment_id = spec.experiment_id
         log.info("experiment %s: code %s, project %s", experiment_id, code_version, project_root)
         threads = thread_count(environ)
 
-        from factory_tasks.core.versions import library_versions
-        from factory_tasks.training.artifacts import save_model
-        from factory_tasks.training.experiment import FITTED_ON_KEY, MODEL_KEY, json_result, run_experiment
+        with _timed(timings, "imports_s"):  # already imported in a run forked from a warm engine
+            from factory_tasks.core.versions import library_versions
+            from factory_tasks.training.artifacts import save_model
+            from factory_tasks.training.experiment import FITTED_ON_KEY, MODEL_KEY, json_result, run_experiment
 
-        path = snapshot_path(project_root, spec)
-        data = read_snapshot(path, spec.data_snapshot.hash)
-        log.info("read %d rows from %s", len(data), spec.data_snapshot.path)
+        with _timed(timings, "snapshot_s"):
+            path = snapshot_path(project_root, spec)
+            data = read_snapshot(path, spec.data_snapshot.hash)
+        log.info("read %d rows from %s in %.2fs", len(data), spec.data_snapshot.path, timings["snapshot_s"])
 
-        outcome = run_experiment(spec, data, n_threads=threads)
+        with _timed(timings, "cv_s"):
+            outcome = run_experiment(spec, data, n_threads=threads)
         out_dir_rel = PurePosixPath(spec.result_path).parent
         scores = json_result(outcome)
+        save_started = time.perf_counter()
         model_path, metadata_path = save_model(
             outcome[MODEL_KEY],
             project_root / out_dir_rel,
@@ -207,12 +230,15 @@ def run_job(project_root: Path, environ: Mapping[str, str]) -> int:
                 "code_version": code_version,
             },
         )
+        timings["save_s"] = time.perf_counter() - save_started
+        timings["job_s"] = time.perf_counter() - entered
         result = ExperimentResult(
             **scores,
             artifact_path=f"{out_dir_rel}/{model_path.name}",
             metadata_path=f"{out_dir_rel}/{metadata_path.name}",
             code_version=code_version,
             library_versions=library_versions(),
+            timings=timings,
         )
         write_atomic(project_root / spec.result_path, result.to_json())
         log.info("experiment %s succeeded; wrote %s", experiment_id, spec.result_path)

@@ -17,6 +17,7 @@ import yaml
 from pydantic import AfterValidator, Field, ValidationError, model_validator
 
 from factory_tasks.core.config_types import StrictModel
+from factory_tasks.core.limits import MAX_REVIEW_WINDOW_MINUTES
 from factory_tasks.core.schema import CHANNELS, CUSTOMER_COLUMNS, OFFERS, ZIP_CODES
 from factory_tasks.core.settings import REPO_ROOT
 from factory_tasks.training.grid import _describe, _format, _in_file_order, not_this_kind_of_file
@@ -100,6 +101,9 @@ class MonitoringConfig(StrictModel):
     calibration_error_ceiling: Share = 0.05
     policy_confidence: Annotated[float, Field(gt=0.5, lt=1)] = 0.95
     retrain_on_alert: bool = True
+    #: the review window of the deploy that follows an alert's retrain (None: the deploy DAG's default)
+    retrain_review_window_minutes: Annotated[
+        float | None, Field(ge=0, le=MAX_REVIEW_WINDOW_MINUTES, allow_inf_nan=False)] = None
 
     @model_validator(mode="after")
     def _warn_below_alert(self) -> "MonitoringConfig":

@@ -10,7 +10,7 @@ import json
 import logging
 from collections.abc import Iterable
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 from factory_tasks.core.contracts import (
     ChampionRef,
@@ -60,19 +60,27 @@ SMOKE_CUSTOMER: dict[str, Any] = {"customer_id": "smoke-test", "recency": 6, "hi
 MODEL_FILES = ("model.skops", "model.metadata.json", "model.onnx")
 
 
-def newest_factory_run(events: Iterable[Any]) -> tuple[str, datetime] | None:
-    """The factory run of the newest ``experiment_outcomes`` asset event, and when it was
-    recorded; None when no event names one.
+class FactoryRunEvent(NamedTuple):
+    """What an ``experiment_outcomes`` asset event says: which factory run, when its outcomes
+    were recorded, and the review window that run asked for (None: the deploy DAG's default)."""
+
+    factory_run_id: str
+    recorded_at: datetime
+    review_window_minutes: float | None
+
+
+def newest_factory_run(events: Iterable[Any]) -> FactoryRunEvent | None:
+    """The newest ``experiment_outcomes`` asset event that names a factory run; None when none does.
 
     Airflow hands a run the events queued since the previous run in no guaranteed order, so
     the newest by timestamp wins; equal timestamps are ordered by the source run id, then the
     factory run id, so the same events always give the same run."""
-    named = [(event.timestamp, str(event.source_run_id or ""), str(event.extra["factory_run_id"]))
+    named = [(event.timestamp, str(event.source_run_id or ""), str(event.extra["factory_run_id"]), event.extra)
              for event in events if (event.extra or {}).get("factory_run_id")]
     if not named:
         return None
-    timestamp, _, factory_run_id = max(named)
-    return factory_run_id, timestamp
+    timestamp, _, factory_run_id, extra = max(named, key=lambda n: n[:3])
+    return FactoryRunEvent(factory_run_id, timestamp, extra.get("review_window_minutes"))
 
 
 def check_factory_run(warehouse: Any, factory_run_id: str) -> int:
@@ -161,7 +169,8 @@ def model_version_for(experiment_id: str, snapshot_hash: str, code_version: str)
 
 
 def retrain_request(warehouse: Any, cml: CmlClient, choice: dict[str, Any], *, holdout_fraction: float = 0.2) -> list[dict]:
-    """The retrain job run to submit, as ``[{"request": <submit kwargs>, "result_file", "model_version"}]``."""
+    """The retrain job run, as ``[{"request": <CmlJobRunOperator kwargs, result_file included>,
+    "model_version"}]`` (a list: the run is known only at run time, ``expand_kwargs``)."""
     chosen = Choice.from_data(choice, "the choose_experiment task's output")
     plan = load_plan(cml, chosen.factory_run_id)
     spec = next(s for s in plan.specs if s.experiment_id == chosen.experiment_id)
@@ -187,8 +196,8 @@ def retrain_request(warehouse: Any, cml: CmlClient, choice: dict[str, Any], *, h
             "cpu": RETRAIN_CPU,
             "memory_gb": RETRAIN_MEMORY_GB,
             "environment": {RetrainRequest.ENV: request.model_dump_json(), FACTORY_RUN_ENV: chosen.factory_run_id},
+            "result_file": request.result_path,
         },
-        "result_file": request.result_path,
         "model_version": request.model_version,
     }]
 

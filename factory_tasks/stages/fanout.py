@@ -29,10 +29,9 @@ ResultReader = Callable[[str], "ExperimentResult | None"]
 
 def split_long_first(specs: Iterable[ExperimentSpec]) -> tuple[list[ExperimentSpec], list[ExperimentSpec]]:
     """(long, short): experiments whose estimator's cost hint is at least half the heaviest's,
-    and the rest. The DAG submits the long ones first, so the short ones fill the cores while
-    the long ones finish instead of one long experiment running alone at the end (Airflow runs
-    mapped task instances in no particular order, so within one mapped task the plan's order is
-    lost).
+    and the rest. The plan lists the long ones first, so that the short ones fill the cores
+    while the long ones finish instead of one long experiment running alone at the end (the
+    scheduler hands out the pool's slots to mapped task instances in map index order).
     """
     from factory_tasks.core.estimators import get_estimator
 
@@ -67,16 +66,14 @@ def split_reusable(
 
 
 def run_request(
-    spec: ExperimentSpec, *, factory_run_id: str, code_version: str, max_active: int, project_id: str,
-    job_ids: dict[str, str],
+    spec: ExperimentSpec, *, factory_run_id: str, code_version: str, project_id: str, job_ids: dict[str, str],
 ) -> dict[str, Any]:
-    """Keyword arguments for one mapped submit task (all JSON-serialisable). ``job_ids`` maps
-    the job name of every profile of the plan to its CML job id: the cap on runs in flight
-    counts the runs of all of them."""
+    """Keyword arguments of one mapped ``run_experiment`` instance (all JSON-serialisable).
+    ``job_ids`` maps the job name of every profile of the plan to its CML job id, created by
+    the plan: a submission looks nothing up. ``result_file`` explains a failed run."""
     return {
         "project_id": project_id,
         "job_id": job_ids[spec.job_name],
-        "capacity_job_ids": sorted(job_ids.values()),
         "job_name": spec.job_name,
         "script": EXPERIMENT_SCRIPT,
         "cpu": spec.resources.cpu,
@@ -87,5 +84,5 @@ def run_request(
             FACTORY_RUN_ENV: factory_run_id,
             CODE_VERSION_ENV: code_version,
         },
-        "max_active_runs_per_dag_run": max_active,
+        "result_file": spec.result_path,
     }

@@ -13,7 +13,6 @@ from functools import lru_cache
 from typing import Any
 
 from factory_tasks.core.contracts import (
-    CollectedOutcomes,
     ContractError,
     ExperimentResult,
     GridRef,
@@ -25,8 +24,8 @@ from factory_tasks.core.names import EXPERIMENT_ID_ENV, EXPERIMENT_SCRIPT, FACTO
 from factory_tasks.core.versions import current_provenance
 from factory_tasks.stages.cml_client import CmlClient
 from factory_tasks.stages.collect import JobRunRef, outcome_rows
-from factory_tasks.stages.fanout import ResultReader, run_request, split_long_first, split_reusable
 from factory_tasks.stages.errors import in_range
+from factory_tasks.stages.fanout import ResultReader, run_request, split_long_first, split_reusable
 from factory_tasks.stages.paths import config_path
 from factory_tasks.training.grid import expand_grid, grid_hash, load_grid
 from factory_tasks.training.leaderboard import format_leaderboard
@@ -109,18 +108,18 @@ def plan_experiments(
     factory_run_id: str,
     job_timeout_s: int,
     reuse_results: bool = True,
-) -> dict[str, list[dict[str, Any]]]:
+) -> list[dict[str, Any]]:
     """Expand the grid, store the :class:`RunPlan` in the project, create the CML jobs the runs
     need (one per resource profile, killed after ``job_timeout_s``), and return the runs to
-    submit, long ones first (:func:`split_long_first`): ``{"long": [...], "short": [...]}``, each
-    entry ``{"request": <submit operator kwargs>, "result_file": <project path>}``.
+    start: one ``run_experiment`` kwargs dict each (:func:`run_request`), long ones first
+    (:func:`split_long_first`).
 
-    The requests carry the project and job ids, so that a submission looks nothing up (API
+    The kwargs carry the project and job ids, so that a submission looks nothing up (API
     calls per experiment are what a large grid pays for), and concurrent submissions cannot
     each create the same missing job."""
-    grid_ref = GridRef.from_data(grid, "the validate_grid task's output")
-    snap = SnapshotRef.from_data(snapshot, "the snapshot_training_data task's output")
-    # validate_grid already ran the fit check on this file; the hash proves it is unchanged.
+    grid_ref = GridRef.from_data(grid, "the validated grid")
+    snap = SnapshotRef.from_data(snapshot, "the training snapshot")
+    # validate_grid_file already ran the fit check on this file; the hash proves it is unchanged.
     config = load_grid(grid_ref.grid_path, check_fit=False)
     if grid_hash(config) != grid_ref.grid_hash:
         raise RuntimeError(
@@ -144,23 +143,16 @@ def plan_experiments(
         for name, r in sorted(profiles.items())
     }
 
-    # waves are the grid's, whatever is reused: the same experiment is always in the same wave
-    long_ids = {s.experiment_id for s in split_long_first(specs)[0]}
-    waves: dict[str, list[dict[str, Any]]] = {"long": [], "short": []}
-    for spec in specs:
-        if spec.experiment_id in to_run:
-            waves["long" if spec.experiment_id in long_ids else "short"].append({
-                "request": run_request(spec, factory_run_id=factory_run_id, code_version=provenance.code_version,
-                                       max_active=grid_ref.max_parallel, project_id=project_id, job_ids=job_ids),
-                "result_file": spec.result_path,
-            })
+    long, short = split_long_first(s for s in specs if s.experiment_id in to_run)
+    runs = [run_request(spec, factory_run_id=factory_run_id, code_version=provenance.code_version,
+                        project_id=project_id, job_ids=job_ids) for spec in long + short]
     reasons: dict[str, int] = {}
     for why in to_run.values():
         reasons[why] = reasons.get(why, 0) + 1
     log.info("%d experiments: %d to run (%d long ones first), %d reused from identical earlier experiments "
-             "(code %s); why they run: %s", len(specs), len(to_run), len(waves["long"]), len(reused),
+             "(code %s); why they run: %s", len(specs), len(to_run), len(long), len(reused),
              provenance.code_version, "; ".join(f"{n} {why}" for why, n in reasons.items()) or "-")
-    return waves
+    return runs
 
 
 def _runs_of_factory_run(cml: CmlClient, job_names: set[str], factory_run_id: str) -> dict[str, JobRunRef]:
@@ -190,35 +182,20 @@ def load_plan(cml: CmlClient, factory_run_id: str) -> RunPlan:
     return RunPlan.parse(data, f"run plan {path}")
 
 
-def collect_outcomes(grid: dict[str, Any], cml: CmlClient, *, factory_run_id: str, recorded_at: str) -> str:
+def record_outcomes(warehouse: Any, cml: CmlClient, *, factory_run_id: str, recorded_at: str) -> dict[str, Any]:
     """Turn every spec of the plan into an outcome row (failed and never-finished ones too),
-    store them in the project as :class:`CollectedOutcomes`, and return that project path."""
+    replace this factory run's rows in experiment_outcomes with them, and log the leaderboard."""
     plan = load_plan(cml, factory_run_id)
     runs = _runs_of_factory_run(cml, {s.job_name for s in plan.specs}, factory_run_id)
-    rows = outcome_rows(
-        plan,
-        runs,
-        result_reader(cml),
-        recorded_at=recorded_at,
-    )
+    rows = outcome_rows(plan, runs, result_reader(cml), recorded_at=recorded_at)
     failed = [r for r in rows if r["status"] != "succeeded"]
     for row in failed:
         log.warning("experiment %s (%s) failed: %s", row["experiment_id"], row["family"], row["error"])
-    log.info("collected %d outcomes: %d succeeded, %d failed", len(rows), len(rows) - len(failed), len(failed))
-    path = CollectedOutcomes.path_for(factory_run_id)
-    return _put(cml, path, CollectedOutcomes(factory_run_id=factory_run_id, rows=rows).to_json())
-
-
-def record_outcomes(warehouse: Any, cml: CmlClient, outcomes_path: str, *, factory_run_id: str) -> dict[str, Any]:
-    """Replace this factory run's rows in experiment_outcomes and log the leaderboard."""
-    collected = CollectedOutcomes.parse(cml.download_file(outcomes_path), f"collected outcomes {outcomes_path}")
-    if collected.factory_run_id != factory_run_id:
-        raise ContractError(f"collected outcomes {outcomes_path}", [
-            f"factory_run_id: is {collected.factory_run_id!r}, this run is {factory_run_id!r}"])
     store = OutcomeStore(warehouse)
-    store.replace_run(factory_run_id, collected.rows)
+    store.replace_run(factory_run_id, rows)
     frame = store.read(factory_run_id)
-    log.info("recorded %d outcome rows for %s\n%s", len(frame), factory_run_id, format_leaderboard(frame))
+    log.info("recorded %d outcome rows for %s (%d failed)\n%s", len(frame), factory_run_id, len(failed),
+             format_leaderboard(frame))
     return {
         "factory_run_id": factory_run_id,
         "recorded": len(frame),

@@ -101,9 +101,14 @@ def post_aggregate_metrics(warehouse: Any, window: MonitoringWindow, deployment_
     return {"posted": posted, "error": None}
 
 
-def wants_retrain(summary: dict[str, Any], config: LoopConfig) -> bool:
-    """Whether the run's alerts ask for a retrain (and retraining on alerts is on)."""
-    return bool(summary["alert_ids"]) and config.monitoring.retrain_on_alert
+def retrain_conf(summary: dict[str, Any], config: LoopConfig, grid_path: str) -> dict[str, Any] | None:
+    """The conf of the model_factory run that retrains on fresh data, when the run's alerts ask
+    for one and retraining on alerts is on; None otherwise. The retrain runs the grid whose
+    economics priced this window (``grid_path``)."""
+    if not (summary["alert_ids"] and config.monitoring.retrain_on_alert):
+        return None
+    return {"grid_path": grid_path, "include_interactions": True, "reason": ", ".join(summary["alert_ids"]),
+            "review_window_minutes": config.monitoring.retrain_review_window_minutes}
 
 
 def record_run_alerts(warehouse: Any, window: MonitoringWindow, config: LoopConfig,

@@ -14,6 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.dags.dags_test_cli import dag_run, dags_test
 from tests.sqlite_warehouse import SqliteWarehouse
 
 REPO = Path(__file__).resolve().parents[2]
@@ -91,7 +92,7 @@ def _rows(db: Path, table: str) -> list[tuple]:
 @pytest.mark.e2e
 def test_dags_test_runs_windows_against_a_deployed_model_and_a_rerun_changes_nothing(tmp_path):
     from cml_workspace.server_process import running_workspace
-    from stack.airflow_cli import dags_test, find_dag_run, migrate_once
+    from stack.airflow_cli import migrate_once
     from stack.env import airflow_env, stack_paths
 
     from factory_tasks.warehouse.loop_tables import CUSTOMER_INTERACTIONS, CUSTOMER_RESPONSES, PREDICTION_LOG
@@ -119,7 +120,7 @@ def test_dags_test_runs_windows_against_a_deployed_model_and_a_rerun_changes_not
         for k, when in enumerate((first_hour + timedelta(hours=1), first_hour + timedelta(hours=2))):
             rc = dags_test("customer_interactions", conf, env, log, timeout_s=300, logical_date=when)
             assert rc == 0, log.read_text()[-6000:]
-            run = find_dag_run("customer_interactions", when, env)
+            run = dag_run(env, "customer_interactions", when)
             assert run is not None and run.state == "success"
             runs.append(when)
         text = log.read_text()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -37,50 +36,62 @@ def test_every_dag_retries_by_default(dagbag):
     assert not no_retries
 
 
+def _serialized(dag):
+    """The DAG as the scheduler sees it."""
+    from airflow.serialization.serialized_objects import DagSerialization
+
+    return DagSerialization.from_dict(DagSerialization.to_dict(dag))
+
+
+def _critical_path(dag) -> list[str]:
+    """The longest chain of task hand-offs from a root to a leaf."""
+    longest: dict[str, list[str]] = {}
+
+    def path(task_id: str) -> list[str]:
+        if task_id not in longest:
+            below = [path(d) for d in dag.task_dict[task_id].downstream_task_ids]
+            longest[task_id] = [task_id, *max(below, key=len, default=[])]
+        return longest[task_id]
+
+    return max((path(t) for t in dag.task_dict), key=len)
+
+
 def test_model_factory_shape(dagbag):
     dag = dagbag.dags["model_factory"]
-    assert set(dag.params) >= {"grid_path", "max_parallel", "reuse_results", "include_interactions"}
+    assert set(dag.params) == {"grid_path", "max_parallel", "reuse_results", "include_interactions",
+                               "review_window_minutes"}
     # the monitoring DAG's retrain trigger sets {"include_interactions": true}; off by default
     assert dag.params["include_interactions"] is False
     assert "customer_interactions" in dag.params.get_param("include_interactions").description
+    assert dag.params["review_window_minutes"] is None  # the deploy DAG's own default
     assert dag.catchup is False
-    tasks = dag.task_dict
-    # long experiments are submitted first; waiting starts once everything is submitted
-    assert tasks["submit_long_experiment"].downstream_task_ids == {
-        "submit_short_experiment", "all_submitted", "wait_for_long_experiment", "collect_outcomes"}
-    assert tasks["submit_short_experiment"].downstream_task_ids == {
-        "all_submitted", "wait_for_short_experiment", "collect_outcomes"}
-    assert str(tasks["submit_short_experiment"].trigger_rule) in ("all_done", "TriggerRule.ALL_DONE")
-    # the gate before the waits succeeds whatever the submissions did
-    assert str(tasks["all_submitted"].trigger_rule) in ("all_done", "TriggerRule.ALL_DONE")
-    assert tasks["all_submitted"].downstream_task_ids == {"wait_for_long_experiment", "wait_for_short_experiment"}
-    for wait in ("wait_for_long_experiment", "wait_for_short_experiment"):
-        assert tasks[wait].downstream_task_ids == {"collect_outcomes"}
-        assert str(tasks[wait].trigger_rule) in ("none_failed", "TriggerRule.NONE_FAILED")
-    # under a scheduler each wait starts in the triggerer and reads its run from its submit's
-    # XCom: what the scheduler sees is the serialized DAG
-    from airflow.serialization.serialized_objects import DagSerialization
-
-    serialized = DagSerialization.from_dict(DagSerialization.to_dict(dag)).task_dict
-    for wave in ("long", "short"):
-        wait = serialized[f"wait_for_{wave}_experiment"]
-        assert wait.start_from_trigger is True
-        start = wait.start_trigger_args
-        assert start.trigger_cls == "cml_provider.triggers.cml.CmlSubmittedRunTrigger"
-        assert start.timeout == timedelta(seconds=2 * 60 * 60 + 600)
-        kwargs = start.trigger_kwargs.get("__var", start.trigger_kwargs)  # kept serialization-encoded
-        assert {k: kwargs[k] for k in ("run_task_id", "result_files_task_id", "cml_conn_id")} == {
-            "run_task_id": f"submit_{wave}_experiment", "result_files_task_id": f"{wave}_experiments",
-            "cml_conn_id": "cml_default"}
-    assert str(tasks["collect_outcomes"].trigger_rule) in ("all_done", "TriggerRule.ALL_DONE")
-    assert [a.name for a in tasks["record_outcomes"].outlets] == ["experiment_outcomes"]
+    # three hand-offs, whatever the grid: plan, one mapped instance per experiment, record
+    assert _critical_path(dag) == ["plan_experiments", "run_experiment", "record_outcomes"]
+    assert set(dag.task_dict) == {"plan_experiments", "run_experiment", "record_outcomes"}
+    serialized = _serialized(dag).task_dict
+    experiments = serialized["run_experiment"]
+    assert experiments.is_mapped and experiments.task_type == "CmlJobRunOperator"
+    # the pool caps the runs in flight; each instance submits, then defers until its run ends
+    assert experiments.pool == "model_factory_experiments"
+    partial = experiments.partial_kwargs
+    assert partial["wait_for_completion"] is True
+    assert partial["wait_timeout"] == 2 * 60 * 60 + 600
+    assert partial["cml_conn_id"] == "cml_default"
+    assert experiments.retries == 2  # a retry waits for the same run (the operator's TI-key marker)
+    # mapped over the plan's list itself: each item is one run's operator kwargs
+    assert experiments.upstream_task_ids == {"plan_experiments"}
+    # recorded whatever the experiments did, failed ones included
+    record = serialized["record_outcomes"]
+    assert str(record.trigger_rule) in ("all_done", "TriggerRule.ALL_DONE")
+    assert record.upstream_task_ids == {"run_experiment"}
+    assert [a.name for a in dag.task_dict["record_outcomes"].outlets] == ["experiment_outcomes"]
 
 
 def test_deploy_best_model_shape(dagbag):
     dag = dagbag.dags["deploy_best_model"]
     assert "experiment_outcomes" in str(dag.timetable.asset_condition)  # scheduled on the asset
-    assert set(dag.params) >= {"factory_run_id", "experiment_id", "review_window_minutes", "skip_review",
-                               "ranking_margin", "policy_value_margin", "replicas"}
+    assert set(dag.params) == {"factory_run_id", "experiment_id", "review_window_minutes", "ranking_margin",
+                               "policy_value_margin", "replicas", "cpu", "memory_gb"}
     tasks = dag.task_dict
     # the review (HITL) and the deferrable time sensor both close the window; either is enough
     assert type(tasks["review"]).__name__ in ("HITLOperator", "MappedOperator")
@@ -91,8 +102,12 @@ def test_deploy_best_model_shape(dagbag):
     # the serving model is made the recorded one before anything else
     assert tasks["reconcile_serving"].upstream_task_ids == {"resolve_run"}
     assert tasks["review_request"].upstream_task_ids == {"resolve_run", "reconcile_serving"}
-    chain = ["prepare_retrain", "retrain", "wait_for_retrain", "gate", "deploy_or_keep_champion",
-             "publish_model", "deploy", "record_deployment"]
+    chain = ["prepare_retrain", "retrain", "gate", "deploy_or_keep_champion", "publish_model", "deploy",
+             "record_deployment"]
     for upstream, downstream in zip(chain, chain[1:]):
         assert downstream in tasks[upstream].downstream_task_ids, (upstream, downstream)
     assert type(tasks["deploy"]).__name__ in ("CmlDeployModelOperator", "MappedOperator")
+    # the retrain submits its run and waits for it in the triggerer: one task, no sensor
+    retrain = _serialized(dag).task_dict["retrain"]
+    assert retrain.partial_kwargs["wait_for_completion"] is True
+    assert not any(t.startswith("wait_for_retrain") for t in tasks)

@@ -31,6 +31,8 @@ def _trigger(dag, conf: dict) -> dict:
 @pytest.mark.parametrize("dag_id, conf", [
     ("model_factory", {"max_parallel": 100000000000000000000}),
     ("model_factory", {"max_parallel": 0}),
+    ("model_factory", {"review_window_minutes": 1e308}),
+    ("model_factory", {"review_window_minutes": -1}),
     ("deploy_best_model", {"review_window_minutes": 1e308}),
     ("deploy_best_model", {"ranking_margin": 1e308}),
     ("deploy_best_model", {"policy_value_margin": 1e308}),
@@ -62,5 +64,8 @@ def test_every_numeric_param_has_both_bounds(dags):
 def test_the_defaults_and_sensible_values_still_pass(dags):
     assert _trigger(dags["model_factory"], {"max_parallel": 8})["max_parallel"] == 8
     assert _trigger(dags["model_factory"], {})["max_parallel"] is None
+    # the window model_factory passes on to the deploy it triggers: a number, or null for the deploy's default
+    assert _trigger(dags["model_factory"], {"review_window_minutes": 0.5})["review_window_minutes"] == 0.5
+    assert _trigger(dags["model_factory"], {})["review_window_minutes"] is None
     deploy = _trigger(dags["deploy_best_model"], {"review_window_minutes": 24 * 60, "replicas": 4})
     assert deploy["review_window_minutes"] == 24 * 60 and deploy["replicas"] == 4

@@ -1,7 +1,7 @@
 """deploy_best_model's own task code, run in-process against a real SQLite warehouse: which
-factory run an asset-triggered run reviews, an unknown or undeployable factory run failing at
-once (no retries, no review window), bad input failing without retries, and the shape that
-lets an answered review end the run without waiting for the window."""
+factory run an asset-triggered run reviews and for how long, an unknown or undeployable
+factory run failing at once (no retries, no review window), bad input failing without retries,
+and the shape that lets an answered review end the run without waiting for the window."""
 
 from __future__ import annotations
 
@@ -52,16 +52,19 @@ def warehouse(tmp_path, monkeypatch) -> SqliteWarehouse:
     return hook
 
 
-def _event(factory_run_id: str, at: datetime, source_run_id: str | None = None) -> AssetEventDagRunReferenceResult:
-    """An experiment_outcomes event as the task runner hands it to a task."""
+def _event(factory_run_id: str, at: datetime, source_run_id: str | None = None,
+           review_window_minutes: float | None = None) -> AssetEventDagRunReferenceResult:
+    """An experiment_outcomes event as the task runner hands it to a task (``extra`` as
+    model_factory's record_outcomes sets it)."""
     return AssetEventDagRunReferenceResult(
         asset={"name": "experiment_outcomes", "uri": "model-factory://warehouse/experiment_outcomes", "extra": {}},
-        extra={"factory_run_id": factory_run_id}, source_task_id="record_outcomes", source_dag_id="model_factory",
+        extra={"factory_run_id": factory_run_id, "review_window_minutes": review_window_minutes},
+        source_task_id="record_outcomes", source_dag_id="model_factory",
         source_run_id=source_run_id or factory_run_id, source_map_index=-1, source_aliases=[], timestamp=at)
 
 
 def _params(**over) -> dict:
-    params = {"factory_run_id": None, "experiment_id": None, "review_window_minutes": 120, "skip_review": False}
+    params = {"factory_run_id": None, "experiment_id": None, "review_window_minutes": 120}
     return {**params, **over}
 
 
@@ -89,6 +92,38 @@ def test_resolve_run_breaks_a_timestamp_tie_the_same_way_every_time(dag, warehou
     picks = {run_task(dag, "resolve_run", params=_params(), events=events)["factory_run_id"]
              for events in (tied, tied[::-1])}
     assert picks == {"run_new"}
+
+
+# -- how long the review window stays open -------------------------------------------------------
+def test_the_factory_runs_review_window_from_its_event_overrides_the_param(dag, warehouse):
+    older = _event("run_old", T0, review_window_minutes=1)
+    newest = _event("run_new", T0 + timedelta(minutes=5), review_window_minutes=0.5)
+    run = run_task(dag, "resolve_run", params=_params(), events=[newest, older])
+    assert (run["factory_run_id"], run["minutes"]) == ("run_new", 0.5)
+    assert run["closes_at"] == (T0 + timedelta(minutes=5, seconds=30)).isoformat()
+
+
+def test_an_event_without_a_review_window_keeps_the_param(dag, warehouse):
+    run = run_task(dag, "resolve_run", params=_params(review_window_minutes=45), events=[_event("run_new", T0)])
+    assert run["minutes"] == 45 and run["closes_at"] == (T0 + timedelta(minutes=45)).isoformat()
+
+
+def test_a_run_given_by_param_keeps_the_params_window_whatever_the_events(dag, warehouse):
+    run = run_task(dag, "resolve_run", params=_params(factory_run_id="run_old", review_window_minutes=10),
+                   events=[_event("run_new", T0, review_window_minutes=1)])
+    assert (run["factory_run_id"], run["minutes"]) == ("run_old", 10)
+
+
+def test_a_manual_pick_has_no_window_and_no_review(dag, warehouse):
+    run = run_task(dag, "resolve_run", params=_params(factory_run_id="run_new", experiment_id="0ew0000000000001"),
+                   events=[_event("run_new", T0, review_window_minutes=30)])
+    assert run["minutes"] == 0 and run["closes_at"] == run["finished_at"]
+    assert run_task(dag, "review_request", params=_params(), run=run) == []
+
+
+def test_an_out_of_range_window_in_the_event_fails_without_retries(dag, warehouse):
+    with pytest.raises(AirflowFailException, match="review_window_minutes"):
+        run_task(dag, "resolve_run", params=_params(), events=[_event("run_new", T0, review_window_minutes=1e9)])
 
 
 # -- a factory run that cannot be deployed from fails at once ---------------------------------
@@ -120,7 +155,7 @@ def test_a_pick_of_an_experiment_not_in_the_run_fails_without_retries(dag, wareh
 def test_the_time_sensor_waits_only_when_there_is_no_review_to_answer(dag):
     """With a review, its answer (or its timeout, at the window's end) closes the window: the
     time sensor is skipped, so the run ends as soon as the reviewer answers. Without one (no
-    candidates to offer, or the review skipped) the sensor keeps the window open."""
+    candidates to offer, or a manual pick) the sensor keeps the window open."""
     tasks = dag.task_dict
     gate = tasks["window_without_review"]
     assert tasks["wait_for_review_window"].upstream_task_ids == {"window_without_review"}

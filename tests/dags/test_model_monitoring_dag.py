@@ -48,13 +48,16 @@ def test_shape(dag):
     # monitoring waits for the response feed's watermark, without holding a worker slot
     feed = tasks["responses_ingested"]
     assert feed.downstream_task_ids == {"monitor"} and feed.mode == "reschedule" and feed.timeout >= 3600
-    assert tasks["retrain_or_not"].downstream_task_ids == {"trigger_retrain", "record_alerts"}
+    # no retrain wanted: the short circuit skips the trigger only, never the alerts' record
+    decide = tasks["retrain_or_not"]
+    assert decide.downstream_task_ids == {"trigger_retrain"} and decide.ignore_downstream_trigger_rules is False
     trigger = tasks["trigger_retrain"]
     assert type(trigger).__name__ == "TriggerDagRunOperator" and trigger.trigger_dag_id == "model_factory"
     assert trigger.skip_when_already_exists is True
-    assert trigger.conf["include_interactions"] is True
+    # the conf is retrain_or_not's dict itself, so numbers stay numbers
+    assert trigger.conf.operator is decide and trigger.conf.key == "return_value"
     # alerts are written after the trigger, so they carry its run id
-    assert tasks["record_alerts"].upstream_task_ids == {"retrain_or_not", "trigger_retrain"}
+    assert tasks["record_alerts"].upstream_task_ids == {"monitor", "trigger_retrain"}
     assert tasks["record_alerts"].trigger_rule == "none_failed_min_one_success"
 
 
@@ -94,7 +97,8 @@ def test_dags_test_monitors_a_drifted_window_and_asks_for_a_retrain(tmp_path):
     config.parent.mkdir()
     config.write_text((REPO / "config" / "closed_loop.yaml").read_text()
                       .replace("roc_auc_floor: 0.56", "roc_auc_floor: 0.50")
-                      .replace("calibration_error_ceiling: 0.05", "calibration_error_ceiling: 0.20"))
+                      .replace("calibration_error_ceiling: 0.05", "calibration_error_ceiling: 0.20")
+                      .replace("# retrain_review_window_minutes: 30", "retrain_review_window_minutes: 30"))
 
     with running_workspace(tmp_path / "workspace", cpus=1) as workspace:
         files = workspace.root / "projects" / workspace.project_id / "files"
@@ -149,8 +153,9 @@ def test_dags_test_monitors_a_drifted_window_and_asks_for_a_retrain(tmp_path):
     finally:
         conn.close()
     conf = json.loads(conf) if isinstance(conf, str) else json.loads(bytes(conf).decode())
-    assert conf == {"include_interactions": True,
-                    "reason": "2026-12-01T03:00:00Z/v1/feature_drift/feature=channel"}
+    # the retrain runs the grid whose economics priced the window
+    assert conf == {"grid_path": "config/grid.yaml", "include_interactions": True,
+                    "reason": "2026-12-01T03:00:00Z/v1/feature_drift/feature=channel", "review_window_minutes": 30.0}
 
 
 @pytest.mark.e2e

@@ -21,12 +21,11 @@ def _hooks():
     return BaseHook.get_connection("model_factory_warehouse").get_hook(), CmlHook(cml_conn_id="cml_default")
 
 
-def _submit_and_wait(cml, waves: dict) -> list[str]:
-    """What the submit operators and sensors do, reduced to the hook calls (bounded wait)."""
+def _submit_and_wait(cml, planned: list[dict]) -> list[str]:
+    """What the run_experiment instances do, reduced to the hook calls (bounded wait)."""
     runs = []
-    for planned in waves["long"] + waves["short"]:
-        request = planned["request"]  # the plan created the job
-        runs.append((request["job_id"], cml.create_job_run(request["job_id"], environment=request["environment"]).id))
+    for kwargs in planned:  # the plan created the jobs
+        runs.append((kwargs["job_id"], cml.create_job_run(kwargs["job_id"], environment=kwargs["environment"]).id))
     deadline = time.monotonic() + 300
     statuses = []
     for job_id, run_id in runs:
@@ -52,11 +51,10 @@ def main(stage: str, args: dict) -> object:
         return pipeline.plan_experiments(args["grid"], args["snapshot"], cml, factory_run_id=args["run_id"],
                                          job_timeout_s=3600)
     if stage == "submit_and_wait":
-        return _submit_and_wait(cml, args["waves"])
-    if stage == "collect":
-        return pipeline.collect_outcomes(args["grid"], cml, factory_run_id=args["run_id"], recorded_at="2026-12-01T00:00:00+00:00")
+        return _submit_and_wait(cml, args["planned"])
     if stage == "record":
-        return pipeline.record_outcomes(warehouse, cml, args["outcomes_path"], factory_run_id=args["run_id"])
+        return pipeline.record_outcomes(warehouse, cml, factory_run_id=args["run_id"],
+                                        recorded_at="2026-12-01T00:00:00+00:00")
     raise SystemExit(f"unknown stage {stage!r}")
 
 

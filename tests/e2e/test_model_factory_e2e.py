@@ -1,17 +1,19 @@
-"""The model_factory DAG end to end: `airflow dags test` against the real local CML workspace
+"""The model_factory DAG end to end under `airflow dags test` (one task at a time, no pool:
+what the scheduler adds is tested on make up's stack) against the real local CML workspace
 (real HTTP, each experiment a real subprocess) and a real SQLite warehouse."""
 
 from __future__ import annotations
 
 import json
+from datetime import datetime, timezone
 
 import pytest
+from stack.env import stack_paths
+from stack.local import local_stack
 
 from factory_tasks.loop.history import ensure_training_table
 from factory_tasks.warehouse.outcomes import OutcomeStore
-from stack.airflow_cli import dags_test
-from stack.env import stack_paths
-from stack.local import local_stack
+from tests.dags.dags_test_cli import dag_run, dags_test
 
 pytestmark = pytest.mark.e2e
 
@@ -57,9 +59,12 @@ def factory(tmp_path_factory):
 
 
 def _run(stack, grid, name):
+    """One model_factory run; (its exit code, its log, its task instances' states by task)."""
     log = stack.paths.logs / f"{name}.log"
-    rc = dags_test("model_factory", {"grid_path": str(grid)}, stack.env, log, timeout_s=600)
-    return rc, log
+    when = datetime.now(timezone.utc)
+    rc = dags_test("model_factory", {"grid_path": str(grid)}, stack.env, log, timeout_s=600, logical_date=when)
+    run = dag_run(stack.env, "model_factory", when)
+    return rc, log, run.tasks if run else {}
 
 
 def test_fan_out_records_every_experiment_and_reruns_never_duplicate(factory):
@@ -67,9 +72,12 @@ def test_fan_out_records_every_experiment_and_reruns_never_duplicate(factory):
     store = OutcomeStore(stack.warehouse_hook())
     assert ensure_training_table(store.hook, n_rows=1500, seed=3)
 
-    # boosting and forest go in the long wave, logistic regression in the short one
-    rc, log = _run(stack, grid, "first")
+    # boosting and forest are planned first, logistic regression after them
+    rc, log, tasks = _run(stack, grid, "first")
     assert rc == 0, log.read_text()[-5000:]
+    # one instance per experiment; the failed one fails alone, and the record step still runs
+    assert sorted(tasks["run_experiment"]) == ["failed", "success", "success", "success"], tasks
+    assert tasks["plan_experiments"] == tasks["record_outcomes"] == ["success"], tasks
     frame = store.read()
     assert frame["factory_run_id"].nunique() == 1
     assert len(frame) == 4 and frame["experiment_id"].is_unique
@@ -87,12 +95,16 @@ def test_fan_out_records_every_experiment_and_reruns_never_duplicate(factory):
     project_files = next((stack.paths.workspace_root / "projects").glob("*/files"))
     for artifact in ok["artifact_path"]:
         assert (project_files / artifact).is_file()
-    assert log.read_text().count("Started CML job run") == 4
+    text = log.read_text()
+    assert text.count("Started CML job run") == 4
+    # the failed instance says why: the run's status and its result file's error
+    assert "ENGINE_FAILED" in text and "test_size=100000" in text
 
-    # A rerun: identical succeeded experiments are reused, the failure is retried (the long
-    # wave), nothing is left for the short wave, and the new factory run gets its own rows.
-    rc, log = _run(stack, grid, "second")
+    # A rerun: identical succeeded experiments are reused, only the failure runs again, and
+    # the new factory run gets its own rows.
+    rc, log, tasks = _run(stack, grid, "second")
     assert rc == 0, log.read_text()[-5000:]
+    assert tasks["run_experiment"] == ["failed"], tasks
     frame = store.read()
     assert frame["factory_run_id"].nunique() == 2 and len(frame) == 8
     second = frame[frame.factory_run_id != failed["factory_run_id"]]
@@ -100,11 +112,12 @@ def test_fan_out_records_every_experiment_and_reruns_never_duplicate(factory):
     assert second.loc[second.status == "failed", "family"].tolist() == ["broken_boosting"]
     assert (frame.groupby("factory_run_id")["experiment_id"].nunique() == 4).all()
 
-    # Without the broken family and with one new C: the long wave is all reused (nothing to
-    # submit) while the short wave runs the new point; every experiment is still waited for.
+    # Without the broken family and with one new C: only the new point runs; every experiment
+    # is still recorded.
     grid.write_text(SETTINGS + FOREST + LOGISTIC % "[0.1, 1.0, 3.0]")
-    rc, log = _run(stack, grid, "third")
+    rc, log, tasks = _run(stack, grid, "third")
     assert rc == 0, log.read_text()[-5000:]
+    assert tasks["run_experiment"] == ["success"], tasks
     third = store.read()
     third = third[~third.factory_run_id.isin(frame.factory_run_id)]
     assert len(third) == 4 and (third.status == "succeeded").all()

@@ -78,12 +78,11 @@ def test_each_stage_on_another_worker_needs_nothing_from_the_others_disk(tmp_pat
 
         grid = _stage(env, a, "validate_grid", grid_path=str(grid_file))
         snapshot = _stage(env, b, "snapshot", grid=grid)
-        waves = _stage(env, a, "plan", grid=grid, snapshot=snapshot, run_id=run_id)
-        assert len(waves["long"]) == 1 and len(waves["short"]) == 1
-        assert _stage(env, b, "submit_and_wait", waves=waves) == ["ENGINE_SUCCEEDED"] * 2
-        outcomes_path = _stage(env, b, "collect", grid=grid, run_id=run_id)
-        assert outcomes_path.startswith("factory_runs/")  # a project path, not a local one
-        recorded = _stage(env, a, "record", outcomes_path=outcomes_path, run_id=run_id)
+        planned = _stage(env, a, "plan", grid=grid, snapshot=snapshot, run_id=run_id)
+        assert "RandomForest" in planned[0]["environment"]["MF_EXPERIMENT_SPEC"]  # long ones first
+        assert all(p["result_file"].startswith("experiments/") for p in planned)  # project paths
+        assert _stage(env, b, "submit_and_wait", planned=planned) == ["ENGINE_SUCCEEDED"] * 2
+        recorded = _stage(env, a, "record", run_id=run_id)
 
         assert recorded == {"factory_run_id": run_id, "recorded": 2, "failed": 0}
         frame = OutcomeStore(stack.warehouse_hook()).read(run_id)
@@ -91,7 +90,7 @@ def test_each_stage_on_another_worker_needs_nothing_from_the_others_disk(tmp_pat
         assert (frame["run_reason"] == "new experiment").all()
         # planned again with nothing changed: both are reused
         again = _stage(env, a, "plan", grid=grid, snapshot=snapshot, run_id=run_id + "-again")
-        assert again == {"long": [], "short": []}
+        assert again == []
 
         # planned with edited code (an uncommitted change to a copy of factory_tasks that this
         # worker imports first): both run again, and the plan says why
@@ -102,7 +101,7 @@ def test_each_stage_on_another_worker_needs_nothing_from_the_others_disk(tmp_pat
         features.write_text(features.read_text() + "\n# a changed feature pipeline\n")
         changed_env = {**env, "PYTHONPATH": os.pathsep.join([str(edited), env["PYTHONPATH"]])}
         rerun = _stage(changed_env, b, "plan", grid=grid, snapshot=snapshot, run_id=run_id + "-edited")
-        assert len(rerun["long"]) + len(rerun["short"]) == 2
+        assert len(rerun) == 2
         plan = RunPlan.parse(stack.cml_hook().download_file(RunPlan.path_for(run_id + "-edited")), "plan")
         assert plan.reused == [] and set(plan.to_run.values()) == {
             f"code changed ({frame['code_version'].iloc[0]} -> {plan.provenance.code_version})"}
@@ -120,8 +119,8 @@ def test_each_stage_on_another_worker_needs_nothing_from_the_others_disk(tmp_pat
         assert _stage(env, a, "snapshot", grid=grid) == snapshot  # off: the very same snapshot
         fresh = _stage(env, b, "snapshot", grid=grid, include_interactions=True)
         assert (fresh["n_rows"], fresh["interaction_rows"]) == (1000, 200) and fresh["hash"] != snapshot["hash"]
-        fresh_waves = _stage(env, a, "plan", grid=grid, snapshot=fresh, run_id=run_id + "-fresh")
-        assert _stage(env, b, "submit_and_wait", waves=fresh_waves) == ["ENGINE_SUCCEEDED"] * 2
+        fresh_planned = _stage(env, a, "plan", grid=grid, snapshot=fresh, run_id=run_id + "-fresh")
+        assert _stage(env, b, "submit_and_wait", planned=fresh_planned) == ["ENGINE_SUCCEEDED"] * 2
 
         # neither worker kept anything that another stage needed (or anything at all)
         for worker in (a, b):

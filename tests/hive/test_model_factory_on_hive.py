@@ -1,20 +1,20 @@
-"""The model_factory DAG with the warehouse connection pointed at the real HiveServer2:
-training data read from Hive, outcomes recorded in Hive, the summary query on Hive — and a
-record step that failed while Hive was down succeeds on retry without re-running experiments."""
+"""The model_factory DAG (under `airflow dags test`) with the warehouse connection pointed at
+the real HiveServer2: training data read from Hive, outcomes recorded in Hive, the summary query
+on Hive — and a record step that failed while Hive was down succeeds on retry without re-running
+experiments."""
 
 from __future__ import annotations
 
 import pytest
+from stack.env import stack_paths
+from stack.local import local_stack
 
-from factory_tasks.core.contracts import CollectedOutcomes
 from factory_tasks.loop.history import ensure_training_table
 from factory_tasks.stages.model_factory import record_outcomes
 from factory_tasks.warehouse.outcomes import OutcomeStore
 from factory_tasks.warehouse.sql import WarehouseError
 from factory_tasks.warehouse.summary import read_summary, refresh_summary
-from stack.airflow_cli import dags_test
-from stack.env import stack_paths
-from stack.local import local_stack
+from tests.dags.dags_test_cli import dags_test
 
 pytestmark = pytest.mark.e2e
 
@@ -63,15 +63,16 @@ def test_model_factory_on_hive(hive_server, tmp_path_factory, monkeypatch, fast_
 
         # Hive goes away while the record step runs: a named error, nothing recorded twice...
         runs_before = _job_run_count(stack)
-        outcomes_path = CollectedOutcomes.path_for(run_id)  # what collect_outcomes left in the project
+        recorded_at = frame["recorded_at"].iloc[0]
         monkeypatch.setenv("AIRFLOW_CONN_MODEL_FACTORY_WAREHOUSE", "hiveserver2://airflow@127.0.0.1:9/default?auth_mechanism=NONE")
         from airflow.sdk import BaseHook
 
         down = BaseHook.get_connection("model_factory_warehouse").get_hook()
         with pytest.raises(WarehouseError, match="model_factory_warehouse"):
-            record_outcomes(down, stack.cml_hook(), outcomes_path, factory_run_id=run_id)
-        # ...and the retry records from the collected result files alone: no experiment re-runs.
-        result = record_outcomes(stack.warehouse_hook(), stack.cml_hook(), outcomes_path, factory_run_id=run_id)
+            record_outcomes(down, stack.cml_hook(), factory_run_id=run_id, recorded_at=recorded_at)
+        # ...and the retry records from the plan and the result files alone: no experiment re-runs.
+        result = record_outcomes(stack.warehouse_hook(), stack.cml_hook(), factory_run_id=run_id,
+                                 recorded_at=recorded_at)
         assert result["recorded"] == 2
         assert len(OutcomeStore(hive).read(run_id)) == 2
         assert _job_run_count(stack) == runs_before

@@ -62,7 +62,6 @@ def test_the_stack_names_the_credentials_file_as_the_login_reads_it():
 
 def test_bokeh_loads_it_as_panel_serve_auth_module():
     from bokeh.server.auth_provider import AuthModule
-
     from stack.dashboard import LOGIN
 
     provider = AuthModule(LOGIN)  # executed from its path, outside sys.modules

@@ -103,6 +103,14 @@ def test_airflow_init_migrates_creates_the_user_once_and_everything_airflow_wait
     assert ONLY_REFERENCE.fullmatch(_env(init)["AIRFLOW_ADMIN_PASSWORD"])
     assert str(init["restart"]) == "no"
     assert "healthcheck" not in init and "ports" not in init
+    # the experiments' pool exists before a scheduler starts (a task in a missing pool is never
+    # scheduled), counting deferred experiments: they hold their slot while their run goes on
+    from factory_tasks.core.names import EXPERIMENT_POOL
+
+    pool_line = next((line for line in script.splitlines() if "airflow pools set" in line), "")
+    assert f"airflow pools set {EXPERIMENT_POOL} " in pool_line and "--include-deferred" in pool_line, script
+    # and every Airflow process may resize it over the REST API, as the admin of .env
+    assert ONLY_REFERENCE.fullmatch(_env(init)["AIRFLOW_CONN_AIRFLOW_API"])
     for name in AIRFLOW_SERVICES:
         assert (SERVICES[name]["depends_on"].get("airflow-init") or {}).get("condition") == \
             "service_completed_successfully", name

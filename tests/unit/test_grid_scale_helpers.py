@@ -3,15 +3,22 @@ the overhead arithmetic (the benchmark itself is not part of the test suite)."""
 
 from __future__ import annotations
 
+import json
+from datetime import datetime, timezone
+
 import pytest
 
 from benchmarks.grid_scale import (
     classify_request,
     count_requests,
+    experiment_timeline,
+    format_profile,
     format_timeline,
     grid_document,
+    job_profile,
     max_concurrency,
     overhead_figures,
+    pool_check,
     task_timeline,
     write_grid,
 )
@@ -33,7 +40,7 @@ def test_requests_are_counted_by_route_kind():
     p = "/api/v2/projects/ab-cd"
     lines = [
         'INFO:     127.0.0.1:1 - "GET /health HTTP/1.1" 200 OK',
-        f'INFO:     127.0.0.1:1 - "GET /api/v2/projects?search_filter=%7B%7D&page_size=100 HTTP/1.1" 200 OK',
+        'INFO:     127.0.0.1:1 - "GET /api/v2/projects?search_filter=%7B%7D&page_size=100 HTTP/1.1" 200 OK',
         f'INFO:     127.0.0.1:1 - "GET {p}/jobs?page_size=100 HTTP/1.1" 200 OK',
         f'INFO:     127.0.0.1:1 - "POST {p}/jobs HTTP/1.1" 200 OK',
         f'INFO:     127.0.0.1:1 - "GET {p}/jobs/j1/runs?sort=-created_at&page_size=100&page_token=x HTTP/1.1" 200 OK',
@@ -83,3 +90,50 @@ def test_timeline_takes_each_tasks_first_start_and_last_end():
                        "started": 5.0, "ended": 30.0}
     lines = format_timeline(rows)
     assert lines[2].split() == ["wait", "2", "-", "-", "5.0", "30.0"]
+
+
+def _record(eid, index, created, starting, running, finished):
+    env = {"MF_EXPERIMENT_ID": eid, "MF_FACTORY_RUN_ID": "r1", "MF_AIRFLOW_TI_KEY": f"model_factory/r1/run_experiment/{index}"}
+    at = lambda s: datetime.fromtimestamp(1_800_000_000 + s, timezone.utc).isoformat().replace("+00:00", "Z")
+    return {"environment": json.dumps(env), "created_at": at(created), "starting_at": at(starting),
+            "running_at": at(running), "finished_at": at(finished)}
+
+
+def test_job_profile_splits_each_runs_own_time_and_sums_them():
+    records = [_record("a" * 16, 0, 0.0, 1.0, 1.1, 11.1), _record("b" * 16, 1, 0.0, 0.5, 0.5, 5.5),
+               _record("c" * 16, 2, 0.0, 0.5, 0.5, 2.0)]
+    results = {
+        "a" * 16: {"fit_time": {"total": 6.0}, "score_time": {"total": 2.0},
+                   "timings": {"entered_at_unix": 1_800_000_000 + 1.4, "code_version_s": 0.1, "imports_s": 0.0,
+                               "snapshot_s": 0.2, "cv_s": 8.5, "save_s": 0.3, "job_s": 9.2}},
+        "b" * 16: {"fit_time": {"total": 3.0}, "score_time": {"total": 1.0},
+                   "timings": {"entered_at_unix": 1_800_000_000 + 0.6, "code_version_s": 0.0, "imports_s": 0.0,
+                               "snapshot_s": 0.1, "cv_s": 4.0, "save_s": 0.2, "job_s": 4.4}},
+        "c" * 16: {"fit_time": {"total": 1.0}, "score_time": {"total": 0.2}},  # an older result: no timings
+    }
+    p = job_profile(records, results)
+    assert p["runs"] == 2 and p["unprofiled"] == 1
+    assert p["own"] == pytest.approx(10.0 + 5.0)
+    parts = ("start", "code_version", "snapshot", "fit", "score", "cv_other", "save", "job_other", "exit")
+    assert sum(p[k] for k in parts) == pytest.approx(p["own"])
+    assert p["start"] == pytest.approx(0.3 + 0.1) and p["fit"] == 9.0 and p["cv_other"] == pytest.approx(0.5)
+    assert p["exit"] == pytest.approx((11.1 - 1.4 - 9.2) + (5.5 - 0.6 - 4.4))
+    assert p["queued"] == pytest.approx(1.5) and p["fork"] == pytest.approx(0.1)
+    lines = format_profile(p, 2, {"fit": 8.0, "score": 3.0})
+    assert any(line.split()[:2] == ["fit", "9.00"] and "(1.12x)" in line for line in lines)
+
+
+def test_pool_check_counts_runs_in_flight_from_creation_to_finish():
+    records = [_record("a" * 16, 0, 0, 1, 1, 5), _record("b" * 16, 1, 0, 5, 5, 9), _record("c" * 16, 2, 5, 9, 9, 12)]
+    assert pool_check(records, 2) == {"runs_in_flight_max": 2, "max_parallel": 2, "respected": True}
+    assert pool_check(records, 1)["respected"] is False
+
+
+def test_experiment_timeline_joins_task_instances_and_runs_by_map_index():
+    start = datetime.fromtimestamp(1_800_000_000, timezone.utc)
+    records = [_record("a" * 16, 1, 2.0, 2.1, 2.2, 7.0)]
+    tis = [{"task_id": "run_experiment", "map_index": 1, "try_number": 1, "state": "success",
+            "scheduled_when": None, "start_date": "2027-01-15T08:00:01.5Z", "end_date": "2027-01-15T08:00:09Z"},
+           {"task_id": "plan_experiments", "map_index": -1}]
+    lines = experiment_timeline(tis, records, start)
+    assert len(lines) == 2 and lines[1].split()[:7] == ["1", "-", "1.5", "2.0", "2.2", "7.0", "9.0"]

@@ -10,7 +10,6 @@ import pytest
 
 from factory_tasks.core import versions as versioning
 from factory_tasks.core.contracts import (
-    CollectedOutcomes,
     ContractError,
     ExperimentSpec,
     GridRef,
@@ -87,7 +86,6 @@ def test_factory_run_names_are_path_safe_and_distinct():
     a, b = safe_run_name("manual__2026-12-01T10:00:00+00:00"), safe_run_name("manual__2026-12-01T10_00_00_00_00")
     assert a != b and "/" not in a and ":" not in a
     assert RunPlan.path_for("x/../y").count("/") == 2
-    assert CollectedOutcomes.path_for("r") != RunPlan.path_for("r")
 
 
 def test_grid_and_snapshot_refs_written_before_interactions_still_parse():
@@ -100,11 +98,6 @@ def test_grid_and_snapshot_refs_written_before_interactions_still_parse():
         SnapshotRef.from_data({**snap.model_dump(), "interaction_rows": 2}, "xcom")
     with pytest.raises(ContractError, match="interaction_rows 9 exceeds n_rows 5"):
         SnapshotRef.from_data({**snap.model_dump(), "interactions_table": "i", "interaction_rows": 9}, "xcom")
-
-
-def test_collected_outcomes_refuse_rows_of_another_run_or_shape():
-    with pytest.raises(ContractError, match="rows.0. does not have the experiment_outcomes columns"):
-        CollectedOutcomes.parse(json.dumps({"factory_run_id": "r", "rows": [{"x": 1}]}), "outcomes.json")
 
 
 def test_the_architecture_page_shows_the_current_contracts():

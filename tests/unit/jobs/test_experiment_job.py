@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +15,7 @@ import pytest
 from factory_tasks.core.contracts import ExperimentResult
 from factory_tasks.core.schema import FEATURE_COLUMNS
 from factory_tasks.core.versions import code_version
-from factory_tasks.jobs.experiment import JobConfigError, error_line, run_job, snapshot_path, thread_count
+from factory_tasks.jobs.experiment import TIMING_KEYS, JobConfigError, error_line, run_job, snapshot_path, thread_count
 from factory_tasks.loop.simulator import simulate_interactions
 from factory_tasks.training.artifacts import load_metadata, load_model
 from factory_tasks.training.features import positive_proba
@@ -212,3 +213,16 @@ def test_error_line_is_one_bounded_line():
     assert error_line(ValueError("a\n  b")) == "ValueError: a b"
     assert error_line(KeyError()) == "KeyError"
     assert len(error_line(RuntimeError("x" * 10_000))) == 2000
+
+def test_success_records_the_jobs_timings(project):
+    root, snapshot = project
+    before = time.time()
+    proc = run_script(root, clean_env(MF_EXPERIMENT_SPEC=json.dumps(make_spec(snapshot))))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    result = read_result(root)
+    timings = result["timings"]
+    assert set(timings) == set(TIMING_KEYS)
+    assert before < timings["entered_at_unix"] < time.time()
+    phases = sum(timings[k] for k in ("code_version_s", "imports_s", "snapshot_s", "cv_s", "save_s"))
+    assert 0 < phases <= timings["job_s"]
+    assert timings["cv_s"] >= result["fit_time"]["total"] + result["score_time"]["total"]

@@ -39,14 +39,15 @@ def test_one_job_per_resource_profile():
 
 def test_run_request_carries_the_spec_in_the_environment():
     spec = _spec(1, cpu=2)
-    req = run_request(spec, factory_run_id="manual__1", code_version="v", max_active=3, project_id="p1",
+    req = run_request(spec, factory_run_id="manual__1", code_version="v", project_id="p1",
                       job_ids={"model-factory-experiment-1cpu-2.5gb": "j1", spec.job_name: "j2"})
     assert ExperimentSpec.parse(req["environment"][ExperimentSpec.ENV], "env") == spec
     # what the plan looked up and created: a submission looks nothing up
-    assert (req["project_id"], req["job_id"], req["capacity_job_ids"]) == ("p1", "j2", ["j1", "j2"])
+    assert (req["project_id"], req["job_id"]) == ("p1", "j2")
     assert req["environment"]["MF_FACTORY_RUN_ID"] == "manual__1"
     assert req["script"] == EXPERIMENT_SCRIPT
-    assert (req["cpu"], req["memory_gb"], req["max_active_runs_per_dag_run"]) == (2.0, 2.5, 3)
+    assert (req["cpu"], req["memory_gb"]) == (2.0, 2.5)
+    assert req["result_file"] == f"experiments/{spec.experiment_id}/result.json"  # explains a failed run
     json.dumps(req)  # XCom-safe
 
 

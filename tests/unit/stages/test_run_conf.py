@@ -5,7 +5,6 @@ DAGs fail such a task at once (``BAD_INPUT_ERRORS``), with an error that names t
 from __future__ import annotations
 
 from datetime import datetime, timezone
-from pathlib import Path
 
 import pytest
 
