@@ -34,8 +34,10 @@ $(BIN)/.installed-test: $(BIN)/.installed
 	$(PIP_INSTALL) -e '.[test]'
 	@touch $@
 
+# Uses the stack of make up, or starts it and stops it after. RUN_ARGS: e.g.
+# RUN_ARGS="--keep-up --grid my_grid.yaml" (see python -m stack run --help)
 run: $(BIN)/.installed
-	$(BIN)/python -m stack run
+	$(BIN)/python -m stack run $(RUN_ARGS)
 
 test: $(BIN)/.installed-test
 	bash scripts/ensure-system-deps.sh

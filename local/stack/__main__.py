@@ -7,7 +7,7 @@ import argparse
 import os
 import sys
 
-from stack.env import stack_paths
+from stack.env import DEFAULT_ROWS, stack_paths
 
 
 def _dashboard(port: int) -> int:
@@ -20,9 +20,13 @@ def _dashboard(port: int) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m stack", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    run = sub.add_parser("run", help="run the factory end to end on the embedded default")
+    run = sub.add_parser("run", help=(
+        "run the factory end to end on the stack of make up (started, and stopped after, if it is not up)"))
     run.add_argument("--grid", default="config/grid.yaml", help="the grid file (default config/grid.yaml)")
     run.add_argument("--rows", type=int, default=None, help="rows to simulate if the training table is absent")
+    run.add_argument("--keep-up", action="store_true", help=(
+        "leave the stack running if make run started it (also MODEL_FACTORY_KEEP_UP=1); "
+        "a stack of make up is always left running"))
     for name, help_ in (("up", "start the long-running local stack in the background (make up)"),
                         ("airflow-ui", "the same stack in the foreground: Ctrl-C stops it")):
         cmd = sub.add_parser(name, help=help_)
@@ -47,10 +51,9 @@ def main(argv: list[str] | None = None) -> int:
     dash.add_argument("--port", type=int, default=5006)
     args = parser.parse_args(argv)
     if args.command == "run":
-        from stack.run import DEFAULT_ROWS
         from stack.run import run as run_factory
 
-        return run_factory(args.grid, rows=args.rows or DEFAULT_ROWS)
+        return run_factory(args.grid, rows=args.rows or DEFAULT_ROWS, keep_up=args.keep_up)
     if args.command in ("up", "airflow-ui"):
         from stack.up import foreground, up
 
@@ -73,7 +76,6 @@ def main(argv: list[str] | None = None) -> int:
 
 def _seed_training_table(rows: int | None, table: str | None) -> int:
     from factory_tasks.core.schema import TRAINING_TABLE
-    from stack.run import DEFAULT_ROWS
     from stack.up import ensure_training_table
 
     if "AIRFLOW_CONN_MODEL_FACTORY_WAREHOUSE" not in os.environ:

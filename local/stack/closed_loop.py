@@ -1,32 +1,48 @@
-"""`make run`'s last part: a short closed-loop demo on the embedded default.
+"""`make run`'s last part: the closed loop, closing by itself on the scheduler.
 
 Three hourly windows of simulated traffic against the model just deployed (``customer_interactions``,
 with a drift switched on from the second window: Discount stops working for Web customers and the
-customer mix moves to Web), then ``model_monitoring`` for the second and third windows, which
-sees the drift, raises alerts and triggers ``model_factory`` on history plus the new
-interactions. Under ``airflow dags test`` there is no scheduler, so the retrain is *queued*
-(``make up`` runs it); the demo says so and stops there.
+customer mix moves to Web), then ``model_monitoring`` for the second and third windows, both as
+Airflow backfills (:mod:`stack.backfill`), so the hourly schedules go on after them with no
+window run twice or skipped. Monitoring sees the drift, raises alerts and triggers
+``model_factory`` on history plus the new interactions, once per alerting window; each
+retrain's ``experiment_outcomes`` event starts ``deploy_best_model``, whose gate deploys a new
+champion or keeps the one serving. The demo follows the chain to its end and prints it.
 
 The demo's settings are the default ``config/closed_loop.yaml`` with a shorter response window
-(so labels mature within the demo) and the drift's start set to the second window; they are
-written, validated, to ``var/closed_loop_demo.yaml``.
+(so labels mature within the demo), the drift's start set to the second window and a one-minute
+review window for the retrain's deployment; they are written, validated, to
+``var/config/closed_loop_demo.yaml``. A window that the hourly schedule already decided keeps
+its decisions when the backfill runs it again (its responses follow the demo's settings).
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timezone
 from pathlib import Path
 
 import yaml
 
-from stack.airflow_cli import AirflowCommandError, dags_test, find_dag_run, task_errors
+from stack.airflow_api import FINISHED_RUN_STATES, AirflowApi, AirflowApiError, iso, when
+from stack.backfill import HOUR, BackfillFailed, backfill
+from stack.deploy import DeployReport, DeployRunMissing, failed_task, find_deploy_run, watch_deploy_run
+from stack.running import RunningStack, StackNotUp
 
 TRAFFIC_DAG = "customer_interactions"
 MONITORING_DAG = "model_monitoring"
+FACTORY_DAG = "model_factory"
+DEPLOY_DAG = "deploy_best_model"
 WINDOWS = 3
-DAG_TIMEOUT_S = 10 * 60
+#: monitoring runs for the last windows (the first has no drift to see)
+MONITORED = 2
+RETRAIN_TIMEOUT_S = 45 * 60
+#: the retrain's deployment is reviewed this long (config monitoring.retrain_review_window_minutes)
+RETRAIN_REVIEW_MINUTES = 0.25
+#: a retrain whose deployment waits longer than this for a review is not followed to its end
+MAX_FOLLOWED_REVIEW_MINUTES = 10
+TICK_S = 3.0
 #: labels mature within the demo: a 60-minute response window, conversions ~12 minutes late
 DEMO_RESPONSES = {"window_minutes": 60.0, "delay_median_minutes": 12.0}
 #: the monitoring rows the demo prints per cohort, in this order
@@ -40,97 +56,222 @@ def _say(msg: str = "") -> None:
 
 
 @dataclass(frozen=True)
+class Retrain:
+    run_id: str
+    state: str
+    #: matured interaction rows in its training snapshot, and the snapshot's rows
+    interaction_rows: int | None = None
+    snapshot_rows: int | None = None
+    deploy: DeployReport | None = None
+    #: from a make run before this one (its windows' alerts were already recorded)
+    earlier: bool = False
+    error: str | None = None
+
+
+@dataclass
 class DemoReport:
-    ok: bool
-    logs: list[Path]
+    ok: bool = False
+    #: the windows' starts (UTC), oldest first
+    windows: list[datetime] = field(default_factory=list)
+    #: run ids of the backfills' runs, oldest window first
+    traffic_runs: list[str] = field(default_factory=list)
+    monitoring_runs: list[str] = field(default_factory=list)
+    alert_ids: list[str] = field(default_factory=list)
+    retrains: list[Retrain] = field(default_factory=list)
+    error: str | None = None
 
 
 def demo_windows(now: datetime) -> list[datetime]:
     """The starts of the last :data:`WINDOWS` full UTC hours before ``now``, oldest first."""
     hour = now.astimezone(timezone.utc).replace(minute=0, second=0, microsecond=0)
-    return [hour - timedelta(hours=WINDOWS - i) for i in range(WINDOWS)]
+    return [hour - HOUR * (WINDOWS - i) for i in range(WINDOWS)]
+
+
+# A run's logical date is its window's start under every timetable, but what a backfill's from
+# and to dates bound is the timetable's own: the interval's start for CronDataIntervalTimetable,
+# the trigger time (the interval's end) for CronTriggerTimetable.
+def traffic_range(windows: list[datetime]) -> tuple[datetime, datetime]:
+    """customer_interactions (CronDataIntervalTimetable): from the first window's start to the last's."""
+    return windows[0], windows[-1]
+
+
+def monitoring_range(windows: list[datetime]) -> tuple[datetime, datetime]:
+    """model_monitoring (CronTriggerTimetable, 1-hour interval): from the first window's trigger,
+    at its end, to the last's."""
+    return windows[0] + HOUR, windows[-1] + HOUR
 
 
 def write_demo_config(source: Path, target: Path, drift_start: datetime) -> Path:
-    """The default settings with the demo's response window and the drift on from ``drift_start``."""
+    """The default settings with the demo's response window, the drift on from ``drift_start``
+    and a short review window for the retrain's deployment."""
     from factory_tasks.loop.config import load_loop_config
 
     config = load_loop_config(source).model_dump(mode="json")
     config["responses"].update(DEMO_RESPONSES)
-    config["drift"].update(enabled=True, start=drift_start.isoformat().replace("+00:00", "Z"))
+    config["drift"].update(enabled=True, start=iso(drift_start))
+    config["monitoring"]["retrain_review_window_minutes"] = RETRAIN_REVIEW_MINUTES
     target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_text("# written by `make run` for its closed-loop demo (see stack/closed_loop.py)\n"
+    target.write_text("# written by `make run` for its closed-loop demo (see local/stack/closed_loop.py)\n"
                       + yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
     load_loop_config(target)  # what the DAGs will read must validate
     return target
 
 
-def _run(stack, dag_id: str, logical_date: datetime, conf: dict, log: Path) -> tuple[bool, str]:
-    offset = log.stat().st_size if log.exists() else 0
-    rc = dags_test(dag_id, conf, stack.env, log, logical_date=logical_date, timeout_s=DAG_TIMEOUT_S)
-    try:
-        run = find_dag_run(dag_id, logical_date, stack.env)
-    except AirflowCommandError:
-        run = None
-    if run is not None and run.state == "success":
-        return True, run.run_id
-    errors = task_errors(log, offset)
-    first = next(iter(errors.items()), None)
-    why = f"task {first[0]}: {first[1]}" if first else f"exit code {rc}; see {log}"
-    return False, why
-
-
-def closed_loop_demo(stack, started: float, step: str = "[8/8]") -> DemoReport:
-    """Traffic for three windows, monitoring for the last two; prints what monitoring saw."""
+def closed_loop_demo(stack: RunningStack, started: float, *, step: str = "[8/8]",
+                     grid_path: str | None = None) -> DemoReport:
+    """Backfill traffic and monitoring, then follow the retrain monitoring triggers and its
+    deployment; prints the chain. ``grid_path``: the grid monitoring prices rewards with
+    (its default when None)."""
     from factory_tasks.core.settings import REPO_ROOT
 
-    stamp = time.strftime("%Y%m%dT%H%M%S")
-    traffic_log = stack.paths.logs / f"{TRAFFIC_DAG}-{stamp}.log"
-    monitoring_log = stack.paths.logs / f"{MONITORING_DAG}-{stamp}.log"
-    windows = demo_windows(datetime.now(timezone.utc))
+    report = DemoReport(windows=demo_windows(datetime.now(timezone.utc)))
+    windows = report.windows
     config = write_demo_config(REPO_ROOT / "config" / "closed_loop.yaml", stack.paths.config / "closed_loop_demo.yaml",
                                drift_start=windows[1])
     _say(f"{step} closed-loop demo: {WINDOWS} hourly windows of traffic from {windows[0]:%H:%M} UTC, drift on from "
          f"{windows[1]:%H:%M} (Discount stops working for Web customers; more Web customers); settings {config}")
-    for start in windows:
-        # a manual run's data interval is the hour *before* its logical date (as the scheduler's
-        # run for that hour would be), so each window's run is at its end
-        end = start + timedelta(hours=1)
-        ok, what = _run(stack, TRAFFIC_DAG, end, {"loop_config_path": str(config)}, traffic_log)
-        if not ok:
-            _say(f"  {TRAFFIC_DAG} for {start:%H:%M} failed: {what}")
-            return DemoReport(False, [traffic_log])
-    _say(f"  traffic: {_traffic_counts(stack.warehouse_hook(), windows)}")
-    for start in windows[1:]:
-        end = start + timedelta(hours=1)  # the monitoring run at `end` covers [start, end)
-        ok, what = _run(stack, MONITORING_DAG, end, {"loop_config_path": str(config)}, monitoring_log)
-        if not ok:
-            _say(f"  {MONITORING_DAG} for {start:%H:%M} failed: {what}")
-            return DemoReport(False, [traffic_log, monitoring_log])
-    hook = stack.warehouse_hook()
-    for line in _monitoring_table(hook, windows):
-        _say(f"  {line}")
-    alerts = _alerts(hook, windows)
-    for alert in alerts[:6]:
-        _say(f"  ALERT {alert.cohort_start[11:16]} {alert.kind}: {alert.message}")
-    if len(alerts) > 6:
-        _say(f"  … and {len(alerts) - 6} more alert(s) in model_alerts")
-    retrain = next((a.retrain_run_id for a in alerts if a.retrain_run_id), None)
-    if retrain:
-        _say(f"  retrain queued: model_factory run {retrain} (include_interactions=true). `airflow dags test` has "
-             "no scheduler, so the demo stops here; `make up` starts one and the run proceeds.")
-    elif alerts:
-        _say("  alerts raised, but no retrain was triggered (monitoring.retrain_on_alert is off)")
-    else:
-        _say("  no alert raised: monitoring saw nothing above its thresholds")
-    _say(f"  closed loop done after {time.time() - started:.0f}s; logs: {traffic_log}, {monitoring_log}")
-    return DemoReport(True, [traffic_log, monitoring_log])
+    conf: dict = {"loop_config_path": str(config)}
+    try:
+        traffic = backfill(stack, TRAFFIC_DAG, windows, traffic_range(windows), conf)
+        report.traffic_runs = [r["dag_run_id"] for r in traffic]
+        hook = stack.warehouse_hook()
+        _say(f"  traffic: {_traffic_counts(hook, windows)}")
+        monitored = windows[-MONITORED:]
+        monitoring_conf = {**conf, "grid_path": grid_path} if grid_path else conf
+        monitoring = backfill(stack, MONITORING_DAG, monitored, monitoring_range(monitored), monitoring_conf)
+        report.monitoring_runs = [r["dag_run_id"] for r in monitoring]
+        for line in _monitoring_table(hook, windows):
+            _say(f"  {line}")
+        alerts = _alerts(hook, monitored)
+        report.alert_ids = [a.alert_id for a in alerts]
+        for alert in alerts[:6]:
+            _say(f"  ALERT {alert.cohort_start[11:16]} {alert.kind}: {alert.message}")
+        if len(alerts) > 6:
+            _say(f"  … and {len(alerts) - 6} more alert(s) in model_alerts")
+        retrain_ids = sorted({a.retrain_run_id for a in alerts if a.retrain_run_id})
+        if not retrain_ids:
+            _say("  alerts raised, but no retrain was triggered (monitoring.retrain_on_alert is off)" if alerts
+                 else "  no alert raised: monitoring saw nothing above its thresholds")
+            report.ok = True
+            return report
+        for run_id in retrain_ids:
+            report.retrains.append(_follow_retrain(stack, run_id, started))
+        _print_chain(report, alerts)
+        report.ok = all(r.state == "success" and r.deploy is not None and r.deploy.ok for r in report.retrains)
+    except (BackfillFailed, TimeoutError, AirflowApiError, StackNotUp) as exc:
+        report.error = str(exc)
+        _say(f"  closed loop failed after {time.time() - started:.0f}s: {exc}")
+        return report
+    _say(f"  closed loop {'closed' if report.ok else 'did not close'} after {time.time() - started:.0f}s")
+    return report
 
 
-def _iso(moment: datetime) -> str:
-    return moment.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
+# -- the retrain and its deployment -------------------------------------------------------------
+def _follow_retrain(stack: RunningStack, run_id: str, started: float) -> Retrain:
+    """Wait for the retrain and the deploy run its outcomes trigger. On Ctrl-C both are stopped
+    when this demo started them (they are its consequence), then the interrupt goes on."""
+    api = stack.api
+    run = api.dag_run(FACTORY_DAG, run_id)
+    earlier = bool(run.get("queued_at")) and when(run["queued_at"]).timestamp() < started
+    _say(f"  retrain: {FACTORY_DAG} run {run_id} ({run['state']}{', from an earlier make run' if earlier else ''}; "
+         f"include_interactions={(run.get('conf') or {}).get('include_interactions')})")
+    try:
+        return _retrain_and_deploy(stack, run_id)
+    except KeyboardInterrupt:
+        if not earlier:
+            _stop_unfinished(api, FACTORY_DAG, run_id)
+        raise
 
 
+def _retrain_and_deploy(stack: RunningStack, run_id: str) -> Retrain:
+    api = stack.api
+    run = api.wait_for_run(FACTORY_DAG, run_id, timeout_s=RETRAIN_TIMEOUT_S, tick_s=TICK_S,
+                           on_tick=lambda _run: stack.check_alive())
+    interaction_rows = snapshot_rows = None
+    try:
+        from factory_tasks.stages.model_factory import load_plan
+
+        snapshot = load_plan(stack.cml_hook(), run_id).snapshot
+        interaction_rows, snapshot_rows = snapshot.interaction_rows, snapshot.n_rows
+    except Exception as exc:  # a plan that never got written: the run's own error says why
+        _say(f"  (the retrain's plan is not readable: {exc})")
+    _say(f"  {time.strftime('%H:%M:%S')} retrain {run_id}: {run['state']}"
+         + (f", trained on {snapshot_rows:,} rows of which {interaction_rows:,} matured interactions"
+            if snapshot_rows is not None else ""))
+    found = Retrain(run_id, run["state"], interaction_rows, snapshot_rows)
+    if run["state"] != "success":
+        return replace(found, error=failed_task(api, FACTORY_DAG, run_id))
+    try:
+        trigger = find_deploy_run(api, run_id)
+    except DeployRunMissing as exc:
+        return replace(found, error=str(exc))
+    minutes = trigger.review_window_minutes
+    long_review = minutes is None or minutes > MAX_FOLLOWED_REVIEW_MINUTES
+    if long_review and api.dag_run(DEPLOY_DAG, trigger.run_id)["state"] not in FINISHED_RUN_STATES:
+        window = "default (deploy_best_model's)" if minutes is None else f"{minutes:g}-minute"
+        note = (f"its {window} review window is longer than the demo waits: follow {trigger.run_id} in the "
+                "Airflow UI")
+        _say(f"  deploy run {trigger.run_id}: {note}")
+        return replace(found, error=note)
+    deploy = watch_deploy_run(stack, trigger.run_id, review_minutes=minutes, indent="    ")
+    return replace(found, deploy=deploy, error=deploy.error)
+
+
+def _stop_unfinished(api: AirflowApi, dag_id: str, run_id: str) -> None:
+    try:
+        if api.dag_run(dag_id, run_id)["state"] not in FINISHED_RUN_STATES:
+            api.mark_failed(dag_id, run_id)
+    except AirflowApiError as exc:
+        _say(f"  (could not stop {dag_id} run {run_id}: {exc})")
+
+
+def _print_chain(report: DemoReport, alerts) -> None:
+    by_retrain: dict[str, list] = {}
+    for alert in alerts:
+        if alert.retrain_run_id:
+            by_retrain.setdefault(alert.retrain_run_id, []).append(alert)
+    _say("  The loop, end to end:")
+    for retrain in report.retrains:
+        raised = by_retrain.get(retrain.run_id, [])
+        kinds = ", ".join(sorted({a.kind for a in raised}))
+        start = when(raised[0].as_of_window) if raised else None
+        window = f"{start:%H:%M}–{start + HOUR:%H:%M}" if start else "?"
+        rows = (f"{retrain.interaction_rows:,} interaction rows in its snapshot"
+                if retrain.interaction_rows is not None else "snapshot unknown")
+        _say(f"    interactions → {len(raised)} alert(s) on the window {window} ({kinds}) → retrain "
+             f"{retrain.run_id} ({retrain.state}, {rows})")
+        deploy = retrain.deploy
+        if deploy is None:
+            _say(f"      → no deployment followed: {retrain.error}")
+            continue
+        if not deploy.ok:
+            _say(f"      → {DEPLOY_DAG} run {deploy.run_id} failed: {deploy.error}; "
+                 "the model now serving keeps serving")
+            continue
+        verdict = "a new champion deployed" if deploy.deployed else "the champion kept"
+        gate = deploy.gate or {}
+        newer = (f" (deploying the newer {deploy.factory_run_id}, whose event it consumed too)"
+                 if deploy.factory_run_id and deploy.factory_run_id != retrain.run_id else "")
+        _say(f"      → {DEPLOY_DAG} run {deploy.run_id}{newer} → {verdict}: {gate.get('reason')}")
+        if gate.get("ranking_metric") and f"{gate['ranking_metric']} " not in str(gate.get("reason")):
+            _say(f"        evidence: {_evidence(gate)}")
+
+
+def _evidence(gate: dict) -> str:
+    """The ranking metric and policy value of challenger and champion on the same held-out rows."""
+    shown = [m for m in (gate.get("ranking_metric"), "policy_value") if m]
+    challenger, champion = gate.get("challenger") or {}, gate.get("champion") or {}
+
+    def of(values: dict) -> str:
+        return ", ".join(f"{m} {values[m]:.4f}" for m in shown if values.get(m) is not None)
+
+    parts = [f"challenger {of(challenger)}"] if of(challenger) else []
+    if of(champion):
+        parts.append(f"champion {gate.get('champion_version')} {of(champion)}")
+    return "; ".join(parts)
+
+
+# -- what the warehouse shows -------------------------------------------------------------------
 def _traffic_counts(hook, windows: list[datetime]) -> str:
     from factory_tasks.warehouse.dialects import dialect_for
     from factory_tasks.warehouse.loop_tables import CUSTOMER_INTERACTIONS, CUSTOMER_RESPONSES, PREDICTION_LOG
@@ -139,7 +280,7 @@ def _traffic_counts(hook, windows: list[datetime]) -> str:
     decisions = explored = matured = 0
     statuses: dict[str, int] = {}
     for start in windows:
-        where = {"window_start": _iso(start)}
+        where = {"window_start": iso(start)}
         rows = dialect.select(hook, PREDICTION_LOG, ["explored"], where)
         decisions += len(rows)
         explored += sum(int(r[0]) for r in rows)
@@ -166,7 +307,7 @@ def _monitoring_table(hook, windows: list[datetime]) -> list[str]:
     header = "cohort " + " ".join(f"{label:>{width}}" for _, label, width in SHOWN) + "  worst drift (PSI)"
     lines = [header]
     for start in windows:
-        cohort = _iso(start)
+        cohort = iso(start)
         cells = [f"{_cell(metric, latest.get((cohort, metric, ''))):>{width}}" for metric, _, width in SHOWN]
         drift = [(v[1], dim.removeprefix("feature=")) for (c, m, dim), v in latest.items()
                  if c == cohort and m.startswith("drift_") and v[1] is not None]
@@ -193,10 +334,12 @@ def _cell(metric: str, found: tuple | None) -> str:
     return f"{value:.3f}{mark}"
 
 
-def _alerts(hook, windows: list[datetime]):
+def _alerts(hook, monitored: list[datetime]):
+    """The alerts of the monitoring runs of these windows (recorded by this demo's runs, or by
+    earlier runs of the same windows: an alert id is recorded once)."""
     from factory_tasks.core.contracts import MonitoringAlert
     from factory_tasks.warehouse.contract_table import ContractTable
 
-    cohorts = {_iso(start) for start in windows}
+    as_of = {iso(start) for start in monitored}
     documents, _problems = ContractTable(MonitoringAlert).read(hook)
-    return [a for a in documents if a.cohort_start in cohorts]
+    return [a for a in documents if a.as_of_window in as_of]

@@ -16,6 +16,9 @@ from pathlib import Path
 #: the repository (this file is local/stack/env.py): dags/, plugins/, config/ and var/ are found from it
 REPO = Path(__file__).resolve().parents[2]
 PROJECT_NAME = "model-factory"
+#: the simulated training table made when it is absent (make up, make run)
+DEFAULT_ROWS = 64_000
+DEFAULT_SEED = 7
 
 
 @dataclass(frozen=True)
@@ -126,6 +129,15 @@ def airflow_passwords_file(paths: StackPaths) -> Path:
     return path
 
 
+def config_dirs(paths: StackPaths, env: dict[str, str] | None = None) -> list[Path]:
+    """The folders a run's grid_path / loop_config_path may name (never var/secrets):
+    ``MODEL_FACTORY_CONFIG_DIRS`` if set (relative ones from the repository), else the
+    repository's config/ and ``var/config``; resolved, as the tasks check them."""
+    configured = (os.environ if env is None else env).get("MODEL_FACTORY_CONFIG_DIRS", "")
+    listed = [part.strip() for part in configured.split(os.pathsep) if part.strip()]
+    return [(REPO / part).resolve() for part in listed] or [(REPO / "config").resolve(), paths.config.resolve()]
+
+
 def sqlite_connection(db_path: Path) -> str:
     return json.dumps({"conn_type": "sqlite", "host": str(db_path)})
 
@@ -160,9 +172,7 @@ def airflow_env(
             "AIRFLOW_CONN_CML_DEFAULT": cml_connection(workspace_url, api_key, model_service_url=model_service_url),
             "AIRFLOW_CONN_MODEL_FACTORY_WAREHOUSE": warehouse_conn or sqlite_connection(paths.warehouse_db),
             "MODEL_FACTORY_ARTIFACTS": str(paths.artifacts),
-            # the folders a run's grid_path / loop_config_path may name (never var/secrets)
-            "MODEL_FACTORY_CONFIG_DIRS": env.get("MODEL_FACTORY_CONFIG_DIRS")
-            or os.pathsep.join([str(REPO / "config"), str(paths.config)]),
+            "MODEL_FACTORY_CONFIG_DIRS": os.pathsep.join(str(p) for p in config_dirs(paths, env)),
             # the local workspace is next door and answers in milliseconds
             "MODEL_FACTORY_CML_POLL_INTERVAL_S": "1",
             # `airflow standalone` starts its components by name: the venv must be on PATH.

@@ -1,15 +1,26 @@
-"""The embedded default stack as one context manager: local CML workspace + Airflow home +
-SQLite warehouse. Used by `make run`, the Airflow UI command, the benchmarks and the e2e tests."""
+"""What a stack command holds on ``var/`` — its locks and its signals — and the embedded default
+stack as one context manager (local CML workspace + Airflow home + SQLite warehouse), for the
+tests and benchmarks that drive Airflow without ``make up``.
+
+Two locks, two jobs. ``var/stack.lock`` (:func:`acquire_stack_lock`) is held by whoever starts
+the stack (``make up``, or ``make run`` finding none up) and only while it starts: then the stack
+runs on its own and anyone may use it. ``var/run.lock`` (:func:`acquire_driver_lock`) is held by
+``make run`` for as long as it drives a factory run, so two of them never share one stack's
+workspace, pool and report. Both are ``flock``s: a crashed holder never leaves one behind.
+"""
 
 from __future__ import annotations
 
 import fcntl
 import os
+import signal
 import sys
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 from stack.airflow_cli import migrate_once
@@ -18,9 +29,49 @@ from stack.env import PROJECT_NAME, REPO, StackPaths, airflow_env, workspace_api
 if TYPE_CHECKING:
     from cml_workspace.server_process import RunningWorkspace
 
+STACK_LOCK = "stack.lock"
+DRIVER_LOCK = "run.lock"
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM: unwinds like KeyboardInterrupt, so everything started is stopped."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+@contextmanager
+def interruptible() -> Iterator[None]:
+    """The first SIGINT/SIGTERM raises :class:`Interrupted`; later ones, while stopping, are
+    only acknowledged, so the clean-up is not cut short. Nested in another, it leaves the outer
+    one's handlers in place: the first signal is raised once, where the code then runs."""
+
+    def stopping(_signum, _frame):
+        print("  (stopping, please wait…)", flush=True)
+
+    def first(signum, _frame):
+        signal.signal(signal.SIGINT, stopping)
+        signal.signal(signal.SIGTERM, stopping)
+        raise Interrupted(signum)
+
+    if threading.current_thread() is not threading.main_thread():  # only the main thread gets signals
+        yield
+        return
+    if getattr(signal.getsignal(signal.SIGINT), "interruptible", False):
+        yield
+        return
+    stopping.interruptible = first.interruptible = True
+    previous = {s: signal.signal(s, first) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
 
 class StackBusyError(RuntimeError):
-    """Another stack command (``make run``, ``make airflow-ui``, ...) uses the same ``var/``."""
+    """Another stack command (``make run``, ``make up``, ...) holds a lock of the same ``var/``."""
 
 
 @dataclass
@@ -47,21 +98,21 @@ class LocalStack:
         return CmlHook.from_url(self.workspace.url, self.workspace.api_key, project_name=PROJECT_NAME, **options)
 
 
-def acquire_stack_lock(paths: StackPaths, holder: str | None = None) -> IO[str]:
-    """Take the ``var/`` lock without waiting and return its open file: the lock is held until
-    that file is closed. No child process inherits it (Python opens files close-on-exec; the
-    stack's processes are never handed it), so a stack command's orphan cannot keep it.
-    ``holder`` is what a refused command is told (default: this pid and command). Raises
-    :class:`StackBusyError` naming the holder."""
-    paths.var.mkdir(parents=True, exist_ok=True)
-    fh = open(paths.var / "stack.lock", "a+")
+def _flock(path: Path, holder: str | None, busy: str) -> IO[str]:
+    """Lock ``path`` without waiting and return its open file: the lock is held until that file
+    is closed. No child process inherits it (Python opens files close-on-exec; the stack's
+    processes are never handed it), so a stack command's orphan cannot keep it. ``holder`` is
+    what a refused command is told (default: this pid and command); ``busy`` starts the
+    :class:`StackBusyError` a refused one gets."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fh = open(path, "a+")
     try:
         fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         fh.seek(0)
         found = fh.read().strip() or "another process"
         fh.close()
-        raise StackBusyError(f"{paths.var} is in use by another stack command ({found})") from None
+        raise StackBusyError(f"{busy} ({found})") from None
     fh.seek(0)
     fh.truncate()
     if holder is None:
@@ -69,6 +120,37 @@ def acquire_stack_lock(paths: StackPaths, holder: str | None = None) -> IO[str]:
     fh.write(f"{holder}, since {time.strftime('%H:%M:%S')}\n")
     fh.flush()
     return fh
+
+
+def acquire_stack_lock(paths: StackPaths, holder: str | None = None) -> IO[str]:
+    """The ``var/`` lock of whoever starts (or, for the tests' :func:`local_stack`, runs) a stack
+    on it. Raises :class:`StackBusyError` naming the holder."""
+    return _flock(paths.var / STACK_LOCK, holder, f"{paths.var} is in use by another stack command")
+
+
+def wait_for_stack_lock(paths: StackPaths, holder: str, timeout_s: float,
+                        waiting: Callable[[str], None] | None = None) -> IO[str]:
+    """:func:`acquire_stack_lock`, waiting up to ``timeout_s`` while another command holds it
+    (``make up`` starting the stack: once up, it is there to be used); ``waiting(message)`` is
+    called once if it must wait."""
+    deadline = time.monotonic() + timeout_s
+    told = False
+    while True:
+        try:
+            return acquire_stack_lock(paths, holder)
+        except StackBusyError as exc:
+            if time.monotonic() > deadline:
+                raise
+            if not told and waiting is not None:
+                waiting(str(exc))
+                told = True
+            time.sleep(0.5)
+
+
+def acquire_driver_lock(paths: StackPaths) -> IO[str]:
+    """``make run``'s lock, held while it drives a factory run. Raises :class:`StackBusyError`
+    naming the ``make run`` holding it."""
+    return _flock(paths.var / DRIVER_LOCK, None, f"{paths.var} is in use by another make run")
 
 
 @contextmanager

@@ -9,7 +9,7 @@ also once a SIGKILL of the scheduler has orphaned them), or carries ``MODEL_FACT
 start in sessions of their own, e.g. the workspace's model replicas). ``make down``,
 ``make status`` and ``make up`` all look for them this way, so they agree on whether the stack
 runs; none of them holds the ``var/`` lock (:func:`stack.local.acquire_stack_lock`), which is
-only ever held by the stack command running.
+held only while a stack starts.
 """
 
 from __future__ import annotations

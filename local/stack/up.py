@@ -19,17 +19,17 @@ records each one's pid, start time, command line, log and port in ``var/stack-up
 healthy; the dashboard port) and prints where everything is.
 
 The ``var/`` lock (:func:`stack.local.acquire_stack_lock`) is held by ``up`` while it starts;
-none of those processes holds it. While any process of the stack lives
-(:func:`stack.processes.stack_processes`: the recorded ones, whatever runs in their sessions or
-carries the stack's mark in its environment), ``make run`` on the same ``var/`` is refused
-with a message naming ``make up`` (two drivers of one SQLite metadata DB and one workspace
-would trip over each other: trigger ``model_factory`` from the UI instead, or ``make down``
-first). ``down`` stops the recorded processes — each one's identity (pid *and* start time)
-checked first, so a recycled pid is never signalled — and everything else of the stack, also
-what outlived its parent (the LocalExecutor workers of a killed scheduler, the workspace's
-warm engine and model replicas): SIGTERM, then SIGKILL after a grace period, then the
-workspace's runs still alive, as ``make run`` does when it ends. ``up`` stops such leftovers
-of a stack whose recorded processes have all ended before it starts again.
+none of those processes holds it. Once up, the stack is there to be used: ``make run`` drives
+its factory runs over the REST API (:mod:`stack.run`), and starts the stack itself with
+:func:`start_stack` when none is up. ``up`` also makes the Airflow pool the experiments run in
+(:data:`EXPERIMENT_POOL`, deferred task instances counted) and gives every Airflow process the
+connection ``airflow_api`` to its own api-server, through which ``plan_experiments`` sizes that
+pool per factory run. ``down`` stops the recorded processes — each one's identity (pid *and*
+start time) checked first, so a recycled pid is never signalled — and everything else of the
+stack, also what outlived its parent (the LocalExecutor workers of a killed scheduler, the
+workspace's warm engine and model replicas): SIGTERM, then SIGKILL after a grace period, then
+the workspace's runs still alive. ``up`` stops such leftovers of a stack whose recorded
+processes have all ended before it starts again.
 """
 
 from __future__ import annotations
@@ -46,8 +46,13 @@ from datetime import datetime
 from pathlib import Path
 
 import httpx
+import yaml
 
+from factory_tasks.core.names import EXPERIMENT_POOL
+from stack.airflow_api import AirflowApi, api_token
 from stack.env import (
+    DEFAULT_ROWS,
+    DEFAULT_SEED,
     PROJECT_NAME,
     REPO,
     StackPaths,
@@ -58,6 +63,7 @@ from stack.env import (
     stack_paths,
     workspace_api_key,
 )
+from stack.local import Interrupted, StackBusyError, acquire_stack_lock, interruptible
 from stack.processes import (
     MEMBER_ENV,
     ProcessRecord,
@@ -80,6 +86,10 @@ START_TIMEOUT_S = 300.0
 STOP_GRACE_S = 20.0
 #: SIGTERM to SIGKILL for what outlived its parent (LocalExecutor workers ignore SIGTERM)
 LEFTOVER_GRACE_S = 3.0
+#: the experiment pool is made with the default grid's max_parallel; each factory run's
+#: plan_experiments resizes it to the run's
+DEFAULT_GRID = REPO / "config" / "grid.yaml"
+DEFAULT_POOL_SLOTS = 4
 #: DAG files of the factory are in dags/; every DAG parsed from there is unpaused by ``up``
 DAGS_FOLDER = REPO / "dags"
 AIRFLOW_COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer")
@@ -138,10 +148,19 @@ def password_file(paths: StackPaths) -> Path:
     return airflow_passwords_file(paths)
 
 
+def airflow_api_connection(paths: StackPaths, host: str, port: int) -> str:
+    """The connection ``airflow_api``: the stack's own REST API as its admin (tasks size the
+    experiment pool through it). It carries the password: only ever in an environment."""
+    password = json.loads(password_file(paths).read_text())["admin"]
+    return json.dumps({"conn_type": "http", "host": _client_host(host), "port": port, "schema": "http",
+                       "login": "admin", "password": password})
+
+
 def stack_airflow_env(paths: StackPaths, ws, host: str, port: int) -> dict[str, str]:
     """``airflow_env`` plus what a long-running stack needs."""
     env = airflow_env(paths, workspace_url=ws.url, api_key=ws.api_key, model_service_url=ws.model_service_url)
     env.update({
+        "AIRFLOW_CONN_AIRFLOW_API": airflow_api_connection(paths, host, port),
         "AIRFLOW__API__HOST": host,
         "AIRFLOW__API__PORT": str(port),
         "AIRFLOW__API__WORKERS": "1",  # one process: 2 cores, and no worker outliving a kill
@@ -215,18 +234,10 @@ def _answers(url: str) -> bool:
         return False
 
 
-def api_token(url: str, paths: StackPaths, user: str = "admin") -> str:
-    """A JWT from the simple auth manager (``POST /auth/token``) for the generated admin password."""
-    password = json.loads(password_file(paths).read_text())[user]
-    resp = httpx.post(f"{url}/auth/token", json={"username": user, "password": password}, timeout=10)
-    resp.raise_for_status()
-    return resp.json()["access_token"]
-
-
 def unpause_factory_dags(url: str, paths: StackPaths, timeout_s: float) -> list[str]:
     """Wait until the dag-processor has parsed ``model_factory``, then unpause every DAG from
-    the factory's dags/ folder still paused (those made by ``make run``'s ``dags test`` start
-    paused). Returns the DAG ids of dags/."""
+    the factory's dags/ folder still paused (a paused one never runs what ``make run`` triggers,
+    nor the asset-triggered deployment). Returns the DAG ids of dags/."""
     headers = {"Authorization": f"Bearer {api_token(url, paths)}"}
     deadline = time.monotonic() + timeout_s
     with httpx.Client(base_url=url, headers=headers, timeout=10) as http:
@@ -276,62 +287,68 @@ def up(*, host: str | None = None, port: int | None = None, dashboard_port: int 
        timeout_s: float = START_TIMEOUT_S, rows: int | None = None) -> int:
     """Start the stack in the background (or say it is already up); the exit code. ``rows``:
     the simulated training table's size if it is absent (``make run``'s default)."""
-    from cml_workspace.server_process import WorkspaceStartError
-    from stack.local import StackBusyError, acquire_stack_lock
-    from stack.run import DEFAULT_ROWS
-
     paths = stack_paths()
-    host = host or os.environ.get("MODEL_FACTORY_BIND") or "127.0.0.1"
-    port = port or int(os.environ.get("MODEL_FACTORY_API_PORT") or DEFAULT_API_PORT)
-    dashboard_port = dashboard_port or int(os.environ.get("MODEL_FACTORY_DASHBOARD_PORT") or DEFAULT_DASHBOARD_PORT)
     try:
         lock = acquire_stack_lock(paths, holder="make up, starting the long-running stack")
     except StackBusyError as exc:
         _say(f"make up refused: {exc}.\nWait for it to end (or stop it), or set MODEL_FACTORY_VAR "
              "to another folder.")
         return 75
-    rc = _before_start(paths)
+    with lock:
+        return start_stack(paths, host=host, port=port, dashboard_port=dashboard_port, workspace_port=workspace_port,
+                           model_port=model_port, timeout_s=timeout_s, rows=rows)
+
+
+def start_stack(paths: StackPaths, *, host: str | None = None, port: int | None = None,
+                dashboard_port: int | None = None, workspace_port: int | None = None, model_port: int | None = None,
+                timeout_s: float = START_TIMEOUT_S, rows: int | None = None, command: str = "make up",
+                announce: bool = True) -> int:
+    """``up`` under the ``var/`` lock (the caller holds it): start the stack unless it is up;
+    the exit code (0: up, 128 + signal number: interrupted, nothing left running). ``command``
+    names the caller in its messages; ``announce`` prints where everything is at the end."""
+    from cml_workspace.server_process import WorkspaceStartError
+
+    host = host or os.environ.get("MODEL_FACTORY_BIND") or "127.0.0.1"
+    port = port or int(os.environ.get("MODEL_FACTORY_API_PORT") or DEFAULT_API_PORT)
+    dashboard_port = dashboard_port or int(os.environ.get("MODEL_FACTORY_DASHBOARD_PORT") or DEFAULT_DASHBOARD_PORT)
+    rc = _before_start(paths, command)
     for what, p in (("Airflow api-server", port), ("dashboard", dashboard_port)):
         if rc is None and not _port_free(host, p):
-            _say(f"make up refused: port {p} on {host} ({what}) is in use; free it or choose another "
-                 f"(python -m stack up --port N --dashboard-port M).")
+            _say(f"{command} refused: port {p} on {host} ({what}) is in use; free it or choose another "
+                 f"(python -m stack up --port N --dashboard-port M, or MODEL_FACTORY_API_PORT and "
+                 f"MODEL_FACTORY_DASHBOARD_PORT).")
             rc = 1
     if rc is not None:
-        lock.close()
         return rc
-    from stack.run import Interrupted, _interruptible
-
     state = UpState(var=str(paths.var), host=host, started_at=time.strftime("%Y-%m-%d %H:%M:%S"),
                     airflow_url=f"http://{_client_host(host)}:{port}")
     try:
-        with _interruptible():
+        with interruptible():
             _start(paths, state, host=host, port=port, dashboard_port=dashboard_port,
                    workspace_port=workspace_port, model_port=model_port, timeout_s=timeout_s,
                    rows=rows or DEFAULT_ROWS)
-    except Interrupted:
-        lock.close()
+    except Interrupted as exc:
         _say("\nInterrupted: stopping what was started…")
         down(quiet=True)
-        return 130
+        return 128 + exc.signum
     except Exception as exc:  # whatever went wrong, nothing started is left running
-        lock.close()
         known = isinstance(exc, (StartError, WorkspaceStartError))
-        _say(f"make up failed: {exc if known else f'{type(exc).__name__}: {exc}'}\nStopping what was started…")
+        _say(f"{command} failed: {exc if known else f'{type(exc).__name__}: {exc}'}\nStopping what was started…")
         down(quiet=True)
         return 1
-    lock.close()
-    _say(f"\nThe stack is up (var {paths.var}).")
-    _print_where(paths, state)
+    if announce:
+        _say(f"\nThe stack is up (var {paths.var}).")
+        _print_where(paths, state)
     return 0
 
 
-def _before_start(paths: StackPaths) -> int | None:
+def _before_start(paths: StackPaths, command: str) -> int | None:
     """Under the ``var/`` lock: the exit code if ``up`` must not start (already up, partly
     up, a broken state file), else None, once what an ended stack left running is stopped."""
     try:
         state = read_state(paths)
     except StateFileError as exc:
-        _say(f"make up refused: {exc}")
+        _say(f"{command} refused: {exc}")
         return 1
     if state is not None:
         alive = {p.name: process_of(p) is not None for p in state.processes}
@@ -350,7 +367,7 @@ def _before_start(paths: StackPaths) -> int | None:
         _say(f"Stopping what an earlier `make up` left running: {describe(leftovers)}")
         stop_processes(leftovers, LEFTOVER_GRACE_S)
         if still := [p for p in leftovers if p.is_running()]:
-            _say(f"make up refused: could not stop {describe(still)}")
+            _say(f"{command} refused: could not stop {describe(still)}")
             return 1
     state_path(paths).unlink(missing_ok=True)
     return None
@@ -359,6 +376,7 @@ def _before_start(paths: StackPaths) -> int | None:
 def _start(paths: StackPaths, state: UpState, *, host: str, port: int, dashboard_port: int,
            workspace_port: int | None, model_port: int | None, timeout_s: float, rows: int) -> None:
     from cml_workspace.server_process import RunningWorkspace
+
     from stack.airflow_cli import migrate_once
     from stack.dashboard import ensure_secrets, serve_command, serve_env
 
@@ -424,15 +442,31 @@ def _start(paths: StackPaths, state: UpState, *, host: str, port: int, dashboard
                 and health.get("dag_processor", "healthy") == "healthy" and _answers(state.dashboard_urls[0]))
 
     wait_until("the stack", ready, procs, records, deadline, show)
+    slots = default_pool_slots()
+    api = AirflowApi.for_stack(state.airflow_url, paths)
+    try:  # before the DAGs run: a factory run's experiments queue in this pool
+        api.set_pool(EXPERIMENT_POOL, slots, include_deferred=True, description=(
+            "model_factory's experiments in flight (deferred ones count); each factory run's "
+            "plan_experiments sizes it to the run's max_parallel"))
+    finally:
+        api.close()
+    _say(f"  pool {EXPERIMENT_POOL}: {slots} slots (deferred tasks count)")
     dag_ids = unpause_factory_dags(state.airflow_url, paths, max(10.0, deadline - time.monotonic()))
     _say(f"  DAGs unpaused: {', '.join(dag_ids)}")
+
+
+def default_pool_slots() -> int:
+    """The default grid's ``max_parallel`` (:data:`DEFAULT_POOL_SLOTS` if it cannot be read)."""
+    try:
+        slots = (yaml.safe_load(DEFAULT_GRID.read_text()) or {}).get("max_parallel")
+    except (OSError, yaml.YAMLError, AttributeError):
+        return DEFAULT_POOL_SLOTS
+    return slots if isinstance(slots, int) and not isinstance(slots, bool) and slots > 0 else DEFAULT_POOL_SLOTS
 
 
 def ensure_training_table(env: dict[str, str], rows: int, table: str | None = None) -> bool:
     """The simulated training table (``table``, default the factory's), as ``make run`` makes it
     (True: created now)."""
-    from stack.run import DEFAULT_SEED
-
     os.environ["AIRFLOW_CONN_MODEL_FACTORY_WAREHOUSE"] = env["AIRFLOW_CONN_MODEL_FACTORY_WAREHOUSE"]
     from airflow.sdk import BaseHook
 
@@ -455,8 +489,9 @@ def _print_where(paths: StackPaths, state: UpState) -> None:
     _say(f"  CML workspace {state.workspace_url} (API key in {paths.api_key_file}); "
          f"model service {state.model_service_url}/model")
     _say(f"  logs          {paths.logs}/ (workspace: {paths.workspace_root / 'server.log'})")
-    _say("Run the factory: Airflow UI → Dags → model_factory → Trigger. Its deploy_best_model run waits for a "
-         "reviewer: Browse → Required Actions (or Promote in the dashboard).")
+    _say("Run the factory: `make run` (runs it on this stack, which keeps running), or Airflow UI → Dags → "
+         "model_factory → Trigger. Its deploy_best_model run waits for a reviewer: Browse → Required Actions "
+         "(or Promote in the dashboard).")
     _say("`make status` shows what runs; `make down` stops it.")
 
 
@@ -464,7 +499,6 @@ def down(*, quiet: bool = False, grace_s: float = STOP_GRACE_S) -> int:
     """Stop what ``up`` recorded, what those processes started and whatever else of the stack
     still runs (:func:`stack.processes.stack_processes`); the exit code."""
     import psutil
-
     from cml_workspace.scheduler import kill_active_runs
 
     paths = stack_paths()
@@ -581,14 +615,12 @@ def status() -> int:
 
 def foreground(**options) -> int:
     """``make airflow-ui``: ``up``, then wait in the foreground; Ctrl-C (or SIGTERM) runs ``down``."""
-    from stack.run import Interrupted, _interruptible
-
     rc = up(**options)
     if rc != 0:
         return rc
     _say("Ctrl-C stops it (this is `make up` in the foreground).")
     try:
-        with _interruptible():
+        with interruptible():
             while True:
                 state = read_state(stack_paths())
                 if state is None:  # `make down` elsewhere

@@ -1,25 +1,32 @@
-"""deploy_best_model end to end: `airflow dags test` on the embedded stack after a real factory
-run — choice, retrain job run, gate, the custom deploy operator against the local workspace's
-real model servers, the deployment record — then the gate keeping the champion, and a
-reviewer's promotion overriding it."""
+"""deploy_best_model under the real scheduler, on make up's stack (shared with other tests, so a
+model may already be serving), after a real factory run: the deploy run the factory run's asset
+event starts asks for a review in Airflow, which times out to its default at the end of the
+window the factory run passed on; then the retrain job run, the gate, the custom deploy
+operator against the local workspace's real model servers and the deployment record. Then a
+manual pick of what serves, which the gate keeps, and a reviewer's promotion deployed over the
+gate. (``dag.test()`` cannot run this DAG: it never times out a review, and it resumes a
+deferred task without the arguments the task deferred with.)"""
 
 from __future__ import annotations
 
 from datetime import datetime, timezone
 
 import pytest
+from stack.deploy import failed_task, find_deploy_run
+from stack.env import stack_paths
+from stack.running import RunningStack
 
 from factory_tasks.core.names import MODEL_NAME
-from factory_tasks.loop.history import ensure_training_table
+from factory_tasks.loop.selection import rank_candidates
 from factory_tasks.warehouse.deployments import DEPLOYMENTS, serving
 from factory_tasks.warehouse.outcomes import OutcomeStore
 from factory_tasks.warehouse.promotions import promote
-from stack.airflow_cli import dags_test, find_dag_run, task_states
-from stack.env import stack_paths
-from stack.local import local_stack
+from tests.e2e.test_local_stack_up import Stack
+from tests.sqlite_warehouse import SqliteWarehouse
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1800)]
 
+FACTORY_DAG, DEPLOY_DAG = "model_factory", "deploy_best_model"
 GRID = """
 cv: {folds: 3, random_state: 0}
 metrics: [roc_auc, log_loss, policy_value, policy_uplift]
@@ -34,80 +41,85 @@ families:
     resources: {cpu: 1, memory_gb: 1}
     params: {C: [0.05, 1.0]}
 """
-DEPLOY = {"skip_review": True, "review_window_minutes": 0, "replicas": 1}
-
-
-def _dags_test(stack, dag_id: str, conf: dict, name: str):
-    log = stack.paths.logs / f"{name}.log"
-    when = datetime.now(timezone.utc)
-    rc = dags_test(dag_id, conf, stack.env, log, timeout_s=900, logical_date=when)
-    run = find_dag_run(dag_id, when, stack.env)
-    return rc, run, log
-
-
-def _states(stack, run) -> dict[str, str]:
-    return {t.task_id: t.state for t in task_states("deploy_best_model", run.run_id, stack.env)}
-
-
-def _ask(stack, customers: list[dict]):
-    cml = stack.cml_hook()
-    model = cml.find_model(MODEL_NAME)
-    return cml.call_model(model, {"customers": customers}, model_service_url=stack.workspace.model_service_url,
-                          api_key=stack.workspace.api_key)
-
-
+WINDOW_MINUTES = 0.25
+RUN_TIMEOUT_S = 600
 CUSTOMER = {"customer_id": "c-1", "recency": 3, "history": 420.0, "used_discount": 0, "used_bogo": 1,
             "zip_code": "Surburban", "is_referral": 1, "channel": "Phone"}
 
 
-@pytest.fixture(scope="module")
-def factory_run(tmp_path_factory):
-    paths = stack_paths(tmp_path_factory.mktemp("deploy-stack"))
-    with local_stack(paths, cpus=2, memory_gb=6) as stack:
-        assert ensure_training_table(stack.warehouse_hook(), n_rows=6000, seed=9)
-        grid = paths.config / "grid.yaml"
-        grid.write_text(GRID)
-        rc, run, log = _dags_test(stack, "model_factory", {"grid_path": str(grid)}, "factory")
-        assert rc == 0, log.read_text()[-5000:]
-        yield stack, run.run_id
+@pytest.fixture
+def running(shared_stack: Stack) -> RunningStack:
+    stack = RunningStack.find(stack_paths(shared_stack.var))
+    assert stack is not None, f"no stack of make up runs under {shared_stack.var}"
+    return stack
 
 
-def test_first_deployment_then_the_gate_keeps_the_champion_then_a_promotion_overrides(factory_run):
-    stack, factory_run_id = factory_run
-    warehouse = stack.warehouse_hook()
+def _finished(stack: RunningStack, dag_id: str, run_id: str) -> dict[str, str]:
+    """Wait for a run that must succeed; its task states (a mapped task's first instance)."""
+    run = stack.api.wait_for_run(dag_id, run_id, timeout_s=RUN_TIMEOUT_S)
+    assert run["state"] == "success", failed_task(stack.api, dag_id, run_id)
+    return {t["task_id"]: t["state"] for t in stack.api.task_instances(dag_id, run_id) if t["map_index"] in (-1, 0)}
 
-    # 1. first deployment, after a short review window on the deferrable time sensor: the best
-    #    experiment, retrained, passes the gate trivially
-    short_window = {**DEPLOY, "review_window_minutes": 0.1, "factory_run_id": factory_run_id}
-    rc, run, log = _dags_test(stack, "deploy_best_model", short_window, "deploy-1")
-    assert rc == 0, log.read_text()[-8000:]
-    first = serving(warehouse)
-    assert first is not None and first.chosen_by == "automatic" and first.gate_reason.startswith("first deployment")
+
+def _deploy(stack: RunningStack, conf: dict) -> tuple[str, dict[str, str]]:
+    run_id = stack.api.trigger(DEPLOY_DAG, {"replicas": 1, **conf})["dag_run_id"]
+    return run_id, _finished(stack, DEPLOY_DAG, run_id)
+
+
+def _ask(stack: RunningStack, customers: list[dict]):
+    cml = stack.cml_hook()
+    return cml.call_model(cml.find_model(MODEL_NAME), {"customers": customers},
+                          model_service_url=stack.model_service_url, api_key=stack.api_key)
+
+
+def test_a_timed_out_review_then_the_gate_keeping_the_champion_then_a_promotion_deployed(running):
+    api, warehouse = running.api, SqliteWarehouse(running.paths.warehouse_db)
+    grid = running.paths.config / "deploy_e2e_grid.yaml"
+    grid.write_text(GRID)
+    factory_run_id = api.trigger(FACTORY_DAG, {"grid_path": str(grid),
+                                               "review_window_minutes": WINDOW_MINUTES})["dag_run_id"]
+    _finished(running, FACTORY_DAG, factory_run_id)
     outcomes = OutcomeStore(warehouse).read(factory_run_id)
-    best = outcomes.sort_values("ranking_score", ascending=False)["experiment_id"].iloc[0]
-    assert first.experiment_id == best and first.factory_run_id == factory_run_id
-    answer = _ask(stack, [CUSTOMER, {**CUSTOMER, "customer_id": "c-2", "channel": "Web"}])
+    best, other = rank_candidates(outcomes)["experiment_id"].tolist()
+
+    # 1. the factory run's event starts a deploy run with the factory run's window; nobody
+    #    answers the review, which ends with the window and its default: the best experiment
+    trigger = find_deploy_run(api, factory_run_id)
+    assert trigger.review_window_minutes == WINDOW_MINUTES
+    states = _finished(running, DEPLOY_DAG, trigger.run_id)
+    assert states["review"] == "success" and states["wait_for_review_window"] == "skipped", states
+    resolved = api.xcom(DEPLOY_DAG, trigger.run_id, "resolve_run")
+    assert (resolved["factory_run_id"], resolved["minutes"]) == (factory_run_id, WINDOW_MINUTES)
+    choice = api.xcom(DEPLOY_DAG, trigger.run_id, "choose_experiment")
+    assert (choice["experiment_id"], choice["chosen_by"]) == (best, "automatic")
+    decision = api.xcom(DEPLOY_DAG, trigger.run_id, "gate")
+    assert states["retrain"] == "success" and decision["reason"]
+    assert states["record_deployment"] == ("success" if decision["deploy"] else "skipped"), (states, decision)
+
+    # 2. a manual pick of the best (no review): afterwards it serves, deployed now by the gate
+    #    or kept by it as already serving
+    _deploy(running, {"factory_run_id": factory_run_id, "experiment_id": best})
+    champion = serving(warehouse)
+    assert (champion.experiment_id, champion.factory_run_id) == (best, factory_run_id)
+    answer = _ask(running, [CUSTOMER, {**CUSTOMER, "customer_id": "c-2", "channel": "Web"}])
     predictions = answer.prediction["predictions"]
     assert [p["customer_id"] for p in predictions] == ["c-1", "c-2"] and answer.uuid
     assert set(predictions[0]["offers"]) == {"Buy One Get One", "Discount", "No Offer"}
-    assert answer.prediction["model_version"] == first.model_version
+    assert answer.prediction["model_version"] == champion.model_version
 
-    # 2. nothing new: the automatic choice is the champion itself; the gate keeps it
-    rc, run, log = _dags_test(stack, "deploy_best_model", {**DEPLOY, "factory_run_id": factory_run_id}, "deploy-2")
-    assert rc == 0, log.read_text()[-8000:]
-    states = _states(stack, run)
-    assert states["gate"] == "success" and states["deploy_or_keep_champion"] == "success"
-    assert states["record_deployment"] == "skipped"
-    assert "already serving" in log.read_text()
-    assert len(DEPLOYMENTS.read_all(warehouse)) == 1
+    # 3. the same pick again: the gate keeps the model already serving, nothing is recorded
+    recorded = len(DEPLOYMENTS.read_all(warehouse))
+    run_id, states = _deploy(running, {"factory_run_id": factory_run_id, "experiment_id": best})
+    assert states["deploy_or_keep_champion"] == "success" and states["record_deployment"] == "skipped", states
+    assert "already serving" in api.xcom(DEPLOY_DAG, run_id, "gate")["reason"]
+    assert len(DEPLOYMENTS.read_all(warehouse)) == recorded
 
-    # 3. a reviewer promotes the other experiment: it is deployed even if not better (recorded)
-    other = outcomes[outcomes.experiment_id != best].iloc[0]
-    promote(outcomes, other["experiment_id"], factory_run_id, "ana", "simpler model", warehouse,
-            now=datetime.now(timezone.utc))
-    rc, run, log = _dags_test(stack, "deploy_best_model", {**DEPLOY, "factory_run_id": factory_run_id}, "deploy-3")
-    assert rc == 0, log.read_text()[-8000:]
-    third = serving(warehouse)
-    assert (third.experiment_id, third.chosen_by, third.chosen_by_user) == (other["experiment_id"], "promotion", "ana")
-    assert third.replaced_deployment_ids == [first.deployment_id]
-    assert _ask(stack, [CUSTOMER]).prediction["model_version"] == third.model_version
+    # 4. a reviewer promotes the other experiment in the dashboard during the window: it is
+    #    deployed even if not better (recorded), the review timing out unanswered
+    promote(outcomes, other, factory_run_id, "ana", "simpler model", warehouse, now=datetime.now(timezone.utc))
+    run_id, states = _deploy(running, {"factory_run_id": factory_run_id, "review_window_minutes": WINDOW_MINUTES})
+    assert states["review"] == "success", states
+    promoted = serving(warehouse)
+    assert (promoted.experiment_id, promoted.chosen_by, promoted.chosen_by_user) == (other, "promotion", "ana")
+    assert promoted.replaced_deployment_ids == [champion.deployment_id]
+    assert _ask(running, [CUSTOMER]).prediction["model_version"] == promoted.model_version

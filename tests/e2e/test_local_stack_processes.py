@@ -21,7 +21,6 @@ from pathlib import Path
 
 import psutil
 import pytest
-
 from stack.env import REPO, airflow_env, stack_paths
 
 pytestmark = pytest.mark.timeout(120)

@@ -1,7 +1,14 @@
 """`make run` (``python -m stack run``) as a user sees it: a real subprocess on a tmp
-``MODEL_FACTORY_VAR`` with the real workspace, Airflow and SQLite warehouse. It reports
-*this* DAG run — its leaderboard or the failing task's error — never an older run's, exits
-non-zero when the run failed, and a refusal or Ctrl-C is a short message, not a traceback."""
+``MODEL_FACTORY_VAR``, driving the stack of ``make up`` over its REST API.
+
+* On the session's running stack it uses that stack and leaves it up, and reports *this*
+  factory run — its leaderboard, its deployment, the closed loop — never an older run's.
+* Ctrl-C during the experiments: exit 130 in two lines, the DAG run failed, the CML runs it
+  started stopped (the workspace's records), the stack still up.
+* On a fresh folder it starts the stack itself; a bad grid ends it with the grid's error and a
+  non-zero exit, and nothing it started is left running.
+* A second ``make run`` on the same folder is refused in two lines.
+"""
 
 from __future__ import annotations
 
@@ -16,8 +23,9 @@ import time
 from pathlib import Path
 
 import pytest
-
 from stack.env import REPO, stack_paths
+
+from tests.e2e.test_local_stack_up import Stack, free_port, live, processes_of, recorded
 
 pytestmark = pytest.mark.e2e
 
@@ -28,8 +36,9 @@ OLD_RUN = "manual__2020-01-01T00:00:00+00:00"
 OLD_EXPERIMENT = "0123456789abcdef"
 OLD_FAMILY = "seeded_older_family"
 
+#: random_state 1: no other test of the session's stack runs these experiments (they would be reused)
 SETTINGS = """
-cv: {folds: %d, random_state: 0}
+cv: {folds: %d, random_state: 1}
 metrics: [roc_auc, log_loss]
 ranking_metric: roc_auc
 max_parallel: 2
@@ -54,17 +63,20 @@ SLOW_FOREST = """
 """
 
 
-def stack_env(var: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW_CONN_")}
+def stack_env(var: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW_CONN_", "AIRFLOW__", "MODEL_FACTORY_"))}
     env["MODEL_FACTORY_VAR"] = str(var)
+    env.update(extra)
     return env
 
 
-def make_run(var: Path, grid: Path, timeout: float = 540) -> subprocess.CompletedProcess:
-    return subprocess.run(
+def make_run(var: Path, grid: Path, timeout: float, **env: str) -> subprocess.CompletedProcess:
+    proc = subprocess.run(
         [sys.executable, "-m", "stack", "run", "--grid", str(grid), "--rows", str(ROWS)],
-        cwd=REPO, env=stack_env(var), capture_output=True, text=True, timeout=timeout,
+        cwd=REPO, env=stack_env(var, **env), capture_output=True, text=True, timeout=timeout,
     )
+    print(proc.stdout + proc.stderr)
+    return proc
 
 
 def seed_older_run(var: Path) -> None:
@@ -93,78 +105,63 @@ def assert_no_older_run(output: str) -> None:
         assert older not in output, output
 
 
-@pytest.fixture(scope="module")
-def var(tmp_path_factory) -> Path:
-    """One stack folder for the module (Airflow's DB is migrated once), with an older run."""
-    var = tmp_path_factory.mktemp("make-run") / "var"
-    seed_older_run(var)
-    return var
+def assert_still_up(stack: Stack, before: list[dict]) -> None:
+    after = recorded(stack.var)
+    assert [(r["name"], r["pid"]) for r in after] == [(r["name"], r["pid"]) for r in before]
+    assert all(live(r) for r in after), after
 
 
-def test_an_invalid_grid_prints_the_grid_error_and_no_older_leaderboard(var, tmp_path):
-    grid = tmp_path / "grid.yaml"
-    grid.write_text(SETTINGS % 1 + LOGISTIC)  # one fold: invalid
-    proc = make_run(var, grid)
-    out = proc.stdout + proc.stderr
-    assert proc.returncode == 1, out
-    assert "task validate_grid failed:" in out
-    assert f"GridError: invalid grid config {grid} (1 problem):" in out
-    assert re.search(rf"{re.escape(str(grid))}:\d+: cv\.folds: Input should be greater than or equal to 2", out), out
-    assert "Traceback" not in out
-    assert "Top " not in out  # no leaderboard at all
-    assert_no_older_run(out)
-    assert re.search(r"No outcomes were recorded for factory run manual__\S+\.", out), out
+def test_a_second_make_run_on_the_same_folder_is_refused_in_two_lines(tmp_path):
+    from stack.local import acquire_driver_lock
+
+    paths = stack_paths(tmp_path / "var")
+    with acquire_driver_lock(paths):  # what a running `make run` holds
+        proc = make_run(paths.var, REPO / "config" / "grid.yaml", timeout=120)
+    out = (proc.stdout + proc.stderr).strip().splitlines()
+    assert proc.returncode == 75, out
+    assert len(out) == 3, out  # the banner, then the refusal in two lines
+    assert out[1].startswith(f"make run refused: {paths.var} is in use by another make run (pid {os.getpid()}")
+    assert "MODEL_FACTORY_VAR" in out[2]
+    assert not (paths.var / "stack-up.json").exists() and not paths.workspace_root.exists()  # nothing started
 
 
-def test_a_successful_run_prints_its_own_leaderboard(var, tmp_path):
+@pytest.mark.timeout(1800)
+def test_on_the_running_stack_it_reports_this_run_and_leaves_the_stack_up(shared_stack: Stack, tmp_path):
+    seed_older_run(shared_stack.var)
+    before = recorded(shared_stack.var)
     grid = tmp_path / "grid.yaml"
     grid.write_text(SETTINGS % 2 + LOGISTIC)
-    proc = make_run(var, grid, timeout=1200)
+    proc = make_run(shared_stack.var, grid, timeout=1500)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out
-    run_id = re.search(r"\[5/8\] DAG run (manual__\S+): success after", out).group(1)
+    assert "[1/8] using the stack of make up" in out
+    copy = re.search(r"\[3/8\] grid \S+, copied to (\S+) \(a config folder", out).group(1)
+    assert Path(copy).parent == stack_paths(shared_stack.var).config and Path(copy).read_text() == grid.read_text()
+    run_id = re.search(r"\[5/8\] model_factory run (manual__\S+): success after", out).group(1)
     assert f"Factory run {run_id}: 1 experiments" in out
     assert "Top 1 of 1 experiments, ranked by roc_auc" in out
     assert "logistic_regression" in out
     assert_no_older_run(out)
-    # then the deploy, and the endpoint's answers for five simulated customers
-    assert "gate: first deployment: no model is serving yet" in out
-    assert re.search(rf"Serving model \S+ \(experiment [0-9a-f]{{16}} of {re.escape(run_id)}, chosen automatic\)", out), out
-    assert len(re.findall(r"^  sim-\d ", out, flags=re.M)) == 5
-    assert re.search(r"worth \S+ per customer, \d+\.\d% of the optimal policy", out), out
-    # then the closed loop: three windows of traffic, the drift seen by monitoring, the retrain queued
-    assert "[8/8] closed-loop demo: 3 hourly windows of traffic" in out
-    assert re.search(r"traffic: 6,000 decisions \(\d+ explored\), responses: \d+ attached, \d+ duplicate", out), out
-    cohorts = re.findall(r"^  (\d\d:\d\d)  +2,000 .*  (\w+) (\d\.\d\d)$", out, flags=re.M)
-    assert len(cohorts) == 3, out
-    assert float(cohorts[0][2]) < 0.10  # before the drift: no feature moved
-    assert cohorts[1][1] == "channel" and float(cohorts[1][2]) >= 0.25  # the customer mix moved
-    assert re.search(r"^  ALERT \d\d:\d\d feature_drift: channel: drift_psi 0\.\d+ >= 0\.25", out, flags=re.M), out
-    assert re.search(r"retrain queued: model_factory run monitoring__\d{8}T\d{6} \(include_interactions=true\)", out), out
+    assert re.search(r"^\d\d:\d\d:\d\d experiments: 1 submitted \| .*; tasks: .*run_experiment", out, flags=re.M), out
+    # then the deployment the run's asset event started, and the closed loop (stack.deploy, stack.closed_loop)
+    for step in ("[6/8]", "[7/8]", "[8/8]"):
+        assert step in out, out
+    assert "Where to look:" in out and shared_stack.api in out
+    assert "Traceback" not in out
+    assert_still_up(shared_stack, before)
 
 
-def _descendants_of(var: Path) -> list[int]:
-    """Processes whose environment holds this MODEL_FACTORY_VAR (all that the run started)."""
-    marker = f"MODEL_FACTORY_VAR={var}".encode()
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if marker in (entry / "environ").read_bytes().split(b"\0"):
-                    found.append(int(entry.name))
-            except OSError:
-                continue
-    return found
+@pytest.mark.timeout(900)
+def test_ctrl_c_during_the_experiments_stops_this_runs_cml_runs(shared_stack: Stack, tmp_path):
+    from stack.run import experiment_runs
 
-
-def _until_an_experiment_runs(var: Path, grid: Path, then) -> tuple[int, str]:
-    """Start `make run` as a terminal's foreground job (its own process group: Ctrl-C signals
-    the whole group), call ``then(proc)`` once an experiment is seen running; returns the exit
-    code and the output once everything the run started has ended."""
+    before = recorded(shared_stack.var)
+    grid = tmp_path / "grid.yaml"
+    grid.write_text(SETTINGS % 5 + SLOW_FOREST)
     proc = subprocess.Popen(
         [sys.executable, "-m", "stack", "run", "--grid", str(grid), "--rows", str(ROWS)],
-        cwd=REPO, env=stack_env(var), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        start_new_session=True,
+        cwd=REPO, env=stack_env(shared_stack.var), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        start_new_session=True,  # a terminal's foreground job: Ctrl-C signals its whole process group
     )
     lines: list[str] = []
     reader = threading.Thread(target=lambda: lines.extend(iter(proc.stdout.readline, "")), daemon=True)
@@ -175,73 +172,58 @@ def _until_an_experiment_runs(var: Path, grid: Path, then) -> tuple[int, str]:
             assert proc.poll() is None, "".join(lines)
             assert time.monotonic() < deadline, "no experiment was seen running:\n" + "".join(lines)
             time.sleep(0.2)
-        started = _descendants_of(var)
-        assert len(started) >= 3, started  # the workspace server, airflow dags test, the experiment run
-        then(proc)
-        code = proc.wait(timeout=60)
+        os.killpg(proc.pid, signal.SIGINT)
+        code = proc.wait(timeout=120)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
     reader.join(timeout=10)
-    deadline = time.monotonic() + 15
-    while _descendants_of(var):
-        assert time.monotonic() < deadline, f"still running after make run ended: {_descendants_of(var)}"
-        time.sleep(0.2)
-    return code, "".join(lines)
-
-
-def test_ctrl_c_stops_everything_and_says_so(var, tmp_path):
-    grid = tmp_path / "grid.yaml"
-    grid.write_text(SETTINGS % 5 + SLOW_FOREST)
-    code, out = _until_an_experiment_runs(var, grid, lambda proc: os.killpg(proc.pid, signal.SIGINT))
+    out = "".join(lines)
+    print(out)
     assert code == 130, out
     assert "Traceback" not in out and "KeyboardInterrupt" not in out, out
+    run_id = re.search(r"\[4/8\] model_factory triggered over REST: run (\S+) ", out).group(1)
     tail = out.strip().splitlines()[-2:]
-    assert tail[0].startswith("Interrupted (Ctrl-C): the DAG run, the local CML workspace and its experiment runs"), out
+    assert tail[0].startswith(f"Interrupted (Ctrl-C): factory run {run_id} marked failed, "), out
+    assert re.search(r", [1-9]\d* experiment runs? of it stopped; the stack keeps running\.$", tail[0]), out
     assert "make run" in tail[1], out
 
+    stack = shared_stack.running()
+    assert stack.api.dag_run("model_factory", run_id)["state"] == "failed"
+    runs = experiment_runs(stack.cml_hook(), run_id)
+    assert runs, "the workspace recorded no run of this factory run"
+    assert {r.status.value for r in runs} <= {"ENGINE_STOPPED", "ENGINE_STOPPING"}, [(r.id, r.status) for r in runs]
+    time.sleep(3)  # a stop that takes effect later still ends the run
+    runs = experiment_runs(stack.cml_hook(), run_id)
+    assert all(r.status.is_terminal for r in runs), [(r.id, r.status) for r in runs]
+    assert_still_up(shared_stack, before)
 
-def test_a_workspace_that_dies_ends_the_run_with_that_reason(var, tmp_path):
+
+@pytest.mark.timeout(900)
+def test_on_a_fresh_folder_it_starts_the_stack_and_a_bad_grid_stops_it_again(tmp_path):
+    var = tmp_path / "var"
+    seed_older_run(var)
     grid = tmp_path / "grid.yaml"
-    grid.write_text(SETTINGS % 4 + SLOW_FOREST)  # not the Ctrl-C test's experiment: no reuse
-
-    def kill_the_workspace(_proc):
-        holder = (stack_paths(var).workspace_root / "server.lock").read_text()
-        os.kill(int(re.match(r"pid (\d+)", holder).group(1)), signal.SIGKILL)
-
-    code, out = _until_an_experiment_runs(var, grid, kill_the_workspace)
-    assert code == 1, out
-    assert "Traceback" not in out, out
-    assert out.strip().splitlines()[-1].startswith(
-        "make run failed: the local CML workspace stopped during the run (killed by SIGKILL)"), out
+    grid.write_text(SETTINGS % 1 + LOGISTIC)  # one fold: invalid
+    ports = {"MODEL_FACTORY_API_PORT": str(free_port()), "MODEL_FACTORY_DASHBOARD_PORT": str(free_port())}
+    try:
+        proc = make_run(var, grid, timeout=600, **ports)
+        left = processes_of(var)
+        state_file = (var / "stack-up.json").exists()
+    finally:
+        Stack(var, int(ports["MODEL_FACTORY_API_PORT"]), int(ports["MODEL_FACTORY_DASHBOARD_PORT"])).kill_everything()
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 1, out
+    assert "[1/8] no stack is up under" in out
+    assert "pool model_factory_experiments: 4 slots" in out  # make up's machinery made the pool
+    assert "task plan_experiments failed:" in out
+    # the error names the grid the user named, not its copy under var/config
+    assert f"GridError: invalid grid config {grid} (1 problem):" in out, out
+    assert re.search(rf"{re.escape(str(grid))}:\d+: cv\.folds: Input should be greater than or equal to 2", out), out
+    assert "Traceback" not in out
+    assert "Top " not in out  # no leaderboard at all
     assert_no_older_run(out)
-
-
-def test_a_second_make_run_on_the_same_folder_is_refused_in_two_lines(tmp_path):
-    from stack.local import stack_lock
-
-    paths = stack_paths(tmp_path / "var")
-    with stack_lock(paths):  # what a running `make run` holds
-        proc = make_run(paths.var, REPO / "config" / "grid.yaml", timeout=120)
-    out = (proc.stdout + proc.stderr).strip().splitlines()
-    assert proc.returncode == 75, out
-    assert len(out) == 3, out  # the banner, then the refusal in two lines
-    assert out[1].startswith(f"make run refused: {paths.var} is in use by another stack command (pid {os.getpid()}")
-    assert "MODEL_FACTORY_VAR" in out[2]
-    assert not paths.workspace_root.exists()  # refused before starting anything
-
-
-def test_a_workspace_server_already_on_the_folder_is_refused_in_two_lines(tmp_path):
-    from cml_workspace.server_process import running_workspace
-
-    paths = stack_paths(tmp_path / "var")
-    with running_workspace(paths.workspace_root, project="") as other:
-        holder = f"pid {other.pid} on {other.url}"
-        proc = make_run(paths.var, REPO / "config" / "grid.yaml", timeout=120)
-        assert other.is_running()  # and unharmed
-    out = (proc.stdout + proc.stderr).strip().splitlines()
-    assert proc.returncode == 75, out
-    assert len(out) == 3, out  # the banner, then the refusal in two lines
-    assert out[1] == f"make run refused: another workspace server ({holder}) is using {paths.workspace_root}."
-    assert "MODEL_FACTORY_VAR" in out[2]
+    assert re.search(r"No outcomes were recorded for factory run manual__\S+\.", out), out
+    assert out.index("Stopping the stack make run started") > out.index("task plan_experiments failed:"), out
+    assert not state_file and left == [], left
