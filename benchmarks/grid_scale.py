@@ -3,38 +3,33 @@
 Starts the stack of ``make up`` (``local/stack/up.py``: the local CML workspace, api-server,
 scheduler with LocalExecutor, dag-processor, triggerer, dashboards) in a fresh temporary
 ``var/``, pauses every DAG but ``model_factory`` (the hourly loop DAGs would otherwise run
-beside it), triggers ``model_factory`` through the REST API on a generated grid file — N
-logistic regressions, ``C`` swept over N values, 2 CV folds, two metrics, a small training
-table — waits until the DAG run ends, stops everything it started (``make down``'s code) and
-prints:
+beside it), triggers ``model_factory`` through the REST API (:class:`stack.airflow_api.AirflowApi`)
+on a generated grid file — N logistic regressions, ``C`` swept over N values, 2 CV folds, two
+metrics, a small training table — waits until the DAG run ends, stops everything it started
+(``make down``'s code) and prints:
 
 * **wall**: the DAG run's start to end as Airflow recorded them;
 * **runs' own time**: the sum over the CML runs of ``finished_at - running_at`` (the workspace's
-  run records; ``starting_at`` is also shown: the warm engine's fork);
-* **overhead per experiment**, two ways. The issue's definition, (wall - runs' time) / N, is
-  only meaningful when runs go one at a time; here up to C run at once (C = the most that were
-  running at the same instant, i.e. the cores the workspace could give), so the runs' time is
-  spread over C slots and the critical path the work alone needs is runs' time / C.
-  ``(wall - runs' time / C) / N`` is what orchestration added per experiment: everything
-  before the first run, the gaps where a slot sat empty because the next run was not yet
-  submitted, and everything after the last run. It is the figure held against the target
-  (0.5 s). The literal (serial) definition is printed beside it;
-* **CML API calls per experiment**: the requests the workspace received between the trigger
-  and the end of the DAG run (its access log, one line per request with method and path;
-  ``/health`` excluded) divided by N, by route kind (list jobs, list runs pages, get run,
-  create run, files...), and how many list-runs pages came while capacity triggers were
-  deferred (the per-DAG-run cap's polling: ``CmlCapacityTrigger``);
-* **CPU seconds** of the scheduler (its own loop, and its LocalExecutor workers and task
-  processes), the triggerer, the dag-processor, the api-server and the workspace server during
-  the DAG run (each process tree's user + system time, reaped children included, psutil);
-* **the Airflow UI's grid view**: the three requests its page makes (``/ui/grid/structure``,
-  ``/ui/grid/runs``, ``/ui/grid/ti_summaries`` of ``model_factory``, with the api-server's JWT),
-  timed during the run and after it: seconds and bytes.
+  run records);
+* **overhead per experiment**: ``(wall - runs' time / C) / N``, C the most runs that were running
+  at the same instant (the cores the workspace could give): everything before the first run,
+  the gaps where a core sat idle because the next run was not yet submitted, and everything
+  after the last run, per experiment. The serial form ``(wall - runs' time) / N`` beside it;
+* **the pool**: the most CML runs in flight at once (created to finished, from the workspace's
+  run records) against the run's ``max_parallel``, which ``plan_experiments`` sizes the pool
+  ``model_factory_experiments`` to (deferred task instances counted): never more may be in flight;
+* **CML API calls per experiment**: the requests the workspace received between the trigger and
+  the end of the DAG run (its access log; ``/health`` excluded) divided by N, by route kind;
+* **the experiment job's profile**: where the runs' own time went, summed over the runs (from
+  the timings each job records in its ``result.json``);
+* **CPU seconds** of each component of the stack during the DAG run (process trees, psutil);
+* **the Airflow UI's grid view**: its three requests, timed during and after the run.
 
-Targets (issue #11): overhead <= 0.5 s per experiment, <= 10 CML API calls per experiment.
+Targets (issue #19): overhead <= 0.3 s per experiment, <= 5 CML API calls per experiment, never
+more than ``max_parallel`` runs in flight.
 
     .venv/bin/python benchmarks/grid_scale.py [--experiments 1000] [--rows 2000] [--folds 2]
-        [--max-parallel 4] [--timeout 3600] [--var DIR] [--keep]
+        [--max-parallel 4] [--timeout 3600] [--var DIR]
 """
 
 from __future__ import annotations
@@ -48,7 +43,8 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -60,12 +56,16 @@ from cml_provider.hooks import endpoints as cml_endpoints
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-TARGET_OVERHEAD_S = 0.5
-TARGET_CALLS = 10.0
+TARGET_OVERHEAD_S = 0.3
+TARGET_CALLS = 5.0
 DAG_ID = "model_factory"
-RUN_ENDED = ("success", "failed")
+EXPERIMENT_TASK = "run_experiment"
 #: the grid view's page asks for this many runs
 GRID_VIEW_RUNS = 10
+#: the CML run's environment names its factory run and its experiment (factory_tasks.core.names)
+FACTORY_RUN_ENV, EXPERIMENT_ID_ENV = "MF_FACTORY_RUN_ID", "MF_EXPERIMENT_ID"
+#: and the task instance that submitted it (cml_provider.operators.cml.TI_KEY_ENV): .../<map_index>
+TI_KEY_ENV = "MF_AIRFLOW_TI_KEY"
 
 
 # -- the grid file ---------------------------------------------------------------------------------
@@ -197,6 +197,84 @@ def overhead_figures(wall_s: float, durations: Sequence[float], concurrency: int
             "serial_overhead_per_experiment_s": (wall_s - runs_s) / experiments}
 
 
+def when(value: str) -> datetime:
+    return datetime.fromisoformat(value.replace("Z", "+00:00"))
+
+
+def run_spans(records: list[dict], start_key: str = "running_at") -> list[tuple[float, float]]:
+    return [(when(r[start_key]).timestamp(), when(r["finished_at"]).timestamp())
+            for r in records if r.get(start_key) and r.get("finished_at")]
+
+
+#: the experiment job's profile, in the order a run spends it (``job_profile``'s keys)
+PROFILE_PARTS = (
+    ("start", "process start: running_at to the job's code (fork, script, imports not preloaded)"),
+    ("code_version", "hashing the code it runs, and its lazy imports"),
+    ("snapshot", "snapshot load: read the Parquet file, check its schema and content hash"),
+    ("fit", "fitting, every fold"),
+    ("score", "scoring, every fold (every metric)"),
+    ("cv_other", "the rest of the cross-validation: features, splits, pipelines"),
+    ("save", "artifact save: model.skops and its metadata"),
+    ("job_other", "the rest of the job: spec, logging"),
+    ("exit", "result write, exit, the workspace seeing it (to finished_at)"),
+)
+
+
+def job_profile(records: list[dict], results: dict[str, dict]) -> dict[str, float]:
+    """Where the runs' own time (``running_at`` to ``finished_at``) went, summed over the runs
+    whose ``result.json`` has the job's ``timings``: :data:`PROFILE_PARTS`, and ``own`` (their
+    sum), ``queued`` (created to starting: waiting for a core, not the run's time), ``fork``
+    (starting to running), ``runs`` (profiled) and ``unprofiled`` (runs without timings)."""
+    total: Counter = Counter()
+    for record in records:
+        result = results.get(experiment_of(record) or "")
+        timings = (result or {}).get("timings") or {}
+        if not (timings.get("entered_at_unix") and record.get("running_at") and record.get("finished_at")):
+            total["unprofiled"] += 1
+            continue
+        created, starting, running, finished = (when(record[k]).timestamp() if record.get(k) else None
+                                                for k in ("created_at", "starting_at", "running_at", "finished_at"))
+        fit, score = result["fit_time"]["total"], result["score_time"]["total"]
+        parts = {
+            "start": timings["entered_at_unix"] - running,
+            "code_version": timings.get("code_version_s", 0.0) + timings.get("imports_s", 0.0),
+            "snapshot": timings.get("snapshot_s", 0.0),
+            "fit": fit, "score": score, "cv_other": timings.get("cv_s", fit + score) - fit - score,
+            "save": timings.get("save_s", 0.0),
+            "exit": finished - timings["entered_at_unix"] - timings["job_s"],
+        }
+        parts["job_other"] = timings["job_s"] - sum(parts[k] for k in ("code_version", "snapshot", "fit", "score",
+                                                                        "cv_other", "save"))
+        total.update(parts)
+        total["own"] += finished - running
+        total["queued"] += (starting - created) if starting and created else 0.0
+        total["fork"] += (running - starting) if starting else 0.0
+        total["runs"] += 1
+    return {k: float(v) for k, v in total.items()}
+
+
+def format_profile(profile: dict[str, float], cores: int, baseline: dict[str, float] | None = None) -> list[str]:
+    """The profile as lines: each part summed over the runs and per core; with ``baseline``
+    (GridSearchCV's ``fit``/``score`` sums), those two side by side."""
+    runs = int(profile.get("runs", 0))
+    if not runs:
+        return ["  no run has the job's timings (results of an older job, or none succeeded)"]
+    own = profile["own"]
+    lines = [f"  {'part':<14} {'sum s':>8} {'per core':>8} {'share':>6}  ({runs} runs; runs' own time "
+             f"{own:.1f} s = {own / cores:.1f} s per core)"]
+    for key, what in PROFILE_PARTS:
+        value = profile.get(key, 0.0)
+        extra = ""
+        if baseline and key in baseline:
+            extra = f"  GridSearchCV {baseline[key]:.1f} s ({value / baseline[key]:.2f}x)" if baseline[key] else ""
+        lines.append(f"  {key:<14} {value:8.2f} {value / cores:8.2f} {value / own:6.1%}  {what}{extra}")
+    if profile.get("unprofiled"):
+        lines.append(f"  ({int(profile['unprofiled'])} runs without timings left out)")
+    lines.append(f"  besides: queued for a core {profile.get('queued', 0.0):.1f} s, fork "
+                 f"{profile.get('fork', 0.0):.2f} s (not the runs' own time)")
+    return lines
+
+
 # -- the stack's processes -----------------------------------------------------------------------
 def _tree_cpu(pid: int, create_time: float) -> tuple[float, float]:
     """(own, whole tree) CPU seconds of a process: user + system, plus the children it reaped,
@@ -227,71 +305,40 @@ def cpu_snapshot(state) -> dict[str, tuple[float, float]]:
     return {r.name: _tree_cpu(r.pid, r.create_time) for r in state.processes}
 
 
-# -- the Airflow REST API --------------------------------------------------------------------------
-class Airflow:
-    def __init__(self, url: str, paths):
-        import httpx
+# -- the stack -------------------------------------------------------------------------------------
+@contextmanager
+def scheduler_stack(var: Path, *, rows: int, say: Callable[[str], None] = print) -> Iterator[Any]:
+    """``make up``'s stack in ``var`` (training table of ``rows`` rows if absent) with every DAG
+    but model_factory paused; a :class:`stack.running.RunningStack`. Stopped (``make down``'s
+    code) on the way out, whatever happened."""
+    from cml_workspace.server_process import free_port
+    from stack import up as stack_up
+    from stack.env import stack_paths
+    from stack.processes import stack_processes
+    from stack.running import RunningStack
 
-        from stack.up import api_token
-
-        self.http = httpx.Client(base_url=url, timeout=120,
-                                 headers={"Authorization": f"Bearer {api_token(url, paths)}"})
-
-    def _call(self, method: str, path: str, attempts: int = 5, **kwargs):
-        """One request; a 5xx (SQLite's "database is locked" while the scheduler writes) is tried
-        again after a second, up to ``attempts`` times."""
-        for attempt in range(1, attempts + 1):
-            resp = self.http.request(method, path, **kwargs)
-            if resp.status_code < 500 or attempt == attempts:
-                resp.raise_for_status()
-                return resp
-            time.sleep(1.0)
-
-    def get(self, path: str, **params) -> Any:
-        return self._call("GET", path, params=params).json()
-
-    def send(self, method: str, path: str, body: dict) -> Any:
-        return self._call(method, path, json=body).json()
-
-    def trigger(self, conf: dict) -> dict:
-        """Trigger a model_factory run (after a 5xx, the run it may have made anyway is taken)."""
-        resp = self.http.post(f"/api/v2/dags/{DAG_ID}/dagRuns", json={"logical_date": None, "conf": conf})
-        if resp.status_code >= 500:
-            time.sleep(1.0)
-            runs = self.get(f"/api/v2/dags/{DAG_ID}/dagRuns", limit=10)["dag_runs"]
-            if runs:
-                return runs[0]
-            return self.send("POST", f"/api/v2/dags/{DAG_ID}/dagRuns", {"logical_date": None, "conf": conf})
-        resp.raise_for_status()
-        return resp.json()
-
-    def dag_run(self, run_id: str) -> dict:
-        return self.get(f"/api/v2/dags/{DAG_ID}/dagRuns/{run_id}")
-
-    def count_tis(self, run_id: str, **filters) -> int:
-        return self.get(f"/api/v2/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances", limit=1, **filters)["total_entries"]
-
-    def task_instances(self, run_id: str) -> list[dict]:
-        """Every task instance of the run (paged)."""
-        found: list[dict] = []
-        while True:
-            page = self.get(f"/api/v2/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances", limit=100, offset=len(found))
-            found += page["task_instances"]
-            if not page["task_instances"] or len(found) >= page["total_entries"]:
-                return found
-
-    def grid_view(self, run_ids: list[str]) -> tuple[float, int]:
-        """What the grid page loads: seconds and bytes of its three requests, one after another."""
-        started = time.perf_counter()
-        size = 0
-        for path, params in ((f"/ui/grid/structure/{DAG_ID}", {"limit": GRID_VIEW_RUNS, "order_by": "-run_after"}),
-                             (f"/ui/grid/runs/{DAG_ID}", {"limit": GRID_VIEW_RUNS, "order_by": "-run_after"}),
-                             (f"/ui/grid/ti_summaries/{DAG_ID}", {"run_ids": run_ids})):
-            size += len(self._call("GET", path, params=params).content)
-        return time.perf_counter() - started, size
+    os.environ["MODEL_FACTORY_VAR"] = str(var)
+    paths = stack_paths(var)
+    started = time.perf_counter()
+    rc = stack_up.up(port=free_port(), dashboard_port=free_port(), rows=rows)
+    try:
+        if rc != 0:
+            raise SystemExit(f"the stack did not start (exit {rc}); logs under {paths.logs}")
+        stack = RunningStack.find(paths)
+        if stack is None:
+            raise SystemExit(f"the stack under {var} is not fully up; logs under {paths.logs}")
+        say(f"stack up in {time.perf_counter() - started:.0f} s")
+        paused = quiet_other_dags(stack.api)
+        time.sleep(3)  # a DAG parsed a moment later starts unpaused too
+        say(f"paused {', '.join(sorted(set(paused) | set(quiet_other_dags(stack.api))))}")
+        yield stack
+    finally:
+        stack_up.down(quiet=True)
+        if left := stack_processes(paths, None):
+            say(f"WARNING: {len(left)} processes of the stack under {var} still run: {[p.pid for p in left]}")
 
 
-def quiet_other_dags(api: Airflow) -> list[str]:
+def quiet_other_dags(api) -> list[str]:
     """Pause every DAG but model_factory and fail the runs they already started."""
     paused = []
     for dag in api.get("/api/v2/dags", limit=1000)["dags"]:
@@ -301,12 +348,41 @@ def quiet_other_dags(api: Airflow) -> list[str]:
         paused.append(dag["dag_id"])
         for state in ("queued", "running"):
             for run in api.get(f"/api/v2/dags/{dag['dag_id']}/dagRuns", state=state, limit=100)["dag_runs"]:
-                api.send("PATCH", f"/api/v2/dags/{dag['dag_id']}/dagRuns/{run['dag_run_id']}", {"state": "failed"})
+                api.mark_failed(dag["dag_id"], run["dag_run_id"])
     return paused
 
 
-def _when(value: str) -> datetime:
-    return datetime.fromisoformat(value.replace("Z", "+00:00"))
+def grid_view(api, run_ids: list[str]) -> tuple[float, int]:
+    """What the UI's grid page loads: seconds and bytes of its three requests, one after another."""
+    started = time.perf_counter()
+    size = 0
+    for path, params in ((f"/ui/grid/structure/{DAG_ID}", {"limit": GRID_VIEW_RUNS, "order_by": "-run_after"}),
+                         (f"/ui/grid/runs/{DAG_ID}", {"limit": GRID_VIEW_RUNS, "order_by": "-run_after"}),
+                         (f"/ui/grid/ti_summaries/{DAG_ID}", {"run_ids": run_ids})):
+        size += len(api.call("GET", path, params=params).content)
+    return time.perf_counter() - started, size
+
+
+def count_tis(api, run_id: str, **filters: Any) -> int:
+    return api.get(f"/api/v2/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances", limit=1, **filters)["total_entries"]
+
+
+def trigger(api, conf: dict) -> str:
+    """A model_factory run with ``conf``; its run id. Named here, so that a trigger the
+    api-server made despite answering 5xx (SQLite busy) is found rather than made twice."""
+    from stack.airflow_api import AirflowApiError
+
+    run_id = f"benchmark__{datetime.now().strftime('%Y%m%dT%H%M%S.%f')}"
+    try:
+        api.trigger(DAG_ID, conf, run_id=run_id)
+    except AirflowApiError:
+        api.dag_run(DAG_ID, run_id)  # raises unless the run exists
+    return run_id
+
+
+def run_to_end(api, conf: dict, timeout_s: float) -> dict:
+    """Trigger a model_factory run and wait for it, unmeasured (a warm-up)."""
+    return api.wait_for_run(DAG_ID, trigger(api, conf), timeout_s=timeout_s, tick_s=1.0)
 
 
 # -- one measured DAG run --------------------------------------------------------------------------
@@ -314,8 +390,7 @@ def _when(value: str) -> datetime:
 class Sample:
     t: float
     calls: Counter
-    deferred_submits: int
-    deferred_waits: int
+    experiments: dict[str, int]
     load: float
 
 
@@ -329,16 +404,21 @@ class ScheduledRun:
     trigger_to_end_s: float
     calls: Counter
     cpu: dict[str, tuple[float, float]]
+    #: the CML runs of this factory run (the workspace's records)
     runs: list[dict]
+    #: experiment id -> its result.json (the profile's timings)
+    results: dict[str, dict] = field(default_factory=dict)
     samples: list[Sample] = field(default_factory=list)
     grid_view_during: list[tuple[float, int]] = field(default_factory=list)
     grid_view_after: list[tuple[float, int]] = field(default_factory=list)
     dag_start: datetime | None = None
     dag_end: datetime | None = None
-    #: one poll of the capacity trigger after the run (the job now holds the run's N runs)
-    capacity_probe: Counter = field(default_factory=Counter)
     #: the run's task instances as the REST API lists them
     tis: list[dict] = field(default_factory=list)
+    #: the pool as the REST API shows it after the run
+    pool: dict = field(default_factory=dict)
+    load_before: float = 0.0
+    load_after: float = 0.0
 
     @property
     def task_instances(self) -> int:
@@ -346,152 +426,111 @@ class ScheduledRun:
 
     @property
     def worker_task_instances(self) -> int:
-        """Those that ran on a worker (a hostname): not the skipped ones, nor the waits that
-        started and ended in the triggerer."""
+        """Those that ran on a worker (a hostname): not the skipped ones."""
         return sum(bool(ti.get("hostname")) for ti in self.tis)
 
 
-def probe_capacity_poll(workspace_url: str, api_key: str, run_id: str, access: AccessLog) -> Counter:
-    """The requests of one poll of :class:`CmlCapacityTrigger` as ``CmlJobRunOperator`` defers it
-    for this DAG run (the plan's experiment jobs, marker, pages), run once here against the
-    workspace. Its cap is out of reach, so the trigger ends after its first poll."""
-    import asyncio
-
-    from cml_provider.hooks.cml import CmlHook
-    from cml_provider.operators.cml import DAG_RUN_KEY_ENV
-    from cml_provider.triggers.cml import CmlCapacityTrigger
-
-    from factory_tasks.core.names import EXPERIMENT_JOB_PREFIX
-    from stack.env import cml_connection
-
-    os.environ["AIRFLOW_CONN_CML_BENCHMARK_PROBE"] = cml_connection(workspace_url, api_key)
-    project_id = _project_id(workspace_url, api_key)
-    with CmlHook.from_url(workspace_url, api_key, project_id=project_id) as hook:
-        job_ids = [j.id for j in hook.list_jobs({"name": EXPERIMENT_JOB_PREFIX})]
-    trigger = CmlCapacityTrigger(
-        cml_conn_id="cml_benchmark_probe", project_id=project_id, job_ids=job_ids,
-        marker_key=DAG_RUN_KEY_ENV, marker_value=f"{DAG_ID}/{run_id}", max_active=10**9, poll_interval=1.0,
-        deadline=time.time() + 60)
-
-    async def one_poll() -> list:
-        return [event async for event in trigger.run()]
-
-    access.new_lines()
-    events = asyncio.run(one_poll())
-    time.sleep(0.5)
-    counts = count_requests(access.new_lines())
-    counts["events"] = len(events)
-    return counts
-
-
-def _project_id(workspace_url: str, api_key: str) -> str:
-    from cml_provider.hooks.cml import CmlHook
-
-    return CmlHook.from_url(workspace_url, api_key, project_name="model-factory").get_project_id()
-
-
-def run_under_scheduler(var: Path, conf: dict, *, rows: int, timeout_s: float, sample_s: float = 5.0,
-                        grid_view_every_s: float = 60.0, warm_up: dict | None = None, say=print) -> ScheduledRun:
-    """Start the ``make up`` stack in ``var`` (training table of ``rows`` rows if absent), run
-    ``model_factory`` with ``conf`` through the REST API, measure it, stop the stack.
-
-    With ``warm_up`` (a conf), a first run with it goes before the measured one, unmeasured: a
-    freshly started stack pays once what a long-running one does not pay per run (the
-    triggerer builds its in-process execution API on its first call, ≈ 3.5 s)."""
-    import psutil
-
-    from cml_workspace.server_process import free_port
-    from stack import up as stack_up
-    from stack.env import stack_paths
-
-    os.environ["MODEL_FACTORY_VAR"] = str(var)
-    paths = stack_paths(var)
-    started = time.perf_counter()
-    rc = stack_up.up(port=free_port(), dashboard_port=free_port(), rows=rows)
-    if rc != 0:
-        raise SystemExit(f"the stack did not start (exit {rc}); logs under {paths.logs}")
+def environment_of(record: dict) -> dict[str, str]:
+    raw = record.get("environment") or {}
     try:
-        say(f"stack up in {time.perf_counter() - started:.0f} s")
-        state = stack_up.read_state(paths)
-        api = Airflow(state.airflow_url, paths)
-        paused = quiet_other_dags(api)
-        time.sleep(3)  # a DAG parsed a moment later starts unpaused too
-        paused = sorted(set(paused) | set(quiet_other_dags(api)))
-        say(f"paused {', '.join(paused)}")
-        if warm_up is not None:
-            warm_started = time.perf_counter()
-            warm = api.trigger(warm_up)
-            while warm["state"] not in RUN_ENDED:
-                if time.perf_counter() - warm_started > timeout_s:
-                    raise SystemExit(f"the warm-up run {warm['dag_run_id']} did not end in {timeout_s:.0f} s")
-                time.sleep(1.0)
-                warm = api.dag_run(warm["dag_run_id"])
-            say(f"warm-up run {warm['dag_run_id']} {warm['state']} in {time.perf_counter() - warm_started:.0f} s")
-        access = AccessLog(paths.workspace_root / "server.log")
-        access.new_lines()  # what the start-up asked is not the DAG run's
-        cpu_before = cpu_snapshot(state)
-        t0 = time.perf_counter()
-        run = api.trigger(conf)  # the stack's var/ is the benchmark's own: no other run but the warm-up
-        run_id = run["dag_run_id"]
-        say(f"triggered {DAG_ID} run {run_id}")
-        calls: Counter = Counter()
-        samples: list[Sample] = []
-        during: list[tuple[float, int]] = []
-        last_grid = t0
-        deadline = t0 + timeout_s
-        while True:
-            time.sleep(sample_s)
-            calls.update(count_requests(access.new_lines()))
-            run = api.dag_run(run_id)
-            now = time.perf_counter()
-            if run["state"] in RUN_ENDED:
-                break
-            samples.append(Sample(now - t0, Counter(calls),
-                                  api.count_tis(run_id, state="deferred", task_display_name_prefix_pattern="submit_"),
-                                  api.count_tis(run_id, state="deferred", task_display_name_prefix_pattern="wait_for_"),
-                                  os.getloadavg()[0]))
-            if now - last_grid >= grid_view_every_s:
-                during.append(api.grid_view([run_id]))
-                last_grid = now
-            s = samples[-1]
-            done = api.count_tis(run_id, state="success", task_display_name_prefix_pattern="wait_for_")
-            say(f"  {s.t:6.0f}s  waits done {done:5d}  deferred: capacity {s.deferred_submits:4d}, "
-                f"sensors {s.deferred_waits:4d}  API calls so far {sum(v for k, v in calls.items() if k != 'errors'):7d}"
-                f"  load {s.load:.1f}")
-            if now > deadline:
-                say(f"timed out after {timeout_s:.0f} s: figures below are of an unfinished run")
-                break
-        trigger_to_end = time.perf_counter() - t0
-        cpu_after = cpu_snapshot(state)
-        time.sleep(1.0)
-        calls.update(count_requests(access.new_lines()))
-        cpu = {name: (cpu_after[name][0] - cpu_before.get(name, (0, 0))[0],
-                      cpu_after[name][1] - cpu_before.get(name, (0, 0))[1]) for name in cpu_after}
-        after = [api.grid_view([run_id]) for _ in range(3)]
-        tis = api.task_instances(run_id)
-        from cml_provider.hooks.cml import CmlHook
+        return json.loads(raw) if isinstance(raw, str) else dict(raw)
+    except ValueError:
+        return {}
 
-        hook = CmlHook.from_url(state.workspace_url, paths.api_key_file.read_text().strip(),
-                                project_name="model-factory")
+
+def experiment_of(record: dict) -> str | None:
+    return environment_of(record).get(EXPERIMENT_ID_ENV)
+
+
+def map_index_of(record: dict) -> int | None:
+    key = environment_of(record).get(TI_KEY_ENV) or ""
+    tail = key.rsplit("/", 1)[-1]
+    return int(tail) if tail.lstrip("-").isdigit() else None
+
+
+def factory_runs(stack, run_id: str) -> list[dict]:
+    """The workspace's records of the CML runs this factory run started."""
+    with stack.cml_hook() as hook:
         records = [r.raw for job in hook.list_jobs() for r in hook.list_job_runs(job.id)]
-        records = [r for r in records if f'"{run_id}"' in (r.get("environment") or "")]
-        probe = probe_capacity_poll(state.workspace_url, paths.api_key_file.read_text().strip(), run_id, access)
-        result = ScheduledRun(run_id=run_id, state=run["state"], wall_s=0.0, trigger_to_end_s=trigger_to_end,
-                              calls=calls, cpu=cpu, runs=records, samples=samples, grid_view_during=during,
-                              grid_view_after=after, capacity_probe=probe, tis=tis)
-        if run.get("start_date") and run.get("end_date"):
-            result.dag_start, result.dag_end = _when(run["start_date"]), _when(run["end_date"])
-            result.wall_s = (result.dag_end - result.dag_start).total_seconds()
-        else:
-            result.wall_s = trigger_to_end
-        return result
-    finally:
-        stack_up.down(quiet=True)
-        left = [p for p in psutil.process_iter(["cmdline", "environ"])
-                if p.pid != os.getpid() and (str(var) in " ".join(p.info["cmdline"] or [])
-                                             or (p.info["environ"] or {}).get("MODEL_FACTORY_VAR") == str(var))]
-        if left:
-            say(f"WARNING: {len(left)} processes still name {var}: {[p.pid for p in left]}")
+    return [r for r in records if environment_of(r).get(FACTORY_RUN_ENV) == run_id]
+
+
+def read_results(stack, records: list[dict]) -> dict[str, dict]:
+    """experiment id -> ``result.json`` of each run's experiment (those that wrote one)."""
+    from factory_tasks.core.contracts import ExperimentResult
+
+    found = {}
+    with stack.cml_hook() as hook:
+        for eid in {e for e in map(experiment_of, records) if e}:
+            raw = hook.download_file_if_exists(ExperimentResult.path_for(eid))
+            if raw:
+                found[eid] = json.loads(raw)
+    return found
+
+
+def measure_run(stack, conf: dict, *, timeout_s: float, sample_s: float = 5.0, grid_view_every_s: float = 60.0,
+                follow: bool = True, say: Callable[[str], None] = print) -> ScheduledRun:
+    """Trigger model_factory with ``conf`` on the running stack, follow it to its end and measure it.
+    Without ``follow``, one request per ``sample_s`` asks whether the run has ended (no counts of
+    task instances, no grid view while it runs: the requests would cost the stack CPU the
+    measured run competes for)."""
+    from factory_tasks.core.names import EXPERIMENT_POOL
+
+    api = stack.api
+    access = AccessLog(stack.paths.workspace_root / "server.log")
+    access.new_lines()  # what came before is not this DAG run's
+    load_before = os.getloadavg()[0]
+    cpu_before = cpu_snapshot(stack.state)
+    t0 = time.perf_counter()
+    run_id = trigger(api, conf)
+    say(f"triggered {DAG_ID} run {run_id} (load {load_before:.1f})")
+    calls: Counter = Counter()
+    samples: list[Sample] = []
+    during: list[tuple[float, int]] = []
+    last_grid = t0
+    while True:
+        time.sleep(sample_s)
+        calls.update(count_requests(access.new_lines()))
+        run = api.dag_run(DAG_ID, run_id)
+        now = time.perf_counter()
+        if run["state"] in ("success", "failed"):
+            break
+        if now - t0 > timeout_s:
+            say(f"timed out after {timeout_s:.0f} s: figures below are of an unfinished run")
+            break
+        if not follow:
+            continue
+        states = {name: count_tis(api, run_id, task_id=EXPERIMENT_TASK, state=state)
+                  for name, state in (("waiting", ["scheduled"]), ("worker", ["queued", "running"]),
+                                      ("deferred", ["deferred"]), ("done", ["success", "failed", "upstream_failed"]))}
+        samples.append(Sample(now - t0, Counter(calls), states, os.getloadavg()[0]))
+        if now - last_grid >= grid_view_every_s:
+            during.append(grid_view(api, [run_id]))
+            last_grid = now
+        s = samples[-1]
+        say(f"  {s.t:6.0f}s  experiments: done {states['done']:5d}, deferred {states['deferred']:4d}, on a worker "
+            f"{states['worker']:3d}, scheduled {states['waiting']:4d}  API calls so far "
+            f"{sum(v for k, v in calls.items() if k != 'errors'):7d}  load {s.load:.1f}")
+    trigger_to_end = time.perf_counter() - t0
+    load_after = os.getloadavg()[0]
+    cpu_after = cpu_snapshot(stack.state)
+    time.sleep(1.0)
+    calls.update(count_requests(access.new_lines()))
+    cpu = {name: (cpu_after[name][0] - cpu_before.get(name, (0, 0))[0],
+                  cpu_after[name][1] - cpu_before.get(name, (0, 0))[1]) for name in cpu_after}
+    after = [grid_view(api, [run_id]) for _ in range(3)]
+    records = factory_runs(stack, run_id)
+    result = ScheduledRun(run_id=run_id, state=run["state"], wall_s=trigger_to_end, trigger_to_end_s=trigger_to_end,
+                          calls=calls, cpu=cpu, runs=records, results=read_results(stack, records), samples=samples,
+                          grid_view_during=during, grid_view_after=after,
+                          tis=api.task_instances(DAG_ID, run_id), load_before=load_before,
+                          load_after=load_after)
+    resp = api.call("GET", f"/api/v2/pools/{EXPERIMENT_POOL}", ok=(404,))
+    result.pool = resp.json() if resp.status_code == 200 else {}
+    if run.get("start_date") and run.get("end_date"):
+        result.dag_start, result.dag_end = when(run["start_date"]), when(run["end_date"])
+        result.wall_s = (result.dag_end - result.dag_start).total_seconds()
+    return result
 
 
 def task_timeline(tis: list[dict], dag_start: datetime) -> list[dict[str, Any]]:
@@ -499,7 +538,7 @@ def task_timeline(tis: list[dict], dag_start: datetime) -> list[dict[str, Any]]:
     being scheduled, queued and started and to its last one ending, earliest start first — the
     orchestration's critical path, hand-offs included."""
     def at(value: str | None) -> float | None:
-        return None if not value else (_when(value) - dag_start).total_seconds()
+        return None if not value else (when(value) - dag_start).total_seconds()
 
     rows: dict[str, dict[str, Any]] = {}
     for ti in tis:
@@ -514,23 +553,40 @@ def task_timeline(tis: list[dict], dag_start: datetime) -> list[dict[str, Any]]:
     return sorted(rows.values(), key=lambda r: (r["started"] is None, r["started"] or 0.0))
 
 
-def format_timeline(rows: list[dict[str, Any]]) -> list[str]:
-    def cell(value: float | None) -> str:
-        return "     -" if value is None else f"{value:6.1f}"
+def _cell(value: float | None) -> str:
+    return "     -" if value is None else f"{value:6.1f}"
 
+
+def format_timeline(rows: list[dict[str, Any]]) -> list[str]:
     lines = [f"  {'task':32s} {'n':>5s} {'sched':>6s} {'queued':>6s} {'start':>6s} {'end':>6s}  (s from DAG run start)"]
     for r in rows:
-        lines.append(f"  {r['task_id']:32s} {r['instances']:5d} {cell(r['scheduled'])} {cell(r['queued'])} "
-                     f"{cell(r['started'])} {cell(r['ended'])}")
+        lines.append(f"  {r['task_id']:32s} {r['instances']:5d} {_cell(r['scheduled'])} {_cell(r['queued'])} "
+                     f"{_cell(r['started'])} {_cell(r['ended'])}")
     return lines
 
 
-def run_spans(records: list[dict], start_key: str = "running_at") -> list[tuple[float, float]]:
-    spans = []
-    for r in records:
-        if r.get(start_key) and r.get("finished_at"):
-            spans.append((_when(r[start_key]).timestamp(), _when(r["finished_at"]).timestamp()))
-    return spans
+def experiment_timeline(tis: list[dict], records: list[dict], dag_start: datetime) -> list[str]:
+    """One line per run_experiment instance: when its task instance was scheduled and started,
+    its CML run created, started running and finished, and its task instance ended."""
+    def at(value: str | None) -> float | None:
+        return None if not value else (when(value) - dag_start).total_seconds()
+
+    by_index = {map_index_of(r): r for r in records}
+    lines = [f"  {'map':>4s} {'TI sched':>8s} {'TI start':>8s} {'created':>8s} {'running':>8s} {'finished':>8s} "
+             f"{'TI end':>8s}  {'try':>3s} state      (s from DAG run start)"]
+    for ti in sorted((t for t in tis if t["task_id"] == EXPERIMENT_TASK), key=lambda t: t.get("map_index", -1)):
+        run = by_index.get(ti.get("map_index"), {})
+        cells = [at(ti.get("scheduled_when")), at(ti.get("start_date")), at(run.get("created_at")),
+                 at(run.get("running_at")), at(run.get("finished_at")), at(ti.get("end_date"))]
+        lines.append(f"  {ti.get('map_index', -1):4d} " + " ".join(f"{_cell(c):>8s}" for c in cells)
+                     + f"  {ti.get('try_number', 0):3d} {ti.get('state')}")
+    return lines
+
+
+def pool_check(records: list[dict], max_parallel: int) -> dict[str, Any]:
+    """The most CML runs in flight at once (created to finished) against the pool's size."""
+    in_flight = max_concurrency(run_spans(records, "created_at"))
+    return {"runs_in_flight_max": in_flight, "max_parallel": max_parallel, "respected": in_flight <= max_parallel}
 
 
 # -- the report --------------------------------------------------------------------------------
@@ -538,9 +594,8 @@ def _ratio(value: float, target: float) -> str:
     return f"{value / target:.2f}x target ({'met' if value <= target else 'NOT met'})"
 
 
-def report(m: ScheduledRun, n: int, *, poll_interval_s: float) -> dict[str, Any]:
+def report(m: ScheduledRun, n: int, *, max_parallel: int, cores: int) -> dict[str, Any]:
     spans = run_spans(m.runs)
-    starting = run_spans(m.runs, "starting_at")
     finished = [r for r in m.runs if r.get("finished_at")]
     statuses = Counter(r.get("status") for r in m.runs)
     concurrency = max(1, max_concurrency(spans)) if spans else 1
@@ -553,21 +608,25 @@ def report(m: ScheduledRun, n: int, *, poll_interval_s: float) -> dict[str, Any]
           f"{len(finished)} finished")
     print(f"wall (DAG run start to end, Airflow's record): {m.wall_s:9.1f} s   (trigger to end seen: "
           f"{m.trigger_to_end_s:.1f} s)")
-    print(f"runs' own time (sum of finished_at - running_at): {fig['runs_s']:8.1f} s   "
-          f"(from starting_at: {sum(e - s for s, e in starting):.1f} s); mean {fig['runs_s'] / max(1, len(spans)):.2f} s a run")
-    in_flight = max_concurrency(run_spans(m.runs, "created_at"))
-    print(f"runs at once at most: {concurrency}; runs' time / {concurrency}: {fig['critical_path_s']:.1f} s; "
-          f"runs in flight (created to finished) at most: {in_flight}")
+    print(f"runs' own time (sum of finished_at - running_at): {fig['runs_s']:8.1f} s; "
+          f"mean {fig['runs_s'] / max(1, len(spans)):.2f} s a run")
+    print(f"runs at once at most: {concurrency}; runs' time / {concurrency}: {fig['critical_path_s']:.1f} s")
     if spans and m.dag_start and m.dag_end:
         first, last = min(s for s, _ in spans), max(e for _, e in spans)
         print(f"  before the first run starts: {first - m.dag_start.timestamp():8.1f} s")
         print(f"  first run start to last run end: {last - first:8.1f} s (mean runs at once "
               f"{fig['runs_s'] / max(1e-9, last - first):.2f})")
         print(f"  after the last run ends:     {m.dag_end.timestamp() - last:8.1f} s")
+    if m.dag_start:
+        print("\n".join(format_timeline(task_timeline(m.tis, m.dag_start))))
     over = fig["overhead_per_experiment_s"]
     print(f"overhead per experiment, (wall - runs' time / {concurrency}) / {n}: {over:.3f} s   "
           f"{_ratio(over, TARGET_OVERHEAD_S)}")
     print(f"  (serial definition, (wall - runs' time) / {n}: {fig['serial_overhead_per_experiment_s']:.3f} s)")
+    pool = pool_check(m.runs, max_parallel)
+    print(f"runs in flight at once (created to finished) at most: {pool['runs_in_flight_max']}, the pool's size "
+          f"{max_parallel}: {'respected' if pool['respected'] else 'EXCEEDED'}; the pool after the run: "
+          + (f"{m.pool.get('slots')} slots, include_deferred {m.pool.get('include_deferred')}" if m.pool else "absent"))
 
     total = sum(v for k, v in m.calls.items() if k != "errors")
     per = total / n
@@ -575,21 +634,13 @@ def report(m: ScheduledRun, n: int, *, poll_interval_s: float) -> dict[str, Any]
           + (f"; {m.calls['errors']} answered >= 400" if m.calls.get("errors") else ""))
     for kind, count in sorted(((k, v) for k, v in m.calls.items() if k != "errors"), key=lambda kv: -kv[1]):
         print(f"  {kind:<20} {count:8d}  {count / n:6.2f} per experiment")
-    capacity = capacity_polling(m.samples)
-    if capacity:
-        print(f"while capacity triggers were deferred (mean {capacity['mean_deferred']:.0f}, at most "
-              f"{capacity['max_deferred']}): {capacity['calls_per_s']:.1f} API calls/s, "
-              f"{capacity['list_calls_per_s']:.1f} of them list jobs/runs "
-              f"= {capacity['list_calls_per_s'] * poll_interval_s:.0f} per {poll_interval_s:g}-s poll interval, "
-              f"{capacity['list_calls_per_trigger_poll']:.2f} per deferred trigger and poll")
-    probe = {k: v for k, v in m.capacity_probe.items() if k not in ("events", "errors")}
-    if probe:
-        print(f"one capacity-trigger poll after the run ({len(m.runs)} runs in the job): {sum(probe.values())} API calls "
-              f"({', '.join(f'{k} {v}' for k, v in sorted(probe.items()))}) per poll interval "
-              "(one count, shared by the DAG run's deferred submits in a triggerer)")
+    profile = job_profile(m.runs, m.results)
+    print("the experiment job, summed over the runs (the timings in each result.json):")
+    print("\n".join(format_profile(profile, concurrency)))
     names = {"scheduler": "scheduler", "triggerer": "triggerer", "dag-processor": "dag-processor",
              "api-server": "api-server", "workspace": "workspace server", "dashboard": "dashboards"}
-    print(f"CPU seconds during the run ({m.trigger_to_end_s:.0f} s; 2 cores = {2 * m.trigger_to_end_s:.0f} CPU-s):")
+    print(f"CPU seconds during the run ({m.trigger_to_end_s:.0f} s; {cores} cores = {cores * m.trigger_to_end_s:.0f} "
+          "CPU-s):")
     for name, label in names.items():
         if name not in m.cpu:
             continue
@@ -608,40 +659,20 @@ def report(m: ScheduledRun, n: int, *, poll_interval_s: float) -> dict[str, Any]
           + (f"; slowest during the run {during[0]:.2f} s ({len(m.grid_view_during)} loads)" if during else ""))
     loads = [s.load for s in m.samples]
     if loads:
-        print(f"load average (1 min) during the run: {min(loads):.1f}-{max(loads):.1f}, median {statistics.median(loads):.1f}")
+        print(f"load average (1 min): {m.load_before:.1f} at the trigger, {m.load_after:.1f} at the end; during "
+              f"the run {min(loads):.1f}-{max(loads):.1f}, median {statistics.median(loads):.1f}")
     return {"benchmark": "grid_scale", "experiments": n, "state": m.state, "cml_runs": len(m.runs),
             "wall_s": round(m.wall_s, 1), "runs_s": round(fig["runs_s"], 1), "concurrency": concurrency,
             "overhead_per_experiment_s": round(over, 3),
             "serial_overhead_per_experiment_s": round(fig["serial_overhead_per_experiment_s"], 3),
             "task_instances": m.task_instances, "worker_task_instances": m.worker_task_instances,
-            "api_calls_per_experiment": round(per, 2), "api_calls": dict(m.calls),
+            "api_calls_per_experiment": round(per, 2), "api_calls": dict(m.calls), **pool,
+            "profile_s": {k: round(v, 2) for k, v in profile.items()},
             "cpu_s": {k: [round(a, 1), round(b, 1)] for k, (a, b) in m.cpu.items()},
             "grid_view_s": round(after, 3), "grid_view_bytes": size,
             "grid_view_during_max_s": round(during[0], 3) if during else None,
-            "capacity_polling": capacity, "capacity_probe_calls": probe, "runs_in_flight_max": in_flight,
+            "load_before": round(m.load_before, 2), "load_after": round(m.load_after, 2),
             "load": [min(loads), max(loads)] if loads else None}
-
-
-def capacity_polling(samples: list[Sample]) -> dict[str, float] | None:
-    """API call rates over the sample intervals in which capacity triggers were deferred."""
-    seconds = calls = lists = deferred = 0.0
-    most = 0
-    for a, b in zip(samples, samples[1:]):
-        if not (a.deferred_submits and b.deferred_submits):
-            continue
-        dt = b.t - a.t
-        diff = b.calls - a.calls
-        seconds += dt
-        calls += sum(v for k, v in diff.items() if k != "errors")
-        lists += diff["list runs (pages)"] + diff["list jobs"]
-        deferred += (a.deferred_submits + b.deferred_submits) / 2 * dt
-        most = max(most, a.deferred_submits, b.deferred_submits)
-    if not seconds:
-        return None
-    mean_deferred = deferred / seconds
-    return {"seconds": round(seconds, 1), "mean_deferred": round(mean_deferred, 1), "max_deferred": most,
-            "calls_per_s": round(calls / seconds, 1), "list_calls_per_s": round(lists / seconds, 1),
-            "list_calls_per_trigger_poll": round(lists / seconds / mean_deferred, 2) if mean_deferred else 0.0}
 
 
 def main() -> int:
@@ -649,7 +680,7 @@ def main() -> int:
     parser.add_argument("--experiments", "-n", type=int, default=1000)
     parser.add_argument("--rows", type=int, default=2000, help="rows of the simulated training table")
     parser.add_argument("--folds", type=int, default=2)
-    parser.add_argument("--max-parallel", type=int, default=4, help="the grid's max_parallel (runs in flight)")
+    parser.add_argument("--max-parallel", type=int, default=4, help="the grid's max_parallel (the pool's size)")
     parser.add_argument("--timeout", type=float, default=3600.0, help="seconds to wait for the DAG run")
     parser.add_argument("--var", type=Path, default=None, help="stack folder (default: a fresh temp dir)")
     args = parser.parse_args()
@@ -657,21 +688,20 @@ def main() -> int:
     from factory_tasks.training.grid import load_grid
 
     var = (args.var or Path(tempfile.mkdtemp(prefix="mf-scale-"))).resolve()
-    grid = write_grid(var / "config" / "grid-scale.yaml", args.experiments, folds=args.folds, max_parallel=args.max_parallel)
+    grid = write_grid(var / "config" / "grid-scale.yaml", args.experiments, folds=args.folds,
+                      max_parallel=args.max_parallel)
     config = load_grid(grid)  # the grid is valid before anything starts
+    cores = os.cpu_count() or 1
     print(f"grid {grid}: {config.size} experiments ({config.cv.folds} folds, max_parallel {config.max_parallel}), "
-          f"{args.rows} rows, {os.cpu_count()} cores; load {os.getloadavg()[0]:.1f} at the start", flush=True)
+          f"{args.rows} rows, {cores} cores; load {os.getloadavg()[0]:.1f} at the start", flush=True)
 
     def say(msg: str) -> None:
         print(msg, flush=True)
 
-    measured = run_under_scheduler(var, {"grid_path": str(grid), "reuse_results": False}, rows=args.rows,
-                                   timeout_s=args.timeout, say=say)
-    # the stack's poll interval for CML (stack.env.airflow_env sets it for the local workspace)
-    from stack.env import airflow_env, stack_paths
-
-    poll_s = float(airflow_env(stack_paths(var), workspace_url="-", api_key="-")["MODEL_FACTORY_CML_POLL_INTERVAL_S"])
-    figures = report(measured, config.size, poll_interval_s=poll_s)
+    with scheduler_stack(var, rows=args.rows, say=say) as stack:
+        measured = measure_run(stack, {"grid_path": str(grid), "reuse_results": False}, timeout_s=args.timeout,
+                               say=say)
+    figures = report(measured, config.size, max_parallel=config.max_parallel, cores=cores)
     print(json.dumps(figures))
     return 0 if measured.state == "success" else 1
 
