@@ -109,6 +109,7 @@ def model_factory():
         poll_interval=CML_POLL_INTERVAL_S,
         wait_timeout=WAIT_TIMEOUT_S,
         retries=2,  # an error of the task, not of the run: the retry waits for the same run
+        reuse_failed_run=True,  # a retry after the run failed reports that failure, never runs it twice
     ).expand_kwargs(planned)
 
     @task(trigger_rule=TriggerRule.ALL_DONE, outlets=[EXPERIMENT_OUTCOMES])

@@ -16,6 +16,7 @@ import json
 import os
 import re
 import signal
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -149,6 +150,16 @@ def test_on_the_running_stack_it_reports_this_run_and_leaves_the_stack_up(shared
     assert "Where to look:" in out and shared_stack.api in out
     assert "Traceback" not in out
     assert_still_up(shared_stack, before)
+    # nothing of the deployments is left deferred for a later triggerer to resume (issue 22's
+    # fault 2: a one-shot runner's orphaned deploy trigger, resumed by make up's triggerer,
+    # stopped the live deployment)
+    db = sqlite3.connect(stack_paths(shared_stack.var).airflow_home / "airflow.db")
+    try:
+        (left,) = db.execute("SELECT count(*) FROM task_instance WHERE dag_id = 'deploy_best_model' "
+                             "AND (state = 'deferred' OR trigger_id IS NOT NULL)").fetchone()
+    finally:
+        db.close()
+    assert left == 0
 
 
 @pytest.mark.timeout(900)

@@ -114,6 +114,19 @@ def test_retry_after_a_failed_run_starts_a_new_one(cml_conn, hook, unique, make_
     assert third["run_id"] != second["run_id"]
 
 
+def test_a_retry_after_the_run_failed_reports_that_failure_without_running_it_again(
+        cml_conn, hook, unique, make_context, wait_terminal):
+    # e.g. Airflow failed the resumed task (its quick-trigger race) after the run itself failed
+    first = operator(unique, environment={"MF_TEST_FAIL_WITH": "bad hyperparameter"}).execute(
+        make_context(run_id=f"manual__{unique}"))
+    assert wait_terminal(hook, first["job_id"], first["run_id"]).status is JobRunStatus.FAILED
+    retry = operator(unique, environment={"MF_TEST_FAIL_WITH": "bad hyperparameter"}, wait_for_completion=True,
+                     reuse_failed_run=True)
+    with pytest.raises(AirflowFailException, match=f"{first['run_id']}.*ENGINE_FAILED"):
+        retry.execute(make_context(run_id=f"manual__{unique}", try_number=2))
+    assert [r.id for r in hook.list_job_runs(first["job_id"])] == [first["run_id"]]
+
+
 def test_wait_for_completion_defers_to_the_run_trigger(cml_conn, hook, unique, make_context):
     op = operator(unique, wait_for_completion=True, poll_interval=0.1, environment={"MF_TEST_SLEEP": "0.5"})
     with pytest.raises(TaskDeferred) as info:

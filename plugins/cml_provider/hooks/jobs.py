@@ -25,6 +25,7 @@ from cml_provider.hooks.endpoints import (
     encode_search_filter,
 )
 from cml_provider.models import CmlJob, CmlJobRun, environment_to_request
+from cml_provider.states import JobRunStatus
 
 __all__ = ["CmlJobsMixin"]
 
@@ -199,6 +200,7 @@ class CmlJobsMixin(BaseCmlHook):
         arguments: str | None = None,
         max_pages: int | None = 5,
         reuse_succeeded: bool = True,
+        reuse_failed: bool = False,
         project_id: str | None = None,
         recent_runs: Sequence[CmlJobRun] | None = None,
     ) -> tuple[CmlJobRun, bool]:
@@ -207,7 +209,8 @@ class CmlJobsMixin(BaseCmlHook):
         ``idempotency_env`` (e.g. ``{"MF_AIRFLOW_TI_KEY": "dag/run/task/-1"}``) is added to the
         run's environment and looked up among the job's recent runs (``max_pages`` pages, newest
         first) before creating: a run carrying it that is still active, or has succeeded (unless
-        ``reuse_succeeded=False``), is reused; a failed, timed-out, stopped or skipped one is not.
+        ``reuse_succeeded=False``), is reused; a failed or timed-out one only with
+        ``reuse_failed=True`` (its failure is then the outcome); a stopped or skipped one never.
         After an ambiguous create failure (5xx, read timeout) the runs are listed again before
         re-creating.
 
@@ -226,7 +229,9 @@ class CmlJobsMixin(BaseCmlHook):
                 else:
                     existing = self.find_job_run(job_id, idempotency_env, max_pages=max_pages, project_id=pid)
                 if existing is not None and (
-                    existing.status.is_active or (reuse_succeeded and existing.status.is_successful)
+                    existing.status.is_active
+                    or (reuse_succeeded and existing.status.is_successful)
+                    or (reuse_failed and existing.status in (JobRunStatus.FAILED, JobRunStatus.TIMEDOUT))
                 ):
                     return existing, True
                 return self.create_job_run(job_id, env, arguments, project_id=pid), False

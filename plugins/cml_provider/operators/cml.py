@@ -94,6 +94,9 @@ class CmlJobRunOperator(CmlRunOwnerMixin, BaseOperator):
     :param wait_timeout: how long to wait for completion before stopping the run and failing
     :param recent_run_pages: pages of recent runs searched for a run of this task instance
     :param reuse_succeeded_run: reuse a succeeded run of this task instance (see above)
+    :param reuse_failed_run: reuse a failed or timed-out run of this task instance: a retry then
+        reports that run's failure instead of starting the same work again (for work that fails
+        the same way every time, e.g. an experiment; a stopped run is never reused)
     :param retry_limit: hook attempts per API call
     :param retry_delay: hook backoff base, seconds
     """
@@ -124,6 +127,7 @@ class CmlJobRunOperator(CmlRunOwnerMixin, BaseOperator):
         wait_timeout: float | timedelta = timedelta(hours=24),
         recent_run_pages: int = 5,
         reuse_succeeded_run: bool = True,
+        reuse_failed_run: bool = False,
         retry_limit: int = 3,
         retry_delay: float = 1.0,
         **kwargs: Any,
@@ -144,6 +148,7 @@ class CmlJobRunOperator(CmlRunOwnerMixin, BaseOperator):
         self.wait_timeout = wait_timeout
         self.recent_run_pages = recent_run_pages
         self.reuse_succeeded_run = reuse_succeeded_run
+        self.reuse_failed_run = reuse_failed_run
         self.retry_limit = retry_limit
         self.retry_delay = retry_delay
         self.project_id, self.job_id, self.run_id = project_id, job_id, None
@@ -162,6 +167,7 @@ class CmlJobRunOperator(CmlRunOwnerMixin, BaseOperator):
             arguments=self._arguments(),
             max_pages=self.recent_run_pages,
             reuse_succeeded=self.reuse_succeeded_run,
+            reuse_failed=self.reuse_failed_run,
             project_id=self.project_id,
             recent_runs=[] if _first_try(context) else None,
         )
