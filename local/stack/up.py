@@ -123,6 +123,9 @@ def tail(path: str | Path, lines: int = 15) -> str:
 
 def _port_free(host: str, port: int) -> bool:
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as sock:
+        # as the servers bind (uvicorn, tornado): the connections of a stack just stopped, still
+        # in TIME_WAIT, do not keep the next one from starting
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))
         except OSError:
