@@ -1,6 +1,8 @@
 """The driver's side of Airflow's public REST API (``/api/v2``), as ``make run`` uses it on the
-stack of ``make up``: trigger a DAG, backfill one, follow runs and task instances, read a task's
-error from its structured log and a task's XCom, size a pool.
+stack of ``make up``: trigger a DAG, follow runs and task instances, read a task's error from its
+structured log and a task's XCom, read a pool. Pools are sized by the provider's
+``AirflowPoolHook`` (through the connection :func:`airflow_api_connection` describes), the
+same code the plan task sizes them with.
 
 Nothing here runs a task: the scheduler does. A 5xx (SQLite's "database is locked" while the
 scheduler writes) is tried again; an expired token is renewed once.
@@ -29,6 +31,14 @@ def api_token(url: str, paths: StackPaths, user: str = "admin") -> str:
     resp = httpx.post(f"{url}/auth/token", json={"username": user, "password": password}, timeout=10)
     resp.raise_for_status()
     return resp.json()["access_token"]
+
+
+def airflow_api_connection(paths: StackPaths, host: str, port: int, user: str = "admin") -> str:
+    """The connection ``airflow_api``: the stack's own REST API as its admin (the plan task sizes
+    the experiment pool through it). It carries the password: only ever in an environment."""
+    password = json.loads(airflow_passwords_file(paths).read_text())[user]
+    return json.dumps({"conn_type": "http", "host": host, "port": port, "schema": "http",
+                       "login": user, "password": password})
 
 
 class AirflowApiError(RuntimeError):
@@ -151,6 +161,13 @@ class AirflowApi:
         """End a run: its unfinished task instances are stopped (their ``on_kill`` runs on a worker)."""
         self.send("PATCH", f"/api/v2/dags/{_q(dag_id)}/dagRuns/{_q(run_id)}", {"state": "failed"})
 
+    def fail_unfinished(self, dag_id: str, run_id: str) -> bool:
+        """Mark the run failed unless it has finished; whether it had not."""
+        if self.dag_run(dag_id, run_id)["state"] in FINISHED_RUN_STATES:
+            return False
+        self.mark_failed(dag_id, run_id)
+        return True
+
     def task_instances(self, dag_id: str, run_id: str) -> list[dict[str, Any]]:
         """Every task instance of the run, mapped ones once per map index (paged)."""
         found: list[dict[str, Any]] = []
@@ -202,25 +219,8 @@ class AirflowApi:
         logged = [str(r.get("event")) for r in content if isinstance(r, dict) and r.get("level") == "error"]
         return logged[-1] if logged else None
 
-    # -- backfills and pools ------------------------------------------------------------
-    def backfill(self, dag_id: str, from_date: datetime, to_date: datetime, *, conf: dict[str, Any] | None = None,
-                 reprocess: str = "completed", max_active_runs: int = 1) -> dict[str, Any]:
-        """Airflow 3's backfill of the DAG's schedule between the two dates (inclusive): one
-        ``backfill`` run per interval, each at the logical date the schedule gives it."""
-        return self.send("POST", "/api/v2/backfills", {
-            "dag_id": dag_id, "from_date": iso(from_date), "to_date": iso(to_date), "run_backwards": False,
-            "dag_run_conf": conf or {}, "reprocess_behavior": reprocess, "max_active_runs": max_active_runs})
-
+    # -- pools --------------------------------------------------------------------------
     def pool(self, name: str) -> dict[str, Any] | None:
         """The pool (``slots``, ``include_deferred``, ``occupied_slots``, ...), None if absent."""
         resp = self.call("GET", f"/api/v2/pools/{_q(name)}", ok=(404,))
         return None if resp.status_code == 404 else resp.json()
-
-    def set_pool(self, name: str, slots: int, *, description: str = "", include_deferred: bool = True) -> None:
-        """Create the pool, or resize it (deferred task instances count when ``include_deferred``)."""
-        body = {"slots": slots, "description": description, "include_deferred": include_deferred}
-        # Airflow validates a patch as a whole pool, so the body names it; the mask says what changes
-        resp = self.call("PATCH", f"/api/v2/pools/{_q(name)}", json={"name": name, **body}, ok=(404,),
-                         params=[("update_mask", field) for field in body])
-        if resp.status_code == 404:
-            self.send("POST", "/api/v2/pools", {"name": name, **body})

@@ -11,8 +11,9 @@ import os
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
+from urllib.parse import urlsplit
 
-from stack.airflow_api import AirflowApi
+from stack.airflow_api import AirflowApi, airflow_api_connection
 from stack.env import PROJECT_NAME, StackPaths, sqlite_connection, workspace_api_key
 from stack.processes import UpState, process_of, read_state
 
@@ -72,3 +73,12 @@ class RunningStack:
         from cml_provider.hooks.cml import CmlHook
 
         return CmlHook.from_url(self.workspace_url, self.api_key, project_name=PROJECT_NAME, **options)
+
+    def pool_hook(self):
+        """The provider's :class:`AirflowPoolHook` on the stack's api-server, through the same
+        connection ``airflow_api`` its tasks use (set in this process's environment)."""
+        url = urlsplit(self.state.airflow_url)
+        os.environ["AIRFLOW_CONN_AIRFLOW_API"] = airflow_api_connection(self.paths, url.hostname or "", url.port or 80)
+        from cml_provider.hooks.airflow_pool import AirflowPoolHook
+
+        return AirflowPoolHook()

@@ -34,7 +34,6 @@ processes have all ended before it starts again.
 
 from __future__ import annotations
 
-import json
 import os
 import secrets
 import socket
@@ -46,10 +45,9 @@ from datetime import datetime
 from pathlib import Path
 
 import httpx
-import yaml
 
 from factory_tasks.core.names import EXPERIMENT_POOL
-from stack.airflow_api import AirflowApi, api_token
+from stack.airflow_api import airflow_api_connection, api_token
 from stack.env import (
     DEFAULT_ROWS,
     DEFAULT_SEED,
@@ -90,6 +88,8 @@ LEFTOVER_GRACE_S = 3.0
 #: plan_experiments resizes it to the run's
 DEFAULT_GRID = REPO / "config" / "grid.yaml"
 DEFAULT_POOL_SLOTS = 4
+POOL_DESCRIPTION = ("model_factory's experiments in flight (deferred ones count); each factory run's "
+                    "plan_experiments sizes it to the run's max_parallel")
 #: DAG files of the factory are in dags/; every DAG parsed from there is unpaused by ``up``
 DAGS_FOLDER = REPO / "dags"
 AIRFLOW_COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer")
@@ -151,19 +151,11 @@ def password_file(paths: StackPaths) -> Path:
     return airflow_passwords_file(paths)
 
 
-def airflow_api_connection(paths: StackPaths, host: str, port: int) -> str:
-    """The connection ``airflow_api``: the stack's own REST API as its admin (tasks size the
-    experiment pool through it). It carries the password: only ever in an environment."""
-    password = json.loads(password_file(paths).read_text())["admin"]
-    return json.dumps({"conn_type": "http", "host": _client_host(host), "port": port, "schema": "http",
-                       "login": "admin", "password": password})
-
-
 def stack_airflow_env(paths: StackPaths, ws, host: str, port: int) -> dict[str, str]:
     """``airflow_env`` plus what a long-running stack needs."""
     env = airflow_env(paths, workspace_url=ws.url, api_key=ws.api_key, model_service_url=ws.model_service_url)
     env.update({
-        "AIRFLOW_CONN_AIRFLOW_API": airflow_api_connection(paths, host, port),
+        "AIRFLOW_CONN_AIRFLOW_API": airflow_api_connection(paths, _client_host(host), port),
         "AIRFLOW__API__HOST": host,
         "AIRFLOW__API__PORT": str(port),
         "AIRFLOW__API__WORKERS": "1",  # one process: 2 cores, and no worker outliving a kill
@@ -446,25 +438,25 @@ def _start(paths: StackPaths, state: UpState, *, host: str, port: int, dashboard
 
     wait_until("the stack", ready, procs, records, deadline, show)
     slots = default_pool_slots()
-    api = AirflowApi.for_stack(state.airflow_url, paths)
-    try:  # before the DAGs run: a factory run's experiments queue in this pool
-        api.set_pool(EXPERIMENT_POOL, slots, include_deferred=True, description=(
-            "model_factory's experiments in flight (deferred ones count); each factory run's "
-            "plan_experiments sizes it to the run's max_parallel"))
-    finally:
-        api.close()
+    # before the DAGs run (a factory run's experiments queue in this pool), with the code and
+    # the connection the plan task resizes it with
+    os.environ["AIRFLOW_CONN_AIRFLOW_API"] = env["AIRFLOW_CONN_AIRFLOW_API"]
+    from cml_provider.hooks.airflow_pool import AirflowPoolHook
+
+    AirflowPoolHook().size_pool(EXPERIMENT_POOL, slots, description=POOL_DESCRIPTION)
     _say(f"  pool {EXPERIMENT_POOL}: {slots} slots (deferred tasks count)")
     dag_ids = unpause_factory_dags(state.airflow_url, paths, max(10.0, deadline - time.monotonic()))
     _say(f"  DAGs unpaused: {', '.join(dag_ids)}")
 
 
 def default_pool_slots() -> int:
-    """The default grid's ``max_parallel`` (:data:`DEFAULT_POOL_SLOTS` if it cannot be read)."""
+    """The default grid's ``max_parallel`` (:data:`DEFAULT_POOL_SLOTS` if the grid is invalid)."""
+    from factory_tasks.training.grid import GridError, load_grid
+
     try:
-        slots = (yaml.safe_load(DEFAULT_GRID.read_text()) or {}).get("max_parallel")
-    except (OSError, yaml.YAMLError, AttributeError):
+        return load_grid(DEFAULT_GRID, check_fit=False).max_parallel
+    except GridError:
         return DEFAULT_POOL_SLOTS
-    return slots if isinstance(slots, int) and not isinstance(slots, bool) and slots > 0 else DEFAULT_POOL_SLOTS
 
 
 def ensure_training_table(env: dict[str, str], rows: int, table: str | None = None) -> bool:

@@ -18,6 +18,7 @@ from datetime import datetime
 
 import pytest
 
+from benchmarks.grid_scale import max_concurrency
 from tests.e2e.test_local_stack_up import Stack
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(720)]
@@ -52,16 +53,6 @@ def _epoch(iso: str) -> float:
     return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
 
 
-def most_at_once(spans: list[tuple[float, float]]) -> int:
-    """The most ``(start, end)`` spans open at one moment (an end before a start at the same instant)."""
-    edges = sorted([(start, 1) for start, _ in spans] + [(end, -1) for _, end in spans])
-    most = open_ = 0
-    for _, step in edges:
-        open_ += step
-        most = max(most, open_)
-    return most
-
-
 def test_the_pool_caps_experiments_in_flight_and_a_failed_one_fails_alone(shared_stack: Stack):
     from stack.deploy import find_deploy_run
     from stack.run import experiment_runs
@@ -70,7 +61,7 @@ def test_the_pool_caps_experiments_in_flight_and_a_failed_one_fails_alone(shared
     api = stack.api
     grid = stack.paths.config / "pool_grid.yaml"
     grid.write_text(GRID)
-    api.set_pool(POOL, 4, include_deferred=True)  # as make up made it: the run must resize it
+    stack.pool_hook().size_pool(POOL, 4)  # as make up made it: the run must resize it
     began = time.monotonic()
     run_id = api.trigger(DAG_ID, {"grid_path": str(grid)})["dag_run_id"]
 
@@ -93,7 +84,7 @@ def test_the_pool_caps_experiments_in_flight_and_a_failed_one_fails_alone(shared
     spans = [(_epoch(r.created_at), _epoch(r.finished_at)) for r in runs]
     timeline = sorted((round(a - min(s for s, _ in spans), 1), round(b - min(s for s, _ in spans), 1))
                       for a, b in spans)
-    assert most_at_once(spans) == MAX_PARALLEL, timeline
+    assert max_concurrency(spans) == MAX_PARALLEL, timeline
     assert sorted(r.status.value for r in runs) == ["ENGINE_FAILED"] + ["ENGINE_SUCCEEDED"] * (EXPERIMENTS - 1)
 
     # the failed instance names the job's own error; the outcome table has all six rows

@@ -230,3 +230,31 @@ def test_a_pool_created_meanwhile_is_resized(airflow_api, monkeypatch):
     said = AirflowPoolHook(airflow_conn_id=connection(monkeypatch, port)).size_pool(POOL, 6)
     assert said == f"Resized pool {POOL!r} to 6 slots (deferred tasks count)"
     assert fake.pools[POOL]["slots"] == 6
+
+
+def test_a_busy_metadata_db_is_asked_again_and_a_lasting_error_named(airflow_api, monkeypatch):
+    """A 5xx is the metadata DB busy (SQLite's lock while the scheduler writes, as at a stack's
+    start): Airflow rolled the request back, so the hook asks again; one that lasts fails."""
+    fake, port = airflow_api
+    real = fake.handle
+    busy = {"left": 2}
+
+    def locked(method, path, query, headers, body):
+        if method == "POST" and path == "/api/v2/pools" and busy["left"]:
+            busy["left"] -= 1
+            fake.requests.append((method, path, query, body))
+            return 500, {"reason": "Database error", "statement": "hidden", "orig_error": "hidden",
+                         "message": "Serious error when handling your request."}
+        return real(method, path, query, headers, body)
+
+    fake.handle = locked
+    conn_id = connection(monkeypatch, port)
+    said = AirflowPoolHook(airflow_conn_id=conn_id, retry_delay_s=0.01).size_pool(POOL, 3)
+    assert said == f"Created pool {POOL!r} with 3 slots (deferred tasks count)"
+    assert [m for m, p, *_ in fake.requests if p == "/api/v2/pools"] == ["POST"] * 3
+    assert fake.pools[POOL]["slots"] == 3
+
+    busy["left"] = 10
+    del fake.pools[POOL]
+    with pytest.raises(AirflowException, match=rf"POST http://127.0.0.1:{port}/api/v2/pools answered 500"):
+        AirflowPoolHook(airflow_conn_id=conn_id, attempts=2, retry_delay_s=0.01).size_pool(POOL, 3)

@@ -14,6 +14,7 @@ token is asked for.
 from __future__ import annotations
 
 import shlex
+import time
 from collections.abc import Iterable
 from typing import Any
 from urllib.parse import quote, urlsplit
@@ -61,6 +62,8 @@ class AirflowPoolHook(BaseHook):
 
     :param airflow_conn_id: the http connection to the api-server
     :param timeout_s: timeout of each request, seconds
+    :param attempts: tries of a request answered 5xx (the metadata DB busy)
+    :param retry_delay_s: backoff base between them, seconds
     """
 
     conn_name_attr = "airflow_conn_id"
@@ -68,10 +71,13 @@ class AirflowPoolHook(BaseHook):
     conn_type = "http"
     hook_name = "Airflow REST API"
 
-    def __init__(self, airflow_conn_id: str = default_conn_name, *, timeout_s: float = 30.0) -> None:
+    def __init__(self, airflow_conn_id: str = default_conn_name, *, timeout_s: float = 30.0, attempts: int = 5,
+                 retry_delay_s: float = 1.0) -> None:
         super().__init__()
         self.airflow_conn_id = airflow_conn_id
         self.timeout_s = timeout_s
+        self.attempts = attempts
+        self.retry_delay_s = retry_delay_s
 
     def size_pool(self, name: str, slots: int, *, description: str = "") -> str:
         """Create pool ``name`` with ``slots`` slots, or resize it, deferred tasks counting.
@@ -132,12 +138,18 @@ class AirflowPoolHook(BaseHook):
         self, http: httpx.Client, pool: str, method: str, path: str, *, ok: Iterable[int] = (), **kwargs: Any
     ) -> httpx.Response:
         url = self._url(http, path)
-        try:
-            resp = http.request(method, path, **kwargs)
-        except httpx.HTTPError as exc:
-            raise AirflowException(
-                f"Could not size Airflow pool {pool!r}: {method} {url} got no answer ({type(exc).__name__}: {exc})"
-            ) from None
+        for attempt in range(1, self.attempts + 1):
+            try:
+                resp = http.request(method, path, **kwargs)
+            except httpx.HTTPError as exc:
+                raise AirflowException(
+                    f"Could not size Airflow pool {pool!r}: {method} {url} got no answer ({type(exc).__name__}: {exc})"
+                ) from None
+            # a 5xx is the metadata DB busy (SQLite's lock while the scheduler writes): Airflow rolled
+            # the request back, so it is asked again; a create that did land answers 409 then
+            if resp.status_code < 500 or attempt == self.attempts:
+                break
+            time.sleep(self.retry_delay_s * attempt)
         if resp.status_code >= 400 and resp.status_code not in set(ok):
             raise AirflowException(
                 f"Could not size Airflow pool {pool!r}: {method} {url} answered {resp.status_code}: {_detail(resp)}"
