@@ -219,8 +219,7 @@ def _retrain_and_deploy(stack: RunningStack, run_id: str) -> Retrain:
 
 def _stop_unfinished(api: AirflowApi, dag_id: str, run_id: str) -> None:
     try:
-        if api.dag_run(dag_id, run_id)["state"] not in FINISHED_RUN_STATES:
-            api.mark_failed(dag_id, run_id)
+        api.fail_unfinished(dag_id, run_id)
     except AirflowApiError as exc:
         _say(f"  (could not stop {dag_id} run {run_id}: {exc})")
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
-from stack.airflow_api import FINISHED_RUN_STATES, AirflowApi, AirflowApiError
+from stack.airflow_api import AirflowApi, AirflowApiError
 from stack.running import RunningStack
 
 DAG_ID = "deploy_best_model"
@@ -171,8 +171,7 @@ def watch_deploy_run(stack: RunningStack, run_id: str, *, review_minutes: float 
         run = api.wait_for_run(DAG_ID, run_id, timeout_s=window * 60 + DEPLOY_TIMEOUT_S, tick_s=TICK_S,
                                on_tick=watch)
     except KeyboardInterrupt:  # the run follows this command's factory run: stopped with it
-        if api.dag_run(DAG_ID, run_id)["state"] not in FINISHED_RUN_STATES:
-            api.mark_failed(DAG_ID, run_id)
+        api.fail_unfinished(DAG_ID, run_id)
         raise
     watch(run)  # what ended between the last tick and the end
     factory_run_id = (watch.resolved or {}).get("factory_run_id")

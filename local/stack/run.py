@@ -232,9 +232,8 @@ class Driver:
             return ""
         done = []
         try:
-            unfinished = self.stack.api.dag_run(DAG_ID, self.run_id)["state"] not in FINISHED_RUN_STATES
+            unfinished = self.stack.api.fail_unfinished(DAG_ID, self.run_id)
             if unfinished:
-                self.stack.api.mark_failed(DAG_ID, self.run_id)
                 done.append(f"factory run {self.run_id} marked failed")
         except AirflowApiError as exc:
             unfinished = True
