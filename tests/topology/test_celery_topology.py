@@ -5,8 +5,8 @@ runners reach its execution API).
 
 A 6-experiment grid (tiny logistic regressions, max_parallel 4) is triggered through the REST
 API. Asserted: the mapped ``run_experiment`` instances ran on both workers (the TIs' hostname,
-from the worker's ``hostname_callable``), each submitted its run there, deferred and was resumed
-after its trigger saw the run succeed (its trigger log); the plan task sized the pool
+from the worker's ``hostname_callable``), each submitted its run there, deferred and was ended
+by its trigger when the run succeeded (its trigger log); the plan task sized the pool
 ``model_factory_experiments`` to 4 slots counting deferred tasks, and never more than 4 CML runs
 were in flight (the workspace's run records) while experiments did overlap;
 ``experiment_outcomes`` has exactly one row per experiment for the run; the asset event
@@ -30,6 +30,7 @@ import httpx
 import psutil
 import pytest
 
+from benchmarks.grid_scale import max_concurrency
 from stack.env import stack_paths
 from tests.harness.topology import WORKERS, celery_topology
 
@@ -140,16 +141,6 @@ def _overlapping(spans: list[tuple]) -> list[tuple]:
     return [(a[0], b[0]) for i, a in enumerate(spans) for b in spans[i + 1:] if a[1] < b[2] and b[1] < a[2]]
 
 
-def _most_at_once(spans: list[tuple]) -> int:
-    """The most ``(label, start, end)`` spans open at one moment."""
-    edges = sorted([(start, 1) for _, start, _ in spans] + [(end, -1) for _, _, end in spans], key=lambda e: (e[0], e[1]))
-    most = open_ = 0
-    for _, step in edges:
-        open_ += step
-        most = max(most, open_)
-    return most
-
-
 def _when(value: str) -> datetime:
     return datetime.fromisoformat(value.replace("Z", "+00:00"))
 
@@ -219,7 +210,7 @@ def test_model_factory_on_two_celery_workers(var, tmp_path):
         cross_worker = [(a, b) for a, b in overlaps if a[2] != b[2]]
         run_spans = [(r.id, _when(r.created_at), _when(r.finished_at)) for r in ours]
         run_overlaps = _overlapping(run_spans)
-        assert _most_at_once(run_spans) <= MAX_PARALLEL, run_spans
+        assert max_concurrency([(start, end) for _, start, end in run_spans]) <= MAX_PARALLEL, run_spans
 
         # exactly one outcome row per experiment (the shared warehouse)
         with sqlite3.connect(paths.warehouse_db) as db:
