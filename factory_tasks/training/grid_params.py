@@ -18,10 +18,6 @@ import warnings
 from collections.abc import Mapping
 from typing import Any
 
-import numpy as np
-from sklearn.utils._param_validation import InvalidParameterError
-from threadpoolctl import threadpool_limits
-
 from factory_tasks.core.config_types import Problem, suggest
 from factory_tasks.core.estimators import EstimatorEntry, get_estimator
 
@@ -109,6 +105,9 @@ def _check_param_value(name: str, value: Any, entry: EstimatorEntry | None) -> s
     constraints = getattr(entry.cls, "_parameter_constraints", {}).get(name, [])
     if isinstance(value, bool) and constraints and not any(c in ("boolean", bool) for c in constraints):
         return f"{name} takes no true/false value (got {show_value(value)})"
+    # imported here: most tasks that read a grid never check one, and scikit-learn takes a second
+    from sklearn.utils._param_validation import InvalidParameterError
+
     try:
         entry.cls(**{name: value})._validate_params()
     except InvalidParameterError as exc:
@@ -137,6 +136,9 @@ def fit_problems(families: Mapping[str, Any]) -> list[Problem]:
 
     ``families`` maps names to :class:`factory_tasks.training.grid.Family` (estimator, size, grid_points).
     """
+    import numpy as np
+    from threadpoolctl import threadpool_limits
+
     rng = np.random.default_rng(0)
     X = rng.normal(size=(_FIT_CHECK_ROWS, _FIT_CHECK_COLUMNS))
     y = np.arange(_FIT_CHECK_ROWS) % 2

@@ -167,6 +167,9 @@ def stack_airflow_env(paths: StackPaths, ws, host: str, port: int) -> dict[str, 
         # LocalExecutor forks this many workers; the factory's tasks submit and defer (the work
         # runs in the workspace), so 8 is plenty on a laptop (Airflow's default: 32)
         "AIRFLOW__CORE__PARALLELISM": os.environ.get("AIRFLOW__CORE__PARALLELISM", "8"),
+        # every hand-off between tasks waits for the scheduler's next loop; idle, it sleeps this
+        # long between loops (Airflow's default 1 s): as in docker-compose.yaml
+        "AIRFLOW__SCHEDULER__SCHEDULER_IDLE_SLEEP_TIME": "0.5",
         # Tokens signed by one component (the scheduler's for tasks, the api-server's for the UI)
         # are checked by another: one key for all, kept across restarts (UI sessions survive).
         "AIRFLOW__API_AUTH__JWT_SECRET": _secret(paths, "airflow_jwt_secret"),

@@ -22,6 +22,10 @@ from cml_provider.states import JobRunStatus
 
 __all__ = ["CmlJobRunTrigger", "parse_run_ref", "result_file_error", "run_outcome"]
 
+#: the wait before the second check of a run; each wait then doubles up to ``poll_interval``.
+#: A short run is seen to end within a fraction of a second, a long one costs a few checks more.
+FIRST_POLL_S = 0.25
+
 
 class _CmlTrigger(BaseTrigger):
     """A trigger that polls CML through a fresh hook (triggers share no state between polls)."""
@@ -131,6 +135,7 @@ async def _follow_run(
     message, last run status)``, status ``success``, ``error`` (ended otherwise, or could not
     be read) or ``timeout``. Never raises."""
     last: JobRunStatus | None = None
+    wait = min(FIRST_POLL_S, poll_interval)
     try:
         while True:
             run = await hook.a_get_job_run(job_id, run_id, project_id=project_id)
@@ -145,8 +150,9 @@ async def _follow_run(
                     f"CML job run {run_id} still {last} at the deadline "
                     f"({time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(deadline))})"
                 ), last
-            trigger.log.info("CML job run %s is %s; next check in %gs", run_id, last, poll_interval)
-            await asyncio.sleep(min(poll_interval, remaining))
+            trigger.log.info("CML job run %s is %s; next check in %gs", run_id, last, wait)
+            await asyncio.sleep(min(wait, remaining))
+            wait = min(wait * 2, poll_interval)
     except Exception as exc:
         return "error", f"Could not follow CML job run {run_id}: {type(exc).__name__}: {exc}", last
 
