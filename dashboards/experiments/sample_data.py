@@ -55,6 +55,8 @@ def synthetic_outcomes(n: int, seed: int = 0, runs: int = 3, failure_rate: float
             scores = (0.5 - fold_scores * 0.3) if name == "log_loss" else (0.16 - fold_scores * 0.05)
         elif name == "policy_value":
             scores = fold_scores * 12.0
+        elif name == "policy_uplift":  # around 0: some beat the best single offer, some do not
+            scores = (fold_scores - 0.68) * 10.0
         else:
             scores = fold_scores + offset
         means = scores.mean(axis=1)

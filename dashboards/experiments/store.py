@@ -25,8 +25,9 @@ import param
 
 from dashboards.experiments.warehouse import WAREHOUSE_ERRORS, warehouse_hook
 from factory_tasks.core import settings
-from factory_tasks.core.metrics import METRICS
 from factory_tasks.core.contracts import Promotion
+from factory_tasks.core.metrics import INCLUDES_ZERO_MARK, METRICS, fold_intervals
+from factory_tasks.core.outcome_columns import folds_matrix
 from factory_tasks.warehouse.promotions import PromotionLog, decision, load_promotions, promote
 from factory_tasks.warehouse.summary import (
     SUMMARY_DTYPES,
@@ -41,17 +42,21 @@ from factory_tasks.warehouse.summary import (
 ALL_RUNS = "All runs"
 STATUSES = ["succeeded", "failed"]
 
-# Columns shown in the leaderboard (the full row is in the detail view).
+# Columns shown in the leaderboard (the full row is in the detail view); ``params`` and
+# ``policy_uplift_ci`` are derived by :func:`prepare`.
 LEADERBOARD_COLUMNS = [
     "experiment_id",
     "family",
-    "estimator",
+    "roc_auc_mean",
+    "policy_uplift_mean",
+    "policy_uplift_ci",
+    "params",
     "status",
     "ranking_metric",
     "ranking_score",
-    "roc_auc_mean",
-    "log_loss_mean",
     "policy_value_mean",
+    "log_loss_mean",
+    "estimator",
     "wall_time_s",
     "factory_run_id",
     "recorded_at",
@@ -104,9 +109,34 @@ def prepare(summary: pd.DataFrame) -> pd.DataFrame:
     frame["recorded_dt"] = recorded.dt.tz_convert("UTC").dt.tz_localize(None)
     frame["rank_key"] = rank_key(frame)
     frame["row_key"] = frame["factory_run_id"].astype(str) + "/" + frame["experiment_id"].astype(str)
+    frame["params"] = params_text(frame["params_json"])
+    uplift = fold_intervals(folds_matrix(frame["policy_uplift_folds"]))
+    frame["policy_uplift_low"], frame["policy_uplift_high"] = uplift.low, uplift.high
+    frame["policy_uplift_ci"] = interval_text(uplift.low, uplift.high, index=frame.index)
     # Best first, once: filters are boolean masks, which keep this order.
     frame = frame.sort_values("rank_key", ascending=False, na_position="last", kind="stable")
     return frame.reset_index(drop=True)
+
+
+def params_text(params_json: pd.Series) -> pd.Series:
+    """Each row's hyperparameters as ``k=v, …`` (sorted by name; empty without any). Each
+    distinct JSON text is parsed once: a grid's points repeat over the factory runs."""
+    codes, uniques = pd.factorize(params_json.to_numpy(dtype=object))  # missing: -1
+    texts = np.array([", ".join(f"{k}={v}" for k, v in sorted(parse_params(u).items())) for u in uniques] + [""],
+                     dtype=object)
+    return pd.Series(texts[codes], index=params_json.index, dtype=object)  # -1 takes the last, ""
+
+
+def interval_text(low: np.ndarray, high: np.ndarray, index: pd.Index) -> pd.Series:
+    """``[-0.0123, +0.0456] ≈0`` per row (the mark where the interval includes 0), empty where
+    there is no interval."""
+    low, high = np.asarray(low, dtype=np.float64), np.asarray(high, dtype=np.float64)
+    texts = np.full(len(low), "", dtype=object)
+    known = ~np.isnan(low) & ~np.isnan(high)
+    mark = f" {INCLUDES_ZERO_MARK}"
+    texts[known] = [f"[{lo:+.4f}, {hi:+.4f}]{mark if lo <= 0 <= hi else ''}"  # Python floats: fast
+                    for lo, hi in zip(low[known].tolist(), high[known].tolist())]
+    return pd.Series(texts, index=index, dtype=object)
 
 
 @cache

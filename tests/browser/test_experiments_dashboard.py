@@ -193,6 +193,34 @@ def test_page_shows_the_fixture_rows_best_first(page, files):
     assert page.locator(".mf-best tbody tr").count() == frame["family"].nunique()
 
 
+def test_the_leaderboard_shows_the_uplift_interval_beside_auc_and_the_hyperparameters_under_whole_titles(
+        page, files):
+    frame = files["frame"]
+    fields = page.locator(".mf-leaderboard .tabulator-col[tabulator-field]").evaluate_all(
+        "cols => cols.filter(c => c.offsetWidth > 0).map(c => c.getAttribute('tabulator-field'))")
+    assert fields.index("policy_uplift_mean") == fields.index("roc_auc_mean") + 1
+    assert fields.index("policy_uplift_ci") == fields.index("policy_uplift_mean") + 1 and "params" in fields
+    # Every title is whole: its text is no wider than the room it has (a cut one scrolls).
+    titles = page.locator(".mf-leaderboard .tabulator-col[tabulator-field] .tabulator-col-title").evaluate_all(
+        "ts => ts.filter(t => t.offsetWidth > 0).map(t => [t.textContent, t.scrollWidth, t.clientWidth])")
+    assert "uplift 95% interval" in [t for t, _, _ in titles] and "hyperparameters" in [t for t, _, _ in titles]
+    cut = [(t, scroll, client) for t, scroll, client in titles if scroll > client]
+    assert cut == [], cut
+    # The first row's interval and hyperparameters, as the fixture has them; the legend says what ≈0 means.
+    row = page.locator(".mf-leaderboard .tabulator-row").first
+    experiment_id = row.locator(".tabulator-cell[tabulator-field=experiment_id]").inner_text().strip()
+    shown = frame.loc[frame["experiment_id"] == experiment_id].iloc[0]
+    params = json.loads(shown["params_json"])
+    assert (row.locator(".tabulator-cell[tabulator-field=params]").inner_text().strip()
+            == ", ".join(f"{k}={v}" for k, v in sorted(params.items())))
+    interval = row.locator(".tabulator-cell[tabulator-field=policy_uplift_ci]")
+    assert re.fullmatch(r"\[[+-]\d\.\d{4}, [+-]\d\.\d{4}\]( ≈0)?", interval.inner_text().strip())
+    assert interval.is_visible()
+    marks = page.locator(".mf-leaderboard .tabulator-cell[tabulator-field=policy_uplift_ci]").all_inner_texts()
+    assert any(m.endswith("≈0") for m in marks) and not all(m.endswith("≈0") for m in marks), marks
+    assert "not distinguishable from sending everyone the best offer" in shown_text(page, ".mf-legend")
+
+
 def test_status_filter_narrows_the_rows(page, files):
     frame = files["frame"]
     succeeded = int((frame["status"] == "succeeded").sum())

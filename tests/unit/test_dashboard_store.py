@@ -18,6 +18,7 @@ from dashboards.experiments.store import (
     ALL_RUNS,
     ExperimentsStore,
     best_per_family,
+    empty_frame,
     hyperparameter_frame,
     prepare,
 )
@@ -26,6 +27,7 @@ from dashboards.experiments.views.hyperparameters import HyperparameterView
 from dashboards.experiments.views.leaderboard import BestPerFamily, Leaderboard
 from dashboards.experiments.views.promote import PromotePanel
 from dashboards.experiments.views.status import ErrorBanner, Freshness
+from factory_tasks.core.metrics import fold_intervals
 from factory_tasks.warehouse.promotions import PROMOTIONS_TABLE, latest_promotion, load_promotions
 from factory_tasks.warehouse.summary import build_summary, write_summary
 from tests.sqlite_warehouse import SqliteWarehouse
@@ -505,3 +507,37 @@ def test_a_missing_file_at_start_serializes(tmp_path, hook):
     s = ExperimentsStore(summary_url=str(tmp_path / "none.csv"), warehouse=hook)
     assert "does not exist yet" in s.error and s.notice == ""
     _serialized(create_app(s, live=False))
+
+
+def test_the_leaderboard_shows_the_uplift_interval_beside_auc_and_each_experiments_hyperparameters(store):
+    board = Leaderboard(store=store)
+    value = board.table.value
+    columns = list(value.columns)
+    assert columns.index("policy_uplift_mean") == columns.index("roc_auc_mean") + 1
+    assert columns.index("policy_uplift_ci") == columns.index("policy_uplift_mean") + 1
+    data = store.data.set_index("row_key")
+    marked = 0
+    for row in value.itertuples(index=False):
+        full = data.loc[row.row_key]
+        params = json.loads(full["params_json"])
+        assert row.params == ", ".join(f"{k}={v}" for k, v in sorted(params.items()))
+        if full["status"] != "succeeded":
+            assert row.policy_uplift_ci == ""
+            continue
+        interval = fold_intervals(json.loads(full["policy_uplift_folds"]))
+        low, high = float(interval.low), float(interval.high)
+        assert row.policy_uplift_ci.startswith(f"[{low:+.4f}, {high:+.4f}]")
+        assert row.policy_uplift_ci.endswith("≈0") == (low <= 0 <= high)
+        marked += row.policy_uplift_ci.endswith("≈0")
+    assert 0 < marked < len(value)  # the sample has both kinds
+    titles = board.table.titles
+    assert titles["policy_uplift_ci"] == "uplift 95% interval" and titles["params"] == "hyperparameters"
+    assert "not distinguishable from sending everyone the best offer" in board.legend.object
+
+
+def test_prepare_derives_the_leaderboard_columns_once_and_an_empty_frame_has_their_dtypes(outcomes):
+    frame = prepare(build_summary(outcomes))
+    assert {"params", "policy_uplift_low", "policy_uplift_high", "policy_uplift_ci"} <= set(frame.columns)
+    empty = empty_frame()
+    for column in ("params", "policy_uplift_low", "policy_uplift_ci"):
+        assert empty[column].dtype == frame[column].dtype, column

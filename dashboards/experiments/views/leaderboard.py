@@ -15,20 +15,41 @@ from dashboards.experiments.store import (
     empty_frame,
 )
 from dashboards.layout import TABLE_CONFIGURATION
+from factory_tasks.core.metrics import INCLUDES_ZERO_MARK
 
 _FORMATTERS = {
     c: NumberFormatter(format="0.0000")
     for c in ("ranking_score", "roc_auc_mean", "log_loss_mean", "policy_value_mean")
 }
+_FORMATTERS["policy_uplift_mean"] = NumberFormatter(format="+0.0000")
 _FORMATTERS["wall_time_s"] = NumberFormatter(format="0.0")
+
+_TITLES = {
+    "experiment_id": "experiment", "params": "hyperparameters", "ranking_metric": "ranked by",
+    "ranking_score": "score", "roc_auc_mean": "ROC AUC", "policy_uplift_mean": "uplift",
+    "policy_uplift_ci": "uplift 95% interval", "policy_value_mean": "policy value",
+    "log_loss_mean": "log loss", "wall_time_s": "wall s", "factory_run_id": "factory run",
+    "recorded_at": "recorded at",
+}
+_INTERVAL_NOTE = (f"{INCLUDES_ZERO_MARK}: the interval includes 0, not distinguishable from sending everyone "
+                  "the best offer")
+_HEADER_TOOLTIPS = {
+    "params": "the experiment's hyperparameters",
+    "policy_uplift_mean": "policy_uplift: value per customer of the model's decisions over the best single "
+                          "offer sent to everyone (mean over the folds)",
+    "policy_uplift_ci": "95% interval of policy_uplift across the folds (t, Nadeau-Bengio corrected: a rough "
+                        f"guide, the folds overlap). {_INTERVAL_NOTE}",
+}
 
 # Every column's width, in pixels. Without them Tabulator measures each cell of each column to
 # fit it to its data ("fit_data_table"), the largest part of the browser's work before the
-# first rows appear.
-_WIDTHS = {  # the header (with its sort arrow) or the longest value, whichever is wider
-    "experiment_id": 150, "family": 185, "estimator": 245, "status": 95, "ranking_metric": 150,
-    "ranking_score": 145, "roc_auc_mean": 140, "log_loss_mean": 145, "policy_value_mean": 170,
-    "wall_time_s": 120, "factory_run_id": 275, "recorded_at": 215, "experiments": 125,
+# first rows appear. Each fits its title with the sort arrow (the browser test checks that no
+# title is cut) or the longest usual value; longer hyperparameters are cut, their tooltip whole.
+_WIDTHS = {
+    "experiment_id": 150, "family": 185, "params": 320, "status": 95, "ranking_metric": 125,
+    "ranking_score": 90, "roc_auc_mean": 115, "policy_uplift_mean": 90, "policy_uplift_ci": 200,
+    "policy_value_mean": 140, "log_loss_mean": 95, "estimator": 245, "wall_time_s": 80,
+    "factory_run_id": 275, "recorded_at": 215, "experiments": 125,
 }
 
 _BEST_CSS = """
@@ -57,13 +78,19 @@ class Leaderboard(Viewer):
             hidden_columns=["row_key"],
             formatters=_FORMATTERS,
             widths={c: _WIDTHS[c] for c in LEADERBOARD_COLUMNS},
+            titles=_TITLES,
+            header_tooltips=_HEADER_TOOLTIPS,
+            sortable={"policy_uplift_ci": False},  # text: the uplift column sorts by the mean
+            configuration={**TABLE_CONFIGURATION, "columnDefaults": {"tooltip": True}},
             header_filters=False,
             sizing_mode="stretch_width",
             height=640,
             css_classes=["mf-leaderboard"],
-            configuration=TABLE_CONFIGURATION,
         )
         self.count = pn.pane.Markdown(self._count_text(), css_classes=["mf-count"])
+        self.legend = pn.pane.Markdown(
+            f"uplift: value per customer over the best single offer sent to everyone, with its 95% interval "
+            f"across folds (a rough guide). **{_INTERVAL_NOTE}.**", css_classes=["mf-legend"], margin=(0, 10))
         self.table.param.watch(self._on_selection, "selection")
         self.store.param.watch(self._on_filtered, "filtered")
         self.store.param.watch(self._on_selected_keys, "selected_keys")
@@ -121,7 +148,7 @@ class Leaderboard(Viewer):
             self._syncing = False
 
     def __panel__(self):
-        return pn.Column(self.count, self.table, sizing_mode="stretch_width")
+        return pn.Column(self.count, self.table, self.legend, sizing_mode="stretch_width")
 
 
 class BestPerFamily(Viewer):

@@ -12,6 +12,7 @@ from factory_tasks.core.metrics import (
     blast_values,
     choose_offers,
     compute_metric,
+    fold_intervals,
     policy_uplift,
     policy_value,
 )
@@ -211,3 +212,50 @@ def test_per_row_propensities_recover_the_true_value_of_an_epsilon_greedy_log():
     for j, offer in enumerate(OFFERS):
         se_j = standard_error(np.full(n, j))
         assert abs(blast[j] - true_policy_value(customers, offer, DEFAULT_ECONOMICS)) < 4 * se_j, offer
+
+
+# -- intervals across folds -------------------------------------------------------------------
+
+
+def test_fold_interval_is_the_t_interval_with_k_minus_1_degrees_of_freedom():
+    folds = np.array([0.1, 0.2, 0.3, 0.4, 0.5])  # mean 0.3, sd 0.1581
+    naive = fold_intervals(folds, corrected=False)
+    # t_{0.975, 4} = 2.776445; sd / sqrt(5) = 0.0707107
+    assert float(naive.mean) == pytest.approx(0.3)
+    assert (float(naive.low), float(naive.high)) == pytest.approx((0.3 - 0.196324, 0.3 + 0.196324), abs=1e-6)
+    # Nadeau-Bengio: se² = (1/k + 1/(k-1)) s², 1.5 times the naive se at k = 5
+    corrected = fold_intervals(folds)
+    assert float(corrected.high) - 0.3 == pytest.approx(1.5 * 0.196324, abs=1e-6)
+    assert int(corrected.n_folds) == 5 and not bool(corrected.includes_zero)
+    assert fold_intervals(folds, confidence=0.9, corrected=False).high == pytest.approx(0.3 + 2.131847 * 0.0707107)
+
+
+def test_an_interval_across_zero_is_marked_and_one_above_it_is_not():
+    rows = fold_intervals(np.array([[0.5, -0.4, 0.3, -0.1, 0.2],    # mean 0.1, wide: includes 0
+                                    [0.50, 0.52, 0.48, 0.51, 0.49],  # clearly above 0
+                                    [-0.5, -0.52, -0.48, -0.51, -0.49]]))
+    assert rows.includes_zero.tolist() == [True, False, False]
+    assert rows.low[1] > 0 and rows.high[2] < 0
+    # each row on its own gives the same as the vectorised call
+    for i, row in enumerate([[0.5, -0.4, 0.3, -0.1, 0.2], [0.50, 0.52, 0.48, 0.51, 0.49]]):
+        one = fold_intervals(np.array(row))
+        assert (float(one.low), float(one.high)) == pytest.approx((rows.low[i], rows.high[i]))
+
+
+def test_missing_folds_are_left_out_and_fewer_than_two_give_no_interval():
+    rows = fold_intervals(np.array([[0.1, np.nan, 0.3, np.inf, 0.5],
+                                    [0.2, np.nan, np.nan, np.nan, np.nan],
+                                    [np.nan] * 5]))
+    assert rows.n_folds.tolist() == [3, 1, 0]
+    three = fold_intervals(np.array([0.1, 0.3, 0.5]))
+    assert (rows.mean[0], rows.low[0], rows.high[0]) == pytest.approx(
+        (0.3, float(three.low), float(three.high)))
+    assert rows.mean[1] == pytest.approx(0.2) and np.isnan(rows.low[1]) and np.isnan(rows.high[1])
+    assert np.isnan(rows.mean[2]) and np.isnan(rows.low[2])
+    # three folds: a wide interval (t_{0.975,2} = 4.30), across 0; without one, no claim either way
+    assert rows.includes_zero.tolist() == [True, False, False]
+
+
+def test_fold_intervals_refuses_a_confidence_outside_0_1():
+    with pytest.raises(ValueError, match="confidence"):
+        fold_intervals(np.array([0.1, 0.2]), confidence=95)

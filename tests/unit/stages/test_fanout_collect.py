@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import math
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -193,3 +195,30 @@ def test_leaderboard_ranks_by_metric_direction_and_lists_failures():
     assert "Why each ran or was reused: 3 code changed (from 2 earlier versions)" in format_leaderboard(frame)
     assert text.index(" b ") < text.index(" a ")
     assert "1 failed" in text and "boom" in text
+
+
+def test_leaderboard_shows_the_uplift_with_its_interval_across_folds_and_marks_one_across_zero():
+    def row(eid, score, uplift_folds):
+        r = dict.fromkeys(OUTCOME_COLUMN_NAMES)
+        r.update(experiment_id=eid, family="lr", params_json='{"C": 1, "penalty": "l2"}', status="succeeded",
+                 ranking_metric="roc_auc", ranking_score=score, roc_auc_mean=score, roc_auc_std=0.01,
+                 policy_value_mean=5.0, policy_uplift_mean=float(np.mean(uplift_folds)) if uplift_folds else None,
+                 policy_uplift_folds=json.dumps(uplift_folds) if uplift_folds else None, fit_time_mean=1.0)
+        return r
+
+    frame = pd.DataFrame([row("above", 0.8, [0.50, 0.52, 0.48, 0.51, 0.49]),
+                          row("across", 0.7, [0.5, -0.4, 0.3, -0.1, 0.2]),
+                          row("nofolds", 0.6, None)])
+    lines = format_leaderboard(frame).splitlines()
+    header = lines[1]
+    assert "policy_uplift [95% interval]" in header and "roc_auc" in header and "log_loss" not in header
+    assert header.index("roc_auc") < header.index("policy_uplift")  # beside AUC
+    above, across, nofolds = lines[2:5]
+    # k = 5, Nadeau-Bengio corrected: half width t_{0.975,4} * sd * sqrt(1/5 + 1/4)
+    half = 2.776445 * np.std([0.5, -0.4, 0.3, -0.1, 0.2], ddof=1) * math.sqrt(1 / 5 + 1 / 4)
+    assert f"+0.1000 [{0.1 - half:+.4f}, {0.1 + half:+.4f}] ≈0" in across
+    assert "+0.5000 [+0.4" in above and "≈0" not in above
+    assert "≈0" not in nofolds and "C=1, penalty=l2" in nofolds
+    assert any(line.startswith("≈0: the interval includes 0, not distinguishable from sending everyone the "
+                               "best offer") for line in lines)
+    assert max(len(line) for line in lines) <= 160
