@@ -23,14 +23,28 @@ window; the gate is still applied and reported).
 3. **Retrain** the chosen pipeline and hyperparameters on the full training snapshot as a CML
    job run (its own job and resource profile; `retrain` waits for it in the triggerer, and a
    retry waits for the same run), checked against its CV estimate on a stratified held-out
-   slice; the model now serving is scored on the same slice.
-4. **Gate**: an automatic choice must beat the model now serving by `ranking_margin` on the
-   ranking metric and `policy_value_margin` on policy value; a reviewer's pick may override
-   (recorded); an inconsistent refit is never deployed; the first deployment passes. When the
-   gate keeps the champion, `deploy` and `record_deployment` are skipped and the gate's log
-   says why.
+   slice. The serving model's *recipe* is refitted on the same rows and scored on the same
+   slice (rows neither trained on), and the paired differences challenger − champion get 95%
+   bootstrap intervals; the challenger is also evaluated off-policy on the champion's matured
+   live traffic that it did not train on (the shadow evaluation).
+4. **Gate**: a choice nobody overrode replaces the serving model only when the lower bound of
+   the policy-value gain is above `policy_value_margin` (held out; or live, when the held-out
+   interval is inconclusive) and the ranking metric is not worse than `ranking_margin` with
+   confidence; otherwise the champion stays and the reason names the interval that fell short.
+   A reviewer's pick may override (recorded); an inconsistent refit is never deployed; the
+   first deployment passes. The evidence table is in the gate's log and in the deployment's
+   record. When the gate keeps the champion, `deploy` and `record_deployment` are skipped.
 5. **Deploy** through `CmlDeployModelOperator`: model (idempotent by name) → build → deploy →
    `deployed` → smoke test → stop the previous deployment; then a `model_deployments` record.
+
+**Rollback** (param `model_version`, with `requested_by` and `reason`): instead of all of the above,
+`deploy_or_rollback` branches to `rollback_target`, which checks that the version is recorded in
+`model_deployments` (a version never deployed fails at once, naming it) and reconciles serving;
+`publish_rollback` reuses the version's files in object storage (copied there again from the
+project's `models/<version>/` if any is missing); `deploy_rollback` is the same operator and
+smoke test; `record_rollback` appends a record with `action = rollback`, who asked and why. No
+review, retrain or gate. The DAG `rollback_requests` triggers such runs for the rollback requests
+of the monitoring dashboard.
 
 Connections: `model_factory_warehouse`, `cml_default`. Object storage for the model files
 the replicas load: `MODEL_FACTORY_OBJECT_STORE`.
@@ -82,14 +96,22 @@ def _cml():
         "factory_run_id": Param(None, type=["null", "string"], description="Factory run to deploy from; empty = the triggering asset event's."),
         "experiment_id": Param(None, type=["null", "string"], description="Deploy this experiment (no review window)."),
         "review_window_minutes": Param(120, type="number", minimum=0, maximum=MAX_REVIEW_WINDOW_MINUTES, description="How long reviewers have to pick, unless the asset event sets it."),
-        "ranking_margin": Param(0.002, type="number", minimum=0, maximum=MAX_MARGIN, description="How much better an automatic choice's ranking metric must be than the champion's."),
-        "policy_value_margin": Param(0.0, type="number", minimum=0, maximum=MAX_MARGIN, description="How much more policy value per customer it must bring."),
+        "ranking_margin": Param(0.01, type="number", minimum=0, maximum=MAX_MARGIN, description="How much worse than the champion's an automatic choice's ranking metric may be: the lower 95% bound of their paired difference on the held-out rows must be above -ranking_margin (sign-adjusted for lower-is-better metrics)."),
+        "policy_value_margin": Param(0.0, type="number", minimum=0, maximum=MAX_MARGIN, description="How much more policy value per customer it must bring with confidence: the lower 95% bound of the paired policy_value difference (challenger - champion) on the held-out rows must be above it."),
         "replicas": Param(2, type="integer", minimum=1, maximum=MAX_REPLICAS, description="Model replicas (each serves one request at a time)."),
         "cpu": Param(1.0, type="number", exclusiveMinimum=0, maximum=MAX_REPLICA_CPU, description="vCPU per replica."),
         "memory_gb": Param(2.0, type="number", exclusiveMinimum=0, maximum=MAX_REPLICA_MEMORY_GB, description="Memory per replica (GB)."),
+        "model_version": Param(None, type=["null", "string"], description="Roll back: redeploy this version recorded in model_deployments (no review, retrain or gate)."),
+        "requested_by": Param(None, type=["null", "string"], description="Roll back: who asks (default: the user who triggered the run)."),
+        "reason": Param(None, type=["null", "string"], description="Roll back: why (required with model_version)."),
     },
 )
 def deploy_best_model():
+    @task.branch
+    def deploy_or_rollback() -> str:
+        """The deploy path, or with param model_version the rollback path."""
+        return "rollback_target" if get_current_context()["params"].get("model_version") else "resolve_run"
+
     @task
     def resolve_run() -> dict:
         """Which factory run (the param's, or the newest asset event's), and when its review
@@ -145,7 +167,9 @@ def deploy_best_model():
     def window_without_review(review: list[dict]) -> bool:
         return not review
 
+    path = deploy_or_rollback()
     run = resolve_run()
+    path >> run
     reconciled = reconcile_serving()
     run >> reconciled
     requested = review_request(run)
@@ -237,6 +261,53 @@ def deploy_best_model():
                       decision=decision, deployed_at=context["ti"].start_date.isoformat())
 
     record_deployment(prepared, deploy.output, decision)
+
+    # -- rollback: a version recorded in model_deployments, from its files, no review/retrain/gate
+    @task
+    def rollback_target() -> dict:
+        """The version's first deployment record (a version never deployed fails at once), who
+        asks and why; then serving reconciled with model_deployments, as on the deploy path."""
+        from factory_tasks.stages.deploy import reconcile_serving
+        from factory_tasks.stages.rollback import check_request, rollback_target
+
+        context = get_current_context()
+        params = context["params"]
+        with no_retry_on_bad_input():
+            request = check_request(params["requested_by"] or getattr(context["dag_run"], "triggering_user_name", None),
+                                    params["reason"])
+            target = rollback_target(warehouse_hook(), params["model_version"])
+        reconcile_serving(warehouse_hook(), _cml())
+        return {"target": target, **request}
+
+    @task
+    def publish_rollback(rollback: dict) -> list[dict]:
+        """The version's files in object storage (reused, or copied again); the operator's arguments."""
+        from factory_tasks.core.settings import object_store
+        from factory_tasks.stages.deploy import deploy_request
+        from factory_tasks.stages.rollback import publish_rollback
+
+        params = get_current_context()["params"]
+        with no_retry_on_bad_input():
+            environment = publish_rollback(_cml(), rollback["target"]["model_version"], object_store())
+            return [deploy_request(environment, cpu=params["cpu"], memory_gb=params["memory_gb"],
+                                   replicas=params["replicas"])]
+
+    rollback = rollback_target()
+    path >> rollback
+    deploy_rollback = CmlDeployModelOperator.partial(
+        task_id="deploy_rollback", cml_conn_id=CML_CONN_ID, poll_interval=CML_POLL_INTERVAL_S, retries=1,
+    ).expand_kwargs(publish_rollback(rollback))
+
+    @task
+    def record_rollback(rollback: dict, deployed: list[dict]) -> dict:
+        """The rollback in model_deployments: the version's lineage, action rollback, who and why."""
+        from factory_tasks.stages.rollback import record_rollback
+
+        return record_rollback(warehouse_hook(), target=rollback["target"], deployed=deployed[0],
+                               requested_by=rollback["requested_by"], reason=rollback["reason"],
+                               deployed_at=get_current_context()["ti"].start_date.isoformat())
+
+    record_rollback(rollback, deploy_rollback.output)
 
 
 deploy_best_model()

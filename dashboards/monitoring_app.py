@@ -2,9 +2,11 @@
 the experiments dashboard, at ``/monitoring_app``, behind the same login.
 
 Reads what the ``model_monitoring`` DAG wrote — the warehouse tables ``model_monitoring``,
-``model_alerts`` and ``model_deployments`` through the Airflow connection
+``model_alerts``, ``model_deployments`` and ``model_rollback_requests`` through the Airflow connection
 ``model_factory_warehouse`` — and the thresholds of ``config/closed_loop.yaml``
-(``$MODEL_FACTORY_LOOP_CONFIG``). It writes nothing. ``$MODEL_FACTORY_MONITORING_REFRESH_S``
+(``$MODEL_FACTORY_LOOP_CONFIG``). It writes only a signed-in reviewer's rollback request (the tab
+*Deployments*: the history, the gate's evidence, and a request to serve an earlier version again,
+appended to ``model_rollback_requests``; the DAG ``rollback_requests`` carries it out). ``$MODEL_FACTORY_MONITORING_REFRESH_S``
 (default 30) sets how often the tables are read again (one read is shared by all sessions).
 Nothing happens at import; the page is built per browser session by :func:`create_app`, and
 only for a signed-in session.
@@ -34,15 +36,17 @@ from dashboards.monitoring.charts import Charts
 from dashboards.monitoring.store import MonitoringStore, refresh_seconds
 from dashboards.monitoring.views import (
     AlertsTable,
+    DeploymentHistory,
     Freshness,
     Lineage,
     ProblemBanner,
+    RollbackPanel,
     WindowsTable,
 )
 
 TITLE = "Model Factory · monitoring"
 SIDEBAR_WIDTH = 260
-WINDOWS_TAB, CHARTS_TAB = 0, 1
+WINDOWS_TAB, CHARTS_TAB, DEPLOYMENTS_TAB = 0, 1, 2
 
 
 def create_app(store: MonitoringStore | None = None, live: bool = True):
@@ -53,10 +57,12 @@ def create_app(store: MonitoringStore | None = None, live: bool = True):
     freshness = Freshness(store=store)
     alerts_slot = pn.Column(sizing_mode="stretch_width", css_classes=["mf-later"])
     charts_slot = pn.Column(sizing_mode="stretch_width")
+    deployments_slot = pn.Column(sizing_mode="stretch_width")
     tabs = pn.Tabs(
         ("Windows and alerts", pn.Column(WindowsTable(store=store), rule(), alerts_slot,
                                          sizing_mode="stretch_width")),
         ("Charts over time", charts_slot),
+        ("Deployments", deployments_slot),
         dynamic=False,  # the windows table stays rendered while the charts are looked at
         sizing_mode="stretch_width",
         css_classes=["mf-sections"],
@@ -67,6 +73,14 @@ def create_app(store: MonitoringStore | None = None, live: bool = True):
         charts = Charts(store=store, active=tabs.active == CHARTS_TAB)
         tabs.param.watch(lambda event: setattr(charts, "active", event.new == CHARTS_TAB), "active")
         charts_slot[:] = [pn.pane.Markdown("### Over time, per model version"), charts]
+
+        def show_deployments(*_):
+            # built when first opened: a Tabulator drawn inside a hidden tab stays blank
+            if tabs.active == DEPLOYMENTS_TAB and not len(deployments_slot):
+                deployments_slot[:] = [DeploymentHistory(store=store), rule(), RollbackPanel(store=store)]
+
+        tabs.param.watch(show_deployments, "active")
+        show_deployments()
 
     if pn.state.curdoc is not None and pn.state.curdoc.session_context is not None:
         # The first document is what the first screen needs; the rest follows once it is shown.

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from factory_tasks.core.contracts import DeploymentRecord, MonitoringAlert
+from factory_tasks.core.contracts import DeploymentRecord, MonitoringAlert, PairedDifference
 from factory_tasks.core.schema import CUSTOMER_COLUMNS, OFFERS
 from factory_tasks.warehouse.contract_table import ContractTable
 from factory_tasks.warehouse.dialects import dialect_for
@@ -222,6 +222,13 @@ def synthetic_deployments(frame: pd.DataFrame, seed: int = 0) -> list[Deployment
             gate_reason="no model serving" if i == 0 else "roc_auc 0.735 >= serving 0.700",
             gate_override=False, replaced_deployment_ids=[] if i == 0 else [f"deployment-{firsts.index[i - 1]}"],
             deployed_at=str(first).replace("Z", "+00:00"),
+            gate_evidence=[] if i == 0 else [
+                PairedDifference(measure="roc_auc", source="holdout", challenger=0.735, champion=0.700,
+                                 difference=0.035, low=0.012, high=0.058, n_rows=800,
+                                 method="paired bootstrap, 400 resamples"),
+                PairedDifference(measure="policy_value", source="holdout", challenger=4.10, champion=3.85,
+                                 difference=0.25, low=0.04, high=0.46, n_rows=800,
+                                 method="paired bootstrap, 400 resamples")],
         ))
     return records
 

@@ -1,10 +1,11 @@
 """The monitoring data store: what the ``model_monitoring`` DAG wrote, read from the warehouse.
 
-Three tables, through the warehouse connection ``model_factory_warehouse`` (the one the DAGs and
+Four tables, through the warehouse connection ``model_factory_warehouse`` (the one the DAGs and
 the experiments dashboard use; SQLite or Hive): ``model_monitoring`` (long format, one row per
 as_of_window × cohort × model_version × metric × dimension), ``model_alerts``
-(``contracts.MonitoringAlert``) and ``model_deployments`` (``contracts.DeploymentRecord``). The
-dashboard only reads them.
+(``contracts.MonitoringAlert``), ``model_deployments`` (``contracts.DeploymentRecord``) and
+``model_rollback_requests`` (``contracts.RollbackRequest``). The dashboard only reads them, but
+for appending a signed-in reviewer's rollback request (:meth:`MonitoringStore.request_rollback`).
 
 Everything a page shows is derived once per read, in :func:`load_monitoring`, into a
 :class:`MonitoringData` shared by every session through a process-wide cache that lives
@@ -32,11 +33,18 @@ import pandas as pd
 import param
 
 from dashboards.experiments.warehouse import WAREHOUSE_ERRORS, warehouse_hook
-from factory_tasks.core.contracts import DeploymentRecord, MonitoringAlert
+from factory_tasks.core.contracts import DeploymentRecord, MonitoringAlert, RollbackRequest
 from factory_tasks.loop.config import LoopConfig, LoopConfigError, load_loop_config
 from factory_tasks.warehouse.contract_table import ContractTable
 from factory_tasks.warehouse.dialects import dialect_for
 from factory_tasks.warehouse.loop_tables import MATURITIES, MODEL_MONITORING, MODEL_MONITORING_SCHEMA
+from factory_tasks.warehouse.rollbacks import (
+    ROLLBACK_REQUESTS,
+    RequestStatus,
+    deployed_versions,
+    request_rollback,
+    request_statuses,
+)
 from factory_tasks.warehouse.sql import connection_label
 
 MONITORING_COLUMNS: tuple[str, ...] = tuple(c.name for c in MODEL_MONITORING_SCHEMA)
@@ -63,6 +71,12 @@ ALERT_COLUMNS = ["raised_at", "model_version", "cohort_start", "kind", "metric",
 # Numeric alert columns; the rest are text. Kept when there is no alert: a table that goes from
 # empty to rows with other dtypes gets other column definitions, and Tabulator rebuilds itself.
 ALERT_NUMBERS = {"value": "float64", "threshold": "float64"}
+#: the deployment history: field -> column title (newest first)
+HISTORY_TITLES = {"model_version": "Model", "deployed_at": "Deployed (UTC)", "action": "Action",
+                  "chosen_by": "Chosen by", "gate_reason": "Gate", "deployment_id": "Deployment"}
+#: the gate's evidence of each deployment that has some (``DeploymentRecord.gate_evidence``)
+EVIDENCE_COLUMNS = ["model_version", "deployed_at", "measure", "source", "challenger", "champion", "difference",
+                    "low", "high", "n_rows"]
 MAX_PROBLEMS_SHOWN = 5
 
 
@@ -86,6 +100,7 @@ class MonitoringData:
     windows: pd.DataFrame  # one row per cohort × model version (display text + has_alert)
     alerts: pd.DataFrame  # model_alerts, newest first
     deployments: tuple[DeploymentRecord, ...]  # by deployed_at; the last is serving
+    rollback_requests: tuple[RollbackRequest, ...] = ()  # by requested_at
     problems: tuple[str, ...] = ()
     rows: int = 0  # model_monitoring rows read
     read_at: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
@@ -95,6 +110,16 @@ class MonitoringData:
     @property
     def serving(self) -> DeploymentRecord | None:
         return self.deployments[-1] if self.deployments else None
+
+    @property
+    def rollback_versions(self) -> list[str]:
+        """The versions a reviewer can ask to serve again: every recorded one but the serving one."""
+        serving = self.serving
+        return [v for v in deployed_versions(list(self.deployments)) if serving is None or v != serving.model_version]
+
+    @functools.cached_property
+    def request_statuses(self) -> list[RequestStatus]:
+        return request_statuses(list(self.rollback_requests), list(self.deployments))
 
     @functools.cached_property
     def alert_windows(self) -> int:
@@ -280,6 +305,34 @@ def read_deployments(hook: Any) -> tuple[tuple[DeploymentRecord, ...], list[str]
     return tuple(sorted(documents, key=lambda d: d.deployed_at)), [str(e) for e in errors]
 
 
+def read_rollback_requests(hook: Any) -> tuple[tuple[RollbackRequest, ...], list[str]]:
+    documents, errors = ROLLBACK_REQUESTS.read(hook)
+    return tuple(sorted(documents, key=lambda r: (r.requested_at, r.request_id))), [str(e) for e in errors]
+
+
+def deployment_history(deployments: tuple[DeploymentRecord, ...]) -> pd.DataFrame:
+    """One row per deployment, newest first: the columns of :data:`HISTORY_TITLES` as text."""
+    rows = []
+    for d in reversed(deployments):
+        if d.action == "rollback":
+            chosen = f"rollback asked by {d.requested_by or 'someone'}: {d.request_reason or ''}".rstrip(": ")
+        else:
+            chosen = d.chosen_by + (f" by {d.chosen_by_user}" if d.chosen_by_user else "")
+        rows.append({"model_version": d.model_version, "deployed_at": d.deployed_at, "action": d.action,
+                     "chosen_by": chosen, "gate_reason": d.gate_reason + (" (overridden)" if d.gate_override else ""),
+                     "deployment_id": d.deployment_id})
+    return pd.DataFrame(rows, columns=list(HISTORY_TITLES), dtype=object)
+
+
+def gate_evidence(deployments: tuple[DeploymentRecord, ...]) -> pd.DataFrame:
+    """The paired comparisons behind each deployment's gate, newest deployment first."""
+    rows = [{"model_version": d.model_version, "deployed_at": d.deployed_at, **e.model_dump(include=set(EVIDENCE_COLUMNS))}
+            for d in reversed(deployments) for e in d.gate_evidence]
+    frame = pd.DataFrame(rows, columns=EVIDENCE_COLUMNS)
+    numbers = ["challenger", "champion", "difference", "low", "high"]
+    return frame.astype({**{c: "float64" for c in numbers}, "n_rows": "Int64"})
+
+
 def _summarise(problems: list[str], what: str) -> list[str]:
     if len(problems) <= MAX_PROBLEMS_SHOWN:
         return problems
@@ -320,15 +373,23 @@ def load_monitoring(hook: Any, config: LoopConfig, config_problems: tuple[str, .
         problems += _summarise(bad, DeploymentRecord.TABLE)
     except WAREHOUSE_ERRORS as exc:
         problems.append(f"The warehouse ({label}) could not be read for {DeploymentRecord.TABLE}: {exc}")
+    requests: tuple[RollbackRequest, ...] = ()
+    try:
+        requests, bad = read_rollback_requests(hook)
+        problems += _summarise(bad, RollbackRequest.TABLE)
+    except WAREHOUSE_ERRORS as exc:
+        problems.append(f"The warehouse ({label}) could not be read for {RollbackRequest.TABLE}: {exc}")
     try:
         windows = window_table(latest, alerts, config)
     except (KeyError, ValueError, TypeError) as exc:  # a layout nobody foresaw: say so, show the rest
         problems.append(f"The windows of {MODEL_MONITORING} could not be tabulated: {type(exc).__name__}: {exc}")
         windows = window_table(latest.iloc[0:0], alerts, config)
     fingerprint = hash((content, total, tuple(problems), tuple(d.deployment_id for d in deployments),
-                        tuple(alerts["message"]) if not alerts.empty else (), len(alerts)))
+                        tuple(alerts["message"]) if not alerts.empty else (), len(alerts),
+                        tuple(r.request_id for r in requests)))
     return MonitoringData(latest=latest, windows=windows, alerts=alerts, deployments=deployments,
-                          problems=tuple(problems), rows=total, warehouse=label, fingerprint=fingerprint)
+                          rollback_requests=requests, problems=tuple(problems), rows=total, warehouse=label,
+                          fingerprint=fingerprint)
 
 
 @functools.lru_cache(maxsize=1)
@@ -396,8 +457,23 @@ class MonitoringStore(param.Parameterized):
     def drift_metric(self) -> str:
         return DRIFT_METRICS[self.config.monitoring.drift_metric]
 
-    def reload(self) -> bool:
-        """Take the shared read (refreshed when it is older than the refresh interval); True if new."""
+    def request_rollback(self, model_version: str, requested_by: str, reason: str,
+                         now: datetime | None = None) -> RollbackRequest:
+        """Record ``requested_by``'s request to serve ``model_version`` again (checked against
+        ``model_deployments`` as it is now, not as last shown), then read the tables again.
+        Raises :class:`~factory_tasks.warehouse.rollbacks.RollbackRefused` for a request that
+        breaks a rule, and the warehouse's errors when it cannot take it."""
+        if self.warehouse is None:
+            self.warehouse = warehouse_hook()
+        deployments = ContractTable(DeploymentRecord).read_all(self.warehouse)
+        request = request_rollback(self.warehouse, deployments, model_version, requested_by, reason,
+                                   now or datetime.now(timezone.utc))
+        self.reload(max_age=0)
+        return request
+
+    def reload(self, max_age: float | None = None) -> bool:
+        """Take the shared read (refreshed when it is older than the refresh interval, or
+        ``max_age`` seconds); True if new."""
         try:
             if self.warehouse is None:
                 self.warehouse = warehouse_hook()
@@ -409,7 +485,7 @@ class MonitoringStore(param.Parameterized):
                 self.data, self.problems = None, [*self._config_problems, message]
                 self._recount()
             return True
-        data = cached_monitoring(self.warehouse, self.config, self._config_problems)
+        data = cached_monitoring(self.warehouse, self.config, self._config_problems, max_age=max_age)
         self.checked_at = datetime.now(timezone.utc)
         if data is self.data:
             return False

@@ -18,6 +18,7 @@ from factory_tasks.core.contracts import (
     ExperimentSpec,
     MonitoringAlert,
     Promotion,
+    RollbackRequest,
     RunPlan,
 )
 from factory_tasks.core.settings import REPO_ROOT
@@ -32,6 +33,7 @@ CONTRACTS: tuple[tuple[type[Contract], str], ...] = (
     (ExperimentResult, f"project file `{ExperimentResult.path_for('<experiment_id>')}`"),
     (RunPlan, f"project file `{RunPlan.path_for('<factory run>').rsplit('/', 2)[0]}/<factory run>/plan.json`"),
     (Promotion, f"warehouse table `{Promotion.TABLE}` (append-only)"),
+    (RollbackRequest, f"warehouse table `{RollbackRequest.TABLE}` (append-only)"),
     (MonitoringAlert, f"warehouse table `{MonitoringAlert.TABLE}` (append-only)"),
 )
 

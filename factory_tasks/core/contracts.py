@@ -9,6 +9,7 @@ defined once and imported by both sides:
 | :class:`ExperimentResult` | the experiment job | planning (reuse), collection | project file ``experiments/<id>/result.json`` |
 | :class:`RunPlan` | ``plan_experiments`` | ``record_outcomes``, the deploy DAG | project file ``factory_runs/<run>/plan.json`` |
 | :class:`Promotion` | the dashboard | the deploy DAG | warehouse table ``model_promotions`` |
+| :class:`RollbackRequest` | the monitoring dashboard | the DAG ``rollback_requests`` | warehouse table ``model_rollback_requests`` |
 | :class:`MonitoringAlert` | ``model_monitoring`` | the monitoring dashboard, the retrain trigger | warehouse table ``model_alerts`` |
 
 Each carries a ``schema_version``; a document that does not parse (truncated, a wrong type, a
@@ -405,10 +406,23 @@ class Lineage(Contract):
 
 
 class ChampionRef(Contract):
-    """The model now serving, scored by the retrain job on the challenger's held-out slice."""
+    """The model now serving and its recipe (read from its model metadata). The retrain job
+    refits the recipe on exactly the challenger's fit rows and scores both on the held-out
+    slice, so the two are compared on rows neither trained on; the served artifact itself (fitted
+    on its own snapshot, which overlaps this one) is never scored there."""
 
     model_version: str
+    #: the served artifact, for the record (the retrain job does not load it)
     artifact_path: str
+    experiment_id: ExperimentId
+    estimator: EstimatorName
+    params: dict[str, ParamValue]
+    random_state: int
+
+    def same_recipe(self, spec: "ExperimentSpec") -> bool:
+        """Whether the challenger's spec fits exactly this recipe (its refit is the challenger's)."""
+        return (self.estimator, dict(self.params), self.random_state) == (spec.estimator, dict(spec.params),
+                                                                          spec.random_state)
 
 
 class RetrainRequest(Contract):
@@ -438,6 +452,28 @@ class RetrainRequest(Contract):
         return RetrainResult.path_for(self.model_version)
 
 
+class PairedDifference(Contract):
+    """One measure of the gate's evidence: challenger and champion on the *same* rows, and the
+    interval of their difference (challenger − champion), so shared noise cancels."""
+
+    #: the metric compared (``roc_auc``, ``policy_value``, …)
+    measure: str
+    #: ``holdout``: rows neither model trained on; ``live``: the champion's logged traffic
+    #: (the challenger evaluated off-policy)
+    source: Literal["holdout", "live"]
+    challenger: float | None
+    champion: float | None
+    #: challenger − champion, in the metric's own units (not sign-flipped for lower-is-better)
+    difference: float | None
+    low: float | None
+    high: float | None
+    confidence: float = Field(0.95, gt=0, lt=1)
+    greater_is_better: bool = True
+    n_rows: int = Field(ge=0)
+    #: how the interval was computed, e.g. "paired bootstrap, 400 resamples" or "DR influence function"
+    method: str
+
+
 class HoldoutScores(Contract):
     metrics: dict[str, float | None]
     n_rows: int = Field(ge=1)
@@ -454,8 +490,12 @@ class RetrainResult(Contract):
     ranking_metric: str | None = None
     #: the refit (on all rows but the held-out slice) scored on that slice
     holdout: HoldoutScores | None = None
-    #: the model now serving, scored on the same slice (None for the first deployment)
+    #: the champion's recipe (:class:`ChampionRef`) refitted on the same rows as the refit and
+    #: scored on the same slice (None for the first deployment)
     champion_holdout: HoldoutScores | None = None
+    #: challenger − champion on the slice, paired (the same resampled rows for both), with
+    #: intervals: the ranking metric and ``policy_value`` (empty for the first deployment)
+    comparison: list[PairedDifference] = Field(default_factory=list)
     consistent: bool | None = None
     consistency_note: str | None = None
     artifact_path: str | None = None  # fitted on every row
@@ -496,6 +536,8 @@ class GateDecision(Contract):
     challenger: dict[str, float | None]
     champion: dict[str, float | None] | None = None
     champion_version: str | None = None
+    #: the paired comparisons the decision rests on (empty for a first deployment)
+    evidence: list[PairedDifference] = Field(default_factory=list)
 
 
 class DeploymentRecord(Contract):
@@ -525,8 +567,35 @@ class DeploymentRecord(Contract):
     choice_reason: str
     gate_reason: str
     gate_override: bool
+    #: the gate's paired comparisons (:class:`PairedDifference`), shown where the decision is reviewed
+    gate_evidence: list[PairedDifference] = Field(default_factory=list)
     replaced_deployment_ids: list[str] = Field(default_factory=list)
     deployed_at: str
+    #: ``deploy``: a chosen experiment, retrained and gated; ``rollback``: a version recorded here
+    #: before, redeployed from its files as it was (no review, retrain or gate)
+    action: Literal["deploy", "rollback"] = "deploy"
+    #: who asked for the rollback and why (None for a deploy)
+    requested_by: str | None = None
+    request_reason: str | None = None
+
+
+class RollbackRequest(Contract):
+    """A reviewer's request to serve an earlier model version again (append-only table
+    :attr:`TABLE`). The dashboard records it; the DAG ``rollback_requests`` has
+    ``deploy_best_model`` carry it out. It is handled once a rollback
+    :class:`DeploymentRecord` of its version is recorded at or after ``requested_at``."""
+
+    TABLE: ClassVar[str] = "model_rollback_requests"
+
+    schema_version: Literal[1] = 1
+    #: 16 hex of sha256 over (model_version, requested_by, requested_at): the deploy run's id
+    request_id: str = Field(pattern=r"^[0-9a-f]{16}$")
+    model_version: str = Field(pattern=r"^[0-9a-z][0-9a-z._-]{0,99}$")
+    requested_by: str = Field(min_length=1)  # the authenticated user, never typed in
+    reason: str = Field(min_length=1)
+    requested_at: str = Field(min_length=1)  # ISO 8601, UTC
+    #: the version serving when the request was made
+    serving_version: str | None = None
 
 
 # --------------------------------------------------------------------------------------------

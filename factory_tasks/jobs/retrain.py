@@ -13,8 +13,14 @@ configured by a :class:`~factory_tasks.core.contracts.RetrainRequest` in ``MF_RE
    being the larger of the CV std (scaled to the slice's size) and the score's bootstrap
    standard error on the slice — three folds alone often agree by chance far more closely than
    a held-out slice can;
-3. score the model now serving (``champion``) on the same slice, so the gate compares like
-   with like;
+3. refit the *champion's recipe* (``champion``: the estimator, hyperparameters and seed of the
+   model now serving) on exactly the same fit rows and score it on the same slice — never the
+   served artifact, whose final fit used its own snapshot's rows, which overlap this slice (a
+   flexible champion would win by memory). When the recipes are equal the refit is reused
+   (the difference is exactly 0). Then the paired differences challenger − champion of the
+   ranking metric and ``policy_value`` with percentile intervals, by one bootstrap of the
+   slice (the same resampled rows for both models, predictions made once) that also gives
+   step 2's standard error;
 4. fit the final model on every row and save it with skops (``models/<version>/model.skops``)
    with its metadata and lineage, plus a compiled ONNX copy when it reproduces the skops
    pipeline's probabilities on the slice;
@@ -30,19 +36,27 @@ import os
 import sys
 import traceback
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from factory_tasks.core.atomic import write_atomic
 from factory_tasks.core.clock import utc_now
-from factory_tasks.core.contracts import ContractError, HoldoutScores, RetrainRequest, RetrainResult
+from factory_tasks.core.contracts import (
+    ContractError,
+    HoldoutScores,
+    PairedDifference,
+    RetrainRequest,
+    RetrainResult,
+)
 
 log = logging.getLogger("factory_tasks.jobs.retrain")
 
 #: scored on the held-out slice whatever the grid asked for: the gate needs them
 GATE_METRICS: tuple[str, ...] = ("policy_value", "policy_uplift")
-#: resamples of the held-out slice for its score's standard error: enough for a steady estimate,
-#: few enough to stay small next to the refit
-BOOTSTRAP_RESAMPLES = 200
+#: resamples of the held-out slice, for its score's standard error and the paired intervals: enough
+#: for steady 2.5% and 97.5% percentiles, few enough to stay small next to the refit
+BOOTSTRAP_RESAMPLES = 400
+#: the paired intervals' confidence
+CONFIDENCE = 0.95
 
 
 def consistency(request: RetrainRequest, holdout_score: float | None, n_holdout: int, n_rows: int,
@@ -71,32 +85,81 @@ def consistency(request: RetrainRequest, holdout_score: float | None, n_holdout:
     return gap <= tolerance, note
 
 
-def bootstrap_se(model: Any, X: Any, y: Any, metric: str, economics: Mapping[str, Any], propensity: Any = None,
-                 *, resamples: int = BOOTSTRAP_RESAMPLES, seed: int | None = 0) -> float | None:
-    """The standard error of ``metric`` on the rows ``X``, ``y`` by resampling them (predictions
-    made once); None when too few resamples give a finite score."""
+def resampled_scores(models: Sequence[Any], X: Any, y: Any, metrics: Sequence[str], economics: Mapping[str, Any],
+                     propensity: Any = None, *, resamples: int = BOOTSTRAP_RESAMPLES,
+                     seed: int | None = 0) -> list[dict[str, Any]]:
+    """Each model's ``metrics`` on the same bootstrap resamples of the rows ``X``, ``y`` (paired:
+    one set of resampled row indices for every model; each model's predictions made once).
+
+    One array per model and metric, one entry per resample; nan where a resample holds one
+    class only or the score is not finite. ``propensity`` (one per row) weights the policy
+    metrics, as in :func:`~factory_tasks.training.experiment.score_model`."""
     import numpy as np
 
     from factory_tasks.core.metrics import compute_metric
     from factory_tasks.training.experiment import predictions_for
 
-    logged, proba, offer_proba = predictions_for(model, X, [metric])
+    predictions = [predictions_for(model, X, list(metrics)) for model in models]
+    out = [{metric: np.full(resamples, np.nan) for metric in metrics} for _ in models]
     rng = np.random.default_rng(seed)
-    scores = []
-    for _ in range(resamples):
+    for r in range(resamples):
         i = rng.integers(0, len(y), len(y))
         if y[i].min() == y[i].max():
             continue
-        score = compute_metric(metric, y[i], proba[i], logged_offers=logged[i],
-                               offer_proba=None if offer_proba is None else offer_proba[i], economics=economics,
-                               propensities=None if propensity is None else propensity[i])
-        if score is not None and math.isfinite(score):
-            scores.append(score)
-    return float(np.std(scores, ddof=1)) if len(scores) >= resamples // 2 else None
+        weights = None if propensity is None else propensity[i]
+        for scores, (logged, proba, offer_proba) in zip(out, predictions):
+            for metric in metrics:
+                score = compute_metric(metric, y[i], proba[i], logged_offers=logged[i],
+                                       offer_proba=None if offer_proba is None else offer_proba[i],
+                                       economics=economics, propensities=weights)
+                if score is not None and math.isfinite(score):
+                    scores[metric][r] = score
+    return out
 
 
-def refit(request: RetrainRequest, data: Any, *, n_threads: int = 1,
-          champion: Any = None) -> dict[str, Any]:
+def _spread(samples: Any, resamples: int) -> float | None:
+    """The standard error from one metric's resampled scores; None when fewer than half are finite."""
+    import numpy as np
+
+    finite = samples[np.isfinite(samples)]
+    return float(np.std(finite, ddof=1)) if len(finite) >= max(resamples // 2, 2) else None
+
+
+def bootstrap_se(model: Any, X: Any, y: Any, metric: str, economics: Mapping[str, Any], propensity: Any = None,
+                 *, resamples: int = BOOTSTRAP_RESAMPLES, seed: int | None = 0) -> float | None:
+    """The standard error of ``metric`` on the rows ``X``, ``y`` by resampling them (predictions
+    made once); None when too few resamples give a finite score."""
+    samples = resampled_scores([model], X, y, [metric], economics, propensity, resamples=resamples, seed=seed)
+    return _spread(samples[0][metric], resamples)
+
+
+def paired_difference(measure: str, challenger: float | None, champion: float | None, challenger_samples: Any,
+                      champion_samples: Any, *, n_rows: int, method: str,
+                      confidence: float = CONFIDENCE) -> PairedDifference:
+    """challenger − champion on the same rows, with the percentile interval of the paired
+    resampled differences (None bounds when fewer than half the resamples give both scores)."""
+    import numpy as np
+
+    from factory_tasks.core.metrics import get_metric
+
+    def finite(value: float | None) -> float | None:
+        return float(value) if value is not None and math.isfinite(value) else None
+
+    challenger, champion = finite(challenger), finite(champion)
+    differences = np.asarray(challenger_samples) - np.asarray(champion_samples)
+    differences = differences[np.isfinite(differences)]
+    low = high = None
+    if len(differences) >= max(len(challenger_samples) // 2, 2):
+        tail = (1.0 - confidence) / 2.0
+        low, high = (float(v) for v in np.quantile(differences, [tail, 1.0 - tail]))
+    return PairedDifference(
+        measure=measure, source="holdout", challenger=challenger, champion=champion,
+        difference=challenger - champion if challenger is not None and champion is not None else None,
+        low=low, high=high, confidence=confidence, greater_is_better=get_metric(measure).greater_is_better,
+        n_rows=n_rows, method=method)
+
+
+def refit(request: RetrainRequest, data: Any, *, n_threads: int = 1) -> dict[str, Any]:
     """Steps 2–4 on an interactions frame; returns the models and scores (no files written)."""
     import numpy as np
     from sklearn.model_selection import train_test_split
@@ -106,8 +169,9 @@ def refit(request: RetrainRequest, data: Any, *, n_threads: int = 1,
     from factory_tasks.training.experiment import logged_propensities, score_model
     from factory_tasks.training.features import build_pipeline, feature_frame
 
-    spec = request.spec
+    spec, champion = request.spec, request.champion
     metrics = list(dict.fromkeys([*spec.metrics, *GATE_METRICS]))
+    compared = list(dict.fromkeys([spec.ranking_metric, "policy_value"]))
     economics = spec.economics.model_dump(mode="json")
     X = feature_frame(data).reset_index(drop=True)  # the model's inputs: never the propensity
     y = data[TARGET_COLUMN].to_numpy(dtype=np.int64)
@@ -118,21 +182,43 @@ def refit(request: RetrainRequest, data: Any, *, n_threads: int = 1,
         test_size=request.holdout_fraction, stratify=y, random_state=spec.random_state)
     p_hold = None if propensity is None else p_hold
 
-    def pipeline():
-        return build_pipeline(spec.estimator, spec.params, random_state=spec.random_state, n_threads=n_threads)
+    def pipeline(estimator: str, params: Mapping[str, Any], random_state: int):
+        return build_pipeline(estimator, params, random_state=random_state, n_threads=n_threads)
 
     with threadpool_limits(limits=n_threads):
-        check_model = pipeline().fit(X_fit, y_fit)
+        check_model = pipeline(spec.estimator, spec.params, spec.random_state).fit(X_fit, y_fit)
         holdout = score_model(check_model, X_hold, y_hold, metrics, economics, p_hold)
-        champion_scores = (score_model(champion, X_hold, y_hold, metrics, economics, p_hold)
-                           if champion is not None else None)
-        final = pipeline().fit(X, y)
-        holdout_se = bootstrap_se(check_model, X_hold, y_hold, spec.ranking_metric, economics, p_hold,
-                                  seed=spec.random_state)
+        champion_model = champion_scores = None
+        if champion is not None:
+            # the champion's recipe on exactly the challenger's fit rows: both judged on rows neither saw
+            champion_model = (check_model if champion.same_recipe(spec) else
+                              pipeline(champion.estimator, champion.params, champion.random_state).fit(X_fit, y_fit))
+            champion_scores = (holdout if champion_model is check_model
+                               else score_model(champion_model, X_hold, y_hold, metrics, economics, p_hold))
+        final = pipeline(spec.estimator, spec.params, spec.random_state).fit(X, y)
+        # one resampling pass: the refit's standard error and, paired, the differences to the champion
+        reused = champion_model is None or champion_model is check_model
+        models = [check_model] if reused else [check_model, champion_model]
+        samples = resampled_scores(models, X_hold, y_hold, compared, economics, p_hold, seed=spec.random_state)
+    holdout_se = _spread(samples[0][spec.ranking_metric], BOOTSTRAP_RESAMPLES)
     ok, note = consistency(request, holdout.get(spec.ranking_metric), len(X_hold), len(X), holdout_se)
     log.info("refit of %s: %s (%s)", spec.experiment_id, "consistent" if ok else "INCONSISTENT", note)
+    comparison: list[PairedDifference] = []
+    if champion is not None:
+        method = (f"paired bootstrap, {BOOTSTRAP_RESAMPLES} resamples, percentile interval; champion "
+                  + ("= the challenger's recipe (the same refit)" if champion_model is check_model else
+                     f"recipe ({champion.estimator} of {champion.experiment_id}) refitted on the same rows")
+                  + ("; policy metrics propensity-weighted" if p_hold is not None else ""))
+        comparison = [paired_difference(measure, holdout.get(measure), champion_scores.get(measure),
+                                        samples[0][measure], samples[-1][measure], n_rows=len(X_hold),
+                                        method=method)
+                      for measure in compared]
+        for diff in comparison:
+            log.info("%s vs champion %s on %d held-out rows: %s", spec.experiment_id, champion.model_version,
+                     diff.n_rows, diff.model_dump_json())
     return {"final": final, "check_model": check_model, "holdout_rows": X_hold, "holdout": holdout,
-            "champion_holdout": champion_scores, "consistent": ok, "note": note, "n_rows": len(X)}
+            "champion_model": champion_model, "champion_holdout": champion_scores, "comparison": comparison,
+            "consistent": ok, "note": note, "n_rows": len(X)}
 
 
 def _finite(scores: Mapping[str, float] | None, n_rows: int) -> HoldoutScores | None:
@@ -152,7 +238,7 @@ def run_retrain(project_root: Path, environ: Mapping[str, str]) -> int:
         snapshot_path,
         thread_count,
     )
-    from factory_tasks.training.artifacts import load_model, save_model
+    from factory_tasks.training.artifacts import save_model
 
     started_at = utc_now()
     request: RetrainRequest | None = None
@@ -164,8 +250,7 @@ def run_retrain(project_root: Path, environ: Mapping[str, str]) -> int:
         code_version = running_code_version(environ)
         spec = request.spec
         data = read_snapshot(snapshot_path(project_root, spec), spec.data_snapshot.hash)
-        champion = load_model(project_root / request.champion.artifact_path) if request.champion else None
-        fitted = refit(request, data, n_threads=thread_count(environ), champion=champion)
+        fitted = refit(request, data, n_threads=thread_count(environ))
         out_dir = project_root / request.output_dir
         model_path, metadata_path = save_model(fitted["final"], out_dir, {
             "model_version": request.model_version,
@@ -189,6 +274,7 @@ def run_retrain(project_root: Path, environ: Mapping[str, str]) -> int:
             model_version=request.model_version, status="succeeded", ranking_metric=spec.ranking_metric,
             holdout=_finite(fitted["holdout"], len(fitted["holdout_rows"])),
             champion_holdout=_finite(fitted["champion_holdout"], len(fitted["holdout_rows"])),
+            comparison=fitted["comparison"],
             consistent=fitted["consistent"], consistency_note=fitted["note"],
             artifact_path=rel(model_path), metadata_path=rel(metadata_path),
             onnx_path=rel(onnx_path) if onnx_path else None, compiled_note=compiled_note,
@@ -229,4 +315,5 @@ def main(argv: list[str] | None = None) -> int:
     return run_retrain(Path.cwd(), os.environ)
 
 
-__all__ = ["GATE_METRICS", "bootstrap_se", "consistency", "main", "refit", "run_retrain"]
+__all__ = ["GATE_METRICS", "bootstrap_se", "consistency", "main", "paired_difference", "refit", "resampled_scores",
+           "run_retrain"]

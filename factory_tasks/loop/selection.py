@@ -9,22 +9,37 @@ qualify.
 :func:`choose` takes a reviewer's pick when there is one — the most recent of a dashboard
 promotion and an answer to the Airflow review — and the best candidate otherwise.
 
-:func:`gate` is the champion/challenger rule: an automatic choice replaces the model now
-serving only if it is better by the configured margins on the ranking metric *and* on policy
-value, both measured on the same held-out slice; a refit whose held-out score disagrees with
-its CV estimate is never deployed; a reviewer's explicit pick may override the margins (the
-override is recorded); the first deployment passes trivially.
+:func:`gate` is the champion/challenger rule, decided on paired intervals (challenger −
+champion on the same held-out rows, both fitted on the same rows: see
+:mod:`factory_tasks.jobs.retrain`), never on two point estimates. A choice nobody overrode
+replaces the model now serving only when
+
+* the ranking metric is not worse beyond ``ranking_margin`` with confidence: the lower 95%
+  bound of the difference (sign-adjusted for lower-is-better metrics) is above
+  ``-ranking_margin``; and
+* policy value is better: the lower 95% bound of the ``policy_value`` difference on the
+  held-out slice is above ``policy_value_margin`` — or, when that interval is inconclusive
+  (neither above the margin nor wholly below 0), a *live* comparison on the champion's logged
+  traffic (``live``, from the shadow evaluation) has its lower bound above the margin. A live
+  comparison that says the challenger is worse (its upper bound below 0) keeps the champion
+  whatever the held-out slice says; a held-out slice that says it is worse is not overturned
+  by a live one.
+
+A refit whose held-out score disagrees with its CV estimate is never deployed; a reviewer's
+explicit pick may override the intervals (the override is recorded); the first deployment
+passes trivially. :func:`evidence_table` shows the comparisons as plain text.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Mapping
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 import pandas as pd
 
-from factory_tasks.core.contracts import Choice, GateDecision, Promotion, RetrainResult
+from factory_tasks.core.contracts import Choice, GateDecision, PairedDifference, Promotion, RetrainResult
 from factory_tasks.core.metrics import METRICS
 
 
@@ -110,6 +125,62 @@ def experiment_of_option(option: str) -> str:
     return option.split(" ", 1)[0]
 
 
+Verdict = Literal["better", "inconclusive", "worse"]
+
+
+def _number(value: float | None, digits: int, signed: bool = False) -> str:
+    return "n/a" if value is None else f"{value:{'+' if signed else ''},.{digits}f}"
+
+
+def _digits(measure: str) -> int:
+    return 3 if measure.startswith("policy_") else 4
+
+
+def _interval(diff: PairedDifference) -> str:
+    d = _digits(diff.measure)
+    return f"[{_number(diff.low, d, True)}, {_number(diff.high, d, True)}]"
+
+
+def _shown(diff: PairedDifference) -> str:
+    """``policy_value gain +0.410 [-0.620, +1.440] per customer on 3,200 held-out rows``."""
+    d = _digits(diff.measure)
+    what = "gain" if diff.measure.startswith("policy_") else "difference"
+    unit = " per customer" if diff.measure == "policy_value" else ""
+    where = "held-out rows" if diff.source == "holdout" else "rows of live traffic"
+    order = "" if diff.greater_is_better else " (lower is better)"
+    return (f"{diff.source} {diff.measure} {what} {_number(diff.difference, d, True)} {_interval(diff)}{unit}"
+            f"{order} on {diff.n_rows:,} {where}")
+
+
+def _non_inferior(diff: PairedDifference | None, margin: float) -> tuple[bool, str]:
+    """Whether the challenger is not worse than the champion beyond ``margin`` with confidence."""
+    if diff is None or diff.low is None or diff.high is None:
+        return False, f"no interval of the ranking metric's difference ({_shown(diff) if diff else 'none computed'})"
+    if diff.greater_is_better:
+        return diff.low > -margin, (f"{_shown(diff)}: its lower bound is "
+                                    f"{'above' if diff.low > -margin else 'not above'} -{margin:g}, the margin it may "
+                                    f"be worse by")
+    return diff.high < margin, (f"{_shown(diff)}: its upper bound is {'below' if diff.high < margin else 'not below'} "
+                                f"+{margin:g}, the margin it may be worse by")
+
+
+def _value_verdict(diff: PairedDifference | None, margin: float) -> tuple[Verdict, str]:
+    """``policy_value``: better (the lower bound above the margin), worse (the upper bound below
+    0) or inconclusive, with the sentence that says so."""
+    if diff is None or diff.low is None or diff.high is None:
+        shown = _shown(diff) if diff else "none computed"
+        return "inconclusive", f"no interval of the policy_value difference ({shown})"
+    if diff.low > margin:
+        return "better", f"{_shown(diff)}: its lower bound is above the margin {margin:g}"
+    if diff.high < 0:
+        return "worse", f"{_shown(diff)}: its upper bound is below 0, worse with confidence"
+    return "inconclusive", f"{_shown(diff)}: its lower bound is not above the margin {margin:g}"
+
+
+def _find(evidence: Iterable[PairedDifference], measure: str, source: str) -> PairedDifference | None:
+    return next((d for d in evidence if d.measure == measure and d.source == source), None)
+
+
 def gate(
     retrain: RetrainResult,
     choice: Choice,
@@ -117,17 +188,24 @@ def gate(
     champion_version: str | None,
     ranking_margin: float,
     policy_value_margin: float,
+    live: PairedDifference | None = None,
 ) -> GateDecision:
-    """Whether the retrained challenger replaces the champion (see the module doc)."""
+    """Whether the retrained challenger replaces the champion (see the module doc). ``live``:
+    the shadow evaluation's ``policy_value`` difference on the champion's traffic, if any."""
     if retrain.status != "succeeded" or retrain.holdout is None:
         raise ValueError(f"the retrain of {retrain.model_version} failed: {retrain.error}")
+    if live is not None and (live.measure, live.source) != ("policy_value", "live"):
+        raise ValueError(f"the live evidence must be a policy_value difference from live traffic, "
+                         f"got {live.measure} from {live.source}")
     metric = retrain.ranking_metric or ""
     challenger = dict(retrain.holdout.metrics)
+    evidence = [*retrain.comparison, *([live] if live is not None else [])]
 
     def decision(deploy: bool, reason: str, override: bool = False) -> GateDecision:
         champion = dict(retrain.champion_holdout.metrics) if retrain.champion_holdout else None
         return GateDecision(deploy=deploy, reason=reason, override=override, ranking_metric=metric,
-                            challenger=challenger, champion=champion, champion_version=champion_version)
+                            challenger=challenger, champion=champion, champion_version=champion_version,
+                            evidence=evidence)
 
     if not retrain.consistent:
         return decision(False, f"not deployed: the refit disagrees with its CV estimate ({retrain.consistency_note})")
@@ -135,17 +213,47 @@ def gate(
         return decision(True, "first deployment: no model is serving yet")
     if champion_version == retrain.model_version:
         return decision(False, f"not deployed: {champion_version} is already serving")
-    sign = 1.0 if METRICS[metric].greater_is_better else -1.0
-    champion = retrain.champion_holdout.metrics
-    gain = sign * ((challenger.get(metric) or math.nan) - (champion.get(metric) or math.nan))
-    value_gain = (challenger.get("policy_value") or math.nan) - (champion.get("policy_value") or math.nan)
-    shown = (f"{metric} {challenger.get(metric):.4f} vs {champion.get(metric):.4f} (margin {ranking_margin:g}), "
-             f"policy_value {challenger.get('policy_value'):.3f} vs {champion.get('policy_value'):.3f} "
-             f"(margin {policy_value_margin:g}) on the same {retrain.holdout.n_rows} held-out rows")
-    better = gain > ranking_margin and value_gain > policy_value_margin
-    if better:
-        return decision(True, f"better than the champion {champion_version}: {shown}")
+
+    ranking_ok, ranking_says = _non_inferior(_find(retrain.comparison, metric, "holdout"), ranking_margin)
+    offline, offline_says = _value_verdict(_find(retrain.comparison, "policy_value", "holdout"), policy_value_margin)
+    online, online_says = _value_verdict(live, policy_value_margin) if live is not None else (None, "")
+    if not ranking_ok:
+        deploy, why = False, f"the ranking metric may be worse: {ranking_says}"
+    elif online == "worse":
+        deploy, why = False, f"live traffic says it is worse: {online_says} (held out: {offline_says})"
+    elif offline == "better":
+        deploy, why = True, f"{offline_says}; {ranking_says}"
+    elif offline == "worse":
+        deploy, why = False, offline_says + (f" (live: {online_says})" if live is not None else "")
+    elif online == "better":
+        deploy, why = True, f"the held-out slice is inconclusive ({offline_says}), live traffic is not: {online_says}"
+    else:
+        deploy, why = False, offline_says + (f"; live: {online_says}" if live is not None else "")
+    if deploy:
+        return decision(True, f"better than the champion {champion_version}: {why}")
     if choice.chosen_by in ("promotion", "review", "manual"):
         return decision(True, f"deployed on {choice.chosen_by_user or 'a manual'} {choice.chosen_by} although it is "
-                              f"not better than the champion {champion_version} by the margins: {shown}", override=True)
-    return decision(False, f"not deployed: not better than the champion {champion_version} by the margins: {shown}")
+                              f"not shown better than the champion {champion_version}: {why}", override=True)
+    return decision(False, f"not deployed: not shown better than the champion {champion_version}: {why}")
+
+
+def evidence_table(evidence: Iterable[PairedDifference | Mapping[str, Any]]) -> str:
+    """The gate's paired comparisons as a plain-text table (one row per comparison: measure,
+    source, challenger, champion, difference, interval, rows); decoded JSON is accepted too."""
+    rows = [d if isinstance(d, PairedDifference) else PairedDifference.from_data(d, "the gate's evidence")
+            for d in evidence]
+    if not rows:
+        return "(no paired comparison: nothing serving to compare with)"
+    header = ["measure", "source", "challenger", "champion", "difference", "interval", "rows"]
+    body = []
+    for d in rows:
+        digits = _digits(d.measure)
+        body.append([d.measure + ("" if d.greater_is_better else " (lower is better)"), d.source,
+                     _number(d.challenger, digits), _number(d.champion, digits),
+                     _number(d.difference, digits, True), f"{d.confidence:.0%} {_interval(d)}", f"{d.n_rows:,}"])
+    widths = [max(len(r[k]) for r in [header, *body]) for k in range(len(header))]
+
+    def line(cells: list[str]) -> str:
+        return "  ".join(c.ljust(w) if k < 2 else c.rjust(w) for k, (c, w) in enumerate(zip(cells, widths))).rstrip()
+
+    return "\n".join([line(header), line(["-" * w for w in widths]), *(line(r) for r in body)])

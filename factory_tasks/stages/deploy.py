@@ -168,6 +168,18 @@ def model_version_for(experiment_id: str, snapshot_hash: str, code_version: str)
     return f"{experiment_id}-{snapshot_hash[:8]}-{code_version.rsplit('+', 1)[-1][:8]}"
 
 
+def champion_ref(cml: CmlClient, champion: DeploymentRecord | None) -> ChampionRef | None:
+    """The model now serving and its recipe — estimator, hyperparameters, seed — from its model
+    metadata (``model.metadata.json``, written by the retrain job): the retrain job refits the
+    recipe on the challenger's fit rows, so the two are compared on rows neither trained on."""
+    if champion is None:
+        return None
+    meta = json.loads(cml.download_file(champion.metadata_path))
+    recipe = {name: meta[name] for name in ("experiment_id", "estimator", "params", "random_state") if name in meta}
+    return ChampionRef.from_data({"model_version": champion.model_version, "artifact_path": champion.artifact_path,
+                                  **recipe}, f"the champion's model metadata {champion.metadata_path}")
+
+
 def retrain_request(warehouse: Any, cml: CmlClient, choice: dict[str, Any], *, holdout_fraction: float = 0.2) -> list[dict]:
     """The retrain job run, as ``[{"request": <CmlJobRunOperator kwargs, result_file included>,
     "model_version"}]`` (a list: the run is known only at run time, ``expand_kwargs``)."""
@@ -177,7 +189,7 @@ def retrain_request(warehouse: Any, cml: CmlClient, choice: dict[str, Any], *, h
     result = result_reader(cml)(spec.experiment_id)
     if result is None or result.status != "succeeded":
         raise ValueError(f"experiment {spec.experiment_id} has no succeeded result to retrain from")
-    champion = serving(warehouse)
+    champion = champion_ref(cml, serving(warehouse))
     lineage = Lineage(
         experiment_id=spec.experiment_id, factory_run_id=chosen.factory_run_id, grid_hash=plan.grid.grid_hash,
         data_snapshot_path=spec.data_snapshot.path, data_snapshot_hash=spec.data_snapshot.hash,
@@ -186,9 +198,7 @@ def retrain_request(warehouse: Any, cml: CmlClient, choice: dict[str, Any], *, h
     request = RetrainRequest(
         model_version=model_version_for(spec.experiment_id, spec.data_snapshot.hash, plan.provenance.code_version),
         spec=spec, cv_estimate=result.metrics[spec.ranking_metric], holdout_fraction=holdout_fraction,
-        champion=ChampionRef(model_version=champion.model_version, artifact_path=champion.artifact_path)
-        if champion else None,
-        lineage=lineage)
+        champion=champion, lineage=lineage)
     return [{
         "request": {
             "job_name": f"{RETRAIN_JOB_PREFIX}{RETRAIN_CPU:g}cpu-{RETRAIN_MEMORY_GB:g}gb",
@@ -210,7 +220,7 @@ def load_retrain_result(cml: CmlClient, model_version: str) -> RetrainResult:
 def gate_decision(warehouse: Any, cml: CmlClient, choice: dict[str, Any], model_version: str, *,
                   ranking_margin: float, policy_value_margin: float) -> dict[str, Any]:
     """The champion/challenger decision (:func:`factory_tasks.loop.selection.gate`), logged."""
-    from factory_tasks.loop.selection import gate
+    from factory_tasks.loop.selection import evidence_table, gate
 
     in_range("ranking_margin", ranking_margin, 0, MAX_MARGIN)
     in_range("policy_value_margin", policy_value_margin, 0, MAX_MARGIN)
@@ -219,6 +229,8 @@ def gate_decision(warehouse: Any, cml: CmlClient, choice: dict[str, Any], model_
                     champion_version=champion.model_version if champion else None,
                     ranking_margin=ranking_margin, policy_value_margin=policy_value_margin)
     (log.info if decision.deploy else log.warning)("gate for %s: %s", model_version, decision.reason)
+    log.info("the gate's evidence for %s (challenger − champion %s):\n%s", model_version,
+             decision.champion_version or "(none)", evidence_table(decision.evidence))
     return decision.model_dump(mode="json")
 
 
@@ -266,7 +278,7 @@ def record(warehouse: Any, cml: CmlClient, *, model_version: str, deployed: dict
         grid_hash=lineage["grid_hash"], data_snapshot_hash=lineage["data_snapshot_hash"],
         code_version=lineage["code_version"], chosen_by=lineage["chosen_by"],
         chosen_by_user=lineage.get("chosen_by_user"), choice_reason=lineage["choice_reason"],
-        gate_reason=gate_.reason, gate_override=gate_.override,
+        gate_reason=gate_.reason, gate_override=gate_.override, gate_evidence=list(gate_.evidence),
         replaced_deployment_ids=list(deployed.get("replaced_deployment_ids") or []), deployed_at=deployed_at)
     record_deployment(warehouse, entry)
     log.info("recorded deployment %s of %s in model_deployments", entry.deployment_id, model_version)

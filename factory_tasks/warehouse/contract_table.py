@@ -49,22 +49,38 @@ class ContractTable(Generic[C]):
         self.columns: tuple[Column, ...] = tuple(Column(n, _column_type(f.annotation)) for n, f in fields.items())
         self._json = {n for n, f in fields.items() if _is_json(f.annotation)}
 
-    def ensure_schema(self, hook: Any) -> None:
-        """Create the table if it is absent; never drop or alter what exists."""
-        dialect_for(hook).create_table(hook, self.table, self.columns)
+    def ensure_schema(self, hook: Any) -> list[Column]:
+        """Create the table if it is absent. A table written by an older version lacking columns
+        of optional fields gains them (old rows read the field's default); one lacking a required
+        field is an error naming it. Nothing is ever dropped. Returns the columns in the table's
+        order (added columns come last), which positional inserts (Hive) must follow."""
+        dialect = dialect_for(hook)
+        dialect.create_table(hook, self.table, self.columns)
+        existing = dialect.columns(hook, self.table)
+        missing = [c for c in self.columns if c.name not in set(existing)]
+        required = [c.name for c in missing if self.model.model_fields[c.name].is_required()]
+        if required:
+            raise ContractError(f"table {self.table}", [
+                f"created by an older Model Factory without the required column(s) {', '.join(required)}; "
+                "on the embedded default `make clean` starts afresh"])
+        if missing:
+            dialect.add_columns(hook, self.table, missing)
+        by_name = {c.name: c for c in self.columns}
+        return [by_name[name] for name in existing if name in by_name] + missing
 
     def append(self, hook: Any, document: C) -> None:
-        self.ensure_schema(hook)
+        columns = self.ensure_schema(hook)
         record = document.model_dump(mode="json")
-        row = tuple(json.dumps(record[c.name]) if c.name in self._json else record[c.name] for c in self.columns)
-        dialect_for(hook).append_rows(hook, self.table, self.columns, [row])
+        row = tuple(json.dumps(record[c.name]) if c.name in self._json else record[c.name] for c in columns)
+        dialect_for(hook).append_rows(hook, self.table, columns, [row])
 
     def read(self, hook: Any) -> tuple[list[C], list[ContractError]]:
         """Every row as a document (table order) and a ContractError per row that does not parse."""
         dialect = dialect_for(hook)
         if not dialect.table_exists(hook, self.table):
             return [], []
-        names = [c.name for c in self.columns]
+        existing = set(dialect.columns(hook, self.table))
+        names = [c.name for c in self.columns if c.name in existing]  # an older table lacks new optional fields
         documents: list[C] = []
         problems: list[ContractError] = []
         for number, values in enumerate(dialect.select(hook, self.table, names), start=1):

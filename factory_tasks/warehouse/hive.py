@@ -457,6 +457,12 @@ class HiveDialect(Dialect):
 
         return self._run(hook, f"look up table {table}", work)
 
+    def add_columns(self, hook: Any, table: str, columns: Sequence[Column]) -> None:
+        """Add nullable columns to an existing table (existing rows read NULL)."""
+        added = ", ".join(f"{checked_identifier(c.name)} {self._types[c.type]}" for c in columns)
+        sql = f"ALTER TABLE {checked_identifier(table)} ADD COLUMNS ({added})"
+        self._run(hook, f"add columns to {table}", lambda conn, state: conn.cursor().execute(sql))
+
     def columns(self, hook: Any, table: str) -> list[str]:
         """The table's column names in table order, partition columns included (``DESCRIBE``)."""
         checked_identifier(table)

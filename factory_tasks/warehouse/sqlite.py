@@ -123,6 +123,18 @@ class SqliteDialect(Dialect):
         return self._run(hook, f"describe table {table}",
                          lambda conn: [str(r[1]) for r in conn.execute(sql).fetchall()])
 
+    def add_columns(self, hook: Any, table: str, columns: Sequence[Column]) -> None:
+        """Add nullable columns to an existing table (existing rows read NULL)."""
+        statements = [f"ALTER TABLE {checked_identifier(table)} ADD COLUMN {checked_identifier(c.name)} "
+                      f"{self._types[c.type]}" for c in columns]
+
+        def work(conn: sqlite3.Connection) -> None:
+            with conn:
+                for statement in statements:
+                    conn.execute(statement)
+
+        self._run(hook, f"add columns to {table}", work)
+
     def append_rows(
         self, hook: Any, table: str, columns: Sequence[Column], rows: Iterable[tuple]
     ) -> None:

@@ -252,12 +252,23 @@ def _print_chain(report: DemoReport, alerts) -> None:
         newer = (f" (deploying the newer {deploy.factory_run_id}, whose event it consumed too)"
                  if deploy.factory_run_id and deploy.factory_run_id != retrain.run_id else "")
         _say(f"      → {DEPLOY_DAG} run {deploy.run_id}{newer} → {verdict}: {gate.get('reason')}")
-        if gate.get("ranking_metric") and f"{gate['ranking_metric']} " not in str(gate.get("reason")):
+        if gate.get("evidence"):
+            _say("        evidence (challenger − champion, paired, on rows neither model trained on):")
+            _say(_evidence_table(gate["evidence"], "          "))
+        elif gate.get("ranking_metric") and f"{gate['ranking_metric']} " not in str(gate.get("reason")):
             _say(f"        evidence: {_evidence(gate)}")
 
 
+def _evidence_table(evidence: list[dict], indent: str) -> str:
+    """The gate's paired comparisons as the deploy DAG's gate task logs them."""
+    from factory_tasks.loop.selection import evidence_table
+
+    return "\n".join(indent + line for line in evidence_table(evidence).splitlines())
+
+
 def _evidence(gate: dict) -> str:
-    """The ranking metric and policy value of challenger and champion on the same held-out rows."""
+    """The ranking metric and policy value of challenger and champion on the held-out rows (a
+    gate without paired comparisons: the first deployment)."""
     shown = [m for m in (gate.get("ranking_metric"), "policy_value") if m]
     challenger, champion = gate.get("challenger") or {}, gate.get("champion") or {}
 

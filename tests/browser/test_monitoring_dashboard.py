@@ -10,6 +10,7 @@ import sqlite3
 import httpx
 import pytest
 from playwright.sync_api import expect
+from stack.dashboard import APP, MONITORING_APP, serve_command
 from test_experiments_dashboard import (  # the experiments tests' server and helpers (tests/browser)
     CHROMIUM,
     CHROMIUM_ARGS,
@@ -21,7 +22,6 @@ from test_experiments_dashboard import (  # the experiments tests' server and he
 
 from dashboards.monitoring.sample_data import write_sample_monitoring
 from factory_tasks.warehouse.loop_tables import MODEL_MONITORING
-from stack.dashboard import APP, MONITORING_APP, serve_command
 
 pytestmark = pytest.mark.browser
 
@@ -211,3 +211,81 @@ def test_make_dashboard_serves_both_apps_and_nothing_without_a_session(server):
     with httpx.Client(base_url=server.base_url, follow_redirects=False, timeout=30) as client:
         client.cookies.update({c["name"]: c["value"] for c in server.session_cookies()})
         assert client.get("/monitoring_app").status_code == 200
+
+
+def _rollback_requests(server) -> list[dict]:
+    from factory_tasks.warehouse.rollbacks import ROLLBACK_REQUESTS
+
+    names = [c.name for c in ROLLBACK_REQUESTS.columns]
+    with sqlite3.connect(server.warehouse_db) as conn:
+        if not conn.execute("SELECT 1 FROM sqlite_master WHERE name = ?", (ROLLBACK_REQUESTS.table,)).fetchone():
+            return []
+        return [dict(zip(names, r)) for r in conn.execute(f"SELECT {', '.join(names)} FROM {ROLLBACK_REQUESTS.table}")]
+
+
+def test_the_deployment_history_and_a_signed_in_reviewers_rollback_request(page, server):
+    from factory_tasks.core.contracts import DeploymentRecord
+    from factory_tasks.warehouse.deployments import DEPLOYMENTS, serving
+    from tests.sqlite_warehouse import SqliteWarehouse
+
+    page.locator(".mf-sections .bk-tab", has_text="Deployments").click()
+    history = page.locator(".mf-deployments .tabulator-row")
+    expect(history).to_have_count(2, timeout=WAIT_MS)  # v2 (serving), then v1
+    assert history.first.locator(".tabulator-cell[tabulator-field=model_version]").inner_text().strip() == "v2"
+    assert "promotion by reviewer" in history.first.locator(".tabulator-cell[tabulator-field=chosen_by]").inner_text()
+    evidence = page.locator(".mf-gate-evidence .tabulator-row")
+    expect(evidence).to_have_count(2, timeout=WAIT_MS)  # v2's paired comparisons
+    assert "policy_value" in evidence.nth(1).inner_text() and "0.0400" in evidence.nth(1).inner_text()
+    assert f"Requested by: {server.user}" in shown_text(page, ".mf-requester")
+    # only an earlier version is offered; without a reason nothing is recorded
+    assert page.locator(".mf-rollback-version option").all_inner_texts() == ["v1"]
+    page.locator(".mf-rollback button").click()
+    page.get_by_text("needs a reason").wait_for(timeout=WAIT_MS)
+    assert _rollback_requests(server) == []
+    page.locator(".mf-rollback-reason textarea").fill("v2's AUC <b>dropped</b>")
+    page.locator(".mf-rollback button").click()
+    page.get_by_text(re.compile(r"Rollback to\s+v1\s+requested by")).wait_for(timeout=WAIT_MS)
+    [row] = _rollback_requests(server)
+    assert (row["model_version"], row["requested_by"], row["reason"], row["serving_version"]) == (
+        "v1", server.user, "v2's AUC <b>dropped</b>", "v2")
+    page.locator(".mf-rollback-requests", has_text="pending").wait_for(timeout=WAIT_MS)
+    # the DAG carries it out: a rollback record of v1 after the request marks it done
+    hook = SqliteWarehouse(server.warehouse_db)
+    first = next(d for d in DEPLOYMENTS.read_all(hook) if d.model_version == "v1")
+    rolled_back = DeploymentRecord.from_data({**first.model_dump(mode="json"), "deployment_id": "deployment-v1-again",
+                                              "deployed_at": "2099-01-01T00:00:00+00:00", "action": "rollback",
+                                              "requested_by": server.user, "request_reason": row["reason"]}, "test")
+    try:
+        DEPLOYMENTS.append(hook, rolled_back)
+        assert serving(hook).deployment_id == "deployment-v1-again"
+        page.locator(".mf-rollback-requests", has_text="done by deployment").wait_for(timeout=WAIT_MS)
+        top = page.locator(".mf-deployments .tabulator-row").first
+        top.locator(".tabulator-cell[tabulator-field=action]", has_text="rollback").wait_for(timeout=WAIT_MS)
+        assert f"rollback asked by {server.user}" in top.inner_text()
+        assert page.locator(".mf-rollback-version option").all_inner_texts() == ["v2"]  # v1 serves now
+        OUTPUT.mkdir(exist_ok=True)
+        page.screenshot(path=str(OUTPUT / "monitoring_dashboard_rollback.png"), full_page=True)
+    finally:
+        _sql(server, ("DELETE FROM model_deployments WHERE deployment_id = ?", ("deployment-v1-again",)),
+             ("DELETE FROM model_rollback_requests", ()))
+
+
+def test_an_anonymous_user_cannot_request_a_rollback(server, browser):
+    from websockets.exceptions import InvalidStatus
+    from websockets.sync.client import connect
+
+    context = browser.new_context()
+    try:
+        anonymous = context.new_page()
+        anonymous.goto(server.monitoring_url)
+        anonymous.wait_for_url(re.compile(r"/login"), timeout=WAIT_MS)  # the app is not served at all
+        assert anonymous.locator(".mf-rollback").count() == 0 and anonymous.locator(".mf-sections").count() == 0
+    finally:
+        context.close()
+    # nor is the websocket a click on "Request rollback" would go through, with no or a forged cookie
+    for cookie in ({}, {"Cookie": "is_guest=1"}, {"Cookie": f"user={server.user}"}):
+        with pytest.raises(InvalidStatus) as info:
+            connect(f"ws://127.0.0.1:{server.port}/monitoring_app/ws", additional_headers=cookie,
+                    origin=server.base_url, open_timeout=30)
+        assert info.value.response.status_code == 403, cookie
+    assert _rollback_requests(server) == []

@@ -91,7 +91,8 @@ def test_deploy_best_model_shape(dagbag):
     dag = dagbag.dags["deploy_best_model"]
     assert "experiment_outcomes" in str(dag.timetable.asset_condition)  # scheduled on the asset
     assert set(dag.params) == {"factory_run_id", "experiment_id", "review_window_minutes", "ranking_margin",
-                               "policy_value_margin", "replicas", "cpu", "memory_gb"}
+                               "policy_value_margin", "replicas", "cpu", "memory_gb", "model_version",
+                               "requested_by", "reason"}
     tasks = dag.task_dict
     # the review (HITL) and the deferrable time sensor both close the window; either is enough
     assert type(tasks["review"]).__name__ in ("HITLOperator", "MappedOperator")
@@ -111,3 +112,23 @@ def test_deploy_best_model_shape(dagbag):
     retrain = _serialized(dag).task_dict["retrain"]
     assert retrain.partial_kwargs["wait_for_completion"] is True
     assert not any(t.startswith("wait_for_retrain") for t in tasks)
+    # a rollback (param model_version) branches off before anything of the deploy path runs
+    assert tasks["deploy_or_rollback"].downstream_task_ids == {"resolve_run", "rollback_target"}
+    assert tasks["resolve_run"].upstream_task_ids == {"deploy_or_rollback"}
+    rollback = ["rollback_target", "publish_rollback", "deploy_rollback", "record_rollback"]
+    for upstream, downstream in zip(rollback, rollback[1:]):
+        assert downstream in tasks[upstream].downstream_task_ids, (upstream, downstream)
+    assert not {"review", "retrain", "gate"} & (tasks["rollback_target"].get_flat_relative_ids(upstream=False))
+    assert type(tasks["deploy_rollback"]).__name__ in ("CmlDeployModelOperator", "MappedOperator")
+    assert _serialized(dag).task_dict["deploy_rollback"].task_type == "CmlDeployModelOperator"
+
+
+def test_rollback_requests_shape(dagbag):
+    dag = dagbag.dags["rollback_requests"]
+    assert dag.catchup is False and dag.max_active_runs == 1
+    trigger = _serialized(dag).task_dict["trigger_rollback"]
+    assert trigger.is_mapped and trigger.task_type == "TriggerDagRunOperator"
+    assert trigger.upstream_task_ids == {"pending_rollback"}
+    # one deploy run per request (its id): a later poll never triggers it twice
+    assert trigger.partial_kwargs["trigger_dag_id"] == "deploy_best_model"
+    assert trigger.partial_kwargs["skip_when_already_exists"] is True

@@ -6,6 +6,7 @@ Every Spark statement is planned and run as a Spark job, so each test sends only
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import random
@@ -403,3 +404,31 @@ def test_promotions_append_and_read_back_on_hive(hive_hook):
     described = query(hive_hook, f"DESCRIBE FORMATTED {PROMOTIONS_TABLE}")
     text = "\n".join(" ".join(str(v) for v in row) for row in described).lower()
     assert "parquet" in text and "# partition information" not in text
+
+
+def test_a_contract_table_of_an_older_version_gains_new_optional_columns_on_hive(hive_hook, unique_table):
+    """ALTER TABLE … ADD COLUMNS on HiveServer2: the old row reads the new field's default, the
+    new row round-trips it."""
+    from factory_tasks.core.contracts import DeploymentRecord, PairedDifference
+    from factory_tasks.warehouse.contract_table import ContractTable
+    from factory_tasks.warehouse.dialects import dialect_for
+
+    table = ContractTable(DeploymentRecord, unique_table)
+    record = dict(
+        model_version="v1", model_name="next-best-offer", model_id="m1", build_id="b1", deployment_id="d1",
+        access_key_ref="CML model m1", artifact_path="models/v1/model.skops",
+        metadata_path="models/v1/model.metadata.json", experiment_id="0123456789abcdef",
+        factory_run_id="manual__1", grid_hash="g", data_snapshot_hash="h", code_version="0.1.0+x",
+        chosen_by="automatic", choice_reason="best", gate_reason="first deployment", gate_override=False,
+        deployed_at="2026-12-01T10:00:00+00:00")
+    old_columns = [c for c in table.columns if c.name != "gate_evidence"]
+    dialect_for(hive_hook).create_table(hive_hook, unique_table, old_columns)
+    dumped = DeploymentRecord(**record).model_dump(mode="json")
+    dialect_for(hive_hook).append_rows(hive_hook, unique_table, old_columns, [tuple(
+        json.dumps(dumped[c.name]) if c.name in ("replaced_deployment_ids", "gate_override") else dumped[c.name]
+        for c in old_columns)])
+    evidence = [PairedDifference(measure="roc_auc", source="holdout", challenger=0.66, champion=0.65,
+                                 difference=0.01, low=-0.002, high=0.021, n_rows=800, method="paired bootstrap")]
+    table.append(hive_hook, DeploymentRecord(**{**record, "model_version": "v2", "gate_evidence": evidence}))
+    rows = sorted(table.read_all(hive_hook), key=lambda r: r.model_version)
+    assert [r.gate_evidence for r in rows] == [[], evidence]

@@ -5,10 +5,11 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from factory_tasks.core.contracts import ExperimentResult, HoldoutScores, Promotion, RetrainResult
+from factory_tasks.core.contracts import ExperimentResult, HoldoutScores, PairedDifference, Promotion, RetrainResult
 from factory_tasks.loop.selection import (
     SelectionError,
     choose,
+    evidence_table,
     experiment_of_option,
     gate,
     rank_candidates,
@@ -90,34 +91,149 @@ def test_failed_experiments_never_qualify():
         choose(_frame(ok), factory_run_id=RUN, manual_experiment_id="0" * 16)
 
 
-def _retrain(challenger: dict, champion: dict | None, consistent: bool = True) -> RetrainResult:
+def _diff(measure: str, difference: float, low: float, high: float, *, source: str = "holdout", n_rows: int = 3200,
+          greater_is_better: bool = True) -> PairedDifference:
+    return PairedDifference(measure=measure, source=source, challenger=10.0 + difference, champion=10.0,
+                            difference=difference, low=low, high=high, greater_is_better=greater_is_better,
+                            n_rows=n_rows, method="paired bootstrap, 400 resamples")
+
+
+def _retrain(challenger: dict, champion: dict | None, consistent: bool = True,
+             comparison: list[PairedDifference] | None = None, metric: str = "roc_auc") -> RetrainResult:
     return RetrainResult(
-        model_version="v2", status="succeeded", ranking_metric="roc_auc",
-        holdout=HoldoutScores(metrics=challenger, n_rows=1000),
-        champion_holdout=HoldoutScores(metrics=champion, n_rows=1000) if champion else None,
+        model_version="v2", status="succeeded", ranking_metric=metric,
+        holdout=HoldoutScores(metrics=challenger, n_rows=3200),
+        champion_holdout=HoldoutScores(metrics=champion, n_rows=3200) if champion else None,
+        comparison=comparison or [],
         consistent=consistent, consistency_note="held-out roc_auc 0.70 vs CV 0.71", artifact_path="a",
-        metadata_path="m", n_rows=5000, code_version="v")
+        metadata_path="m", n_rows=16000, code_version="v")
 
 
 AUTO = choose(_frame(_row(1, 0.8)), factory_run_id=RUN)
 PICKED = AUTO.model_copy(update={"chosen_by": "promotion", "chosen_by_user": "ana"})
-MARGINS = {"ranking_margin": 0.002, "policy_value_margin": 0.0}
+MARGINS = {"ranking_margin": 0.01, "policy_value_margin": 0.0}
+SCORES = {"roc_auc": 0.72, "policy_value": 9.5}, {"roc_auc": 0.71, "policy_value": 9.0}
+#: paired comparisons: the ranking metric clearly not worse; policy value better, within noise, worse
+RANK_OK = _diff("roc_auc", 0.012, 0.004, 0.020)
+RANK_WORSE = _diff("roc_auc", -0.02, -0.031, -0.009)
+VALUE_BETTER = _diff("policy_value", 0.9, 0.2, 1.6)
+VALUE_NOISE = _diff("policy_value", 0.41, -0.62, 1.44)
+VALUE_WORSE = _diff("policy_value", -1.1, -1.8, -0.4)
 
 
-@pytest.mark.parametrize("challenger, champion, choice, consistent, deploy, override, says", [
-    ({"roc_auc": 0.71, "policy_value": 9.0}, None, AUTO, True, True, False, "first deployment"),
-    ({"roc_auc": 0.72, "policy_value": 9.5}, {"roc_auc": 0.71, "policy_value": 9.0}, AUTO, True, True, False, "better than"),
-    ({"roc_auc": 0.711, "policy_value": 9.5}, {"roc_auc": 0.71, "policy_value": 9.0}, AUTO, True, False, False,
-     "not better than the champion v1 by the margins"),
-    ({"roc_auc": 0.72, "policy_value": 8.0}, {"roc_auc": 0.71, "policy_value": 9.0}, AUTO, True, False, False, "not better"),
-    ({"roc_auc": 0.70, "policy_value": 8.0}, {"roc_auc": 0.71, "policy_value": 9.0}, PICKED, True, True, True,
-     "deployed on ana promotion although it is not better"),
-    ({"roc_auc": 0.72, "policy_value": 9.5}, {"roc_auc": 0.71, "policy_value": 9.0}, PICKED, False, False, False,
-     "disagrees with its CV estimate"),
+@pytest.mark.parametrize("comparison, choice, consistent, deploy, override, says", [
+    ([RANK_OK, VALUE_BETTER], AUTO, True, True, False,
+     "better than the champion v1: holdout policy_value gain +0.900 [+0.200, +1.600] per customer on 3,200 held-out "
+     "rows: its lower bound is above the margin 0"),
+    ([RANK_OK, VALUE_NOISE], AUTO, True, False, False,
+     "not shown better than the champion v1: holdout policy_value gain +0.410 [-0.620, +1.440] per customer on 3,200 "
+     "held-out rows: its lower bound is not above the margin 0"),
+    ([RANK_OK, VALUE_WORSE], AUTO, True, False, False, "its upper bound is below 0, worse with confidence"),
+    ([RANK_WORSE, VALUE_BETTER], AUTO, True, False, False,
+     "the ranking metric may be worse: holdout roc_auc difference -0.0200 [-0.0310, -0.0090] on 3,200 held-out rows: "
+     "its lower bound is not above -0.01"),
+    ([RANK_OK, VALUE_NOISE], PICKED, True, True, True,
+     "deployed on ana promotion although it is not shown better than the champion v1: holdout policy_value gain "
+     "+0.410"),
+    ([RANK_OK, VALUE_BETTER], PICKED, False, False, False, "disagrees with its CV estimate"),
+    ([], AUTO, True, False, False, "no interval of the ranking metric's difference (none computed)"),
 ])
-def test_the_gate(challenger, champion, choice, consistent, deploy, override, says):
-    decision = gate(_retrain(challenger, champion, consistent), choice,
-                    champion_version="v1" if champion else None, **MARGINS)
+def test_the_gate_decides_on_the_paired_intervals(comparison, choice, consistent, deploy, override, says):
+    challenger, champion = SCORES
+    decision = gate(_retrain(challenger, champion, consistent, comparison), choice, champion_version="v1", **MARGINS)
     assert (decision.deploy, decision.override) == (deploy, override)
-    assert says in decision.reason
+    assert says in decision.reason, decision.reason
     assert decision.challenger == challenger and decision.champion == champion
+    assert decision.evidence == comparison
+
+
+def test_the_gate_checks_the_lower_bound_not_the_point():
+    """The same point gain deploys with a tight interval and keeps the champion with a wide one;
+    the margin moves the bar."""
+    challenger, champion = SCORES
+    tight = _retrain(challenger, champion, comparison=[RANK_OK, _diff("policy_value", 0.41, 0.05, 0.77)])
+    wide = _retrain(challenger, champion, comparison=[RANK_OK, VALUE_NOISE])
+    assert gate(tight, AUTO, champion_version="v1", **MARGINS).deploy
+    assert not gate(wide, AUTO, champion_version="v1", **MARGINS).deploy
+    assert not gate(tight, AUTO, champion_version="v1", ranking_margin=0.01, policy_value_margin=0.1).deploy
+    # the ranking metric's margin is how much worse it may be: a small loss within it passes
+    slightly_worse = _diff("roc_auc", -0.002, -0.008, 0.004)
+    assert gate(_retrain(challenger, champion, comparison=[slightly_worse, VALUE_BETTER]), AUTO,
+                champion_version="v1", **MARGINS).deploy
+    assert not gate(_retrain(challenger, champion, comparison=[slightly_worse, VALUE_BETTER]), AUTO,
+                    champion_version="v1", ranking_margin=0.005, policy_value_margin=0.0).deploy
+
+
+def test_a_lower_is_better_ranking_metric_is_checked_on_its_upper_bound():
+    challenger, champion = {"log_loss": 0.40, "policy_value": 9.5}, {"log_loss": 0.41, "policy_value": 9.0}
+    better = _diff("log_loss", -0.01, -0.02, -0.001, greater_is_better=False)
+    worse = _diff("log_loss", 0.01, 0.004, 0.02, greater_is_better=False)
+    ok = gate(_retrain(challenger, champion, comparison=[better, VALUE_BETTER], metric="log_loss"), AUTO,
+              champion_version="v1", **MARGINS)
+    kept = gate(_retrain(challenger, champion, comparison=[worse, VALUE_BETTER], metric="log_loss"), AUTO,
+                champion_version="v1", **MARGINS)
+    assert ok.deploy and not kept.deploy
+    assert "(lower is better)" in kept.reason and "its upper bound is not below +0.01" in kept.reason
+
+
+def test_first_deployment_and_already_serving():
+    challenger, _ = SCORES
+    first = gate(_retrain(challenger, None), AUTO, champion_version=None, **MARGINS)
+    assert first.deploy and "first deployment" in first.reason and first.evidence == []
+    same = _retrain(challenger, challenger, comparison=[_diff("roc_auc", 0, 0, 0), _diff("policy_value", 0, 0, 0)])
+    kept = gate(same, PICKED, champion_version="v2", **MARGINS)
+    assert not kept.deploy and "v2 is already serving" in kept.reason and not kept.override
+
+
+NO_LIVE = PairedDifference(measure="policy_value", source="live", challenger=None, champion=None, difference=None,
+                           low=None, high=None, n_rows=0, method="DR influence function: no matured traffic yet")
+
+
+@pytest.mark.parametrize("offline, live, deploy, says", [
+    # the held-out slice inconclusive: the live comparison decides
+    (VALUE_NOISE, _diff("policy_value", 0.6, 0.2, 1.0, source="live", n_rows=12000), True,
+     "the held-out slice is inconclusive (holdout policy_value gain +0.410 [-0.620, +1.440] per customer on 3,200 "
+     "held-out rows: its lower bound is not above the margin 0), live traffic is not: live policy_value gain +0.600 "
+     "[+0.200, +1.000] per customer on 12,000 rows of live traffic: its lower bound is above the margin 0"),
+    (VALUE_NOISE, _diff("policy_value", 0.3, -0.1, 0.7, source="live"), False, "; live: live policy_value gain +0.300"),
+    # live says worse with confidence: the champion stays whatever the slice says
+    (VALUE_BETTER, _diff("policy_value", -0.5, -0.9, -0.1, source="live"), False,
+     "live traffic says it is worse: live policy_value gain -0.500 [-0.900, -0.100]"),
+    # a slice that says worse is not overturned by live traffic
+    (VALUE_WORSE, _diff("policy_value", 0.6, 0.2, 1.0, source="live"), False, "worse with confidence (live:"),
+    (VALUE_BETTER, _diff("policy_value", 0.1, -0.2, 0.4, source="live"), True, "its lower bound is above the margin 0"),
+    # the shadow evaluation's "no live evidence" (no rows, no values): the held-out slice decides alone
+    (VALUE_BETTER, NO_LIVE, True, "holdout policy_value gain +0.900 [+0.200, +1.600]"),
+    (VALUE_NOISE, NO_LIVE, False, "; live: no interval of the policy_value difference (live policy_value gain n/a"),
+])
+def test_live_evidence_decides_when_the_held_out_slice_does_not(offline, live, deploy, says):
+    challenger, champion = SCORES
+    decision = gate(_retrain(challenger, champion, comparison=[RANK_OK, offline]), AUTO, champion_version="v1",
+                    live=live, **MARGINS)
+    assert decision.deploy == deploy and says in decision.reason, decision.reason
+    assert decision.evidence == [RANK_OK, offline, live]
+
+
+def test_live_evidence_must_be_a_live_policy_value_difference():
+    challenger, champion = SCORES
+    retrain = _retrain(challenger, champion, comparison=[RANK_OK, VALUE_NOISE])
+    with pytest.raises(ValueError, match="policy_value difference from live traffic, got roc_auc from live"):
+        gate(retrain, AUTO, champion_version="v1", live=_diff("roc_auc", 0.1, 0.0, 0.2, source="live"), **MARGINS)
+    with pytest.raises(ValueError, match="got policy_value from holdout"):
+        gate(retrain, AUTO, champion_version="v1", live=VALUE_BETTER, **MARGINS)
+
+
+def test_the_evidence_table():
+    log_loss = _diff("log_loss", 0.01, 0.004, 0.02, greater_is_better=False)
+    no_interval = _diff("policy_value", 0.3, 0.0, 0.0, source="live", n_rows=0).model_copy(update={"low": None,
+                                                                                                 "high": None})
+    table = evidence_table([RANK_OK, VALUE_NOISE.model_dump(mode="json"), log_loss, no_interval])
+    lines = table.splitlines()
+    assert lines[0].split() == ["measure", "source", "challenger", "champion", "difference", "interval", "rows"]
+    assert set(lines[1]) <= {"-", " "} and len(lines) == 6
+    assert lines[2].split() == ["roc_auc", "holdout", "10.0120", "10.0000", "+0.0120", "95%", "[+0.0040,", "+0.0200]",
+                                "3,200"]
+    assert lines[3].split() == ["policy_value", "holdout", "10.410", "10.000", "+0.410", "95%", "[-0.620,", "+1.440]",
+                                "3,200"]
+    assert "log_loss (lower is better)" in lines[4] and "[n/a, n/a]" in lines[5]
+    assert "no paired comparison" in evidence_table([])

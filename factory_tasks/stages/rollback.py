@@ -1,0 +1,117 @@
+"""Rollback in one step: serve a model version recorded in ``model_deployments`` again, from its
+files, without review, retrain or gate (the ``model_version`` branch of ``deploy_best_model``),
+and the rollback requests the monitoring dashboard records (the DAG ``rollback_requests``).
+
+Like :mod:`factory_tasks.stages.deploy`: plain functions, hooks passed in, every hand-off a small
+JSON value or a contract in the warehouse. The deployment itself is the deploy path's
+(:func:`factory_tasks.stages.deploy.deploy_request`, the same operator and smoke test).
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+from typing import Any
+
+from factory_tasks.core.contracts import DeploymentRecord
+from factory_tasks.core.names import MODEL_ARTIFACT_ENV, MODEL_DIR_ENV, MODEL_VERSION_ENV, WAREHOUSE_CONN_ID
+from factory_tasks.loop.selection import SelectionError
+from factory_tasks.stages.cml_client import CmlClient
+from factory_tasks.stages.deploy import publish_model
+from factory_tasks.stages.errors import ParamError
+from factory_tasks.warehouse.deployments import DEPLOYMENTS
+from factory_tasks.warehouse.rollbacks import (
+    deployed_versions,
+    load_requests,
+    pending_request,
+    run_id_for,
+)
+
+log = logging.getLogger(__name__)
+
+#: the files a replica needs in object storage (``model.onnx`` too when the version has one)
+REQUIRED_FILES = ("model.skops", "model.metadata.json")
+#: how many recorded versions an error about an unknown one lists
+LISTED_VERSIONS = 10
+
+
+def rollback_target(warehouse: Any, model_version: str) -> dict[str, Any]:
+    """The first :class:`DeploymentRecord` of ``model_version`` (its lineage, as a JSON value); a
+    :class:`SelectionError` naming the version, and the versions that can be served again, when
+    ``model_deployments`` has no record of it."""
+    model_version = (model_version or "").strip()
+    records = sorted(DEPLOYMENTS.read_all(warehouse), key=lambda r: datetime.fromisoformat(r.deployed_at))
+    mine = [r for r in records if r.model_version == model_version]
+    if not mine:
+        versions = deployed_versions(records)
+        known = (f"the recorded versions, newest first: {', '.join(versions[:LISTED_VERSIONS])}"
+                 f"{' ...' if len(versions) > LISTED_VERSIONS else ''}" if versions else "none is recorded yet")
+        raise SelectionError(f"model version {model_version!r} was never deployed: table {DeploymentRecord.TABLE} "
+                             f"of the warehouse connection {WAREHOUSE_CONN_ID} has no record of it ({known}); "
+                             f"only a version deployed before can be rolled back to (param model_version)")
+    first = mine[0]
+    log.info("rolling back to %s: experiment %s of factory run %s, first deployed %s", model_version,
+             first.experiment_id, first.factory_run_id, first.deployed_at)
+    return first.model_dump(mode="json")
+
+
+def check_request(requested_by: str | None, reason: str | None) -> dict[str, str]:
+    """Who asks and why, both required (a :class:`ParamError` naming the missing param)."""
+    requested_by, reason = (requested_by or "").strip(), (reason or "").strip()
+    if not requested_by:
+        raise ParamError("param requested_by: a rollback records who asked for it; give a name")
+    if not reason:
+        raise ParamError("param reason: a rollback records why; give a reason")
+    return {"requested_by": requested_by, "reason": reason}
+
+
+def publish_rollback(cml: CmlClient, model_version: str, object_store: Any) -> dict[str, str]:
+    """The deployment's environment for ``model_version``: its files in object storage as its
+    first deployment left them (``models/<version>/``), or copied there again from the project
+    (:func:`~factory_tasks.stages.deploy.publish_model`) when any is missing."""
+    target = object_store.joinpath("models", model_version)
+    if all(target.joinpath(name).exists() for name in REQUIRED_FILES):
+        log.info("reusing %s's files in %s", model_version, target)
+        return {MODEL_ARTIFACT_ENV: str(target.joinpath("model.skops")), MODEL_DIR_ENV: str(target),
+                MODEL_VERSION_ENV: model_version}
+    log.info("%s's files are not all in %s: copying them from the project again", model_version, target)
+    return publish_model(cml, model_version, object_store)
+
+
+def record_rollback(warehouse: Any, *, target: dict[str, Any], deployed: dict[str, Any], requested_by: str,
+                    reason: str, deployed_at: str) -> dict[str, Any]:
+    """Append the rollback's :class:`DeploymentRecord`: the version's lineage as first recorded,
+    this deployment's ids, ``action="rollback"``, who asked and why."""
+    first = DeploymentRecord.from_data(target, "the rollback_target task's output")
+    entry = first.model_copy(update={
+        "model_name": deployed["model_name"], "model_id": deployed["model_id"], "model_crn": deployed.get("crn"),
+        "build_id": deployed["build_id"], "deployment_id": deployed["deployment_id"],
+        "deployment_crn": deployed.get("deployment_crn"),
+        "access_key_ref": f"CML model {deployed['model_id']}: access_key (read from the CML API, never stored here)",
+        "gate_reason": f"rollback to {first.model_version} (first deployed {first.deployed_at}): redeployed as it "
+                       f"was, without review, retrain or gate",
+        "gate_override": False, "gate_evidence": [],
+        "replaced_deployment_ids": list(deployed.get("replaced_deployment_ids") or []),
+        "deployed_at": deployed_at, "action": "rollback", "requested_by": requested_by, "request_reason": reason,
+    })
+    entry = DeploymentRecord.from_data(entry.model_dump(mode="json"), "the rollback's deployment record")
+    DEPLOYMENTS.append(warehouse, entry)
+    log.info("recorded the rollback to %s (deployment %s, asked by %s) in %s", entry.model_version,
+             entry.deployment_id, requested_by, DeploymentRecord.TABLE)
+    return entry.model_dump(mode="json")
+
+
+def pending_rollback(warehouse: Any) -> list[dict[str, Any]]:
+    """The deploy_best_model run that carries out the pending rollback request, as
+    ``TriggerDagRunOperator`` kwargs (``trigger_run_id``, ``conf``); none when no request is
+    pending (a list: mapped over, so nothing pending skips the trigger)."""
+    deployments = DEPLOYMENTS.read_all(warehouse)
+    request = pending_request(load_requests(warehouse), deployments)
+    if request is None:
+        log.info("no rollback request is pending")
+        return []
+    log.info("rollback request %s: %s asked at %s to serve %s again: %s", request.request_id, request.requested_by,
+             request.requested_at, request.model_version, request.reason)
+    return [{"trigger_run_id": run_id_for(request),
+             "conf": {"model_version": request.model_version, "requested_by": request.requested_by,
+                      "reason": request.reason}}]

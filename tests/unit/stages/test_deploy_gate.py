@@ -1,0 +1,99 @@
+"""deploy_best_model's gate and record stages on a real SQLite warehouse and a project folder
+standing in for the CML project: the champion's recipe read from its model metadata, the gate's
+evidence logged as a table and copied into the deployment record."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import pytest
+
+from factory_tasks.core.contracts import (
+    ContractError,
+    DeploymentRecord,
+    GateDecision,
+    HoldoutScores,
+    PairedDifference,
+    RetrainResult,
+)
+from factory_tasks.stages.deploy import champion_ref, gate_decision, record
+from factory_tasks.warehouse.deployments import record_deployment, serving
+
+CHOICE = {"factory_run_id": "manual__1", "experiment_id": "0123456789abcdef", "chosen_by": "automatic",
+          "reason": "best"}
+
+
+class Project:
+    """The CML client's file reads, from a folder."""
+
+    def __init__(self, root: Path):
+        self.root = root
+
+    def download_file(self, path: str) -> bytes:
+        return (self.root / path).read_bytes()
+
+    def write(self, path: str, payload: bytes | dict) -> None:
+        target = self.root / path
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(payload if isinstance(payload, bytes) else json.dumps(payload).encode())
+
+
+def _serving(version: str) -> DeploymentRecord:
+    return DeploymentRecord(
+        model_version=version, model_name="next-best-offer", model_id="m1", build_id="b1", deployment_id="d1",
+        access_key_ref="CML model m1: access_key", artifact_path=f"models/{version}/model.skops",
+        metadata_path=f"models/{version}/model.metadata.json", experiment_id="fedcba9876543210",
+        factory_run_id="manual__0", grid_hash="g", data_snapshot_hash="h", code_version="v", chosen_by="automatic",
+        choice_reason="best", gate_reason="first deployment", gate_override=False,
+        deployed_at="2026-12-01T10:00:00+00:00")
+
+
+def _diff(measure: str, low: float, high: float) -> PairedDifference:
+    return PairedDifference(measure=measure, source="holdout", challenger=1.0, champion=0.5, difference=0.5,
+                            low=low, high=high, n_rows=1600, method="paired bootstrap, 400 resamples")
+
+
+def test_the_champions_recipe_comes_from_its_model_metadata(tmp_path):
+    project = Project(tmp_path)
+    champion = _serving("v1")
+    project.write(champion.metadata_path, {"experiment_id": "fedcba9876543210", "estimator": "RandomForestClassifier",
+                                           "params": {"max_depth": None, "n_estimators": 50}, "random_state": 7})
+    ref = champion_ref(project, champion)
+    assert (ref.model_version, ref.artifact_path, ref.estimator, ref.params, ref.random_state) == (
+        "v1", "models/v1/model.skops", "RandomForestClassifier", {"max_depth": None, "n_estimators": 50}, 7)
+    project.write(champion.metadata_path, {"experiment_id": "fedcba9876543210", "estimator": "RandomForestClassifier",
+                                           "params": {}})
+    with pytest.raises(ContractError, match="model.metadata.json.*random_state: Field required"):
+        champion_ref(project, champion)
+
+
+def test_the_gate_logs_its_evidence_and_the_record_keeps_it(tmp_path, hook, caplog):
+    project = Project(tmp_path)
+    record_deployment(hook, _serving("v1"))
+    comparison = [_diff("roc_auc", 0.001, 0.08), _diff("policy_value", 0.4, 6.7)]
+    retrain = RetrainResult(
+        model_version="v2", status="succeeded", ranking_metric="roc_auc",
+        holdout=HoldoutScores(metrics={"roc_auc": 0.61, "policy_value": 14.2}, n_rows=1600),
+        champion_holdout=HoldoutScores(metrics={"roc_auc": 0.57, "policy_value": 10.7}, n_rows=1600),
+        comparison=comparison, consistent=True, consistency_note="ok", artifact_path="models/v2/model.skops",
+        metadata_path="models/v2/model.metadata.json", n_rows=8000, code_version="v")
+    project.write(RetrainResult.path_for("v2"), retrain.to_json())
+    project.write(retrain.metadata_path, {"lineage": {
+        "experiment_id": "0123456789abcdef", "factory_run_id": "manual__1", "grid_hash": "g",
+        "data_snapshot_hash": "h2", "code_version": "v", "chosen_by": "automatic", "choice_reason": "best"}})
+
+    with caplog.at_level(logging.INFO, logger="factory_tasks.stages.deploy"):
+        decision = gate_decision(hook, project, CHOICE, "v2", ranking_margin=0.01, policy_value_margin=0.0)
+    assert decision["deploy"] and GateDecision.from_data(decision, "gate").evidence == comparison
+    logged = caplog.text
+    assert "the gate's evidence for v2 (challenger − champion v1)" in logged
+    assert "policy_value  holdout" in logged and "95% [+0.400, +6.700]" in logged
+
+    deployed = {"model_name": "next-best-offer", "model_id": "m1", "build_id": "b2", "deployment_id": "d2",
+                "replaced_deployment_ids": ["d1"]}
+    record(hook, project, model_version="v2", deployed=deployed, decision=decision,
+           deployed_at="2026-12-01T12:00:00+00:00")
+    now = serving(hook)
+    assert now.model_version == "v2" and now.gate_evidence == comparison and now.gate_reason == decision["reason"]
