@@ -98,6 +98,7 @@ def _cml():
         "review_window_minutes": Param(120, type="number", minimum=0, maximum=MAX_REVIEW_WINDOW_MINUTES, description="How long reviewers have to pick, unless the asset event sets it."),
         "ranking_margin": Param(0.01, type="number", minimum=0, maximum=MAX_MARGIN, description="How much worse than the champion's an automatic choice's ranking metric may be: the lower 95% bound of their paired difference on the held-out rows must be above -ranking_margin (sign-adjusted for lower-is-better metrics)."),
         "policy_value_margin": Param(0.0, type="number", minimum=0, maximum=MAX_MARGIN, description="How much more policy value per customer it must bring with confidence: the lower 95% bound of the paired policy_value difference (challenger - champion) on the held-out rows must be above it."),
+        "loop_config_path": Param("config/closed_loop.yaml", type="string", description="The closed loop's settings: the response window that decides which of the champion's live decisions have matured for the shadow evaluation."),
         "replicas": Param(2, type="integer", minimum=1, maximum=MAX_REPLICAS, description="Model replicas (each serves one request at a time)."),
         "cpu": Param(1.0, type="number", exclusiveMinimum=0, maximum=MAX_REPLICA_CPU, description="vCPU per replica."),
         "memory_gb": Param(2.0, type="number", exclusiveMinimum=0, maximum=MAX_REPLICA_MEMORY_GB, description="Memory per replica (GB)."),
@@ -204,7 +205,8 @@ def deploy_best_model():
         from factory_tasks.stages.deploy import retrain_request
 
         with no_retry_on_bad_input():
-            return retrain_request(warehouse_hook(), _cml(), choice)
+            return retrain_request(warehouse_hook(), _cml(), choice, now=pendulum.now("UTC"),
+                                   loop_config_path=get_current_context()["params"]["loop_config_path"])
 
     prepared = prepare_retrain(choice)
     retrain = CmlJobRunOperator.partial(

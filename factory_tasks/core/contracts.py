@@ -425,6 +425,18 @@ class ChampionRef(Contract):
                                                                           spec.random_state)
 
 
+class LiveTrafficRef(Contract):
+    """The serving model's matured live decisions, exported to the project for the retrain job's
+    shadow evaluation (columns of :data:`factory_tasks.loop.live_traffic.TRAFFIC_COLUMNS`)."""
+
+    champion_version: str
+    #: project path of the Parquet file
+    path: str
+    #: sha256 of the file's bytes: the job reads exactly what the deploy run exported
+    hash: str = Field(pattern=r"^[0-9a-f]{64}$")
+    n_rows: int = Field(ge=0)
+
+
 class RetrainRequest(Contract):
     """What the retrain job refits (environment variable :attr:`ENV`)."""
 
@@ -441,6 +453,8 @@ class RetrainRequest(Contract):
     tolerance_std: float = Field(3.0, gt=0)
     tolerance_floor: float = Field(0.01, ge=0)
     champion: ChampionRef | None = None
+    #: the champion's matured live traffic, when it has any (the shadow evaluation's rows)
+    live_traffic: LiveTrafficRef | None = None
     lineage: Lineage
 
     @property
@@ -496,6 +510,9 @@ class RetrainResult(Contract):
     #: challenger − champion on the slice, paired (the same resampled rows for both), with
     #: intervals: the ranking metric and ``policy_value`` (empty for the first deployment)
     comparison: list[PairedDifference] = Field(default_factory=list)
+    #: the refit's decisions minus the champion's on the champion's live traffic it did not
+    #: train on, valued off-policy (None for the first deployment)
+    live: PairedDifference | None = None
     consistent: bool | None = None
     consistency_note: str | None = None
     artifact_path: str | None = None  # fitted on every row

@@ -65,6 +65,9 @@ TRAINING_TABLE = "historical_customer_interactions"
 PROPENSITY_COLUMN = "propensity"
 #: the randomized campaign's propensity of every offer: what history rows get beside interactions
 HISTORY_PROPENSITY = 1.0 / len(OFFERS)
+#: the logged decision an interaction row of such a snapshot came from (null for history rows):
+#: never a model input; it tells which live traffic a model was fitted on
+PREDICTION_UUID_COLUMN = "prediction_uuid"
 
 
 def offer_cost_vector(economics: Mapping) -> np.ndarray:
@@ -161,3 +164,18 @@ def check_propensity(values: pd.Series, source: str) -> None:
         raise TrainingDataError(
             f"{source}: column {PROPENSITY_COLUMN!r} must lie in (0, 1] (the probability with which the "
             f"logged offer was made); {int(bad.sum())} row(s) do not: {shown}")
+
+
+def check_prediction_uuids(values: pd.Series, source: str, *, allow_null: bool = True) -> None:
+    """Raise :class:`TrainingDataError` naming ``source`` and the column unless every value of
+    :data:`PREDICTION_UUID_COLUMN` is non-empty text, or null where ``allow_null`` (history rows)."""
+    missing = values.isna().to_numpy()
+    text = values[~missing]
+    if len(text) and pd.api.types.infer_dtype(text, skipna=True) != "string":
+        raise TrainingDataError(f"{source}: column {PREDICTION_UUID_COLUMN!r} must hold text, has dtype {values.dtype}")
+    empty = int((text == "").sum())
+    if empty:
+        raise TrainingDataError(f"{source}: column {PREDICTION_UUID_COLUMN!r} has {empty} empty value(s)")
+    if not allow_null and missing.any():
+        raise TrainingDataError(f"{source}: column {PREDICTION_UUID_COLUMN!r} has {int(missing.sum())} missing "
+                                "value(s): every interaction row names the decision it came from")

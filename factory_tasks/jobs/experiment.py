@@ -83,13 +83,17 @@ def read_snapshot(path: Path, expected_hash: str | None) -> Any:
     """Read the snapshot, check its schema and that its content hash matches the spec.
 
     Returns the interaction columns, plus the per-row ``propensity`` of a snapshot that includes
-    the closed loop's interactions (the experiment weights its policy metrics by it).
+    the closed loop's interactions (the experiment weights its policy metrics by it) and its
+    ``prediction_uuid`` (null for history rows; a snapshot written before it existed has none).
+    Neither is a model input.
     """
     import pandas as pd
 
     from factory_tasks.core.schema import (
         INTERACTION_COLUMNS,
+        PREDICTION_UUID_COLUMN,
         PROPENSITY_COLUMN,
+        check_prediction_uuids,
         check_propensity,
         validate_interactions,
     )
@@ -101,6 +105,9 @@ def read_snapshot(path: Path, expected_hash: str | None) -> Any:
     if PROPENSITY_COLUMN in frame.columns:
         check_propensity(frame[PROPENSITY_COLUMN], f"data snapshot {path.name}")
         columns.append(PROPENSITY_COLUMN)
+    if PREDICTION_UUID_COLUMN in frame.columns:
+        check_prediction_uuids(frame[PREDICTION_UUID_COLUMN], f"data snapshot {path.name}")
+        columns.append(PREDICTION_UUID_COLUMN)
     if expected_hash:
         actual = content_hash(conform(frame, f"snapshot {path.name}"))
         if actual != expected_hash:

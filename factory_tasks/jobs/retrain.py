@@ -159,7 +159,7 @@ def paired_difference(measure: str, challenger: float | None, champion: float | 
         n_rows=n_rows, method=method)
 
 
-def refit(request: RetrainRequest, data: Any, *, n_threads: int = 1) -> dict[str, Any]:
+def refit(request: RetrainRequest, data: Any, *, n_threads: int = 1, live_traffic: Any = None) -> dict[str, Any]:
     """Steps 2–4 on an interactions frame; returns the models and scores (no files written)."""
     import numpy as np
     from sklearn.model_selection import train_test_split
@@ -177,8 +177,8 @@ def refit(request: RetrainRequest, data: Any, *, n_threads: int = 1) -> dict[str
     y = data[TARGET_COLUMN].to_numpy(dtype=np.int64)
     propensity = logged_propensities(data)  # per row, when the snapshot includes interactions
     # the same split whether or not there is a propensity column (it only rides along)
-    X_fit, X_hold, y_fit, y_hold, _, p_hold = train_test_split(
-        X, y, np.zeros(len(y)) if propensity is None else propensity,
+    X_fit, X_hold, y_fit, y_hold, _, p_hold, rows_fit, _ = train_test_split(
+        X, y, np.zeros(len(y)) if propensity is None else propensity, np.arange(len(y)),
         test_size=request.holdout_fraction, stratify=y, random_state=spec.random_state)
     p_hold = None if propensity is None else p_hold
 
@@ -216,9 +216,37 @@ def refit(request: RetrainRequest, data: Any, *, n_threads: int = 1) -> dict[str
         for diff in comparison:
             log.info("%s vs champion %s on %d held-out rows: %s", spec.experiment_id, champion.model_version,
                      diff.n_rows, diff.model_dump_json())
+    live = None
+    if champion is not None:
+        live = _shadow(check_model, live_traffic, data, rows_fit, economics)
+        log.info("%s vs champion %s on its live traffic: %s", spec.experiment_id, champion.model_version,
+                 live.model_dump_json())
     return {"final": final, "check_model": check_model, "holdout_rows": X_hold, "holdout": holdout,
             "champion_model": champion_model, "champion_holdout": champion_scores, "comparison": comparison,
-            "consistent": ok, "note": note, "n_rows": len(X)}
+            "live": live, "consistent": ok, "note": note, "n_rows": len(X)}
+
+
+def _shadow(check_model: Any, traffic: Any, data: Any, rows_fit: Any, economics: Mapping[str, Any]) -> PairedDifference:
+    """The refit's decisions on the champion's live traffic that it was not fitted on (its own
+    held-out interaction rows and any decision newer than its snapshot), valued off-policy
+    against the champion's (:func:`factory_tasks.loop.shadow.shadow_difference`). The check
+    model stands for the final one, as on the held-out slice: the final fit has seen every
+    snapshot row."""
+    from factory_tasks.core.schema import PREDICTION_UUID_COLUMN
+    from factory_tasks.loop.shadow import no_evidence, shadow_difference, unseen_traffic
+
+    if traffic is None:
+        return no_evidence("dr", CONFIDENCE, "no matured decisions of the champion")
+    fit_uuids = (data[PREDICTION_UUID_COLUMN].iloc[rows_fit].dropna().tolist()
+                 if PREDICTION_UUID_COLUMN in data.columns else [])
+    unseen, dropped = unseen_traffic(traffic, fit_uuids)
+    if unseen.empty:
+        return no_evidence("dr", CONFIDENCE, f"all {dropped} matured decisions of the champion are among the "
+                                             "challenger's fit rows")
+    live = shadow_difference(check_model, unseen, economics, confidence=CONFIDENCE)
+    if dropped:
+        live = live.model_copy(update={"method": f"{live.method}; {dropped} decision(s) it was fitted on left out"})
+    return live
 
 
 def _finite(scores: Mapping[str, float] | None, n_rows: int) -> HoldoutScores | None:
@@ -250,7 +278,8 @@ def run_retrain(project_root: Path, environ: Mapping[str, str]) -> int:
         code_version = running_code_version(environ)
         spec = request.spec
         data = read_snapshot(snapshot_path(project_root, spec), spec.data_snapshot.hash)
-        fitted = refit(request, data, n_threads=thread_count(environ))
+        traffic = _read_live_traffic(project_root, request)
+        fitted = refit(request, data, n_threads=thread_count(environ), live_traffic=traffic)
         out_dir = project_root / request.output_dir
         model_path, metadata_path = save_model(fitted["final"], out_dir, {
             "model_version": request.model_version,
@@ -274,6 +303,7 @@ def run_retrain(project_root: Path, environ: Mapping[str, str]) -> int:
             model_version=request.model_version, status="succeeded", ranking_metric=spec.ranking_metric,
             holdout=_finite(fitted["holdout"], len(fitted["holdout_rows"])),
             champion_holdout=_finite(fitted["champion_holdout"], len(fitted["holdout_rows"])),
+            live=fitted["live"],
             comparison=fitted["comparison"],
             consistent=fitted["consistent"], consistency_note=fitted["note"],
             artifact_path=rel(model_path), metadata_path=rel(metadata_path),
@@ -292,6 +322,22 @@ def run_retrain(project_root: Path, environ: Mapping[str, str]) -> int:
                                traceback=traceback.format_exc(), started_at=started_at, finished_at=utc_now())
         write_atomic(project_root / request.result_path, failed.to_json())
         return 1
+
+
+def _read_live_traffic(project_root: Path, request: RetrainRequest) -> Any:
+    """The champion's live traffic the deploy run exported (hash checked), or None."""
+    import hashlib
+    import io
+
+    import pandas as pd
+
+    ref = request.live_traffic
+    if ref is None:
+        return None
+    data = (project_root / ref.path).read_bytes()
+    if hashlib.sha256(data).hexdigest() != ref.hash:
+        raise ContractError(f"live traffic {ref.path}", ["its content is not what the deploy run exported (hash)"])
+    return pd.read_parquet(io.BytesIO(data))
 
 
 def _compile(fitted: Mapping[str, Any], out_dir: Path, request: RetrainRequest) -> tuple[Path | None, str]:

@@ -53,6 +53,7 @@ class Rejected:
 class CohortData:
     """The predictions a run reads, column arrays in one row order, and their labels as of end."""
 
+    prediction_uuid: np.ndarray  # object (non-empty text)
     decided_ms: np.ndarray  # int64
     model_version: np.ndarray  # object
     customers: pd.DataFrame  # CUSTOMER_COLUMNS
@@ -205,7 +206,8 @@ def cohort_frame(prediction_rows: list[tuple], response_rows: list[tuple], windo
                               for c in CUSTOMER_COLUMNS}, columns=list(CUSTOMER_COLUMNS))
     proba = np.column_stack([numbers[c] for c in OFFER_PROBA_COLUMNS]) if n else np.empty((0, len(OFFERS)))
     return CohortData(
-        decided_ms=decided, model_version=col["model_version"], customers=customers,
+        prediction_uuid=col["prediction_uuid"], decided_ms=decided, model_version=col["model_version"],
+        customers=customers,
         model_offer=_offer_codes(col["model_offer"], "model_offer"), offer=_offer_codes(col["offer"], "offer"),
         propensity=numbers["propensity"], proba=proba,
         matured=matured, conversion=conversion, rejected=rejected, labels_as_of_ms=as_of,

@@ -13,11 +13,13 @@ from datetime import datetime, timedelta
 from typing import Any, NamedTuple
 
 from factory_tasks.core.contracts import (
+    MODELS_DIR,
     ChampionRef,
     Choice,
     DeploymentRecord,
     GateDecision,
     Lineage,
+    LiveTrafficRef,
     RetrainRequest,
     RetrainResult,
 )
@@ -180,9 +182,36 @@ def champion_ref(cml: CmlClient, champion: DeploymentRecord | None) -> ChampionR
                                   **recipe}, f"the champion's model metadata {champion.metadata_path}")
 
 
-def retrain_request(warehouse: Any, cml: CmlClient, choice: dict[str, Any], *, holdout_fraction: float = 0.2) -> list[dict]:
+def export_live_traffic(warehouse: Any, cml: CmlClient, champion_version: str, model_version: str, *,
+                        now: datetime, response_window_minutes: float) -> LiveTrafficRef | None:
+    """The champion's matured live decisions as a Parquet file in the challenger's model folder,
+    for the retrain job's shadow evaluation; None when none has matured."""
+    import hashlib
+    import io
+
+    from factory_tasks.loop.live_traffic import matured_traffic
+
+    traffic = matured_traffic(warehouse, champion_version, now=now, response_window_minutes=response_window_minutes)
+    if traffic.empty:
+        log.info("no matured live decision of %s: the gate has no live evidence", champion_version)
+        return None
+    buffer = io.BytesIO()
+    traffic.to_parquet(buffer, index=False)
+    data = buffer.getvalue()
+    path = f"{MODELS_DIR}/{model_version}/live_traffic.parquet"
+    cml.upload_file(path, data, overwrite=True)
+    log.info("exported %d matured live decisions of %s to %s", len(traffic), champion_version, path)
+    return LiveTrafficRef(champion_version=champion_version, path=path, hash=hashlib.sha256(data).hexdigest(),
+                          n_rows=len(traffic))
+
+
+def retrain_request(warehouse: Any, cml: CmlClient, choice: dict[str, Any], *, holdout_fraction: float = 0.2,
+                    now: datetime | None = None, loop_config_path: str | None = None) -> list[dict]:
     """The retrain job run, as ``[{"request": <CmlJobRunOperator kwargs, result_file included>,
-    "model_version"}]`` (a list: the run is known only at run time, ``expand_kwargs``)."""
+    "model_version"}]`` (a list: the run is known only at run time, ``expand_kwargs``).
+
+    With a champion serving and ``now``, its live traffic matured by then (response window from
+    the loop config at ``loop_config_path``) goes with the request (:func:`export_live_traffic`)."""
     chosen = Choice.from_data(choice, "the choose_experiment task's output")
     plan = load_plan(cml, chosen.factory_run_id)
     spec = next(s for s in plan.specs if s.experiment_id == chosen.experiment_id)
@@ -195,10 +224,19 @@ def retrain_request(warehouse: Any, cml: CmlClient, choice: dict[str, Any], *, h
         data_snapshot_path=spec.data_snapshot.path, data_snapshot_hash=spec.data_snapshot.hash,
         code_version=plan.provenance.code_version, library_versions=plan.provenance.library_versions,
         chosen_by=chosen.chosen_by, chosen_by_user=chosen.chosen_by_user, choice_reason=chosen.reason)
+    model_version = model_version_for(spec.experiment_id, spec.data_snapshot.hash, plan.provenance.code_version)
+    live = None
+    if champion is not None and now is not None:
+        from factory_tasks.loop.config import DEFAULT_LOOP_CONFIG, load_loop_config
+        from factory_tasks.stages.paths import config_path
+
+        config = load_loop_config(config_path(loop_config_path, "loop_config_path") if loop_config_path
+                                  else DEFAULT_LOOP_CONFIG)
+        live = export_live_traffic(warehouse, cml, champion.model_version, model_version, now=now,
+                                   response_window_minutes=config.responses.window_minutes)
     request = RetrainRequest(
-        model_version=model_version_for(spec.experiment_id, spec.data_snapshot.hash, plan.provenance.code_version),
-        spec=spec, cv_estimate=result.metrics[spec.ranking_metric], holdout_fraction=holdout_fraction,
-        champion=champion, lineage=lineage)
+        model_version=model_version, spec=spec, cv_estimate=result.metrics[spec.ranking_metric],
+        holdout_fraction=holdout_fraction, champion=champion, live_traffic=live, lineage=lineage)
     return [{
         "request": {
             "job_name": f"{RETRAIN_JOB_PREFIX}{RETRAIN_CPU:g}cpu-{RETRAIN_MEMORY_GB:g}gb",
@@ -225,9 +263,10 @@ def gate_decision(warehouse: Any, cml: CmlClient, choice: dict[str, Any], model_
     in_range("ranking_margin", ranking_margin, 0, MAX_MARGIN)
     in_range("policy_value_margin", policy_value_margin, 0, MAX_MARGIN)
     champion = serving(warehouse)
-    decision = gate(load_retrain_result(cml, model_version), Choice.from_data(choice, "choice"),
+    retrain = load_retrain_result(cml, model_version)
+    decision = gate(retrain, Choice.from_data(choice, "choice"),
                     champion_version=champion.model_version if champion else None,
-                    ranking_margin=ranking_margin, policy_value_margin=policy_value_margin)
+                    ranking_margin=ranking_margin, policy_value_margin=policy_value_margin, live=retrain.live)
     (log.info if decision.deploy else log.warning)("gate for %s: %s", model_version, decision.reason)
     log.info("the gate's evidence for %s (challenger − champion %s):\n%s", model_version,
              decision.champion_version or "(none)", evidence_table(decision.evidence))

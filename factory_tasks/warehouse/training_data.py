@@ -9,9 +9,14 @@ A factory run may also include the closed loop's matured decisions (the grid's
 offers were chosen by the ε-greedy production policy, not at random, so such a snapshot has
 one more column, :data:`PROPENSITY_COLUMN`: the probability with which each row's offer was
 made — the logged one for interaction rows, :data:`HISTORY_PROPENSITY` (1/3) for the
-randomized history. The off-policy metrics weight each row by it. A snapshot without
-interaction rows has no such column and is exactly the history-only snapshot (same bytes,
-same hash, same experiment ids).
+randomized history. The off-policy metrics weight each row by it. Such a snapshot also
+carries :data:`PREDICTION_UUID_COLUMN` (last): the ``prediction_uuid`` of the logged decision
+each interaction row came from, null for history rows, so a challenger's fit rows can be told
+apart from the live traffic it is judged on in shadow
+(:func:`factory_tasks.loop.shadow.unseen_traffic`). Neither column is ever a model input
+(:func:`~factory_tasks.training.features.feature_frame`). A snapshot without interaction rows
+has neither column and is exactly the history-only snapshot (same bytes, same hash, same
+experiment ids); one written before the uuid column existed still reads and hashes as it did.
 """
 
 from __future__ import annotations
@@ -32,9 +37,11 @@ from factory_tasks.core.schema import (
     INTERACTION_COLUMNS,
     INTERACTION_DTYPES,
     OFFERS,
+    PREDICTION_UUID_COLUMN,
     PROPENSITY_COLUMN,
     TRAINING_TABLE,
     TrainingDataError,
+    check_prediction_uuids,
     check_propensity,
     validate_interactions,
 )
@@ -49,16 +56,20 @@ INTERACTION_SCHEMA: tuple[Column, ...] = tuple(
     Column(name, _SQL_TYPES[INTERACTION_DTYPES[name]]) for name in INTERACTION_COLUMNS
 )
 
-#: what the factory reads of the interactions table: the training columns and the propensity
+#: what the factory reads of the interactions table: the training columns, the propensity and the
+#: decision's uuid (in this order)
 INTERACTIONS_TRAINING_SCHEMA: tuple[Column, ...] = tuple(
-    c for c in CUSTOMER_INTERACTIONS_SCHEMA if c.name in (*INTERACTION_COLUMNS, PROPENSITY_COLUMN))
+    c for c in CUSTOMER_INTERACTIONS_SCHEMA
+    if c.name in (*INTERACTION_COLUMNS, PROPENSITY_COLUMN, PREDICTION_UUID_COLUMN))
 
 
 def conform(frame: pd.DataFrame, source: str) -> pd.DataFrame:
     """Check a frame against the interaction schema; return it in canonical column order and dtypes.
 
-    A :data:`PROPENSITY_COLUMN` is kept (last, float64) when the frame has one, after
-    :func:`check_propensity`; without it the result is the interaction columns only.
+    A :data:`PROPENSITY_COLUMN` is kept (float64) when the frame has one, after
+    :func:`check_propensity`, then a :data:`PREDICTION_UUID_COLUMN` (``str``, null where
+    missing) when it has one, after :func:`check_prediction_uuids`; without them the result is
+    the interaction columns only.
     """
     if frame.empty:
         raise TrainingDataError(f"{source}: the table has no rows")
@@ -71,6 +82,10 @@ def conform(frame: pd.DataFrame, source: str) -> pd.DataFrame:
         check_propensity(frame[PROPENSITY_COLUMN], source)
         columns.append(PROPENSITY_COLUMN)
         dtypes[PROPENSITY_COLUMN] = "float64"
+    if PREDICTION_UUID_COLUMN in frame.columns:
+        check_prediction_uuids(frame[PREDICTION_UUID_COLUMN], source)
+        columns.append(PREDICTION_UUID_COLUMN)
+        dtypes[PREDICTION_UUID_COLUMN] = "str"  # a missing value stays missing (NaN), it is not "None"
     out = frame.loc[:, columns].astype(dtypes)
     if out["conversion"].nunique() < 2:
         raise TrainingDataError(f"{source}: 'conversion' has a single class; nothing to learn")
@@ -121,13 +136,14 @@ def _check_columns(table: str, present: list[str], schema: tuple[Column, ...] = 
 
 
 def read_interactions_frame(hook: Any, table: str) -> pd.DataFrame | None:
-    """The interactions table's training columns and :data:`PROPENSITY_COLUMN`, in a canonical
-    row order (sorted by every column, so the snapshot does not depend on the warehouse's read
-    order); None, with a warning, when the table does not exist yet or has no rows.
+    """The interactions table's training columns, :data:`PROPENSITY_COLUMN` and
+    :data:`PREDICTION_UUID_COLUMN`, in a canonical row order (sorted by every column, the uuid
+    last, so the snapshot does not depend on the warehouse's read order); None, with a warning,
+    when the table does not exist yet or has no rows.
 
     Raises :class:`TrainingDataError` naming the table and the column when it lacks a column of
-    :data:`INTERACTIONS_TRAINING_SCHEMA`, a row does not fit the interaction schema, or a
-    propensity is outside (0, 1].
+    :data:`INTERACTIONS_TRAINING_SCHEMA`, a row does not fit the interaction schema, a
+    propensity is outside (0, 1], or a uuid is missing or empty.
     """
     source = f"interactions table {table!r}"
     dialect = dialect_for(hook)
@@ -152,7 +168,9 @@ def read_interactions_frame(hook: Any, table: str) -> pd.DataFrame | None:
     except ValueError as exc:
         raise TrainingDataError(f"{source}: {exc}") from None
     check_propensity(frame[PROPENSITY_COLUMN], source)
-    frame = frame.loc[:, columns].astype({**INTERACTION_DTYPES, PROPENSITY_COLUMN: "float64"})
+    check_prediction_uuids(frame[PREDICTION_UUID_COLUMN], source, allow_null=False)
+    frame = frame.loc[:, columns].astype({**INTERACTION_DTYPES, PROPENSITY_COLUMN: "float64",
+                                          PREDICTION_UUID_COLUMN: "str"})
     return frame.sort_values(columns, kind="mergesort").reset_index(drop=True)
 
 
@@ -162,14 +180,15 @@ def training_frame(hook: Any, table: str = TRAINING_TABLE,
 
     Without ``interactions_table`` (or when it is missing or empty): :func:`read_training_frame`
     of ``table``, unchanged, and 0. Otherwise the history rows with propensity
-    :data:`HISTORY_PROPENSITY` followed by the interaction rows with their logged propensity.
+    :data:`HISTORY_PROPENSITY` and no uuid, followed by the interaction rows with their logged
+    propensity and their decision's uuid.
     """
     history = read_training_frame(hook, table)
     interactions = read_interactions_frame(hook, interactions_table) if interactions_table else None
     if interactions is None:
         return history, 0
-    combined = pd.concat([history.assign(**{PROPENSITY_COLUMN: HISTORY_PROPENSITY}), interactions],
-                         ignore_index=True)
+    combined = pd.concat([history.assign(**{PROPENSITY_COLUMN: HISTORY_PROPENSITY, PREDICTION_UUID_COLUMN: None}),
+                          interactions], ignore_index=True)
     frame = conform(combined, f"table {table} with interactions table {interactions_table}")
     log.info("training rows: %d from %s (propensity 1/%d) + %d matured interactions from %s (logged propensity)",
              len(history), table, len(OFFERS), len(interactions), interactions_table)
@@ -181,14 +200,22 @@ def snapshot_parquet(frame: pd.DataFrame, table: str = TRAINING_TABLE, *, intera
     """The content-addressed snapshot of ``frame``: where it goes in the project, and its bytes.
 
     ``interactions_table`` / ``interaction_rows`` describe a frame of :func:`training_frame` with
-    interactions (it then has a :data:`PROPENSITY_COLUMN`); without interaction rows they are
-    ignored, and the snapshot is the history's.
+    interactions (it then has a :data:`PROPENSITY_COLUMN`, and a :data:`PREDICTION_UUID_COLUMN`
+    set on exactly ``interaction_rows`` rows); without interaction rows they are ignored, and
+    the snapshot is the history's.
     """
     frame = conform(frame, f"snapshot of {table}")
     with_interactions = bool(interaction_rows) and interactions_table is not None
     if with_interactions != (PROPENSITY_COLUMN in frame.columns):
         raise ValueError(f"a snapshot with interaction rows needs the {PROPENSITY_COLUMN!r} column, "
                          "and only such a snapshot has one")
+    if PREDICTION_UUID_COLUMN in frame.columns:
+        if not with_interactions:
+            raise ValueError(f"only a snapshot with interaction rows has the {PREDICTION_UUID_COLUMN!r} column")
+        named = int(frame[PREDICTION_UUID_COLUMN].notna().sum())
+        if named != interaction_rows:
+            raise ValueError(f"the {PREDICTION_UUID_COLUMN!r} column names {named} row(s) of a snapshot with "
+                             f"{interaction_rows} interaction row(s): it must name each of them and no other")
     digest = content_hash(frame)
     buffer = io.BytesIO()
     frame.to_parquet(buffer, index=False)

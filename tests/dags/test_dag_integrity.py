@@ -91,7 +91,7 @@ def test_deploy_best_model_shape(dagbag):
     dag = dagbag.dags["deploy_best_model"]
     assert "experiment_outcomes" in str(dag.timetable.asset_condition)  # scheduled on the asset
     assert set(dag.params) == {"factory_run_id", "experiment_id", "review_window_minutes", "ranking_margin",
-                               "policy_value_margin", "replicas", "cpu", "memory_gb", "model_version",
+                               "policy_value_margin", "loop_config_path", "replicas", "cpu", "memory_gb", "model_version",
                                "requested_by", "reason"}
     tasks = dag.task_dict
     # the review (HITL) and the deferrable time sensor both close the window; either is enough

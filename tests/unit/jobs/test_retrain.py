@@ -293,3 +293,26 @@ def test_refit_weights_the_held_out_policy_metrics_by_the_snapshots_propensity(d
         (plain_value.low, plain_value.high))
     assert "propensity-weighted" in value.method and "propensity-weighted" not in plain_value.method
     assert "propensity" not in logged["final"].feature_names_in_
+
+
+def test_the_shadow_evaluation_judges_the_refit_only_on_live_traffic_it_was_not_fitted_on(tmp_path):
+    """The snapshot holds the champion's logged decisions (with their prediction_uuid): the
+    refit is fitted on 80% of them, so only the other 20% and the decisions newer than the
+    snapshot are its live evidence; none of the traffic: no live evidence, not an error."""
+    from tests.unit.loop.test_shadow import CHAMPION, logged_traffic
+
+    traffic = logged_traffic(4000, seed=5, champion=CHAMPION).assign(
+        prediction_uuid=[f"p-{i}" for i in range(4000)])
+    # the snapshot's rows: the 3,000 oldest decisions (history rows have no uuid: none here)
+    data = traffic.iloc[:3000].drop(columns=["model_offer"]).reset_index(drop=True)
+    request = _request({"path": "s.parquet", "hash": "h"}, champion=ChampionRef(**_champion()),
+                       metrics=["roc_auc", "policy_value"])
+    fitted = refit(request, data, live_traffic=traffic)
+    live = fitted["live"]
+    assert live.source == "live" and live.measure == "policy_value"
+    # 600 held-out snapshot rows + 1000 newer decisions; the 2,400 fit rows are left out
+    assert live.n_rows == 1000 + 600 and "2400 decision(s) it was fitted on left out" in live.method
+    assert live.low is not None and live.low <= live.difference <= live.high
+
+    no_traffic = refit(request, data, live_traffic=None)["live"]
+    assert no_traffic.n_rows == 0 and no_traffic.low is None and "no live evidence" in no_traffic.method

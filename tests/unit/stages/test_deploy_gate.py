@@ -97,3 +97,35 @@ def test_the_gate_logs_its_evidence_and_the_record_keeps_it(tmp_path, hook, capl
            deployed_at="2026-12-01T12:00:00+00:00")
     now = serving(hook)
     assert now.model_version == "v2" and now.gate_evidence == comparison and now.gate_reason == decision["reason"]
+
+
+def test_the_champions_matured_traffic_goes_to_the_project_for_the_retrain_job(tmp_path):
+    """export_live_traffic: the serving version's matured decisions as Parquet in the challenger's
+    model folder, named with their hash; nothing matured: no file, no reference."""
+    import hashlib
+    import io
+    from datetime import datetime, timezone
+
+    import pandas as pd
+
+    from factory_tasks.stages.deploy import export_live_traffic
+    from tests.monitoring_window import HOUR_MS, T0_MS, simulate_window
+    from tests.unit.loop.test_live_traffic import W, warehouse
+
+    class Uploads(Project):
+        def upload_file(self, path: str, data: bytes, overwrite: bool = False) -> str:
+            self.write(path, data)
+            return path
+
+    windows = [simulate_window(T0_MS, 1_500, seed=1, window_minutes=W, delay_median_minutes=20, delay_sigma=0.5)]
+    hook = warehouse(tmp_path, windows)
+    project = Uploads(tmp_path / "project")
+    now = datetime.fromtimestamp((T0_MS + 6 * HOUR_MS) / 1000, tz=timezone.utc)
+    ref = export_live_traffic(hook, project, "v1", "challenger-1", now=now, response_window_minutes=W)
+    assert ref is not None and ref.champion_version == "v1" and ref.path == "models/challenger-1/live_traffic.parquet"
+    data = project.download_file(ref.path)
+    assert hashlib.sha256(data).hexdigest() == ref.hash
+    exported = pd.read_parquet(io.BytesIO(data))
+    assert len(exported) == ref.n_rows == 1_500 and exported.prediction_uuid.is_unique
+    assert export_live_traffic(hook, project, "v9", "challenger-2", now=now, response_window_minutes=W) is None
+    assert not (tmp_path / "project" / "models" / "challenger-2").exists()

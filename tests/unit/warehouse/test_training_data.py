@@ -17,8 +17,10 @@ import pytest
 from airflow.providers.sqlite.hooks.sqlite import SqliteHook
 
 from factory_tasks.core.schema import (
+    FEATURE_COLUMNS,
     HISTORY_PROPENSITY,
     INTERACTION_COLUMNS,
+    PREDICTION_UUID_COLUMN,
     PROPENSITY_COLUMN,
     TRAINING_TABLE,
     TrainingDataError,
@@ -200,10 +202,12 @@ def test_with_interactions_the_snapshot_holds_history_and_matured_rows_with_thei
     assert ref["hash"] != history["hash"]
     assert ref["project_path"] == f"snapshots/{TRAINING_TABLE}-and-{CUSTOMER_INTERACTIONS}-{ref['hash'][:16]}.parquet"
     snap = pd.read_parquet(io.BytesIO(project.files[ref["project_path"]]))
-    assert list(snap.columns) == [*INTERACTION_COLUMNS, PROPENSITY_COLUMN]  # no lineage columns
+    # the decision's uuid rides along; no other lineage column (decided_at_ms, window_start)
+    assert list(snap.columns) == [*INTERACTION_COLUMNS, PROPENSITY_COLUMN, PREDICTION_UUID_COLUMN]
     assert content_hash(snap) == ref["hash"]
-    # the history first (propensity 1/3), then the interactions with their logged propensity
-    pd.testing.assert_frame_equal(snap.iloc[:300].drop(columns=PROPENSITY_COLUMN), read_training_frame(hook))
+    # the history first (propensity 1/3, no uuid), then the interactions with their logged propensity
+    pd.testing.assert_frame_equal(snap.iloc[:300].drop(columns=[PROPENSITY_COLUMN, PREDICTION_UUID_COLUMN]),
+                                  read_training_frame(hook))
     assert (snap[PROPENSITY_COLUMN].iloc[:300] == HISTORY_PROPENSITY).all()
     mine = snap.iloc[300:].reset_index(drop=True)
     expected = (logged[list(mine.columns)].astype(mine.dtypes.to_dict())
@@ -214,6 +218,8 @@ def test_with_interactions_the_snapshot_holds_history_and_matured_rows_with_thei
 def test_the_interactions_snapshot_does_not_depend_on_the_read_order(hook, tmp_path):
     create(hook, TRAINING_TABLE, simulate_interactions(300, seed=7))
     logged = interactions(80, seed=9)
+    twins = list(INTERACTION_COLUMNS) + [PROPENSITY_COLUMN]
+    logged.loc[[5, 6, 7], twins] = logged.loc[[4, 4, 4], twins].to_numpy()  # the same row but for the uuid
     create(hook, CUSTOMER_INTERACTIONS, logged, CUSTOMER_INTERACTIONS_SCHEMA)
     create(hook, "shuffled", logged.sample(frac=1.0, random_state=1), CUSTOMER_INTERACTIONS_SCHEMA)
     assert content_hash(training_frame(hook, TRAINING_TABLE, CUSTOMER_INTERACTIONS)[0]) == content_hash(
@@ -245,7 +251,7 @@ def interactions_error(hook, frame, columns=CUSTOMER_INTERACTIONS_SCHEMA) -> str
     return message
 
 
-@pytest.mark.parametrize("column", ["propensity", "channel", "conversion"])
+@pytest.mark.parametrize("column", ["propensity", "channel", "conversion", "prediction_uuid"])
 def test_an_interactions_table_lacking_a_column_names_the_table_and_the_column(hook, column):
     message = interactions_error(hook, interactions(20, seed=8),
                                  [c for c in CUSTOMER_INTERACTIONS_SCHEMA if c.name != column])
@@ -271,3 +277,62 @@ def test_a_propensity_of_one_is_valid(hook):
 def test_a_bad_interaction_row_names_the_table(hook):
     message = interactions_error(hook, interactions(20, seed=8).assign(offer="Free Lunch"))
     assert "offer has unknown value(s) ['Free Lunch']" in message
+
+
+def test_each_interaction_row_names_its_decision_and_the_uuid_is_never_a_feature(hook, tmp_path):
+    from factory_tasks.jobs.experiment import read_snapshot
+    from factory_tasks.training.features import feature_frame
+
+    create(hook, TRAINING_TABLE, simulate_interactions(300, seed=7))
+    logged = interactions(60, seed=10)
+    create(hook, CUSTOMER_INTERACTIONS, logged, CUSTOMER_INTERACTIONS_SCHEMA)
+    project = FakeProject()
+    ref = snapshot_to_project(hook, project, TRAINING_TABLE, interactions_table=CUSTOMER_INTERACTIONS)
+    (tmp_path / "snap.parquet").write_bytes(project.files[ref["project_path"]])
+    snap = read_snapshot(tmp_path / "snap.parquet", ref["hash"])  # what the experiment and retrain jobs get
+    assert list(snap.columns) == [*INTERACTION_COLUMNS, PROPENSITY_COLUMN, PREDICTION_UUID_COLUMN]
+    uuids = snap[PREDICTION_UUID_COLUMN]
+    assert uuids.iloc[:300].isna().all()  # history rows: null, not "None" or ""
+    mine = snap.iloc[300:]
+    assert mine[PREDICTION_UUID_COLUMN].notna().all() and sorted(mine[PREDICTION_UUID_COLUMN]) == sorted(
+        logged["prediction_uuid"])
+    # each uuid sits on its own decision's row
+    by_uuid = logged.set_index("prediction_uuid")
+    for uuid, row in mine.set_index(PREDICTION_UUID_COLUMN).iterrows():
+        assert row[list(INTERACTION_COLUMNS)].tolist() == by_uuid.loc[uuid, list(INTERACTION_COLUMNS)].tolist()
+        assert row[PROPENSITY_COLUMN] == pytest.approx(by_uuid.loc[uuid, "propensity"])
+    assert list(feature_frame(snap).columns) == list(FEATURE_COLUMNS)
+
+
+@pytest.mark.parametrize("bad", [None, ""], ids=["missing", "empty"])
+def test_an_interaction_row_without_a_uuid_names_the_table_and_the_column(hook, bad):
+    frame = interactions(20, seed=8).astype({"prediction_uuid": object})
+    frame.loc[3, "prediction_uuid"] = bad
+    message = interactions_error(hook, frame)
+    assert f"column 'prediction_uuid' has 1 {'missing' if bad is None else 'empty'} value(s)" in message
+
+
+def test_a_snapshot_written_before_the_uuid_column_still_reads_and_hashes_as_it_did(hook):
+    create(hook, TRAINING_TABLE, simulate_interactions(300, seed=7))
+    create(hook, CUSTOMER_INTERACTIONS, interactions(40, seed=8), CUSTOMER_INTERACTIONS_SCHEMA)
+    frame, n = training_frame(hook, TRAINING_TABLE, CUSTOMER_INTERACTIONS)
+    old = frame.drop(columns=PREDICTION_UUID_COLUMN)
+    ref, data = snapshot_parquet(old, interactions_table=CUSTOMER_INTERACTIONS, interaction_rows=n)
+    read = pd.read_parquet(io.BytesIO(data))
+    assert list(read.columns) == [*INTERACTION_COLUMNS, PROPENSITY_COLUMN] and content_hash(read) == ref.hash
+    assert content_hash(frame) != ref.hash  # the uuid is part of the content
+
+
+def test_the_uuid_column_belongs_to_the_interaction_rows_only(hook):
+    create(hook, TRAINING_TABLE, simulate_interactions(300, seed=7))
+    create(hook, CUSTOMER_INTERACTIONS, interactions(40, seed=8), CUSTOMER_INTERACTIONS_SCHEMA)
+    frame, n = training_frame(hook, TRAINING_TABLE, CUSTOMER_INTERACTIONS)
+    with pytest.raises(ValueError, match="names 41 row.* 40 interaction row"):
+        snapshot_parquet(frame.assign(**{PREDICTION_UUID_COLUMN: frame[PREDICTION_UUID_COLUMN].fillna("x", limit=1)}),
+                         interactions_table=CUSTOMER_INTERACTIONS, interaction_rows=n)
+    history = read_training_frame(hook)
+    with pytest.raises(ValueError, match="only a snapshot with interaction rows has the 'prediction_uuid' column"):
+        snapshot_parquet(history.assign(**{PREDICTION_UUID_COLUMN: None}))
+    with pytest.raises(TrainingDataError, match="'prediction_uuid' must hold text"):
+        snapshot_parquet(frame.assign(**{PREDICTION_UUID_COLUMN: 7}), interactions_table=CUSTOMER_INTERACTIONS,
+                         interaction_rows=n)
