@@ -33,7 +33,11 @@ window; the gate is still applied and reported).
    confidence; otherwise the champion stays and the reason names the interval that fell short.
    A reviewer's pick may override (recorded); an inconsistent refit is never deployed; the
    first deployment passes. The evidence table is in the gate's log and in the deployment's
-   record. When the gate keeps the champion, `deploy` and `record_deployment` are skipped.
+   record. When the gate keeps the champion on evidence that fell short, the **required action**
+   `override_review` shows the table and asks whether to deploy the challenger anyway (the
+   default, taken when the review window's length passes unanswered: keep); a "deploy" answer
+   is recorded as that reviewer's override. A kept champion skips `deploy` and
+   `record_deployment`.
 5. **Deploy** through `CmlDeployModelOperator`: model (idempotent by name) → build → deploy →
    `deployed` → smoke test → stop the previous deployment; then a `model_deployments` record.
 
@@ -98,7 +102,7 @@ def _cml():
         "review_window_minutes": Param(120, type="number", minimum=0, maximum=MAX_REVIEW_WINDOW_MINUTES, description="How long reviewers have to pick, unless the asset event sets it."),
         "ranking_margin": Param(0.01, type="number", minimum=0, maximum=MAX_MARGIN, description="How much worse than the champion's an automatic choice's ranking metric may be: the lower 95% bound of their paired difference on the held-out rows must be above -ranking_margin (sign-adjusted for lower-is-better metrics)."),
         "policy_value_margin": Param(0.0, type="number", minimum=0, maximum=MAX_MARGIN, description="How much more policy value per customer it must bring with confidence: the lower 95% bound of the paired policy_value difference (challenger - champion) on the held-out rows must be above it."),
-        "loop_config_path": Param("config/closed_loop.yaml", type="string", description="The closed loop's settings: the response window that decides which of the champion's live decisions have matured for the shadow evaluation."),
+        "loop_config_path": Param("config/closed_loop.yaml", type="string", description="The closed loop's settings: the response window that decides which of the champion's live decisions have matured for the shadow evaluation (the asset event's, when the factory run was a closed-loop retrain)."),
         "replicas": Param(2, type="integer", minimum=1, maximum=MAX_REPLICAS, description="Model replicas (each serves one request at a time)."),
         "cpu": Param(1.0, type="number", exclusiveMinimum=0, maximum=MAX_REPLICA_CPU, description="vCPU per replica."),
         "memory_gb": Param(2.0, type="number", exclusiveMinimum=0, maximum=MAX_REPLICA_MEMORY_GB, description="Memory per replica (GB)."),
@@ -125,13 +129,14 @@ def deploy_best_model():
         params = context["params"]
         events = [e for events in context["triggering_asset_events"].values() for e in events]
         newest = newest_factory_run(events)
-        minutes = params["review_window_minutes"]
+        minutes, loop_config_path = params["review_window_minutes"], params["loop_config_path"]
         if params["factory_run_id"]:
             factory_run_id, finished_at = params["factory_run_id"], context["dag_run"].run_after
         elif newest:
             factory_run_id, finished_at = newest.factory_run_id, newest.recorded_at
             if newest.review_window_minutes is not None:
                 minutes = newest.review_window_minutes
+            loop_config_path = newest.loop_config_path or loop_config_path
         else:
             raise AirflowFailException("no factory run to deploy from: trigger with param factory_run_id, "
                                        "or let model_factory's experiment_outcomes event trigger this DAG")
@@ -140,7 +145,8 @@ def deploy_best_model():
         manual = params["experiment_id"]
         with no_retry_on_bad_input():
             window = review_window(finished_at.isoformat(), 0 if manual else minutes)
-        return {"factory_run_id": factory_run_id, "manual_experiment_id": manual, **window}
+        return {"factory_run_id": factory_run_id, "manual_experiment_id": manual,
+                "loop_config_path": loop_config_path, **window}
 
     @task
     def reconcile_serving() -> list[str]:
@@ -201,14 +207,14 @@ def deploy_best_model():
     window_closed >> choice
 
     @task
-    def prepare_retrain(choice: dict) -> list[dict]:
+    def prepare_retrain(choice: dict, run: dict) -> list[dict]:
         from factory_tasks.stages.deploy import retrain_request
 
         with no_retry_on_bad_input():
             return retrain_request(warehouse_hook(), _cml(), choice, now=pendulum.now("UTC"),
-                                   loop_config_path=get_current_context()["params"]["loop_config_path"])
+                                   loop_config_path=run["loop_config_path"])
 
-    prepared = prepare_retrain(choice)
+    prepared = prepare_retrain(choice, run)
     retrain = CmlJobRunOperator.partial(
         task_id="retrain", cml_conn_id=CML_CONN_ID, timeout_s=RETRAIN_TIMEOUT_S, wait_for_completion=True,
         poll_interval=CML_POLL_INTERVAL_S, wait_timeout=RETRAIN_TIMEOUT_S + 600,
@@ -228,6 +234,29 @@ def deploy_best_model():
     decision = gate(choice, prepared)
     retrain >> decision
 
+    @task
+    def override_request(decision: dict, run: dict) -> list[dict]:
+        """A champion the gate kept is put to a reviewer, with the evidence (none otherwise)."""
+        from factory_tasks.stages.deploy import override_request
+
+        return override_request(decision, minutes=run["minutes"])
+
+    override_review = HITLOperator.partial(
+        task_id="override_review", subject="The gate keeps the champion: deploy the challenger anyway?", retries=0,
+    ).expand_kwargs(override_request(decision, run))
+
+    # the override review is skipped (mapped over nothing) unless the gate kept the champion
+    @task(trigger_rule=TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS)
+    def final_decision(decision: dict) -> dict:
+        """The gate's decision, or a reviewer's override of a kept champion."""
+        from factory_tasks.stages.deploy import final_decision
+
+        answer = get_current_context()["ti"].xcom_pull(task_ids="override_review", map_indexes=0, default=None)
+        return final_decision(decision, answer)
+
+    final = final_decision(decision)
+    override_review >> final
+
     @task.short_circuit
     def deploy_or_keep_champion(decision: dict) -> bool:
         """Skips the deployment when the gate keeps the model now serving."""
@@ -246,7 +275,7 @@ def deploy_best_model():
                                    replicas=params["replicas"])]
 
     published = publish_model(prepared)
-    deploy_or_keep_champion(decision) >> published
+    deploy_or_keep_champion(final) >> published
     deploy = CmlDeployModelOperator.partial(
         # one retry: Airflow can fail a deferred task whose trigger fires within seconds
         # (apache/airflow#72716); the retry finds this try's build and deployment by its marker
@@ -262,7 +291,7 @@ def deploy_best_model():
         return record(warehouse_hook(), _cml(), model_version=prepared[0]["model_version"], deployed=deployed[0],
                       decision=decision, deployed_at=context["ti"].start_date.isoformat())
 
-    record_deployment(prepared, deploy.output, decision)
+    record_deployment(prepared, deploy.output, final)
 
     # -- rollback: a version recorded in model_deployments, from its files, no review/retrain/gate
     @task

@@ -31,7 +31,8 @@ default), the snapshot is the history's, byte for byte, so identical experiments
 
 Params: `grid_path`, `max_parallel` (overrides the grid's cap), `reuse_results`,
 `include_interactions`, `review_window_minutes` (the review window of the `deploy_best_model`
-run this run triggers; empty = that DAG's default).
+run this run triggers; empty = that DAG's default), `loop_config_path` (the closed loop's
+settings, passed on to that run: set by `model_monitoring`'s retrain).
 Connections: `model_factory_warehouse` (SQLite or HiveServer2), `cml_default` (CML API v2),
 `airflow_api` (optional).
 """
@@ -75,6 +76,9 @@ WAIT_TIMEOUT_S = EXPERIMENT_TIMEOUT_S + 600  # the run's own timeout, then ten m
         "review_window_minutes": Param(None, type=["null", "number"], minimum=0, maximum=MAX_REVIEW_WINDOW_MINUTES,
                                        description=("Review window of the deploy_best_model run this run triggers; "
                                                     "empty = deploy_best_model's default.")),
+        "loop_config_path": Param(None, type=["null", "string"], description=(
+            "The closed loop's settings whose interactions this run trains on (set by model_monitoring's retrain); "
+            "passed on to the deploy_best_model run, whose shadow evaluation needs their response window.")),
     },
 )
 def model_factory():
@@ -130,6 +134,7 @@ def model_factory():
         context["outlet_events"][EXPERIMENT_OUTCOMES].extra = {
             "factory_run_id": context["run_id"],
             "review_window_minutes": context["params"]["review_window_minutes"],
+            "loop_config_path": context["params"]["loop_config_path"],
         }
         return recorded
 

@@ -146,7 +146,8 @@ def model_monitoring():
         from factory_tasks.stages.monitoring import retrain_conf
 
         config, _ = _window()
-        return retrain_conf(summary, config, get_current_context()["params"]["grid_path"])
+        params = get_current_context()["params"]
+        return retrain_conf(summary, config, params["grid_path"], params["loop_config_path"])
 
     deployment = serving_model()
     summary = monitor(deployment)

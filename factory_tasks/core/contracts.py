@@ -555,6 +555,9 @@ class GateDecision(Contract):
     champion_version: str | None = None
     #: the paired comparisons the decision rests on (empty for a first deployment)
     evidence: list[PairedDifference] = Field(default_factory=list)
+    #: a kept champion a reviewer may still replace (the evidence fell short); never for an
+    #: inconsistent refit or a version already serving
+    overridable: bool = False
 
 
 class DeploymentRecord(Contract):

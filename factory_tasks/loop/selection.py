@@ -201,11 +201,11 @@ def gate(
     challenger = dict(retrain.holdout.metrics)
     evidence = [*retrain.comparison, *([live] if live is not None else [])]
 
-    def decision(deploy: bool, reason: str, override: bool = False) -> GateDecision:
+    def decision(deploy: bool, reason: str, override: bool = False, overridable: bool = False) -> GateDecision:
         champion = dict(retrain.champion_holdout.metrics) if retrain.champion_holdout else None
         return GateDecision(deploy=deploy, reason=reason, override=override, ranking_metric=metric,
                             challenger=challenger, champion=champion, champion_version=champion_version,
-                            evidence=evidence)
+                            evidence=evidence, overridable=overridable)
 
     if not retrain.consistent:
         return decision(False, f"not deployed: the refit disagrees with its CV estimate ({retrain.consistency_note})")
@@ -234,7 +234,26 @@ def gate(
     if choice.chosen_by in ("promotion", "review", "manual"):
         return decision(True, f"deployed on {choice.chosen_by_user or 'a manual'} {choice.chosen_by} although it is "
                               f"not shown better than the champion {champion_version}: {why}", override=True)
-    return decision(False, f"not deployed: not shown better than the champion {champion_version}: {why}")
+    return decision(False, f"not deployed: not shown better than the champion {champion_version}: {why}",
+                    overridable=True)
+
+
+#: the options of the override review (a kept champion put to a reviewer)
+KEEP_CHAMPION, DEPLOY_CHALLENGER = "Keep the champion", "Deploy the challenger"
+
+
+def overridden(decision: GateDecision, answer: Mapping[str, Any] | None) -> GateDecision:
+    """The gate's decision after the override review: a reviewer's "deploy" answer replaces a
+    kept (overridable) champion, recorded as an override by that user; an answer nobody gave
+    (the timeout's default) or "keep" leaves the decision as it was."""
+    user = (answer or {}).get("responded_by_user")
+    if not decision.overridable or not user or list(answer.get("chosen_options") or []) != [DEPLOY_CHALLENGER]:
+        return decision
+    reason = str((answer.get("params_input") or {}).get("reason") or "").strip()
+    return decision.model_copy(update={
+        "deploy": True, "override": True, "overridable": False,
+        "reason": f"deployed on {user}'s override in the Airflow review of the gate"
+                  f"{f' ({reason})' if reason else ''}, although {decision.reason.removeprefix('not deployed: ')}"})
 
 
 def evidence_table(evidence: Iterable[PairedDifference | Mapping[str, Any]]) -> str:

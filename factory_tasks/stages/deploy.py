@@ -69,6 +69,8 @@ class FactoryRunEvent(NamedTuple):
     factory_run_id: str
     recorded_at: datetime
     review_window_minutes: float | None
+    #: the closed loop's settings the run's interactions come from (None: the deploy DAG's param)
+    loop_config_path: str | None = None
 
 
 def newest_factory_run(events: Iterable[Any]) -> FactoryRunEvent | None:
@@ -82,7 +84,8 @@ def newest_factory_run(events: Iterable[Any]) -> FactoryRunEvent | None:
     if not named:
         return None
     timestamp, _, factory_run_id, extra = max(named, key=lambda n: n[:3])
-    return FactoryRunEvent(factory_run_id, timestamp, extra.get("review_window_minutes"))
+    return FactoryRunEvent(factory_run_id, timestamp, extra.get("review_window_minutes"),
+                           extra.get("loop_config_path"))
 
 
 def check_factory_run(warehouse: Any, factory_run_id: str) -> int:
@@ -271,6 +274,34 @@ def gate_decision(warehouse: Any, cml: CmlClient, choice: dict[str, Any], model_
     log.info("the gate's evidence for %s (challenger − champion %s):\n%s", model_version,
              decision.champion_version or "(none)", evidence_table(decision.evidence))
     return decision.model_dump(mode="json")
+
+
+def override_request(decision: dict[str, Any], *, minutes: float) -> list[dict]:
+    """Keyword arguments of the override review (HITL): a champion the gate kept on evidence
+    that fell short is put to a reviewer with the evidence table, keeping it by default when
+    nobody answers within ``minutes``. Empty (no review) when the gate deploys, or keeps for a
+    reason no reviewer may overrule."""
+    from factory_tasks.loop.selection import DEPLOY_CHALLENGER, KEEP_CHAMPION, evidence_table
+
+    gate_ = GateDecision.from_data(decision, "the gate task's output")
+    if gate_.deploy or not gate_.overridable:
+        return []
+    timeout = max(timedelta(minutes=float(minutes)), timedelta(seconds=1))
+    return [{"options": [KEEP_CHAMPION, DEPLOY_CHALLENGER], "defaults": [KEEP_CHAMPION], "response_timeout": timeout,
+             "body": f"The gate keeps the champion {gate_.champion_version}: {gate_.reason}\n\n"
+                     f"```\n{evidence_table(gate_.evidence)}\n```\n\n"
+                     f"Deploy the challenger anyway? The answer is recorded as an override by you. If nobody "
+                     f"answers within {float(minutes):g} minutes, the champion stays."}]
+
+
+def final_decision(decision: dict[str, Any], answer: dict[str, Any] | None) -> dict[str, Any]:
+    """The gate's decision after the override review (:func:`factory_tasks.loop.selection.overridden`)."""
+    from factory_tasks.loop.selection import overridden
+
+    final = overridden(GateDecision.from_data(decision, "the gate task's output"), answer)
+    if final.override and not GateDecision.from_data(decision, "the gate task's output").override:
+        log.warning("%s", final.reason)
+    return final.model_dump(mode="json")
 
 
 def publish_model(cml: CmlClient, model_version: str, object_store: Any) -> dict[str, Any]:

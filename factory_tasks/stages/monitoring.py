@@ -101,14 +101,17 @@ def post_aggregate_metrics(warehouse: Any, window: MonitoringWindow, deployment_
     return {"posted": posted, "error": None}
 
 
-def retrain_conf(summary: dict[str, Any], config: LoopConfig, grid_path: str) -> dict[str, Any] | None:
+def retrain_conf(summary: dict[str, Any], config: LoopConfig, grid_path: str,
+                 loop_config_path: str | None = None) -> dict[str, Any] | None:
     """The conf of the model_factory run that retrains on fresh data, when the run's alerts ask
     for one and retraining on alerts is on; None otherwise. The retrain runs the grid whose
-    economics priced this window (``grid_path``)."""
+    economics priced this window (``grid_path``); ``loop_config_path`` (this loop's settings)
+    travels on to the deploy run, whose shadow evaluation needs the same response window."""
     if not (summary["alert_ids"] and config.monitoring.retrain_on_alert):
         return None
     return {"grid_path": grid_path, "include_interactions": True, "reason": ", ".join(summary["alert_ids"]),
-            "review_window_minutes": config.monitoring.retrain_review_window_minutes}
+            "review_window_minutes": config.monitoring.retrain_review_window_minutes,
+            "loop_config_path": loop_config_path}
 
 
 def record_run_alerts(warehouse: Any, window: MonitoringWindow, config: LoopConfig,

@@ -59,7 +59,7 @@ def _critical_path(dag) -> list[str]:
 def test_model_factory_shape(dagbag):
     dag = dagbag.dags["model_factory"]
     assert set(dag.params) == {"grid_path", "max_parallel", "reuse_results", "include_interactions",
-                               "review_window_minutes"}
+                               "review_window_minutes", "loop_config_path"}
     # the monitoring DAG's retrain trigger sets {"include_interactions": true}; off by default
     assert dag.params["include_interactions"] is False
     assert "customer_interactions" in dag.params.get_param("include_interactions").description
@@ -103,10 +103,16 @@ def test_deploy_best_model_shape(dagbag):
     # the serving model is made the recorded one before anything else
     assert tasks["reconcile_serving"].upstream_task_ids == {"resolve_run"}
     assert tasks["review_request"].upstream_task_ids == {"resolve_run", "reconcile_serving"}
-    chain = ["prepare_retrain", "retrain", "gate", "deploy_or_keep_champion", "publish_model", "deploy",
-             "record_deployment"]
+    chain = ["prepare_retrain", "retrain", "gate", "override_request", "override_review", "final_decision",
+             "deploy_or_keep_champion", "publish_model", "deploy", "record_deployment"]
     for upstream, downstream in zip(chain, chain[1:]):
         assert downstream in tasks[upstream].downstream_task_ids, (upstream, downstream)
+    # a kept champion's override review is skipped unless the gate kept one: the decision still follows
+    assert type(tasks["override_review"]).__name__ in ("HITLOperator", "MappedOperator")
+    assert str(tasks["final_decision"].trigger_rule) in ("none_failed_min_one_success",
+                                                         "TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS")
+    assert tasks["final_decision"].upstream_task_ids == {"gate", "override_review"}
+    assert "final_decision" in tasks["record_deployment"].upstream_task_ids
     assert type(tasks["deploy"]).__name__ in ("CmlDeployModelOperator", "MappedOperator")
     # the retrain submits its run and waits for it in the triggerer: one task, no sensor
     retrain = _serialized(dag).task_dict["retrain"]

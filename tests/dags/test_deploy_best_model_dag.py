@@ -53,18 +53,21 @@ def warehouse(tmp_path, monkeypatch) -> SqliteWarehouse:
 
 
 def _event(factory_run_id: str, at: datetime, source_run_id: str | None = None,
-           review_window_minutes: float | None = None) -> AssetEventDagRunReferenceResult:
+           review_window_minutes: float | None = None,
+           loop_config_path: str | None = None) -> AssetEventDagRunReferenceResult:
     """An experiment_outcomes event as the task runner hands it to a task (``extra`` as
     model_factory's record_outcomes sets it)."""
     return AssetEventDagRunReferenceResult(
         asset={"name": "experiment_outcomes", "uri": "model-factory://warehouse/experiment_outcomes", "extra": {}},
-        extra={"factory_run_id": factory_run_id, "review_window_minutes": review_window_minutes},
+        extra={"factory_run_id": factory_run_id, "review_window_minutes": review_window_minutes,
+               "loop_config_path": loop_config_path},
         source_task_id="record_outcomes", source_dag_id="model_factory",
         source_run_id=source_run_id or factory_run_id, source_map_index=-1, source_aliases=[], timestamp=at)
 
 
 def _params(**over) -> dict:
-    params = {"factory_run_id": None, "experiment_id": None, "review_window_minutes": 120}
+    params = {"factory_run_id": None, "experiment_id": None, "review_window_minutes": 120,
+              "loop_config_path": "config/closed_loop.yaml"}
     return {**params, **over}
 
 
@@ -106,6 +109,13 @@ def test_the_factory_runs_review_window_from_its_event_overrides_the_param(dag, 
 def test_an_event_without_a_review_window_keeps_the_param(dag, warehouse):
     run = run_task(dag, "resolve_run", params=_params(review_window_minutes=45), events=[_event("run_new", T0)])
     assert run["minutes"] == 45 and run["closes_at"] == (T0 + timedelta(minutes=45)).isoformat()
+    assert run["loop_config_path"] == "config/closed_loop.yaml"  # nor loop settings: the param's
+
+
+def test_a_closed_loop_retrains_loop_settings_reach_the_shadow_evaluation(dag, warehouse):
+    events = [_event("run_new", T0, loop_config_path="var/config/closed_loop_demo.yaml")]
+    assert run_task(dag, "resolve_run", params=_params(), events=events)["loop_config_path"] == (
+        "var/config/closed_loop_demo.yaml")
 
 
 def test_a_run_given_by_param_keeps_the_params_window_whatever_the_events(dag, warehouse):

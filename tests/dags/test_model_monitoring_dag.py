@@ -153,9 +153,10 @@ def test_dags_test_monitors_a_drifted_window_and_asks_for_a_retrain(tmp_path):
     finally:
         conn.close()
     conf = json.loads(conf) if isinstance(conf, str) else json.loads(bytes(conf).decode())
-    # the retrain runs the grid whose economics priced the window
+    # the retrain runs the grid whose economics priced the window; the loop's settings go with it
     assert conf == {"grid_path": "config/grid.yaml", "include_interactions": True,
-                    "reason": "2026-12-01T03:00:00Z/v1/feature_drift/feature=channel", "review_window_minutes": 30.0}
+                    "reason": "2026-12-01T03:00:00Z/v1/feature_drift/feature=channel", "review_window_minutes": 30.0,
+                    "loop_config_path": str(tmp_path / "config" / "closed_loop.yaml")}
 
 
 @pytest.mark.e2e

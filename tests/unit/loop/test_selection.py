@@ -145,6 +145,8 @@ def test_the_gate_decides_on_the_paired_intervals(comparison, choice, consistent
     assert says in decision.reason, decision.reason
     assert decision.challenger == challenger and decision.champion == champion
     assert decision.evidence == comparison
+    # only a champion kept on evidence that fell short may be put to a reviewer
+    assert decision.overridable == (not deploy and consistent and choice is AUTO)
 
 
 def test_the_gate_checks_the_lower_bound_not_the_point():
@@ -237,3 +239,24 @@ def test_the_evidence_table():
                                 "3,200"]
     assert "log_loss (lower is better)" in lines[4] and "[n/a, n/a]" in lines[5]
     assert "no paired comparison" in evidence_table([])
+
+
+def test_a_kept_champion_may_be_overridden_by_a_reviewers_deploy_answer_only():
+    """The override review: "deploy" by a user replaces a kept, overridable champion and is
+    recorded as that user's override; the timeout's default, "keep", or a decision that may not
+    be overruled (inconsistent refit, already serving) stay as they were."""
+    from factory_tasks.core.contracts import GateDecision
+    from factory_tasks.loop.selection import DEPLOY_CHALLENGER, KEEP_CHAMPION, overridden
+
+    kept = GateDecision(deploy=False, reason="not deployed: not shown better than the champion v1: policy_value …",
+                        ranking_metric="roc_auc", challenger={}, champion_version="v1", overridable=True)
+    answer = {"chosen_options": [DEPLOY_CHALLENGER], "responded_by_user": "ana", "params_input": {"reason": "Q4"}}
+    final = overridden(kept, answer)
+    assert final.deploy and final.override and not final.overridable
+    assert final.reason.startswith("deployed on ana's override in the Airflow review of the gate (Q4), although "
+                                   "not shown better than the champion v1")
+    assert overridden(kept, {**answer, "responded_by_user": None}) == kept  # timed out: its default
+    assert overridden(kept, {**answer, "chosen_options": [KEEP_CHAMPION]}) == kept
+    assert overridden(kept, None) == kept
+    never = kept.model_copy(update={"overridable": False, "reason": "not deployed: the refit disagrees …"})
+    assert overridden(never, answer) == never

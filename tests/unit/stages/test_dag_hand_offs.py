@@ -23,10 +23,13 @@ def _config(**monitoring) -> LoopConfig:
 
 
 def test_an_alert_asks_for_a_retrain_on_fresh_data_with_the_configured_window():
-    conf = retrain_conf(ALERTS, _config(retrain_review_window_minutes=30), "config/small.yaml")
-    # the grid whose economics priced the window is the grid the retrain runs
+    conf = retrain_conf(ALERTS, _config(retrain_review_window_minutes=30), "config/small.yaml",
+                        "config/closed_loop.yaml")
+    # the grid whose economics priced the window is the grid the retrain runs; the loop's settings
+    # travel on to the deploy run (its shadow evaluation's response window)
     assert conf == {"grid_path": "config/small.yaml", "include_interactions": True,
-                    "reason": ", ".join(ALERTS["alert_ids"]), "review_window_minutes": 30.0}
+                    "reason": ", ".join(ALERTS["alert_ids"]), "review_window_minutes": 30.0,
+                    "loop_config_path": "config/closed_loop.yaml"}
     # unset: the deploy DAG's own default (a number or null, never a string: the DAG params check it)
     assert retrain_conf(ALERTS, _config(), "config/grid.yaml")["review_window_minutes"] is None
 
@@ -61,6 +64,9 @@ def test_the_newest_event_gives_the_factory_run_its_time_and_its_review_window()
     newest = newest_factory_run(events)
     assert (newest.factory_run_id, newest.recorded_at, newest.review_window_minutes) == (
         "run_b", T0 + timedelta(minutes=2), 0.5)
+    assert newest.loop_config_path is None  # not a closed-loop retrain: the deploy DAG's param
+    looped = newest_factory_run([_event("run_c", T0, loop_config_path="var/config/closed_loop_demo.yaml")])
+    assert looped.loop_config_path == "var/config/closed_loop_demo.yaml"
     # an event written without the window (or with null) leaves it to the DAG's param
     assert newest_factory_run([_event("run_a", T0)]).review_window_minutes is None
     assert newest_factory_run([_event("run_a", T0, review_window_minutes=None)]).review_window_minutes is None
@@ -69,4 +75,4 @@ def test_the_newest_event_gives_the_factory_run_its_time_and_its_review_window()
 
 def test_a_timestamp_tie_is_broken_the_same_way_whatever_the_order():
     tied = [_event("run_a", T0, "a", review_window_minutes=1), _event("run_b", T0, "b", review_window_minutes=2)]
-    assert {newest_factory_run(order) for order in (tied, tied[::-1])} == {("run_b", T0, 2)}
+    assert {newest_factory_run(order) for order in (tied, tied[::-1])} == {("run_b", T0, 2, None)}

@@ -129,3 +129,26 @@ def test_the_champions_matured_traffic_goes_to_the_project_for_the_retrain_job(t
     assert len(exported) == ref.n_rows == 1_500 and exported.prediction_uuid.is_unique
     assert export_live_traffic(hook, project, "v9", "challenger-2", now=now, response_window_minutes=W) is None
     assert not (tmp_path / "project" / "models" / "challenger-2").exists()
+
+
+def test_a_kept_champion_is_put_to_a_reviewer_with_the_evidence_and_kept_by_default():
+    from datetime import timedelta
+
+    from factory_tasks.loop.selection import DEPLOY_CHALLENGER, KEEP_CHAMPION
+    from factory_tasks.stages.deploy import final_decision, override_request
+
+    kept = GateDecision(deploy=False, reason="not deployed: not shown better than the champion v1: policy_value …",
+                        ranking_metric="roc_auc", challenger={}, champion_version="v1", overridable=True,
+                        evidence=[_diff("policy_value", -0.3, 0.9)]).model_dump(mode="json")
+    [review] = override_request(kept, minutes=0.25)
+    assert review["options"] == [KEEP_CHAMPION, DEPLOY_CHALLENGER] and review["defaults"] == [KEEP_CHAMPION]
+    assert review["response_timeout"] == timedelta(seconds=15)
+    assert "keeps the champion v1" in review["body"] and "policy_value  holdout" in review["body"]
+    assert "[-0.300, +0.900]" in review["body"]
+    # deployed, or kept for a reason no reviewer may overrule: no review
+    assert override_request({**kept, "deploy": True}, minutes=5) == []
+    assert override_request({**kept, "overridable": False}, minutes=5) == []
+    # the timeout's default keeps; a user's "deploy" is their override
+    assert final_decision(kept, {"chosen_options": [KEEP_CHAMPION], "responded_by_user": None}) == kept
+    final = final_decision(kept, {"chosen_options": [DEPLOY_CHALLENGER], "responded_by_user": "ana"})
+    assert final["deploy"] and final["override"] and "ana's override" in final["reason"]
