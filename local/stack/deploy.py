@@ -152,6 +152,18 @@ class _Watch:
             self.gate = self.xcom("gate") or {}
             verdict = "deploy" if self.gate.get("deploy") else "keep the champion"
             self.say(f"gate: {verdict} — {self.gate.get('reason')}")
+        if states.get(("override_review", 0)) in WAITING_FOR_REVIEW and "override asked" not in self.done:
+            self.done.add("override asked")
+            self.say("override review asked in Airflow (Required actions: 'The gate keeps the champion: deploy the "
+                     "challenger anyway?'); unanswered it keeps the champion")
+        if states.get(("final_decision", -1)) == "success" and "final" not in self.done:
+            self.done.add("final")
+            final = self.xcom("final_decision") or {}
+            if final.get("override") and not (self.gate or {}).get("override"):
+                self.say(f"override review answered: {final.get('reason')}")
+            elif "override asked" in self.done:
+                self.say("override review timed out: the champion stays")
+            self.gate = final or self.gate
 
     def _review_detail(self) -> dict:
         path = f"/api/v2/dags/{DAG_ID}/dagRuns/{quote(self.run_id, safe='')}/taskInstances/review/0/hitlDetails"
