@@ -1,5 +1,6 @@
 """Valid contract documents for tests: an :class:`ExperimentSpec` whose id matches its content,
-and a complete :class:`ExperimentResult` for it. Override any field by keyword."""
+a complete :class:`ExperimentResult` for it, a :class:`DeploymentRecord`. Override any field by
+keyword."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from typing import Any
 from factory_tasks.core.config_types import Economics
 from factory_tasks.core.contracts import (
     RESULT_SHAPING_LIBRARIES,
+    DeploymentRecord,
     ExperimentResult,
     ExperimentSpec,
     compute_experiment_id,
@@ -71,3 +73,15 @@ def result_fields(spec: ExperimentSpec, auc: float = 0.7, **over: Any) -> dict[s
 
 def make_result(spec: ExperimentSpec, auc: float = 0.7, **over: Any) -> ExperimentResult:
     return ExperimentResult.model_validate(result_fields(spec, auc, **over))
+
+
+def make_deployment(version: str, deployed_at: str, **over: Any) -> DeploymentRecord:
+    """A deployment record of ``version`` (first deployment, chosen automatically)."""
+    fields: dict[str, Any] = dict(
+        model_version=version, model_name="next-best-offer", model_id="m1", build_id=f"b-{version}",
+        deployment_id=f"d-{version}", access_key_ref="CML model m1: access_key (read from the CML API)",
+        artifact_path=f"models/{version}/model.skops", metadata_path=f"models/{version}/model.metadata.json",
+        experiment_id="0123456789abcdef", factory_run_id="manual__1", grid_hash="g", data_snapshot_hash="h",
+        code_version="0.1.0+x", chosen_by="automatic", choice_reason="best", gate_reason="first deployment",
+        gate_override=False, deployed_at=deployed_at)
+    return DeploymentRecord(**{**fields, **over})

@@ -361,24 +361,19 @@ def load_monitoring(hook: Any, config: LoopConfig, config_problems: tuple[str, .
         problems.append(str(exc))
     except WAREHOUSE_ERRORS as exc:
         problems.append(f"The warehouse ({label}) could not be read for {MODEL_MONITORING}: {exc}")
-    alerts = empty_alerts()
-    try:
-        alerts, bad = read_alerts(hook)
-        problems += _summarise(bad, MonitoringAlert.TABLE)
-    except WAREHOUSE_ERRORS as exc:
-        problems.append(f"The warehouse ({label}) could not be read for {MonitoringAlert.TABLE}: {exc}")
-    deployments: tuple[DeploymentRecord, ...] = ()
-    try:
-        deployments, bad = read_deployments(hook)
-        problems += _summarise(bad, DeploymentRecord.TABLE)
-    except WAREHOUSE_ERRORS as exc:
-        problems.append(f"The warehouse ({label}) could not be read for {DeploymentRecord.TABLE}: {exc}")
-    requests: tuple[RollbackRequest, ...] = ()
-    try:
-        requests, bad = read_rollback_requests(hook)
-        problems += _summarise(bad, RollbackRequest.TABLE)
-    except WAREHOUSE_ERRORS as exc:
-        problems.append(f"The warehouse ({label}) could not be read for {RollbackRequest.TABLE}: {exc}")
+    def read(reader: Any, table: str, empty: Any) -> Any:
+        """``reader(hook)``'s documents; its invalid rows and a warehouse error become problems."""
+        try:
+            documents, bad = reader(hook)
+        except WAREHOUSE_ERRORS as exc:
+            problems.append(f"The warehouse ({label}) could not be read for {table}: {exc}")
+            return empty
+        problems.extend(_summarise(bad, table))
+        return documents
+
+    alerts = read(read_alerts, MonitoringAlert.TABLE, empty_alerts())
+    deployments: tuple[DeploymentRecord, ...] = read(read_deployments, DeploymentRecord.TABLE, ())
+    requests: tuple[RollbackRequest, ...] = read(read_rollback_requests, RollbackRequest.TABLE, ())
     try:
         windows = window_table(latest, alerts, config)
     except (KeyError, ValueError, TypeError) as exc:  # a layout nobody foresaw: say so, show the rest

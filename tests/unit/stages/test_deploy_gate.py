@@ -20,6 +20,7 @@ from factory_tasks.core.contracts import (
 )
 from factory_tasks.stages.deploy import champion_ref, gate_decision, record
 from factory_tasks.warehouse.deployments import record_deployment, serving
+from tests.contract_factories import make_deployment
 
 CHOICE = {"factory_run_id": "manual__1", "experiment_id": "0123456789abcdef", "chosen_by": "automatic",
           "reason": "best"}
@@ -41,13 +42,8 @@ class Project:
 
 
 def _serving(version: str) -> DeploymentRecord:
-    return DeploymentRecord(
-        model_version=version, model_name="next-best-offer", model_id="m1", build_id="b1", deployment_id="d1",
-        access_key_ref="CML model m1: access_key", artifact_path=f"models/{version}/model.skops",
-        metadata_path=f"models/{version}/model.metadata.json", experiment_id="fedcba9876543210",
-        factory_run_id="manual__0", grid_hash="g", data_snapshot_hash="h", code_version="v", chosen_by="automatic",
-        choice_reason="best", gate_reason="first deployment", gate_override=False,
-        deployed_at="2026-12-01T10:00:00+00:00")
+    return make_deployment(version, "2026-12-01T10:00:00+00:00", experiment_id="fedcba9876543210",
+                           factory_run_id="manual__0")
 
 
 def _diff(measure: str, low: float, high: float) -> PairedDifference:

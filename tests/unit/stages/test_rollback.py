@@ -31,20 +31,13 @@ from factory_tasks.warehouse.rollbacks import (
     request_rollback,
     request_statuses,
 )
+from tests.contract_factories import make_deployment
 
 T0 = datetime(2026, 12, 1, 10, tzinfo=timezone.utc)
 
 
 def _record(version: str, at: datetime, **over) -> DeploymentRecord:
-    fields = dict(
-        model_version=version, model_name="next-best-offer", model_id="m1", build_id=f"b-{version}",
-        deployment_id=f"d-{version}", access_key_ref="CML model m1: access_key (read from the CML API)",
-        artifact_path=f"models/{version}/model.skops", metadata_path=f"models/{version}/model.metadata.json",
-        experiment_id="0123456789abcdef", factory_run_id="manual__1", grid_hash="g", data_snapshot_hash="h",
-        code_version="0.1.0+x", chosen_by="review", chosen_by_user="ana", choice_reason="best",
-        gate_reason="first deployment", gate_override=False, deployed_at=at.isoformat())
-    fields.update(over)
-    return DeploymentRecord(**fields)
+    return make_deployment(version, at.isoformat(), **{"chosen_by": "review", "chosen_by_user": "ana", **over})
 
 
 @pytest.fixture

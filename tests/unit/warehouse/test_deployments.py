@@ -9,18 +9,11 @@ import pytest
 from factory_tasks.core.contracts import ContractError, DeploymentRecord
 from factory_tasks.warehouse.contract_table import ContractTable
 from factory_tasks.warehouse.deployments import DEPLOYMENTS, record_deployment, serving
+from tests.contract_factories import make_deployment
 
 
 def _record(version: str, at: str, **over) -> DeploymentRecord:
-    fields = dict(
-        model_version=version, model_name="next-best-offer", model_id="m1", build_id=f"b-{version}",
-        deployment_id=f"d-{version}", access_key_ref="CML model m1: access_key (read from the CML API)",
-        artifact_path=f"models/{version}/model.skops", metadata_path=f"models/{version}/model.metadata.json",
-        experiment_id="0123456789abcdef", factory_run_id="manual__1", grid_hash="g", data_snapshot_hash="h",
-        code_version="0.1.0+x", chosen_by="automatic", choice_reason="best", gate_reason="first deployment",
-        gate_override=False, replaced_deployment_ids=["d-old"], deployed_at=at)
-    fields.update(over)
-    return DeploymentRecord(**fields)
+    return make_deployment(version, at, **{"replaced_deployment_ids": ["d-old"], **over})
 
 
 def test_the_latest_deployment_is_the_one_serving(hook):
