@@ -4,7 +4,10 @@ A CML model build points here (``file_path``) with ``function_name = "predict"``
 and response are described in ``docs/deploy.md``; the work is done in
 :mod:`factory_tasks.serving.endpoint`. The model files are named by the deployment's environment
 (``MF_MODEL_ARTIFACT``, ``MF_MODEL_DIR``, ``MF_MODEL_VERSION``) and loaded at the first call,
-not at import: a build imports this file without them.
+not at import: a build imports this file without them. The same environment may name a
+challenger and set the serving policy (``MF_CHALLENGER_*``, ``MF_EXPLORATION_EPSILON``,
+``MF_POLICY_TEST_ID``, ``MF_POLICY_SEED``; ``docs/deploy.md``, *The policy*): then each answer
+also says which arm decided, the offer to make and its propensity.
 """
 
 from factory_tasks.serving.endpoint import ServingEntryPoint, resolve_cml

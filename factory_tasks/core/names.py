@@ -33,6 +33,20 @@ RETRAIN_SCRIPT = "jobs/retrain_model.py"
 MODEL_ARTIFACT_ENV = "MF_MODEL_ARTIFACT"
 MODEL_DIR_ENV = "MF_MODEL_DIR"
 MODEL_VERSION_ENV = "MF_MODEL_VERSION"
+#: the serving policy (docs/deploy.md, "The policy"): a challenger model's files, like the
+#: champion's (all three absent = no challenger), and the share of customers it decides for
+#: (0 <= share < 1; required with a challenger)
+CHALLENGER_ARTIFACT_ENV = "MF_CHALLENGER_ARTIFACT"
+CHALLENGER_DIR_ENV = "MF_CHALLENGER_DIR"
+CHALLENGER_VERSION_ENV = "MF_CHALLENGER_VERSION"
+CHALLENGER_SHARE_ENV = "MF_CHALLENGER_SHARE"
+#: the share of customers offered a uniformly random offer (0 <= epsilon < 1; default 0)
+EXPLORATION_EPSILON_ENV = "MF_EXPLORATION_EPSILON"
+#: the test id salting the sticky champion/challenger hash (default: "<champion>:<challenger>")
+POLICY_TEST_ID_ENV = "MF_POLICY_TEST_ID"
+#: the seed of a replica's random generator (arms of customers without an id, exploration);
+#: unset = fresh entropy per process (set only to reproduce a run)
+POLICY_SEED_ENV = "MF_POLICY_SEED"
 #: the Airflow connection of the warehouse, shared by the DAGs, the dashboards and the local
 #: stack: switching warehouse (SQLite, HiveServer2) is a change of this connection, not of code
 WAREHOUSE_CONN_ID = "model_factory_warehouse"

@@ -8,8 +8,9 @@ Load once, then a hot path (as MLServer's ``load()`` / ``predict()``):
 * :func:`load_model_service` (first call only) loads ``model.skops`` with the safe skops loader,
   reads ``model.metadata.json`` beside it (economics, model version), and picks the scorer
   (:func:`~factory_tasks.serving.loading.choose_scorer`: the compiled model when it agrees with
-  skops, else the skops pipeline). Which one is logged at load and returned by
-  ``build_check()``.
+  skops, else the skops pipeline) — for the champion, and for the challenger when the
+  deployment's policy (:class:`~factory_tasks.serving.loading.PolicyConfig`) names one. Which
+  scorers serve, and the policy, are logged at load and returned by ``build_check()``.
 * :meth:`~factory_tasks.serving.scoring.NextBestOfferModel.predict` answers each request
   (:mod:`factory_tasks.serving.requests` checks it, :mod:`factory_tasks.serving.scoring` scores
   it) with no imports, no file reads and no model conversions, and never raises.
@@ -29,8 +30,9 @@ from dataclasses import dataclass
 from dataclasses import field as dataclass_field
 from typing import Any, Callable, Mapping
 
-from factory_tasks.core.names import MODEL_VERSION_ENV
+from factory_tasks.core.names import CHALLENGER_ARTIFACT_ENV, CHALLENGER_VERSION_ENV, MODEL_VERSION_ENV
 from factory_tasks.serving.loading import (
+    PolicyConfig,
     ServingConfig,
     ServingConfigError,
     choose_scorer,
@@ -38,14 +40,15 @@ from factory_tasks.serving.loading import (
     fetch_model_files,
     load_pipeline,
 )
+from factory_tasks.serving.policy import Policy
 from factory_tasks.serving.requests import EXAMPLE_REQUEST, error_response
-from factory_tasks.serving.scoring import NextBestOfferModel, TrackMetric, no_metric
+from factory_tasks.serving.scoring import ArmModel, NextBestOfferModel, TrackMetric, no_metric
 
 log = logging.getLogger(__name__)
 
 
-def load_model_service(config: ServingConfig, *, track_metric: TrackMetric | None = None) -> NextBestOfferModel:
-    """Load the model once: skops pipeline (safe loader), metadata, and the scorer to use."""
+def load_arm(config: ServingConfig, *, version_env: str = MODEL_VERSION_ENV) -> ArmModel:
+    """Load one model: skops pipeline (safe loader), metadata, and the scorer to use."""
     from factory_tasks.training import artifacts
 
     started = time.perf_counter()
@@ -64,16 +67,38 @@ def load_model_service(config: ServingConfig, *, track_metric: TrackMetric | Non
     recorded = metadata.get("model_version")
     if config.model_version and recorded and config.model_version != recorded:
         raise ServingConfigError(
-            f"{MODEL_VERSION_ENV}={config.model_version!r} but {metadata_path} is model version {recorded!r}: "
+            f"{version_env}={config.model_version!r} but {metadata_path} is model version {recorded!r}: "
             "the deployment points at another model's files"
         )
     version = config.model_version or recorded
     if not version:
-        raise ServingConfigError(f"no model version: set {MODEL_VERSION_ENV} or record model_version in {metadata_path}")
+        raise ServingConfigError(f"no model version: set {version_env} or record model_version in {metadata_path}")
     scorer, reason = choose_scorer(pipeline, config.model_dir)
     log.info("loaded model %s from %s in %.2f s; scoring with %s (%s)",
              version, config.artifact, time.perf_counter() - started, scorer.name, reason)
-    return NextBestOfferModel(scorer, economics, str(version), track_metric=track_metric, scorer_reason=reason)
+    return ArmModel(scorer, economics, str(version), reason)
+
+
+def load_model_service(config: ServingConfig, *, track_metric: TrackMetric | None = None,
+                       policy: PolicyConfig | None = None) -> NextBestOfferModel:
+    """Load the policy once: the champion (``config``), the challenger if ``policy`` names one,
+    and the policy's rule (default: the champion alone, no exploration)."""
+    policy = policy if policy is not None else PolicyConfig()
+    champion = load_arm(config)
+    challenger = None
+    if policy.challenger is not None:
+        challenger = load_arm(policy.challenger, version_env=CHALLENGER_VERSION_ENV)
+        if challenger.model_version == champion.model_version:
+            raise ServingConfigError(
+                f"the challenger ({CHALLENGER_ARTIFACT_ENV}) is model version {challenger.model_version!r}, the "
+                "champion's: a challenger is another model")
+    test_id = policy.test_id or (f"{champion.model_version}:{challenger.model_version}" if challenger else "")
+    rule = Policy(challenger_share=policy.challenger_share, epsilon=policy.epsilon, test_id=test_id, seed=policy.seed)
+    log.info("serving policy: champion %s%s, epsilon %g, test id %r", champion.model_version,
+             f", challenger {challenger.model_version} on a share {policy.challenger_share:g}" if challenger else "",
+             policy.epsilon, test_id or None)
+    return NextBestOfferModel(champion.scorer, champion.economics, champion.model_version, track_metric=track_metric,
+                              scorer_reason=champion.scorer_reason, challenger=challenger, policy=rule)
 
 
 @dataclass
@@ -97,7 +122,8 @@ class ServingEntryPoint:
             with self._lock:
                 if self._model is None:
                     config = ServingConfig.from_environ(self.environ)
-                    self._model = self.loader(config, track_metric=self.track_metric)
+                    policy = PolicyConfig.from_environ(self.environ)
+                    self._model = self.loader(config, track_metric=self.track_metric, policy=policy)
                 model = self._model
         return model
 
@@ -116,7 +142,10 @@ class ServingEntryPoint:
         if "error" in response:
             raise RuntimeError(f"the example request failed: {response['error']}")
         return {"model_version": model.model_version, "scorer": model.scorer_name,
-                "scorer_reason": model.scorer_reason, "response": response}
+                "scorer_reason": model.scorer_reason,
+                "arms": {name: {"model_version": arm.model_version, "scorer": arm.scorer.name,
+                                "scorer_reason": arm.scorer_reason} for name, arm in model.arms.items()},
+                "policy": response["policy"], "response": response}
 
 
 # --------------------------------------------------------------------------------------------

@@ -8,12 +8,16 @@ into a local cache folder by :func:`fetch_model_files` and loaded by :func:`load
 the economics recorded in ``model.metadata.json``. :func:`choose_scorer` serves with the
 compiled model (:mod:`factory_tasks.serving.compiled`) when ``model.onnx`` is beside
 ``model.skops`` and onnxruntime reproduces the skops probabilities on probe customers;
-otherwise with the skops pipeline. Everything here runs once per replica, never per request.
+otherwise with the skops pipeline. :class:`PolicyConfig` reads the serving policy (a
+challenger's files and share, the exploration epsilon, the test id, the seed; see
+``docs/deploy.md``, *The policy*) and names the variable that is wrong. Everything here runs
+once per replica, never per request.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import posixpath
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,8 +26,20 @@ from typing import Any, Mapping
 import numpy as np
 import pandas as pd
 
-from factory_tasks.core.names import MODEL_ARTIFACT_ENV, MODEL_DIR_ENV, MODEL_VERSION_ENV
+from factory_tasks.core.names import (
+    CHALLENGER_ARTIFACT_ENV,
+    CHALLENGER_DIR_ENV,
+    CHALLENGER_SHARE_ENV,
+    CHALLENGER_VERSION_ENV,
+    EXPLORATION_EPSILON_ENV,
+    MODEL_ARTIFACT_ENV,
+    MODEL_DIR_ENV,
+    MODEL_VERSION_ENV,
+    POLICY_SEED_ENV,
+    POLICY_TEST_ID_ENV,
+)
 from factory_tasks.core.schema import OFFERS
+from factory_tasks.serving.policy import TEST_ID_MAX_LENGTH
 from factory_tasks.serving.requests import RECENCY_MAX, RECENCY_MIN
 from factory_tasks.serving.scoring import OfferEconomics, PipelineScorer
 
@@ -75,6 +91,11 @@ def _model_cache(remote_dir: str) -> Path:
     return Path(tempfile.gettempdir()) / "mf-model-cache" / digest
 
 
+#: the environment variables of a model's files: artifact, its folder, its version
+CHAMPION_ENV: tuple[str, str, str] = (MODEL_ARTIFACT_ENV, MODEL_DIR_ENV, MODEL_VERSION_ENV)
+CHALLENGER_ENV: tuple[str, str, str] = (CHALLENGER_ARTIFACT_ENV, CHALLENGER_DIR_ENV, CHALLENGER_VERSION_ENV)
+
+
 @dataclass(frozen=True)
 class ServingConfig:
     """Where the deployment's model is: the skops file, its folder, the version it serves.
@@ -90,33 +111,108 @@ class ServingConfig:
     remote_artifact: str | None = None
 
     @classmethod
-    def from_environ(cls, environ: Mapping[str, str], cwd: Path | None = None) -> "ServingConfig":
+    def from_environ(cls, environ: Mapping[str, str], cwd: Path | None = None,
+                     names: tuple[str, str, str] = CHAMPION_ENV) -> "ServingConfig":
         """From ``MF_MODEL_ARTIFACT`` (project-relative or absolute path, or a URL: ``file://``,
         ``s3://`` ... as fsspec reads them), ``MF_MODEL_DIR`` (default: the artifact's folder;
-        it must be that folder) and ``MF_MODEL_VERSION`` (optional)."""
+        it must be that folder) and ``MF_MODEL_VERSION`` (optional); or the same three under
+        other ``names`` (the challenger's: :data:`CHALLENGER_ENV`)."""
+        artifact_env, dir_env, version_env = names
         cwd = Path.cwd() if cwd is None else Path(cwd)
-        raw = (environ.get(MODEL_ARTIFACT_ENV) or "").strip()
+        raw = (environ.get(artifact_env) or "").strip()
         if not raw:
-            raise ServingConfigError(f"{MODEL_ARTIFACT_ENV} is not set: the deployment needs the location of model.skops")
-        protocol, path = _locate(raw, MODEL_ARTIFACT_ENV, cwd)
+            raise ServingConfigError(f"{artifact_env} is not set: the deployment needs the location of model.skops")
+        protocol, path = _locate(raw, artifact_env, cwd)
         folder = posixpath.dirname(path.rstrip("/"))
-        raw_dir = (environ.get(MODEL_DIR_ENV) or "").strip()
+        raw_dir = (environ.get(dir_env) or "").strip()
         if raw_dir:
-            dir_protocol, dir_path = _locate(raw_dir, MODEL_DIR_ENV, cwd)
+            dir_protocol, dir_path = _locate(raw_dir, dir_env, cwd)
             same = (dir_protocol == protocol and (
                 Path(dir_path).resolve() == Path(folder).resolve() if protocol == "file"
                 else dir_path.rstrip("/") == folder))
             if not same:
                 raise ServingConfigError(
-                    f"{MODEL_DIR_ENV}={raw_dir!r} is not the folder of {MODEL_ARTIFACT_ENV}={raw!r}: "
+                    f"{dir_env}={raw_dir!r} is not the folder of {artifact_env}={raw!r}: "
                     "the metadata and model.onnx live beside model.skops"
                 )
-        version = (environ.get(MODEL_VERSION_ENV) or "").strip() or None
+        version = (environ.get(version_env) or "").strip() or None
         if protocol == "file":
             return cls(artifact=Path(path), model_dir=Path(folder), model_version=version)
         cache = _model_cache(f"{protocol}://{folder}")
         return cls(artifact=cache / posixpath.basename(path), model_dir=cache, model_version=version,
                    remote_artifact=raw)
+
+
+def _fraction(environ: Mapping[str, str], name: str, what: str) -> float | None:
+    """A variable holding a number in [0, 1), or None when unset."""
+    raw = (environ.get(name) or "").strip()
+    if not raw:
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ServingConfigError(f"{name}={raw!r} is not a number: it is {what}, 0 <= {name} < 1") from None
+    if not (math.isfinite(value) and 0.0 <= value < 1.0):
+        raise ServingConfigError(f"{name}={raw!r} is out of range: it is {what}, 0 <= {name} < 1")
+    return value
+
+
+@dataclass(frozen=True)
+class PolicyConfig:
+    """The serving policy of a deployment (``docs/deploy.md``, *The policy*): the challenger's
+    files and share, the exploration epsilon, the test id salting the sticky arm hash (None:
+    ``"<champion version>:<challenger version>"`` at load) and the generator's seed (None:
+    fresh entropy). The default is today's endpoint: the champion alone, no exploration."""
+
+    challenger: ServingConfig | None = None
+    challenger_share: float = 0.0
+    epsilon: float = 0.0
+    test_id: str | None = None
+    seed: int | None = None
+
+    @classmethod
+    def from_environ(cls, environ: Mapping[str, str], cwd: Path | None = None) -> "PolicyConfig":
+        """From ``MF_CHALLENGER_ARTIFACT`` / ``_DIR`` / ``_VERSION`` (as the champion's),
+        ``MF_CHALLENGER_SHARE``, ``MF_EXPLORATION_EPSILON``, ``MF_POLICY_TEST_ID`` and
+        ``MF_POLICY_SEED``; a ServingConfigError names the variable that is wrong."""
+        share = _fraction(environ, CHALLENGER_SHARE_ENV, "the share of customers the challenger decides for")
+        epsilon = _fraction(environ, EXPLORATION_EPSILON_ENV, "the share of customers offered a random offer")
+        has_challenger = bool((environ.get(CHALLENGER_ARTIFACT_ENV) or "").strip())
+        challenger = None
+        if has_challenger:
+            if share is None:
+                raise ServingConfigError(
+                    f"{CHALLENGER_SHARE_ENV} is not set: {CHALLENGER_ARTIFACT_ENV} names a challenger, which needs "
+                    "the share of customers it decides for (0 <= share < 1)")
+            challenger = ServingConfig.from_environ(environ, cwd, names=CHALLENGER_ENV)
+            champion_raw = (environ.get(MODEL_ARTIFACT_ENV) or "").strip()
+            if champion_raw and ServingConfig.from_environ(environ, cwd).artifact == challenger.artifact:
+                raise ServingConfigError(f"{CHALLENGER_ARTIFACT_ENV} names the champion's own file "
+                                         f"({MODEL_ARTIFACT_ENV}={champion_raw!r}): a challenger is another model")
+        else:
+            for name in (CHALLENGER_DIR_ENV, CHALLENGER_VERSION_ENV):
+                if (environ.get(name) or "").strip():
+                    raise ServingConfigError(f"{name} is set but {CHALLENGER_ARTIFACT_ENV} is not: "
+                                             "the challenger needs the location of its model.skops")
+            if share:
+                raise ServingConfigError(f"{CHALLENGER_SHARE_ENV}={share:g} but {CHALLENGER_ARTIFACT_ENV} is not set: "
+                                         "there is no challenger to decide for that share")
+        test_id = (environ.get(POLICY_TEST_ID_ENV) or "").strip() or None
+        if test_id is not None and len(test_id) > TEST_ID_MAX_LENGTH:
+            raise ServingConfigError(f"{POLICY_TEST_ID_ENV} is {len(test_id)} characters long; "
+                                     f"at most {TEST_ID_MAX_LENGTH}")
+        raw_seed = (environ.get(POLICY_SEED_ENV) or "").strip()
+        seed = None
+        if raw_seed:
+            try:
+                seed = int(raw_seed)
+            except ValueError:
+                seed = -1
+            if seed < 0:
+                raise ServingConfigError(f"{POLICY_SEED_ENV}={raw_seed!r} is not a whole number >= 0 "
+                                         "(the seed of the replica's random generator)")
+        return cls(challenger=challenger, challenger_share=share or 0.0, epsilon=epsilon or 0.0,
+                   test_id=test_id, seed=seed)
 
 
 def fetch_model_files(config: ServingConfig) -> None:

@@ -18,6 +18,12 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
+from factory_tasks.core.names import (
+    CHALLENGER_SHARE_ENV,
+    EXPLORATION_EPSILON_ENV,
+    POLICY_SEED_ENV,
+    POLICY_TEST_ID_ENV,
+)
 from factory_tasks.core.schema import CHANNELS, CUSTOMER_COLUMNS, ZIP_CODES
 from factory_tasks.core.text import shorten
 
@@ -30,6 +36,21 @@ HISTORY_MAX = 1e9
 CUSTOMER_ID_MAX_LENGTH = 256
 CATEGORIES: dict[str, tuple[str, ...]] = {"zip_code": ZIP_CODES, "channel": CHANNELS}
 CUSTOMER_FIELDS: tuple[str, ...] = ("customer_id", *CUSTOMER_COLUMNS)
+_DECIDED = "decided by the endpoint's policy, never sent"
+#: fields of the answer and settings of the policy that a request may not send, and why
+POLICY_FIELDS: dict[str, str] = {
+    "arm": f"the arm is {_DECIDED}: a hash of customer_id (sticky), or a random draw without one",
+    "offer": f"the offer made is {_DECIDED}",
+    "explored": f"exploration is {_DECIDED}",
+    "propensity": f"the propensity is {_DECIDED}",
+    "offer_propensities": f"the propensities are {_DECIDED}",
+    "next_best_offer": "the next best offer is the endpoint's answer, never sent",
+    "model_version": "the deciding model is the endpoint's answer (its arm), never sent",
+    "epsilon": f"exploration is set by the deployment ({EXPLORATION_EPSILON_ENV}), not per request",
+    "challenger_share": f"the challenger's share is set by the deployment ({CHALLENGER_SHARE_ENV}), not per request",
+    "test_id": f"the test id is set by the deployment ({POLICY_TEST_ID_ENV}), not per request",
+    "seed": f"the random generator is seeded by the deployment ({POLICY_SEED_ENV}), not per request",
+}
 
 #: the request ``build_check()`` answers before a replica is ready (the example of docs/deploy.md)
 EXAMPLE_REQUEST: dict[str, Any] = {
@@ -145,6 +166,9 @@ def _customer_id(value: Any, where: str) -> str:
         raise RequestError(where, f"must be a string (send ids as text), got {_kind(value)} ({_show(value)})")
     if not 1 <= len(value) <= CUSTOMER_ID_MAX_LENGTH:
         raise RequestError(where, f"must be 1 to {CUSTOMER_ID_MAX_LENGTH} characters long, has {len(value)}")
+    if value != value.strip():
+        raise RequestError(where, f"must not start or end with whitespace, got {_show(value)}: the customer's "
+                                  "arm is a hash of the exact id, so a padded id would be another customer")
     return value
 
 
@@ -166,6 +190,12 @@ def _check_customer(customer: Any, prefix: str, single: bool) -> tuple[str | Non
     if not isinstance(customer, Mapping):
         raise RequestError(prefix or "request", f"must be an object (one customer), got {_kind(customer)}")
     for name in customer:
+        if name in POLICY_FIELDS:
+            raise RequestError(
+                _where(prefix, str(name)),
+                f"unknown field: {POLICY_FIELDS[name]}. A customer has {', '.join(CUSTOMER_FIELDS)} "
+                "(customer_id optional).",
+            )
         if name not in CUSTOMER_FIELDS:
             close = difflib.get_close_matches(str(name), CUSTOMER_FIELDS, n=1, cutoff=0.6)
             did = f" Did you mean {close[0]!r}?" if close else ""
@@ -206,7 +236,8 @@ def parse_request(request: Any) -> CustomerBatch:
     if "customers" in request:
         for name in request:
             if name != "customers":
-                raise RequestError(str(name), "unknown field: a batch request has only \"customers\"")
+                why = f" ({POLICY_FIELDS[name]})" if name in POLICY_FIELDS else ""
+                raise RequestError(str(name), f"unknown field: a batch request has only \"customers\"{why}")
         customers = request["customers"]
         if not isinstance(customers, (list, tuple)):
             raise RequestError("customers", f"must be a list of customer objects, got {_kind(customers)}")

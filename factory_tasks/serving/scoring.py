@@ -17,10 +17,17 @@ best offer is the argmax, ties going to the first offer in ``OFFERS`` order (Buy
 Discount, No Offer) — the rule the factory's ``policy_value`` metric scored the model with
 (``metrics.choose_offers``).
 
+The policy (:mod:`factory_tasks.serving.policy`) decides per customer which model scores it
+(its arm: the champion, or the challenger on a sticky share of customers) and the offer made
+(the arm's next best offer, or with probability epsilon a uniform one) with its exact
+propensity. With no challenger and epsilon 0 the offer made is the champion's next best offer
+with propensity 1.
+
 Metrics tracked per prediction (``cml.metrics_v1.track_metric``), lists in request order:
-``model_version``, ``n_customers``, ``customer_ids``, ``next_best_offers``,
-``conversion_probabilities`` (of the chosen offer) and ``expected_values``. A bad request
-tracks ``error_field`` only.
+``model_version`` (the champion's), ``n_customers``, ``customer_ids``, ``next_best_offers``,
+``conversion_probabilities`` (of the next best offer) and ``expected_values`` (its), then the
+policy's: ``test_id``, ``arms``, ``model_versions`` (of the deciding model), ``offers`` (made),
+``explored`` and ``propensities`` (of the offer made). A bad request tracks ``error_field`` only.
 """
 
 from __future__ import annotations
@@ -33,6 +40,7 @@ import numpy as np
 import pandas as pd
 
 from factory_tasks.core.schema import CUSTOMER_COLUMNS, FEATURE_COLUMNS, OFFERS
+from factory_tasks.serving.policy import ARMS, CHALLENGER, CHAMPION, Policy, PolicyDraws
 from factory_tasks.serving.requests import CustomerBatch, RequestError, error_response, parse_request
 
 log = logging.getLogger(__name__)
@@ -76,26 +84,75 @@ class OfferEconomics:
         return proba * self.conversion_value - self.offer_costs
 
 
+@dataclass(frozen=True)
+class ArmModel:
+    """One loaded model of the policy: its scorer, economics and version."""
+
+    scorer: Any
+    economics: OfferEconomics
+    model_version: str
+    scorer_reason: str = ""
+
+    def score_columns(self, columns: Mapping[str, np.ndarray], n: int) -> tuple[np.ndarray, np.ndarray]:
+        """(probabilities (n, 3), expected values (n, 3)) in OFFERS order."""
+        proba = self.scorer.offer_proba_columns(columns, n)
+        return proba, self.economics.expected_values(proba)
+
+
 class NextBestOfferModel:
-    """A loaded model: ``predict(request) -> response`` (the hot path; never raises)."""
+    """A loaded policy: ``predict(request) -> response`` (the hot path; never raises).
+
+    The champion is ``scorer`` / ``economics`` / ``model_version``; ``challenger`` (an
+    :class:`ArmModel`) decides for the share ``policy.challenger_share`` of customers; ``policy``
+    defaults to the champion alone without exploration (today's answers).
+    """
 
     def __init__(self, scorer: Any, economics: OfferEconomics, model_version: str,
-                 *, track_metric: TrackMetric | None = None, scorer_reason: str = ""):
+                 *, track_metric: TrackMetric | None = None, scorer_reason: str = "",
+                 challenger: ArmModel | None = None, policy: Policy | None = None):
         self.scorer = scorer
         self.economics = economics
         self.model_version = model_version
         self.scorer_reason = scorer_reason
+        self.challenger = challenger
+        self.policy = policy if policy is not None else Policy()
+        if self.policy.challenger_share > 0 and challenger is None:
+            raise ValueError(f"a challenger share of {self.policy.challenger_share} needs a challenger model")
+        self._champion = ArmModel(scorer, economics, model_version, scorer_reason)
         self._track = track_metric if track_metric is not None else no_metric
+        self._policy_summary = {
+            **self.policy.describe(), "champion": model_version,
+            "challenger": challenger.model_version if challenger is not None else None,
+        }
 
     @property
     def scorer_name(self) -> str:
         return self.scorer.name
 
+    @property
+    def arms(self) -> dict[str, ArmModel]:
+        """The loaded models by arm name (the challenger only when there is one)."""
+        return {CHAMPION: self._champion, **({CHALLENGER: self.challenger} if self.challenger else {})}
+
     def score(self, batch: CustomerBatch) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(probabilities (n, 3), expected values (n, 3), index of the next best offer (n,))."""
-        proba = self.scorer.offer_proba_columns(batch.columns, batch.n)
-        ev = self.economics.expected_values(proba)
+        """The champion's (probabilities (n, 3), expected values (n, 3), index of the next best
+        offer (n,))."""
+        proba, ev = self._champion.score_columns(batch.columns, batch.n)
         return proba, ev, np.argmax(ev, axis=1)  # ties: the first offer in OFFERS order
+
+    def score_arms(self, batch: CustomerBatch, challenger: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Each customer scored by its arm's model (one model call per arm present):
+        (probabilities (n, 3), expected values (n, 3))."""
+        n_challenger = int(challenger.sum())
+        if n_challenger == 0:
+            return self._champion.score_columns(batch.columns, batch.n)
+        if n_challenger == batch.n:
+            return self.challenger.score_columns(batch.columns, batch.n)
+        proba, ev = np.empty((batch.n, len(OFFERS))), np.empty((batch.n, len(OFFERS)))
+        for arm, rows in ((self._champion, ~challenger), (self.challenger, challenger)):
+            p, e = arm.score_columns({k: v[rows] for k, v in batch.columns.items()}, int(rows.sum()))
+            proba[rows], ev[rows] = p, e
+        return proba, ev
 
     def predict(self, request: Any, *, track: bool = True) -> dict[str, Any]:
         try:
@@ -108,10 +165,12 @@ class NextBestOfferModel:
             log.exception("could not validate a request")
             return error_response("request", f"could not be read ({type(exc).__name__})")
         try:
-            proba, ev, best = self.score(batch)
+            draws = self.policy.draw(batch.customer_ids)
+            proba, ev = self.score_arms(batch, draws.challenger)
             if not (np.isfinite(proba).all() and np.isfinite(ev).all()):
                 raise FloatingPointError("the model produced non-finite probabilities")
-            response = self._response(batch, proba, ev, best)
+            best = np.argmax(ev, axis=1)  # ties: the first offer in OFFERS order
+            response = self._response(batch, proba, ev, best, draws)
         except Exception as exc:  # the caller gets a structured error; the log gets the traceback
             log.exception("scoring failed for a request of %d customer(s)", batch.n)
             return error_response(None, f"internal error while scoring ({type(exc).__name__}); see the model's log")
@@ -120,10 +179,13 @@ class NextBestOfferModel:
         return response
 
     def _response(self, batch: CustomerBatch, proba: np.ndarray, ev: np.ndarray,
-                  best: np.ndarray) -> dict[str, Any]:
-        p_rows, ev_rows, best_rows = proba.tolist(), ev.tolist(), best.tolist()
+                  best: np.ndarray, draws: PolicyDraws) -> dict[str, Any]:
+        made, propensity, every = self.policy.decide(best, draws)
+        versions = (self.model_version, self.challenger.model_version if self.challenger else None)
+        rows = zip(batch.customer_ids, proba.tolist(), ev.tolist(), best.tolist(), draws.challenger.tolist(),
+                   made.tolist(), draws.explored.tolist(), propensity.tolist(), every.tolist())
         predictions = []
-        for customer_id, p, e, b in zip(batch.customer_ids, p_rows, ev_rows, best_rows):
+        for customer_id, p, e, b, arm, m, explored, prop, props in rows:
             predictions.append({
                 "customer_id": customer_id,
                 "offers": {
@@ -132,8 +194,14 @@ class NextBestOfferModel:
                 },
                 "next_best_offer": OFFERS[b],
                 "expected_value": e[b],
+                "arm": ARMS[arm],
+                "model_version": versions[arm],
+                "offer": OFFERS[m],
+                "explored": explored,
+                "propensity": prop,
+                "offer_propensities": dict(zip(OFFERS, props)),
             })
-        return {"model_version": self.model_version, "predictions": predictions}
+        return {"model_version": self.model_version, "policy": dict(self._policy_summary), "predictions": predictions}
 
     def _track_prediction(self, batch: CustomerBatch, response: Mapping[str, Any]) -> None:
         predictions = response["predictions"]
@@ -145,6 +213,10 @@ class NextBestOfferModel:
         self._track_safely("conversion_probabilities",
                            [p["offers"][o]["conversion_probability"] for p, o in zip(predictions, best)])
         self._track_safely("expected_values", [p["expected_value"] for p in predictions])
+        self._track_safely("test_id", self._policy_summary["test_id"])
+        for key, field in (("arms", "arm"), ("model_versions", "model_version"), ("offers", "offer"),
+                           ("explored", "explored"), ("propensities", "propensity")):
+            self._track_safely(key, [p[field] for p in predictions])
 
     def _track_safely(self, key: str, value: Any) -> None:
         try:

@@ -232,7 +232,11 @@ def test_single_and_batch_answer_the_same(scorer, model_dirs):
     for offer in OFFERS:
         assert first["offers"][offer] == pytest.approx(alone["offers"][offer], rel=1e-9, abs=1e-12)
     for prediction in batch["predictions"]:
-        assert set(prediction) == {"customer_id", "offers", "next_best_offer", "expected_value"}
+        assert set(prediction) == {"customer_id", "offers", "next_best_offer", "expected_value",  # as before
+                                   "arm", "model_version", "offer", "explored", "propensity", "offer_propensities"}
+        # the default policy (no challenger, epsilon 0) makes the champion's next best offer
+        assert (prediction["arm"], prediction["model_version"], prediction["explored"]) == ("champion", VERSION, False)
+        assert prediction["offer"] == prediction["next_best_offer"] and prediction["propensity"] == 1.0
         assert list(prediction["offers"]) == list(OFFERS)
         evs = {o: v["expected_value"] for o, v in prediction["offers"].items()}
         assert prediction["expected_value"] == max(evs.values()) == evs[prediction["next_best_offer"]]
