@@ -7,11 +7,15 @@ Every hour (UTC), for the run's data interval `[start, end)` (never "now"; `catc
    and the window start: a rerun draws the same customers; with drift enabled, from
    `drift.start` the simulator's drift applies) ask the **deployed** model
    (`model_deployments`' latest record, through the CML model service) for their next best
-   offer, `traffic.request_batch` customers per request. A share `traffic.exploration_share`
-   (ε) gets a uniformly random offer instead. Each decision goes to `prediction_log` with its
-   prediction id (`<request uuid>:<index in the request>`), model version, deployment CRN,
-   the offer made, its **propensity** (1 − ε + ε/3 for the model's pick, ε/3 otherwise), the
-   features and the model's probability of each offer.
+   offer, `traffic.request_batch` customers per request, and **log what it answered**: the
+   DAG draws nothing itself. The deployment's policy decides (champion, or a challenger on a
+   sticky share of customers) and explores (a share ε, `MF_EXPLORATION_EPSILON`, set by
+   `deploy_best_model`'s param `exploration_epsilon`, gets a uniformly random offer). Each
+   decision goes to `prediction_log` with its prediction id (`<request uuid>:<index in the
+   request>`), deployment CRN, the deciding **arm** and its model version, the offer made,
+   whether it was explored, its **propensity** as the endpoint answered it (1 − ε + ε/3 for
+   the arm's greedy pick, ε/3 otherwise), that greedy pick (`model_offer`), the features and
+   the deciding model's probability of each offer.
 2. **Responses** arriving in the window (from this or earlier windows' decisions, recomputed
    from their seeds and logged rows) go to `customer_responses`: `attached` (and sent to CML
    with `track_delayed_metrics`), or counted as `duplicate`, `unknown` or `expired`.

@@ -40,14 +40,18 @@ window; the gate is still applied and reported).
    `record_deployment`.
 5. **Deploy** through `CmlDeployModelOperator`: model (idempotent by name) → build → deploy →
    `deployed` → smoke test → stop the previous deployment; then a `model_deployments` record.
+   The deployment explores: param `exploration_epsilon` (default 0.1) becomes its
+   `MF_EXPLORATION_EPSILON`, the share of customers the endpoint offers a uniformly random
+   offer, answering the exact propensity (what the closed loop logs and its off-policy
+   estimates need).
 
 **Rollback** (param `model_version`, with `requested_by` and `reason`): instead of all of the above,
 `deploy_or_rollback` branches to `rollback_target`, which checks that the version is recorded in
 `model_deployments` (a version never deployed fails at once, naming it) and reconciles serving;
 `publish_rollback` reuses the version's files in object storage (copied there again from the
 project's `models/<version>/` if any is missing); `deploy_rollback` is the same operator and
-smoke test; `record_rollback` appends a record with `action = rollback`, who asked and why. No
-review, retrain or gate. The DAG `rollback_requests` triggers such runs for the rollback requests
+smoke test, with the same `exploration_epsilon`; `record_rollback` appends a record with `action =
+rollback`, who asked and why. No review, retrain or gate. The DAG `rollback_requests` triggers such runs for the rollback requests
 of the monitoring dashboard.
 
 Connections: `model_factory_warehouse`, `cml_default`. Object storage for the model files
@@ -71,6 +75,7 @@ from planned_runs import CML_POLL_INTERVAL_S, run_kwargs
 from task_errors import no_retry_on_bad_input
 
 from factory_tasks.core.limits import (
+    MAX_EXPLORATION_EPSILON,
     MAX_MARGIN,
     MAX_REPLICA_CPU,
     MAX_REPLICA_MEMORY_GB,
@@ -106,6 +111,7 @@ def _cml():
         "replicas": Param(2, type="integer", minimum=1, maximum=MAX_REPLICAS, description="Model replicas (each serves one request at a time)."),
         "cpu": Param(1.0, type="number", exclusiveMinimum=0, maximum=MAX_REPLICA_CPU, description="vCPU per replica."),
         "memory_gb": Param(2.0, type="number", exclusiveMinimum=0, maximum=MAX_REPLICA_MEMORY_GB, description="Memory per replica (GB)."),
+        "exploration_epsilon": Param(0.1, type="number", minimum=0, maximum=MAX_EXPLORATION_EPSILON, description="The deployment's exploration (MF_EXPLORATION_EPSILON): this share of customers is offered a uniformly random offer, logged with its exact propensity; the closed loop's off-policy estimates and the shadow evaluation need it above 0. Also for a rollback."),
         "model_version": Param(None, type=["null", "string"], description="Roll back: redeploy this version recorded in model_deployments (no review, retrain or gate)."),
         "requested_by": Param(None, type=["null", "string"], description="Roll back: who asks (default: the user who triggered the run)."),
         "reason": Param(None, type=["null", "string"], description="Roll back: why (required with model_version)."),
@@ -272,7 +278,7 @@ def deploy_best_model():
         with no_retry_on_bad_input():
             environment = publish_model(_cml(), prepared[0]["model_version"], object_store())
             return [deploy_request(environment, cpu=params["cpu"], memory_gb=params["memory_gb"],
-                                   replicas=params["replicas"])]
+                                   replicas=params["replicas"], exploration_epsilon=params["exploration_epsilon"])]
 
     published = publish_model(prepared)
     deploy_or_keep_champion(final) >> published
@@ -321,7 +327,7 @@ def deploy_best_model():
         with no_retry_on_bad_input():
             environment = publish_rollback(_cml(), rollback["target"]["model_version"], object_store())
             return [deploy_request(environment, cpu=params["cpu"], memory_gb=params["memory_gb"],
-                                   replicas=params["replicas"])]
+                                   replicas=params["replicas"], exploration_epsilon=params["exploration_epsilon"])]
 
     rollback = rollback_target()
     path >> rollback

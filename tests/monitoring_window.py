@@ -73,6 +73,7 @@ def simulate_window(start_ms: int, n: int, seed: int, *, model_version: str = "v
         "customer_id": uuids, **{c: customers[c].to_numpy() for c in customers.columns},
         "model_offer": offers[model_idx], "offer": offers[offer_idx], "propensity": propensity,
         "explored": explored.astype(np.int64), "p_bogo": proba[:, 0], "p_discount": proba[:, 1], "p_none": proba[:, 2],
+        "arm": "champion",
     })[[c.name for c in PREDICTION_LOG_SCHEMA]]
     converted = np.flatnonzero(conversion == 1)
     delay_ms = (np.exp(np.log(delay_median_minutes) + delay_sigma * rng.standard_normal(len(converted)))

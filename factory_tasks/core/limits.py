@@ -15,3 +15,6 @@ MAX_MARGIN = 1000.0
 MAX_REPLICAS = 100
 MAX_REPLICA_CPU = 64.0
 MAX_REPLICA_MEMORY_GB = 512.0
+#: the deployment's exploration (share of customers offered a uniformly random offer): above a
+#: half, most customers would get random offers (the endpoint itself accepts up to < 1)
+MAX_EXPLORATION_EPSILON = 0.5

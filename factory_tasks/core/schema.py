@@ -68,6 +68,12 @@ HISTORY_PROPENSITY = 1.0 / len(OFFERS)
 #: the logged decision an interaction row of such a snapshot came from (null for history rows):
 #: never a model input; it tells which live traffic a model was fitted on
 PREDICTION_UUID_COLUMN = "prediction_uuid"
+#: the arms of the serving policy (docs/deploy.md, "The policy"): the model that decided a
+#: customer's offer; ``prediction_log.arm`` holds one of these
+ARM_CHAMPION = "champion"
+ARM_CHALLENGER = "challenger"
+#: the arms, in the order of the 0/1 arm index
+ARMS: tuple[str, str] = (ARM_CHAMPION, ARM_CHALLENGER)
 
 
 def offer_cost_vector(economics: Mapping) -> np.ndarray:

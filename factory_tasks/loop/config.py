@@ -47,11 +47,30 @@ def _utc(text: str) -> str:
     return moment.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
 
 
+#: a key the caller's settings no longer have, and where its setting went
+RETIRED_TRAFFIC_KEYS: dict[str, str] = {
+    "exploration_share": ("exploration_share is no longer a caller's setting: the endpoint explores, with the "
+                          "share its deployment sets (deploy_best_model's param exploration_epsilon, default 0.1; "
+                          "MF_EXPLORATION_EPSILON). Remove the key"),
+}
+
+
 class TrafficConfig(StrictModel):
+    """The simulated callers: how many, in which requests, from which seed. They only ask and log:
+    the offer made, exploration and the arms are the deployed policy's."""
+
     customers_per_window: int = Field(2000, ge=1, le=1_000_000)
-    exploration_share: Share = 0.10
     request_batch: int = Field(200, ge=1, le=1000)
     seed: int = Field(11, ge=0, le=2**32 - 1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _retired_keys(cls, data: object) -> object:
+        if isinstance(data, dict):
+            retired = [RETIRED_TRAFFIC_KEYS[k] for k in data if k in RETIRED_TRAFFIC_KEYS]
+            if retired:
+                raise ValueError("; ".join(retired))
+        return data
 
 
 class ResponsesConfig(StrictModel):
@@ -162,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
         print("\n".join(exc.problems), file=sys.stderr)
         return 1
     print(f"{args[1]} is valid: {config.traffic.customers_per_window} customers per window, "
-          f"exploration {config.traffic.exploration_share:.0%}, drift {'on' if config.drift.enabled else 'off'}")
+          f"drift {'on' if config.drift.enabled else 'off'}")
     return 0
 
 

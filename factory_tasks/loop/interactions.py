@@ -8,9 +8,13 @@ window ``[start, end)`` (the DAG run's data interval; never "now"), :func:`run_w
    from ``traffic.seed`` and the window start (a rerun draws the same ones; with drift enabled
    and the window at/after ``drift.start`` the simulator's drift applies), decision times
    spread uniformly over the window. They ask the deployed endpoint in batches of
-   ``traffic.request_batch`` (:func:`ask_endpoint`). A share ``exploration_share`` = e gets a
-   uniformly random offer instead (:func:`choose_offers`); the logged propensity of the offer
-   made is ``1 - e + e/3`` when it is the model's pick, else ``e/3``.
+   ``traffic.request_batch`` (:func:`ask_endpoint`), and each decision is logged **as the
+   endpoint answered it**: the offer made, the arm that decided (champion or challenger) and
+   its model version, whether it explored, the propensity of the offer made and the deciding
+   model's greedy pick and probabilities. The caller draws nothing: exploration and the arms
+   are the deployment's policy (``MF_EXPLORATION_EPSILON``, set by ``deploy_best_model``'s
+   param ``exploration_epsilon``; see ``docs/deploy.md``, *The policy*), as they would be for
+   a NiFi flow or any other caller.
 2. **Responses** (:mod:`factory_tasks.loop.responses`): conversions, delays, duplicates and unknown
    uuids arriving in this window, matched against the warehouse; each attached one is sent to
    the model's metrics (``track_delayed_metrics``).
@@ -43,7 +47,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 import pandas as pd
 
-from factory_tasks.core.schema import CUSTOMER_COLUMNS, OFFERS, offer_indices
+from factory_tasks.core.schema import ARMS, CUSTOMER_COLUMNS, OFFERS
 from factory_tasks.loop import responses as resp
 from factory_tasks.loop import simulator
 from factory_tasks.loop.config import LoopConfig
@@ -55,6 +59,7 @@ from factory_tasks.warehouse.loop_tables import (
     CUSTOMER_RESPONSES_SCHEMA,
     OFFER_PROBA_COLUMNS,
     PREDICTION_LOG,
+    PREDICTION_LOG_ADDED,
     PREDICTION_LOG_SCHEMA,
     RESPONSE_FEED,
     RESPONSE_FEED_SCHEMA,
@@ -173,29 +178,6 @@ def simulate_traffic(config: LoopConfig, window: Window, drift: Any = None) -> p
     return customers
 
 
-def offer_propensities(model_offer_index: np.ndarray, epsilon: float) -> np.ndarray:
-    """P(each offer is made | customer): ``(n, 3)`` in OFFERS order, rows sum to 1."""
-    idx = np.asarray(model_offer_index, dtype=np.int64)
-    out = np.full((len(idx), len(OFFERS)), epsilon / len(OFFERS))
-    out[np.arange(len(idx)), idx] += 1.0 - epsilon
-    return out
-
-
-def choose_offers(model_offers: np.ndarray, epsilon: float, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The offers made: the model's, except a share ``epsilon`` drawn uniformly at random.
-
-    Returns ``(offers, explored 0/1, propensity of the offer made)``.
-    """
-    model_offers = np.asarray(model_offers, dtype=object)
-    n = len(model_offers)
-    explored = resp.stream(seed, resp.STREAM_EXPLORE).random(n) < epsilon
-    random = simulator.random_offers(n, resp.stream(seed, resp.STREAM_EXPLORE_OFFER))
-    offers = np.where(explored, random, model_offers)
-    made = offer_indices(offers)
-    propensity = offer_propensities(offer_indices(model_offers), epsilon)[np.arange(n), made]
-    return offers, explored.astype(np.int64), propensity
-
-
 @dataclass(frozen=True)
 class Endpoint:
     """How to ask the deployed model. ``call(request)`` returns an object with ``prediction``
@@ -213,17 +195,58 @@ def _request_customers(batch: pd.DataFrame) -> list[dict[str, Any]]:
     return [{k: (v.item() if isinstance(v, np.generic) else v) for k, v in r.items()} for r in rows]
 
 
+#: what the caller logs of each customer's answer, beside the per-offer probabilities
+ANSWER_COLUMNS: tuple[str, ...] = ("prediction_uuid", "model_version", "arm", "model_offer", "offer", "explored",
+                                   "propensity")
+
+
+def _answer_row(p: Mapping[str, Any]) -> tuple[list[float], str, str, str, str, int, float]:
+    """One customer's answer: (probabilities in OFFERS order, model_version, arm, greedy pick,
+    offer made, explored 0/1, propensity); a :class:`ValueError` names the field that is
+    missing or wrong."""
+    def field_(name: str) -> Any:
+        if name not in p:
+            raise ValueError(f"{name!r} is missing")
+        return p[name]
+
+    try:
+        probs = [float(p["offers"][o]["conversion_probability"]) for o in OFFERS]
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ValueError(f"'offers' lacks a conversion probability ({type(exc).__name__}: {exc})") from None
+    picks = {name: field_(name) for name in ("next_best_offer", "offer")}
+    for name, value in picks.items():
+        if value not in OFFERS:
+            raise ValueError(f"{name!r} is {value!r}, not one of {list(OFFERS)}")
+    arm = field_("arm")
+    if arm not in ARMS:
+        raise ValueError(f"'arm' is {arm!r}, not one of {list(ARMS)}")
+    version = field_("model_version")
+    if not isinstance(version, str) or not version:
+        raise ValueError(f"'model_version' is {version!r}, not a version")
+    explored = field_("explored")
+    if not isinstance(explored, bool):
+        raise ValueError(f"'explored' is {explored!r}, not true or false")
+    propensity = field_("propensity")
+    if isinstance(propensity, bool) or not isinstance(propensity, (int, float)) or not 0.0 < propensity <= 1.0:
+        raise ValueError(f"'propensity' is {propensity!r}, not a probability in (0, 1]")
+    if not explored and picks["offer"] != picks["next_best_offer"]:
+        raise ValueError(f"'offer' {picks['offer']!r} is not the greedy pick {picks['next_best_offer']!r} "
+                         "although 'explored' is false")
+    return probs, version, arm, picks["next_best_offer"], picks["offer"], int(explored), float(propensity)
+
+
 def ask_endpoint(endpoint: Endpoint, traffic: pd.DataFrame, batch_size: int, window: Window) -> pd.DataFrame:
-    """The model's answer for every customer: ``prediction_uuid``, ``model_version``,
-    ``model_offer`` and :data:`OFFER_PROBA_COLUMNS`, in the rows' order.
+    """The endpoint's answer for every customer, in the rows' order: :data:`ANSWER_COLUMNS`
+    (``model_version`` and ``arm`` of the model that decided, ``model_offer`` its greedy pick,
+    ``offer`` the offer made, ``explored`` 0/1, ``propensity`` of the offer made) and
+    :data:`OFFER_PROBA_COLUMNS`. Logged as answered: nothing here draws or recomputes.
 
     Any failure (HTTP error after the hook's retries, a refused request, a malformed answer)
-    raises :class:`EndpointError` naming the endpoint and the batch.
+    raises :class:`EndpointError` naming the endpoint, the batch and, for a malformed answer,
+    the customer and the field.
     """
     n_batches = max(1, -(-len(traffic) // batch_size))
-    uuids: list[str] = []
-    versions: list[str] = []
-    best: list[str] = []
+    rows: list[tuple[str, str, str, str, str, int, float]] = []
     proba: list[list[float]] = []
     for b in range(n_batches):
         batch = traffic.iloc[b * batch_size:(b + 1) * batch_size]
@@ -244,22 +267,21 @@ def ask_endpoint(endpoint: Endpoint, traffic: pd.DataFrame, batch_size: int, win
                                 f"about, in order: {where}")
         request_uuid = getattr(answer, "uuid", None)
         prefix = str(request_uuid) if request_uuid else f"{window.key}/{b + 1}"
-        version = str(prediction.get("model_version") or endpoint.model_version)
         for i, p in enumerate(predictions):
             try:
-                probs = [float(p["offers"][o]["conversion_probability"]) for o in OFFERS]
-                nbo = p["next_best_offer"]
-            except (KeyError, TypeError, ValueError) as exc:
-                raise EndpointError(f"the model endpoint's answer lacks {exc} for customer {ids[i]}: {where}") from None
-            if nbo not in OFFERS:
-                raise EndpointError(f"the model endpoint named an unknown offer {nbo!r}: {where}")
-            uuids.append(f"{prefix}:{i}")
-            versions.append(version)
-            best.append(nbo)
+                probs, *logged = _answer_row(p)
+            except ValueError as exc:
+                raise EndpointError(
+                    f"the model endpoint's answer for customer {ids[i]} is not a policy's decision: {exc}: "
+                    f"{where}. The endpoint must serve the policy (a model deployed by deploy_best_model; "
+                    f"docs/deploy.md, The policy)") from None
+            rows.append((f"{prefix}:{i}", *logged))
             proba.append(probs)
-    out = pd.DataFrame({"prediction_uuid": pd.array(uuids, dtype="str"),
-                        "model_version": pd.array(versions, dtype="str"),
-                        "model_offer": pd.array(best, dtype="str")}, index=traffic.index)
+    out = pd.DataFrame.from_records(rows, columns=list(ANSWER_COLUMNS), index=traffic.index)
+    for column in ("prediction_uuid", "model_version", "arm", "model_offer", "offer"):
+        out[column] = out[column].astype("str")
+    out["explored"] = out["explored"].astype("int64")
+    out["propensity"] = out["propensity"].astype("float64")
     matrix = np.asarray(proba, dtype=np.float64).reshape(len(traffic), len(OFFERS))
     for k, column in enumerate(OFFER_PROBA_COLUMNS):
         out[column] = matrix[:, k]
@@ -267,16 +289,11 @@ def ask_endpoint(endpoint: Endpoint, traffic: pd.DataFrame, batch_size: int, win
 
 
 def decide(config: LoopConfig, window: Window, endpoint: Endpoint, drift: Any = None) -> pd.DataFrame:
-    """The window's decisions: ``prediction_log`` rows (without the partition column)."""
+    """The window's decisions: ``prediction_log`` rows (without the partition column), each as
+    the endpoint answered it."""
     traffic = simulate_traffic(config, window, drift)
     answers = ask_endpoint(endpoint, traffic, config.traffic.request_batch, window)
     frame = pd.concat([traffic, answers], axis=1)
-    offers, explored, propensity = choose_offers(
-        frame["model_offer"].to_numpy(dtype=object), config.traffic.exploration_share,
-        window_seed(config.traffic.seed, window))
-    frame["offer"] = pd.array(offers, dtype="str")
-    frame["explored"] = explored
-    frame["propensity"] = propensity
     frame["deployment_crn"] = endpoint.deployment_crn
     return frame
 
@@ -285,12 +302,29 @@ def decide(config: LoopConfig, window: Window, endpoint: Endpoint, drift: Any = 
 # The warehouse
 
 
+class OldTableError(RuntimeError):
+    """A loop table written by an older version lacks a column that cannot be added."""
+
+
 def ensure_tables(hook: Any) -> None:
-    """Create the loop's tables (partitioned by ``window_start``) if they are missing."""
+    """Create the loop's tables (partitioned by ``window_start``) if they are missing. A
+    ``prediction_log`` created by an older version gains the columns added since
+    (:data:`PREDICTION_LOG_ADDED`; its old rows read NULL there); nothing is ever dropped."""
     dialect = dialect_for(hook)
     for table, schema in ((PREDICTION_LOG, PREDICTION_LOG_SCHEMA), (CUSTOMER_RESPONSES, CUSTOMER_RESPONSES_SCHEMA),
                           (CUSTOMER_INTERACTIONS, CUSTOMER_INTERACTIONS_SCHEMA), (RESPONSE_FEED, RESPONSE_FEED_SCHEMA)):
         dialect.create_table(hook, table, schema, partition_by=PARTITION)
+    existing = {name.lower() for name in dialect.columns(hook, PREDICTION_LOG)}
+    missing = [c for c in PREDICTION_LOG_SCHEMA if c.name.lower() not in existing]
+    unaddable = [c.name for c in missing if c.name not in PREDICTION_LOG_ADDED]
+    if unaddable:
+        raise OldTableError(f"table {PREDICTION_LOG} was created by an older Model Factory without the column(s) "
+                            f"{', '.join(unaddable)}, which cannot be added; on the embedded default `make clean` "
+                            "starts afresh")
+    if missing:
+        dialect.add_columns(hook, PREDICTION_LOG, missing)
+        log.warning("table %s was created by an older version: added the column(s) %s (NULL in its old rows)",
+                    PREDICTION_LOG, ", ".join(c.name for c in missing))
 
 
 def read_partition(hook: Any, table: str, schema, key: str) -> pd.DataFrame:
@@ -320,7 +354,8 @@ class WindowSummary:
     customers: int
     explored: int
     offers: dict[str, int] = field(default_factory=dict)  # offers made
-    model_offers: dict[str, int] = field(default_factory=dict)  # the model's picks
+    model_offers: dict[str, int] = field(default_factory=dict)  # the deciding models' picks
+    arms: dict[str, int] = field(default_factory=dict)  # decisions per arm (champion, challenger)
     responses: dict[str, int] = field(default_factory=dict)  # per status
     delayed_metrics_calls: int = 0
     matured: int = 0
@@ -333,13 +368,14 @@ class WindowSummary:
     def describe(self) -> str:
         offers = ", ".join(f"{o} {self.offers.get(o, 0)}" for o in OFFERS)
         picks = ", ".join(f"{o} {self.model_offers.get(o, 0)}" for o in OFFERS)
+        arms = ", ".join(f"{a} {n}" for a, n in sorted(self.arms.items())) or "none logged"
         statuses = ", ".join(f"{s} {self.responses.get(s, 0)}" for s in RESPONSE_STATUSES)
         how = "decided now" if self.decided else "decisions kept from the earlier run"
         return (f"window {self.window_start} .. {self.window_end} ({how}; model {self.model_version}, "
                 f"deployment {self.deployment_crn}):\n"
-                f"  customers {self.customers}, explored {self.explored} "
-                f"({self.explored / self.customers if self.customers else 0:.1%})\n"
-                f"  offers made: {offers}\n  model's picks: {picks}\n"
+                f"  customers {self.customers}, explored by the endpoint {self.explored} "
+                f"({self.explored / self.customers if self.customers else 0:.1%}); arms: {arms}\n"
+                f"  offers made: {offers}\n  models' picks: {picks}\n"
                 f"  responses arrived: {statuses}; delayed-metrics calls {self.delayed_metrics_calls}\n"
                 f"  matured interactions: {self.matured} ({self.matured_conversions} converted)\n"
                 f"  {self.seconds:.1f}s")
@@ -372,9 +408,8 @@ def run_window(
             log.warning("window %s has %d logged decisions, the config asks for %d: deciding again",
                         window.key, len(decisions), n)
         target = endpoint()
-        log.info("window %s: %d customers ask %s in requests of %d (exploration %.0f%%, drift %s)",
-                 window.key, n, target.name, config.traffic.request_batch,
-                 100 * config.traffic.exploration_share, "on" if drift is not None else "off")
+        log.info("window %s: %d customers ask %s in requests of %d (drift %s); its answers are logged as given",
+                 window.key, n, target.name, config.traffic.request_batch, "on" if drift is not None else "off")
         decisions = decide(config, window, target, drift)
     else:
         log.info("window %s was decided before (%d decisions): kept; responses and matured rows recomputed",
@@ -436,6 +471,7 @@ def run_window(
         customers=len(decisions), explored=int(decisions["explored"].sum()),
         offers={o: int(c) for o, c in Counter(decisions["offer"].tolist()).items()},
         model_offers={o: int(c) for o, c in Counter(decisions["model_offer"].tolist()).items()},
+        arms={str(a): int(c) for a, c in Counter(decisions["arm"].dropna().tolist()).items()},
         responses=counts, delayed_metrics_calls=calls, matured=len(labelled),
         matured_conversions=int(labelled["conversion"].sum()) if len(labelled) else 0,
         seconds=round(time.monotonic() - started, 2),

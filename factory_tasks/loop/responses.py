@@ -44,7 +44,9 @@ LOOKBACK_MARGIN = 1.0
 DUPLICATE_LAG_MINUTES = (1.0, 60.0)
 
 # Independent random streams of one window (np.random.default_rng([window_seed, stream])).
-STREAM_TIMES, STREAM_EXPLORE, STREAM_EXPLORE_OFFER = 1, 2, 3
+STREAM_TIMES = 1
+# 2 and 3 were the caller's own exploration (whether, and which random offer), retired: the
+# endpoint explores now. Not reused, so every other stream draws what it drew before.
 STREAM_CONVERSION, STREAM_DELAY, STREAM_DUPLICATE, STREAM_UNKNOWN = 4, 5, 6, 7
 
 DELIVERY_COLUMNS = ("prediction_uuid", "decided_at_ms", "responded_at_ms")

@@ -13,8 +13,8 @@ The rule, per customer (``docs/deploy.md``, *The policy*):
 3. **Exploration.** With probability ``epsilon`` the offer made is drawn uniformly from the
    three offers (it may be the greedy pick), else it is the greedy pick. So, given the arm,
    ``P(offer | customer, arm) = (1 - epsilon) * [offer == greedy pick] + epsilon / 3``
-   (:func:`offer_propensities`, the same rule as the closed loop's
-   ``loop.interactions.offer_propensities``); the three sum to 1.
+   (:func:`offer_propensities`); the three sum to 1. The closed loop's caller logs the offer
+   made and this propensity as the endpoint answers them (``loop.interactions``).
 
 Randomness comes from one ``numpy.random.Generator`` per :class:`Policy` (one per replica
 process), seedable for tests, drawn under a lock; with no challenger and ``epsilon = 0`` nothing
@@ -30,12 +30,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from factory_tasks.core.schema import OFFERS
+from factory_tasks.core.schema import ARM_CHALLENGER as CHALLENGER
+from factory_tasks.core.schema import ARM_CHAMPION as CHAMPION
+from factory_tasks.core.schema import ARMS, OFFERS
 
-CHAMPION = "champion"
-CHALLENGER = "challenger"
-#: the arms, in the order of the 0/1 arm index
-ARMS: tuple[str, str] = (CHAMPION, CHALLENGER)
+__all__ = ["ARMS", "CHALLENGER", "CHAMPION", "Policy", "PolicyDraws", "arm_hash", "offer_propensities"]
+
 #: the longest test id (it salts the sticky hash)
 TEST_ID_MAX_LENGTH = 128
 _N_OFFERS = len(OFFERS)

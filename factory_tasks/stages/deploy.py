@@ -24,6 +24,7 @@ from factory_tasks.core.contracts import (
     RetrainResult,
 )
 from factory_tasks.core.limits import (
+    MAX_EXPLORATION_EPSILON,
     MAX_MARGIN,
     MAX_REPLICA_CPU,
     MAX_REPLICA_MEMORY_GB,
@@ -31,6 +32,7 @@ from factory_tasks.core.limits import (
     MAX_REVIEW_WINDOW_MINUTES,
 )
 from factory_tasks.core.names import (
+    EXPLORATION_EPSILON_ENV,
     FACTORY_RUN_ENV,
     MODEL_ARTIFACT_ENV,
     MODEL_DIR_ENV,
@@ -322,11 +324,18 @@ def publish_model(cml: CmlClient, model_version: str, object_store: Any) -> dict
     return {MODEL_ARTIFACT_ENV: str(artifact), MODEL_DIR_ENV: str(target), MODEL_VERSION_ENV: model_version}
 
 
-def deploy_request(environment: dict[str, str], *, cpu: float, memory_gb: float, replicas: int) -> dict[str, Any]:
-    """Keyword arguments of the deploy operator."""
+def deploy_request(environment: dict[str, str], *, cpu: float, memory_gb: float, replicas: int,
+                   exploration_epsilon: float) -> dict[str, Any]:
+    """Keyword arguments of the deploy operator. The deployment's environment is the model's
+    files (``environment``) plus its policy's exploration: ``MF_EXPLORATION_EPSILON`` =
+    ``exploration_epsilon`` (the share of customers the endpoint offers a uniformly random
+    offer, with the exact propensity in its answer: what the closed loop's off-policy estimates
+    need). Both the deploy and the rollback path deploy through here, so a rollback explores too."""
     in_range("cpu", cpu, 0, MAX_REPLICA_CPU, above_low=True)
     in_range("memory_gb", memory_gb, 0, MAX_REPLICA_MEMORY_GB, above_low=True)
     in_range("replicas", replicas, 1, MAX_REPLICAS, whole=True)
+    in_range("exploration_epsilon", exploration_epsilon, 0, MAX_EXPLORATION_EPSILON)
+    environment = {**environment, EXPLORATION_EPSILON_ENV: repr(float(exploration_epsilon))}
     return {"model_name": MODEL_NAME, "file_path": MODEL_ENTRY_POINT, "function_name": MODEL_FUNCTION,
             "cpu": cpu, "memory_gb": memory_gb, "replicas": replicas, "environment": environment,
             "smoke_request": {"customers": [SMOKE_CUSTOMER]}}

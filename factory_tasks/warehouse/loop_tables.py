@@ -2,7 +2,7 @@
 
 | table | written by | read by | partition (idempotent per run window) |
 | --- | --- | --- | --- |
-| ``prediction_log`` | customer_interactions: each decision | monitoring, response matching | ``window_start`` |
+| ``prediction_log`` | customer_interactions: each decision, as the endpoint answered it | monitoring, response matching | ``window_start`` |
 | ``customer_responses`` | customer_interactions: each response received | monitoring | ``window_start`` |
 | ``customer_interactions`` | customer_interactions: matured decisions | the factory (training) | ``window_start`` |
 | ``response_feed`` | customer_interactions: one row per window, written last | model_monitoring (waits for it) | ``window_start`` |
@@ -41,12 +41,18 @@ PREDICTION_LOG_SCHEMA: tuple[Column, ...] = (
     Column("model_version", "string"),
     Column("customer_id", "string"),
     *_CUSTOMER,
-    Column("model_offer", "string"),  # the model's next best offer
-    Column("offer", "string"),  # the offer made (the model's, or a random one when explored)
-    Column("propensity", "double"),  # P(this offer was made | customer): 1-e+e/3 or e/3
-    Column("explored", "bigint"),  # 1 when the offer was drawn at random
-    *(Column(c, "double") for c in OFFER_PROBA_COLUMNS),
+    Column("model_offer", "string"),  # the deciding model's next best offer (its greedy pick)
+    Column("offer", "string"),  # the offer made (the greedy pick, or a random one when explored)
+    Column("propensity", "double"),  # P(this offer was made | customer): 1-e+e/3 or e/3, as the endpoint answered
+    Column("explored", "bigint"),  # 1 when the endpoint drew the offer at random
+    *(Column(c, "double") for c in OFFER_PROBA_COLUMNS),  # the deciding model's
+    # Added after the first release: last, so a table created before gains it at the same
+    # position (ALTER TABLE ... ADD COLUMNS), which Hive's positional inserts rely on. NULL in
+    # rows logged before it, when every decision was the (one) deployed model's.
+    Column("arm", "string"),  # the policy's arm that decided: champion or challenger (schema.ARMS)
 )
+#: columns of ``prediction_log`` that a table created by an older version may lack (added if missing)
+PREDICTION_LOG_ADDED: tuple[str, ...] = ("arm",)
 
 #: what became of a response: matched to its prediction, or counted and dropped
 RESPONSE_STATUSES: tuple[str, ...] = ("attached", "duplicate", "unknown", "expired")

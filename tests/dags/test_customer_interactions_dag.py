@@ -36,6 +36,7 @@ def _deploy_a_model(ws, tmp: Path):
     from cml_provider.hooks.cml import CmlHook
 
     from factory_tasks.core.names import (
+        EXPLORATION_EPSILON_ENV,
         MODEL_ARTIFACT_ENV,
         MODEL_DIR_ENV,
         MODEL_ENTRY_POINT,
@@ -61,7 +62,9 @@ def _deploy_a_model(ws, tmp: Path):
         assert time.monotonic() < deadline, "build did not finish"
         time.sleep(0.3)
     assert build.status.is_successful, build
-    env = {MODEL_ARTIFACT_ENV: str(model_dir / "model.skops"), MODEL_DIR_ENV: str(model_dir), MODEL_VERSION_ENV: version}
+    # the deployment explores (as deploy_best_model's param exploration_epsilon sets it); the DAG only logs
+    env = {MODEL_ARTIFACT_ENV: str(model_dir / "model.skops"), MODEL_DIR_ENV: str(model_dir), MODEL_VERSION_ENV: version,
+           EXPLORATION_EPSILON_ENV: "0.1"}
     deployment = cml.create_model_deployment(model.id, build.id, cpu=1, memory_gb=1, replicas=1, environment=env)
     while not (deployment := cml.get_model_deployment(model.id, build.id, deployment.id)).status.is_terminal:
         assert time.monotonic() < deadline, "deployment did not finish"
@@ -135,7 +138,7 @@ def test_dags_test_runs_windows_against_a_deployed_model_and_a_rerun_changes_not
             counts = dict(conn.execute("SELECT window_start, count(*) FROM prediction_log GROUP BY window_start"))
             log_rows = conn.execute(
                 "SELECT prediction_uuid, deployment_crn, model_version, offer, model_offer, propensity, explored,"
-                " p_bogo + p_discount + p_none FROM prediction_log").fetchall()
+                " p_bogo + p_discount + p_none, arm FROM prediction_log").fetchall()
             statuses = dict(conn.execute("SELECT status, count(*) FROM customer_responses GROUP BY status"))
         metrics = httpx.post(ws.url + "/local/model_metrics/read", headers=ws.headers,
                              json={"model_deployment_crn": deployment.crn}, timeout=60).json()["metrics"]
@@ -144,7 +147,8 @@ def test_dags_test_runs_windows_against_a_deployed_model_and_a_rerun_changes_not
         assert set(counts.values()) == {2000}
         assert len({r[0] for r in log_rows}) == 4000 and all(re.fullmatch(r"[0-9a-f-]{36}:\d+", r[0]) for r in log_rows)
         assert {(r[1], r[2]) for r in log_rows} == {(deployment.crn, version)}
-        eps = 0.10
+        assert {r[8] for r in log_rows} == {"champion"}  # no challenger deployed
+        eps = 0.10  # the deployment's MF_EXPLORATION_EPSILON: the endpoint explored, the DAG logged it
         assert all(abs(r[5] - ((1 - eps + eps / 3) if r[3] == r[4] else eps / 3)) < 1e-12 for r in log_rows)
         assert 0.07 < sum(r[6] for r in log_rows) / 4000 < 0.13
         assert statuses.get("attached", 0) > 100 and statuses.get("unknown", 0) > 0

@@ -91,8 +91,8 @@ def test_deploy_best_model_shape(dagbag):
     dag = dagbag.dags["deploy_best_model"]
     assert "experiment_outcomes" in str(dag.timetable.asset_condition)  # scheduled on the asset
     assert set(dag.params) == {"factory_run_id", "experiment_id", "review_window_minutes", "ranking_margin",
-                               "policy_value_margin", "loop_config_path", "replicas", "cpu", "memory_gb", "model_version",
-                               "requested_by", "reason"}
+                               "policy_value_margin", "loop_config_path", "replicas", "cpu", "memory_gb",
+                               "exploration_epsilon", "model_version", "requested_by", "reason"}
     tasks = dag.task_dict
     # the review (HITL) and the deferrable time sensor both close the window; either is enough
     assert type(tasks["review"]).__name__ in ("HITLOperator", "MappedOperator")

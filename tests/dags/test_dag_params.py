@@ -39,6 +39,8 @@ def _trigger(dag, conf: dict) -> dict:
     ("deploy_best_model", {"replicas": 100000000000000000000}),
     ("deploy_best_model", {"cpu": 1e308}),
     ("deploy_best_model", {"memory_gb": 1e308}),
+    ("deploy_best_model", {"exploration_epsilon": 0.9}),
+    ("deploy_best_model", {"exploration_epsilon": -0.1}),
 ])
 def test_an_out_of_range_number_is_refused_at_trigger(dags, dag_id, conf):
     (name,) = conf
@@ -69,3 +71,5 @@ def test_the_defaults_and_sensible_values_still_pass(dags):
     assert _trigger(dags["model_factory"], {})["review_window_minutes"] is None
     deploy = _trigger(dags["deploy_best_model"], {"review_window_minutes": 24 * 60, "replicas": 4})
     assert deploy["review_window_minutes"] == 24 * 60 and deploy["replicas"] == 4
+    assert deploy["exploration_epsilon"] == 0.1  # the deployment explores unless told otherwise
+    assert _trigger(dags["deploy_best_model"], {"exploration_epsilon": 0})["exploration_epsilon"] == 0

@@ -87,3 +87,20 @@ def test_rollback_requests_triggers_nothing_then_the_pending_request(rollback_da
     [run] = run_task(rollback_dag, "pending_rollback", params={})
     assert run["trigger_run_id"] == f"rollback__{request.request_id}"
     assert run["conf"] == {"model_version": "v-a", "requested_by": "ana", "reason": "B drifts"}
+
+
+def test_a_rollback_deploys_with_the_runs_exploration(dag, tmp_path, monkeypatch):
+    from factory_tasks.core.names import EXPLORATION_EPSILON_ENV, MODEL_VERSION_ENV
+
+    store = tmp_path / "store"
+    folder = store / "models" / "v-a"
+    folder.mkdir(parents=True)
+    for name in ("model.skops", "model.metadata.json"):  # the version's files, left by its first deployment
+        (folder / name).write_bytes(b"x")
+    monkeypatch.setenv("MODEL_FACTORY_OBJECT_STORE", f"file://{store}")
+    rollback = {"target": {"model_version": "v-a"}, "requested_by": "ana", "reason": "B drifts"}
+    for epsilon in (0.1, 0.25):
+        [request] = run_task(dag, "publish_rollback", params=_params(model_version="v-a", exploration_epsilon=epsilon),
+                             rollback=rollback)
+        assert request["environment"][MODEL_VERSION_ENV] == "v-a"
+        assert request["environment"][EXPLORATION_EPSILON_ENV] == repr(epsilon)  # the rolled-back model explores

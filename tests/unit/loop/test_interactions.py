@@ -1,6 +1,8 @@
-"""customer_interactions' plain parts: traffic, exploration and propensities, delayed responses
-(unknown / expired / duplicate, never double counted across windows), maturity, idempotent
-reruns — against a real SQLite warehouse and a scripted stand-in of the endpoint."""
+"""customer_interactions' plain parts: traffic, logging the endpoint's decisions as answered (arm,
+offer, exploration, propensity; the caller draws nothing), delayed responses (unknown / expired /
+duplicate, never double counted across windows), maturity, idempotent reruns, an old
+prediction_log gaining the arm column — against a real SQLite warehouse and a scripted
+stand-in of the endpoint that serves the real policy (factory_tasks.serving.policy)."""
 
 from __future__ import annotations
 
@@ -17,7 +19,8 @@ from factory_tasks.loop import interactions as ia
 from factory_tasks.loop import responses as resp
 from factory_tasks.loop import simulator
 from factory_tasks.loop.cohorts import responses_ingested_through
-from factory_tasks.loop.config import LoopConfig
+from factory_tasks.loop.config import LoopConfig, LoopConfigError, load_loop_config
+from factory_tasks.serving.policy import Policy
 from factory_tasks.warehouse.dialects import dialect_for
 from factory_tasks.warehouse.loop_tables import (
     CUSTOMER_INTERACTIONS,
@@ -36,8 +39,7 @@ HOUR = timedelta(hours=1)
 
 def config(**traffic) -> LoopConfig:
     return LoopConfig.model_validate({
-        "traffic": {"customers_per_window": 400, "request_batch": 150, "exploration_share": 0.2, "seed": 5,
-                    **traffic},
+        "traffic": {"customers_per_window": 400, "request_batch": 150, "seed": 5, **traffic},
         "responses": {"window_minutes": 90, "delay_median_minutes": 35, "delay_sigma": 0.9,
                       "duplicate_share": 0.1, "unknown_share": 0.02},
     })
@@ -47,28 +49,49 @@ def window(k: int = 0) -> ia.Window:
     return ia.Window(T0 + k * HOUR, T0 + (k + 1) * HOUR)
 
 
-class FakeModel:
-    """Answers like the deployed entry point (``{"model_version", "predictions"}``) with one uuid
-    per request; scores with the simulator's truth. ``fail_on`` = request number that raises."""
+EPSILON = 0.2
 
-    def __init__(self, fail_on: int | None = None):
+
+class FakeModel:
+    """Answers like the deployed entry point (``{"model_version", "policy", "predictions"}``) with
+    one uuid per request: the champion scores with the simulator's truth, the challenger (share
+    ``challenger_share``, sticky by customer id) with a noisy copy, and the real serving
+    :class:`Policy` draws the arms and the exploration (``epsilon``). ``answers`` keeps every
+    prediction it gave; ``fail_on`` = request number that raises."""
+
+    def __init__(self, fail_on: int | None = None, *, epsilon: float = EPSILON, challenger_share: float = 0.0):
         self.requests = 0
         self.fail_on = fail_on
         self.ids = (f"{n:08x}-0000-4000-8000-000000000000" for n in itertools.count(1))
+        self.policy = Policy(epsilon=epsilon, challenger_share=challenger_share,
+                             test_id="v-test:v-challenger" if challenger_share else "", seed=17)
+        self.answers: list[dict] = []
 
     def __call__(self, request):
         self.requests += 1
         if self.requests == self.fail_on:
             raise RuntimeError("HTTP 503 from the model service")
         customers = pd.DataFrame(request["customers"])
+        draws = self.policy.draw(customers["customer_id"].tolist())
         proba = simulator.offer_probabilities(customers)
+        noisy = np.clip(proba * np.exp(np.random.default_rng(self.requests).normal(0, 0.5, proba.shape)), 0, 1)
+        proba = np.where(draws.challenger[:, None], noisy, proba)
         ev = schema.expected_values(proba, schema.DEFAULT_ECONOMICS)
+        best = np.argmax(ev, axis=1)
+        made, propensity, every = self.policy.decide(best, draws)
         predictions = [{"customer_id": cid,
                         "offers": {o: {"conversion_probability": float(p[k]), "expected_value": float(e[k])}
                                    for k, o in enumerate(schema.OFFERS)},
-                        "next_best_offer": schema.OFFERS[int(np.argmax(e))], "expected_value": float(e.max())}
-                       for cid, p, e in zip(customers["customer_id"], proba, ev)]
-        return SimpleNamespace(prediction={"model_version": "v-test", "predictions": predictions}, uuid=next(self.ids))
+                        "next_best_offer": schema.OFFERS[b], "expected_value": float(e[b]),
+                        "arm": schema.ARMS[arm], "model_version": ("v-test", "v-challenger")[arm],
+                        "offer": schema.OFFERS[m], "explored": bool(x), "propensity": float(q),
+                        "offer_propensities": dict(zip(schema.OFFERS, map(float, qs)))}
+                       for cid, p, e, b, arm, m, x, q, qs in zip(
+                           customers["customer_id"], proba, ev, best, draws.challenger.astype(int), made,
+                           draws.explored, propensity, every)]
+        self.answers += predictions
+        return SimpleNamespace(prediction={"model_version": "v-test", "policy": self.policy.describe(),
+                                           "predictions": predictions}, uuid=next(self.ids))
 
 
 def endpoint_of(model: FakeModel):
@@ -94,20 +117,105 @@ def table(hook, name, schema) -> pd.DataFrame:
 # --------------------------------------------------------------------------------------------
 
 
-def test_propensities_sum_to_one_and_match_the_offer_made():
-    eps = 0.3
-    p = ia.offer_propensities(np.array([0, 1, 2, 1]), eps)
-    assert np.allclose(p.sum(axis=1), 1.0)
-    assert np.allclose(p[0], [1 - eps + eps / 3, eps / 3, eps / 3])
-    model = np.asarray(schema.OFFERS, dtype=object)[np.arange(30_000) % 3]
-    offers, explored, propensity = ia.choose_offers(model, eps, seed=1)
-    assert abs(explored.mean() - eps) < 0.01
-    same = offers == model
-    assert np.allclose(propensity[same], 1 - eps + eps / 3) and np.allclose(propensity[~same], eps / 3)
-    assert (explored[~same] == 1).all()  # only exploration changes an offer
-    # explored offers are uniform: about a third of the explored keep the model's pick
-    assert abs(same[explored == 1].mean() - 1 / 3) < 0.03
-    assert ia.choose_offers(model, 0.0, seed=1)[1].sum() == 0
+def test_what_the_endpoint_answered_is_what_is_logged():
+    model = FakeModel(challenger_share=0.3)
+    decisions = ia.decide(config(), window(0), endpoint_of(model)())
+    answered = pd.DataFrame(model.answers)
+    assert len(decisions) == len(answered) == 400
+    assert decisions["customer_id"].tolist() == answered["customer_id"].tolist()
+    assert decisions["offer"].tolist() == answered["offer"].tolist()
+    assert decisions["model_offer"].tolist() == answered["next_best_offer"].tolist()
+    assert decisions["arm"].tolist() == answered["arm"].tolist()
+    assert decisions["model_version"].tolist() == answered["model_version"].tolist()  # the deciding model's
+    assert decisions["explored"].tolist() == answered["explored"].astype(int).tolist()
+    assert decisions["propensity"].tolist() == answered["propensity"].tolist()  # exactly, not recomputed
+    for k, o in enumerate(schema.OFFERS):
+        column = ("p_bogo", "p_discount", "p_none")[k]
+        assert decisions[column].tolist() == [a[o]["conversion_probability"] for a in answered["offers"]]
+    # both arms and exploration happened, and the logged propensities follow the policy's rule
+    assert set(decisions["arm"]) == {"champion", "challenger"} and 0 < decisions["explored"].sum() < 400
+    assert set(decisions.loc[decisions["arm"] == "challenger", "model_version"]) == {"v-challenger"}
+    kept = decisions["offer"] == decisions["model_offer"]
+    assert np.allclose(decisions.loc[kept, "propensity"], 1 - EPSILON + EPSILON / 3)
+    assert np.allclose(decisions.loc[~kept, "propensity"], EPSILON / 3)
+
+
+def test_the_caller_draws_no_offer_of_its_own():
+    # an endpoint that does not explore: every logged offer is its greedy pick, propensity 1
+    greedy = ia.decide(config(), window(0), endpoint_of(FakeModel(epsilon=0.0))())
+    assert (greedy["offer"] == greedy["model_offer"]).all() and (greedy["explored"] == 0).all()
+    assert (greedy["propensity"] == 1.0).all() and set(greedy["arm"]) == {"champion"}
+    # the same customers asked again: only the endpoint's draws differ, the caller adds none
+    for seed in (1, 2):
+        model = FakeModel()
+        model.policy = Policy(epsilon=EPSILON, seed=seed)
+        logged = ia.decide(config(), window(0), endpoint_of(model)())
+        assert logged["offer"].tolist() == [a["offer"] for a in model.answers]
+
+
+@pytest.mark.parametrize("change, field", [
+    ({"arm": "exploration"}, "'arm' is 'exploration'"),
+    ({"offer": "Free Lunch"}, "'offer' is 'Free Lunch'"),
+    ({"propensity": 0.0}, "'propensity' is 0.0"),
+    ({"propensity": "0.5"}, "'propensity' is '0.5'"),
+    ({"explored": 1}, "'explored' is 1"),
+    ({"model_version": ""}, "'model_version' is ''"),
+    ({"explored": False, "offer": "No Offer", "next_best_offer": "Discount"}, "although 'explored' is false"),
+    (None, "'offer' is missing"),
+])
+def test_an_answer_that_is_not_a_policy_decision_is_an_endpoint_error_naming_the_field(change, field):
+    def answer(request):
+        predictions = []
+        for c in request["customers"]:
+            p = {"customer_id": c["customer_id"],
+                 "offers": {o: {"conversion_probability": 0.1, "expected_value": 1.0} for o in schema.OFFERS},
+                 "next_best_offer": "Discount", "expected_value": 1.0, "arm": "champion", "model_version": "v",
+                 "offer": "Discount", "explored": False, "propensity": 1.0}
+            if change is None:  # a model deployed before the policy: no policy fields
+                p = {k: v for k, v in p.items() if k not in ("arm", "offer", "explored", "propensity")}
+            else:
+                p.update(change)
+            predictions.append(p)
+        return SimpleNamespace(prediction={"model_version": "v", "predictions": predictions}, uuid="u")
+
+    target = ia.Endpoint(call=answer, name="model m", deployment_crn="c", model_version="v")
+    with pytest.raises(ia.EndpointError, match="not a policy's decision") as info:
+        ia.decide(config(), window(0), target)
+    assert field in str(info.value) and "customer 20261201T060000Z-000000" in str(info.value)
+
+
+def test_exploration_is_no_longer_a_caller_setting(tmp_path):
+    old = tmp_path / "loop.yaml"
+    old.write_text("traffic:\n  customers_per_window: 10\n  exploration_share: 0.1\n")
+    with pytest.raises(LoopConfigError, match="exploration_share is no longer a caller's setting.*exploration_epsilon"):
+        load_loop_config(old)
+    assert "exploration_share" not in LoopConfig().traffic.model_dump()
+
+
+def test_an_old_prediction_log_gains_the_arm_column_and_keeps_its_rows(hook):
+    from factory_tasks.warehouse.loop_tables import PREDICTION_LOG_ADDED
+
+    dialect = dialect_for(hook)
+    before = tuple(c for c in PREDICTION_LOG_SCHEMA if c.name not in PREDICTION_LOG_ADDED)
+    dialect.create_table(hook, PREDICTION_LOG, before, partition_by="window_start")
+    cfg = config()
+    old = ia.decide(cfg, window(-1), endpoint_of(FakeModel())()).drop(columns=["arm"])
+    dialect.replace_partition(hook, PREDICTION_LOG, before, "window_start", window(-1).key,
+                              ia._records(old, before, window(-1).key))
+    assert "arm" not in dialect.columns(hook, PREDICTION_LOG)
+
+    summary = ia.run_window(hook, cfg, window(0), endpoint_of(FakeModel()), Metrics())
+    assert dialect.columns(hook, PREDICTION_LOG)[-1] == "arm"
+    log = table(hook, PREDICTION_LOG, PREDICTION_LOG_SCHEMA)
+    old_rows, new_rows = log[log["window_start"] == window(-1).key], log[log["window_start"] == window(0).key]
+    assert len(old_rows) == len(new_rows) == 400 and old_rows["arm"].isna().all()
+    assert set(new_rows["arm"]) == {"champion"} and summary.arms == {"champion": 400}
+    # the old window's responses still arrive and mature from its logged rows
+    assert summary.responses["attached"] > 0
+    # a rerun of the old window keeps its decisions (arm still NULL) and works on the new table
+    again = ia.run_window(hook, cfg, window(-1), endpoint_of(FakeModel()), Metrics())
+    assert again.decided is False and again.arms == {}
+    assert table(hook, PREDICTION_LOG, PREDICTION_LOG_SCHEMA).query("window_start == @window(-1).key")["arm"].isna().all()
 
 
 def test_traffic_is_deterministic_per_window_and_spread_over_it():
@@ -183,7 +291,10 @@ def test_a_window_writes_three_tables_and_a_rerun_leaves_the_same_rows(hook):
     assert set(log["prediction_uuid"].str.rsplit(":", n=1).str[1].astype(int)) == set(range(150))
     assert (log["deployment_crn"] == "crn:d-1").all() and (log["model_version"] == "v-test").all()
     assert ((log[["p_bogo", "p_discount", "p_none"]] >= 0) & (log[["p_bogo", "p_discount", "p_none"]] <= 1)).all().all()
-    eps = cfg.traffic.exploration_share
+    eps = EPSILON  # the endpoint's
+    assert (log["arm"] == "champion").all() and summary.arms == {"champion": 400}
+    answered = {a["customer_id"]: a for a in model.answers}
+    assert log["propensity"].tolist() == [answered[c]["propensity"] for c in log["customer_id"]]
     kept = log["offer"] == log["model_offer"]
     assert np.allclose(log.loc[kept, "propensity"], 1 - eps + eps / 3) and np.allclose(log.loc[~kept, "propensity"], eps / 3)
     assert summary.customers == 400 and summary.explored == int(log["explored"].sum())

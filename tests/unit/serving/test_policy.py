@@ -15,12 +15,12 @@ import numpy as np
 import pytest
 
 from factory_tasks.core.schema import OFFERS
-from factory_tasks.loop.interactions import offer_propensities as loop_offer_propensities
+from factory_tasks.loop.shadow import logging_propensities
 from factory_tasks.loop.simulator import simulate_interactions
 from factory_tasks.serving.compiled import save_compiled
 from factory_tasks.serving.endpoint import ServingEntryPoint
 from factory_tasks.serving.loading import PolicyConfig, ServingConfig, ServingConfigError, economics_from_metadata
-from factory_tasks.serving.policy import CHALLENGER, CHAMPION, Policy, arm_hash, offer_propensities
+from factory_tasks.serving.policy import CHALLENGER, CHAMPION, Policy, arm_hash
 from factory_tasks.serving.scoring import ArmModel, NextBestOfferModel
 from factory_tasks.training.artifacts import save_model
 from factory_tasks.training.features import build_pipeline, feature_frame
@@ -86,11 +86,15 @@ def ask(model, customers, batch=1000):
 # The rule
 
 
-def test_the_rule_is_the_closed_loops_rule():
+def test_the_closed_loop_recovers_every_offers_propensity_from_a_logged_answer():
+    # the closed loop logs (greedy pick, offer made, its propensity) as answered; the shadow
+    # evaluation rebuilds all three propensities from them: they must be the policy's own
     rng = np.random.default_rng(0)
     greedy = rng.integers(0, 3, 500)
     for epsilon in (0.0, 0.1, 0.5, 0.99):
-        np.testing.assert_array_equal(offer_propensities(greedy, epsilon), loop_offer_propensities(greedy, epsilon))
+        policy = Policy(epsilon=epsilon, seed=1)
+        made, propensity, every = policy.decide(greedy, policy.draw([f"c{i}" for i in range(500)]))
+        np.testing.assert_allclose(logging_propensities(greedy, made, propensity), every, atol=1e-12)
 
 
 def test_the_hash_is_uniform_in_0_1_and_depends_on_the_test_id():

@@ -108,13 +108,29 @@ def test_review_window_out_of_range(minutes):
     ({"cpu": 1e308, "memory_gb": 2.0, "replicas": 2}, "cpu"),
     ({"cpu": 1.0, "memory_gb": 0.0, "replicas": 2}, "memory_gb"),
     ({"cpu": 1.0, "memory_gb": 2.0, "replicas": 10**20}, "replicas"),
+    ({"cpu": 1.0, "memory_gb": 2.0, "replicas": 2, "exploration_epsilon": 0.6}, "exploration_epsilon"),
+    ({"cpu": 1.0, "memory_gb": 2.0, "replicas": 2, "exploration_epsilon": -0.1}, "exploration_epsilon"),
+    ({"cpu": 1.0, "memory_gb": 2.0, "replicas": 2, "exploration_epsilon": float("nan")}, "exploration_epsilon"),
 ])
 def test_deploy_resources_out_of_range(kwargs, name):
     with pytest.raises(BAD_INPUT_ERRORS, match=f"param {name}: "):
-        deploy_request({}, **kwargs)
+        deploy_request({}, **{"exploration_epsilon": 0.1, **kwargs})
+
+
+@pytest.mark.parametrize("epsilon", [0, 0.1, 0.5])
+def test_the_deployment_environment_carries_the_exploration(epsilon):
+    from factory_tasks.core.names import EXPLORATION_EPSILON_ENV, MODEL_VERSION_ENV
+    from factory_tasks.serving.loading import PolicyConfig
+
+    files = {MODEL_VERSION_ENV: "v1"}
+    request = deploy_request(files, cpu=1.0, memory_gb=2.0, replicas=2, exploration_epsilon=epsilon)
+    assert request["environment"] == {MODEL_VERSION_ENV: "v1", EXPLORATION_EPSILON_ENV: repr(float(epsilon))}
+    assert files == {MODEL_VERSION_ENV: "v1"}  # the model's files' environment is not changed in place
+    # what the endpoint reads back at load is the param's value
+    assert PolicyConfig.from_environ(request["environment"]).epsilon == epsilon
 
 
 def test_values_in_range_pass():
     assert validate_grid_file("config/grid.yaml", 8)["max_parallel"] == 8
     assert review_window("2026-12-01T00:00:00+00:00", 120)["minutes"] == 120.0
-    assert deploy_request({}, cpu=1.0, memory_gb=2.0, replicas=2)["replicas"] == 2
+    assert deploy_request({}, cpu=1.0, memory_gb=2.0, replicas=2, exploration_epsilon=0.1)["replicas"] == 2
