@@ -51,7 +51,7 @@ from factory_tasks.core.schema import ARMS, CUSTOMER_COLUMNS, OFFERS
 from factory_tasks.loop import responses as resp
 from factory_tasks.loop import simulator
 from factory_tasks.loop.config import LoopConfig
-from factory_tasks.warehouse.dialects import dialect_for
+from factory_tasks.warehouse.dialects import add_missing_columns, dialect_for
 from factory_tasks.warehouse.loop_tables import (
     CUSTOMER_INTERACTIONS,
     CUSTOMER_INTERACTIONS_SCHEMA,
@@ -314,17 +314,11 @@ def ensure_tables(hook: Any) -> None:
     for table, schema in ((PREDICTION_LOG, PREDICTION_LOG_SCHEMA), (CUSTOMER_RESPONSES, CUSTOMER_RESPONSES_SCHEMA),
                           (CUSTOMER_INTERACTIONS, CUSTOMER_INTERACTIONS_SCHEMA), (RESPONSE_FEED, RESPONSE_FEED_SCHEMA)):
         dialect.create_table(hook, table, schema, partition_by=PARTITION)
-    existing = {name.lower() for name in dialect.columns(hook, PREDICTION_LOG)}
-    missing = [c for c in PREDICTION_LOG_SCHEMA if c.name.lower() not in existing]
-    unaddable = [c.name for c in missing if c.name not in PREDICTION_LOG_ADDED]
+    _, unaddable = add_missing_columns(hook, PREDICTION_LOG, PREDICTION_LOG_SCHEMA, PREDICTION_LOG_ADDED)
     if unaddable:
         raise OldTableError(f"table {PREDICTION_LOG} was created by an older Model Factory without the column(s) "
                             f"{', '.join(unaddable)}, which cannot be added; on the embedded default `make clean` "
                             "starts afresh")
-    if missing:
-        dialect.add_columns(hook, PREDICTION_LOG, missing)
-        log.warning("table %s was created by an older version: added the column(s) %s (NULL in its old rows)",
-                    PREDICTION_LOG, ", ".join(c.name for c in missing))
 
 
 def read_partition(hook: Any, table: str, schema, key: str) -> pd.DataFrame:

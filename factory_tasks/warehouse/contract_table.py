@@ -15,7 +15,7 @@ import typing
 from typing import Any, Generic, TypeVar
 
 from factory_tasks.core.contracts import Contract, ContractError
-from factory_tasks.warehouse.dialects import dialect_for
+from factory_tasks.warehouse.dialects import add_missing_columns, dialect_for
 from factory_tasks.warehouse.sql import Column
 
 C = TypeVar("C", bound=Contract)
@@ -54,19 +54,14 @@ class ContractTable(Generic[C]):
         of optional fields gains them (old rows read the field's default); one lacking a required
         field is an error naming it. Nothing is ever dropped. Returns the columns in the table's
         order (added columns come last), which positional inserts (Hive) must follow."""
-        dialect = dialect_for(hook)
-        dialect.create_table(hook, self.table, self.columns)
-        existing = dialect.columns(hook, self.table)
-        missing = [c for c in self.columns if c.name not in set(existing)]
-        required = [c.name for c in missing if self.model.model_fields[c.name].is_required()]
+        dialect_for(hook).create_table(hook, self.table, self.columns)
+        optional = {name for name, f in self.model.model_fields.items() if not f.is_required()}
+        columns, required = add_missing_columns(hook, self.table, self.columns, optional)
         if required:
             raise ContractError(f"table {self.table}", [
                 f"created by an older Model Factory without the required column(s) {', '.join(required)}; "
                 "on the embedded default `make clean` starts afresh"])
-        if missing:
-            dialect.add_columns(hook, self.table, missing)
-        by_name = {c.name: c for c in self.columns}
-        return [by_name[name] for name in existing if name in by_name] + missing
+        return columns
 
     def append(self, hook: Any, document: C) -> None:
         columns = self.ensure_schema(hook)
