@@ -105,6 +105,18 @@ def offer_indices(offers: np.ndarray | pd.Series) -> np.ndarray:
     return idx
 
 
+def epsilon_greedy_propensities(greedy: np.ndarray, epsilon: float | np.ndarray) -> np.ndarray:
+    """``(n, 3)`` P(each offer is made | customer) in OFFERS order under ε-greedy: ``1 - ε`` on
+    each customer's greedy pick (an index) plus ``ε / 3`` on every offer. ``epsilon``: one for
+    all, or one per customer. The serving policy decides by it; the shadow evaluation
+    rebuilds every offer's logging probability by it."""
+    idx = np.asarray(greedy, dtype=np.int64)
+    eps = np.broadcast_to(np.asarray(epsilon, dtype=np.float64), idx.shape)
+    out = np.repeat((eps / len(OFFERS))[:, None], len(OFFERS), axis=1)
+    out[np.arange(len(idx)), idx] += 1.0 - eps
+    return out
+
+
 def expected_values(proba: np.ndarray, economics: Mapping) -> np.ndarray:
     """Expected value per customer of each offer, ``p * conversion_value - offer_cost``: (n, 3)."""
     costs = offer_cost_vector(economics)  # validates the economics first

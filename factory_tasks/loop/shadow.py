@@ -48,6 +48,7 @@ from factory_tasks.core.schema import (
     CUSTOMER_COLUMNS,
     OFFERS,
     PREDICTION_UUID_COLUMN,
+    epsilon_greedy_propensities,
     expected_values,
     offer_indices,
 )
@@ -84,10 +85,7 @@ def logging_propensities(model_offer, logged_offer, propensity) -> np.ndarray:
             f"propensity is not that of an ε-greedy policy on {len(rows)} row(s) (first: row {rows[0]}, "
             f"propensity {float(p[rows[0]])!r} for {'the model' if chose_model[rows[0]] else 'an explored'} offer): "
             f"the model's offer has 1 - ε + ε/{K} in [1/{K}, 1], any other ε/{K} in [0, 1/{K}]")
-    eps = np.clip(eps, 0.0, 1.0)
-    out = np.repeat((eps / K)[:, None], K, axis=1)
-    out[np.arange(len(model)), model] += 1.0 - eps
-    return out
+    return epsilon_greedy_propensities(model, np.clip(eps, 0.0, 1.0))
 
 
 def unseen_traffic(traffic: pd.DataFrame, fit_uuids: Collection[str]) -> tuple[pd.DataFrame, int]:

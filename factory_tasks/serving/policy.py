@@ -32,7 +32,7 @@ import numpy as np
 
 from factory_tasks.core.schema import ARM_CHALLENGER as CHALLENGER
 from factory_tasks.core.schema import ARM_CHAMPION as CHAMPION
-from factory_tasks.core.schema import ARMS, OFFERS
+from factory_tasks.core.schema import ARMS, OFFERS, epsilon_greedy_propensities
 
 __all__ = ["ARMS", "CHALLENGER", "CHAMPION", "Policy", "PolicyDraws", "arm_hash", "offer_propensities"]
 
@@ -49,13 +49,8 @@ def arm_hash(test_id: str, customer_id: str) -> float:
     return (int.from_bytes(digest, "big") >> 11) * _TWO_TO_MINUS_53
 
 
-def offer_propensities(greedy: np.ndarray, epsilon: float) -> np.ndarray:
-    """``(n, 3)`` P(each offer is made | customer, arm) in OFFERS order, given each customer's
-    greedy pick (an index): ``(1 - epsilon)`` on the pick plus ``epsilon / 3`` on every offer."""
-    idx = np.asarray(greedy, dtype=np.int64)
-    out = np.full((len(idx), _N_OFFERS), epsilon / _N_OFFERS)
-    out[np.arange(len(idx)), idx] += 1.0 - epsilon
-    return out
+#: ``(n, 3)`` P(each offer is made | customer, arm) given each customer's greedy pick
+offer_propensities = epsilon_greedy_propensities
 
 
 @dataclass(frozen=True)
