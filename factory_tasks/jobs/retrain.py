@@ -94,13 +94,20 @@ def resampled_scores(models: Sequence[Any], X: Any, y: Any, metrics: Sequence[st
     One array per model and metric, one entry per resample; nan where a resample holds one
     class only or the score is not finite. ``propensity`` (one per row) weights the policy
     metrics, as in :func:`~factory_tasks.training.experiment.score_model`."""
+    from factory_tasks.training.experiment import predictions_for
+
+    return _resampled([predictions_for(model, X, list(metrics)) for model in models], y, metrics, economics,
+                      propensity, resamples=resamples, seed=seed)
+
+
+def _resampled(predictions: Sequence[Any], y: Any, metrics: Sequence[str], economics: Mapping[str, Any],
+               propensity: Any, *, resamples: int, seed: int | None) -> list[dict[str, Any]]:
+    """:func:`resampled_scores` from each model's predictions already made."""
     import numpy as np
 
     from factory_tasks.core.metrics import compute_metric
-    from factory_tasks.training.experiment import predictions_for
 
-    predictions = [predictions_for(model, X, list(metrics)) for model in models]
-    out = [{metric: np.full(resamples, np.nan) for metric in metrics} for _ in models]
+    out = [{metric: np.full(resamples, np.nan) for metric in metrics} for _ in predictions]
     rng = np.random.default_rng(seed)
     for r in range(resamples):
         i = rng.integers(0, len(y), len(y))
@@ -166,7 +173,7 @@ def refit(request: RetrainRequest, data: Any, *, n_threads: int = 1, live_traffi
     from threadpoolctl import threadpool_limits
 
     from factory_tasks.core.schema import TARGET_COLUMN
-    from factory_tasks.training.experiment import logged_propensities, score_model
+    from factory_tasks.training.experiment import logged_propensities, predictions_for, score_predictions
     from factory_tasks.training.features import build_pipeline, feature_frame
 
     spec, champion = request.spec, request.champion
@@ -187,19 +194,23 @@ def refit(request: RetrainRequest, data: Any, *, n_threads: int = 1, live_traffi
 
     with threadpool_limits(limits=n_threads):
         check_model = pipeline(spec.estimator, spec.params, spec.random_state).fit(X_fit, y_fit)
-        holdout = score_model(check_model, X_hold, y_hold, metrics, economics, p_hold)
+        # each model's predictions on the slice made once: its scores and the resamples read them
+        predictions = [predictions_for(check_model, X_hold, metrics)]
+        holdout = score_predictions(predictions[0], y_hold, metrics, economics, p_hold)
         champion_model = champion_scores = None
         if champion is not None:
             # the champion's recipe on exactly the challenger's fit rows: both judged on rows neither saw
             champion_model = (check_model if champion.same_recipe(spec) else
                               pipeline(champion.estimator, champion.params, champion.random_state).fit(X_fit, y_fit))
-            champion_scores = (holdout if champion_model is check_model
-                               else score_model(champion_model, X_hold, y_hold, metrics, economics, p_hold))
+            if champion_model is check_model:
+                champion_scores = holdout
+            else:
+                predictions.append(predictions_for(champion_model, X_hold, metrics))
+                champion_scores = score_predictions(predictions[1], y_hold, metrics, economics, p_hold)
         final = pipeline(spec.estimator, spec.params, spec.random_state).fit(X, y)
         # one resampling pass: the refit's standard error and, paired, the differences to the champion
-        reused = champion_model is None or champion_model is check_model
-        models = [check_model] if reused else [check_model, champion_model]
-        samples = resampled_scores(models, X_hold, y_hold, compared, economics, p_hold, seed=spec.random_state)
+        samples = _resampled(predictions, y_hold, compared, economics, p_hold, resamples=BOOTSTRAP_RESAMPLES,
+                             seed=spec.random_state)
     holdout_se = _spread(samples[0][spec.ranking_metric], BOOTSTRAP_RESAMPLES)
     ok, note = consistency(request, holdout.get(spec.ranking_metric), len(X_hold), len(X), holdout_se)
     log.info("refit of %s: %s (%s)", spec.experiment_id, "consistent" if ok else "INCONSISTENT", note)

@@ -72,7 +72,14 @@ def score_model(
     ``propensity``: the probability with which each row's logged offer was made (one per row of
     ``X``); None when every offer was made at random, 1/3 each.
     """
-    logged, proba, offer_proba = predictions_for(model, X, metric_names)
+    return score_predictions(predictions_for(model, X, metric_names), y, metric_names, economics, propensity)
+
+
+def score_predictions(predictions: tuple[np.ndarray, np.ndarray, np.ndarray | None], y: np.ndarray,
+                      metric_names: list[str], economics: Mapping[str, Any],
+                      propensity: np.ndarray | None = None) -> dict[str, float]:
+    """:func:`score_model` from predictions already made (:func:`predictions_for`)."""
+    logged, proba, offer_proba = predictions
     return {name: compute_metric(name, y, proba, logged_offers=logged, offer_proba=offer_proba,
                                  economics=economics, propensities=propensity) for name in metric_names}
 
