@@ -319,9 +319,24 @@ def publish_model(cml: CmlClient, model_version: str, object_store: Any) -> dict
         if name == "model.onnx" and not retrain.onnx_path:
             continue
         target.joinpath(name).write_bytes(cml.download_file(path))
-    artifact = target.joinpath("model.skops")
     log.info("published %s to %s", model_version, target)
-    return {MODEL_ARTIFACT_ENV: str(artifact), MODEL_DIR_ENV: str(target), MODEL_VERSION_ENV: model_version}
+    return model_environment(target, model_version)
+
+
+def model_environment(target: Any, model_version: str) -> dict[str, str]:
+    """The deployment's environment naming a model version's files in object storage (``target``)."""
+    return {MODEL_ARTIFACT_ENV: str(target.joinpath("model.skops")), MODEL_DIR_ENV: str(target),
+            MODEL_VERSION_ENV: model_version}
+
+
+def deployment_fields(deployed: dict[str, Any]) -> dict[str, Any]:
+    """What a :class:`DeploymentRecord` takes of the deploy operator's output: the CML model,
+    build and deployment ids, a reference to the access key (never the key), what it replaced."""
+    return {"model_name": deployed["model_name"], "model_id": deployed["model_id"], "model_crn": deployed.get("crn"),
+            "build_id": deployed["build_id"], "deployment_id": deployed["deployment_id"],
+            "deployment_crn": deployed.get("deployment_crn"),
+            "access_key_ref": f"CML model {deployed['model_id']}: access_key (read from the CML API, never stored here)",
+            "replaced_deployment_ids": list(deployed.get("replaced_deployment_ids") or [])}
 
 
 def deploy_request(environment: dict[str, str], *, cpu: float, memory_gb: float, replicas: int,
@@ -348,17 +363,13 @@ def record(warehouse: Any, cml: CmlClient, *, model_version: str, deployed: dict
     lineage = json.loads(cml.download_file(retrain.metadata_path))["lineage"]
     gate_ = GateDecision.from_data(decision, "the gate task's output")
     entry = DeploymentRecord(
-        model_version=model_version, model_name=deployed["model_name"], model_id=deployed["model_id"],
-        model_crn=deployed.get("crn"), build_id=deployed["build_id"], deployment_id=deployed["deployment_id"],
-        deployment_crn=deployed.get("deployment_crn"),
-        access_key_ref=f"CML model {deployed['model_id']}: access_key (read from the CML API, never stored here)",
-        artifact_path=retrain.artifact_path, metadata_path=retrain.metadata_path,
+        model_version=model_version, **deployment_fields(deployed), artifact_path=retrain.artifact_path, metadata_path=retrain.metadata_path,
         experiment_id=lineage["experiment_id"], factory_run_id=lineage["factory_run_id"],
         grid_hash=lineage["grid_hash"], data_snapshot_hash=lineage["data_snapshot_hash"],
         code_version=lineage["code_version"], chosen_by=lineage["chosen_by"],
         chosen_by_user=lineage.get("chosen_by_user"), choice_reason=lineage["choice_reason"],
         gate_reason=gate_.reason, gate_override=gate_.override, gate_evidence=list(gate_.evidence),
-        replaced_deployment_ids=list(deployed.get("replaced_deployment_ids") or []), deployed_at=deployed_at)
+        deployed_at=deployed_at)
     record_deployment(warehouse, entry)
     log.info("recorded deployment %s of %s in model_deployments", entry.deployment_id, model_version)
     return entry.model_dump(mode="json")

@@ -14,12 +14,12 @@ from datetime import datetime
 from typing import Any
 
 from factory_tasks.core.contracts import DeploymentRecord
-from factory_tasks.core.names import MODEL_ARTIFACT_ENV, MODEL_DIR_ENV, MODEL_VERSION_ENV, WAREHOUSE_CONN_ID
+from factory_tasks.core.names import WAREHOUSE_CONN_ID
 from factory_tasks.loop.selection import SelectionError
 from factory_tasks.stages.cml_client import CmlClient
-from factory_tasks.stages.deploy import publish_model
+from factory_tasks.stages.deploy import deployment_fields, model_environment, publish_model
 from factory_tasks.stages.errors import ParamError
-from factory_tasks.warehouse.deployments import DEPLOYMENTS
+from factory_tasks.warehouse.deployments import DEPLOYMENTS, record_deployment
 from factory_tasks.warehouse.rollbacks import (
     deployed_versions,
     load_requests,
@@ -72,8 +72,7 @@ def publish_rollback(cml: CmlClient, model_version: str, object_store: Any) -> d
     target = object_store.joinpath("models", model_version)
     if all(target.joinpath(name).exists() for name in REQUIRED_FILES):
         log.info("reusing %s's files in %s", model_version, target)
-        return {MODEL_ARTIFACT_ENV: str(target.joinpath("model.skops")), MODEL_DIR_ENV: str(target),
-                MODEL_VERSION_ENV: model_version}
+        return model_environment(target, model_version)
     log.info("%s's files are not all in %s: copying them from the project again", model_version, target)
     return publish_model(cml, model_version, object_store)
 
@@ -84,18 +83,13 @@ def record_rollback(warehouse: Any, *, target: dict[str, Any], deployed: dict[st
     this deployment's ids, ``action="rollback"``, who asked and why."""
     first = DeploymentRecord.from_data(target, "the rollback_target task's output")
     entry = first.model_copy(update={
-        "model_name": deployed["model_name"], "model_id": deployed["model_id"], "model_crn": deployed.get("crn"),
-        "build_id": deployed["build_id"], "deployment_id": deployed["deployment_id"],
-        "deployment_crn": deployed.get("deployment_crn"),
-        "access_key_ref": f"CML model {deployed['model_id']}: access_key (read from the CML API, never stored here)",
+        **deployment_fields(deployed),
         "gate_reason": f"rollback to {first.model_version} (first deployed {first.deployed_at}): redeployed as it "
                        f"was, without review, retrain or gate",
-        "gate_override": False, "gate_evidence": [],
-        "replaced_deployment_ids": list(deployed.get("replaced_deployment_ids") or []),
-        "deployed_at": deployed_at, "action": "rollback", "requested_by": requested_by, "request_reason": reason,
+        "gate_override": False, "gate_evidence": [], "deployed_at": deployed_at, "action": "rollback", "requested_by": requested_by, "request_reason": reason,
     })
     entry = DeploymentRecord.from_data(entry.model_dump(mode="json"), "the rollback's deployment record")
-    DEPLOYMENTS.append(warehouse, entry)
+    record_deployment(warehouse, entry)
     log.info("recorded the rollback to %s (deployment %s, asked by %s) in %s", entry.model_version,
              entry.deployment_id, requested_by, DeploymentRecord.TABLE)
     return entry.model_dump(mode="json")
