@@ -10,7 +10,6 @@ JSON value or a contract in the warehouse. The deployment itself is the deploy p
 from __future__ import annotations
 
 import logging
-from datetime import datetime
 from typing import Any
 
 from factory_tasks.core.contracts import DeploymentRecord
@@ -19,7 +18,7 @@ from factory_tasks.loop.selection import SelectionError
 from factory_tasks.stages.cml_client import CmlClient
 from factory_tasks.stages.deploy import deployment_fields, model_environment, publish_model
 from factory_tasks.stages.errors import ParamError
-from factory_tasks.warehouse.deployments import DEPLOYMENTS, record_deployment
+from factory_tasks.warehouse.deployments import DEPLOYMENTS, deployed_at, record_deployment
 from factory_tasks.warehouse.rollbacks import (
     deployed_versions,
     load_requests,
@@ -40,7 +39,7 @@ def rollback_target(warehouse: Any, model_version: str) -> dict[str, Any]:
     :class:`SelectionError` naming the version, and the versions that can be served again, when
     ``model_deployments`` has no record of it."""
     model_version = (model_version or "").strip()
-    records = sorted(DEPLOYMENTS.read_all(warehouse), key=lambda r: datetime.fromisoformat(r.deployed_at))
+    records = sorted(DEPLOYMENTS.read_all(warehouse), key=deployed_at)
     mine = [r for r in records if r.model_version == model_version]
     if not mine:
         versions = deployed_versions(records)

@@ -21,7 +21,16 @@ def record_deployment(hook: Any, record: DeploymentRecord) -> DeploymentRecord:
     return record
 
 
+def deployed_at(record: DeploymentRecord) -> datetime:
+    """When ``record``'s deployment was made: the order of ``model_deployments``."""
+    return datetime.fromisoformat(record.deployed_at)
+
+
+def latest(records: list[DeploymentRecord]) -> DeploymentRecord | None:
+    """The record serving among ``records`` (the latest), or None when there is none."""
+    return max(records, key=deployed_at) if records else None
+
+
 def serving(hook: Any) -> DeploymentRecord | None:
     """The deployment now serving (the latest record), or None before the first deployment."""
-    records = DEPLOYMENTS.read_all(hook)
-    return max(records, key=lambda r: datetime.fromisoformat(r.deployed_at)) if records else None
+    return latest(DEPLOYMENTS.read_all(hook))

@@ -18,6 +18,7 @@ from typing import Any, Literal
 
 from factory_tasks.core.contracts import ContractError, DeploymentRecord, RollbackRequest
 from factory_tasks.warehouse.contract_table import ContractTable
+from factory_tasks.warehouse.deployments import deployed_at, latest
 
 ROLLBACK_REQUESTS = ContractTable(RollbackRequest)
 #: the prefix of the deploy_best_model run that carries a request out (``rollback__<request_id>``)
@@ -40,13 +41,9 @@ def run_id_for(request: RollbackRequest) -> str:
     return f"{RUN_ID_PREFIX}{request.request_id}"
 
 
-def _newest(records: list[DeploymentRecord]) -> DeploymentRecord | None:
-    return max(records, key=lambda r: datetime.fromisoformat(r.deployed_at)) if records else None
-
-
 def deployed_versions(deployments: list[DeploymentRecord]) -> list[str]:
     """Every version ``model_deployments`` records, newest deployment first, each once."""
-    ordered = sorted(deployments, key=lambda r: datetime.fromisoformat(r.deployed_at), reverse=True)
+    ordered = sorted(deployments, key=deployed_at, reverse=True)
     return list(dict.fromkeys(r.model_version for r in ordered))
 
 
@@ -66,7 +63,7 @@ def request_rollback(hook: Any, deployments: list[DeploymentRecord], model_versi
         raise RollbackRefused("A rollback needs a reason (why serve the earlier version again?).")
     if now.tzinfo is None:
         raise ValueError("now must be timezone-aware")
-    serving = _newest(deployments)
+    serving = latest(deployments)
     if model_version not in {r.model_version for r in deployments}:
         raise RollbackRefused(f"Model version {model_version!r} was never deployed (it is not in "
                               f"{DeploymentRecord.TABLE}): only a recorded version can be served again.")
@@ -97,8 +94,8 @@ def handled_by(request: RollbackRequest, deployments: list[DeploymentRecord]) ->
     or after it was asked (None while there is none)."""
     asked = datetime.fromisoformat(request.requested_at)
     done = [r for r in deployments if r.action == "rollback" and r.model_version == request.model_version
-            and datetime.fromisoformat(r.deployed_at) >= asked]
-    return min(done, key=lambda r: datetime.fromisoformat(r.deployed_at)) if done else None
+            and deployed_at(r) >= asked]
+    return min(done, key=deployed_at) if done else None
 
 
 @dataclass(frozen=True)
