@@ -54,19 +54,22 @@ def running(shared_stack: Stack) -> RunningStack:
     return stack
 
 
-def _finished(stack: RunningStack, dag_id: str, run_id: str) -> dict[str, str]:
-    """Wait for a run that must succeed; its task states (a mapped task's first instance)."""
+def run_states(stack: RunningStack, dag_id: str, run_id: str, *, succeed: bool = True) -> dict[str, str]:
+    """Wait for a run that must succeed (or, ``succeed=False``, fail); its task states (a mapped
+    task's first instance)."""
     run = stack.api.wait_for_run(dag_id, run_id, timeout_s=RUN_TIMEOUT_S)
-    assert run["state"] == "success", failed_task(stack.api, dag_id, run_id)
+    assert (run["state"] == "success") is succeed, failed_task(stack.api, dag_id, run_id)
     return {t["task_id"]: t["state"] for t in stack.api.task_instances(dag_id, run_id) if t["map_index"] in (-1, 0)}
 
 
-def _deploy(stack: RunningStack, conf: dict) -> tuple[str, dict[str, str]]:
+def deploy_run(stack: RunningStack, conf: dict, *, succeed: bool = True) -> tuple[str, dict[str, str]]:
+    """A deploy_best_model run with ``conf`` (one replica), waited for: its id and task states."""
     run_id = stack.api.trigger(DEPLOY_DAG, {"replicas": 1, **conf})["dag_run_id"]
-    return run_id, _finished(stack, DEPLOY_DAG, run_id)
+    return run_id, run_states(stack, DEPLOY_DAG, run_id, succeed=succeed)
 
 
-def _ask(stack: RunningStack, customers: list[dict]):
+def ask_model(stack: RunningStack, customers: list[dict]):
+    """The deployed model's answer for ``customers``, through the model service."""
     cml = stack.cml_hook()
     return cml.call_model(cml.find_model(MODEL_NAME), {"customers": customers},
                           model_service_url=stack.model_service_url, api_key=stack.api_key)
@@ -78,7 +81,7 @@ def test_a_timed_out_review_then_the_gate_keeping_the_champion_then_a_promotion_
     grid.write_text(GRID)
     factory_run_id = api.trigger(FACTORY_DAG, {"grid_path": str(grid),
                                                "review_window_minutes": WINDOW_MINUTES})["dag_run_id"]
-    _finished(running, FACTORY_DAG, factory_run_id)
+    run_states(running, FACTORY_DAG, factory_run_id)
     outcomes = OutcomeStore(warehouse).read(factory_run_id)
     best, other = rank_candidates(outcomes)["experiment_id"].tolist()
 
@@ -86,7 +89,7 @@ def test_a_timed_out_review_then_the_gate_keeping_the_champion_then_a_promotion_
     #    answers the review, which ends with the window and its default: the best experiment
     trigger = find_deploy_run(api, factory_run_id)
     assert trigger.review_window_minutes == WINDOW_MINUTES
-    states = _finished(running, DEPLOY_DAG, trigger.run_id)
+    states = run_states(running, DEPLOY_DAG, trigger.run_id)
     assert states["review"] == "success" and states["wait_for_review_window"] == "skipped", states
     resolved = api.xcom(DEPLOY_DAG, trigger.run_id, "resolve_run")
     assert (resolved["factory_run_id"], resolved["minutes"]) == (factory_run_id, WINDOW_MINUTES)
@@ -98,10 +101,10 @@ def test_a_timed_out_review_then_the_gate_keeping_the_champion_then_a_promotion_
 
     # 2. a manual pick of the best (no review): afterwards it serves, deployed now by the gate
     #    or kept by it as already serving
-    _deploy(running, {"factory_run_id": factory_run_id, "experiment_id": best})
+    deploy_run(running, {"factory_run_id": factory_run_id, "experiment_id": best})
     champion = serving(warehouse)
     assert (champion.experiment_id, champion.factory_run_id) == (best, factory_run_id)
-    answer = _ask(running, [CUSTOMER, {**CUSTOMER, "customer_id": "c-2", "channel": "Web"}])
+    answer = ask_model(running, [CUSTOMER, {**CUSTOMER, "customer_id": "c-2", "channel": "Web"}])
     predictions = answer.prediction["predictions"]
     assert [p["customer_id"] for p in predictions] == ["c-1", "c-2"] and answer.uuid
     assert set(predictions[0]["offers"]) == {"Buy One Get One", "Discount", "No Offer"}
@@ -109,7 +112,7 @@ def test_a_timed_out_review_then_the_gate_keeping_the_champion_then_a_promotion_
 
     # 3. the same pick again: the gate keeps the model already serving, nothing is recorded
     recorded = len(DEPLOYMENTS.read_all(warehouse))
-    run_id, states = _deploy(running, {"factory_run_id": factory_run_id, "experiment_id": best})
+    run_id, states = deploy_run(running, {"factory_run_id": factory_run_id, "experiment_id": best})
     assert states["deploy_or_keep_champion"] == "success" and states["record_deployment"] == "skipped", states
     assert "already serving" in api.xcom(DEPLOY_DAG, run_id, "gate")["reason"]
     assert len(DEPLOYMENTS.read_all(warehouse)) == recorded
@@ -117,9 +120,9 @@ def test_a_timed_out_review_then_the_gate_keeping_the_champion_then_a_promotion_
     # 4. a reviewer promotes the other experiment in the dashboard during the window: it is
     #    deployed even if not better (recorded), the review timing out unanswered
     promote(outcomes, other, factory_run_id, "ana", "simpler model", warehouse, now=datetime.now(timezone.utc))
-    run_id, states = _deploy(running, {"factory_run_id": factory_run_id, "review_window_minutes": WINDOW_MINUTES})
+    run_id, states = deploy_run(running, {"factory_run_id": factory_run_id, "review_window_minutes": WINDOW_MINUTES})
     assert states["review"] == "success", states
     promoted = serving(warehouse)
     assert (promoted.experiment_id, promoted.chosen_by, promoted.chosen_by_user) == (other, "promotion", "ana")
     assert promoted.replaced_deployment_ids == [champion.deployment_id]
-    assert _ask(running, [CUSTOMER]).prediction["model_version"] == promoted.model_version
+    assert ask_model(running, [CUSTOMER]).prediction["model_version"] == promoted.model_version

@@ -19,7 +19,7 @@ from factory_tasks.loop.selection import rank_candidates
 from factory_tasks.warehouse.deployments import DEPLOYMENTS, serving
 from factory_tasks.warehouse.outcomes import OutcomeStore
 from factory_tasks.warehouse.rollbacks import load_requests, pending_request, request_rollback, run_id_for
-from tests.e2e.test_deploy_e2e import CUSTOMER, GRID, RUN_TIMEOUT_S, WINDOW_MINUTES
+from tests.e2e.test_deploy_e2e import CUSTOMER, GRID, WINDOW_MINUTES, ask_model, deploy_run, run_states
 from tests.e2e.test_local_stack_up import Stack
 from tests.sqlite_warehouse import SqliteWarehouse
 
@@ -35,21 +35,8 @@ def running(shared_stack: Stack) -> RunningStack:
     return stack
 
 
-def _states(stack: RunningStack, dag_id: str, run_id: str, *, succeed: bool = True) -> dict[str, str]:
-    run = stack.api.wait_for_run(dag_id, run_id, timeout_s=RUN_TIMEOUT_S)
-    assert (run["state"] == "success") is succeed, failed_task(stack.api, dag_id, run_id)
-    return {t["task_id"]: t["state"] for t in stack.api.task_instances(dag_id, run_id) if t["map_index"] in (-1, 0)}
-
-
-def _deploy(stack: RunningStack, conf: dict, *, succeed: bool = True) -> tuple[str, dict[str, str]]:
-    run_id = stack.api.trigger(DEPLOY_DAG, {"replicas": 1, **conf})["dag_run_id"]
-    return run_id, _states(stack, DEPLOY_DAG, run_id, succeed=succeed)
-
-
 def _answering_version(stack: RunningStack) -> str:
-    cml = stack.cml_hook()
-    answer = cml.call_model(cml.find_model(MODEL_NAME), {"customers": [CUSTOMER]},
-                            model_service_url=stack.model_service_url, api_key=stack.api_key)
+    answer = ask_model(stack, [CUSTOMER])
     assert answer.prediction["predictions"][0]["customer_id"] == CUSTOMER["customer_id"], answer.prediction
     return answer.prediction["model_version"]
 
@@ -60,15 +47,15 @@ def test_deploy_a_deploy_b_then_a_dashboard_request_rolls_back_to_a(running):
     grid.write_text(GRID)
     factory_run_id = api.trigger(FACTORY_DAG, {"grid_path": str(grid),
                                                "review_window_minutes": WINDOW_MINUTES})["dag_run_id"]
-    _states(running, FACTORY_DAG, factory_run_id)
-    _states(running, DEPLOY_DAG, find_deploy_run(api, factory_run_id).run_id)  # the asset-triggered one
+    run_states(running, FACTORY_DAG, factory_run_id)
+    run_states(running, DEPLOY_DAG, find_deploy_run(api, factory_run_id).run_id)  # the asset-triggered one
     a_experiment, b_experiment = rank_candidates(OutcomeStore(warehouse).read(factory_run_id))["experiment_id"].tolist()
 
     # 1. deploy A (or keep it: the asset-triggered run may have deployed it), then B over the gate
-    _deploy(running, {"factory_run_id": factory_run_id, "experiment_id": a_experiment})
+    deploy_run(running, {"factory_run_id": factory_run_id, "experiment_id": a_experiment})
     a = serving(warehouse)
     assert a.experiment_id == a_experiment and _answering_version(running) == a.model_version
-    _, states = _deploy(running, {"factory_run_id": factory_run_id, "experiment_id": b_experiment})
+    _, states = deploy_run(running, {"factory_run_id": factory_run_id, "experiment_id": b_experiment})
     assert states["record_deployment"] == "success", states
     b = serving(warehouse)
     assert b.experiment_id == b_experiment and b.model_version != a.model_version
@@ -80,10 +67,10 @@ def test_deploy_a_deploy_b_then_a_dashboard_request_rolls_back_to_a(running):
                                "B answers worse", datetime.now(timezone.utc))
     assert pending_request(load_requests(warehouse), DEPLOYMENTS.read_all(warehouse)) == request
     poll = api.trigger(REQUESTS_DAG, {})["dag_run_id"]
-    poll_states = _states(running, REQUESTS_DAG, poll)
+    poll_states = run_states(running, REQUESTS_DAG, poll)
     # triggered by this run, or already by a scheduled one (then skipped: one deploy run per request)
     assert poll_states["trigger_rollback"] in ("success", "skipped"), poll_states
-    states = _states(running, DEPLOY_DAG, run_id_for(request))
+    states = run_states(running, DEPLOY_DAG, run_id_for(request))
     assert states["deploy_or_rollback"] == "success" and states["record_rollback"] == "success", states
     for skipped in ("resolve_run", "review", "retrain", "gate", "deploy", "record_deployment"):
         assert states[skipped] == "skipped", (skipped, states)
@@ -104,7 +91,7 @@ def test_deploy_a_deploy_b_then_a_dashboard_request_rolls_back_to_a(running):
     assert pending_request(load_requests(warehouse), DEPLOYMENTS.read_all(warehouse)) is None  # handled
 
     # 4. a version never deployed fails at once, naming it; A keeps serving
-    run_id, _ = _deploy(running, {"model_version": "never-deployed-1", "requested_by": "ana", "reason": "typo"},
+    run_id, _ = deploy_run(running, {"model_version": "never-deployed-1", "requested_by": "ana", "reason": "typo"},
                         succeed=False)
     assert "'never-deployed-1' was never deployed" in failed_task(api, DEPLOY_DAG, run_id)
     assert serving(warehouse) == now and _answering_version(running) == a.model_version
