@@ -300,8 +300,9 @@ def final_decision(decision: dict[str, Any], answer: dict[str, Any] | None) -> d
     """The gate's decision after the override review (:func:`factory_tasks.loop.selection.overridden`)."""
     from factory_tasks.loop.selection import overridden
 
-    final = overridden(GateDecision.from_data(decision, "the gate task's output"), answer)
-    if final.override and not GateDecision.from_data(decision, "the gate task's output").override:
+    gate_ = GateDecision.from_data(decision, "the gate task's output")
+    final = overridden(gate_, answer)
+    if final is not gate_:  # a reviewer overrode the gate
         log.warning("%s", final.reason)
     return final.model_dump(mode="json")
 
