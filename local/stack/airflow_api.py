@@ -161,6 +161,10 @@ class AirflowApi:
         """End a run: its unfinished task instances are stopped (their ``on_kill`` runs on a worker)."""
         self.send("PATCH", f"/api/v2/dags/{_q(dag_id)}/dagRuns/{_q(run_id)}", {"state": "failed"})
 
+    def delete_run(self, dag_id: str, run_id: str) -> None:
+        """Delete a run and what it recorded (its task instances, XComs); gone already is fine."""
+        self.call("DELETE", f"/api/v2/dags/{_q(dag_id)}/dagRuns/{_q(run_id)}", ok=(404,))
+
     def fail_unfinished(self, dag_id: str, run_id: str) -> bool:
         """Mark the run failed unless it has finished; whether it had not."""
         if self.dag_run(dag_id, run_id)["state"] in FINISHED_RUN_STATES:

@@ -4,8 +4,14 @@
 One run per window, at the logical date the DAG's schedule gives that window (a run's logical
 date is its window's start), one at a time and oldest first: the scheduler runs them, and the
 hourly schedule later neither runs a window twice nor finds its date taken. A window the
-schedule already ran is run again with the backfill's conf (``reprocess_behavior``
-"completed"), so the DAG's tasks must replace their window's output.
+schedule already ran is run again with the backfill's conf, so the DAG's tasks must replace
+their window's output.
+
+Such an earlier run is deleted before the backfill creates a fresh one, not cleared by it
+(``reprocess_behavior`` "completed"). When SQLite is locked mid-way, Airflow's clean-up of the
+partial backfill (``models/backfill.py`` ``_cleanup_partial_backfill``) deletes the runs it had
+already cleared and committed, which the scheduler may be scheduling: the scheduler then dies of
+an ``ObjectDeletedError``. Runs the backfill creates itself are only ever rolled back.
 """
 
 from __future__ import annotations
@@ -47,6 +53,7 @@ def backfill(stack: RunningStack, dag_id: str, windows: list[datetime], bounds: 
         api.unpause(dag_id)  # backfill runs of a paused DAG are never started
         _say(f"  unpaused DAG {dag_id}: a backfill runs only on an unpaused DAG")
     _wait_in_flight(stack, dag_id, windows)
+    _delete_earlier_runs(api, dag_id, windows)
     body = {"dag_id": dag_id, "from_date": iso(bounds[0]), "to_date": iso(bounds[1]), "run_backwards": False,
             "dag_run_conf": conf, "reprocess_behavior": "completed", "max_active_runs": 1}
     planned = [when(b["logical_date"]) for b in _post_backfill(api, "/api/v2/backfills/dry_run", body)["backfills"]]
@@ -90,6 +97,16 @@ def _post_backfill(api: AirflowApi, path: str, body: dict, attempts: int = 5) ->
 def _runs_at(api: AirflowApi, dag_id: str, windows: list[datetime]) -> list[dict]:
     """The DAG's runs of these windows (a run's logical date is its window's start)."""
     return api.dag_runs(dag_id, logical_date_gte=iso(windows[0]), logical_date_lte=iso(windows[-1]))
+
+
+def _delete_earlier_runs(api: AirflowApi, dag_id: str, windows: list[datetime]) -> None:
+    """Delete the (finished) runs of these windows, so the backfill creates every run itself."""
+    earlier = _runs_at(api, dag_id, windows)
+    for run in earlier:
+        api.delete_run(dag_id, run["dag_run_id"])
+    if earlier:
+        _say(f"  replacing {len(earlier)} earlier run(s) of these windows: "
+             f"{', '.join(r['dag_run_id'] for r in earlier)}")
 
 
 def _wait_in_flight(stack: RunningStack, dag_id: str, windows: list[datetime]) -> None:

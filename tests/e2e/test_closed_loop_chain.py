@@ -58,6 +58,8 @@ def _one_backfill_run_per_window(runs: list[dict], windows: list) -> None:
     assert [when(r["logical_date"]) for r in runs] == windows, runs
     for start, r in zip(windows, runs):
         assert (r["run_type"], r["state"]) == ("backfill", "success"), r
+        # created by the backfill, not an earlier run it cleared (see stack.backfill)
+        assert r["dag_run_id"].startswith("backfill__"), r
         assert (when(r["data_interval_start"]), when(r["data_interval_end"])) == (start, start + timedelta(hours=1)), r
 
 
