@@ -37,9 +37,14 @@ window; the gate is still applied and reported).
    `override_review` shows the table and asks whether to deploy the challenger anyway (the
    default, taken when the review window's length passes unanswered: keep); a "deploy" answer
    is recorded as that reviewer's override. A kept champion skips `deploy` and
-   `record_deployment`.
+   `record_deployment`. With a `challenger_share` (below) the bar is an A/B test's: a challenger
+   not shown better but not shown worse either is deployed as the test's challenger.
 5. **Deploy** through `CmlDeployModelOperator`: model (idempotent by name) → build → deploy →
    `deployed` → smoke test → stop the previous deployment; then a `model_deployments` record.
+   With `challenger_share` above 0 (the param, or the asset event's: a closed-loop retrain's)
+   and a champion serving, the deployment is an **A/B test**: the champion's files as the
+   model, the challenger's beside it deciding for that share of the customers (sticky per
+   `customer_id`), recorded as `ab_start`; `model_monitoring` concludes it (docs/ab-test.md).
    The deployment explores: param `exploration_epsilon` (default 0.1) becomes its
    `MF_EXPLORATION_EPSILON`, the share of customers the endpoint offers a uniformly random
    offer, answering the exact propensity (what the closed loop logs and its off-policy
@@ -75,6 +80,7 @@ from planned_runs import CML_POLL_INTERVAL_S, run_kwargs
 from task_errors import no_retry_on_bad_input
 
 from factory_tasks.core.limits import (
+    MAX_CHALLENGER_SHARE,
     MAX_EXPLORATION_EPSILON,
     MAX_MARGIN,
     MAX_REPLICA_CPU,
@@ -112,7 +118,9 @@ def _cml():
         "cpu": Param(1.0, type="number", exclusiveMinimum=0, maximum=MAX_REPLICA_CPU, description="vCPU per replica."),
         "memory_gb": Param(2.0, type="number", exclusiveMinimum=0, maximum=MAX_REPLICA_MEMORY_GB, description="Memory per replica (GB)."),
         "exploration_epsilon": Param(0.1, type="number", minimum=0, maximum=MAX_EXPLORATION_EPSILON, description="The deployment's exploration (MF_EXPLORATION_EPSILON): this share of customers is offered a uniformly random offer, logged with its exact propensity; the closed loop's off-policy estimates and the shadow evaluation need it above 0. Also for a rollback."),
+        "challenger_share": Param(0.0, type="number", minimum=0, maximum=MAX_CHALLENGER_SHARE, description="Start an A/B test instead of replacing the champion: a challenger the gate lets through is deployed beside the champion and decides for this share of the customers (sticky per customer_id); model_monitoring concludes the test. 0: replace the champion."),
         "model_version": Param(None, type=["null", "string"], description="Roll back: redeploy this version recorded in model_deployments (no review, retrain or gate)."),
+        "test_verdict": Param(None, type=["null", "string"], enum=[None, "promote", "end"], description="With model_version: the A/B test's verdict this redeploy carries out (model_monitoring sets it): promote (the challenger alone) or end (the champion alone)."),
         "requested_by": Param(None, type=["null", "string"], description="Roll back: who asks (default: the user who triggered the run)."),
         "reason": Param(None, type=["null", "string"], description="Roll back: why (required with model_version)."),
     },
@@ -136,6 +144,7 @@ def deploy_best_model():
         events = [e for events in context["triggering_asset_events"].values() for e in events]
         newest = newest_factory_run(events)
         minutes, loop_config_path = params["review_window_minutes"], params["loop_config_path"]
+        challenger_share = params["challenger_share"]
         if params["factory_run_id"]:
             factory_run_id, finished_at = params["factory_run_id"], context["dag_run"].run_after
         elif newest:
@@ -143,6 +152,8 @@ def deploy_best_model():
             if newest.review_window_minutes is not None:
                 minutes = newest.review_window_minutes
             loop_config_path = newest.loop_config_path or loop_config_path
+            if newest.challenger_share is not None:
+                challenger_share = newest.challenger_share
         else:
             raise AirflowFailException("no factory run to deploy from: trigger with param factory_run_id, "
                                        "or let model_factory's experiment_outcomes event trigger this DAG")
@@ -152,7 +163,7 @@ def deploy_best_model():
         with no_retry_on_bad_input():
             window = review_window(finished_at.isoformat(), 0 if manual else minutes)
         return {"factory_run_id": factory_run_id, "manual_experiment_id": manual,
-                "loop_config_path": loop_config_path, **window}
+                "loop_config_path": loop_config_path, "challenger_share": challenger_share, **window}
 
     @task
     def reconcile_serving() -> list[str]:
@@ -227,17 +238,19 @@ def deploy_best_model():
     ).expand_kwargs(prepared.map(run_kwargs))
 
     @task
-    def gate(choice: dict, prepared: list[dict]) -> dict:
-        """Champion/challenger on the same held-out slice; the decision and why, in the log."""
+    def gate(choice: dict, prepared: list[dict], run: dict) -> dict:
+        """Champion/challenger on the same held-out slice; the decision and why, in the log (with
+        a challenger_share, the lower bar of an A/B test's challenger)."""
         from factory_tasks.stages.deploy import gate_decision
 
         params = get_current_context()["params"]
         with no_retry_on_bad_input():
             return gate_decision(warehouse_hook(), _cml(), choice, prepared[0]["model_version"],
                                  ranking_margin=params["ranking_margin"],
-                                 policy_value_margin=params["policy_value_margin"])
+                                 policy_value_margin=params["policy_value_margin"],
+                                 challenger_share=run["challenger_share"])
 
-    decision = gate(choice, prepared)
+    decision = gate(choice, prepared, run)
     retrain >> decision
 
     @task
@@ -269,18 +282,24 @@ def deploy_best_model():
         return bool(decision["deploy"])
 
     @task
-    def publish_model(prepared: list[dict]) -> list[dict]:
-        """Model files to object storage; the deploy operator's arguments."""
+    def publish_model(prepared: list[dict], run: dict) -> list[dict]:
+        """Model files to object storage; the deploy operator's arguments (with challenger_share,
+        the A/B test's: the champion beside the challenger)."""
         from factory_tasks.core.settings import object_store
+        from factory_tasks.stages.ab_test import ab_environment, ab_plan
         from factory_tasks.stages.deploy import deploy_request, publish_model
 
         params = get_current_context()["params"]
+        version = prepared[0]["model_version"]
         with no_retry_on_bad_input():
-            environment = publish_model(_cml(), prepared[0]["model_version"], object_store())
+            plan = ab_plan(warehouse_hook(), version, run["challenger_share"])
+            environment = publish_model(_cml(), version, object_store())
+            if plan:
+                environment = ab_environment(_cml(), object_store(), plan, environment)
             return [deploy_request(environment, cpu=params["cpu"], memory_gb=params["memory_gb"],
                                    replicas=params["replicas"], exploration_epsilon=params["exploration_epsilon"])]
 
-    published = publish_model(prepared)
+    published = publish_model(prepared, run)
     deploy_or_keep_champion(final) >> published
     deploy = CmlDeployModelOperator.partial(
         # one retry: Airflow can fail a deferred task whose trigger fires within seconds
@@ -289,15 +308,16 @@ def deploy_best_model():
     ).expand_kwargs(published)
 
     @task
-    def record_deployment(prepared: list[dict], deployed: list[dict], decision: dict) -> dict:
-        """The deployment and its lineage in model_deployments."""
+    def record_deployment(prepared: list[dict], published: list[dict], deployed: list[dict], decision: dict) -> dict:
+        """The deployment, its lineage and its policy (an A/B test's split) in model_deployments."""
         from factory_tasks.stages.deploy import record
 
         context = get_current_context()
         return record(warehouse_hook(), _cml(), model_version=prepared[0]["model_version"], deployed=deployed[0],
-                      decision=decision, deployed_at=context["ti"].start_date.isoformat())
+                      decision=decision, deployed_at=context["ti"].start_date.isoformat(),
+                      environment=published[0]["environment"])
 
-    record_deployment(prepared, deploy.output, final)
+    record_deployment(prepared, published, deploy.output, final)
 
     # -- rollback: a version recorded in model_deployments, from its files, no review/retrain/gate
     @task
@@ -331,20 +351,25 @@ def deploy_best_model():
 
     rollback = rollback_target()
     path >> rollback
+    published_rollback = publish_rollback(rollback)
     deploy_rollback = CmlDeployModelOperator.partial(
         task_id="deploy_rollback", cml_conn_id=CML_CONN_ID, poll_interval=CML_POLL_INTERVAL_S, retries=1,
-    ).expand_kwargs(publish_rollback(rollback))
+    ).expand_kwargs(published_rollback)
 
     @task
-    def record_rollback(rollback: dict, deployed: list[dict]) -> dict:
+    def record_rollback(rollback: dict, published: list[dict], deployed: list[dict]) -> dict:
         """The rollback in model_deployments: the version's lineage, action rollback, who and why."""
         from factory_tasks.stages.rollback import record_rollback
 
-        return record_rollback(warehouse_hook(), target=rollback["target"], deployed=deployed[0],
-                               requested_by=rollback["requested_by"], reason=rollback["reason"],
-                               deployed_at=get_current_context()["ti"].start_date.isoformat())
+        context = get_current_context()
+        with no_retry_on_bad_input():
+            return record_rollback(warehouse_hook(), target=rollback["target"], deployed=deployed[0],
+                                   requested_by=rollback["requested_by"], reason=rollback["reason"],
+                                   deployed_at=context["ti"].start_date.isoformat(),
+                                   environment=published[0]["environment"],
+                                   test_verdict=context["params"]["test_verdict"])
 
-    record_rollback(rollback, deploy_rollback.output)
+    record_rollback(rollback, published_rollback, deploy_rollback.output)
 
 
 deploy_best_model()

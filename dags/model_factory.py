@@ -32,7 +32,9 @@ default), the snapshot is the history's, byte for byte, so identical experiments
 Params: `grid_path`, `max_parallel` (overrides the grid's cap), `reuse_results`,
 `include_interactions`, `review_window_minutes` (the review window of the `deploy_best_model`
 run this run triggers; empty = that DAG's default), `loop_config_path` (the closed loop's
-settings, passed on to that run: set by `model_monitoring`'s retrain).
+settings, passed on to that run: set by `model_monitoring`'s retrain), `challenger_share` (that run's:
+above 0, a challenger the gate lets through starts an A/B test; set by the retrain from the loop's
+`monitoring.retrain_challenger_share`).
 Connections: `model_factory_warehouse` (SQLite or HiveServer2), `cml_default` (CML API v2),
 `airflow_api` (optional).
 """
@@ -49,7 +51,7 @@ from connections import AIRFLOW_API_CONN_ID, CML_CONN_ID, warehouse_hook
 from planned_runs import CML_POLL_INTERVAL_S
 from task_errors import no_retry_on_bad_input
 
-from factory_tasks.core.limits import MAX_PARALLEL, MAX_REVIEW_WINDOW_MINUTES
+from factory_tasks.core.limits import MAX_CHALLENGER_SHARE, MAX_PARALLEL, MAX_REVIEW_WINDOW_MINUTES
 from factory_tasks.core.names import EXPERIMENT_POOL
 
 EXPERIMENT_TIMEOUT_S = 2 * 60 * 60
@@ -79,6 +81,10 @@ WAIT_TIMEOUT_S = EXPERIMENT_TIMEOUT_S + 600  # the run's own timeout, then ten m
         "loop_config_path": Param(None, type=["null", "string"], description=(
             "The closed loop's settings whose interactions this run trains on (set by model_monitoring's retrain); "
             "passed on to the deploy_best_model run, whose shadow evaluation needs their response window.")),
+        "challenger_share": Param(None, type=["null", "number"], minimum=0, maximum=MAX_CHALLENGER_SHARE,
+                                  description=("The challenger_share of the deploy_best_model run this run triggers "
+                                               "(above 0: a gated challenger starts an A/B test beside the champion); "
+                                               "empty = deploy_best_model's default.")),
     },
 )
 def model_factory():
@@ -135,6 +141,7 @@ def model_factory():
             "factory_run_id": context["run_id"],
             "review_window_minutes": context["params"]["review_window_minutes"],
             "loop_config_path": context["params"]["loop_config_path"],
+            "challenger_share": context["params"]["challenger_share"],
         }
         return recorded
 

@@ -35,6 +35,14 @@ data interval `[start, end)`.
 6. **record_alerts** — writes the alerts to the append-only `model_alerts` after the trigger,
    each with the triggered run's id in `retrain_run_id` (empty when no retrain was asked for);
    ids already present are skipped (ids are `<as_of_window>/<model_version>/<kind>/<dimension>`).
+7. **A/B test** — while a test runs (a `deploy_best_model` with `challenger_share` > 0 serving),
+   `monitor` also reads every decision since the test began and writes each arm's policy value
+   and the difference challenger − champion with its always-valid interval (`ab_*` rows;
+   docs/ab-test.md). A verdict (`ab_test` alert; never a retrain) makes **conclude_test** →
+   **trigger_verdict** start `deploy_best_model` with `model_version` = the winner and
+   `test_verdict` (`promote`: the challenger alone; `end`, also when `ab_test.max_decisions`
+   pass without a verdict: the champion alone), run id `ab_test__<hash of the test id>`, once
+   per test. `ab_test.conclude: false` records the verdict only.
 
 Connections: `model_factory_warehouse`, `cml_default`. Settings: `config/closed_loop.yaml`
 (param `loop_config_path`); economics from the grid (param `grid_path`).
@@ -51,6 +59,7 @@ from connections import CML_CONN_ID, warehouse_hook
 from task_errors import no_retry_on_bad_input
 
 RETRAIN_DAG_ID = "model_factory"
+DEPLOY_DAG_ID = "deploy_best_model"
 
 
 def _window():
@@ -126,7 +135,7 @@ def model_monitoring():
                     deployment["model_version"], exc)
                 references = {}
             return monitor(warehouse_hook(), window, config, get_current_context()["params"]["grid_path"],
-                           references)
+                           references, deployment)
 
     @task
     def post_aggregate_metrics(deployment: dict, summary: dict) -> dict:
@@ -174,7 +183,23 @@ def model_monitoring():
         run_id = ti.xcom_pull(task_ids="trigger_retrain", key="trigger_run_id", default=None)
         return record_run_alerts(warehouse_hook(), window, config, run_id)
 
-    [summary, trigger_retrain] >> record_alerts()
+    alerts_recorded = record_alerts()
+    [summary, trigger_retrain] >> alerts_recorded
+
+    @task
+    def conclude_test(deployment: dict, summary: dict) -> list[dict]:
+        """The redeploy that carries out an A/B test's verdict (none: no test, or no verdict yet)."""
+        from factory_tasks.stages.monitoring import verdict_run
+
+        config, _ = _window()
+        return verdict_run(summary, config, deployment)
+
+    verdict = conclude_test(deployment, summary)
+    alerts_recorded >> verdict  # the verdict's alert is recorded before the redeploy is asked for
+    TriggerDagRunOperator.partial(
+        task_id="trigger_verdict", trigger_dag_id=DEPLOY_DAG_ID, logical_date=None,
+        skip_when_already_exists=True, wait_for_completion=False, openlineage_inject_parent_info=False, retries=0,
+    ).expand_kwargs(verdict)
 
 
 model_monitoring()

@@ -592,11 +592,39 @@ class DeploymentRecord(Contract):
     replaced_deployment_ids: list[str] = Field(default_factory=list)
     deployed_at: str
     #: ``deploy``: a chosen experiment, retrained and gated; ``rollback``: a version recorded here
-    #: before, redeployed from its files as it was (no review, retrain or gate)
-    action: Literal["deploy", "rollback"] = "deploy"
+    #: before, redeployed from its files as it was (no review, retrain or gate); ``ab_start``: a
+    #: gated challenger (``model_version``) deployed beside the champion (``champion_version``),
+    #: deciding for ``challenger_share`` of the customers; ``ab_promote`` / ``ab_end``: the test's
+    #: verdict, the challenger or the champion redeployed alone (as a rollback is)
+    action: Literal["deploy", "rollback", "ab_start", "ab_promote", "ab_end"] = "deploy"
     #: who asked for the rollback and why (None for a deploy)
     requested_by: str | None = None
     request_reason: str | None = None
+    #: the share of customers the endpoint offers a uniformly random offer (None: recorded
+    #: before the deployment carried it)
+    exploration_epsilon: float | None = None
+    #: during an A/B test (``ab_start``), the champion deciding for the other customers
+    champion_version: str | None = None
+    challenger_share: float = 0.0
+    #: the test's id: the endpoint's arm hash salt (``MF_POLICY_TEST_ID``)
+    test_id: str | None = None
+
+    @model_validator(mode="after")
+    def _test_fields(self) -> "DeploymentRecord":
+        if self.action == "ab_start":
+            if not self.champion_version or not self.test_id or not 0 < self.challenger_share < 1:
+                raise ValueError("an ab_start record needs champion_version, test_id and a challenger_share in (0, 1)")
+            if self.champion_version == self.model_version:
+                raise ValueError(f"an A/B test needs two versions; both are {self.model_version}")
+        elif self.champion_version or self.challenger_share or self.test_id:
+            raise ValueError(f"only an ab_start record has champion_version, challenger_share and test_id "
+                             f"(this one is {self.action})")
+        return self
+
+    @property
+    def champion(self) -> str:
+        """The version deciding for the champion arm (every customer outside an A/B test)."""
+        return self.champion_version or self.model_version
 
 
 class RollbackRequest(Contract):
@@ -621,7 +649,8 @@ class RollbackRequest(Contract):
 # --------------------------------------------------------------------------------------------
 # Monitoring: an alert raised on a window, and the retrain it asks for
 
-AlertKind = Literal["feature_drift", "estimated_performance", "realised_performance", "calibration", "policy_value"]
+AlertKind = Literal["feature_drift", "estimated_performance", "realised_performance", "calibration", "policy_value",
+                    "ab_test"]
 
 
 class MonitoringAlert(Contract):

@@ -18,3 +18,6 @@ MAX_REPLICA_MEMORY_GB = 512.0
 #: the deployment's exploration (share of customers offered a uniformly random offer): above a
 #: half, most customers would get random offers (the endpoint itself accepts up to < 1)
 MAX_EXPLORATION_EPSILON = 0.5
+#: an A/B test's challenger share: the challenger decides for at most half of the customers
+#: until the test promotes it (a riskier split is a deploy, through the gate)
+MAX_CHALLENGER_SHARE = 0.5

@@ -8,6 +8,9 @@
 | ``realised_performance`` | ``roc_auc`` | value < ``roc_auc_floor`` | a cohort whose labels became final in this run |
 | ``calibration`` | ``calibration_error`` | value > ``calibration_error_ceiling`` | a cohort whose labels became final in this run |
 | ``policy_value`` | ``policy_vs_best_blast_dr`` | the interval's upper bound < 0 (worse than the best blast offer with ``policy_confidence``) | a cohort whose labels became final in this run |
+| ``ab_test`` | ``ab_verdict`` | a live A/B test reached a verdict: promote, end or expired (:mod:`factory_tasks.loop.ab_monitoring`) | the test's decisions so far |
+
+An ``ab_test`` alert concludes a test (the DAG redeploys the winner); it never asks for a retrain.
 
 Label alerts act on final labels only, so each cohort is judged once, in the run where its
 last response window closes (immature values are shown, never alerted on). A metric a cohort
@@ -27,6 +30,7 @@ from typing import Any, Mapping
 import pandas as pd
 
 from factory_tasks.core.contracts import MonitoringAlert
+from factory_tasks.loop.ab_monitoring import LiveTest, decisions_of_test, live_test_rows
 from factory_tasks.loop.cohorts import read_cohorts
 from factory_tasks.loop.config import LoopConfig, MonitoringConfig
 from factory_tasks.loop.monitoring import DRIFT_METRIC_NAMES, monitoring_rows, read_rows, record_rows
@@ -87,6 +91,14 @@ def decide_alerts(rows: pd.DataFrame, window: MonitoringWindow, monitoring: Moni
                                  f"the model's decisions are worth {-row.value:.2f} less per customer than the "
                                  f"best single offer ({monitoring.policy_confidence:.0%} interval "
                                  f"{row.lower:.2f} .. {row.upper:.2f}, {row.n} final labels)"))
+    differences = {(r.cohort_start, r.model_version): r for r in of(rows, "ab_difference_dr").itertuples()}
+    for row in of(rows, "ab_verdict").itertuples():
+        state = row.dimension.removeprefix("verdict=")
+        diff = differences.get((row.cohort_start, row.model_version))
+        if state != "continue" and diff is not None:
+            alerts.append(_alert(window, row, "ab_test", 0.0, f"A/B test of {row.model_version}: {state}: "
+                                 f"challenger − champion {diff.value:+.2f} [{diff.lower:+.2f}, {diff.upper:+.2f}] "
+                                 f"per customer on {diff.n} matured decisions (always-valid interval)"))
     # one alert per id (a cohort judged twice, e.g. two versions, still has distinct ids)
     unique = {a.alert_id: a for a in alerts}
     return list(unique.values())
@@ -112,12 +124,22 @@ def read_alerts(hook: Any) -> list[MonitoringAlert]:
 
 
 def monitor_window(hook: Any, window: MonitoringWindow, config: LoopConfig, economics: Mapping,
-                   references: Mapping[str, pd.DataFrame] | None = None) -> dict:
-    """One monitoring run: read the open cohorts, compute, replace the run's partition of
-    ``model_monitoring``; the alerts it raises (not yet recorded). Returns a small summary, with
-    the instant the labels hold for and the rows left out because they break the schema."""
+                   references: Mapping[str, pd.DataFrame] | None = None, test: LiveTest | None = None) -> dict:
+    """One monitoring run: read the open cohorts (and during an A/B ``test``, its decisions so
+    far), compute, replace the run's partition of ``model_monitoring``; the alerts it raises (not
+    yet recorded). Returns a small summary, with the instant the labels hold for, the rows left
+    out because they break the schema, and the test's standing."""
     data = read_cohorts(hook, window)
     rows = monitoring_rows(data, window, config, economics, references)
+    standing = None
+    if test is not None:
+        test_rows_, outcome = live_test_rows(decisions_of_test(hook, test, window), window, test, config.ab_test,
+                                             economics)
+        rows = pd.concat([rows, pd.DataFrame(test_rows_, columns=rows.columns)], ignore_index=True)
+        standing = {"test_id": test.test_id, "state": outcome.state, "reason": outcome.reason,
+                    "champion_version": test.champion_version, "challenger_version": test.challenger_version,
+                    "winner": test.challenger_version if outcome.state == "promote" else test.champion_version}
+        log.info("A/B test %s: %s", test.test_id, outcome.reason)
     written = record_rows(hook, window, rows)
     alerts = decide_alerts(rows, window, config.monitoring)
     cohorts = sorted(set(rows["cohort_start"])) if written else []
@@ -129,7 +151,9 @@ def monitor_window(hook: Any, window: MonitoringWindow, config: LoopConfig, econ
              + ", ".join(f"{c} {k}" for c, k in rejected.by_column.items()) if rejected.count else "")
     return {"as_of_window": window.as_of_window, "rows": written, "predictions": len(data),
             "labels_as_of": iso(data.labels_as_of_ms or window.end_ms), "cohorts": cohorts,
-            "alert_ids": [a.alert_id for a in alerts], "rejected_rows": rejected.as_dict()}
+            "alert_ids": [a.alert_id for a in alerts],
+            "retrain_alert_ids": [a.alert_id for a in alerts if a.kind != "ab_test"],
+            "rejected_rows": rejected.as_dict(), "ab_test": standing}
 
 
 def alerts_of_run(hook: Any, window: MonitoringWindow, config: LoopConfig) -> list[MonitoringAlert]:

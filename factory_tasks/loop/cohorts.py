@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 
 #: the prediction_log columns a run reads (nothing else)
 PREDICTION_COLUMNS: tuple[str, ...] = (
-    "prediction_uuid", "decided_at_ms", "model_version", *CUSTOMER_COLUMNS,
+    "prediction_uuid", "decided_at_ms", "model_version", "deployment_crn", *CUSTOMER_COLUMNS,
     "model_offer", "offer", "propensity", *OFFER_PROBA_COLUMNS,
 )
 
@@ -56,6 +56,7 @@ class CohortData:
     prediction_uuid: np.ndarray  # object (non-empty text)
     decided_ms: np.ndarray  # int64
     model_version: np.ndarray  # object
+    deployment_crn: np.ndarray  # object: the deployment that decided (an A/B test's rows are its deployment's)
     customers: pd.DataFrame  # CUSTOMER_COLUMNS
     model_offer: np.ndarray  # int64 indices into OFFERS
     offer: np.ndarray  # int64
@@ -207,6 +208,7 @@ def cohort_frame(prediction_rows: list[tuple], response_rows: list[tuple], windo
     proba = np.column_stack([numbers[c] for c in OFFER_PROBA_COLUMNS]) if n else np.empty((0, len(OFFERS)))
     return CohortData(
         prediction_uuid=col["prediction_uuid"], decided_ms=decided, model_version=col["model_version"],
+        deployment_crn=col["deployment_crn"],
         customers=customers,
         model_offer=_offer_codes(col["model_offer"], "model_offer"), offer=_offer_codes(col["offer"], "offer"),
         propensity=numbers["propensity"], proba=proba,
@@ -258,8 +260,15 @@ def read_cohorts(hook: Any, window: MonitoringWindow, *, predictions: str = PRED
     """The predictions of :meth:`MonitoringWindow.cohorts` and their attached responses before
     ``end`` (only the needed columns and rows, range-filtered in the warehouse); labels as of
     the response feed's watermark when it is earlier than ``end`` (no feed: no label matured)."""
+    return read_decisions(hook, window.cohorts()[0][0], window, predictions=predictions, responses=responses)
+
+
+def read_decisions(hook: Any, since_ms: int, window: MonitoringWindow, *, predictions: str = PREDICTION_LOG,
+                   responses: str = CUSTOMER_RESPONSES) -> CohortData:
+    """The predictions decided from ``since_ms`` to the window's end, labelled as of its end (as
+    :func:`read_cohorts`, from any start: an A/B test reads every decision since it began)."""
     dialect = dialect_for(hook)
-    low, high = window.cohorts()[0][0], window.end_ms
+    low, high = int(since_ms), window.end_ms
     if not dialect.table_exists(hook, predictions):
         log.warning("%s does not exist (yet): nothing to monitor", predictions)
         return cohort_frame([], [], window)

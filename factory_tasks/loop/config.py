@@ -17,7 +17,7 @@ import yaml
 from pydantic import AfterValidator, Field, ValidationError, model_validator
 
 from factory_tasks.core.config_types import StrictModel
-from factory_tasks.core.limits import MAX_REVIEW_WINDOW_MINUTES
+from factory_tasks.core.limits import MAX_CHALLENGER_SHARE, MAX_REVIEW_WINDOW_MINUTES
 from factory_tasks.core.schema import CHANNELS, CUSTOMER_COLUMNS, OFFERS, ZIP_CODES
 from factory_tasks.core.settings import REPO_ROOT
 from factory_tasks.training.grid import _describe, _format, _in_file_order, not_this_kind_of_file
@@ -123,6 +123,9 @@ class MonitoringConfig(StrictModel):
     #: the review window of the deploy that follows an alert's retrain (None: the deploy DAG's default)
     retrain_review_window_minutes: Annotated[
         float | None, Field(ge=0, le=MAX_REVIEW_WINDOW_MINUTES, allow_inf_nan=False)] = None
+    #: above 0, the retrain's challenger, once through the gate, starts an A/B test on this share
+    #: of the customers instead of replacing the champion (the deploy's challenger_share)
+    retrain_challenger_share: Annotated[float, Field(ge=0, le=MAX_CHALLENGER_SHARE, allow_inf_nan=False)] = 0.0
 
     @model_validator(mode="after")
     def _warn_below_alert(self) -> "MonitoringConfig":
@@ -131,11 +134,34 @@ class MonitoringConfig(StrictModel):
         return self
 
 
+class ABTestConfig(StrictModel):
+    """When ``model_monitoring`` concludes a live A/B test (docs/ab-test.md): its always-valid
+    interval of challenger − champion, checked every hour, gives a verdict once at least
+    ``min_decisions`` matured decisions are in; a test that reaches ``max_decisions`` without one
+    ends with the champion kept."""
+
+    alpha: Annotated[float, Field(gt=0, le=0.2, allow_inf_nan=False)] = 0.05
+    min_decisions: int = Field(1000, ge=10, le=10_000_000)
+    max_decisions: int = Field(50_000, ge=10, le=10_000_000)
+    #: where the interval is tightest: roughly the decisions the test expects to need
+    planned_decisions: int = Field(5000, ge=10, le=10_000_000)
+    #: redeploy on a verdict (off: the verdict is recorded as an alert and the test goes on)
+    conclude: bool = True
+
+    @model_validator(mode="after")
+    def _min_below_max(self) -> "ABTestConfig":
+        if self.min_decisions > self.max_decisions:
+            raise ValueError(f"min_decisions ({self.min_decisions}) must not exceed max_decisions "
+                             f"({self.max_decisions})")
+        return self
+
+
 class LoopConfig(StrictModel):
     traffic: TrafficConfig = Field(default_factory=TrafficConfig)
     responses: ResponsesConfig = Field(default_factory=ResponsesConfig)
     drift: DriftConfig = Field(default_factory=DriftConfig)
     monitoring: MonitoringConfig = Field(default_factory=MonitoringConfig)
+    ab_test: ABTestConfig = Field(default_factory=ABTestConfig)
 
 
 def load_loop_config(path: str | Path = DEFAULT_LOOP_CONFIG) -> LoopConfig:

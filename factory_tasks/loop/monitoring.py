@@ -94,7 +94,7 @@ def _hanley_mcneil(auc: float, positives: int, negatives: int, confidence: float
     return max(0.0, auc - half), min(1.0, auc + half)
 
 
-class _Rows:
+class MonitoringRows:
     """Collects the rows of one (cohort, model version)."""
 
     def __init__(self, window: MonitoringWindow, cohort: tuple[int, int], model_version: str):
@@ -111,7 +111,7 @@ class _Rows:
         self.add(metric, est.value, est.n, maturity, dimension, est.lower, est.upper)
 
 
-def _group_rows(data: CohortData, idx: np.ndarray, out: _Rows, config: LoopConfig, economics: Mapping,
+def _group_rows(data: CohortData, idx: np.ndarray, out: MonitoringRows, config: LoopConfig, economics: Mapping,
                 reference: pd.DataFrame | None) -> None:
     mon = config.monitoring
     n = len(idx)
@@ -205,7 +205,7 @@ def monitoring_rows(data: CohortData, window: MonitoringWindow, config: LoopConf
         bounds = np.flatnonzero(np.diff(key[order])) + 1
         for group in np.split(order, bounds):
             k, v = divmod(int(key[group[0]]), len(versions))
-            out = _Rows(window, cohorts[k], str(versions[v]))
+            out = MonitoringRows(window, cohorts[k], str(versions[v]))
             _group_rows(data, np.sort(group), out, config, economics, references.get(str(versions[v])))
             rows.extend(out.rows)
     frame = pd.DataFrame(rows, columns=list(MONITORING_COLUMN_NAMES))

@@ -25,7 +25,10 @@ replaces the model now serving only when
   whatever the held-out slice says; a held-out slice that says it is worse is not overturned
   by a live one.
 
-A refit whose held-out score disagrees with its CV estimate is never deployed; a reviewer's
+When the deploy starts an A/B test (``test_share``), the bar is lower: a challenger whose ranking
+metric is non-inferior and whose policy value is not shown worse (held out or live) is deployed
+as the test's challenger on that share of the customers, and the test's always-valid verdict
+decides (docs/ab-test.md). A refit whose held-out score disagrees with its CV estimate is never deployed; a reviewer's
 explicit pick may override the intervals (the override is recorded); the first deployment
 passes trivially. :func:`evidence_table` shows the comparisons as plain text.
 """
@@ -189,9 +192,13 @@ def gate(
     ranking_margin: float,
     policy_value_margin: float,
     live: PairedDifference | None = None,
+    test_share: float = 0.0,
 ) -> GateDecision:
     """Whether the retrained challenger replaces the champion (see the module doc). ``live``:
-    the shadow evaluation's ``policy_value`` difference on the champion's traffic, if any."""
+    the shadow evaluation's ``policy_value`` difference on the champion's traffic, if any.
+    ``test_share`` above 0: a deploy starts an A/B test on that share of the customers, so a
+    challenger not shown better but not shown worse either (inconclusive evidence) is deployed
+    as the test's challenger: live traffic decides."""
     if retrain.status != "succeeded" or retrain.holdout is None:
         raise ValueError(f"the retrain of {retrain.model_version} failed: {retrain.error}")
     if live is not None and (live.measure, live.source) != ("policy_value", "live"):
@@ -231,6 +238,9 @@ def gate(
         deploy, why = False, offline_says + (f"; live: {online_says}" if live is not None else "")
     if deploy:
         return decision(True, f"better than the champion {champion_version}: {why}")
+    if test_share > 0 and ranking_ok and "worse" not in (offline, online):
+        return decision(True, f"A/B tested on {test_share:.0%} of the customers: not shown better than the champion "
+                              f"{champion_version}, nor worse ({why}); live traffic decides")
     if choice.chosen_by in ("promotion", "review", "manual"):
         return decision(True, f"deployed on {choice.chosen_by_user or 'a manual'} {choice.chosen_by} although it is "
                               f"not shown better than the champion {champion_version}: {why}", override=True)

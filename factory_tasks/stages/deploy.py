@@ -32,6 +32,8 @@ from factory_tasks.core.limits import (
     MAX_REVIEW_WINDOW_MINUTES,
 )
 from factory_tasks.core.names import (
+    CHALLENGER_SHARE_ENV,
+    CHALLENGER_VERSION_ENV,
     EXPLORATION_EPSILON_ENV,
     FACTORY_RUN_ENV,
     MODEL_ARTIFACT_ENV,
@@ -40,6 +42,7 @@ from factory_tasks.core.names import (
     MODEL_FUNCTION,
     MODEL_NAME,
     MODEL_VERSION_ENV,
+    POLICY_TEST_ID_ENV,
     RETRAIN_SCRIPT,
     WAREHOUSE_CONN_ID,
 )
@@ -47,7 +50,7 @@ from factory_tasks.loop.selection import SelectionError, choose, rank_candidates
 from factory_tasks.stages.cml_client import CmlClient
 from factory_tasks.stages.errors import in_range
 from factory_tasks.stages.model_factory import load_plan, result_reader
-from factory_tasks.warehouse.deployments import record_deployment, serving
+from factory_tasks.warehouse.deployments import champion, record_deployment, serving
 from factory_tasks.warehouse.outcomes import OutcomeStore
 from factory_tasks.warehouse.promotions import latest_promotion
 
@@ -62,6 +65,8 @@ SMOKE_CUSTOMER: dict[str, Any] = {"customer_id": "smoke-test", "recency": 6, "hi
                                   "used_bogo": 0, "zip_code": "Urban", "is_referral": 0, "channel": "Web"}
 #: files of a model version copied to object storage for the replicas
 MODEL_FILES = ("model.skops", "model.metadata.json", "model.onnx")
+#: the files a replica needs in object storage (``model.onnx`` too when the version has one)
+REQUIRED_FILES = ("model.skops", "model.metadata.json")
 
 
 class FactoryRunEvent(NamedTuple):
@@ -73,6 +78,8 @@ class FactoryRunEvent(NamedTuple):
     review_window_minutes: float | None
     #: the closed loop's settings the run's interactions come from (None: the deploy DAG's param)
     loop_config_path: str | None = None
+    #: the A/B test's challenger share the run asked for (None: the deploy DAG's param)
+    challenger_share: float | None = None
 
 
 def newest_factory_run(events: Iterable[Any]) -> FactoryRunEvent | None:
@@ -87,7 +94,7 @@ def newest_factory_run(events: Iterable[Any]) -> FactoryRunEvent | None:
         return None
     timestamp, _, factory_run_id, extra = max(named, key=lambda n: n[:3])
     return FactoryRunEvent(factory_run_id, timestamp, extra.get("review_window_minutes"),
-                           extra.get("loop_config_path"))
+                           extra.get("loop_config_path"), extra.get("challenger_share"))
 
 
 def check_factory_run(warehouse: Any, factory_run_id: str) -> int:
@@ -223,7 +230,7 @@ def retrain_request(warehouse: Any, cml: CmlClient, choice: dict[str, Any], *, h
     result = result_reader(cml)(spec.experiment_id)
     if result is None or result.status != "succeeded":
         raise ValueError(f"experiment {spec.experiment_id} has no succeeded result to retrain from")
-    champion = champion_ref(cml, serving(warehouse))
+    champion_ = champion_ref(cml, champion(warehouse))  # during an A/B test, its champion
     lineage = Lineage(
         experiment_id=spec.experiment_id, factory_run_id=chosen.factory_run_id, grid_hash=plan.grid.grid_hash,
         data_snapshot_path=spec.data_snapshot.path, data_snapshot_hash=spec.data_snapshot.hash,
@@ -231,17 +238,17 @@ def retrain_request(warehouse: Any, cml: CmlClient, choice: dict[str, Any], *, h
         chosen_by=chosen.chosen_by, chosen_by_user=chosen.chosen_by_user, choice_reason=chosen.reason)
     model_version = model_version_for(spec.experiment_id, spec.data_snapshot.hash, plan.provenance.code_version)
     live = None
-    if champion is not None and now is not None:
+    if champion_ is not None and now is not None:
         from factory_tasks.loop.config import DEFAULT_LOOP_CONFIG, load_loop_config
         from factory_tasks.stages.paths import config_path
 
         config = load_loop_config(config_path(loop_config_path, "loop_config_path") if loop_config_path
                                   else DEFAULT_LOOP_CONFIG)
-        live = export_live_traffic(warehouse, cml, champion.model_version, model_version, now=now,
+        live = export_live_traffic(warehouse, cml, champion_.model_version, model_version, now=now,
                                    response_window_minutes=config.responses.window_minutes)
     request = RetrainRequest(
         model_version=model_version, spec=spec, cv_estimate=result.metrics[spec.ranking_metric],
-        holdout_fraction=holdout_fraction, champion=champion, live_traffic=live, lineage=lineage)
+        holdout_fraction=holdout_fraction, champion=champion_, live_traffic=live, lineage=lineage)
     return [{
         "request": {
             "job_name": f"{RETRAIN_JOB_PREFIX}{RETRAIN_CPU:g}cpu-{RETRAIN_MEMORY_GB:g}gb",
@@ -261,17 +268,24 @@ def load_retrain_result(cml: CmlClient, model_version: str) -> RetrainResult:
 
 
 def gate_decision(warehouse: Any, cml: CmlClient, choice: dict[str, Any], model_version: str, *,
-                  ranking_margin: float, policy_value_margin: float) -> dict[str, Any]:
-    """The champion/challenger decision (:func:`factory_tasks.loop.selection.gate`), logged."""
+                  ranking_margin: float, policy_value_margin: float, challenger_share: float = 0.0) -> dict[str, Any]:
+    """The champion/challenger decision (:func:`factory_tasks.loop.selection.gate`), logged; with
+    ``challenger_share`` above 0 the bar of an A/B test's challenger (not shown worse)."""
     from factory_tasks.loop.selection import evidence_table, gate
 
     in_range("ranking_margin", ranking_margin, 0, MAX_MARGIN)
     in_range("policy_value_margin", policy_value_margin, 0, MAX_MARGIN)
-    champion = serving(warehouse)
+    champion_ = champion(warehouse)  # during an A/B test, its champion
     retrain = load_retrain_result(cml, model_version)
     decision = gate(retrain, Choice.from_data(choice, "choice"),
-                    champion_version=champion.model_version if champion else None,
-                    ranking_margin=ranking_margin, policy_value_margin=policy_value_margin, live=retrain.live)
+                    champion_version=champion_.model_version if champion_ else None,
+                    ranking_margin=ranking_margin, policy_value_margin=policy_value_margin, live=retrain.live,
+                    test_share=challenger_share)
+    now = serving(warehouse)
+    if now is not None and now.action == "ab_start" and now.model_version == model_version:
+        decision = decision.model_copy(update={"deploy": False, "overridable": False, "reason": (
+            f"not deployed again: {model_version} is being A/B tested against {now.champion_version} since "
+            f"{now.deployed_at} (test {now.test_id}); the test's verdict decides")})
     (log.info if decision.deploy else log.warning)("gate for %s: %s", model_version, decision.reason)
     log.info("the gate's evidence for %s (challenger − champion %s):\n%s", model_version,
              decision.champion_version or "(none)", evidence_table(decision.evidence))
@@ -324,6 +338,18 @@ def publish_model(cml: CmlClient, model_version: str, object_store: Any) -> dict
     return model_environment(target, model_version)
 
 
+def published_environment(cml: CmlClient, model_version: str, object_store: Any) -> dict[str, str]:
+    """The environment of a version deployed before: its files in object storage as its first
+    deployment left them (``models/<version>/``), or copied there again from the project
+    (:func:`publish_model`) when any is missing."""
+    target = object_store.joinpath("models", model_version)
+    if all(target.joinpath(name).exists() for name in REQUIRED_FILES):
+        log.info("reusing %s's files in %s", model_version, target)
+        return model_environment(target, model_version)
+    log.info("%s's files are not all in %s: copying them from the project again", model_version, target)
+    return publish_model(cml, model_version, object_store)
+
+
 def model_environment(target: Any, model_version: str) -> dict[str, str]:
     """The deployment's environment naming a model version's files in object storage (``target``)."""
     return {MODEL_ARTIFACT_ENV: str(target.joinpath("model.skops")), MODEL_DIR_ENV: str(target),
@@ -357,9 +383,29 @@ def deploy_request(environment: dict[str, str], *, cpu: float, memory_gb: float,
             "smoke_request": {"customers": [SMOKE_CUSTOMER]}}
 
 
+def policy_fields(environment: dict[str, str], model_version: str) -> dict[str, Any]:
+    """What a :class:`~factory_tasks.core.contracts.DeploymentRecord` of ``model_version``
+    records of the policy its deployment's ``environment`` serves: the exploration, and for a
+    test (the challenger is ``model_version``) the champion, the split, the test id and
+    ``action`` ``ab_start``."""
+    fields: dict[str, Any] = {}
+    if EXPLORATION_EPSILON_ENV in environment:
+        fields["exploration_epsilon"] = float(environment[EXPLORATION_EPSILON_ENV])
+    if environment.get(CHALLENGER_VERSION_ENV):
+        if environment[CHALLENGER_VERSION_ENV] != model_version:
+            raise ValueError(f"the deployment's challenger is {environment[CHALLENGER_VERSION_ENV]}, not the version "
+                             f"recorded, {model_version}")
+        fields.update(action="ab_start", champion_version=environment[MODEL_VERSION_ENV],
+                      challenger_share=float(environment[CHALLENGER_SHARE_ENV]),
+                      test_id=environment[POLICY_TEST_ID_ENV])
+    return fields
+
+
 def record(warehouse: Any, cml: CmlClient, *, model_version: str, deployed: dict[str, Any], decision: dict[str, Any],
-           deployed_at: str) -> dict[str, Any]:
-    """Append the :class:`DeploymentRecord` of a deployment that answered its smoke test."""
+           deployed_at: str, environment: dict[str, str] | None = None) -> dict[str, Any]:
+    """Append the :class:`DeploymentRecord` of a deployment that answered its smoke test; its
+    policy (exploration, an A/B test's champion and split) as its ``environment`` set it."""
+
     retrain = load_retrain_result(cml, model_version)
     lineage = json.loads(cml.download_file(retrain.metadata_path))["lineage"]
     gate_ = GateDecision.from_data(decision, "the gate task's output")
@@ -370,7 +416,7 @@ def record(warehouse: Any, cml: CmlClient, *, model_version: str, deployed: dict
         code_version=lineage["code_version"], chosen_by=lineage["chosen_by"],
         chosen_by_user=lineage.get("chosen_by_user"), choice_reason=lineage["choice_reason"],
         gate_reason=gate_.reason, gate_override=gate_.override, gate_evidence=list(gate_.evidence),
-        deployed_at=deployed_at)
+        deployed_at=deployed_at, **policy_fields(environment or {}, model_version))
     record_deployment(warehouse, entry)
     log.info("recorded deployment %s of %s in model_deployments", entry.deployment_id, model_version)
     return entry.model_dump(mode="json")

@@ -15,6 +15,7 @@ from typing import Any
 import pandas as pd
 
 from factory_tasks.core.settings import artifacts_dir
+from factory_tasks.loop.ab_monitoring import LiveTest
 from factory_tasks.loop.alerts import alerts_of_run, monitor_window, record_alerts
 from factory_tasks.loop.cohorts import feed_runs, watermark
 from factory_tasks.loop.config import LoopConfig, load_loop_config
@@ -22,7 +23,7 @@ from factory_tasks.loop.monitoring import grid_economics, read_rows, reference_f
 from factory_tasks.loop.windows import MonitoringWindow, epoch_ms, iso
 from factory_tasks.stages.cml_client import CmlClient, CmlModelMetrics
 from factory_tasks.stages.paths import config_path
-from factory_tasks.warehouse.deployments import serving
+from factory_tasks.warehouse.deployments import DEPLOYMENTS, champion_record, latest
 
 log = logging.getLogger(__name__)
 
@@ -34,12 +35,20 @@ def monitoring_window(loop_config_path: str, start: datetime, end: datetime) -> 
 
 
 def serving_model(warehouse: Any) -> dict[str, Any] | None:
-    """The deployment now serving, as the fields monitoring needs; None when none is."""
-    record = serving(warehouse)
+    """The deployment now serving, as the fields monitoring needs; None when none is. During an
+    A/B test also the test (champion, split, id, start) and each arm's training snapshot."""
+    records = DEPLOYMENTS.read_all(warehouse)
+    record = latest(records)
     if record is None:
         return None
+    arms = [record] if record.champion_version is None else [champion_record(records), record]
     return {"model_version": record.model_version, "deployment_crn": record.deployment_crn,
-            "data_snapshot_hash": record.data_snapshot_hash, "metadata_path": record.metadata_path}
+            "deployment_id": record.deployment_id, "data_snapshot_hash": record.data_snapshot_hash, "metadata_path": record.metadata_path,
+            "deployed_at": record.deployed_at, "exploration_epsilon": record.exploration_epsilon,
+            "champion_version": record.champion_version, "challenger_share": record.challenger_share,
+            "test_id": record.test_id,
+            "snapshots": [{"model_version": r.model_version, "data_snapshot_hash": r.data_snapshot_hash,
+                           "metadata_path": r.metadata_path} for r in arms]}
 
 
 def responses_ingested(warehouse: Any, window: MonitoringWindow) -> tuple[int | None, bool]:
@@ -58,22 +67,26 @@ def responses_ingested(warehouse: Any, window: MonitoringWindow) -> tuple[int | 
 
 
 def reference_frames(cml: CmlClient, deployment: dict[str, Any]) -> dict[str, pd.DataFrame]:
-    """The serving model's training snapshot (the drift reference), downloaded from the CML
-    project once per snapshot hash and cached; the client's not-found error when it is gone."""
-    digest = deployment["data_snapshot_hash"]
+    """Each serving model's training snapshot (the drift reference; two during an A/B test),
+    downloaded from the CML project once per snapshot hash and cached; the client's not-found
+    error when it is gone."""
+    frames = {}
+    for arm in deployment.get("snapshots") or [deployment]:
+        def fetch(arm: dict[str, Any] = arm) -> bytes:
+            return cml.download_file(snapshot_path(cml.download_file(arm["metadata_path"]), arm["data_snapshot_hash"]))
 
-    def fetch() -> bytes:
-        path = snapshot_path(cml.download_file(deployment["metadata_path"]), digest)
-        return cml.download_file(path)
-
-    return {deployment["model_version"]: reference_frame(digest, fetch, artifacts_dir() / "monitoring")}
+        frames[arm["model_version"]] = reference_frame(arm["data_snapshot_hash"], fetch,
+                                                       artifacts_dir() / "monitoring")
+    return frames
 
 
 def monitor(warehouse: Any, window: MonitoringWindow, config: LoopConfig, grid_path: str,
-            references: dict[str, pd.DataFrame]) -> dict[str, Any]:
+            references: dict[str, pd.DataFrame], deployment: dict[str, Any] | None = None) -> dict[str, Any]:
     """The window's rows into model_monitoring (partition ``as_of_window``) and the alert
-    decisions, rewards priced by the grid's economics."""
-    return monitor_window(warehouse, window, config, grid_economics(config_path(grid_path, "grid_path")), references)
+    decisions, rewards priced by the grid's economics; during an A/B test (``deployment``'s)
+    its rows and standing too."""
+    return monitor_window(warehouse, window, config, grid_economics(config_path(grid_path, "grid_path")), references,
+                          test=LiveTest.of(deployment or {}))
 
 
 def post_aggregate_metrics(warehouse: Any, window: MonitoringWindow, deployment_crn: str | None,
@@ -104,17 +117,53 @@ def post_aggregate_metrics(warehouse: Any, window: MonitoringWindow, deployment_
 def retrain_conf(summary: dict[str, Any], config: LoopConfig, grid_path: str,
                  loop_config_path: str | None = None) -> dict[str, Any] | None:
     """The conf of the model_factory run that retrains on fresh data, when the run's alerts ask
-    for one and retraining on alerts is on; None otherwise. The retrain runs the grid whose
+    for one, retraining on alerts is on and no A/B test is running; None otherwise. The retrain runs the grid whose
     economics priced this window (``grid_path``); ``loop_config_path`` (this loop's settings)
     travels on to the deploy run, whose shadow evaluation needs the same response window."""
-    if not (summary["alert_ids"] and config.monitoring.retrain_on_alert):
+    alert_ids = summary.get("retrain_alert_ids", summary["alert_ids"])  # an A/B verdict is no reason to retrain
+    if not (alert_ids and config.monitoring.retrain_on_alert):
         return None
-    return {"grid_path": grid_path, "include_interactions": True, "reason": ", ".join(summary["alert_ids"]),
+    if summary.get("ab_test"):
+        # a retrain's deploy would replace the test: the test's verdict decides first
+        log.info("A/B test %s is running: its verdict, not a retrain, answers the alerts %s",
+                 summary["ab_test"]["test_id"], ", ".join(alert_ids))
+        return None
+    return {"grid_path": grid_path, "include_interactions": True, "reason": ", ".join(alert_ids),
             "review_window_minutes": config.monitoring.retrain_review_window_minutes,
-            "loop_config_path": loop_config_path}
+            "loop_config_path": loop_config_path, "challenger_share": config.monitoring.retrain_challenger_share}
 
 
 def record_run_alerts(warehouse: Any, window: MonitoringWindow, config: LoopConfig,
                       retrain_run_id: str | None) -> list[str]:
     """The run's alerts into model_alerts, each with the retrain's run id (None: no retrain)."""
     return record_alerts(warehouse, alerts_of_run(warehouse, window, config), retrain_run_id=retrain_run_id)
+
+
+def verdict_run(summary: dict[str, Any], config: LoopConfig, deployment: dict[str, Any]) -> list[dict[str, Any]]:
+    """The deploy_best_model run that carries out an A/B test's verdict, as
+    ``TriggerDagRunOperator`` kwargs: the winner redeployed alone (``promote``: the challenger;
+    ``end`` or ``expired``: the champion), the reason the verdict with its interval. Empty (a
+    list, mapped over: nothing skips the trigger) when no test concluded or ``ab_test.conclude``
+    is off. One run per test (its run id is the test's), so a verdict seen again the next hour
+    does not redeploy twice."""
+    standing = summary.get("ab_test")
+    if not standing or standing["state"] == "continue":
+        return []
+    if not config.ab_test.conclude:
+        log.info("A/B test %s concluded (%s) but ab_test.conclude is off: it goes on", standing["test_id"],
+                 standing["state"])
+        return []
+    verdict = "promote" if standing["state"] == "promote" else "end"
+    conf: dict[str, Any] = {"model_version": standing["winner"], "requested_by": "model_monitoring",
+                            "reason": f"A/B test {standing['test_id']}: {standing['reason']}", "test_verdict": verdict}
+    if deployment.get("exploration_epsilon") is not None:
+        conf["exploration_epsilon"] = deployment["exploration_epsilon"]  # the test's, kept
+    log.info("A/B test %s: %s; redeploying %s alone", standing["test_id"], standing["reason"], standing["winner"])
+    return [{"trigger_run_id": verdict_run_id(standing["test_id"]), "conf": conf}]
+
+
+def verdict_run_id(test_id: str) -> str:
+    """The run id of the deploy_best_model run that carries out the verdict of ``test_id``."""
+    import hashlib
+
+    return f"ab_test__{hashlib.blake2b(test_id.encode(), digest_size=8).hexdigest()}"

@@ -16,7 +16,7 @@ from factory_tasks.core.contracts import DeploymentRecord
 from factory_tasks.core.names import WAREHOUSE_CONN_ID
 from factory_tasks.loop.selection import SelectionError
 from factory_tasks.stages.cml_client import CmlClient
-from factory_tasks.stages.deploy import deployment_fields, model_environment, publish_model
+from factory_tasks.stages.deploy import deployment_fields, policy_fields, published_environment
 from factory_tasks.stages.errors import ParamError
 from factory_tasks.warehouse.deployments import DEPLOYMENTS, deployed_at, record_deployment
 from factory_tasks.warehouse.rollbacks import (
@@ -28,8 +28,6 @@ from factory_tasks.warehouse.rollbacks import (
 
 log = logging.getLogger(__name__)
 
-#: the files a replica needs in object storage (``model.onnx`` too when the version has one)
-REQUIRED_FILES = ("model.skops", "model.metadata.json")
 #: how many recorded versions an error about an unknown one lists
 LISTED_VERSIONS = 10
 
@@ -65,31 +63,36 @@ def check_request(requested_by: str | None, reason: str | None) -> dict[str, str
 
 
 def publish_rollback(cml: CmlClient, model_version: str, object_store: Any) -> dict[str, str]:
-    """The deployment's environment for ``model_version``: its files in object storage as its
-    first deployment left them (``models/<version>/``), or copied there again from the project
-    (:func:`~factory_tasks.stages.deploy.publish_model`) when any is missing."""
-    target = object_store.joinpath("models", model_version)
-    if all(target.joinpath(name).exists() for name in REQUIRED_FILES):
-        log.info("reusing %s's files in %s", model_version, target)
-        return model_environment(target, model_version)
-    log.info("%s's files are not all in %s: copying them from the project again", model_version, target)
-    return publish_model(cml, model_version, object_store)
+    """The deployment's environment for ``model_version`` (:func:`~factory_tasks.stages.deploy.published_environment`)."""
+    return published_environment(cml, model_version, object_store)
+
+
+#: the ``model_deployments`` action of a redeploy that carries out an A/B test's verdict
+VERDICT_ACTIONS = {"promote": "ab_promote", "end": "ab_end"}
 
 
 def record_rollback(warehouse: Any, *, target: dict[str, Any], deployed: dict[str, Any], requested_by: str,
-                    reason: str, deployed_at: str) -> dict[str, Any]:
+                    reason: str, deployed_at: str, environment: dict[str, str] | None = None,
+                    test_verdict: str | None = None) -> dict[str, Any]:
     """Append the rollback's :class:`DeploymentRecord`: the version's lineage as first recorded,
-    this deployment's ids, ``action="rollback"``, who asked and why."""
+    this deployment's ids and policy, ``action="rollback"`` (or, carrying out an A/B test's
+    ``test_verdict``, ``ab_promote`` / ``ab_end``), who asked and why. The version serves alone."""
     first = DeploymentRecord.from_data(target, "the rollback_target task's output")
+    if test_verdict is not None and test_verdict not in VERDICT_ACTIONS:
+        raise ParamError(f"param test_verdict: {test_verdict!r} is not a verdict ({', '.join(VERDICT_ACTIONS)})")
+    action = VERDICT_ACTIONS[test_verdict] if test_verdict else "rollback"
+    what = {"rollback": "rollback to", "ab_promote": "the A/B test promotes", "ab_end": "the A/B test ends with"}[action]
     entry = first.model_copy(update={
-        **deployment_fields(deployed),
-        "gate_reason": f"rollback to {first.model_version} (first deployed {first.deployed_at}): redeployed as it "
+        **deployment_fields(deployed), **policy_fields(environment or {}, first.model_version),
+        "gate_reason": f"{what} {first.model_version} (first deployed {first.deployed_at}): redeployed as it "
                        f"was, without review, retrain or gate",
-        "gate_override": False, "gate_evidence": [], "deployed_at": deployed_at, "action": "rollback", "requested_by": requested_by, "request_reason": reason,
+        "gate_override": False, "gate_evidence": [], "deployed_at": deployed_at, "action": action,
+        "requested_by": requested_by, "request_reason": reason,
+        "champion_version": None, "challenger_share": 0.0, "test_id": None,
     })
     entry = DeploymentRecord.from_data(entry.model_dump(mode="json"), "the rollback's deployment record")
     record_deployment(warehouse, entry)
-    log.info("recorded the rollback to %s (deployment %s, asked by %s) in %s", entry.model_version,
+    log.info("recorded the %s of %s (deployment %s, asked by %s) in %s", action, entry.model_version,
              entry.deployment_id, requested_by, DeploymentRecord.TABLE)
     return entry.model_dump(mode="json")
 

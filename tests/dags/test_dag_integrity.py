@@ -59,11 +59,12 @@ def _critical_path(dag) -> list[str]:
 def test_model_factory_shape(dagbag):
     dag = dagbag.dags["model_factory"]
     assert set(dag.params) == {"grid_path", "max_parallel", "reuse_results", "include_interactions",
-                               "review_window_minutes", "loop_config_path"}
+                               "review_window_minutes", "loop_config_path", "challenger_share"}
     # the monitoring DAG's retrain trigger sets {"include_interactions": true}; off by default
     assert dag.params["include_interactions"] is False
     assert "customer_interactions" in dag.params.get_param("include_interactions").description
     assert dag.params["review_window_minutes"] is None  # the deploy DAG's own default
+    assert dag.params["challenger_share"] is None  # likewise: the deploy DAG decides unless a retrain says
     assert dag.catchup is False
     # three hand-offs, whatever the grid: plan, one mapped instance per experiment, record
     assert _critical_path(dag) == ["plan_experiments", "run_experiment", "record_outcomes"]
@@ -92,7 +93,8 @@ def test_deploy_best_model_shape(dagbag):
     assert "experiment_outcomes" in str(dag.timetable.asset_condition)  # scheduled on the asset
     assert set(dag.params) == {"factory_run_id", "experiment_id", "review_window_minutes", "ranking_margin",
                                "policy_value_margin", "loop_config_path", "replicas", "cpu", "memory_gb",
-                               "exploration_epsilon", "model_version", "requested_by", "reason"}
+                               "exploration_epsilon", "challenger_share", "model_version", "requested_by", "reason",
+                               "test_verdict"}
     tasks = dag.task_dict
     # the review (HITL) and the deferrable time sensor both close the window; either is enough
     assert type(tasks["review"]).__name__ in ("HITLOperator", "MappedOperator")
@@ -113,6 +115,8 @@ def test_deploy_best_model_shape(dagbag):
                                                          "TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS")
     assert tasks["final_decision"].upstream_task_ids == {"gate", "override_review"}
     assert "final_decision" in tasks["record_deployment"].upstream_task_ids
+    # the record reads the deployment's policy (an A/B test's split) from what was published
+    assert "publish_model" in tasks["record_deployment"].upstream_task_ids
     assert type(tasks["deploy"]).__name__ in ("CmlDeployModelOperator", "MappedOperator")
     # the retrain submits its run and waits for it in the triggerer: one task, no sensor
     retrain = _serialized(dag).task_dict["retrain"]
@@ -125,6 +129,7 @@ def test_deploy_best_model_shape(dagbag):
     for upstream, downstream in zip(rollback, rollback[1:]):
         assert downstream in tasks[upstream].downstream_task_ids, (upstream, downstream)
     assert not {"review", "retrain", "gate"} & (tasks["rollback_target"].get_flat_relative_ids(upstream=False))
+    assert "publish_rollback" in tasks["record_rollback"].upstream_task_ids
     assert type(tasks["deploy_rollback"]).__name__ in ("CmlDeployModelOperator", "MappedOperator")
     assert _serialized(dag).task_dict["deploy_rollback"].task_type == "CmlDeployModelOperator"
 

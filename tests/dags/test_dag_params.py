@@ -41,6 +41,9 @@ def _trigger(dag, conf: dict) -> dict:
     ("deploy_best_model", {"memory_gb": 1e308}),
     ("deploy_best_model", {"exploration_epsilon": 0.9}),
     ("deploy_best_model", {"exploration_epsilon": -0.1}),
+    ("deploy_best_model", {"challenger_share": 0.6}),
+    ("deploy_best_model", {"challenger_share": -0.1}),
+    ("deploy_best_model", {"test_verdict": "maybe"}),
 ])
 def test_an_out_of_range_number_is_refused_at_trigger(dags, dag_id, conf):
     (name,) = conf
@@ -73,3 +76,6 @@ def test_the_defaults_and_sensible_values_still_pass(dags):
     assert deploy["review_window_minutes"] == 24 * 60 and deploy["replicas"] == 4
     assert deploy["exploration_epsilon"] == 0.1  # the deployment explores unless told otherwise
     assert _trigger(dags["deploy_best_model"], {"exploration_epsilon": 0})["exploration_epsilon"] == 0
+    assert deploy["challenger_share"] == 0 and deploy["test_verdict"] is None  # replaces the champion, no test
+    assert _trigger(dags["deploy_best_model"], {"challenger_share": 0.2})["challenger_share"] == 0.2
+    assert _trigger(dags["deploy_best_model"], {"test_verdict": "promote"})["test_verdict"] == "promote"

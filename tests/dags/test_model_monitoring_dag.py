@@ -44,7 +44,8 @@ def test_shape(dag):
     timetable = dag.timetable
     assert type(timetable).__name__ == "CronTriggerTimetable" and timetable.expression == "0 * * * *"
     tasks = dag.task_dict
-    assert tasks["serving_model"].downstream_task_ids == {"responses_ingested", "monitor", "post_aggregate_metrics"}
+    assert tasks["serving_model"].downstream_task_ids == {"responses_ingested", "monitor", "post_aggregate_metrics",
+                                                          "conclude_test"}
     # monitoring waits for the response feed's watermark, without holding a worker slot
     feed = tasks["responses_ingested"]
     assert feed.downstream_task_ids == {"monitor"} and feed.mode == "reschedule" and feed.timeout >= 3600
@@ -59,6 +60,13 @@ def test_shape(dag):
     # alerts are written after the trigger, so they carry its run id
     assert tasks["record_alerts"].upstream_task_ids == {"monitor", "trigger_retrain"}
     assert tasks["record_alerts"].trigger_rule == "none_failed_min_one_success"
+    # an A/B test's verdict: its alert recorded first, then one deploy_best_model run (mapped: none
+    # without a verdict)
+    assert tasks["conclude_test"].upstream_task_ids == {"serving_model", "monitor", "record_alerts"}
+    verdict = tasks["trigger_verdict"]
+    assert verdict.upstream_task_ids == {"conclude_test"} and type(verdict).__name__ == "MappedOperator"
+    assert verdict.partial_kwargs["trigger_dag_id"] == "deploy_best_model"
+    assert verdict.partial_kwargs["skip_when_already_exists"] is True
 
 
 def _env(tmp_path: Path, db: Path, workspace) -> dict:

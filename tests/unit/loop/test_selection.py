@@ -216,6 +216,30 @@ def test_live_evidence_decides_when_the_held_out_slice_does_not(offline, live, d
     assert decision.evidence == [RANK_OK, offline, live]
 
 
+@pytest.mark.parametrize("comparison, live, deploy, says", [
+    # inconclusive evidence: an A/B test's challenger (live traffic decides), not a replacement
+    ([RANK_OK, VALUE_NOISE], None, True, "A/B tested on 30% of the customers: not shown better than the champion "
+                                         "v1, nor worse"),
+    ([RANK_OK, VALUE_NOISE], _diff("policy_value", 0.3, -0.1, 0.7, source="live"), True, "live traffic decides"),
+    ([RANK_OK, VALUE_BETTER], None, True, "better than the champion v1"),
+    # shown worse anywhere, or a ranking metric that may be worse: no test either
+    ([RANK_OK, VALUE_WORSE], None, False, "worse with confidence"),
+    ([RANK_OK, VALUE_NOISE], _diff("policy_value", -0.5, -0.9, -0.1, source="live"), False,
+     "live traffic says it is worse"),
+    ([RANK_WORSE, VALUE_NOISE], None, False, "the ranking metric may be worse"),
+])
+def test_a_tests_challenger_needs_only_not_to_be_shown_worse(comparison, live, deploy, says):
+    challenger, champion = SCORES
+    decision = gate(_retrain(challenger, champion, comparison=comparison), AUTO, champion_version="v1", live=live,
+                    test_share=0.3, **MARGINS)
+    assert decision.deploy == deploy and says in decision.reason, decision.reason
+    assert decision.overridable == (not deploy)
+    # without a test the same inconclusive evidence keeps the champion
+    if "nor worse" in decision.reason:
+        assert not gate(_retrain(challenger, champion, comparison=comparison), AUTO, champion_version="v1",
+                        live=live, **MARGINS).deploy
+
+
 def test_live_evidence_must_be_a_live_policy_value_difference():
     challenger, champion = SCORES
     retrain = _retrain(challenger, champion, comparison=[RANK_OK, VALUE_NOISE])

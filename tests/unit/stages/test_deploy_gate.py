@@ -148,3 +148,27 @@ def test_a_kept_champion_is_put_to_a_reviewer_with_the_evidence_and_kept_by_defa
     assert final_decision(kept, {"chosen_options": [KEEP_CHAMPION], "responded_by_user": None}) == kept
     final = final_decision(kept, {"chosen_options": [DEPLOY_CHALLENGER], "responded_by_user": "ana"})
     assert final["deploy"] and final["override"] and "ana's override" in final["reason"]
+
+
+def test_during_a_test_the_gate_compares_with_its_champion_and_never_redeploys_its_challenger(tmp_path, hook):
+    project = Project(tmp_path)
+    record_deployment(hook, _serving("v1"))
+    record_deployment(hook, make_deployment("v2", "2026-12-01T11:00:00+00:00", action="ab_start",
+                                            champion_version="v1", challenger_share=0.5, test_id="v1:v2"))
+    comparison = [_diff("roc_auc", 0.001, 0.08), _diff("policy_value", 0.4, 6.7)]
+    for version in ("v2", "v3"):
+        retrain = RetrainResult(
+            model_version=version, status="succeeded", ranking_metric="roc_auc",
+            holdout=HoldoutScores(metrics={"roc_auc": 0.61, "policy_value": 14.2}, n_rows=1600),
+            champion_holdout=HoldoutScores(metrics={"roc_auc": 0.57, "policy_value": 10.7}, n_rows=1600),
+            comparison=comparison, consistent=True, consistency_note="ok",
+            artifact_path=f"models/{version}/model.skops", metadata_path=f"models/{version}/model.metadata.json",
+            n_rows=8000, code_version="v")
+        project.write(RetrainResult.path_for(version), retrain.to_json())
+    # the challenger under test, retrained again (a second alert's retrain): the test decides
+    again = gate_decision(hook, project, CHOICE, "v2", ranking_margin=0.01, policy_value_margin=0.0)
+    assert not again["deploy"] and not again["overridable"]
+    assert "v2 is being A/B tested against v1" in again["reason"] and "the test's verdict decides" in again["reason"]
+    # another challenger: gated against the test's champion (a deploy replaces the test)
+    other = gate_decision(hook, project, CHOICE, "v3", ranking_margin=0.01, policy_value_margin=0.0)
+    assert other["deploy"] and other["champion_version"] == "v1"
