@@ -140,6 +140,30 @@ def drift_figure(latest: pd.DataFrame, metric: str, warn: float, alert: float):
     return _finish(fig)
 
 
+def ab_difference_figure(history: pd.DataFrame, alpha: float):
+    """An A/B test's difference challenger − champion (DR) at each monitoring run, with its
+    always-valid interval (where both sides are finite) and the line of no difference.
+    ``history``: :attr:`~dashboards.monitoring.store.AbTest.history` (runs with a value)."""
+    fig = figure(height=260, sizing_mode="stretch_width", x_axis_type="datetime", toolbar_location="right",
+                 tools="pan,xwheel_zoom,box_zoom,reset",
+                 title=f"Challenger − champion per customer (DR), {(1 - alpha):.0%} always-valid interval")
+    fig.xaxis.axis_label = "monitoring run (window end, UTC)"
+    fig.yaxis.axis_label = "difference per customer"
+    band = history.dropna(subset=["lower", "upper"])
+    if not band.empty:
+        fig.varea(band["as_of_dt"], band["lower"], band["upper"], fill_color="#1f77b4", fill_alpha=0.18,
+                  legend_label="always-valid interval")
+    source = ColumnDataSource({"x": history["as_of_dt"], "y": history["value"], "lower": history["lower"],
+                               "upper": history["upper"], "n": history["n"], "state": history["state"].astype(str)})
+    fig.line("x", "y", source=source, color="#1f77b4", line_width=2, legend_label="challenger − champion")
+    fig.scatter("x", "y", source=source, color="#1f77b4", size=6)
+    fig.add_layout(Span(location=0, dimension="width", line_color="#555555", line_dash="dashed"))
+    fig.add_tools(HoverTool(tooltips=[("run", "@x{%F %H:%M}"), ("difference", "@y{+0.00}"),
+                                      ("interval", "[@lower{+0.00}, @upper{+0.00}]"), ("matured", "@n{0,0}"),
+                                      ("verdict", "@state")], formatters={"@x": "datetime"}))
+    return _finish(fig)
+
+
 class Charts(Viewer):
     """The charts over time, one tab each. A chart is built only while it is shown: while
     :attr:`active` is False (the app ties it to its own tab) nothing is built, and of the five

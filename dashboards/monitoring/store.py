@@ -11,7 +11,9 @@ Everything a page shows is derived once per read, in :func:`load_monitoring`, in
 :class:`MonitoringData` shared by every session through a process-wide cache that lives
 ``$MODEL_FACTORY_MONITORING_REFRESH_S`` seconds (default 30): a 50,000-row table is read and
 reduced once per refresh, not once per visitor. For a (cohort, model version, metric, dimension)
-the row of the latest ``as_of_ms`` wins. A warehouse that cannot be reached, a table that is
+the row of the latest ``as_of_ms`` wins. A live A/B test's rows (metrics ``ab_*``, whose cohort is
+the test's span, not an hour) are kept apart: they never reach the windows or the charts, and
+become :attr:`MonitoringData.ab_test` (:func:`ab_test_of`). A warehouse that cannot be reached, a table that is
 missing or of another layout, and rows that do not parse are :attr:`MonitoringData.problems`,
 each naming the table (and row) and what is wrong; what can be shown still is.
 """
@@ -34,7 +36,8 @@ import param
 
 from dashboards.experiments.warehouse import WAREHOUSE_ERRORS, warehouse_hook
 from factory_tasks.core.contracts import DeploymentRecord, MonitoringAlert, RollbackRequest
-from factory_tasks.loop.config import LoopConfig, LoopConfigError, load_loop_config
+from factory_tasks.loop.ab_monitoring import min_decisions
+from factory_tasks.loop.config import ABTestConfig, LoopConfig, LoopConfigError, load_loop_config
 from factory_tasks.warehouse.contract_table import ContractTable
 from factory_tasks.warehouse.dialects import dialect_for
 from factory_tasks.warehouse.loop_tables import MATURITIES, MODEL_MONITORING, MODEL_MONITORING_SCHEMA
@@ -73,7 +76,22 @@ ALERT_COLUMNS = ["raised_at", "model_version", "cohort_start", "kind", "metric",
 ALERT_NUMBERS = {"value": "float64", "threshold": "float64"}
 #: the deployment history: field -> column title (newest first)
 HISTORY_TITLES = {"model_version": "Model", "deployed_at": "Deployed (UTC)", "action": "Action",
+                  "champion": "A/B champion", "split": "A/B split",
                   "chosen_by": "Chosen by", "gate_reason": "Gate", "deployment_id": "Deployment"}
+#: the history's header tooltips: what the A/B columns hold
+HISTORY_TOOLTIPS = {"champion": "ab_start: the champion deciding for the customers outside the challenger's share",
+                    "split": "ab_start: the customers' shares, champion / challenger"}
+#: the metrics of a live A/B test (factory_tasks.loop.ab_monitoring): their cohort is the test's
+#: span, not an hourly cohort, so they never reach the windows table or the charts
+AB_PREFIX = "ab_"
+AB_ARMS = ("champion", "challenger")
+AB_METHODS = ("dr", "snipw", "ipw")
+#: a test's verdict in words (``ab_verdict``'s ``verdict=<state>``; continue: :func:`verdict_words`)
+VERDICT_WORDS = {"promote": "challenger better: promote", "end": "champion better: end",
+                 "expired": "expired: champion kept"}
+#: the A/B history table: field -> column title (newest first)
+AB_HISTORY_TITLES = {"as_of_window": "Run (as_of_window)", "difference": "Challenger − champion",
+                     "boundary": "Boundary ±", "n": "Matured", "state": "Verdict"}
 #: the gate's evidence of each deployment that has some (``DeploymentRecord.gate_evidence``)
 EVIDENCE_COLUMNS = ["model_version", "deployed_at", "measure", "source", "challenger", "champion", "difference",
                     "low", "high", "n_rows"]
@@ -106,6 +124,7 @@ class MonitoringData:
     read_at: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
     warehouse: str = ""
     fingerprint: int = 0  # of everything read: an unchanged warehouse gives the same number
+    ab_test: "AbTest | None" = None  # the running or latest A/B test (None: none recorded)
 
     @property
     def serving(self) -> DeploymentRecord | None:
@@ -199,8 +218,19 @@ def read_monitoring(hook: Any) -> tuple[pd.DataFrame, list[str], int]:
     return good.reset_index(drop=True), problems, total
 
 
+def is_ab_row(frame: pd.DataFrame) -> pd.Series:
+    """Which rows are an A/B test's (metric ``ab_*``); vectorised: the names are few, the rows many."""
+    metrics = frame["metric"]
+    names = [m for m in pd.unique(metrics) if isinstance(m, str) and m.startswith(AB_PREFIX)]
+    return metrics.isin(names) if names else pd.Series(False, index=frame.index)
+
+
 def latest_rows(frame: pd.DataFrame) -> pd.DataFrame:
-    """For each (cohort, model version, metric, dimension), the row of the latest ``as_of_ms``."""
+    """For each (cohort, model version, metric, dimension), the row of the latest ``as_of_ms``;
+    an A/B test's rows (:func:`is_ab_row`) are left out: their cohort is the test's span."""
+    ab = is_ab_row(frame)
+    if ab.any():
+        frame = frame[~ab.to_numpy()]
     ordered = frame.sort_values("as_of_ms", kind="stable")
     latest = ordered.drop_duplicates(KEY, keep="last")
     return latest.sort_values(["cohort_dt", "model_version"], kind="stable").reset_index(drop=True)
@@ -227,6 +257,9 @@ def window_table(latest: pd.DataFrame, alerts: pd.DataFrame, config: LoopConfig)
     """One row per cohort × model version, newest first: the columns of :data:`WINDOW_TITLES`
     as display text, plus ``has_alert`` (bool) and ``row_key``."""
     fields = [*WINDOW_TITLES, "has_alert", "row_key"]
+    ab = is_ab_row(latest) if not latest.empty else None
+    if ab is not None and ab.any():  # an A/B test's span is no window
+        latest = latest[~ab.to_numpy()]
     if latest.empty:
         return pd.DataFrame({c: pd.Series(dtype="bool" if c == "has_alert" else "object") for c in fields})
     keys = ["cohort_dt", "model_version"]
@@ -276,7 +309,9 @@ def window_table(latest: pd.DataFrame, alerts: pd.DataFrame, config: LoopConfig)
         out["max_drift"] = "–"
     counts = pd.Series(0, index=wide.index)
     if not alerts.empty:
-        per = alerts.dropna(subset=["cohort_dt"]).groupby(["cohort_dt", "model_version"]).size()
+        # an A/B verdict (kind ab_test) is the test's, not its cohort's: its cohort is the test's span
+        per = alerts[alerts["kind"] != "ab_test"].dropna(subset=["cohort_dt"])
+        per = per.groupby(["cohort_dt", "model_version"]).size()
         counts = per.reindex(wide.index, fill_value=0)
     out["alerts"] = ["" if c == 0 else f"⚠ {c}" for c in counts]
     out["has_alert"] = (counts.to_numpy() > 0)
@@ -310,15 +345,29 @@ def read_rollback_requests(hook: Any) -> tuple[tuple[RollbackRequest, ...], list
     return tuple(sorted(documents, key=lambda r: (r.requested_at, r.request_id))), [str(e) for e in errors]
 
 
+def split_text(share: float) -> str:
+    """An A/B test's split as ``champion / challenger`` percentages (``80% / 20%``)."""
+    return f"{(1 - share) * 100:.4g}% / {share * 100:.4g}%"
+
+
 def deployment_history(deployments: tuple[DeploymentRecord, ...]) -> pd.DataFrame:
-    """One row per deployment, newest first: the columns of :data:`HISTORY_TITLES` as text."""
+    """One row per deployment, newest first: the columns of :data:`HISTORY_TITLES` as text. An
+    ``ab_start`` (``model_version`` the challenger) names its champion and split; an
+    ``ab_promote`` / ``ab_end`` (the verdict's redeploy) who carried it out and why."""
     rows = []
     for d in reversed(deployments):
         if d.action == "rollback":
             chosen = f"rollback asked by {d.requested_by or 'someone'}: {d.request_reason or ''}".rstrip(": ")
+        elif d.action in ("ab_promote", "ab_end"):
+            chosen = f"A/B verdict by {d.requested_by or 'someone'}: {d.request_reason or ''}".rstrip(": ")
         else:
             chosen = d.chosen_by + (f" by {d.chosen_by_user}" if d.chosen_by_user else "")
+            if d.action == "ab_start":
+                chosen += f" · A/B test {d.test_id}"
+        test = d.action == "ab_start"
         rows.append({"model_version": d.model_version, "deployed_at": d.deployed_at, "action": d.action,
+                     "champion": (d.champion_version or "") if test else "",
+                     "split": split_text(d.challenger_share) if test else "",
                      "chosen_by": chosen, "gate_reason": d.gate_reason + (" (overridden)" if d.gate_override else ""),
                      "deployment_id": d.deployment_id})
     return pd.DataFrame(rows, columns=list(HISTORY_TITLES), dtype=object)
@@ -331,6 +380,190 @@ def gate_evidence(deployments: tuple[DeploymentRecord, ...]) -> pd.DataFrame:
     frame = pd.DataFrame(rows, columns=EVIDENCE_COLUMNS)
     numbers = ["challenger", "champion", "difference", "low", "high"]
     return frame.astype({**{c: "float64" for c in numbers}, "n_rows": "Int64"})
+
+
+# -- the A/B test ------------------------------------------------------------------------------
+
+def _utc_naive(text: str) -> pd.Timestamp:
+    """A record's ISO-8601 time as naive UTC, the form of ``cohort_dt``."""
+    moment = pd.Timestamp(text)
+    return moment.tz_convert("UTC").tz_localize(None) if moment.tzinfo is not None else moment
+
+
+def verdict_words(state: str | None, matured: int, needed: int) -> str:
+    """Where a test stands, in words: ``state`` of its latest ``ab_verdict`` (None: no run yet)."""
+    if state is None:
+        return "no monitoring run has reported on the test yet"
+    if state in VERDICT_WORDS:
+        return VERDICT_WORDS[state]
+    if matured < needed:
+        return f"not distinguishable yet — no verdict before {needed:,} matured decisions"
+    return "not distinguishable yet — the always-valid interval still holds 0"
+
+
+@dataclass(frozen=True, eq=False)
+class AbTest:
+    """The running or latest A/B test: its ``ab_start`` record, the record that replaced it
+    (None while it runs) and what the monitoring runs wrote of it. Never mutated."""
+
+    start: DeploymentRecord
+    end: DeploymentRecord | None
+    #: per arm (index champion, challenger): version, decisions (so far), matured, and
+    #: ``<method>_value/_lower/_upper`` of each of :data:`AB_METHODS` (the latest run's)
+    arms: pd.DataFrame
+    #: one row per monitoring run, oldest first: as_of_window, as_of_dt, value, lower, upper, half_width, n, state
+    history: pd.DataFrame
+    min_decisions: int
+    max_decisions: int
+    alpha: float
+    conclude: bool
+    #: of the rows shown (history and arms): equal between two reads, nothing to redraw
+    content: int = 0
+
+    @property
+    def running(self) -> bool:
+        return self.end is None
+
+    @property
+    def test_id(self) -> str:
+        return self.start.test_id or ""
+
+    @property
+    def champion(self) -> str:
+        return self.start.champion_version or ""
+
+    @property
+    def challenger(self) -> str:
+        return self.start.model_version
+
+    @property
+    def share(self) -> float:
+        return self.start.challenger_share
+
+    @property
+    def latest(self) -> dict[str, Any] | None:
+        """The latest run's difference (value, lower, upper, half_width, n, state, as_of_window)."""
+        return None if self.history.empty else self.history.iloc[-1].to_dict()
+
+    @property
+    def state(self) -> str | None:
+        latest = self.latest
+        return None if latest is None else latest["state"]
+
+    @property
+    def verdict(self) -> str:
+        """The latest run's verdict in words (:func:`verdict_words`)."""
+        latest = self.latest
+        matured = 0 if latest is None or pd.isna(latest["n"]) else int(latest["n"])
+        return verdict_words(self.state, matured, self.min_decisions)
+
+    @property
+    def outcome(self) -> str:
+        """How a concluded test ended, in words (what ``end`` did; '' while the test runs)."""
+        end = self.end
+        if end is None:
+            return ""
+        if end.action == "ab_promote":
+            return VERDICT_WORDS["promote"]
+        if end.action == "ab_end":
+            # the verdict carried out is the reason's (model_monitoring writes the rule's words),
+            # else the last run's
+            reason = end.request_reason or ""
+            if "not distinguishable" in reason:
+                return VERDICT_WORDS["expired"]
+            if "champion is better" in reason:
+                return VERDICT_WORDS["end"]
+            if self.state in ("expired", "end"):
+                return VERDICT_WORDS[self.state]
+            return "ended: champion kept"
+        return f"stopped without a verdict: {end.action} of {end.model_version}"
+
+    @property
+    def key(self) -> tuple:
+        """What a page shows of the test: equal keys, nothing to redraw."""
+        return (self.start.deployment_id, None if self.end is None else self.end.deployment_id, self.content,
+                self.min_decisions, self.max_decisions, self.conclude)
+
+
+def _number_or_nan(value: Any) -> float:
+    return float("nan") if value is None or pd.isna(value) else float(value)
+
+
+def ab_test_of(rows: pd.DataFrame, deployments: tuple[DeploymentRecord, ...], config: ABTestConfig) -> AbTest | None:
+    """The latest A/B test of ``deployments`` (by ``deployed_at``) — its last ``ab_start`` and the
+    record after it, if any — with what the monitoring runs wrote of it; None when none ever ran.
+
+    ``rows``: the ``ab_*`` rows of ``model_monitoring`` (all runs). The test's are those of its two
+    versions (an arm's rows its version, the others the challenger's) whose cohort (the test's
+    span: from its first decision, or its deployment, to the run's window end) starts after the
+    record before its ``ab_start`` and before the record after it, written by a run whose window
+    ends after the ``ab_start``: so a test of the same versions run again later, or a backfill of
+    a window before the test, is not this one's. Values are of the latest run (``as_of_ms``).
+    """
+    starts = [i for i, d in enumerate(deployments) if d.action == "ab_start"]
+    if not starts:
+        return None
+    i = starts[-1]
+    start = deployments[i]
+    end = deployments[i + 1] if i + 1 < len(deployments) else None
+    started_ms = _utc_naive(start.deployed_at).value / 1e6  # epoch ms, as as_of_ms
+    low = _utc_naive(deployments[i - 1].deployed_at) if i > 0 else None
+    high = _utc_naive(end.deployed_at) if end is not None else None
+    champion, challenger = start.champion_version or "", start.model_version
+    arm_dims = {f"arm={arm}": version for arm, version in zip(AB_ARMS, (champion, challenger))}
+    ours = rows.iloc[0:0]
+    if not rows.empty:
+        # a row of the champion's arm is the champion's, every other row the challenger's
+        mine = (rows["dimension"].map(arm_dims).fillna(challenger) == rows["model_version"]) \
+            & (rows["as_of_ms"] > started_ms)
+        if low is not None:
+            mine &= rows["cohort_dt"] > low
+        if high is not None:
+            mine &= rows["cohort_dt"] < high
+        ours = rows[mine.to_numpy()]
+
+    difference = ours[ours["metric"] == "ab_difference_dr"].sort_values("as_of_ms", kind="stable")
+    difference = difference.drop_duplicates("as_of_window", keep="last")
+    verdicts = ours[ours["metric"] == "ab_verdict"].drop_duplicates("as_of_window", keep="last")
+    states = verdicts.set_index("as_of_window")["dimension"].astype(str).str.removeprefix("verdict=")
+    history = pd.DataFrame({
+        "as_of_window": difference["as_of_window"].to_numpy(dtype=object),
+        "as_of_dt": pd.to_datetime(difference["as_of_ms"].to_numpy(), unit="ms"),
+        "value": difference["value"].to_numpy(dtype="float64"),
+        "lower": difference["lower"].to_numpy(dtype="float64"),
+        "upper": difference["upper"].to_numpy(dtype="float64"),
+        "n": difference["n"].to_numpy(dtype="float64"),
+        "state": pd.Series([None if pd.isna(v) else v for v in states.reindex(difference["as_of_window"])],
+                           dtype=object),
+    })
+    history["half_width"] = (history["upper"] - history["lower"]) / 2
+
+    arms = pd.DataFrame(index=pd.Index(AB_ARMS, name="arm"))
+    arms["version"] = [champion, challenger]
+    for column in ("decisions", "matured", *(f"{m}_{part}" for m in AB_METHODS for part in ("value", "lower", "upper"))):
+        arms[column] = float("nan")
+    if not ours.empty:
+        last = ours[ours["as_of_ms"] == ours["as_of_ms"].max()]
+        per_arm = last[last["dimension"].isin(list(arm_dims))]
+        for row in per_arm.itertuples(index=False):  # at most 8 rows: an arm's decisions and values
+            arm = row.dimension.removeprefix("arm=")
+            if row.metric == "ab_decisions":
+                arms.loc[arm, "decisions"] = _number_or_nan(row.value)
+            elif row.metric.startswith("ab_value_"):
+                method = row.metric.removeprefix("ab_value_")
+                if method in AB_METHODS:
+                    for part in ("value", "lower", "upper"):
+                        arms.loc[arm, f"{method}_{part}"] = _number_or_nan(getattr(row, part))
+                    if method == "dr":
+                        arms.loc[arm, "matured"] = _number_or_nan(row.n)
+        # an arm without a matured row has no value rows: none of its decisions has matured
+        arms.loc[arms["decisions"].notna() & arms["matured"].isna(), "matured"] = 0.0
+    needed = min_decisions(config, start.challenger_share) if 0 < start.challenger_share < 1 else config.min_decisions
+    history = history.reset_index(drop=True)
+    content = hash((int(pd.util.hash_pandas_object(history, index=False).sum()),
+                    int(pd.util.hash_pandas_object(arms, index=False).sum())))
+    return AbTest(start=start, end=end, arms=arms, history=history, min_decisions=needed,
+                  max_decisions=config.max_decisions, alpha=config.alpha, conclude=config.conclude, content=content)
 
 
 def _summarise(problems: list[str], what: str) -> list[str]:
@@ -350,13 +583,16 @@ def load_monitoring(hook: Any, config: LoopConfig, config_problems: tuple[str, .
     label = connection_label(hook)
     latest = pd.DataFrame(columns=[*MONITORING_COLUMNS, "cohort_dt"])
     total, content = 0, 0
+    ab_rows = latest
     try:
         good, bad, total = read_monitoring(hook)
         content = int(pd.util.hash_pandas_object(good[list(MONITORING_COLUMNS)], index=False).sum())
         if bad:
             problems.append(f"{len(bad):,} of {total:,} rows of {MODEL_MONITORING} are invalid and not shown:")
             problems += _summarise(bad, MODEL_MONITORING)
-        latest = latest_rows(good)
+        ab = is_ab_row(good).to_numpy()
+        ab_rows = good[ab]
+        latest = latest_rows(good[~ab])
     except MonitoringTableError as exc:
         problems.append(str(exc))
     except WAREHOUSE_ERRORS as exc:
@@ -379,12 +615,17 @@ def load_monitoring(hook: Any, config: LoopConfig, config_problems: tuple[str, .
     except (KeyError, ValueError, TypeError) as exc:  # a layout nobody foresaw: say so, show the rest
         problems.append(f"The windows of {MODEL_MONITORING} could not be tabulated: {type(exc).__name__}: {exc}")
         windows = window_table(latest.iloc[0:0], alerts, config)
+    try:
+        ab_test = ab_test_of(ab_rows, deployments, config.ab_test)
+    except (KeyError, ValueError, TypeError) as exc:  # as for the windows: say so, show the rest
+        problems.append(f"The A/B test rows of {MODEL_MONITORING} could not be read: {type(exc).__name__}: {exc}")
+        ab_test = None
     fingerprint = hash((content, total, tuple(problems), tuple(d.deployment_id for d in deployments),
                         tuple(alerts["message"]) if not alerts.empty else (), len(alerts),
                         tuple(r.request_id for r in requests)))
     return MonitoringData(latest=latest, windows=windows, alerts=alerts, deployments=deployments,
                           rollback_requests=requests, problems=tuple(problems), rows=total, warehouse=label,
-                          fingerprint=fingerprint)
+                          fingerprint=fingerprint, ab_test=ab_test)
 
 
 @functools.lru_cache(maxsize=1)

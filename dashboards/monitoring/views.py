@@ -20,15 +20,20 @@ from dashboards.auth import current_user
 from dashboards.common import plain
 from dashboards.experiments.warehouse import WAREHOUSE_ERRORS
 from dashboards.layout import TABLE_CONFIGURATION, shown_or_hidden
+from dashboards.monitoring.charts import ab_difference_figure
 from dashboards.monitoring.store import (
+    AB_HISTORY_TITLES,
     ALERT_COLUMNS,
     HISTORY_TITLES,
+    HISTORY_TOOLTIPS,
     WINDOW_TITLES,
+    AbTest,
     MonitoringData,
     MonitoringStore,
     deployment_history,
     empty_alerts,
     gate_evidence,
+    split_text,
 )
 from factory_tasks.core.contracts import ContractError
 from factory_tasks.warehouse.rollbacks import RollbackRefused
@@ -38,8 +43,10 @@ HTML_FIELDS = ("conversion", "roc_auc", "policy_value_dr")
 WINDOW_WIDTHS = {"cohort": 124, "model_version": 58, "volume": 62, "conversion": 150, "roc_auc": 132,
                  "estimated_roc_auc": 74, "label_completeness": 62, "policy_value_dr": 200, "max_drift": 124,
                  "alerts": 58, "maturity": 96}
-HISTORY_WIDTHS = {"model_version": 150, "deployed_at": 230, "action": 76, "chosen_by": 260, "gate_reason": 380,
-                  "deployment_id": 150}
+HISTORY_WIDTHS = {"model_version": 150, "deployed_at": 230, "action": 96, "champion": 150, "split": 112,
+                  "chosen_by": 260, "gate_reason": 380, "deployment_id": 150}
+#: the A/B test's runs shown in its history table (newest first; the chart shows them all)
+AB_HISTORY_ROWS = 24
 ALERT_WIDTHS = {"raised_at": 160, "model_version": 64, "cohort_start": 160, "kind": 130, "metric": 150,
                 "dimension": 130, "value": 80, "threshold": 80, "message": 420, "retrain_run_id": 200}
 
@@ -82,11 +89,18 @@ def lineage_markdown(data: MonitoringData | None) -> str:
         f"model {_code(d.model_version)} ({_code(d.model_name)}, build {_code(d.build_id)})",
         f"deployment {_code(d.deployment_id)}",
     ])
+    if d.action == "ab_start":
+        head = (f"### Serving an A/B test since {html.escape(d.deployed_at)}: champion {_code(d.champion_version)} "
+                f"and challenger {_code(d.model_version)} ({html.escape(split_text(d.challenger_share))})\n"
+                f"Test {_code(d.test_id)}: its values and verdict are in the tab *A/B test*. The challenger's lineage: ")
+    else:
+        head = f"### Serving model {_code(d.model_version)} since {html.escape(d.deployed_at)}\n"
+    asked = {"rollback": "Rolled back at the request of", "ab_promote": "The A/B test's verdict (promote), carried out by",
+             "ab_end": "The A/B test's verdict (end), carried out by"}
     return (
-        f"### Serving model {_code(d.model_version)} since {html.escape(d.deployed_at)}\n"
-        f"{steps}\n\n"
-        + (f"Rolled back at the request of **{plain(d.requested_by or 'someone')}**: {plain(d.request_reason or '')}\n\n"
-           if d.action == "rollback" else "")
+        f"{head}{steps}\n\n"
+        + (f"{asked[d.action]} **{plain(d.requested_by or 'someone')}**: {plain(d.request_reason or '')}\n\n"
+           if d.action in asked else "")
         + f"Chosen: {html.escape(chosen)} — {plain(d.choice_reason)} · gate: {plain(d.gate_reason)}"
         f"{' (overridden)' if d.gate_override else ''} · code {_code(d.code_version)}"
         f"{f' · {earlier} earlier deployment(s)' if earlier > 0 else ''}"
@@ -235,7 +249,8 @@ class DeploymentHistory(Viewer):
         self.table = pn.widgets.Tabulator(
             self._history(), pagination="local", page_size=10, show_index=False, disabled=True,
             selectable=False, sizing_mode="stretch_width", css_classes=["mf-deployments"],
-            titles=dict(HISTORY_TITLES), widths=dict(HISTORY_WIDTHS), configuration=TABLE_CONFIGURATION)
+            titles=dict(HISTORY_TITLES), widths=dict(HISTORY_WIDTHS), header_tooltips=dict(HISTORY_TOOLTIPS),
+            configuration=TABLE_CONFIGURATION)
         number = NumberFormatter(format="0.0000")
         self.evidence = pn.widgets.Tabulator(
             self._evidence(), pagination="local", page_size=10, show_index=False, disabled=True,
@@ -356,3 +371,171 @@ class RollbackPanel(Viewer):
             self._requester(), self.version, self.reason_input, self.button, self._message, self.requests,
             sizing_mode="stretch_width",
         )
+
+
+# -- the A/B test ------------------------------------------------------------------------------
+
+def _signed(value: float, digits: int = 2) -> str:
+    if value is None or pd.isna(value):
+        return "n/a"
+    return f"{value:+,.{digits}f}"
+
+
+def _interval(value: float, lower: float, upper: float, signed: bool = False) -> str:
+    """``value [lower, upper]`` (an open side as ∓∞); 'n/a' without a value."""
+    if value is None or pd.isna(value):
+        return "n/a"
+    show = _signed if signed else (lambda v: f"{v:,.2f}")
+    low = "−∞" if pd.isna(lower) else show(lower)
+    high = "+∞" if pd.isna(upper) else show(upper)
+    return f"{show(value)} [{low}, {high}]"
+
+
+def _count(value: float) -> str:
+    return "–" if value is None or pd.isna(value) else f"{int(value):,}"
+
+
+def ab_summary_markdown(ab: AbTest | None) -> str:
+    """The test's heading and facts: running or how it ended, versions, split, ε, start, last run."""
+    if ab is None:
+        return ("### No A/B test is running\n"
+                "None has been run: `model_deployments` has no `ab_start` record (`deploy_best_model` with "
+                "`challenger_share` above 0 starts one).")
+    start = ab.start
+    if ab.running:
+        head = f"### A/B test {_code(ab.test_id)}: running since {html.escape(start.deployed_at)}"
+    else:
+        end = ab.end
+        head = (f"### No A/B test is running\n"
+                f"The last one, {_code(ab.test_id)}, ended at {html.escape(end.deployed_at)} "
+                f"({_code(end.action)}: {_code(end.model_version)} serving alone): **{html.escape(ab.outcome)}**")
+    epsilon = "not recorded" if start.exploration_epsilon is None else f"{start.exploration_epsilon:g}"
+    latest = ab.latest
+    runs = (f"last monitoring run {_code(latest['as_of_window'])} ({len(ab.history):,} run(s))" if latest
+            else "no monitoring run has reported on it yet")
+    started = "" if ab.running else f" · started at {html.escape(start.deployed_at)}"
+    return (f"{head}\n\n"
+            f"Champion {_code(ab.champion)} {(1 - ab.share) * 100:.4g}% · challenger {_code(ab.challenger)} "
+            f"{ab.share * 100:.4g}% of the customers · exploration ε {epsilon}{started} · {runs}")
+
+
+def ab_arms_html(ab: AbTest) -> str:
+    """Each arm: version, share, decisions (matured / total), its DR value with the fixed-n interval
+    (IPW and SNIPW beside it, smaller)."""
+    level = f"{(1 - ab.alpha) * 100:g}%"
+    rows = []
+    for arm, share in (("champion", 1 - ab.share), ("challenger", ab.share)):
+        a = ab.arms.loc[arm]
+        others = " · ".join(f"{name} {_interval(a[f'{m}_value'], a[f'{m}_lower'], a[f'{m}_upper'])}"
+                            for name, m in (("IPW", "ipw"), ("SNIPW", "snipw")))
+        rows.append(f"<tr class='mf-ab-arm-{arm}'><td>{arm}</td><td>{_code(a['version'])}</td>"
+                    f"<td>{share * 100:.4g}%</td><td>{_count(a['matured'])} / {_count(a['decisions'])}</td>"
+                    f"<td><b>{_interval(a['dr_value'], a['dr_lower'], a['dr_upper'])}</b></td>"
+                    f"<td><small>{others}</small></td></tr>")
+    return ("<table class='mf-ab-arms-table'><thead><tr><th>Arm</th><th>Model</th><th>Share</th>"
+            "<th>Decisions (matured / total)</th>"
+            f"<th>Policy value per customer (DR, {level} interval)</th><th><small>IPW · SNIPW</small></th></tr></thead>"
+            f"<tbody>{''.join(rows)}</tbody></table>")
+
+
+def ab_difference_markdown(ab: AbTest) -> str:
+    latest = ab.latest
+    level = f"{(1 - ab.alpha) * 100:g}%"
+    if latest is None or pd.isna(latest["value"]):
+        matured = 0 if latest is None or pd.isna(latest["n"]) else int(latest["n"])
+        return (f"**Challenger − champion (DR): n/a** — {matured:,} matured decision(s): "
+                "no difference before the first matured decisions of both arms")
+    boundary = latest["half_width"]
+    bound = "±∞ (too few matured decisions)" if pd.isna(boundary) else f"±{boundary:,.2f}"
+    return (f"**Challenger − champion (DR): {_interval(latest['value'], latest['lower'], latest['upper'], True)}** "
+            f"per customer, {level} always-valid interval on {_count(latest['n'])} matured decisions · "
+            f"the rule's boundary {bound} around the difference (a verdict once the interval excludes 0)")
+
+
+def ab_verdict_markdown(ab: AbTest) -> str:
+    if not ab.running:
+        said = ab.verdict if ab.latest is not None else ""
+        last = f" (the last monitoring run said: {html.escape(said)})" if said and said != ab.outcome else ""
+        return f"Verdict: **{html.escape(ab.outcome)}**{last}"
+    text = f"Verdict: **{html.escape(ab.verdict)}**"
+    state = ab.state
+    if state in (None, "continue"):
+        return text + f" · the test ends at {ab.max_decisions:,} matured decisions at the latest"
+    winner = ab.challenger if state == "promote" else ab.champion
+    if ab.conclude:
+        return text + f" · `deploy_best_model` redeploys {_code(winner)} alone"
+    return text + " · `ab_test.conclude` is off: the verdict is recorded as an alert and the test goes on"
+
+
+def ab_history_html(ab: AbTest, limit: int = AB_HISTORY_ROWS) -> str:
+    """The difference at each monitoring run, newest first (the last ``limit``)."""
+    history = ab.history
+    if history.empty:
+        return "<p>No monitoring run has reported on the test yet.</p>"
+    shown = history.iloc[::-1].head(limit)
+    cells = []
+    for row in shown.itertuples(index=False):  # at most ``limit`` rows
+        cells.append(f"<tr><td>{html.escape(row.as_of_window)}</td>"
+                     f"<td>{_interval(row.value, row.lower, row.upper, True)}</td>"
+                     f"<td>{'–' if pd.isna(row.half_width) else f'±{row.half_width:,.2f}'}</td>"
+                     f"<td>{_count(row.n)}</td><td>{html.escape(str(row.state or '–'))}</td></tr>")
+    more = len(history) - len(shown)
+    note = f"<p>… and {more:,} earlier run(s) (in the chart)</p>" if more > 0 else ""
+    head = "".join(f"<th>{html.escape(t)}</th>" for t in AB_HISTORY_TITLES.values())
+    return f"<table class='mf-ab-history-table'><thead><tr>{head}</tr></thead><tbody>{''.join(cells)}</tbody></table>{note}"
+
+
+_AB_CSS = """
+table { border-collapse: collapse; font-size: 0.95em; }
+th, td { border-bottom: 1px solid #e0e0e0; padding: 3px 10px; text-align: left; white-space: nowrap; }
+th { background: #f5f5f5; }
+small { color: #555; }
+"""
+
+
+class ABTestPanel(Viewer):
+    """The running (or latest) A/B test: versions and split, each arm's decisions and values, the
+    difference challenger − champion with its always-valid interval and the rule's boundary, the
+    verdict in words, and the difference at each hourly run (a table and a chart). Outside a test,
+    that none runs and how the last one ended. Everything comes from :attr:`MonitoringData.ab_test`,
+    derived once per read; a new read that leaves the test as it was redraws nothing."""
+
+    store = param.ClassSelector(class_=MonitoringStore)
+
+    def __init__(self, **params):
+        super().__init__(**params)
+        self.summary = pn.pane.Markdown("", css_classes=["mf-ab-summary"], sizing_mode="stretch_width")
+        self.arms = pn.pane.HTML("", css_classes=["mf-ab-arms"], stylesheets=[_AB_CSS], sizing_mode="stretch_width")
+        self.difference = pn.pane.Markdown("", css_classes=["mf-ab-difference"], sizing_mode="stretch_width")
+        self.verdict = pn.pane.Markdown("", css_classes=["mf-ab-verdict"], sizing_mode="stretch_width")
+        self.history = pn.pane.HTML("", css_classes=["mf-ab-history"], stylesheets=[_AB_CSS],
+                                    sizing_mode="stretch_width")
+        self.chart = pn.Column(sizing_mode="stretch_width", css_classes=["mf-ab-chart"])
+        self.details = pn.Column(self.arms, self.difference, self.verdict,
+                                 "#### Challenger − champion at each hourly monitoring run",
+                                 self.chart, self.history, sizing_mode="stretch_width")
+        self._key: object = object()
+        self._sync()
+        self.store.param.watch(lambda *_: self._sync(), "data")
+
+    def _sync(self) -> None:
+        ab = None if self.store.data is None else self.store.data.ab_test
+        key = None if ab is None else ab.key
+        if key == self._key:
+            return
+        self._key = key
+        self.summary.object = ab_summary_markdown(ab)
+        self.details.visible = ab is not None
+        if ab is None:
+            self.chart[:] = []
+            return
+        self.arms.object = ab_arms_html(ab)
+        self.difference.object = ab_difference_markdown(ab)
+        self.verdict.object = ab_verdict_markdown(ab)
+        self.history.object = ab_history_html(ab)
+        drawn = ab.history.dropna(subset=["value"])
+        self.chart[:] = [pn.pane.Bokeh(ab_difference_figure(drawn, ab.alpha), sizing_mode="stretch_width")] \
+            if not drawn.empty else []
+
+    def __panel__(self):
+        return pn.Column(self.summary, self.details, sizing_mode="stretch_width", css_classes=["mf-ab-test"])

@@ -1,6 +1,7 @@
 """The monitoring dashboard, served by ``make dashboard``'s ``panel serve`` (both apps, behind
 Panel's login) and driven in headless Chromium; it reads a real SQLite warehouse written by
-``dashboards.monitoring.sample_data``."""
+``dashboards.monitoring.sample_data`` (and, for the A/B test, the ``ab_*`` rows ``monitor_window``
+wrote of a simulated live test, ``tests/unit/ab_warehouse.py``)."""
 
 from __future__ import annotations
 
@@ -289,3 +290,111 @@ def test_an_anonymous_user_cannot_request_a_rollback(server, browser):
                     origin=server.base_url, open_timeout=30)
         assert info.value.response.status_code == 403, cookie
     assert _rollback_requests(server) == []
+
+
+# -- the A/B test ------------------------------------------------------------------------------
+
+AB_COLUMNS = ("as_of_window", "as_of_ms", "cohort_start", "cohort_end", "model_version", "metric", "dimension",
+              "value", "lower", "upper", "n", "maturity")
+
+
+@pytest.fixture(scope="module")
+def ab_runs(tmp_path_factory):
+    """A live test of v3 (a quarter of the customers) against v2, a week after the sample's
+    windows, and its first five hourly monitoring runs, written by ``monitor_window`` into a
+    warehouse of its own: the ``ab_*`` rows of each run, the ``ab_start`` record and the fifth
+    run's standing (a limit of 1,200 matured decisions: the test expires there)."""
+    from factory_tasks.loop.config import ABTestConfig, LoopConfig
+    from factory_tasks.loop.windows import iso
+    from tests.monitoring_window import HOUR_MS, T0_MS, SqliteHook
+    from tests.unit.ab_warehouse import ab_start, live_test, run_monitoring, simulate_test
+
+    hook = SqliteHook(tmp_path_factory.mktemp("ab") / "warehouse.db")
+    start_ms = T0_MS + 7 * 24 * HOUR_MS
+    start = ab_start("v2", "v3", iso(start_ms).replace("Z", "+00:00"), share=0.25)
+    simulate_test(hook, start_ms, 6, champion="v2", challenger="v3", per_hour=600, share=0.25)
+    config = LoopConfig(ab_test=ABTestConfig(max_decisions=1200, planned_decisions=1000))
+    summaries = run_monitoring(hook, [start_ms + h * HOUR_MS for h in range(1, 6)], live_test(start), config)
+    with sqlite3.connect(hook.path) as conn:
+        runs = [conn.execute(f"SELECT {', '.join(AB_COLUMNS)} FROM {MODEL_MONITORING} WHERE metric LIKE 'ab_%' "
+                             "AND as_of_window = ?", (s["as_of_window"],)).fetchall() for s in summaries]
+    assert [s["ab_test"]["state"] for s in summaries] == ["continue"] * 4 + ["expired"]
+    return {"start": start, "runs": runs, "standing": summaries[-1]["ab_test"]}
+
+
+def _pane_text(page, css: str) -> str:
+    """The rendered text of a Panel pane, without its stylesheets (its shadow root's other children)."""
+    return page.locator(css).evaluate(
+        "e => Array.from((e.shadowRoot || e).children).filter(c => !['STYLE', 'LINK'].includes(c.tagName))"
+        ".map(c => c.innerText).join('\\n').trim()")
+
+
+def _difference(run: list[tuple]) -> dict:
+    [row] = [dict(zip(AB_COLUMNS, r)) for r in run if r[AB_COLUMNS.index("metric")] == "ab_difference_dr"]
+    return row
+
+
+def test_the_ab_test_panel_shows_a_running_test_its_verdict_and_how_it_ended(page, server, ab_runs):
+    from tests.sqlite_warehouse import SqliteWarehouse
+    from tests.unit.ab_warehouse import verdict_record, write_records
+
+    start, runs = ab_runs["start"], ab_runs["runs"]
+    insert = f"INSERT INTO {MODEL_MONITORING} ({', '.join(AB_COLUMNS)}) VALUES ({', '.join('?' * len(AB_COLUMNS))})"
+    total = _windows(server.frame)
+    end = verdict_record(start, "end", "2026-12-08T06:02:00+00:00", ab_runs["standing"]["reason"])
+    try:
+        _sql(server, *((insert, r) for run in runs[:4] for r in run))
+        write_records(SqliteWarehouse(server.warehouse_db), start)
+        page.locator(".mf-lineage", has_text="Serving an A/B test").wait_for(timeout=WAIT_MS)
+        assert "champion v2 and challenger v3 (75% / 25%)" in shown_text(page, ".mf-lineage")
+        # the test's rows are no windows
+        page.get_by_text(f"Showing {total} of {total} windows").wait_for(timeout=WAIT_MS)
+
+        page.locator(".mf-sections .bk-tab", has_text="A/B test").click()
+        page.locator(".mf-ab-verdict", has_text="no verdict before").wait_for(timeout=WAIT_MS)
+        assert _pane_text(page, ".mf-ab-verdict").startswith(
+            "Verdict: not distinguishable yet — no verdict before 1,000 matured decisions")
+        assert f"A/B test v2:v3: running since {start.deployed_at}" in _pane_text(page, ".mf-ab-summary")
+        diff = _difference(runs[3])
+        assert diff["n"] == 600 and diff["lower"] < 0 < diff["upper"]
+        shown = _pane_text(page, ".mf-ab-difference")
+        assert f"{diff['value']:+,.2f} [{diff['lower']:+,.2f}, {diff['upper']:+,.2f}]" in shown, shown
+        assert f"boundary ±{(diff['upper'] - diff['lower']) / 2:,.2f}" in shown and "on 600 matured" in shown
+        arms = page.locator(".mf-ab-arms tbody tr")
+        expect(arms).to_have_count(2, timeout=WAIT_MS)
+        # 4 hours of decisions, the first hour's matured: 450 / 150 an hour
+        assert re.search(r"champion\s+v2\s+75%\s+450 / 1,800", arms.nth(0).inner_text()), arms.nth(0).inner_text()
+        assert re.search(r"challenger\s+v3\s+25%\s+150 / 600", arms.nth(1).inner_text()), arms.nth(1).inner_text()
+        expect(page.locator(".mf-ab-history tbody tr")).to_have_count(4, timeout=WAIT_MS)
+        page.locator(".mf-ab-chart .bk-Canvas").first.wait_for(timeout=WAIT_MS)
+
+        # the next hourly run reaches the limit: the open panel follows it
+        _sql(server, *((insert, r) for r in runs[4]))
+        page.locator(".mf-ab-verdict", has_text="expired: champion kept").wait_for(timeout=WAIT_MS)
+        diff = _difference(runs[4])
+        assert f"{diff['value']:+,.2f} [{diff['lower']:+,.2f}, {diff['upper']:+,.2f}]" in \
+            _pane_text(page, ".mf-ab-difference")
+        expect(page.locator(".mf-ab-history tbody tr")).to_have_count(5, timeout=WAIT_MS)
+        assert "expired" in page.locator(".mf-ab-history tbody tr").first.inner_text()
+        OUTPUT.mkdir(exist_ok=True)
+        page.screenshot(path=str(OUTPUT / "monitoring_dashboard_ab_test.png"), full_page=True)
+
+        # the verdict carried out: v2 alone; no test runs, the last one's verdict stays in view
+        write_records(SqliteWarehouse(server.warehouse_db), end)
+        page.locator(".mf-ab-summary", has_text="No A/B test is running").wait_for(timeout=WAIT_MS)
+        summary = _pane_text(page, ".mf-ab-summary")
+        assert f"The last one, v2:v3, ended at {end.deployed_at} (ab_end: v2 serving alone): expired: champion kept" \
+            in summary, summary
+        assert "Serving model v2" in shown_text(page, ".mf-lineage")
+        page.locator(".mf-sections .bk-tab", has_text="Deployments").click()
+        history = page.locator(".mf-deployments .tabulator-row")
+        expect(history).to_have_count(4, timeout=WAIT_MS)
+        cells = [[history.nth(i).locator(f".tabulator-cell[tabulator-field={f}]").inner_text().strip()
+                  for f in ("action", "model_version", "champion", "split")] for i in range(2)]
+        assert cells == [["ab_end", "v2", "", ""], ["ab_start", "v3", "v2", "75% / 25%"]]
+        assert "A/B verdict by model_monitoring" in history.first.inner_text()
+        page.screenshot(path=str(OUTPUT / "monitoring_dashboard_ab_deployments.png"), full_page=True)
+    finally:
+        _sql(server, (f"DELETE FROM {MODEL_MONITORING} WHERE metric LIKE 'ab_%'", ()),
+             ("DELETE FROM model_deployments WHERE deployment_id IN (?, ?)", (start.deployment_id, end.deployment_id)))
+    page.locator(".mf-lineage", has_text="Serving model v2").wait_for(timeout=WAIT_MS)
