@@ -11,9 +11,10 @@ champion or keeps the one serving. The demo follows the chain to its end and pri
 
 The demo's settings are the default ``config/closed_loop.yaml`` with a shorter response window
 (so labels mature within the demo), the drift's start set to the second window and a one-minute
-review window for the retrain's deployment; they are written, validated, to
-``var/config/closed_loop_demo.yaml``. A window that the hourly schedule already decided keeps
-its decisions when the backfill runs it again (its responses follow the demo's settings).
+review window for the retrain's deployment, whose challenger starts an A/B test; they are
+written, validated, to ``var/config/closed_loop_demo.yaml``. A window that the hourly schedule
+already decided keeps its decisions when the backfill runs it again (its responses follow the
+demo's settings). Then the A/B phase (:mod:`stack.ab_demo`) on the three hours after the loop's.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from pathlib import Path
 
 import yaml
 
+from stack.ab_demo import AB_CUSTOMERS, AB_WINDOWS, DEMO_CHALLENGER_SHARE, AbReport, ab_phase
 from stack.airflow_api import FINISHED_RUN_STATES, AirflowApi, AirflowApiError, iso, when
 from stack.backfill import HOUR, BackfillFailed, backfill
 from stack.deploy import DeployReport, DeployRunMissing, failed_task, find_deploy_run, watch_deploy_run
@@ -45,6 +47,11 @@ MAX_FOLLOWED_REVIEW_MINUTES = 10
 TICK_S = 3.0
 #: labels mature within the demo: a 60-minute response window, conversions ~12 minutes late
 DEMO_RESPONSES = {"window_minutes": 60.0, "delay_median_minutes": 12.0}
+#: customers per hour: enough drifted interactions for the retrain to learn the drift (on the
+#: simulator, +2.1 per customer over the champion with 10,000 of them; +0.6 with 2,000)
+DEMO_CUSTOMERS = 10_000
+#: the demo's drift: Discount stops working for Web customers (the default file's -1.2 only weakens it)
+DEMO_DRIFT_LOG_ODDS = -2.5
 #: the monitoring rows the demo prints per cohort, in this order
 SHOWN = (("volume", "volume", 6), ("label_completeness", "labels", 7), ("estimated_roc_auc", "est. AUC", 8),
          ("roc_auc", "AUC", 8), ("estimated_conversion_rate", "est. conv.", 10), ("conversion_rate", "conv.", 7),
@@ -65,6 +72,8 @@ class Retrain:
     deploy: DeployReport | None = None
     #: from a make run before this one (its windows' alerts were already recorded)
     earlier: bool = False
+    #: its deployment started an A/B test beside the champion (``ab_start``) instead of replacing it
+    started_test: bool = False
     error: str | None = None
 
 
@@ -78,13 +87,34 @@ class DemoReport:
     monitoring_runs: list[str] = field(default_factory=list)
     alert_ids: list[str] = field(default_factory=list)
     retrains: list[Retrain] = field(default_factory=list)
+    #: the A/B phase's windows, after the loop's, and what it showed
+    ab_windows: list[datetime] = field(default_factory=list)
+    ab: AbReport | None = None
     error: str | None = None
 
 
-def demo_windows(now: datetime) -> list[datetime]:
-    """The starts of the last :data:`WINDOWS` full UTC hours before ``now``, oldest first."""
-    hour = now.astimezone(timezone.utc).replace(minute=0, second=0, microsecond=0)
-    return [hour - HOUR * (WINDOWS - i) for i in range(WINDOWS)]
+def demo_windows(now: datetime, decided: set[str] | frozenset[str] = frozenset()) -> tuple[list[datetime], list[datetime]]:
+    """The loop's :data:`WINDOWS` hours and the A/B phase's :data:`AB_WINDOWS` hours right after
+    them (UTC starts, oldest first): the latest full hours before ``now`` whose A/B hours no
+    deployment has decided yet (``decided``: window starts with decisions), so the test's
+    deployment decides them itself. A fresh stack takes the last six hours; a second ``make
+    run`` goes further back."""
+    end = now.astimezone(timezone.utc).replace(minute=0, second=0, microsecond=0)
+    while any(iso(end - HOUR * (k + 1)) in decided for k in range(AB_WINDOWS)):
+        end -= HOUR
+    hours = [end - HOUR * (WINDOWS + AB_WINDOWS - i) for i in range(WINDOWS + AB_WINDOWS)]
+    return hours[:WINDOWS], hours[WINDOWS:]
+
+
+def decided_windows(hook) -> set[str]:
+    """The windows ``prediction_log`` holds decisions of."""
+    from factory_tasks.warehouse.dialects import dialect_for
+    from factory_tasks.warehouse.loop_tables import PREDICTION_LOG
+
+    dialect = dialect_for(hook)
+    if not dialect.table_exists(hook, PREDICTION_LOG):
+        return set()
+    return {start for (start,) in dialect.select(hook, PREDICTION_LOG, ["window_start"])}
 
 
 # A run's logical date is its window's start under every timetable, but what a backfill's from
@@ -101,15 +131,19 @@ def monitoring_range(windows: list[datetime]) -> tuple[datetime, datetime]:
     return windows[0] + HOUR, windows[-1] + HOUR
 
 
-def write_demo_config(source: Path, target: Path, drift_start: datetime) -> Path:
-    """The default settings with the demo's response window, the drift on from ``drift_start``
-    and a short review window for the retrain's deployment."""
+def write_demo_config(source: Path, target: Path, drift_start: datetime, *, customers: int = DEMO_CUSTOMERS,
+                      **monitoring) -> Path:
+    """The default settings with the demo's response window, the drift on from ``drift_start``,
+    a short review window for the retrain's deployment, whose challenger is A/B tested on
+    :data:`~stack.ab_demo.DEMO_CHALLENGER_SHARE` of the customers, and ``monitoring`` overrides."""
     from factory_tasks.loop.config import load_loop_config
 
     config = load_loop_config(source).model_dump(mode="json")
+    config["traffic"]["customers_per_window"] = customers
     config["responses"].update(DEMO_RESPONSES)
-    config["drift"].update(enabled=True, start=iso(drift_start))
-    config["monitoring"]["retrain_review_window_minutes"] = RETRAIN_REVIEW_MINUTES
+    config["drift"].update(enabled=True, start=iso(drift_start), log_odds_change=DEMO_DRIFT_LOG_ODDS)
+    config["monitoring"].update(retrain_review_window_minutes=RETRAIN_REVIEW_MINUTES,
+                                retrain_challenger_share=DEMO_CHALLENGER_SHARE, **monitoring)
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_text("# written by `make run` for its closed-loop demo (see local/stack/closed_loop.py)\n"
                       + yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
@@ -124,12 +158,16 @@ def closed_loop_demo(stack: RunningStack, started: float, *, step: str = "[8/8]"
     (its default when None)."""
     from factory_tasks.core.settings import REPO_ROOT
 
-    report = DemoReport(windows=demo_windows(datetime.now(timezone.utc)))
+    report = DemoReport()
+    report.windows, report.ab_windows = demo_windows(datetime.now(timezone.utc), decided_windows(stack.warehouse_hook()))
     windows = report.windows
-    config = write_demo_config(REPO_ROOT / "config" / "closed_loop.yaml", stack.paths.config / "closed_loop_demo.yaml",
-                               drift_start=windows[1])
+    source = REPO_ROOT / "config" / "closed_loop.yaml"
+    config = write_demo_config(source, stack.paths.config / "closed_loop_demo.yaml", drift_start=windows[1])
+    ab_config = write_demo_config(source, stack.paths.config / "closed_loop_ab.yaml", drift_start=windows[1],
+                                  customers=AB_CUSTOMERS, retrain_on_alert=False)
     _say(f"{step} closed-loop demo: {WINDOWS} hourly windows of traffic from {windows[0]:%H:%M} UTC, drift on from "
-         f"{windows[1]:%H:%M} (Discount stops working for Web customers; more Web customers); settings {config}")
+         f"{windows[1]:%H:%M} (Discount stops working for Web customers; more Web customers), then an A/B test of "
+         f"the retrain over {report.ab_windows[0]:%H:%M}–{report.ab_windows[-1] + HOUR:%H:%M}; settings {config}")
     conf: dict = {"loop_config_path": str(config)}
     try:
         traffic = backfill(stack, TRAFFIC_DAG, windows, traffic_range(windows), conf)
@@ -158,6 +196,10 @@ def closed_loop_demo(stack: RunningStack, started: float, *, step: str = "[8/8]"
             report.retrains.append(_follow_retrain(stack, run_id, started))
         _print_chain(report, alerts)
         report.ok = all(r.state == "success" and r.deploy is not None and r.deploy.ok for r in report.retrains)
+        if report.ok:
+            ab_conf = {"loop_config_path": str(ab_config)}
+            report.ab = ab_phase(stack, report.ab_windows, ab_conf,
+                                 {**ab_conf, "grid_path": grid_path} if grid_path else ab_conf)
     except (BackfillFailed, TimeoutError, AirflowApiError, StackNotUp) as exc:
         report.error = str(exc)
         _say(f"  closed loop failed after {time.time() - started:.0f}s: {exc}")
@@ -214,7 +256,13 @@ def _retrain_and_deploy(stack: RunningStack, run_id: str) -> Retrain:
         _say(f"  deploy run {trigger.run_id}: {note}")
         return replace(found, error=note)
     deploy = watch_deploy_run(stack, trigger.run_id, review_minutes=minutes, indent="    ")
-    return replace(found, deploy=deploy, error=deploy.error)
+    started_test = False
+    if deploy.deployed:
+        from factory_tasks.warehouse.deployments import serving
+
+        now = serving(stack.warehouse_hook())
+        started_test = now is not None and now.action == "ab_start" and now.factory_run_id == deploy.factory_run_id
+    return replace(found, deploy=deploy, error=deploy.error, started_test=started_test)
 
 
 def _stop_unfinished(api: AirflowApi, dag_id: str, run_id: str) -> None:
@@ -247,7 +295,8 @@ def _print_chain(report: DemoReport, alerts) -> None:
             _say(f"      → {DEPLOY_DAG} run {deploy.run_id} failed: {deploy.error}; "
                  "the model now serving keeps serving")
             continue
-        verdict = "a new champion deployed" if deploy.deployed else "the champion kept"
+        verdict = ("an A/B test started beside the champion" if retrain.started_test
+                   else "a new champion deployed" if deploy.deployed else "the champion kept")
         gate = deploy.gate or {}
         newer = (f" (deploying the newer {deploy.factory_run_id}, whose event it consumed too)"
                  if deploy.factory_run_id and deploy.factory_run_id != retrain.run_id else "")

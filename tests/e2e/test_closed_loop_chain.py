@@ -20,8 +20,10 @@ from collections import Counter
 from datetime import timedelta
 
 import pytest
+from stack.ab_demo import DEMO_CHALLENGER_SHARE
 from stack.airflow_api import iso, when
 from stack.closed_loop import (
+    DEMO_CUSTOMERS,
     MONITORING_DAG,
     RETRAIN_REVIEW_MINUTES,
     TRAFFIC_DAG,
@@ -39,7 +41,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(2400)]
 
 FACTORY_DAG = "model_factory"
 GRID = SETTINGS + LOGISTIC % "[0.1, 1.0]"  # two cheap experiments
-CUSTOMERS_PER_WINDOW = 2000  # config/closed_loop.yaml's traffic.customers_per_window, which the demo keeps
+CUSTOMERS_PER_WINDOW = DEMO_CUSTOMERS
 
 
 @pytest.fixture
@@ -153,7 +155,8 @@ def test_alert_retrain_and_deploy_close_the_loop_once_per_window(running: Runnin
 
     # each deploy run (one per retrain, unless Airflow handed one run both events: then it
     # deploys the newer) asked for a review that timed out, and its gate decided and recorded
-    deployments = _rows(stack, "SELECT factory_run_id, gate_reason FROM model_deployments")
+    deployments = _rows(stack, "SELECT factory_run_id, gate_reason FROM model_deployments "
+                               "WHERE action IN ('deploy', 'ab_start')")  # not the A/B verdict's redeploy
     for deploy_run_id in deploy_runs:
         deploy_run = api.dag_run(DEPLOY_DAG, deploy_run_id)
         assert (deploy_run["run_type"], deploy_run["state"]) == ("asset_triggered", "success"), deploy_run
@@ -168,5 +171,34 @@ def test_alert_retrain_and_deploy_close_the_loop_once_per_window(running: Runnin
 
     # no factory run deployed twice
     deployed = Counter(api.xcom(DEPLOY_DAG, r["dag_run_id"], "resolve_run")["factory_run_id"]
-                       for r in api.dag_runs(DEPLOY_DAG))
+                       for r in api.dag_runs(DEPLOY_DAG)
+                       if not (r.get("conf") or {}).get("model_version"))  # not a redeploy (rollback, A/B verdict)
     assert deployed[factory["dag_run_id"]] == 1 and set(deployed.values()) == {1}, deployed
+
+    # the A/B phase: the retrain the gate let through is tested beside the champion on the next
+    # hours, each monitored; a verdict redeploys the winner alone (recorded), else the test goes on
+    ab = demo.ab
+    assert ab is not None, demo
+    started = [r for r in demo.retrains if r.started_test]
+    assert ab.started == bool(started), (ab, demo.retrains)
+    if not ab.started:  # the gate showed the retrain worse: nothing to test (said so)
+        assert all("worse" in r.deploy.gate["reason"] for r in demo.retrains), demo.retrains
+        assert "nothing was tested" in ab.note
+        return
+    assert ab.windows == demo.ab_windows and ab.windows[0] == windows[-1] + timedelta(hours=1)
+    test = _rows(stack, "SELECT model_version, champion_version, challenger_share, test_id, deployment_crn, "
+                        "deployment_id FROM model_deployments WHERE action = 'ab_start' ORDER BY deployed_at")[-1]
+    assert test[3] == ab.test_id and test[2] == DEMO_CHALLENGER_SHARE
+    arms = dict(_rows(stack, "SELECT arm, COUNT(*) FROM prediction_log WHERE deployment_crn = ? GROUP BY arm",
+                      test[4] or test[5]))
+    assert set(arms) == {"champion", "challenger"}, arms
+    # every hour monitored while the test ran reports on it (after a verdict's redeploy, none does)
+    looked = [iso(w) for w in ab.windows][:len(ab.standings)]
+    assert ab.standings and [w for w, *_ in ab.standings] == looked, ab.standings
+    monitored_test = _rows(stack, "SELECT DISTINCT as_of_window FROM model_monitoring WHERE metric = 'ab_difference_dr'")
+    assert set(looked) <= {m for (m,) in monitored_test}
+    if ab.concluded_by:
+        last = _rows(stack, "SELECT action, model_version, requested_by FROM model_deployments ORDER BY deployed_at")[-1]
+        assert last == (ab.concluded_by, test[0] if ab.concluded_by == "ab_promote" else test[1], "model_monitoring")
+    else:
+        assert ab.note and "no verdict yet" in ab.note, ab
