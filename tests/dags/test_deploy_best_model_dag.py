@@ -54,20 +54,20 @@ def warehouse(tmp_path, monkeypatch) -> SqliteWarehouse:
 
 def _event(factory_run_id: str, at: datetime, source_run_id: str | None = None,
            review_window_minutes: float | None = None,
-           loop_config_path: str | None = None) -> AssetEventDagRunReferenceResult:
+           loop_config_path: str | None = None, challenger_share: float | None = None) -> AssetEventDagRunReferenceResult:
     """An experiment_outcomes event as the task runner hands it to a task (``extra`` as
     model_factory's record_outcomes sets it)."""
     return AssetEventDagRunReferenceResult(
         asset={"name": "experiment_outcomes", "uri": "model-factory://warehouse/experiment_outcomes", "extra": {}},
         extra={"factory_run_id": factory_run_id, "review_window_minutes": review_window_minutes,
-               "loop_config_path": loop_config_path},
+               "loop_config_path": loop_config_path, "challenger_share": challenger_share},
         source_task_id="record_outcomes", source_dag_id="model_factory",
         source_run_id=source_run_id or factory_run_id, source_map_index=-1, source_aliases=[], timestamp=at)
 
 
 def _params(**over) -> dict:
     params = {"factory_run_id": None, "experiment_id": None, "review_window_minutes": 120,
-              "loop_config_path": "config/closed_loop.yaml"}
+              "loop_config_path": "config/closed_loop.yaml", "challenger_share": 0.0}
     return {**params, **over}
 
 
@@ -116,6 +116,13 @@ def test_a_closed_loop_retrains_loop_settings_reach_the_shadow_evaluation(dag, w
     events = [_event("run_new", T0, loop_config_path="var/config/closed_loop_demo.yaml")]
     assert run_task(dag, "resolve_run", params=_params(), events=events)["loop_config_path"] == (
         "var/config/closed_loop_demo.yaml")
+
+
+def test_a_retrains_challenger_share_starts_a_test_unless_the_event_leaves_it_to_the_param(dag, warehouse):
+    asked = [_event("run_new", T0, loop_config_path="x.yaml", challenger_share=0.5)]
+    assert run_task(dag, "resolve_run", params=_params(), events=asked)["challenger_share"] == 0.5
+    silent = [_event("run_new", T0, challenger_share=None)]
+    assert run_task(dag, "resolve_run", params=_params(challenger_share=0.2), events=silent)["challenger_share"] == 0.2
 
 
 def test_a_run_given_by_param_keeps_the_params_window_whatever_the_events(dag, warehouse):

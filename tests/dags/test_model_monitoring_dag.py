@@ -164,7 +164,7 @@ def test_dags_test_monitors_a_drifted_window_and_asks_for_a_retrain(tmp_path):
     # the retrain runs the grid whose economics priced the window; the loop's settings go with it
     assert conf == {"grid_path": "config/grid.yaml", "include_interactions": True,
                     "reason": "2026-12-01T03:00:00Z/v1/feature_drift/feature=channel", "review_window_minutes": 30.0,
-                    "loop_config_path": str(tmp_path / "config" / "closed_loop.yaml")}
+                    "loop_config_path": str(tmp_path / "config" / "closed_loop.yaml"), "challenger_share": 0.0}
 
 
 @pytest.mark.e2e
