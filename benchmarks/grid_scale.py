@@ -15,6 +15,10 @@ metrics, a small training table — waits until the DAG run ends, stops everythi
   at the same instant (the cores the workspace could give): everything before the first run,
   the gaps where a core sat idle because the next run was not yet submitted, and everything
   after the last run, per experiment. The serial form ``(wall - runs' time) / N`` beside it;
+* **a pool slot's turn**: the median of each phase of a ``run_experiment`` instance — the
+  executor's pick-up, the task's start to its CML run created (the submit), the run, the run's
+  end to the task's end (the triggerer), the task's end to the next instance queued (the
+  scheduler's hand-off) — and their sum: what each of the ``max_parallel`` slots pays per experiment;
 * **the pool**: the most CML runs in flight at once (created to finished, from the workspace's
   run records) against the run's ``max_parallel``, which ``plan_experiments`` sizes the pool
   ``model_factory_experiments`` to (deferred task instances counted): never more may be in flight;
@@ -583,6 +587,69 @@ def experiment_timeline(tis: list[dict], records: list[dict], dag_start: datetim
     return lines
 
 
+#: the phases of one pool slot's turn, in order (:func:`slot_cycle`'s keys)
+CYCLE_PARTS = (
+    ("pick_up", "queued to started: the executor starts the task"),
+    ("submit", "started to the CML run created: task process, DAG parse, submit"),
+    ("run", "the CML run, created to finished (its queue included)"),
+    ("run_end_to_task_end", "run finished to task ended: the triggerer's pick-up, check and event"),
+    ("hand_off", "task ended to the next instance queued: the scheduler frees the slot"),
+)
+
+
+def slot_cycle(tis: list[dict], records: list[dict]) -> dict[str, Any]:
+    """Where a pool slot's turn goes: the median of each :data:`CYCLE_PARTS` phase over the
+    run_experiment instances (joined to their CML runs by map index), and ``cycle`` (their sum)
+    and ``n`` beside them. ``hand_off`` pairs each task's end with the first instance queued at
+    or after it (the one its slot went to)."""
+    by_index = {map_index_of(r): r for r in records}
+    phases: dict[str, list[float]] = {key: [] for key, _ in CYCLE_PARTS}
+    queued, ended = [], []
+    for ti in tis:
+        if ti.get("task_id") != EXPERIMENT_TASK:
+            continue
+        run = by_index.get(ti.get("map_index"), {})
+        at = {k: when(v).timestamp() for k, v in (("queued", ti.get("queued_when")), ("start", ti.get("start_date")),
+                                                   ("end", ti.get("end_date")), ("created", run.get("created_at")),
+                                                   ("finished", run.get("finished_at"))) if v}
+        if "queued" in at:
+            queued.append(at["queued"])
+        if "end" in at:
+            ended.append(at["end"])
+        if len(at) < 5:
+            continue
+        phases["pick_up"].append(at["start"] - at["queued"])
+        phases["submit"].append(at["created"] - at["start"])
+        phases["run"].append(at["finished"] - at["created"])
+        phases["run_end_to_task_end"].append(at["end"] - at["finished"])
+    queued.sort()
+    for end in ended:
+        following = next((q for q in queued if q >= end), None)
+        if following is not None:
+            phases["hand_off"].append(following - end)
+    medians = {key: statistics.median(values) if values else None for key, values in phases.items()}
+    known = [v for v in medians.values() if v is not None]
+    return {**medians, "cycle": sum(known) if len(known) == len(medians) else None,
+            "n": len(phases["run"])}
+
+
+def format_slot_cycle(cycle: dict[str, Any]) -> list[str]:
+    if not cycle.get("n"):
+        return ["  no run_experiment instance with both its times and its CML run's"]
+    total = cycle.get("cycle")
+    lines = [f"  {'phase':<20} {'median s':>8} {'share':>6}  ({cycle['n']} instances)"]
+    for key, what in CYCLE_PARTS:
+        value = cycle.get(key)
+        if value is None:
+            lines.append(f"  {key:<20} {'-':>8} {'-':>6}  {what}")
+            continue
+        share = f"{value / total:6.1%}" if total else f"{'-':>6}"
+        lines.append(f"  {key:<20} {value:8.3f} {share}  {what}")
+    if total:
+        lines.append(f"  {'cycle':<20} {total:8.3f}")
+    return lines
+
+
 def pool_check(records: list[dict], max_parallel: int) -> dict[str, Any]:
     """The most CML runs in flight at once (created to finished) against the pool's size."""
     in_flight = max_concurrency(run_spans(records, "created_at"))
@@ -623,6 +690,9 @@ def report(m: ScheduledRun, n: int, *, max_parallel: int, cores: int) -> dict[st
     print(f"overhead per experiment, (wall - runs' time / {concurrency}) / {n}: {over:.3f} s   "
           f"{_ratio(over, TARGET_OVERHEAD_S)}")
     print(f"  (serial definition, (wall - runs' time) / {n}: {fig['serial_overhead_per_experiment_s']:.3f} s)")
+    cycle = slot_cycle(m.tis, m.runs)
+    print(f"a pool slot's turn, per {EXPERIMENT_TASK} instance (medians; {max_parallel} slots turning over):")
+    print("\n".join(format_slot_cycle(cycle)))
     pool = pool_check(m.runs, max_parallel)
     print(f"runs in flight at once (created to finished) at most: {pool['runs_in_flight_max']}, the pool's size "
           f"{max_parallel}: {'respected' if pool['respected'] else 'EXCEEDED'}; the pool after the run: "
@@ -668,6 +738,7 @@ def report(m: ScheduledRun, n: int, *, max_parallel: int, cores: int) -> dict[st
             "task_instances": m.task_instances, "worker_task_instances": m.worker_task_instances,
             "api_calls_per_experiment": round(per, 2), "api_calls": dict(m.calls), **pool,
             "profile_s": {k: round(v, 2) for k, v in profile.items()},
+            "slot_cycle_s": {k: (round(v, 3) if isinstance(v, float) else v) for k, v in cycle.items()},
             "cpu_s": {k: [round(a, 1), round(b, 1)] for k, (a, b) in m.cpu.items()},
             "grid_view_s": round(after, 3), "grid_view_bytes": size,
             "grid_view_during_max_s": round(during[0], 3) if during else None,

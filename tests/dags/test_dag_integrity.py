@@ -43,6 +43,18 @@ def _serialized(dag):
     return DagSerialization.from_dict(DagSerialization.to_dict(dag))
 
 
+def test_no_pooled_or_mapped_task_starts_from_the_triggerer(dagbag):
+    """Airflow 3.3 defers a ``start_from_trigger`` task as it schedules it (``DagRun.schedule_tis``
+    -> ``TaskInstance.defer_task``), outside the pool check, which admits only SCHEDULED
+    instances: every mapped ``run_experiment`` would be in flight at once, whatever the pool's
+    size. Mapped tasks starting in the triggerer are unsupported upstream too
+    (apache/airflow#48009). Why, measured: docs/benchmarks.md, ``grid_scale``."""
+    offending = [f"{dag_id}.{task.task_id}" for dag_id, dag in dagbag.dags.items()
+                 for task in _serialized(dag).task_dict.values()
+                 if task.start_from_trigger and (task.is_mapped or task.pool != "default_pool")]
+    assert not offending, f"pooled or mapped tasks that start in the triggerer: {offending}"
+
+
 def _critical_path(dag) -> list[str]:
     """The longest chain of task hand-offs from a root to a leaf."""
     longest: dict[str, list[str]] = {}

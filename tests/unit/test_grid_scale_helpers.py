@@ -13,12 +13,14 @@ from benchmarks.grid_scale import (
     count_requests,
     experiment_timeline,
     format_profile,
+    format_slot_cycle,
     format_timeline,
     grid_document,
     job_profile,
     max_concurrency,
     overhead_figures,
     pool_check,
+    slot_cycle,
     task_timeline,
     write_grid,
 )
@@ -137,3 +139,24 @@ def test_experiment_timeline_joins_task_instances_and_runs_by_map_index():
            {"task_id": "plan_experiments", "map_index": -1}]
     lines = experiment_timeline(tis, records, start)
     assert len(lines) == 2 and lines[1].split()[:7] == ["1", "-", "1.5", "2.0", "2.2", "7.0", "9.0"]
+
+
+def test_slot_cycle_splits_a_slots_turn_into_phases():
+    at = lambda s: datetime.fromtimestamp(1_800_000_000 + s, timezone.utc).isoformat().replace("+00:00", "Z")
+
+    def ti(index, queued, start, end):
+        return {"task_id": "run_experiment", "map_index": index, "queued_when": at(queued), "start_date": at(start),
+                "end_date": at(end)}
+
+    # one slot: instance 0 queued at 0, its run 0.3-0.6, ended at 2.6; instance 1 queued at 2.9
+    tis = [ti(0, 0.0, 0.1, 2.6), ti(1, 2.9, 3.0, 5.5), {"task_id": "plan_experiments", "map_index": -1}]
+    records = [_record("a" * 16, 0, 0.3, 0.3, 0.35, 0.6), _record("b" * 16, 1, 3.2, 3.2, 3.25, 3.5)]
+    cycle = slot_cycle(tis, records)
+    assert cycle["n"] == 2
+    assert cycle["pick_up"] == pytest.approx(0.1) and cycle["submit"] == pytest.approx(0.2)
+    assert cycle["run"] == pytest.approx(0.3) and cycle["run_end_to_task_end"] == pytest.approx(2.0)
+    assert cycle["hand_off"] == pytest.approx(0.3)  # the second instance's end has no successor
+    assert cycle["cycle"] == pytest.approx(2.9)
+    lines = format_slot_cycle(cycle)
+    assert lines[4].split()[:3] == ["run_end_to_task_end", "2.000", "69.0%"] and lines[-1].split() == ["cycle", "2.900"]
+    assert format_slot_cycle(slot_cycle([], []))[0].startswith("  no run_experiment")
