@@ -41,7 +41,7 @@ data interval `[start, end)`.
    docs/ab-test.md). A verdict (`ab_test` alert; never a retrain) makes **conclude_test** →
    **trigger_verdict** start `deploy_best_model` with `model_version` = the winner and
    `test_verdict` (`promote`: the challenger alone; `end`, also when `ab_test.max_decisions`
-   pass without a verdict: the champion alone), run id `ab_test__<hash of the test id>`, once
+   pass without a verdict: the champion alone), run id `ab_test__<hash of the test id and its deployment>`, once
    per test. `ab_test.conclude: false` records the verdict only.
 
 Connections: `model_factory_warehouse`, `cml_default`. Settings: `config/closed_loop.yaml`

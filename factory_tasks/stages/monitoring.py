@@ -144,8 +144,8 @@ def verdict_run(summary: dict[str, Any], config: LoopConfig, deployment: dict[st
     ``TriggerDagRunOperator`` kwargs: the winner redeployed alone (``promote``: the challenger;
     ``end`` or ``expired``: the champion), the reason the verdict with its interval. Empty (a
     list, mapped over: nothing skips the trigger) when no test concluded or ``ab_test.conclude``
-    is off. One run per test (its run id is the test's), so a verdict seen again the next hour
-    does not redeploy twice."""
+    is off. One run per test (its run id is the test's and its deployment's), so a verdict seen
+    again the next hour does not redeploy twice."""
     standing = summary.get("ab_test")
     if not standing or standing["state"] == "continue":
         return []
@@ -159,11 +159,14 @@ def verdict_run(summary: dict[str, Any], config: LoopConfig, deployment: dict[st
     if deployment.get("exploration_epsilon") is not None:
         conf["exploration_epsilon"] = deployment["exploration_epsilon"]  # the test's, kept
     log.info("A/B test %s: %s; redeploying %s alone", standing["test_id"], standing["reason"], standing["winner"])
-    return [{"trigger_run_id": verdict_run_id(standing["test_id"]), "conf": conf}]
+    return [{"trigger_run_id": verdict_run_id(standing["test_id"], deployment["deployment_id"]), "conf": conf}]
 
 
-def verdict_run_id(test_id: str) -> str:
-    """The run id of the deploy_best_model run that carries out the verdict of ``test_id``."""
+def verdict_run_id(test_id: str, deployment_id: str) -> str:
+    """The run id of the deploy_best_model run that carries out the verdict of the test
+    ``test_id`` served by ``deployment_id`` (the same two versions tested again later are
+    another test, with its own verdict)."""
     import hashlib
 
-    return f"ab_test__{hashlib.blake2b(test_id.encode(), digest_size=8).hexdigest()}"
+    digest = hashlib.blake2b(f"{test_id}\0{deployment_id}".encode(), digest_size=8).hexdigest()
+    return f"ab_test__{digest}"

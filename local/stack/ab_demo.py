@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 
 from stack.airflow_api import iso
 from stack.backfill import HOUR, backfill
@@ -82,14 +83,14 @@ def ab_phase(stack: RunningStack, windows: list[datetime], traffic_conf: dict, m
              f"{champion:.2f} (champion) and {challenger:.2f} (challenger) per customer, a difference of "
              f"{challenger - champion:+.2f}")
     report.standings = _standings(hook, windows, record.model_version)
-    return _follow_verdict(stack, record.test_id, report)
+    return _follow_verdict(stack, record.test_id, record.deployment_id, report)
 
 
-def _follow_verdict(stack: RunningStack, test_id: str, report: AbReport) -> AbReport:
+def _follow_verdict(stack: RunningStack, test_id: str, deployment_id: str, report: AbReport) -> AbReport:
     from factory_tasks.stages.monitoring import verdict_run_id
     from factory_tasks.warehouse.deployments import serving
 
-    run_id = verdict_run_id(test_id)
+    run_id = verdict_run_id(test_id, deployment_id)
     found = stack.api.call("GET", f"/api/v2/dags/{DEPLOY_DAG}/dagRuns/{run_id}", ok=(404,))
     if found.status_code == 404:
         report.note = (f"no verdict yet: the test goes on (model_monitoring checks it every hour; "
@@ -115,17 +116,17 @@ def _truth(hook, deployment_crn: str, loop_config_path: str, grid_path: str, win
     import pandas as pd
 
     from factory_tasks.core.schema import CUSTOMER_COLUMNS
+    from factory_tasks.core.settings import REPO_ROOT
     from factory_tasks.loop import simulator
     from factory_tasks.loop.config import load_loop_config
     from factory_tasks.loop.interactions import Window, active_drift
     from factory_tasks.loop.monitoring import grid_economics
-    from factory_tasks.stages.paths import config_path
     from factory_tasks.warehouse.dialects import dialect_for
     from factory_tasks.warehouse.loop_tables import PREDICTION_LOG
 
     config = load_loop_config(loop_config_path)
     drift = active_drift(config, Window(windows[0], windows[0] + HOUR))
-    economics = grid_economics(config_path(grid_path, "grid_path"))
+    economics = grid_economics(grid_path if Path(grid_path).is_absolute() else REPO_ROOT / grid_path)
     columns = ["arm", "model_offer", *CUSTOMER_COLUMNS]
     rows = dialect_for(hook).select(hook, PREDICTION_LOG, columns, {"deployment_crn": deployment_crn})
     frame = pd.DataFrame(rows, columns=columns)

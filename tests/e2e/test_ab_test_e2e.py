@@ -13,6 +13,7 @@ from datetime import datetime, timezone
 
 import pytest
 import yaml
+from stack.airflow_api import iso
 from stack.backfill import HOUR, backfill
 from stack.closed_loop import DEMO_RESPONSES, decided_windows, demo_windows
 from stack.env import stack_paths
@@ -35,7 +36,7 @@ FACTORY_DAG, DEPLOY_DAG = "model_factory", "deploy_best_model"
 TRAFFIC_DAG, MONITORING_DAG = "customer_interactions", "model_monitoring"
 WEAK_GRID = SETTINGS + LOGISTIC % "[0.000001]"  # one offer for everyone: worth the best blast offer, ~11
 GOOD_GRID = SETTINGS + LOGISTIC % "[1.0]"  # ~14 per customer on the simulator
-CUSTOMERS_PER_WINDOW = 6000
+CUSTOMERS_PER_WINDOW = 20_000  # ~40,000 matured at the last look: the interval ±1.1 against a gap of ~2.5
 
 
 @pytest.fixture
@@ -76,7 +77,7 @@ def _loop_config(stack: RunningStack):
 
 
 def test_a_better_challenger_is_tested_live_and_promoted_by_the_verdict(running):
-    api, warehouse = running.api, SqliteWarehouse(running.paths.warehouse_db)
+    warehouse = SqliteWarehouse(running.paths.warehouse_db)
     weak_run, weak = _only_experiment(running, WEAK_GRID, "weak")
     good_run, good = _only_experiment(running, GOOD_GRID, "good")
 
@@ -95,6 +96,16 @@ def test_a_better_challenger_is_tested_live_and_promoted_by_the_verdict(running)
     for p in answer.prediction["predictions"]:
         assert p["model_version"] == {"champion": champion.model_version, "challenger": test.model_version}[p["arm"]]
 
+    try:
+        _test_concludes(running, test, champion)
+    finally:  # the stack is shared: a test this one leaves running would hold back the next tests' retrains
+        if serving(warehouse).action == "ab_start":
+            deploy_run(running, {"model_version": champion.model_version, "requested_by": "test_ab_test_e2e",
+                                 "reason": "the e2e test ends its A/B test", "test_verdict": "end"})
+
+
+def _test_concludes(running: RunningStack, test, champion) -> None:
+    api, warehouse = running.api, SqliteWarehouse(running.paths.warehouse_db)
     # three hours of traffic to the test's deployment, then monitoring of each
     _, windows = demo_windows(datetime.now(timezone.utc), decided_windows(running.warehouse_hook()))
     config = _loop_config(running)
@@ -109,10 +120,14 @@ def test_a_better_challenger_is_tested_live_and_promoted_by_the_verdict(running)
     backfill(running, MONITORING_DAG, windows, (windows[0] + HOUR, windows[-1] + HOUR), monitoring_conf)
 
     # the test's rows: each arm's value and the always-valid difference, concluding
-    last = windows[-1].strftime("%Y-%m-%dT%H:%M:%SZ")
-    rows = {(m, d): (v, lo, hi, n) for m, d, v, lo, hi, n in _rows(running, 
-        "SELECT metric, dimension, value, lower, upper, n FROM model_monitoring "
-        "WHERE as_of_window = ? AND metric LIKE 'ab_%'", (last,))}
+    # the last hour monitored while the test ran (a verdict's redeploy may come before the next look)
+    looked = sorted({a for (a,) in _rows(running, "SELECT as_of_window FROM model_monitoring WHERE metric = "
+                                                  "'ab_verdict'")} & {iso(w) for w in windows})
+    assert looked, "no monitoring run reported on the test"
+    rows = {(m, d): (v, lo, hi, n) for m, d, v, lo, hi, n in _rows(
+        running, "SELECT metric, dimension, value, lower, upper, n FROM model_monitoring "
+                 "WHERE as_of_window = ? AND metric LIKE 'ab_%'", (looked[-1],))}
+
     value, lower, upper, n = rows[("ab_difference_dr", "")]
     champion_value, challenger_value = rows[("ab_value_dr", "arm=champion")], rows[("ab_value_dr", "arm=challenger")]
     assert lower > 0 and n >= 1000, (rows, champion_value, challenger_value)
@@ -124,9 +139,9 @@ def test_a_better_challenger_is_tested_live_and_promoted_by_the_verdict(running)
     assert not retrains, retrains
 
     # the verdict's deploy run (once per test) serves the challenger alone, recorded as ab_promote
-    states = run_states(running, DEPLOY_DAG, verdict_run_id(test.test_id))
+    states = run_states(running, DEPLOY_DAG, verdict_run_id(test.test_id, test.deployment_id))
     assert states["record_rollback"] == "success" and states["gate"] == "skipped", states
-    conf = api.dag_run(DEPLOY_DAG, verdict_run_id(test.test_id))["conf"]
+    conf = api.dag_run(DEPLOY_DAG, verdict_run_id(test.test_id, test.deployment_id))["conf"]
     assert (conf["model_version"], conf["test_verdict"], conf["requested_by"]) == (
         test.model_version, "promote", "model_monitoring")
     now = serving(warehouse)

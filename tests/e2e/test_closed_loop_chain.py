@@ -173,7 +173,8 @@ def test_alert_retrain_and_deploy_close_the_loop_once_per_window(running: Runnin
     deployed = Counter(api.xcom(DEPLOY_DAG, r["dag_run_id"], "resolve_run")["factory_run_id"]
                        for r in api.dag_runs(DEPLOY_DAG)
                        if not (r.get("conf") or {}).get("model_version"))  # not a redeploy (rollback, A/B verdict)
-    assert deployed[factory["dag_run_id"]] == 1 and set(deployed.values()) == {1}, deployed
+    # (this test's factory runs: other tests on the shared stack deploy theirs again by hand)
+    assert deployed[factory["dag_run_id"]] == 1 and all(deployed[r] <= 1 for r in retrain_ids), deployed
 
     # the A/B phase: the retrain the gate let through is tested beside the champion on the next
     # hours, each monitored; a verdict redeploys the winner alone (recorded), else the test goes on

@@ -88,6 +88,9 @@ def test_a_truly_better_challenger_is_promoted_with_its_evidence(tmp_path):
     assert run["conf"] == {"model_version": "v-b", "requested_by": "model_monitoring", "test_verdict": "promote",
                            "reason": f"A/B test v-a:v-b: {standing['reason']}", "exploration_epsilon": 0.1}
     assert run["trigger_run_id"].startswith("ab_test__")
+    # the same two versions tested again (another deployment) is another test: another verdict run
+    assert verdict_run(summary, LoopConfig(), {**DEPLOYMENT, "deployment_id": "ab-2"})[0]["trigger_run_id"] != run[
+        "trigger_run_id"]
     # the same test's verdict the next hour asks for the same run (triggered once)
     later = monitor_window(hook, window_at(10), LoopConfig(), DEFAULT_ECONOMICS, test=TEST)
     assert verdict_run(later, LoopConfig(), DEPLOYMENT)[0]["trigger_run_id"] == run["trigger_run_id"]
