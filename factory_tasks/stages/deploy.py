@@ -50,7 +50,14 @@ from factory_tasks.loop.selection import SelectionError, choose, rank_candidates
 from factory_tasks.stages.cml_client import CmlClient
 from factory_tasks.stages.errors import in_range
 from factory_tasks.stages.model_factory import load_plan, result_reader
-from factory_tasks.warehouse.deployments import champion, record_deployment, serving
+from factory_tasks.warehouse.deployments import (
+    DEPLOYMENTS,
+    champion,
+    champion_record,
+    latest,
+    record_deployment,
+    serving,
+)
 from factory_tasks.warehouse.outcomes import OutcomeStore
 from factory_tasks.warehouse.promotions import latest_promotion
 
@@ -275,13 +282,13 @@ def gate_decision(warehouse: Any, cml: CmlClient, choice: dict[str, Any], model_
 
     in_range("ranking_margin", ranking_margin, 0, MAX_MARGIN)
     in_range("policy_value_margin", policy_value_margin, 0, MAX_MARGIN)
-    champion_ = champion(warehouse)  # during an A/B test, its champion
+    records = DEPLOYMENTS.read_all(warehouse)
+    champion_, now = champion_record(records), latest(records)  # during an A/B test, its champion
     retrain = load_retrain_result(cml, model_version)
     decision = gate(retrain, Choice.from_data(choice, "choice"),
                     champion_version=champion_.model_version if champion_ else None,
                     ranking_margin=ranking_margin, policy_value_margin=policy_value_margin, live=retrain.live,
                     test_share=challenger_share)
-    now = serving(warehouse)
     if now is not None and now.action == "ab_start" and now.model_version == model_version:
         decision = decision.model_copy(update={"deploy": False, "overridable": False, "reason": (
             f"not deployed again: {model_version} is being A/B tested against {now.champion_version} since "

@@ -73,7 +73,8 @@ def ab_phase(stack: RunningStack, windows: list[datetime], traffic_conf: dict, m
     backfill(stack, TRAFFIC_DAG, windows, (windows[0], windows[-1]), traffic_conf)
     _say(f"  A/B traffic: {_arm_counts(hook, windows)}")
     backfill(stack, MONITORING_DAG, windows, (windows[0] + HOUR, windows[-1] + HOUR), monitoring_conf)
-    for line in _test_table(hook, windows, record.model_version):
+    rows = _test_rows(hook, windows)
+    for line in _test_table(rows, windows):
         _say(f"  {line}")
     report.truth = _truth(hook, record.deployment_crn or record.deployment_id, traffic_conf["loop_config_path"],
                           monitoring_conf.get("grid_path") or "config/grid.yaml", windows)
@@ -82,7 +83,7 @@ def ab_phase(stack: RunningStack, windows: list[datetime], traffic_conf: dict, m
         _say(f"  the simulator's truth (it knows the response model): each arm's greedy decisions are worth "
              f"{champion:.2f} (champion) and {challenger:.2f} (challenger) per customer, a difference of "
              f"{challenger - champion:+.2f}")
-    report.standings = _standings(hook, windows, record.model_version)
+    report.standings = _standings(rows, windows)
     return _follow_verdict(stack, record.test_id, record.deployment_id, report)
 
 
@@ -151,7 +152,7 @@ def _arm_counts(hook, windows: list[datetime]) -> str:
     return f"{total:,} decisions: {arms}; {explored:,} explored"
 
 
-def _test_rows(hook, windows: list[datetime], challenger: str):
+def _test_rows(hook, windows: list[datetime]) -> dict:
     """The test's rows of each A/B window's monitoring run, by (window, metric, dimension)."""
     from factory_tasks.loop.monitoring import read_rows
 
@@ -164,14 +165,17 @@ def _test_rows(hook, windows: list[datetime], challenger: str):
     return found
 
 
-def _standings(hook, windows: list[datetime], challenger: str) -> list[tuple[str, str, str]]:
-    rows = _test_rows(hook, windows, challenger)
+def _verdict(rows: dict, window: str) -> str | None:
+    """The state of the window's ``ab_verdict`` row (None: the run wrote none)."""
+    return next((k[2].removeprefix("verdict=") for k in rows if k[0] == window and k[1] == "ab_verdict"), None)
+
+
+def _standings(rows: dict, windows: list[datetime]) -> list[tuple[str, str, str]]:
     out = []
     for start in windows:
-        verdict = [key[2].removeprefix("verdict=") for key in rows if key[0] == iso(start) and key[1] == "ab_verdict"]
+        verdict = _verdict(rows, iso(start))
         if verdict:
-            diff = rows.get((iso(start), "ab_difference_dr", ""))
-            out.append((iso(start), verdict[0], _interval(diff)))
+            out.append((iso(start), verdict, _interval(rows.get((iso(start), "ab_difference_dr", "")))))
     return out
 
 
@@ -181,8 +185,7 @@ def _interval(row) -> str:
     return f"{row.value:+.2f} [{row.lower:+.2f}, {row.upper:+.2f}]"
 
 
-def _test_table(hook, windows: list[datetime], challenger: str) -> list[str]:
-    rows = _test_rows(hook, windows, challenger)
+def _test_table(rows: dict, windows: list[datetime]) -> list[str]:
     lines = [f"{'as of':>5}  {'matured':>7}  {'champion DR value':>22}  {'challenger DR value':>22}  "
              f"{'challenger − champion (always-valid 95%)':>40}  verdict"]
     for start in windows:
@@ -191,7 +194,7 @@ def _test_table(hook, windows: list[datetime], challenger: str) -> list[str]:
         if diff is None:
             lines.append(f"{start + HOUR:%H:%M}  (no test rows: no decision of the test had been made)")
             continue
-        verdict = next((k[2].removeprefix("verdict=") for k in rows if k[0] == key and k[1] == "ab_verdict"), "?")
+        verdict = _verdict(rows, key) or "?"
         arms = [_interval(rows.get((key, "ab_value_dr", f"arm={arm}"))) for arm in ("champion", "challenger")]
         lines.append(f"{start + HOUR:%H:%M}  {diff.n:>7,}  {arms[0]:>22}  {arms[1]:>22}  {_interval(diff):>40}  "
                      f"{verdict}")
