@@ -76,7 +76,7 @@ from assets import EXPERIMENT_OUTCOMES
 from cml_provider.operators.cml import CmlJobRunOperator
 from cml_provider.operators.deploy import CmlDeployModelOperator
 from connections import CML_CONN_ID, warehouse_hook
-from planned_runs import CML_POLL_INTERVAL_S, run_kwargs
+from planned_runs import CML_POLL_INTERVAL_S, CML_WAIT_BEFORE_DEFER_S, run_kwargs
 from task_errors import no_retry_on_bad_input
 
 from factory_tasks.core.limits import (
@@ -234,7 +234,8 @@ def deploy_best_model():
     prepared = prepare_retrain(choice, run)
     retrain = CmlJobRunOperator.partial(
         task_id="retrain", cml_conn_id=CML_CONN_ID, timeout_s=RETRAIN_TIMEOUT_S, wait_for_completion=True,
-        poll_interval=CML_POLL_INTERVAL_S, wait_timeout=RETRAIN_TIMEOUT_S + 600,
+        poll_interval=CML_POLL_INTERVAL_S, wait_before_defer=CML_WAIT_BEFORE_DEFER_S,
+        wait_timeout=RETRAIN_TIMEOUT_S + 600,
     ).expand_kwargs(prepared.map(run_kwargs))
 
     @task

@@ -48,7 +48,7 @@ from airflow.sdk import Param, TriggerRule, dag, get_current_context, task
 from assets import EXPERIMENT_OUTCOMES
 from cml_provider.operators.cml import CmlJobRunOperator
 from connections import AIRFLOW_API_CONN_ID, CML_CONN_ID, warehouse_hook
-from planned_runs import CML_POLL_INTERVAL_S
+from planned_runs import CML_POLL_INTERVAL_S, CML_WAIT_BEFORE_DEFER_S
 from task_errors import no_retry_on_bad_input
 
 from factory_tasks.core.limits import MAX_CHALLENGER_SHARE, MAX_PARALLEL, MAX_REVIEW_WINDOW_MINUTES
@@ -117,6 +117,7 @@ def model_factory():
         pool=EXPERIMENT_POOL,
         wait_for_completion=True,
         poll_interval=CML_POLL_INTERVAL_S,
+        wait_before_defer=CML_WAIT_BEFORE_DEFER_S,
         wait_timeout=WAIT_TIMEOUT_S,
         retries=2,  # an error of the task, not of the run: the retry waits for the same run
         reuse_failed_run=True,  # a retry after the run failed reports that failure, never runs it twice

@@ -173,8 +173,10 @@ def airflow_env(
             "AIRFLOW_CONN_MODEL_FACTORY_WAREHOUSE": warehouse_conn or sqlite_connection(paths.warehouse_db),
             "MODEL_FACTORY_ARTIFACTS": str(paths.artifacts),
             "MODEL_FACTORY_CONFIG_DIRS": os.pathsep.join(str(p) for p in config_dirs(paths, env)),
-            # the local workspace is next door and answers in milliseconds
+            # the local workspace is next door and answers in milliseconds; its runs can end
+            # within a second, sooner than a deferral's round trip through the triggerer
             "MODEL_FACTORY_CML_POLL_INTERVAL_S": "1",
+            "MODEL_FACTORY_CML_WAIT_BEFORE_DEFER_S": "5",
             # `airflow standalone` starts its components by name: the venv must be on PATH.
             "PATH": venv_bin + os.pathsep + env.get("PATH", ""),
         }

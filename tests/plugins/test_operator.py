@@ -155,6 +155,70 @@ def test_wait_for_completion_defers_to_the_run_trigger(cml_conn, hook, unique, m
     assert operator(unique, wait_for_completion=True).execute_complete(make_context(), event=event.payload) is None
 
 
+def test_a_run_that_ends_within_wait_before_defer_ends_the_task_on_the_worker(
+    cml_conn, hook, unique, make_context, monkeypatch
+):
+    """No deferral, so no round trip through the triggerer: the same XCom, the same failure."""
+    from cml_provider.hooks.endpoints import CREATE_JOB_RUN, GET_JOB_RUN
+
+    op = operator(unique, wait_for_completion=True, poll_interval=1, wait_before_defer=30,
+                  environment={"MF_TEST_SLEEP": "0.3"})
+    calls = api_calls(op, monkeypatch)
+    outcome = op.execute(make_context(run_id=f"manual__{unique}"))
+    assert outcome == {"project_id": op.project_id, "job_id": op.job_id, "run_id": op.run_id,
+                       "status": "ENGINE_SUCCEEDED"}
+    # checks after 0.25 s, then doubling: a run of well under 30 s is seen ending in a few checks
+    assert calls[calls.index(CREATE_JOB_RUN) + 1:] == [GET_JOB_RUN] * len(calls[calls.index(CREATE_JOB_RUN) + 1:])
+    assert 1 <= calls.count(GET_JOB_RUN) <= 4, calls
+
+    result_file = f"op-results/{unique}.json"
+    failing = operator(unique, task_id="fails", wait_for_completion=True, poll_interval=1, wait_before_defer=30,
+                       result_file=result_file, environment={"MF_TEST_FAIL_WITH": "ValueError: no rows",
+                                                             "MF_TEST_RESULT_FILE": result_file})
+    with pytest.raises(AirflowFailException, match=f"ended with ENGINE_FAILED. Error from {result_file}: "
+                                                   "ValueError: no rows$"):
+        failing.execute(make_context(run_id=f"manual__{unique}", task_id="fails"))
+
+
+def test_a_run_still_going_after_wait_before_defer_defers_and_a_lost_api_defers_at_once(
+    cml_conn, hook, unique, make_context, free_port, monkeypatch
+):
+    from cml_provider.hooks.endpoints import GET_JOB_RUN
+
+    op = operator(unique, wait_for_completion=True, poll_interval=0.2, wait_before_defer=0.6,
+                  environment={"MF_TEST_SLEEP": "60"})
+    calls = api_calls(op, monkeypatch)
+    lost = None
+    start = time.monotonic()
+    with pytest.raises(TaskDeferred) as info:
+        op.execute(make_context(run_id=f"manual__{unique}"))
+    try:
+        assert time.monotonic() - start >= 0.6
+        assert calls.count(GET_JOB_RUN) == 3, calls  # after 0.25 s, 0.45 s and 0.6 s
+        assert isinstance(info.value.trigger, CmlJobRunTrigger) and info.value.trigger.run_id == op.run_id
+
+        # the API is lost while the worker follows the run: the triggerer follows it instead
+        lost = operator(unique, task_id="lost", wait_for_completion=True, poll_interval=0.2, wait_before_defer=30,
+                        environment={"MF_TEST_SLEEP": "60"})
+        real = lost.hook._do_api_call
+
+        def down_for_reads(endpoint, **kwargs):
+            if endpoint == GET_JOB_RUN:
+                kwargs["service_url"] = f"http://127.0.0.1:{free_port}"  # nothing listens there
+            return real(endpoint, **kwargs)
+
+        monkeypatch.setattr(lost.hook, "_do_api_call", down_for_reads)
+        start = time.monotonic()
+        with pytest.raises(TaskDeferred) as info:
+            lost.execute(make_context(run_id=f"manual__{unique}", task_id="lost"))
+        assert time.monotonic() - start < 15  # not the 30 s it was allowed
+        assert info.value.trigger.run_id == lost.run_id
+    finally:
+        hook.stop_job_run(op.job_id, op.run_id)
+        if lost is not None and lost.run_id:
+            hook.stop_job_run(lost.job_id, lost.run_id)
+
+
 def test_a_failed_run_fails_the_task_for_good_with_the_result_files_error(cml_conn, hook, unique, make_context):
     result_file = f"op-results/{unique}.json"
     kwargs = dict(wait_for_completion=True, poll_interval=0.1, result_file=result_file,
