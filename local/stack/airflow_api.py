@@ -5,7 +5,9 @@ structured log and a task's XCom, read a pool. Pools are sized by the provider's
 same code the plan task sizes them with.
 
 Nothing here runs a task: the scheduler does. A 5xx (SQLite's "database is locked" while the
-scheduler writes) is tried again; an expired token is renewed once.
+scheduler writes) is tried again where that is safe: a read, a PATCH or a DELETE, and a trigger,
+which names its run so that a second try finds the run a first one made; an expired token is
+renewed once.
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ from stack.env import StackPaths, airflow_passwords_file
 
 #: dag-run states after which nothing changes
 FINISHED_RUN_STATES = ("success", "failed")
+#: methods whose request may be sent again after a 5xx: a second one changes nothing more
+SAFE_TO_REPEAT = frozenset({"GET", "HEAD", "PUT", "PATCH", "DELETE"})
 
 
 def api_token(url: str, paths: StackPaths, user: str = "admin") -> str:
@@ -90,14 +94,16 @@ class AirflowApi:
 
     # -- plumbing ------------------------------------------------------------------------
     def call(self, method: str, path: str, *, attempts: int = 5, ok: Iterable[int] = (), **kwargs) -> httpx.Response:
-        """One request; 5xx tried again after a second (``attempts`` in all), a 401 once with a
+        """One request; a 5xx or a lost answer tried again after a second (``attempts`` in all)
+        when ``method`` is safe to repeat (a request never sent is always), a 401 once with a
         new token. Raises :class:`AirflowApiError` for any other error status not in ``ok``."""
         renewed = False
+        repeat = method.upper() in SAFE_TO_REPEAT
         for attempt in range(1, attempts + 1):
             try:
                 resp = self.http.request(method, path, **kwargs)
             except httpx.TransportError as exc:
-                if attempt == attempts:
+                if attempt == attempts or not (repeat or isinstance(exc, httpx.ConnectError)):
                     raise AirflowApiError(f"{method} {path}: the api-server at {self.url} does not answer ({exc})") from exc
                 time.sleep(1.0)
                 continue
@@ -105,7 +111,7 @@ class AirflowApi:
                 self.http.headers["Authorization"] = f"Bearer {self._token()}"
                 renewed = True
                 continue
-            if resp.status_code >= 500 and attempt < attempts:
+            if resp.status_code >= 500 and repeat and attempt < attempts:
                 time.sleep(1.0)
                 continue
             if resp.status_code >= 400 and resp.status_code not in set(ok):
@@ -136,13 +142,25 @@ class AirflowApi:
     def unpause(self, dag_id: str) -> None:
         self.send("PATCH", f"/api/v2/dags/{_q(dag_id)}", {"is_paused": False})
 
-    def trigger(self, dag_id: str, conf: dict[str, Any], *, run_id: str | None = None) -> dict[str, Any]:
+    def trigger(self, dag_id: str, conf: dict[str, Any], *, run_id: str | None = None,
+                attempts: int = 5) -> dict[str, Any]:
         """A manual run now (``logical_date`` null: Airflow 3 lets manual runs share dates, so
-        none is taken from the schedule's windows)."""
-        body: dict[str, Any] = {"logical_date": None, "conf": conf}
-        if run_id:
-            body["dag_run_id"] = run_id
-        return self.send("POST", f"/api/v2/dags/{_q(dag_id)}/dagRuns", body)
+        none is taken from the schedule's windows). The run is named here (Airflow's form,
+        ``manual__<now>``, unless ``run_id``), so that after a 5xx, which may come after the run
+        was made, a second try that answers 409 returns that run instead of making another."""
+        run_id = run_id or f"manual__{datetime.now(timezone.utc).isoformat()}"
+        path = f"/api/v2/dags/{_q(dag_id)}/dagRuns"
+        body: dict[str, Any] = {"dag_run_id": run_id, "logical_date": None, "conf": conf}
+        for attempt in range(1, attempts + 1):
+            resp = self.call("POST", path, json=body, attempts=1, ok=(409, 500, 502, 503, 504))
+            if resp.status_code < 300:
+                return resp.json()
+            if resp.status_code == 409 and attempt > 1:  # an earlier try made it
+                return self.dag_run(dag_id, run_id)
+            if resp.status_code == 409:
+                raise AirflowApiError(f"POST {path} answered 409: {dag_id} already has a run {run_id}")
+            time.sleep(1.0)
+        raise AirflowApiError(f"POST {path} answered {resp.status_code} {attempts} times: {resp.text}")
 
     def dag_run(self, dag_id: str, run_id: str) -> dict[str, Any]:
         return self.get(f"/api/v2/dags/{_q(dag_id)}/dagRuns/{_q(run_id)}")
