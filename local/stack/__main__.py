@@ -27,6 +27,8 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--keep-up", action="store_true", help=(
         "leave the stack running if make run started it (also MODEL_FACTORY_KEEP_UP=1); "
         "a stack of make up is always left running"))
+    run.add_argument("--no-ab-test", dest="ab_test", action="store_false", help=(
+        "close the loop without its A/B phase: the gate alone decides the retrain (a minute or two shorter)"))
     for name, help_ in (("up", "start the long-running local stack in the background (make up)"),
                         ("airflow-ui", "the same stack in the foreground: Ctrl-C stops it")):
         cmd = sub.add_parser(name, help=help_)
@@ -53,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "run":
         from stack.run import run as run_factory
 
-        return run_factory(args.grid, rows=args.rows or DEFAULT_ROWS, keep_up=args.keep_up)
+        return run_factory(args.grid, rows=args.rows or DEFAULT_ROWS, keep_up=args.keep_up, ab_test=args.ab_test)
     if args.command in ("up", "airflow-ui"):
         from stack.up import foreground, up
 

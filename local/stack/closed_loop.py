@@ -132,10 +132,10 @@ def monitoring_range(windows: list[datetime]) -> tuple[datetime, datetime]:
 
 
 def write_demo_config(source: Path, target: Path, drift_start: datetime, *, customers: int = DEMO_CUSTOMERS,
-                      **monitoring) -> Path:
+                      challenger_share: float = DEMO_CHALLENGER_SHARE, **monitoring) -> Path:
     """The default settings with the demo's response window, the drift on from ``drift_start``,
     a short review window for the retrain's deployment, whose challenger is A/B tested on
-    :data:`~stack.ab_demo.DEMO_CHALLENGER_SHARE` of the customers, and ``monitoring`` overrides."""
+    ``challenger_share`` of the customers (0: the gate alone decides), and ``monitoring`` overrides."""
     from factory_tasks.loop.config import load_loop_config
 
     config = load_loop_config(source).model_dump(mode="json")
@@ -143,7 +143,7 @@ def write_demo_config(source: Path, target: Path, drift_start: datetime, *, cust
     config["responses"].update(DEMO_RESPONSES)
     config["drift"].update(enabled=True, start=iso(drift_start), log_odds_change=DEMO_DRIFT_LOG_ODDS)
     config["monitoring"].update(retrain_review_window_minutes=RETRAIN_REVIEW_MINUTES,
-                                retrain_challenger_share=DEMO_CHALLENGER_SHARE, **monitoring)
+                                retrain_challenger_share=challenger_share, **monitoring)
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_text("# written by `make run` for its closed-loop demo (see local/stack/closed_loop.py)\n"
                       + yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
@@ -152,22 +152,25 @@ def write_demo_config(source: Path, target: Path, drift_start: datetime, *, cust
 
 
 def closed_loop_demo(stack: RunningStack, started: float, *, step: str = "[8/8]",
-                     grid_path: str | None = None) -> DemoReport:
+                     grid_path: str | None = None, ab_test: bool = True) -> DemoReport:
     """Backfill traffic and monitoring, then follow the retrain monitoring triggers and its
-    deployment; prints the chain. ``grid_path``: the grid monitoring prices rewards with
-    (its default when None)."""
+    deployment, and (``ab_test``) the A/B test the gate puts it in; prints the chain.
+    ``grid_path``: the grid monitoring prices rewards with (its default when None)."""
     from factory_tasks.core.settings import REPO_ROOT
 
     report = DemoReport()
     report.windows, report.ab_windows = demo_windows(datetime.now(timezone.utc), decided_windows(stack.warehouse_hook()))
     windows = report.windows
     source = REPO_ROOT / "config" / "closed_loop.yaml"
-    config = write_demo_config(source, stack.paths.config / "closed_loop_demo.yaml", drift_start=windows[1])
+    config = write_demo_config(source, stack.paths.config / "closed_loop_demo.yaml", drift_start=windows[1],
+                               challenger_share=DEMO_CHALLENGER_SHARE if ab_test else 0.0)
     ab_config = write_demo_config(source, stack.paths.config / "closed_loop_ab.yaml", drift_start=windows[1],
                                   customers=AB_CUSTOMERS, retrain_on_alert=False)
+    then = (f"then an A/B test of the retrain over {report.ab_windows[0]:%H:%M}–{report.ab_windows[-1] + HOUR:%H:%M}"
+            if ab_test else "the retrain decided by the gate alone (--no-ab-test)")
     _say(f"{step} closed-loop demo: {WINDOWS} hourly windows of traffic from {windows[0]:%H:%M} UTC, drift on from "
-         f"{windows[1]:%H:%M} (Discount stops working for Web customers; more Web customers), then an A/B test of "
-         f"the retrain over {report.ab_windows[0]:%H:%M}–{report.ab_windows[-1] + HOUR:%H:%M}; settings {config}")
+         f"{windows[1]:%H:%M} (Discount stops working for Web customers; more Web customers), {then}; "
+         f"settings {config}")
     conf: dict = {"loop_config_path": str(config)}
     try:
         traffic = backfill(stack, TRAFFIC_DAG, windows, traffic_range(windows), conf)
@@ -196,7 +199,7 @@ def closed_loop_demo(stack: RunningStack, started: float, *, step: str = "[8/8]"
             report.retrains.append(_follow_retrain(stack, run_id, started))
         _print_chain(report, alerts)
         report.ok = all(r.state == "success" and r.deploy is not None and r.deploy.ok for r in report.retrains)
-        if report.ok:
+        if report.ok and ab_test:
             ab_conf = {"loop_config_path": str(ab_config)}
             report.ab = ab_phase(stack, report.ab_windows, ab_conf,
                                  {**ab_conf, "grid_path": grid_path} if grid_path else ab_conf)

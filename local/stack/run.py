@@ -268,8 +268,9 @@ class Driver:
 
 
 def run(grid_path: str = "config/grid.yaml", rows: int = DEFAULT_ROWS, seed: int = DEFAULT_SEED,
-        keep_up: bool = False) -> int:
-    """`make run`; returns the exit code (0: the factory run, its deployment and the closed loop succeeded)."""
+        keep_up: bool = False, ab_test: bool = True) -> int:
+    """`make run`; returns the exit code (0: the factory run, its deployment and the closed loop succeeded).
+    ``ab_test=False``: the closed loop's retrain is not A/B tested; the gate alone decides it."""
     logging.basicConfig(level=logging.WARNING)
     paths = stack_paths()
     keep_up = keep_up or os.environ.get(KEEP_UP_ENV, "") not in ("", "0")
@@ -290,7 +291,7 @@ def run(grid_path: str = "config/grid.yaml", rows: int = DEFAULT_ROWS, seed: int
     driver = Driver(paths, keep_up)
     with driver_lock, interruptible():
         try:
-            return _run(driver, grid, rows, seed)
+            return _run(driver, grid, rows, seed, ab_test)
         except Interrupted as exc:
             done = driver.end_factory_run()
             driver.stop_stack()
@@ -319,7 +320,7 @@ def _grid_file(grid_path: str) -> Path:
     return path.resolve()
 
 
-def _run(driver: Driver, grid: Path, rows: int, seed: int) -> int:
+def _run(driver: Driver, grid: Path, rows: int, seed: int, ab_test: bool) -> int:
     from factory_tasks.core.settings import summary_location
     from factory_tasks.loop.history import ensure_training_table
     from factory_tasks.warehouse.outcomes import OutcomeStore
@@ -379,7 +380,7 @@ def _run(driver: Driver, grid: Path, rows: int, seed: int) -> int:
         _say(f"Task logs: {task_logs}/" + ("" if driver.started_stack and not driver.keep_up else f" and {run_url}"))
         return 1
     deployed = follow_deployment(stack, run_id, started)
-    demo = closed_loop_demo(stack, started, grid_path=str(grid_path)) if deployed.ok else None
+    demo = closed_loop_demo(stack, started, grid_path=str(grid_path), ab_test=ab_test) if deployed.ok else None
     driver.stop_stack()
     _where_to_look(driver, summary, task_logs)
     return 0 if deployed.ok and demo is not None and demo.ok else 1

@@ -2,7 +2,8 @@
 ``MODEL_FACTORY_VAR``, driving the stack of ``make up`` over its REST API.
 
 * On the session's running stack it uses that stack and leaves it up, and reports *this*
-  factory run — its leaderboard, its deployment, the closed loop — never an older run's.
+  factory run — its leaderboard, its deployment, the closed loop (``--no-ab-test``: the gate
+  alone decides the retrain) — never an older run's.
 * Ctrl-C during the experiments: exit 130 in two lines, the DAG run failed, the CML runs it
   started stopped (the workspace's records), the stack still up.
 * On a fresh folder it starts the stack itself; a bad grid ends it with the grid's error and a
@@ -71,9 +72,9 @@ def stack_env(var: Path, **extra: str) -> dict[str, str]:
     return env
 
 
-def make_run(var: Path, grid: Path, timeout: float, **env: str) -> subprocess.CompletedProcess:
+def make_run(var: Path, grid: Path, timeout: float, *args: str, **env: str) -> subprocess.CompletedProcess:
     proc = subprocess.run(
-        [sys.executable, "-m", "stack", "run", "--grid", str(grid), "--rows", str(ROWS)],
+        [sys.executable, "-m", "stack", "run", "--grid", str(grid), "--rows", str(ROWS), *args],
         cwd=REPO, env=stack_env(var, **env), capture_output=True, text=True, timeout=timeout,
     )
     print(proc.stdout + proc.stderr)
@@ -132,7 +133,8 @@ def test_on_the_running_stack_it_reports_this_run_and_leaves_the_stack_up(shared
     before = recorded(shared_stack.var)
     grid = tmp_path / "grid.yaml"
     grid.write_text(SETTINGS % 2 + LOGISTIC)
-    proc = make_run(shared_stack.var, grid, timeout=1500)
+    # the A/B phase is the chain test's and the A/B test's: here the gate alone decides the retrain
+    proc = make_run(shared_stack.var, grid, 1500, "--no-ab-test")
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out
     assert "[1/8] using the stack of make up" in out
@@ -147,6 +149,9 @@ def test_on_the_running_stack_it_reports_this_run_and_leaves_the_stack_up(shared
     # then the deployment the run's asset event started, and the closed loop (stack.deploy, stack.closed_loop)
     for step in ("[6/8]", "[7/8]", "[8/8]"):
         assert step in out, out
+    assert "the retrain decided by the gate alone (--no-ab-test)" in out
+    assert re.search(r"→ deploy_best_model run \S+[^\n]* → (a new champion deployed|the champion kept): ", out), out
+    assert "A/B traffic" not in out and "closed loop closed after" in out
     assert "Where to look:" in out and shared_stack.api in out
     assert "Traceback" not in out
     assert_still_up(shared_stack, before)

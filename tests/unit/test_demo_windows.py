@@ -35,3 +35,7 @@ def test_the_demo_settings_start_a_test_and_the_ab_hours_retrain_nothing(tmp_pat
                                             retrain_on_alert=False))
     assert demo.monitoring.retrain_challenger_share == 0.5 and demo.monitoring.retrain_on_alert is True
     assert ab.monitoring.retrain_on_alert is False and ab.drift.enabled and ab.drift.start == iso(H - 5 * HOUR)
+    # make run --no-ab-test: the gate alone decides the retrain
+    gate_only = load_loop_config(write_demo_config(source, tmp_path / "gate.yaml", drift_start=H - 5 * HOUR,
+                                                   challenger_share=0.0))
+    assert gate_only.monitoring.retrain_challenger_share == 0.0 and gate_only.monitoring.retrain_on_alert is True
