@@ -17,7 +17,7 @@ metrics, a small training table — waits until the DAG run ends, stops everythi
   after the last run, per experiment. The serial form ``(wall - runs' time) / N`` beside it;
 * **a pool slot's turn**: the median of each phase of a ``run_experiment`` instance — the
   executor's pick-up, the task's start to its CML run created (the submit), the run, the run's
-  end to the task's end (the triggerer), the task's end to the next instance queued (the
+  end to the task's end (the worker's last check, or the triggerer's), the task's end to the next instance queued (the
   scheduler's hand-off) — and their sum: what each of the ``max_parallel`` slots pays per experiment;
 * **the pool**: the most CML runs in flight at once (created to finished, from the workspace's
   run records) against the run's ``max_parallel``, which ``plan_experiments`` sizes the pool
@@ -592,7 +592,7 @@ CYCLE_PARTS = (
     ("pick_up", "queued to started: the executor starts the task"),
     ("submit", "started to the CML run created: task process, DAG parse, submit"),
     ("run", "the CML run, created to finished (its queue included)"),
-    ("run_end_to_task_end", "run finished to task ended: the triggerer's pick-up, check and event"),
+    ("run_end_to_task_end", "run finished to task ended: the last check (worker or triggerer) and the end"),
     ("hand_off", "task ended to the next instance queued: the scheduler frees the slot"),
 )
 
