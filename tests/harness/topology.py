@@ -303,6 +303,9 @@ def celery_topology(paths: StackPaths, *, dags: tuple[str, ...] = FACTORY_DAGS, 
             # shared by all "machines", as remote task logging would be; the api-server reads it
             "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(paths.logs / "tasks"),
             "MODEL_FACTORY_OBJECT_STORE": f"file://{paths.var / 'object-store'}",
+            # production's: every experiment defers, and the triggerer ends it (make up's stack
+            # follows its short runs from the worker first)
+            "MODEL_FACTORY_CML_WAIT_BEFORE_DEFER_S": "0",
             # only the DAGs asked for run (the closed-loop ones would compete for the 2 cores)
             "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "True",
         })
