@@ -36,6 +36,8 @@ TRAFFIC_DAG = "customer_interactions"
 MONITORING_DAG = "model_monitoring"
 FACTORY_DAG = "model_factory"
 DEPLOY_DAG = "deploy_best_model"
+#: the demo's loop settings, under the stack's config folder
+DEMO_CONFIG = "closed_loop_demo.yaml"
 WINDOWS = 3
 #: monitoring runs for the last windows (the first has no drift to see)
 MONITORED = 2
@@ -162,7 +164,7 @@ def closed_loop_demo(stack: RunningStack, started: float, *, step: str = "[8/8]"
     report.windows, report.ab_windows = demo_windows(datetime.now(timezone.utc), decided_windows(stack.warehouse_hook()))
     windows = report.windows
     source = REPO_ROOT / "config" / "closed_loop.yaml"
-    config = write_demo_config(source, stack.paths.config / "closed_loop_demo.yaml", drift_start=windows[1],
+    config = write_demo_config(source, stack.paths.config / DEMO_CONFIG, drift_start=windows[1],
                                challenger_share=DEMO_CHALLENGER_SHARE if ab_test else 0.0)
     ab_config = write_demo_config(source, stack.paths.config / "closed_loop_ab.yaml", drift_start=windows[1],
                                   customers=AB_CUSTOMERS, retrain_on_alert=False)

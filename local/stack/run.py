@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from stack.airflow_api import FINISHED_RUN_STATES, AirflowApiError
-from stack.closed_loop import closed_loop_demo
+from stack.closed_loop import DEMO_CONFIG, closed_loop_demo
 from stack.deploy import follow_deployment
 from stack.env import DEFAULT_ROWS, DEFAULT_SEED, REPO, StackPaths, config_dirs, stack_paths
 from stack.local import (
@@ -346,6 +346,11 @@ def _run(driver: Driver, grid: Path, rows: int, seed: int, ab_test: bool) -> int
     _say(f"[3/8] grid {grid}" + (f", copied to {grid_path} (a config folder of the stack: the tasks read it there)"
                                  if grid_path != grid else " (in a config folder of the stack)"))
     conf = {"grid_path": str(grid_path), "review_window_minutes": REVIEW_WINDOW_MINUTES}
+    demo_config = paths.config / DEMO_CONFIG
+    if demo_config.is_file():
+        # an earlier make run's loop decided this stack's traffic with these settings: the gate
+        # reads the champion's live traffic with the same response window
+        conf["loop_config_path"] = str(demo_config)
     run_id = api.trigger(DAG_ID, conf)["dag_run_id"]
     driver.run_id = run_id
     run_url = f"{stack.state.airflow_url}/dags/{DAG_ID}/runs/{run_id}"

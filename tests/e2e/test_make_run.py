@@ -129,10 +129,15 @@ def test_a_second_make_run_on_the_same_folder_is_refused_in_two_lines(tmp_path):
 
 @pytest.mark.timeout(1800)
 def test_on_the_running_stack_it_reports_this_run_and_leaves_the_stack_up(shared_stack: Stack, tmp_path):
+    from stack.closed_loop import DEMO_CONFIG
+
     seed_older_run(shared_stack.var)
     before = recorded(shared_stack.var)
     grid = tmp_path / "grid.yaml"
     grid.write_text(SETTINGS % 2 + LOGISTIC)
+    # an earlier loop on this stack (another test's, or make run's) left its settings
+    demo_config = stack_paths(shared_stack.var).config / DEMO_CONFIG
+    earlier_loop = demo_config.is_file()
     # the A/B phase is the chain test's and the A/B test's: here the gate alone decides the retrain
     proc = make_run(shared_stack.var, grid, 1500, "--no-ab-test")
     out = proc.stdout + proc.stderr
@@ -145,6 +150,9 @@ def test_on_the_running_stack_it_reports_this_run_and_leaves_the_stack_up(shared
     assert "Top 1 of 1 experiments, ranked by roc_auc" in out
     assert "logistic_regression" in out
     assert_no_older_run(out)
+    # the gate reads the champion's live traffic with the response window its traffic was made with
+    conf = shared_stack.running().api.dag_run("model_factory", run_id)["conf"]
+    assert conf.get("loop_config_path") == (str(demo_config) if earlier_loop else None), conf
     assert re.search(r"^\d\d:\d\d:\d\d experiments: 1 submitted \| .*; tasks: .*run_experiment", out, flags=re.M), out
     # then the deployment the run's asset event started, and the closed loop (stack.deploy, stack.closed_loop)
     for step in ("[6/8]", "[7/8]", "[8/8]"):
