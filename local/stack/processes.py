@@ -145,17 +145,34 @@ def describe(procs: list) -> str:
     return ", ".join(parts)
 
 
+#: seconds after the first SIGTERM that a process still running gets a second one
+SIGNAL_AGAIN_S = 5.0
+
+
 def stop_processes(procs: list, grace_s: float) -> list:
-    """SIGTERM ``procs`` (psutil processes, identity checked by psutil), wait, SIGKILL the rest.
-    Returns those that had to be killed."""
+    """SIGTERM ``procs`` (psutil processes, identity checked by psutil), SIGTERM again those
+    still running after :data:`SIGNAL_AGAIN_S` (at most half the grace), SIGKILL what is left
+    at ``grace_s``. Returns those that had to be killed.
+
+    The second SIGTERM is Airflow's own way out: its LocalExecutor, shutting down, waits for
+    running tasks and logs "Signal again if you don't want to wait", and it sometimes keeps
+    waiting after they have finished; a handler's ``sys.exit`` is also lost when the signal
+    lands in a garbage-collector callback ("Exception ignored in: _collection_gced").
+    """
     import psutil
 
-    for proc in procs:
-        try:
-            proc.terminate()
-        except psutil.Error:
-            pass
-    _gone, alive = psutil.wait_procs(procs, timeout=grace_s)
+    def terminate(targets: list) -> None:
+        for proc in targets:
+            try:
+                proc.terminate()
+            except psutil.Error:
+                pass
+
+    terminate(procs)
+    again_s = min(SIGNAL_AGAIN_S, grace_s / 2)
+    _gone, alive = psutil.wait_procs(procs, timeout=again_s)
+    terminate(alive)
+    _gone, alive = psutil.wait_procs(alive, timeout=grace_s - again_s)
     for proc in alive:
         try:
             proc.kill()

@@ -27,7 +27,7 @@ connection ``airflow_api`` to its own api-server, through which ``plan_experimen
 pool per factory run. ``down`` stops the recorded processes — each one's identity (pid *and*
 start time) checked first, so a recycled pid is never signalled — and everything else of the
 stack, also what outlived its parent (the LocalExecutor workers of a killed scheduler, the
-workspace's warm engine and model replicas): SIGTERM, then SIGKILL after a grace period, then
+workspace's warm engine and model replicas): SIGTERM, again after 5 s, then SIGKILL after a grace period, then
 the workspace's runs still alive. ``up`` stops such leftovers of a stack whose recorded
 processes have all ended before it starts again.
 """
