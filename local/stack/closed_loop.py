@@ -167,7 +167,7 @@ def closed_loop_demo(stack: RunningStack, started: float, *, step: str = "[8/8]"
     config = write_demo_config(source, stack.paths.config / DEMO_CONFIG, drift_start=windows[1],
                                challenger_share=DEMO_CHALLENGER_SHARE if ab_test else 0.0)
     ab_config = write_demo_config(source, stack.paths.config / "closed_loop_ab.yaml", drift_start=windows[1],
-                                  customers=AB_CUSTOMERS, retrain_on_alert=False)
+                                  customers=AB_CUSTOMERS, retrain_on_alert=False) if ab_test else None
     then = (f"then an A/B test of the retrain over {report.ab_windows[0]:%H:%M}–{report.ab_windows[-1] + HOUR:%H:%M}"
             if ab_test else "the retrain decided by the gate alone (--no-ab-test)")
     _say(f"{step} closed-loop demo: {WINDOWS} hourly windows of traffic from {windows[0]:%H:%M} UTC, drift on from "
