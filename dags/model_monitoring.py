@@ -27,13 +27,16 @@ data interval `[start, end)`.
 4. **post_aggregate_metrics** — each cohort's values through the CML model metrics API
    (`track_aggregate_metrics` for the serving deployment's CRN). A failure is logged as an
    error and reported in the task's return value; the warehouse rows are already written.
-5. **retrain_or_not** → **trigger_retrain** — when alerts were raised and
-   `monitoring.retrain_on_alert`, a `TriggerDagRunOperator` starts `model_factory` with conf
+5. **retrain_or_not** → **trigger_retrain** — when alerts were raised,
+   `monitoring.retrain_on_alert` and no retrain answers them yet (one that alerts on the same
+   model version asked for within `monitoring.retrain_cooldown_minutes`, default 6 hours, does:
+   the alerts name it), a `TriggerDagRunOperator` starts `model_factory` with conf
    `{"grid_path": <this run's grid_path>, "include_interactions": true, "reason": "<alert ids>", "review_window_minutes":
    <monitoring.retrain_review_window_minutes>}` and run id `monitoring__<as_of_window>` (a
    rerun finds it and does not trigger again); otherwise `trigger_retrain` is skipped.
 6. **record_alerts** — writes the alerts to the append-only `model_alerts` after the trigger,
-   each with the triggered run's id in `retrain_run_id` (empty when no retrain was asked for);
+   each with the id of the retrain that answers it in `retrain_run_id` (the triggered run, or
+   the earlier one within its cooldown; empty when none does);
    ids already present are skipped (ids are `<as_of_window>/<model_version>/<kind>/<dimension>`).
 7. **A/B test** — while a test runs (a `deploy_best_model` with `challenger_share` > 0 serving),
    `monitor` also reads every decision since the test began and writes each arm's policy value
@@ -150,13 +153,13 @@ def model_monitoring():
 
     @task.short_circuit(ignore_downstream_trigger_rules=False)
     def retrain_or_not(summary: dict) -> dict | None:
-        """The retrain's conf when alerts were raised and retraining on alerts is on; else
-        None, which skips the trigger."""
-        from factory_tasks.stages.monitoring import retrain_conf
+        """The retrain's conf when alerts were raised, retraining on alerts is on and no earlier
+        retrain answers them; else None, which skips the trigger."""
+        from factory_tasks.stages.monitoring import retrain_due
 
-        config, _ = _window()
+        config, window = _window()
         params = get_current_context()["params"]
-        return retrain_conf(summary, config, params["grid_path"], params["loop_config_path"])
+        return retrain_due(warehouse_hook(), window, summary, config, params["grid_path"], params["loop_config_path"])
 
     deployment = serving_model()
     summary = monitor(deployment)

@@ -657,7 +657,8 @@ class MonitoringAlert(Contract):
     """A monitoring threshold crossed for a model version (append-only table :attr:`TABLE`).
 
     ``model_monitoring`` raises it; the DAG then triggers ``model_factory`` on history plus
-    ``customer_interactions`` and records that run's id in ``retrain_run_id``.
+    ``customer_interactions`` and records that run's id in ``retrain_run_id`` (or the earlier
+    retrain that still answers the model version's alerts: ``monitoring.retrain_cooldown_minutes``).
     """
 
     TABLE: ClassVar[str] = "model_alerts"

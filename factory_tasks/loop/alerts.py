@@ -19,13 +19,15 @@ did not report (fewer matured labels than ``min_labels``) raises nothing.
 ``alert_id`` is ``<as_of_window>/<model_version>/<kind>/<dimension>``: a rerun of a window
 derives the same ids from the same rows, and :func:`record_alerts` skips ids already in
 ``model_alerts``, so an append-only table never holds an alert twice. The DAG writes alerts
-after it has triggered the retrain, so each row carries the ``retrain_run_id`` it asked for.
+after it has triggered the retrain, so each row carries the ``retrain_run_id`` it asked for,
+or the earlier retrain that still answers it (:func:`answering_retrain`,
+``monitoring.retrain_cooldown_minutes``).
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 import pandas as pd
 
@@ -34,7 +36,7 @@ from factory_tasks.loop.ab_monitoring import LiveTest, decisions_of_test, live_t
 from factory_tasks.loop.cohorts import read_cohorts
 from factory_tasks.loop.config import LoopConfig, MonitoringConfig
 from factory_tasks.loop.monitoring import DRIFT_METRIC_NAMES, monitoring_rows, read_rows, record_rows
-from factory_tasks.loop.windows import MonitoringWindow, iso
+from factory_tasks.loop.windows import MINUTE_MS, MonitoringWindow, epoch_ms, iso
 from factory_tasks.warehouse.contract_table import ContractTable
 
 log = logging.getLogger(__name__)
@@ -105,7 +107,8 @@ def decide_alerts(rows: pd.DataFrame, window: MonitoringWindow, monitoring: Moni
 
 
 def record_alerts(hook: Any, alerts: list[MonitoringAlert], retrain_run_id: str | None = None) -> list[str]:
-    """Append the alerts not yet in ``model_alerts`` (with ``retrain_run_id``); their ids."""
+    """Append the alerts not yet in ``model_alerts`` (with ``retrain_run_id``, but an A/B
+    verdict's); their ids."""
     if not alerts:
         return []
     existing = {a.alert_id for a in ALERTS.read_all(hook)}
@@ -114,9 +117,42 @@ def record_alerts(hook: Any, alerts: list[MonitoringAlert], retrain_run_id: str 
         if alert.alert_id in existing:
             log.info("alert %s is already recorded", alert.alert_id)
             continue
-        ALERTS.append(hook, alert.model_copy(update={"retrain_run_id": retrain_run_id}))
+        # an A/B verdict never asks for a retrain, nor is one answered by it
+        answered_by = retrain_run_id if alert.kind != "ab_test" else None
+        ALERTS.append(hook, alert.model_copy(update={"retrain_run_id": answered_by}))
         written.append(alert.alert_id)
     return written
+
+
+def answering_retrain(hook: Any, versions: Iterable[str], window: MonitoringWindow,
+                      cooldown_minutes: float) -> MonitoringAlert | None:
+    """The recorded alert that asked for a retrain which still answers alerts on ``versions`` in
+    ``window``: for each of those model versions, a retrain its alerts asked for in a window that
+    started less than ``cooldown_minutes`` before this one (the latest such retrain's first
+    alert). None when a retrain is due.
+
+    Drift goes on for hours while the retrain it asked for runs, is reviewed and deployed;
+    retraining each hour would train on the same rows again. The cooldown counts from the window
+    that asked, not from the later windows that only name its retrain, so a champion the gate
+    kept is retrained again once it has passed, on more data; a new model version alerts afresh."""
+    versions = set(versions)
+    if cooldown_minutes <= 0 or not versions:
+        return None
+    asked: dict[str, list[MonitoringAlert]] = {}  # retrain run id -> the alerts of the window that asked
+    for alert in ALERTS.read_all(hook):
+        if not alert.retrain_run_id:
+            continue
+        first = asked.setdefault(alert.retrain_run_id, [alert])
+        if epoch_ms(alert.as_of_window) < epoch_ms(first[0].as_of_window):
+            asked[alert.retrain_run_id] = [alert]
+        elif alert is not first[0] and alert.as_of_window == first[0].as_of_window:
+            first.append(alert)
+    since = window.start_ms - cooldown_minutes * MINUTE_MS
+    answering = [first for first in asked.values() if since < epoch_ms(first[0].as_of_window) < window.start_ms]
+    covered = {a.model_version for first in answering for a in first}
+    if not answering or not versions <= covered:
+        return None
+    return max((first[0] for first in answering), key=lambda a: epoch_ms(a.as_of_window))
 
 
 def read_alerts(hook: Any) -> list[MonitoringAlert]:
@@ -153,6 +189,7 @@ def monitor_window(hook: Any, window: MonitoringWindow, config: LoopConfig, econ
             "labels_as_of": iso(data.labels_as_of_ms or window.end_ms), "cohorts": cohorts,
             "alert_ids": [a.alert_id for a in alerts],
             "retrain_alert_ids": [a.alert_id for a in alerts if a.kind != "ab_test"],
+            "retrain_alert_versions": sorted({a.model_version for a in alerts if a.kind != "ab_test"}),
             "rejected_rows": rejected.as_dict(), "ab_test": standing}
 
 

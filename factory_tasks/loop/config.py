@@ -26,6 +26,8 @@ from factory_tasks.training.grid_yaml import UnsafeYamlError, describe_yaml_erro
 DEFAULT_LOOP_CONFIG = REPO_ROOT / "config" / "closed_loop.yaml"
 Share = Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)]
 Minutes = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+#: a month: a longer cooldown would leave a drifting champion unanswered for longer than anyone watches
+MAX_RETRAIN_COOLDOWN_MINUTES = 30 * 24 * 60
 
 
 class LoopConfigError(ValueError):
@@ -126,6 +128,10 @@ class MonitoringConfig(StrictModel):
     #: above 0, the retrain's challenger, once through the gate, starts an A/B test on this share
     #: of the customers instead of replacing the champion (the deploy's challenger_share)
     retrain_challenger_share: Annotated[float, Field(ge=0, le=MAX_CHALLENGER_SHARE, allow_inf_nan=False)] = 0.0
+    #: a retrain asked for by a model version's alerts answers that version's alerts of the
+    #: windows starting less than this after its own (they name it and start none; 0: every
+    #: alerting window retrains)
+    retrain_cooldown_minutes: Annotated[float, Field(ge=0, le=MAX_RETRAIN_COOLDOWN_MINUTES, allow_inf_nan=False)] = 360.0
 
     @model_validator(mode="after")
     def _warn_below_alert(self) -> "MonitoringConfig":

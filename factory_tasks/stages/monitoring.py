@@ -16,11 +16,11 @@ import pandas as pd
 
 from factory_tasks.core.settings import artifacts_dir
 from factory_tasks.loop.ab_monitoring import LiveTest
-from factory_tasks.loop.alerts import alerts_of_run, monitor_window, record_alerts
+from factory_tasks.loop.alerts import alerts_of_run, answering_retrain, monitor_window, record_alerts
 from factory_tasks.loop.cohorts import feed_runs, watermark
 from factory_tasks.loop.config import LoopConfig, load_loop_config
 from factory_tasks.loop.monitoring import grid_economics, read_rows, reference_frame, snapshot_path
-from factory_tasks.loop.windows import MonitoringWindow, epoch_ms, iso
+from factory_tasks.loop.windows import MINUTE_MS, MonitoringWindow, epoch_ms, iso
 from factory_tasks.stages.cml_client import CmlClient, CmlModelMetrics
 from factory_tasks.stages.paths import config_path
 from factory_tasks.warehouse.deployments import DEPLOYMENTS, champion_record, latest
@@ -133,10 +133,35 @@ def retrain_conf(summary: dict[str, Any], config: LoopConfig, grid_path: str,
             "loop_config_path": loop_config_path, "challenger_share": config.monitoring.retrain_challenger_share}
 
 
+def retrain_due(warehouse: Any, window: MonitoringWindow, summary: dict[str, Any], config: LoopConfig,
+                grid_path: str, loop_config_path: str | None = None) -> dict[str, Any] | None:
+    """:func:`retrain_conf`'s conf, unless the retrain an earlier window asked for still answers
+    these alerts (``monitoring.retrain_cooldown_minutes``): then None, and the log names it."""
+    conf = retrain_conf(summary, config, grid_path, loop_config_path)
+    if conf is None:
+        return None
+    cooldown = config.monitoring.retrain_cooldown_minutes
+    earlier = answering_retrain(warehouse, summary.get("retrain_alert_versions", ()), window, cooldown)
+    if earlier is None:
+        return conf
+    log.info("retrain %s, asked for by the alerts on %s of the window %s, answers this window's alerts too "
+             "(monitoring.retrain_cooldown_minutes: %g): no new retrain before %s", earlier.retrain_run_id,
+             earlier.model_version, earlier.as_of_window, cooldown,
+             iso(epoch_ms(earlier.as_of_window) + int(cooldown * MINUTE_MS)))
+    return None
+
+
 def record_run_alerts(warehouse: Any, window: MonitoringWindow, config: LoopConfig,
                       retrain_run_id: str | None) -> list[str]:
-    """The run's alerts into model_alerts, each with the retrain's run id (None: no retrain)."""
-    return record_alerts(warehouse, alerts_of_run(warehouse, window, config), retrain_run_id=retrain_run_id)
+    """The run's alerts into model_alerts, each with the retrain that answers it: the one this
+    run triggered (``retrain_run_id``), else an earlier window's still within its cooldown
+    (:func:`retrain_due`), else none."""
+    alerts = alerts_of_run(warehouse, window, config)
+    if retrain_run_id is None and config.monitoring.retrain_on_alert:
+        earlier = answering_retrain(warehouse, {a.model_version for a in alerts if a.kind != "ab_test"}, window,
+                                    config.monitoring.retrain_cooldown_minutes)
+        retrain_run_id = earlier.retrain_run_id if earlier is not None else None
+    return record_alerts(warehouse, alerts, retrain_run_id=retrain_run_id)
 
 
 def verdict_run(summary: dict[str, Any], config: LoopConfig, deployment: dict[str, Any]) -> list[dict[str, Any]]:

@@ -5,12 +5,13 @@ with a drift switched on from the second window: Discount stops working for Web 
 customer mix moves to Web), then ``model_monitoring`` for the second and third windows, both as
 Airflow backfills (:mod:`stack.backfill`), so the hourly schedules go on after them with no
 window run twice or skipped. Monitoring sees the drift, raises alerts and triggers
-``model_factory`` on history plus the new interactions, once per alerting window; each
-retrain's ``experiment_outcomes`` event starts ``deploy_best_model``, whose gate deploys a new
-champion or keeps the one serving. The demo follows the chain to its end and prints it.
+``model_factory`` on history plus the new interactions; the third window's alerts name that
+retrain and start none (``monitoring.retrain_cooldown_minutes``). The retrain's
+``experiment_outcomes`` event starts ``deploy_best_model``, whose gate deploys a new champion or
+keeps the one serving. The demo follows the chain to its end and prints it.
 
 The demo's settings are the default ``config/closed_loop.yaml`` with a shorter response window
-(so labels mature within the demo), the drift's start set to the second window and a one-minute
+(so labels mature within the demo), the drift's start set to the second window and a 15-second
 review window for the retrain's deployment, whose challenger starts an A/B test; they are
 written, validated, to ``var/config/closed_loop_demo.yaml``. A window that the hourly schedule
 already decided keeps its decisions when the backfill runs it again (its responses follow the
@@ -286,12 +287,13 @@ def _print_chain(report: DemoReport, alerts) -> None:
     for retrain in report.retrains:
         raised = by_retrain.get(retrain.run_id, [])
         kinds = ", ".join(sorted({a.kind for a in raised}))
-        start = when(raised[0].as_of_window) if raised else None
-        window = f"{start:%H:%M}–{start + HOUR:%H:%M}" if start else "?"
+        starts = sorted({when(a.as_of_window) for a in raised})
+        windows = " and ".join(f"{s:%H:%M}–{s + HOUR:%H:%M}" for s in starts) or "?"
         rows = (f"{retrain.interaction_rows:,} interaction rows in its snapshot"
                 if retrain.interaction_rows is not None else "snapshot unknown")
-        _say(f"    interactions → {len(raised)} alert(s) on the window {window} ({kinds}) → retrain "
-             f"{retrain.run_id} ({retrain.state}, {rows})")
+        answered = " (the later window's alerts name it: its cooldown)" if len(starts) > 1 else ""
+        _say(f"    interactions → {len(raised)} alert(s) on the window{'s' if len(starts) > 1 else ''} {windows} "
+             f"({kinds}) → retrain {retrain.run_id} ({retrain.state}, {rows}){answered}")
         deploy = retrain.deploy
         if deploy is None:
             _say(f"      → no deployment followed: {retrain.error}")

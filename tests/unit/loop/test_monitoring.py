@@ -9,14 +9,22 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from factory_tasks.core.contracts import MonitoringAlert
 from factory_tasks.core.schema import DEFAULT_ECONOMICS
-from factory_tasks.loop.alerts import alerts_of_run, decide_alerts, monitor_window, read_alerts, record_alerts
+from factory_tasks.loop.alerts import (
+    alerts_of_run,
+    answering_retrain,
+    decide_alerts,
+    monitor_window,
+    read_alerts,
+    record_alerts,
+)
 from factory_tasks.loop.cohorts import read_cohorts, responses_ingested_through
 from factory_tasks.loop.config import LoopConfig
 from factory_tasks.loop.monitoring import monitoring_rows, read_rows, record_rows
 from factory_tasks.loop.simulator import simulate_customers
 from factory_tasks.loop.windows import MonitoringWindow, iso, label_state
-from factory_tasks.stages.monitoring import responses_ingested
+from factory_tasks.stages.monitoring import record_run_alerts, responses_ingested, retrain_due
 from tests.monitoring_window import HOUR_MS, T0_MS, SqliteHook, record_feed, simulate_window, write_window
 
 DRIFTED = {"Web": 0.70, "Phone": 0.22, "Multichannel": 0.08}
@@ -275,3 +283,53 @@ def test_bad_prediction_rows_are_counted_named_and_left_out_of_the_window(tmp_pa
     rows = read_rows(hook, window.as_of_window)
     assert value(rows, 3, "volume").value == 2_000 - 5
     assert np.isfinite(value(rows, 3, "estimated_roc_auc").value)
+
+
+def _asked(hook, hour: int, version: str, retrain: str | None) -> None:
+    window = window_at(hour)
+    record_alerts(hook, [MonitoringAlert(
+        alert_id=f"{window.as_of_window}/{version}/feature_drift/feature=channel", as_of_window=window.as_of_window,
+        cohort_start=window.as_of_window, model_version=version, kind="feature_drift", metric="drift_psi",
+        dimension="feature=channel", value=0.4, threshold=0.25, message="channel drifted",
+        raised_at=iso(window.end_ms))], retrain)
+
+
+def test_a_retrain_answers_its_versions_alerts_for_the_cooldown_counted_from_the_window_that_asked(tmp_path):
+    hook = SqliteHook(tmp_path / "warehouse.db")
+    _asked(hook, 3, "v1", "monitoring__03")
+    for hour in (4, 5, 6, 7, 8):  # the drift goes on: each hour's alerts name the 03:00 retrain
+        answering = answering_retrain(hook, {"v1"}, window_at(hour), 360)
+        assert answering is not None and answering.retrain_run_id == "monitoring__03", hour
+        _asked(hook, hour, "v1", answering.retrain_run_id)
+    # six hours after the window that asked (not after the last that named it): retrain again, on more data
+    assert answering_retrain(hook, {"v1"}, window_at(9), 360) is None
+    # another version (a new champion) alerts afresh; so does a version with one the retrain did not cover
+    assert answering_retrain(hook, {"v2"}, window_at(4), 360) is None
+    assert answering_retrain(hook, {"v1", "v2"}, window_at(4), 360) is None
+    # a rerun of the window that asked is not answered by its own retrain (its trigger finds the run)
+    assert answering_retrain(hook, {"v1"}, window_at(3), 360) is None
+    # cooldown 0: every alerting window retrains; alerts without a retrain answer nothing
+    assert answering_retrain(hook, {"v1"}, window_at(4), 0) is None
+    _asked(hook, 12, "v3", None)
+    assert answering_retrain(hook, {"v3"}, window_at(13), 360) is None
+
+
+def test_the_next_drifted_window_names_the_retrain_in_flight_and_asks_for_none(tmp_path, reference):
+    shifted = {"Web": 0.80, "Phone": 0.15, "Multichannel": 0.05}  # PSI on channel well above drift_alert
+    hook = warehouse(tmp_path, [simulate_window(T0_MS + h * HOUR_MS, 2_000, seed=7 + h, channel_shares=shifted)
+                                for h in (3, 4)])
+    config = CONFIG.model_copy(update={"monitoring": CONFIG.monitoring.model_copy(
+        update={"retrain_review_window_minutes": 30})})
+    first = monitor_window(hook, window_at(3), config, DEFAULT_ECONOMICS, {"v1": reference})
+    conf = retrain_due(hook, window_at(3), first, config, "config/grid.yaml")
+    assert conf is not None and conf["reason"] == ", ".join(first["retrain_alert_ids"])
+    assert record_run_alerts(hook, window_at(3), config, "monitoring__20261201T030000") == first["alert_ids"]
+
+    second = monitor_window(hook, window_at(4), config, DEFAULT_ECONOMICS, {"v1": reference})
+    assert second["retrain_alert_versions"] == ["v1"]
+    assert retrain_due(hook, window_at(4), second, config, "config/grid.yaml") is None
+    assert record_run_alerts(hook, window_at(4), config, None) == second["alert_ids"]
+    assert {a.retrain_run_id for a in read_alerts(hook)} == {"monitoring__20261201T030000"}
+    # with the cooldown off, the second window asks for its own retrain, as before
+    off = config.model_copy(update={"monitoring": config.monitoring.model_copy(update={"retrain_cooldown_minutes": 0})})
+    assert retrain_due(hook, window_at(4), second, off, "config/grid.yaml") is not None
