@@ -19,7 +19,7 @@ from factory_tasks.loop.selection import rank_candidates
 from factory_tasks.warehouse.deployments import DEPLOYMENTS, serving
 from factory_tasks.warehouse.outcomes import OutcomeStore
 from factory_tasks.warehouse.rollbacks import load_requests, pending_request, request_rollback, run_id_for
-from tests.e2e.test_deploy_e2e import CUSTOMER, GRID, WINDOW_MINUTES, ask_model, deploy_run, run_states
+from tests.e2e.test_deploy_e2e import CUSTOMER, GRID, ask_model, deploy_run, run_states
 from tests.e2e.test_local_stack_up import Stack
 from tests.sqlite_warehouse import SqliteWarehouse
 
@@ -45,8 +45,8 @@ def test_deploy_a_deploy_b_then_a_dashboard_request_rolls_back_to_a(running):
     api, warehouse = running.api, SqliteWarehouse(running.paths.warehouse_db)
     grid = running.paths.config / "rollback_e2e_grid.yaml"
     grid.write_text(GRID)
-    factory_run_id = api.trigger(FACTORY_DAG, {"grid_path": str(grid),
-                                               "review_window_minutes": WINDOW_MINUTES})["dag_run_id"]
+    # (no review window: the review is the deploy test's; this one only needs two versions)
+    factory_run_id = api.trigger(FACTORY_DAG, {"grid_path": str(grid), "review_window_minutes": 0})["dag_run_id"]
     run_states(running, FACTORY_DAG, factory_run_id)
     run_states(running, DEPLOY_DAG, find_deploy_run(api, factory_run_id).run_id)  # the asset-triggered one
     a_experiment, b_experiment = rank_candidates(OutcomeStore(warehouse).read(factory_run_id))["experiment_id"].tolist()
