@@ -2,7 +2,7 @@
 
 One story runs on both warehouses: two hourly windows of traffic logged from an endpoint
 (``prediction_log``, ``customer_responses``, ``customer_interactions``, ``response_feed``, each
-window a partition), a deployment record, the second window monitored (``model_monitoring``)
+window a partition), a deployment record with the gate's evidence, the second window monitored (``model_monitoring``)
 with its alerts (``model_alerts``) and the retrain they ask for, a third window whose alerts the
 retrain in flight answers, the live traffic a gate reads, the matured interactions a retrain
 trains on, and a rollback request. What each warehouse answers must be equal, and must hold
@@ -16,7 +16,7 @@ from datetime import datetime, timezone
 import pandas as pd
 import pytest
 
-from factory_tasks.core.schema import DEFAULT_ECONOMICS
+from factory_tasks.core.contracts import PairedDifference
 from factory_tasks.loop import interactions as ia
 from factory_tasks.loop.alerts import read_alerts
 from factory_tasks.loop.config import LoopConfig
@@ -61,7 +61,10 @@ def _sorted(frame: pd.DataFrame) -> pd.DataFrame:
 
 def loop_story(hook) -> dict:
     """Everything the loop writes and reads back, as plain values to compare across warehouses."""
-    record_deployment(hook, deployment_record("v-test", deployment_crn="crn:d-1",
+    evidence = [PairedDifference(measure="policy_value", source="live", challenger=11.7, champion=12.2,
+                                 difference=-0.44, low=-1.91, high=1.04, n_rows=3_976, method="paired bootstrap")]
+    record_deployment(hook, deployment_record("v-test", deployment_crn="crn:d-1", gate_evidence=evidence,
+                                              gate_reason="kept — 'live' ${traffic} says 95% [-1.91, +1.04]",
                                               deployed_at="2026-12-01T05:00:00+00:00"))
     model = FakeModel(epsilon=0.1)
     windows = [ia.run_window(hook, CONFIG, _window(k), endpoint_of(model), Metrics()).as_dict() for k in range(3)]
@@ -86,6 +89,7 @@ def loop_story(hook) -> dict:
         "v-new", deployment_id="d2", deployed_at="2026-12-01T09:00:00+00:00")], "v-test", "ana",
         "v-new's offers look wrong — 'quotes' and ${vars}", datetime(2026, 12, 1, 9, 30, tzinfo=timezone.utc))
     story["rollbacks"] = [r for r in load_requests(hook) if r.request_id == asked.request_id]
+    story["deployments"] = [r for r in DEPLOYMENTS.read_all(hook) if r.model_version == "v-test"]
     return story
 
 
@@ -103,6 +107,8 @@ def test_the_loop_reads_and_writes_the_same_on_hive_as_on_sqlite(hive_hook, sqli
     assert {retrain for _, retrain in on_sqlite["alerts"]} == {"monitoring__20261201T070000"}
     assert len(on_sqlite["live"]) > 0 and len(on_sqlite["interactions"]) > 0
     assert len(on_sqlite["rollbacks"]) == 1
+    [deployed] = on_sqlite["deployments"]
+    assert deployed.gate_evidence[0].n_rows == 3_976 and "${traffic}" in deployed.gate_reason
 
     # ... and Hive answers the same
     assert on_hive["windows"] == on_sqlite["windows"]
@@ -113,3 +119,4 @@ def test_the_loop_reads_and_writes_the_same_on_hive_as_on_sqlite(hive_hook, sqli
     pd.testing.assert_frame_equal(on_hive["live"], on_sqlite["live"], check_dtype=False)
     pd.testing.assert_frame_equal(on_hive["interactions"], on_sqlite["interactions"], check_dtype=False)
     assert on_hive["rollbacks"] == on_sqlite["rollbacks"]
+    assert on_hive["deployments"] == on_sqlite["deployments"]
