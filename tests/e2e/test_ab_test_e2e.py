@@ -25,7 +25,7 @@ from factory_tasks.loop.selection import rank_candidates
 from factory_tasks.stages.monitoring import verdict_run_id
 from factory_tasks.warehouse.deployments import DEPLOYMENTS, serving
 from factory_tasks.warehouse.outcomes import OutcomeStore
-from tests.e2e.test_deploy_e2e import CUSTOMER, WINDOW_MINUTES, ask_model, deploy_run, run_states
+from tests.e2e.test_deploy_e2e import CUSTOMER, ask_model, deploy_run, run_states
 from tests.e2e.test_local_stack_up import Stack
 from tests.e2e.test_model_factory_e2e import LOGISTIC, SETTINGS
 from tests.sqlite_warehouse import SqliteWarehouse
@@ -47,11 +47,12 @@ def running(shared_stack: Stack) -> RunningStack:
 
 
 def _only_experiment(stack: RunningStack, grid_text: str, name: str) -> tuple[str, str]:
-    """A factory run of a one-experiment grid (its own deploy run waited for): (run id, experiment id)."""
+    """A factory run of a one-experiment grid: (run id, experiment id). The deploy run its event
+    starts has no review window: the test's own deploy runs queue behind it (one at a time)."""
     api = stack.api
     grid = stack.paths.config / f"ab_e2e_{name}.yaml"
     grid.write_text(grid_text)
-    run_id = api.trigger(FACTORY_DAG, {"grid_path": str(grid), "review_window_minutes": WINDOW_MINUTES})["dag_run_id"]
+    run_id = api.trigger(FACTORY_DAG, {"grid_path": str(grid), "review_window_minutes": 0})["dag_run_id"]
     run_states(stack, FACTORY_DAG, run_id)
     [experiment] = rank_candidates(OutcomeStore(SqliteWarehouse(stack.paths.warehouse_db)).read(run_id))[
         "experiment_id"].tolist()
