@@ -96,6 +96,12 @@ AIRFLOW_COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer")
 #: ``down`` stops in this order: what schedules and serves first (a task being stopped can
 #: still report to the api-server and stop its CML run), the workspace last
 STOP_PHASES = (("dashboard", "scheduler", "dag-processor", "triggerer"), ("api-server",), ("workspace",))
+#: components whose children get the first SIGTERM with them. Airflow 3.3.2's triggerer, stopping,
+#: SIGINTs its trigger runner and sometimes waits out that runner for ten seconds; the runner's own
+#: SIGTERM handler stops it at once. (Not the scheduler: its LocalExecutor workers run tasks it
+#: lets finish.)
+SIGNAL_CHILDREN_TOO = frozenset({"triggerer"})
+CHILD_GRACE_S = 1.0
 
 
 def _say(msg: str = "") -> None:
@@ -512,7 +518,7 @@ def down(*, quiet: bool = False, grace_s: float = STOP_GRACE_S) -> int:
     children_stopped = 0
     killed: list[str] = []
     for phase in STOP_PHASES:
-        mains, children = [], []
+        mains, children, signalled_too = [], [], []
         for record in records:
             if record.name not in phase:
                 continue
@@ -521,11 +527,26 @@ def down(*, quiet: bool = False, grace_s: float = STOP_GRACE_S) -> int:
                 ended.append(f"{record.name} (pid {record.pid})")
                 continue
             try:  # before the signal: once it has ended its orphans have another parent
-                children += proc.children(recursive=True)
+                tree = proc.children(recursive=True)
             except psutil.Error:
-                pass
+                tree = []
+            children += tree
+            if record.name in SIGNAL_CHILDREN_TOO:
+                signalled_too += tree
             mains.append(proc)
             stopped.append(f"{record.name} (pid {record.pid})")
+        for child in signalled_too:
+            try:
+                child.terminate()
+            except psutil.Error:
+                pass
+        if signalled_too:
+            _gone, stuck = psutil.wait_procs(signalled_too, timeout=CHILD_GRACE_S)
+            for child in stuck:
+                try:
+                    child.kill()
+                except psutil.Error:
+                    pass
         killed += [f"{names[p.pid]} (pid {p.pid})" for p in stop_processes(mains, grace_s)]
         leftovers = [c for c in children if c.is_running()]  # is_running also checks the start time
         if leftovers:
