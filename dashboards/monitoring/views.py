@@ -36,7 +36,7 @@ from dashboards.monitoring.store import (
     split_text,
 )
 from factory_tasks.core.contracts import ContractError
-from factory_tasks.warehouse.rollbacks import RollbackRefused
+from factory_tasks.warehouse.rollbacks import RollbackRefused, run_id_for
 
 HTML_FIELDS = ("conversion", "roc_auc", "policy_value_dr")
 #: fixed widths: Tabulator then lays out the first rows without measuring every cell
@@ -330,6 +330,9 @@ class RollbackPanel(Viewer):
             r = s.request
             done = f" by deployment {_code(s.deployment.deployment_id)} at {html.escape(s.deployment.deployed_at)}" \
                 if s.deployment is not None else ""
+            if s.state == "pending":  # where to look when it stays pending: that run failed or waits
+                done = (f": Airflow's deploy_best_model run {_code(run_id_for(r))} carries it out "
+                        "(failed: clear it there, or ask again)")
             lines.append(f"- {html.escape(r.requested_at)}: **{plain(r.requested_by)}** asked for "
                          f"{_code(r.model_version)} — {plain(r.reason)} · **{s.state}**{done}")
         return "Requests, newest first:\n\n" + "\n".join(lines)

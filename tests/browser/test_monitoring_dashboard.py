@@ -249,7 +249,9 @@ def test_the_deployment_history_and_a_signed_in_reviewers_rollback_request(page,
     [row] = _rollback_requests(server)
     assert (row["model_version"], row["requested_by"], row["reason"], row["serving_version"]) == (
         "v1", server.user, "v2's AUC <b>dropped</b>", "v2")
-    page.locator(".mf-rollback-requests", has_text="pending").wait_for(timeout=WAIT_MS)
+    # pending, naming the Airflow run that carries it out (where to look if it stays pending)
+    page.locator(".mf-rollback-requests", has_text=f"rollback__{row['request_id']}").wait_for(timeout=WAIT_MS)
+    assert "pending" in shown_text(page, ".mf-rollback-requests")
     # the DAG carries it out: a rollback record of v1 after the request marks it done
     hook = SqliteWarehouse(server.warehouse_db)
     first = next(d for d in DEPLOYMENTS.read_all(hook) if d.model_version == "v1")
