@@ -213,6 +213,7 @@ def test_up_status_down_and_up_again(stack: Stack):
     api = stack.running().api
     triggered = api.trigger("experiments_summary", {})
     run = api.wait_for_run("experiments_summary", triggered["dag_run_id"], timeout_s=90)
+    api.close()  # closed from our side: a keep-alive the server closes at down would hold its port in TIME_WAIT
     assert run["state"] == "success", run
 
     # the dashboards answer (behind their login: no page without signing in)
