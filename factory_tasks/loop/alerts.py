@@ -138,21 +138,19 @@ def answering_retrain(hook: Any, versions: Iterable[str], window: MonitoringWind
     versions = set(versions)
     if cooldown_minutes <= 0 or not versions:
         return None
-    asked: dict[str, list[MonitoringAlert]] = {}  # retrain run id -> the alerts of the window that asked
+    named: dict[str, list[MonitoringAlert]] = {}  # retrain run id -> every alert naming it
     for alert in ALERTS.read_all(hook):
-        if not alert.retrain_run_id:
-            continue
-        first = asked.setdefault(alert.retrain_run_id, [alert])
-        if epoch_ms(alert.as_of_window) < epoch_ms(first[0].as_of_window):
-            asked[alert.retrain_run_id] = [alert]
-        elif alert is not first[0] and alert.as_of_window == first[0].as_of_window:
-            first.append(alert)
+        if alert.retrain_run_id:
+            named.setdefault(alert.retrain_run_id, []).append(alert)
     since = window.start_ms - cooldown_minutes * MINUTE_MS
-    answering = [first for first in asked.values() if since < epoch_ms(first[0].as_of_window) < window.start_ms]
-    covered = {a.model_version for first in answering for a in first}
-    if not answering or not versions <= covered:
+    answering: list[MonitoringAlert] = []  # the alerts of the window that asked, per retrain in its cooldown
+    for alerts in named.values():
+        asked_ms = min(epoch_ms(a.as_of_window) for a in alerts)
+        if since < asked_ms < window.start_ms:
+            answering += [a for a in alerts if epoch_ms(a.as_of_window) == asked_ms]
+    if not answering or not versions <= {a.model_version for a in answering}:
         return None
-    return max((first[0] for first in answering), key=lambda a: epoch_ms(a.as_of_window))
+    return max(answering, key=lambda a: epoch_ms(a.as_of_window))
 
 
 def read_alerts(hook: Any) -> list[MonitoringAlert]:
