@@ -15,6 +15,8 @@ held only while a stack starts.
 from __future__ import annotations
 
 import os
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -149,15 +151,16 @@ def describe(procs: list) -> str:
 SIGNAL_AGAIN_S = 5.0
 
 
-def stop_processes(procs: list, grace_s: float) -> list:
+def stop_processes(procs: list, grace_s: float, while_waiting: Callable[[], None] | None = None) -> list:
     """SIGTERM ``procs`` (psutil processes, identity checked by psutil), SIGTERM again those
     still running after :data:`SIGNAL_AGAIN_S` (at most half the grace), SIGKILL what is left
-    at ``grace_s``. Returns those that had to be killed.
+    at ``grace_s``; ``while_waiting`` is called every :data:`POLL_S` meanwhile. Returns those
+    that had to be killed.
 
     The second SIGTERM is Airflow's own way out: its LocalExecutor, shutting down, waits for
-    running tasks and logs "Signal again if you don't want to wait", and it sometimes keeps
-    waiting after they have finished; a handler's ``sys.exit`` is also lost when the signal
-    lands in a garbage-collector callback ("Exception ignored in: _collection_gced").
+    running tasks and logs "Signal again if you don't want to wait"; a handler's ``sys.exit`` is
+    also lost when the signal lands in a garbage-collector callback ("Exception ignored in:
+    _collection_gced").
     """
     import psutil
 
@@ -168,11 +171,20 @@ def stop_processes(procs: list, grace_s: float) -> list:
             except psutil.Error:
                 pass
 
+    def wait(targets: list, until: float) -> list:
+        alive = targets
+        while alive and (left := until - time.monotonic()) > 0:
+            _gone, alive = psutil.wait_procs(alive, timeout=min(POLL_S, left))
+            if alive and while_waiting is not None:
+                while_waiting()
+        return alive
+
+    started = time.monotonic()
     terminate(procs)
     again_s = min(SIGNAL_AGAIN_S, grace_s / 2)
-    _gone, alive = psutil.wait_procs(procs, timeout=again_s)
+    alive = wait(procs, started + again_s)
     terminate(alive)
-    _gone, alive = psutil.wait_procs(alive, timeout=grace_s - again_s)
+    alive = wait(alive, started + grace_s)
     for proc in alive:
         try:
             proc.kill()
@@ -180,3 +192,42 @@ def stop_processes(procs: list, grace_s: float) -> list:
             pass
     psutil.wait_procs(alive, timeout=5)
     return alive
+
+
+#: how often a stop checks on what it waits for
+POLL_S = 0.25
+
+
+def kill_workers_once_idle(executors: list) -> Callable[[], None]:
+    """A ``while_waiting`` for :func:`stop_processes` that SIGKILLs the LocalExecutor workers
+    of ``executors`` (schedulers being stopped) once none of them has run a task for two
+    checks in a row.
+
+    Airflow 3.3.2's LocalExecutor, stopping, sends each live worker a "stop" message on its
+    task queue and joins them all. Now and then idle workers never get theirs: their stacks
+    show them waiting on the queue's read lock, and the lock's holder reading an empty pipe;
+    the scheduler then ignores both SIGTERMs until the SIGKILL, and Python's exit joins the
+    workers again. A worker running a task is the parent of the task's process, so busy ones
+    are left to finish; once all idle, none has anything left to do, and a lock's holder is
+    killed only when nobody else needs the lock.
+    """
+    import psutil
+
+    idle_checks: dict[int, int] = {}
+
+    def check() -> None:
+        for executor in executors:
+            try:
+                workers = executor.children()
+                busy = any(worker.children() for worker in workers)
+            except psutil.Error:
+                continue
+            idle_checks[executor.pid] = 0 if busy or not workers else idle_checks.get(executor.pid, 0) + 1
+            if idle_checks[executor.pid] >= 2:
+                for worker in workers:
+                    try:
+                        worker.kill()
+                    except psutil.Error:
+                        pass
+
+    return check

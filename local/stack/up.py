@@ -68,6 +68,7 @@ from stack.processes import (
     StateFileError,
     UpState,
     describe,
+    kill_workers_once_idle,
     process_of,
     read_state,
     record_process,
@@ -81,9 +82,8 @@ DEFAULT_API_PORT = 8080
 DEFAULT_DASHBOARD_PORT = 5006
 START_TIMEOUT_S = 300.0
 #: SIGTERM to SIGKILL, per stop phase. A component that exits at all does so within ~3 s of
-#: the second SIGTERM (sent after 5 s); one that ignored both is stuck (the scheduler's
-#: LocalExecutor, now and then, joining a worker that never ends), and waiting longer only
-#: delayed the stop: 20 s here cost `make down` 10 s more each time that happened
+#: the second SIGTERM (sent after 5 s); one that ignored both is stuck, and waiting longer
+#: only delays the stop
 STOP_GRACE_S = 10.0
 #: SIGTERM to SIGKILL for what outlived its parent (LocalExecutor workers ignore SIGTERM)
 LEFTOVER_GRACE_S = 3.0
@@ -105,6 +105,9 @@ STOP_PHASES = (("dashboard", "scheduler", "dag-processor", "triggerer"), ("api-s
 #: lets finish.)
 SIGNAL_CHILDREN_TOO = frozenset({"triggerer"})
 CHILD_GRACE_S = 1.0
+#: components whose LocalExecutor workers are killed once they all idle while it stops (see
+#: :func:`stack.processes.kill_workers_once_idle`)
+KILL_IDLE_WORKERS = frozenset({"scheduler"})
 
 
 def _say(msg: str = "") -> None:
@@ -521,7 +524,7 @@ def down(*, quiet: bool = False, grace_s: float = STOP_GRACE_S) -> int:
     children_stopped = 0
     killed: list[str] = []
     for phase in STOP_PHASES:
-        mains, children, signalled_too = [], [], []
+        mains, children, signalled_too, executors = [], [], [], []
         for record in records:
             if record.name not in phase:
                 continue
@@ -536,6 +539,8 @@ def down(*, quiet: bool = False, grace_s: float = STOP_GRACE_S) -> int:
             children += tree
             if record.name in SIGNAL_CHILDREN_TOO:
                 signalled_too += tree
+            if record.name in KILL_IDLE_WORKERS:
+                executors.append(proc)
             mains.append(proc)
             stopped.append(f"{record.name} (pid {record.pid})")
         for child in signalled_too:
@@ -550,7 +555,8 @@ def down(*, quiet: bool = False, grace_s: float = STOP_GRACE_S) -> int:
                     child.kill()
                 except psutil.Error:
                     pass
-        killed += [f"{names[p.pid]} (pid {p.pid})" for p in stop_processes(mains, grace_s)]
+        stuck_workers = kill_workers_once_idle(executors)
+        killed += [f"{names[p.pid]} (pid {p.pid})" for p in stop_processes(mains, grace_s, while_waiting=stuck_workers)]
         leftovers = [c for c in children if c.is_running()]  # is_running also checks the start time
         if leftovers:
             stop_processes(leftovers, LEFTOVER_GRACE_S)
