@@ -140,7 +140,10 @@ class AirflowApi:
         return [e.get("stack_trace") or "" for e in errors if (e.get("filename") or "").endswith(filename_suffix)]
 
     def unpause(self, dag_id: str) -> None:
-        self.send("PATCH", f"/api/v2/dags/{_q(dag_id)}", {"is_paused": False})
+        self.set_paused(dag_id, False)
+
+    def set_paused(self, dag_id: str, paused: bool) -> None:
+        self.send("PATCH", f"/api/v2/dags/{_q(dag_id)}", {"is_paused": paused})
 
     def trigger(self, dag_id: str, conf: dict[str, Any], *, run_id: str | None = None,
                 attempts: int = 5) -> dict[str, Any]:

@@ -8,10 +8,13 @@ schedule already ran is run again with the backfill's conf, so the DAG's tasks m
 their window's output.
 
 Such an earlier run is deleted before the backfill creates a fresh one, not cleared by it
-(``reprocess_behavior`` "completed"). When SQLite is locked mid-way, Airflow's clean-up of the
-partial backfill (``models/backfill.py`` ``_cleanup_partial_backfill``) deletes the runs it had
-already cleared and committed, which the scheduler may be scheduling: the scheduler then dies of
-an ``ObjectDeletedError``. Runs the backfill creates itself are only ever rolled back.
+(``reprocess_behavior`` "completed"). When SQLite is locked mid-way, Airflow 3.3.2's clean-up of
+the partial backfill (``models/backfill.py`` ``_cleanup_partial_backfill``) deletes the runs it
+had already committed, which the scheduler may be scheduling by then: the scheduler dies of an
+``ObjectDeletedError`` (seen in a test suite: three runs created, the POST answered 503, the
+scheduler dead 0.2 s later). So the backfill is created with its DAG paused: the scheduler
+neither starts nor schedules a paused DAG's runs, and the DAG is unpaused once the POST has
+answered, whatever it answered.
 """
 
 from __future__ import annotations
@@ -61,7 +64,7 @@ def backfill(stack: RunningStack, dag_id: str, windows: list[datetime], bounds: 
         raise BackfillFailed(f"a backfill of {dag_id} from {body['from_date']} to {body['to_date']} would run "
                              f"{', '.join(iso(d) for d in planned) or 'nothing'}, not the windows "
                              f"{', '.join(iso(w) for w in windows)}: its timetable dates them otherwise")
-    created = _post_backfill(api, "/api/v2/backfills", body)
+    created = _create_while_paused(api, body)
     _say(f"  backfill {created['id']} of {dag_id}: {len(windows)} run(s), windows {windows[0]:%H:%M}–"
          f"{windows[-1] + HOUR:%H:%M} UTC")
     try:
@@ -69,6 +72,15 @@ def backfill(stack: RunningStack, dag_id: str, windows: list[datetime], bounds: 
     except BaseException:
         _cancel(api, dag_id, created, windows)
         raise
+
+
+def _create_while_paused(api: AirflowApi, body: dict) -> dict:
+    """The backfill, created while its DAG is paused (see the module's doc); unpaused after."""
+    api.set_paused(body["dag_id"], True)
+    try:
+        return _post_backfill(api, "/api/v2/backfills", body)
+    finally:
+        api.set_paused(body["dag_id"], False)
 
 
 def _post_backfill(api: AirflowApi, path: str, body: dict, attempts: int = 5) -> dict:

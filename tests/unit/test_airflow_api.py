@@ -69,3 +69,31 @@ def test_only_requests_safe_to_repeat_are_sent_again_after_a_5xx(server, api):
     with pytest.raises(AirflowApiError, match="answered 503"):
         api.send("POST", "/api/v2/backfills", {"dag_id": "x"})
     assert server.count("POST", "/api/v2/backfills") == 1  # a POST that may have landed is not sent twice
+
+
+def requests_made(server) -> list[tuple[str, str, dict | None]]:
+    return [(r.method, r.path, json.loads(r.body) if r.body else None) for r in server.requests]
+
+
+@pytest.mark.parametrize("answers", [[(503, {"detail": "database is locked"}), (200, {"id": 7})],
+                                     [(503, {"detail": "database is locked"})] * 5])
+def test_a_backfill_is_created_while_its_dag_is_paused_and_the_dag_unpaused_whatever_the_answer(
+        server, api, monkeypatch, answers):
+    """A POST answered 503 has had Airflow delete the runs it had committed; paused, the DAG's
+    runs were never started or scheduled, so the scheduler cannot die of their deletion."""
+    from stack import backfill
+
+    monkeypatch.setattr(backfill.time, "sleep", lambda s: None)
+    dag = "/api/v2/dags/model_monitoring"
+    server.script("PATCH", dag, (200, {}), (200, {}))
+    server.script("POST", "/api/v2/backfills", *answers)
+    body = {"dag_id": "model_monitoring", "from_date": "2026-12-06T19:00:00Z", "to_date": "2026-12-06T20:00:00Z"}
+    if answers[-1][0] == 200:
+        assert backfill._create_while_paused(api, body) == {"id": 7}
+    else:
+        with pytest.raises(backfill.BackfillFailed, match="stayed locked"):
+            backfill._create_while_paused(api, body)
+    made = requests_made(server)
+    assert made[0] == ("PATCH", dag, {"is_paused": True})
+    assert [m[:2] for m in made[1:-1]] == [("POST", "/api/v2/backfills")] * len(answers)
+    assert made[-1] == ("PATCH", dag, {"is_paused": False})
