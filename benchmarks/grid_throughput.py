@@ -255,9 +255,12 @@ def main() -> int:
           f"{baseline_s * cores - gs['fit'] - gs['score']:.1f} s):")
     print("\n".join(format_profile(profile, cores, gs)))
     stack_cpu = {name: tree for name, (_, tree) in run.cpu.items() if name != "workspace"}
+    own_loop = run.cpu.get("scheduler", (0.0, 0.0))[0]
     print(f"CPU the stack's own processes took from the runs while they went ({run.trigger_to_end_s:.0f} s): "
           + ", ".join(f"{name} {cpu:.1f} s" for name, cpu in sorted(stack_cpu.items(), key=lambda kv: -kv[1]))
-          + f"; workspace server {run.cpu.get('workspace', (0.0, 0.0))[0]:.1f} s")
+          + f"; workspace server {run.cpu.get('workspace', (0.0, 0.0))[0]:.1f} s (scheduler: its own loop "
+          f"{own_loop:.1f} s, its LocalExecutor workers and their task processes "
+          f"{stack_cpu.get('scheduler', 0.0) - own_loop:.1f} s)")
     print(f"load average (1 min): {run.load_before:.1f} at the trigger, {run.load_after:.1f} at the end")
     print(f"ratio factory DAG run / GridSearchCV: {parts['ratio']:.2f}")
     medians = {key: statistics.median(t[3][key] for t in trials) for key in ("ratio", "fixed_s", "runs_ratio")}
