@@ -149,6 +149,8 @@ def describe(procs: list) -> str:
 
 #: seconds after the first SIGTERM that a process still running gets a second one
 SIGNAL_AGAIN_S = 5.0
+#: how often a stop checks on what it waits for
+POLL_S = 0.25
 
 
 def stop_processes(procs: list, grace_s: float, while_waiting: Callable[[], None] | None = None) -> list:
@@ -192,10 +194,6 @@ def stop_processes(procs: list, grace_s: float, while_waiting: Callable[[], None
             pass
     psutil.wait_procs(alive, timeout=5)
     return alive
-
-
-#: how often a stop checks on what it waits for
-POLL_S = 0.25
 
 
 def kill_workers_once_idle(executors: list) -> Callable[[], None]:
