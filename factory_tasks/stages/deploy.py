@@ -70,6 +70,10 @@ RETRAIN_MEMORY_GB = 4.0
 #: the customer of the deploy operator's smoke test (a real request through the model service)
 SMOKE_CUSTOMER: dict[str, Any] = {"customer_id": "smoke-test", "recency": 6, "history": 250.0, "used_discount": 1,
                                   "used_bogo": 0, "zip_code": "Urban", "is_referral": 0, "channel": "Web"}
+#: the shortest review (HITL) offered; a shorter one is left to the time sensor. Airflow 3.3.2
+#: fails a review that times out before the executor reports its task's deferral, which its
+#: workers notice up to ``[workers] min_heartbeat_interval`` (5 s) late (docs/deploy.md, step 1)
+MIN_REVIEW = timedelta(seconds=8)
 #: files of a model version copied to object storage for the replicas
 MODEL_FILES = ("model.skops", "model.metadata.json", "model.onnx")
 #: the files a replica needs in object storage (``model.onnx`` too when the version has one)
@@ -160,12 +164,14 @@ def review_window(finished_at: str, minutes: float) -> dict[str, Any]:
 def review_request(warehouse: Any, factory_run_id: str, *, closes_at: str, started_at: str, top: int = 5) -> list[dict]:
     """Keyword arguments of the one review (HITL) task: the top candidates, the best as the
     default, a timeout that ends with the window. A list, because the options are known only at
-    run time (``expand_kwargs``)."""
-    outcomes = OutcomeStore(warehouse).read(factory_run_id)
-    options = review_options(outcomes, top)
+    run time (``expand_kwargs``); empty when there is nothing to offer or less than
+    ``MIN_REVIEW`` of the window is left."""
+    timeout = datetime.fromisoformat(closes_at) - datetime.fromisoformat(started_at)
+    if timeout < MIN_REVIEW:
+        return []
+    options = review_options(OutcomeStore(warehouse).read(factory_run_id), top)
     if not options:
         return []
-    timeout = max(datetime.fromisoformat(closes_at) - datetime.fromisoformat(started_at), timedelta(seconds=1))
     return [{"options": options, "defaults": [options[0]], "response_timeout": timeout,
              "body": f"Pick the experiment of factory run {factory_run_id} to deploy. The window closes at "
                      f"{closes_at}; if nobody answers, the best ({options[0]}) is deployed."}]
@@ -302,14 +308,14 @@ def gate_decision(warehouse: Any, cml: CmlClient, choice: dict[str, Any], model_
 def override_request(decision: dict[str, Any], *, minutes: float) -> list[dict]:
     """Keyword arguments of the override review (HITL): a champion the gate kept on evidence
     that fell short is put to a reviewer with the evidence table, keeping it by default when
-    nobody answers within ``minutes``. Empty (no review) when the gate deploys, or keeps for a
-    reason no reviewer may overrule."""
+    nobody answers within ``minutes``. Empty (no review) when the gate deploys, keeps for a
+    reason no reviewer may overrule, or ``minutes`` is shorter than ``MIN_REVIEW``."""
     from factory_tasks.loop.selection import DEPLOY_CHALLENGER, KEEP_CHAMPION, evidence_table
 
     gate_ = GateDecision.from_data(decision, "the gate task's output")
-    if gate_.deploy or not gate_.overridable:
+    timeout = timedelta(minutes=float(minutes))
+    if gate_.deploy or not gate_.overridable or timeout < MIN_REVIEW:
         return []
-    timeout = max(timedelta(minutes=float(minutes)), timedelta(seconds=1))
     return [{"options": [KEEP_CHAMPION, DEPLOY_CHALLENGER], "defaults": [KEEP_CHAMPION], "response_timeout": timeout,
              "body": f"The gate keeps the champion {gate_.champion_version}: {gate_.reason}\n\n"
                      f"```\n{evidence_table(gate_.evidence)}\n```\n\n"

@@ -44,7 +44,7 @@ WINDOWS = 3
 MONITORED = 2
 RETRAIN_TIMEOUT_S = 45 * 60
 #: the retrain's deployment is reviewed this long (config monitoring.retrain_review_window_minutes)
-RETRAIN_REVIEW_MINUTES = 0.25
+RETRAIN_REVIEW_MINUTES = 0.4
 #: a retrain whose deployment waits longer than this for a review is not followed to its end
 MAX_FOLLOWED_REVIEW_MINUTES = 10
 TICK_S = 3.0

@@ -45,7 +45,7 @@ __all__ = ["DEFAULT_ROWS", "DEFAULT_SEED", "run"]
 
 DAG_ID = "model_factory"
 #: the deployment this run leads to asks for a review, which times out to its default after this
-REVIEW_WINDOW_MINUTES = 0.25
+REVIEW_WINDOW_MINUTES = 0.4
 RUN_TIMEOUT_S = 45 * 60
 TICK_S = 2.0
 #: progress lines at most this often (each one the state then)

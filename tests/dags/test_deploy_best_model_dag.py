@@ -138,6 +138,23 @@ def test_a_manual_pick_has_no_window_and_no_review(dag, warehouse):
     assert run_task(dag, "review_request", params=_params(), run=run) == []
 
 
+@pytest.mark.parametrize(("left", "reviewed"), [(timedelta(minutes=10), True), (timedelta(seconds=8), True),
+                                                 (timedelta(seconds=7.9), False), (timedelta(0), False),
+                                                 (timedelta(seconds=-30), False)])
+def test_a_review_lasts_what_is_left_of_the_window_and_none_is_asked_with_less_than_8_s(dag, warehouse, left, reviewed):
+    # the window's rest is the time sensor's: nobody answers faster, and Airflow 3.3.2 fails a
+    # review timing out before its deferral was reported
+    run = run_task(dag, "resolve_run", params=_params(), events=[_event("run_new", T0, review_window_minutes=1)])
+    started = datetime.fromisoformat(run["closes_at"]) - left
+    requested = run_task(dag, "review_request", params=_params(), run=run, run_after=started)
+    if not reviewed:
+        assert requested == [] and run_task(dag, "window_without_review", params=_params(), review=requested)
+        return
+    [review] = requested
+    assert review["response_timeout"] == left
+    assert review["options"] == ["0ew0000000000001 logistic_regression roc_auc=0.7000"] == review["defaults"]
+
+
 def test_an_out_of_range_window_in_the_event_fails_without_retries(dag, warehouse):
     with pytest.raises(AirflowFailException, match="review_window_minutes"):
         run_task(dag, "resolve_run", params=_params(), events=[_event("run_new", T0, review_window_minutes=1e9)])

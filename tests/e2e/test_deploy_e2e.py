@@ -41,7 +41,7 @@ families:
     resources: {cpu: 1, memory_gb: 1}
     params: {C: [0.05, 1.0]}
 """
-WINDOW_MINUTES = 0.25
+WINDOW_MINUTES = 0.4
 RUN_TIMEOUT_S = 600
 CUSTOMER = {"customer_id": "c-1", "recency": 3, "history": 420.0, "used_discount": 0, "used_bogo": 1,
             "zip_code": "Surburban", "is_referral": 1, "channel": "Phone"}

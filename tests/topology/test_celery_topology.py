@@ -12,7 +12,7 @@ were in flight (the workspace's run records) while experiments did overlap;
 ``experiment_outcomes`` has exactly one row per experiment for the run; the asset event
 started ``experiments_summary`` (succeeded) and ``deploy_best_model``; the 30-minute schedule
 of ``experiments_summary`` is registered (next run on a :00/:30). The asset-triggered deploy
-run waits on its 2-hour review; a manual run with a 15-second review window then shows the
+run waits on its 2-hour review; a manual run with a 24-second review window then shows the
 HITL ``response_timeout`` taking the default under the real scheduler and triggerer, and the
 deployed model answering. No log holds a generated secret; when the topology stops, no
 process that names the test's folder is left.
@@ -248,7 +248,7 @@ def test_model_factory_on_two_celery_workers(var, tmp_path):
 
         # a manual run with a short window: nobody answers, the default (the best) is deployed
         manual = api.send("POST", "/dags/deploy_best_model/dagRuns", {"logical_date": None, "conf": {
-            "factory_run_id": run_id, "review_window_minutes": 0.25, "replicas": 1}})
+            "factory_run_id": run_id, "review_window_minutes": 0.4, "replicas": 1}})
         t0 = time.monotonic()
         deploy_seen: dict = defaultdict(list)
         done = api.run_to_end("deploy_best_model", manual["dag_run_id"], 300, deploy_seen)

@@ -144,6 +144,9 @@ def test_a_kept_champion_is_put_to_a_reviewer_with_the_evidence_and_kept_by_defa
     # deployed, or kept for a reason no reviewer may overrule: no review
     assert override_request({**kept, "deploy": True}, minutes=5) == []
     assert override_request({**kept, "overridable": False}, minutes=5) == []
+    # a window nobody could answer in (and Airflow 3.3.2 would fail timing out): kept, unasked
+    assert override_request(kept, minutes=0) == [] and override_request(kept, minutes=0.13) == []  # 7.8 s
+    assert len(override_request(kept, minutes=0.2)) == 1
     # the timeout's default keeps; a user's "deploy" is their override
     assert final_decision(kept, {"chosen_options": [KEEP_CHAMPION], "responded_by_user": None}) == kept
     final = final_decision(kept, {"chosen_options": [DEPLOY_CHALLENGER], "responded_by_user": "ana"})
