@@ -29,8 +29,9 @@ data interval `[start, end)`.
    error and reported in the task's return value; the warehouse rows are already written.
 5. **retrain_or_not** → **trigger_retrain** — when alerts were raised,
    `monitoring.retrain_on_alert` and no retrain answers them yet (one that alerts on the same
-   model version asked for within `monitoring.retrain_cooldown_minutes`, default 6 hours, does:
-   the alerts name it), a `TriggerDagRunOperator` starts `model_factory` with conf
+   model version asked for within `monitoring.retrain_cooldown_minutes`, default 6 hours, does
+   unless that `model_factory` run failed: the alerts name it), a `TriggerDagRunOperator`
+   starts `model_factory` with conf
    `{"grid_path": <this run's grid_path>, "include_interactions": true, "reason": "<alert ids>", "review_window_minutes":
    <monitoring.retrain_review_window_minutes>}` and run id `monitoring__<as_of_window>` (a
    rerun finds it and does not trigger again); otherwise `trigger_retrain` is skipped.
@@ -74,6 +75,13 @@ def _window():
     with no_retry_on_bad_input():
         return monitoring_window(context["params"]["loop_config_path"], context["data_interval_start"],
                                  context["data_interval_end"])
+
+
+def _retrain_failed(run_id: str) -> bool:
+    """Whether a retrain run failed or is gone (a failed retrain answers no alerts): the DAG
+    run's state through the task's execution API."""
+    ti = get_current_context()["ti"]
+    return ti.get_dr_count(dag_id=RETRAIN_DAG_ID, run_ids=[run_id], states=["queued", "running", "success"]) == 0
 
 
 @dag(
@@ -159,7 +167,8 @@ def model_monitoring():
 
         config, window = _window()
         params = get_current_context()["params"]
-        return retrain_due(warehouse_hook(), window, summary, config, params["grid_path"], params["loop_config_path"])
+        return retrain_due(warehouse_hook(), window, summary, config, params["grid_path"], params["loop_config_path"],
+                           retrain_failed=_retrain_failed)
 
     deployment = serving_model()
     summary = monitor(deployment)
@@ -184,7 +193,7 @@ def model_monitoring():
         config, window = _window()
         ti = get_current_context()["ti"]
         run_id = ti.xcom_pull(task_ids="trigger_retrain", key="trigger_run_id", default=None)
-        return record_run_alerts(warehouse_hook(), window, config, run_id)
+        return record_run_alerts(warehouse_hook(), window, config, run_id, retrain_failed=_retrain_failed)
 
     alerts_recorded = record_alerts()
     [summary, trigger_retrain] >> alerts_recorded

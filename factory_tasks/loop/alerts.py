@@ -21,13 +21,13 @@ derives the same ids from the same rows, and :func:`record_alerts` skips ids alr
 ``model_alerts``, so an append-only table never holds an alert twice. The DAG writes alerts
 after it has triggered the retrain, so each row carries the ``retrain_run_id`` it asked for,
 or the earlier retrain that still answers it (:func:`answering_retrain`,
-``monitoring.retrain_cooldown_minutes``).
+``monitoring.retrain_cooldown_minutes``; a retrain that failed answers nothing).
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 import pandas as pd
 
@@ -124,17 +124,19 @@ def record_alerts(hook: Any, alerts: list[MonitoringAlert], retrain_run_id: str 
     return written
 
 
-def answering_retrain(hook: Any, versions: Iterable[str], window: MonitoringWindow,
-                      cooldown_minutes: float) -> MonitoringAlert | None:
+def answering_retrain(hook: Any, versions: Iterable[str], window: MonitoringWindow, cooldown_minutes: float, *,
+                      retrain_failed: Callable[[str], bool]) -> MonitoringAlert | None:
     """The recorded alert that asked for a retrain which still answers alerts on ``versions`` in
     ``window``: for each of those model versions, a retrain its alerts asked for in a window that
-    started less than ``cooldown_minutes`` before this one (the latest such retrain's first
-    alert). None when a retrain is due.
+    started less than ``cooldown_minutes`` before this one and that has not failed (the latest
+    such retrain's first alert). None when a retrain is due. ``retrain_failed(run_id)`` says
+    whether a retrain run failed (or is gone); it is asked only about retrains in their cooldown.
 
     Drift goes on for hours while the retrain it asked for runs, is reviewed and deployed;
     retraining each hour would train on the same rows again. The cooldown counts from the window
     that asked, not from the later windows that only name its retrain, so a champion the gate
-    kept is retrained again once it has passed, on more data; a new model version alerts afresh."""
+    kept is retrained again once it has passed, on more data; a new model version alerts afresh.
+    A retrain that failed answers nothing: the next alerting window asks for another."""
     versions = set(versions)
     if cooldown_minutes <= 0 or not versions:
         return None
@@ -144,10 +146,15 @@ def answering_retrain(hook: Any, versions: Iterable[str], window: MonitoringWind
             named.setdefault(alert.retrain_run_id, []).append(alert)
     since = window.start_ms - cooldown_minutes * MINUTE_MS
     answering: list[MonitoringAlert] = []  # the alerts of the window that asked, per retrain in its cooldown
-    for alerts in named.values():
+    for run_id, alerts in named.items():
         asked_ms = min(epoch_ms(a.as_of_window) for a in alerts)
-        if since < asked_ms < window.start_ms:
-            answering += [a for a in alerts if epoch_ms(a.as_of_window) == asked_ms]
+        if not since < asked_ms < window.start_ms:
+            continue
+        if retrain_failed(run_id):
+            log.info("retrain %s, asked for by the alerts of the window %s, failed: it answers no alerts",
+                     run_id, iso(asked_ms))
+            continue
+        answering += [a for a in alerts if epoch_ms(a.as_of_window) == asked_ms]
     if not answering or not versions <= {a.model_version for a in answering}:
         return None
     return max(answering, key=lambda a: epoch_ms(a.as_of_window))

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from datetime import datetime
-from typing import Any
+from typing import Any, Callable
 
 import pandas as pd
 
@@ -134,14 +134,17 @@ def retrain_conf(summary: dict[str, Any], config: LoopConfig, grid_path: str,
 
 
 def retrain_due(warehouse: Any, window: MonitoringWindow, summary: dict[str, Any], config: LoopConfig,
-                grid_path: str, loop_config_path: str | None = None) -> dict[str, Any] | None:
+                grid_path: str, loop_config_path: str | None = None, *,
+                retrain_failed: Callable[[str], bool]) -> dict[str, Any] | None:
     """:func:`retrain_conf`'s conf, unless the retrain an earlier window asked for still answers
-    these alerts (``monitoring.retrain_cooldown_minutes``): then None, and the log names it."""
+    these alerts (``monitoring.retrain_cooldown_minutes``; not one that ``retrain_failed``):
+    then None, and the log names it."""
     conf = retrain_conf(summary, config, grid_path, loop_config_path)
     if conf is None:
         return None
     cooldown = config.monitoring.retrain_cooldown_minutes
-    earlier = answering_retrain(warehouse, summary.get("retrain_alert_versions", ()), window, cooldown)
+    earlier = answering_retrain(warehouse, summary.get("retrain_alert_versions", ()), window, cooldown,
+                                retrain_failed=retrain_failed)
     if earlier is None:
         return conf
     log.info("retrain %s, asked for by the alerts on %s of the window %s, answers this window's alerts too "
@@ -152,14 +155,14 @@ def retrain_due(warehouse: Any, window: MonitoringWindow, summary: dict[str, Any
 
 
 def record_run_alerts(warehouse: Any, window: MonitoringWindow, config: LoopConfig,
-                      retrain_run_id: str | None) -> list[str]:
+                      retrain_run_id: str | None, *, retrain_failed: Callable[[str], bool]) -> list[str]:
     """The run's alerts into model_alerts, each with the retrain that answers it: the one this
     run triggered (``retrain_run_id``), else an earlier window's still within its cooldown
     (:func:`retrain_due`), else none."""
     alerts = alerts_of_run(warehouse, window, config)
     if retrain_run_id is None and config.monitoring.retrain_on_alert:
         earlier = answering_retrain(warehouse, {a.model_version for a in alerts if a.kind != "ab_test"}, window,
-                                    config.monitoring.retrain_cooldown_minutes)
+                                    config.monitoring.retrain_cooldown_minutes, retrain_failed=retrain_failed)
         retrain_run_id = earlier.retrain_run_id if earlier is not None else None
     return record_alerts(warehouse, alerts, retrain_run_id=retrain_run_id)
 

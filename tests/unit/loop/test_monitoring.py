@@ -285,6 +285,10 @@ def test_bad_prediction_rows_are_counted_named_and_left_out_of_the_window(tmp_pa
     assert np.isfinite(value(rows, 3, "estimated_roc_auc").value)
 
 
+def NONE_FAILED(run_id: str) -> bool:
+    return False
+
+
 def _asked(hook, hour: int, version: str, retrain: str | None) -> None:
     window = window_at(hour)
     record_alerts(hook, [MonitoringAlert(
@@ -298,20 +302,39 @@ def test_a_retrain_answers_its_versions_alerts_for_the_cooldown_counted_from_the
     hook = SqliteHook(tmp_path / "warehouse.db")
     _asked(hook, 3, "v1", "monitoring__03")
     for hour in (4, 5, 6, 7, 8):  # the drift goes on: each hour's alerts name the 03:00 retrain
-        answering = answering_retrain(hook, {"v1"}, window_at(hour), 360)
+        answering = answering_retrain(hook, {"v1"}, window_at(hour), 360, retrain_failed=NONE_FAILED)
         assert answering is not None and answering.retrain_run_id == "monitoring__03", hour
         _asked(hook, hour, "v1", answering.retrain_run_id)
     # six hours after the window that asked (not after the last that named it): retrain again, on more data
-    assert answering_retrain(hook, {"v1"}, window_at(9), 360) is None
+    assert answering_retrain(hook, {"v1"}, window_at(9), 360, retrain_failed=NONE_FAILED) is None
     # another version (a new champion) alerts afresh; so does a version with one the retrain did not cover
-    assert answering_retrain(hook, {"v2"}, window_at(4), 360) is None
-    assert answering_retrain(hook, {"v1", "v2"}, window_at(4), 360) is None
+    assert answering_retrain(hook, {"v2"}, window_at(4), 360, retrain_failed=NONE_FAILED) is None
+    assert answering_retrain(hook, {"v1", "v2"}, window_at(4), 360, retrain_failed=NONE_FAILED) is None
     # a rerun of the window that asked is not answered by its own retrain (its trigger finds the run)
-    assert answering_retrain(hook, {"v1"}, window_at(3), 360) is None
+    assert answering_retrain(hook, {"v1"}, window_at(3), 360, retrain_failed=NONE_FAILED) is None
     # cooldown 0: every alerting window retrains; alerts without a retrain answer nothing
-    assert answering_retrain(hook, {"v1"}, window_at(4), 0) is None
+    assert answering_retrain(hook, {"v1"}, window_at(4), 0, retrain_failed=NONE_FAILED) is None
     _asked(hook, 12, "v3", None)
-    assert answering_retrain(hook, {"v3"}, window_at(13), 360) is None
+    assert answering_retrain(hook, {"v3"}, window_at(13), 360, retrain_failed=NONE_FAILED) is None
+
+
+def test_a_failed_retrain_answers_no_alerts_and_the_next_alerting_window_asks_again(tmp_path):
+    hook = SqliteHook(tmp_path / "warehouse.db")
+    _asked(hook, 3, "v1", "monitoring__03")
+    asked_about: list[str] = []
+
+    def failed(run_id: str) -> bool:
+        asked_about.append(run_id)
+        return run_id == "monitoring__03"
+
+    assert answering_retrain(hook, {"v1"}, window_at(4), 360, retrain_failed=failed) is None
+    # the 04:00 window's retrain answers from then on; the failed one is never counted again
+    _asked(hook, 4, "v1", "monitoring__04")
+    answering = answering_retrain(hook, {"v1"}, window_at(5), 360, retrain_failed=failed)
+    assert answering is not None and answering.retrain_run_id == "monitoring__04"
+    # only retrains within their cooldown are asked about
+    assert answering_retrain(hook, {"v1"}, window_at(11), 360, retrain_failed=failed) is None
+    assert set(asked_about) == {"monitoring__03", "monitoring__04"} and asked_about.count("monitoring__04") == 1
 
 
 def test_the_next_drifted_window_names_the_retrain_in_flight_and_asks_for_none(tmp_path, reference):
@@ -321,15 +344,16 @@ def test_the_next_drifted_window_names_the_retrain_in_flight_and_asks_for_none(t
     config = CONFIG.model_copy(update={"monitoring": CONFIG.monitoring.model_copy(
         update={"retrain_review_window_minutes": 30})})
     first = monitor_window(hook, window_at(3), config, DEFAULT_ECONOMICS, {"v1": reference})
-    conf = retrain_due(hook, window_at(3), first, config, "config/grid.yaml")
+    conf = retrain_due(hook, window_at(3), first, config, "config/grid.yaml", retrain_failed=NONE_FAILED)
     assert conf is not None and conf["reason"] == ", ".join(first["retrain_alert_ids"])
-    assert record_run_alerts(hook, window_at(3), config, "monitoring__20261201T030000") == first["alert_ids"]
+    assert record_run_alerts(hook, window_at(3), config, "monitoring__20261201T030000",
+                             retrain_failed=NONE_FAILED) == first["alert_ids"]
 
     second = monitor_window(hook, window_at(4), config, DEFAULT_ECONOMICS, {"v1": reference})
     assert second["retrain_alert_versions"] == ["v1"]
-    assert retrain_due(hook, window_at(4), second, config, "config/grid.yaml") is None
-    assert record_run_alerts(hook, window_at(4), config, None) == second["alert_ids"]
+    assert retrain_due(hook, window_at(4), second, config, "config/grid.yaml", retrain_failed=NONE_FAILED) is None
+    assert record_run_alerts(hook, window_at(4), config, None, retrain_failed=NONE_FAILED) == second["alert_ids"]
     assert {a.retrain_run_id for a in read_alerts(hook)} == {"monitoring__20261201T030000"}
     # with the cooldown off, the second window asks for its own retrain, as before
     off = config.model_copy(update={"monitoring": config.monitoring.model_copy(update={"retrain_cooldown_minutes": 0})})
-    assert retrain_due(hook, window_at(4), second, off, "config/grid.yaml") is not None
+    assert retrain_due(hook, window_at(4), second, off, "config/grid.yaml", retrain_failed=NONE_FAILED) is not None
