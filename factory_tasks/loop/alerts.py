@@ -108,20 +108,20 @@ def decide_alerts(rows: pd.DataFrame, window: MonitoringWindow, monitoring: Moni
 
 def record_alerts(hook: Any, alerts: list[MonitoringAlert], retrain_run_id: str | None = None) -> list[str]:
     """Append the alerts not yet in ``model_alerts`` (with ``retrain_run_id``, but an A/B
-    verdict's); their ids."""
+    verdict's), all in one append; their ids."""
     if not alerts:
         return []
     existing = {a.alert_id for a in ALERTS.read_all(hook)}
-    written: list[str] = []
+    new: list[MonitoringAlert] = []
     for alert in alerts:
         if alert.alert_id in existing:
             log.info("alert %s is already recorded", alert.alert_id)
             continue
         # an A/B verdict never asks for a retrain, nor is one answered by it
         answered_by = retrain_run_id if alert.kind != "ab_test" else None
-        ALERTS.append(hook, alert.model_copy(update={"retrain_run_id": answered_by}))
-        written.append(alert.alert_id)
-    return written
+        new.append(alert.model_copy(update={"retrain_run_id": answered_by}))
+    ALERTS.append_all(hook, new)
+    return [a.alert_id for a in new]
 
 
 def answering_retrain(hook: Any, versions: Iterable[str], window: MonitoringWindow, cooldown_minutes: float, *,

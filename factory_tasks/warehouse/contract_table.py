@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import types
 import typing
+from collections.abc import Iterable
 from typing import Any, Generic, TypeVar
 
 from factory_tasks.core.contracts import Contract, ContractError
@@ -64,10 +65,16 @@ class ContractTable(Generic[C]):
         return columns
 
     def append(self, hook: Any, document: C) -> None:
+        self.append_all(hook, [document])
+
+    def append_all(self, hook: Any, documents: Iterable[C]) -> None:
+        """The documents as one append (on Hive one ``INSERT``: readers see all or none)."""
+        records = [d.model_dump(mode="json") for d in documents]
+        if not records:
+            return
         columns = self.ensure_schema(hook)
-        record = document.model_dump(mode="json")
-        row = tuple(json.dumps(record[c.name]) if c.name in self._json else record[c.name] for c in columns)
-        dialect_for(hook).append_rows(hook, self.table, columns, [row])
+        rows = [tuple(json.dumps(r[c.name]) if c.name in self._json else r[c.name] for c in columns) for r in records]
+        dialect_for(hook).append_rows(hook, self.table, columns, rows)
 
     def read(self, hook: Any) -> tuple[list[C], list[ContractError]]:
         """Every row as a document (table order) and a ContractError per row that does not parse."""

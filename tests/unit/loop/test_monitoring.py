@@ -298,6 +298,32 @@ def _asked(hook, hour: int, version: str, retrain: str | None) -> None:
         raised_at=iso(window.end_ms))], retrain)
 
 
+def test_a_windows_alerts_are_recorded_in_one_append_and_never_twice(tmp_path, monkeypatch):
+    from factory_tasks.warehouse.sqlite import SqliteDialect
+
+    appends: list[int] = []
+    original = SqliteDialect.append_rows
+
+    def counted(self, hook, table, columns, rows):
+        rows = list(rows)
+        appends.append(len(rows))
+        return original(self, hook, table, columns, rows)
+
+    monkeypatch.setattr(SqliteDialect, "append_rows", counted)
+    hook = SqliteHook(tmp_path / "warehouse.db")
+    window = window_at(3)
+    alerts = [MonitoringAlert(
+        alert_id=f"{window.as_of_window}/v1/feature_drift/feature={f}", as_of_window=window.as_of_window,
+        cohort_start=window.as_of_window, model_version="v1", kind="feature_drift", metric="drift_psi",
+        dimension=f"feature={f}", value=0.4, threshold=0.25, message=f"{f} drifted", raised_at=iso(window.end_ms))
+        for f in ("channel", "zip_code", "recency")]
+    assert record_alerts(hook, alerts[:1], "run-1") == [alerts[0].alert_id]
+    assert record_alerts(hook, alerts, "run-1") == [a.alert_id for a in alerts[1:]]
+    assert record_alerts(hook, alerts, "run-1") == []
+    assert appends == [1, 2]  # one append per call that has new alerts, none without
+    assert sorted(a.alert_id for a in read_alerts(hook)) == sorted(a.alert_id for a in alerts)
+
+
 def test_a_retrain_answers_its_versions_alerts_for_the_cooldown_counted_from_the_window_that_asked(tmp_path):
     hook = SqliteHook(tmp_path / "warehouse.db")
     _asked(hook, 3, "v1", "monitoring__03")
